@@ -1,0 +1,81 @@
+"""Validation of the user inputs of the runner: images, labels, batch size, seed.
+
+All checks raise ValueError naming the argument and what is expected; nothing here imports
+TensorFlow.
+"""
+import numbers
+
+import numpy as np
+
+
+def check_images(images):
+    """Return ``images`` as a C-contiguous float32 array ``[N, H, W, 3]`` with pixels in ``[0, 1]``.
+
+    Raises:
+        ValueError: wrong rank, channel count, empty batch, non-finite values or pixels outside
+            ``[0, 1]`` (the message says how to fix uint8 input).
+    """
+    arr = np.asarray(images)
+    if arr.ndim != 4:
+        raise ValueError("images must have shape [N, H, W, 3] (rank 4), got shape %s; add a batch "
+                         "axis for a single image (images[None])" % (arr.shape,))
+    if arr.shape[-1] != 3:
+        raise ValueError("images must have 3 channels (RGB, channels last), got shape %s"
+                         % (arr.shape,))
+    if arr.shape[0] == 0:
+        raise ValueError("images is empty (N = 0); pass at least one image")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError("images must be a numeric array, got dtype %s" % arr.dtype)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("images contains NaN or infinite values")
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError("images must have pixels in [0, 1], got range [%g, %g]; divide uint8 "
+                         "images by 255" % (low, high))
+    return arr
+
+
+def check_labels(labels, num_images):
+    """Return ``labels`` as int64 ``[N]``; None passes through (the runner then uses predictions).
+
+    Raises:
+        ValueError: not 1-D, length different from ``num_images``, non-integer or negative.
+    """
+    if labels is None:
+        return None
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise ValueError("labels must be a 1-D array of class indices [N], got shape %s "
+                         "(one-hot labels: pass labels.argmax(1))" % (arr.shape,))
+    if arr.shape[0] != num_images:
+        raise ValueError("labels has length %d but images has %d images; they must match"
+                         % (arr.shape[0], num_images))
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError("labels must be integer class indices, got dtype %s" % arr.dtype)
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError("labels must be >= 0, got minimum %d" % arr.min())
+    return arr
+
+
+def check_label_range(labels, num_classes):
+    """Raise ValueError if a label is not a valid class index of a ``num_classes``-way model."""
+    if labels is not None and labels.size and labels.max() >= num_classes:
+        raise ValueError("labels must be < num_classes = %d (the model's logit count), got "
+                         "maximum %d" % (num_classes, labels.max()))
+
+
+def check_positive_int(value, arg):
+    """Return ``value`` if it is an integer >= 1, else raise ValueError naming ``arg``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError("%s must be an integer >= 1, got %r" % (arg, value))
+    return int(value)
+
+
+def check_seed(seed):
+    """Return ``seed`` as int if it is a non-negative integer, else raise ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError("seed must be a non-negative integer, got %r" % (seed,))
+    return int(seed)

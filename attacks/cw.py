@@ -1,0 +1,133 @@
+"""Carlini & Wagner L2 attack (Carlini and Wagner 2017), untargeted, graph-friendly.
+
+Minimises ``||x' - x||_2^2 + c * max(Z_y(x') - max_{j != y} Z_j(x') + kappa, 0)`` over
+``x' = (tanh(w) + 1) / 2`` (so ``x'`` always lies in ``[0, 1]``) with Adam, and binary-searches
+the constant ``c`` per sample.  For each sample the smallest-L2 adversarial point met during the
+search is returned; samples never misclassified are returned unchanged (bit-exact ``x``).
+
+Why not cleverhans 4.0.0's ``carlini_wagner_l2``: it is broken for this use.  (1) Passing the
+true labels ``y`` silently turns it into a *targeted* attack (``self.targeted = y is not
+None``), so an untargeted attack against the true labels is impossible.  (2) The trade-off
+constant is created with the full image shape ``[B, H, W, C]`` instead of ``[B]`` and then
+multiplied with the per-sample loss ``[B]``; this fails (or broadcasts wrongly) for every batch
+size other than 1 or C.  (3) It runs eagerly with Python control flow on tensor values and a
+Keras optimizer, so it cannot be compiled once and reused.  This module implements the same
+algorithm with ``tf.while_loop`` and an explicit Adam update; it has no early abort.
+
+``eps`` (optional) caps the perturbation: the result is projected onto the L2 ball of radius
+``eps`` around ``x`` (``None`` = unbounded, the classic attack).
+"""
+import tfcompat  # noqa: F401
+
+import tensorflow as tf
+
+from attacks import _utils
+
+_TANH_SHRINK = 0.999999   # keeps atanh finite at pixels exactly 0 or 1
+_ADAM_BETA1 = 0.9
+_ADAM_BETA2 = 0.999
+_ADAM_EPS = 1e-8
+_NO_UPPER = 1e10          # "no upper bound found yet" marker of the binary search
+
+
+def _to_tanh_space(x):
+    """``[0, 1]`` pixels -> unconstrained ``w`` with ``(tanh(w) + 1) / 2 ~= x``."""
+    return tf.atanh((2.0 * x - 1.0) * _TANH_SHRINK)
+
+
+def _from_tanh_space(w):
+    """Unconstrained ``w`` -> pixels ``(tanh(w) + 1) / 2`` in ``[0, 1]``."""
+    return (tf.tanh(w) + 1.0) / 2.0
+
+
+def _margin(logits, y, confidence):
+    """``Z_y - max_{j != y} Z_j`` per sample ``[B]`` plus ``confidence``; <= 0 means adversarial."""
+    is_true = tf.one_hot(y, tf.shape(logits)[1], on_value=True, off_value=False)
+    real = tf.reduce_sum(tf.where(is_true, logits, tf.zeros_like(logits)), axis=1)
+    other = tf.reduce_max(tf.where(is_true, tf.fill(tf.shape(logits), -1e9), logits), axis=1)
+    return real - other + confidence
+
+
+def _squared_l2(a, b):
+    """Squared L2 distance per sample ``[B]`` of two ``[B, H, W, C]`` batches."""
+    return tf.reduce_sum(tf.square(a - b), axis=[1, 2, 3])
+
+
+def _search_round(model_fn, x, y, const, best, steps, learning_rate, confidence):
+    """One Adam run of ``steps`` iterations at fixed per-sample constants ``const`` ``[B]``.
+
+    ``best`` is the tuple ``(best_l2 [B], best_adv [B, H, W, C])``, updated whenever an
+    iterate is adversarial and closer to ``x``.  Returns ``(best, found [B] bool)``.
+    """
+    w0 = _to_tanh_space(x)
+
+    def body(i, delta, m, v, best_l2, best_adv, found):
+        with tf.GradientTape() as tape:
+            tape.watch(delta)
+            x_new = _from_tanh_space(w0 + delta)
+            margin = _margin(model_fn(x_new), y, confidence)
+            dist = _squared_l2(x_new, x)
+            loss = tf.reduce_sum(dist + const * tf.maximum(margin, 0.0))
+        grad = tape.gradient(loss, delta)
+        is_adv = margin < 0.0
+        better = tf.logical_and(is_adv, dist < best_l2)
+        best_l2 = tf.where(better, dist, best_l2)
+        best_adv = tf.where(better[:, None, None, None], x_new, best_adv)
+        t = tf.cast(i + 1, x.dtype)
+        m = _ADAM_BETA1 * m + (1.0 - _ADAM_BETA1) * grad
+        v = _ADAM_BETA2 * v + (1.0 - _ADAM_BETA2) * tf.square(grad)
+        m_hat = m / (1.0 - _ADAM_BETA1 ** t)
+        v_hat = v / (1.0 - _ADAM_BETA2 ** t)
+        delta = delta - learning_rate * m_hat / (tf.sqrt(v_hat) + _ADAM_EPS)
+        return i + 1, delta, m, v, best_l2, best_adv, tf.logical_or(found, is_adv)
+
+    zeros = tf.zeros_like(x)
+    found = tf.zeros_like(y, dtype=tf.bool)
+    loop_vars = (tf.constant(0), zeros, zeros, zeros, best[0], best[1], found)
+    out = tf.while_loop(lambda i, *_: i < steps, body, loop_vars)
+    return (out[4], out[5]), out[6]
+
+
+def _update_constants(const, lower, upper, found):
+    """One per-sample binary-search step on the constant; returns ``(const, lower, upper)``."""
+    upper = tf.where(found, tf.minimum(upper, const), upper)
+    lower = tf.where(found, lower, tf.maximum(lower, const))
+    const = tf.where(upper < _NO_UPPER / 10.0, (lower + upper) / 2.0, const * 10.0)
+    return const, lower, upper
+
+
+def cw_l2(model_fn, x, y, *, eps=None, step_size=None, steps=100, norm=_utils.L2, seed=None,
+          binary_search_steps=5, initial_const=0.1, learning_rate=0.01, confidence=0.0):
+    """Untargeted Carlini-Wagner L2 on a batch.
+
+    Args:
+        model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
+        x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
+        y: int tensor ``[B]``, the labels to move away from.
+        eps: optional L2 cap in ``[0, 1]`` units (``None``: unbounded).
+        step_size, norm, seed: accepted for a uniform signature (CW uses ``learning_rate``,
+            is always L2 and deterministic).
+        steps: Adam iterations per binary-search round (Python int).
+        binary_search_steps: rounds of the per-sample search over the constant ``c``.
+        initial_const: starting value of ``c``.
+        learning_rate: Adam learning rate in tanh space.
+        confidence: ``kappa``, required logit margin of the adversarial class.
+
+    Returns:
+        float32 ``[B, H, W, C]`` in ``[0, 1]``.
+    """
+    del step_size, norm, seed
+    y = tf.cast(y, tf.int64)
+    batch = tf.shape(x)[0]
+    const = tf.fill([batch], tf.cast(initial_const, x.dtype))
+    lower = tf.zeros([batch], x.dtype)
+    upper = tf.fill([batch], tf.cast(_NO_UPPER, x.dtype))
+    best = (tf.fill([batch], tf.cast(float("inf"), x.dtype)), x)
+    for _ in range(binary_search_steps):
+        best, found = _search_round(model_fn, x, y, const, best, steps, learning_rate,
+                                    confidence)
+        const, lower, upper = _update_constants(const, lower, upper, found)
+    x_adv = best[1]
+    if eps is not None:
+        x_adv = _utils.project(x_adv, x, _utils.L2, eps)
+    return x_adv

@@ -1,0 +1,62 @@
+"""Momentum Iterative Method, MI-FGSM ("MIA" in the UnMask paper; Dong et al. 2018), untargeted.
+
+``g_{t+1} = mu * g_t + grad / mean|grad|`` and ``x_{t+1} = Proj clip(x_t + alpha * d(g_{t+1}))``
+with ``d`` the sign (L-inf) or L2 normalisation (L2).  The paper uses ``mu = 1`` and
+``alpha = eps / T`` for ``T`` iterations, starting at ``x``.
+
+Follows cleverhans 4.0.0's ``momentum_iterative_method`` step for step and uses its pieces
+(``compute_gradient``, ``optimize_linear``, ``clip_eta``).  Checked in cleverhans: its gradient
+normalisation (mean absolute value over axes 1..3, ``keepdims``), its L2 step
+(``optimize_linear``) and its L2 projection (``clip_eta``) are all per sample, so batches are
+handled correctly; dividing by the *mean* instead of the L1 *sum* of Dong et al. rescales every
+accumulated term by the same constant ``H*W*C`` and changes no step.  Its driver is not called
+because (a) its Python loop unrolls into ``T`` copies of the model graph inside ``tf.function``
+(see :mod:`attacks._utils`) and (b) its ``sanity_checks=True`` default calls ``np.all`` on
+symbolic tensors, which fails inside ``tf.function``.
+
+Not reproduced: the original UnMask code passed the step un-scaled (2.0 in [0, 1] units, a
+step far larger than the ball) to its MIA attacks; this package uses the paper's
+``alpha = eps / T`` unless ``step_size`` is given.
+"""
+import tfcompat  # noqa: F401
+
+import tensorflow as tf
+from cleverhans.tf2.utils import optimize_linear
+
+from attacks import _utils
+
+
+def _normalise_l1(grad):
+    """``grad / mean|grad|`` per sample (``[B, H, W, C]``), as cleverhans / Dong et al."""
+    scale = tf.reduce_mean(tf.abs(grad), axis=[1, 2, 3], keepdims=True)
+    return grad / tf.maximum(scale, tf.cast(1e-12, grad.dtype))
+
+
+def mim(model_fn, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0):
+    """Untargeted MI-FGSM on a batch.
+
+    Args:
+        model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
+        x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
+        y: int tensor ``[B]``, the labels whose cross-entropy is maximised.
+        eps: ball radius in ``[0, 1]`` units.
+        step_size: step length ``alpha`` in ``[0, 1]`` units.
+        steps: number of iterations ``T`` (Python int).
+        norm: ``'linf'`` or ``'l2'``.
+        seed: unused (the method is deterministic); accepted for a uniform signature.
+        decay: momentum decay factor ``mu``.
+
+    Returns:
+        float32 ``[B, H, W, C]`` in ``[0, 1]`` and within ``eps`` of ``x``.
+    """
+    del seed
+    order = _utils.cleverhans_ord(norm)
+
+    def step(state):
+        x_adv, momentum = state
+        grad = _utils.loss_gradient(model_fn, x_adv, y)
+        momentum = decay * momentum + _normalise_l1(grad)
+        x_adv = x_adv + optimize_linear(momentum, step_size, order)
+        return _utils.project(x_adv, x, norm, eps), momentum
+
+    return _utils.iterate(steps, step, (x, tf.zeros_like(x)))[0]

@@ -1,0 +1,501 @@
+"""UnMask result files: ``metrics.json`` (validated schema), Table IV, Fig. 4, Fig. 5, summary.
+
+``metrics.json`` schema (one file per (M architecture, class set, extractor, threshold, mode);
+accuracies and rates are fractions in [0, 1])::
+
+    {"class_set": "cs5-2", "arch": "resnet50", "extractor": "k" | "oracle",
+     "threshold": 0.5, "mode": "flagged" | "all", "seed": 0, "versions": {"numpy": "2.4.0", ...},
+     "benign": {"acc_none": .97, "acc_at": .92 | null, "acc_um": .91},
+     "attacks": [{"attack": "pgd_linf", "eps": 8, "acc_none": ..., "acc_at": ... | null,
+                  "acc_um": ..., "auc": ..., "tpr": ..., "fpr": ..., "n_attacked": 500,
+                  "n_successful": 480}, ...]}
+
+Rules checked by :func:`validate_metrics` (ValueError naming the key): exactly these keys;
+``class_set`` is a code name of ``data.knowledge.CLASS_SETS``; ``acc_at`` is null everywhere
+(no AT model) or nowhere; ``auc``/``tpr``/``fpr`` are null exactly when ``n_successful`` is 0;
+``n_successful <= n_attacked``; each ``(attack, eps)`` appears once.  ``eps`` is on the 0-255
+scale (8, 16 for L∞; 300, 600 for L2).
+
+Figures use matplotlib's Agg canvas directly (no pyplot, no global state) and are written
+atomically as PNG and PDF.  Results made with the oracle extractor are labelled "oracle" in
+captions and titles: they are the ceiling of UnMask, not a measurement of K.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+import os
+import platform
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from data.fileio import atomic_path, write_json_atomic, write_text_atomic
+from data.knowledge import CLASS_SETS, get_class_set
+from defense.metrics import auc, roc_curve
+
+TOP_KEYS = ("class_set", "arch", "extractor", "threshold", "mode", "seed", "versions",
+            "benign", "attacks")
+BENIGN_KEYS = ("acc_none", "acc_at", "acc_um")
+ATTACK_KEYS = ("attack", "eps", "acc_none", "acc_at", "acc_um", "auc", "tpr", "fpr",
+               "n_attacked", "n_successful")
+EXTRACTORS = ("k", "oracle")
+MODES = ("flagged", "all")
+
+#: Attack names used in metrics files and their display labels.
+ATTACK_LABELS: Dict[str, str] = {"pgd_linf": "PGD-L∞", "pgd_l2": "PGD-L2",
+                                 "mia_linf": "MIA-L∞", "mia_l2": "MIA-L2"}
+#: The paper's 8 attack vectors, in Table IV order.
+ATTACK_VECTORS: Tuple[Tuple[str, int], ...] = (
+    ("pgd_linf", 8), ("pgd_linf", 16), ("pgd_l2", 300), ("pgd_l2", 600),
+    ("mia_linf", 8), ("mia_linf", 16), ("mia_l2", 300), ("mia_l2", 600))
+ARCH_LABELS: Dict[str, str] = {"resnet50": "ResNet50", "densenet121": "DenseNet121"}
+MISSING = "–"
+
+
+# ----------------------------------------------------------------------------- schema
+
+def _fail(key: str, msg: str) -> None:
+    raise ValueError("metrics: key %r %s" % (key, msg))
+
+
+def _check_exact_keys(obj: Any, keys: Sequence[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        _fail(where or "<root>", "must be an object, got %s" % type(obj).__name__)
+    prefix = where + "." if where else ""
+    for k in keys:
+        if k not in obj:
+            _fail(prefix + k, "is missing")
+    for k in obj:
+        if k not in keys:
+            _fail(prefix + str(k), "is not part of the schema (allowed: %s)" % ", ".join(keys))
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_fraction(x: Any, key: str, nullable: bool = False) -> None:
+    if x is None and nullable:
+        return
+    if not _is_number(x) or not 0.0 <= x <= 1.0:
+        _fail(key, "must be a fraction in [0, 1]%s, got %r" % (" or null" if nullable else "", x))
+
+
+def _check_count(x: Any, key: str) -> None:
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        _fail(key, "must be an integer >= 0, got %r" % (x,))
+
+
+def _check_str(x: Any, key: str, allowed: Optional[Sequence[str]] = None) -> None:
+    if not isinstance(x, str) or not x:
+        _fail(key, "must be a non-empty string, got %r" % (x,))
+    if allowed is not None and x not in allowed:
+        _fail(key, "must be one of %s, got %r" % (", ".join(map(repr, allowed)), x))
+
+
+def _check_top(obj: Dict[str, Any]) -> None:
+    _check_str(obj["class_set"], "class_set")
+    codes = [cs.code_name for cs in CLASS_SETS]
+    if obj["class_set"] not in codes:
+        _fail("class_set", "must be a class-set code name (%s), got %r"
+              % (", ".join(codes), obj["class_set"]))
+    _check_str(obj["arch"], "arch")
+    _check_str(obj["extractor"], "extractor", EXTRACTORS)
+    _check_fraction(obj["threshold"], "threshold")
+    _check_str(obj["mode"], "mode", MODES)
+    if not isinstance(obj["seed"], int) or isinstance(obj["seed"], bool):
+        _fail("seed", "must be an integer, got %r" % (obj["seed"],))
+    versions = obj["versions"]
+    if not isinstance(versions, dict):
+        _fail("versions", "must be an object of package -> version string")
+    for name, v in versions.items():
+        if not isinstance(v, str):
+            _fail("versions." + str(name), "must be a version string, got %r" % (v,))
+
+
+def _check_attack(entry: Any, i: int, has_at: bool) -> Tuple[str, float]:
+    where = "attacks[%d]" % i
+    _check_exact_keys(entry, ATTACK_KEYS, where)
+    _check_str(entry["attack"], where + ".attack")
+    if not _is_number(entry["eps"]) or entry["eps"] <= 0:
+        _fail(where + ".eps", "must be a positive number (0-255 scale), got %r" % (entry["eps"],))
+    for k in ("acc_none", "acc_um"):
+        _check_fraction(entry[k], where + "." + k)
+    _check_fraction(entry["acc_at"], where + ".acc_at", nullable=True)
+    if (entry["acc_at"] is None) == has_at:
+        _fail(where + ".acc_at", "must be %s like benign.acc_at"
+              % ("a number" if has_at else "null"))
+    _check_count(entry["n_attacked"], where + ".n_attacked")
+    _check_count(entry["n_successful"], where + ".n_successful")
+    if entry["n_successful"] > entry["n_attacked"]:
+        _fail(where + ".n_successful", "exceeds n_attacked (%d > %d)"
+              % (entry["n_successful"], entry["n_attacked"]))
+    none_rates = entry["n_successful"] == 0
+    for k in ("auc", "tpr", "fpr"):
+        _check_fraction(entry[k], where + "." + k, nullable=none_rates)
+        if none_rates and entry[k] is not None:
+            _fail(where + "." + k, "must be null when n_successful is 0 (no detection set)")
+    return entry["attack"], float(entry["eps"])
+
+
+def validate_metrics(obj: Any) -> Dict[str, Any]:
+    """Check ``obj`` against the ``metrics.json`` schema (module docstring); returns it.
+
+    Raises:
+        ValueError: naming the first bad key (``attacks[2].auc``, ``benign.acc_at``, ...).
+    """
+    _check_exact_keys(obj, TOP_KEYS, "")
+    _check_top(obj)
+    _check_exact_keys(obj["benign"], BENIGN_KEYS, "benign")
+    for k in ("acc_none", "acc_um"):
+        _check_fraction(obj["benign"][k], "benign." + k)
+    _check_fraction(obj["benign"]["acc_at"], "benign.acc_at", nullable=True)
+    has_at = obj["benign"]["acc_at"] is not None
+    if not isinstance(obj["attacks"], list):
+        _fail("attacks", "must be a list")
+    seen = {}
+    for i, entry in enumerate(obj["attacks"]):
+        key = _check_attack(entry, i, has_at)
+        if key in seen:
+            _fail("attacks[%d]" % i, "repeats attack %r eps %g of attacks[%d]"
+                  % (key[0], key[1], seen[key]))
+        seen[key] = i
+    return obj
+
+
+def _num(x: Any) -> Any:
+    """numpy scalars -> Python numbers (JSON-serialisable); None stays None."""
+    if x is None:
+        return None
+    if isinstance(x, (np.integer, int)) and not isinstance(x, bool):
+        return int(x)
+    return float(x)
+
+
+def attack_entry(attack: str, eps: float, acc_none: float, acc_at: Optional[float],
+                 acc_um: float, auc: Optional[float], tpr: Optional[float],
+                 fpr: Optional[float], n_attacked: int, n_successful: int) -> Dict[str, Any]:
+    """One ``attacks[]`` entry with numpy numbers converted (``eps`` on the 0-255 scale)."""
+    eps_v = int(eps) if float(eps).is_integer() else float(eps)
+    return {"attack": str(attack), "eps": eps_v, "acc_none": _num(acc_none),
+            "acc_at": _num(acc_at), "acc_um": _num(acc_um), "auc": _num(auc),
+            "tpr": _num(tpr), "fpr": _num(fpr), "n_attacked": int(n_attacked),
+            "n_successful": int(n_successful)}
+
+
+def package_versions(names: Iterable[str] = ("numpy", "tensorflow", "tf-keras", "matplotlib",
+                                             "scikit-image", "cleverhans")) -> Dict[str, str]:
+    """Installed versions (``"python"`` plus each installed distribution of ``names``)."""
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def make_metrics(class_set: str, arch: str, extractor: str, threshold: float, mode: str,
+                 seed: int, benign: Mapping[str, Optional[float]],
+                 attacks: Sequence[Mapping[str, Any]],
+                 versions: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """Assemble and validate a metrics object (class set names are converted to code names)."""
+    obj = {"class_set": get_class_set(class_set).code_name, "arch": str(arch),
+           "extractor": str(extractor), "threshold": float(threshold), "mode": str(mode),
+           "seed": int(seed),
+           "versions": dict(package_versions() if versions is None else versions),
+           "benign": {k: _num(benign.get(k)) for k in BENIGN_KEYS},
+           "attacks": [dict(a) for a in attacks]}
+    return validate_metrics(obj)
+
+
+def write_metrics(path: str, obj: Mapping[str, Any]) -> str:
+    """Validate and write ``metrics.json`` atomically; returns ``path``."""
+    validate_metrics(obj)
+    write_json_atomic(path, obj, indent=2)
+    return path
+
+
+# ----------------------------------------------------------------------------- Table IV
+
+def fmt2(x: Optional[float]) -> str:
+    """Two decimals in the paper's style (``.94``, ``1.00``); ``–`` for missing values."""
+    if x is None:
+        return MISSING
+    s = "%.2f" % x
+    return s[1:] if s.startswith("0.") else s
+
+
+def attack_label(attack: str, eps: float) -> str:
+    """``PGD-L∞ ε=8`` style label (unknown names are shown as given)."""
+    return "%s ε=%g" % (ATTACK_LABELS.get(attack, attack), eps)
+
+
+def arch_label(arch: str) -> str:
+    return ARCH_LABELS.get(arch.lower(), arch)
+
+
+def _find_attack(m: Mapping[str, Any], attack: str, eps: float) -> Optional[Mapping[str, Any]]:
+    for a in m["attacks"]:
+        if a["attack"] == attack and float(a["eps"]) == float(eps):
+            return a
+    return None
+
+
+def _row_order(m: Mapping[str, Any]) -> Tuple[int, str, int]:
+    archs = list(ARCH_LABELS)
+    a = m["arch"].lower()
+    cs = [c.code_name for c in CLASS_SETS].index(m["class_set"])
+    return (archs.index(a) if a in archs else len(archs), a, cs)
+
+
+def _group_cells(acc: Optional[Mapping[str, Any]]) -> List[str]:
+    if acc is None:
+        return [MISSING] * 3
+    return [fmt2(acc["acc_none"]), fmt2(acc["acc_at"]), fmt2(acc["acc_um"])]
+
+
+def _table_block(rows: Sequence[Mapping[str, Any]], vectors: Sequence[Tuple[str, int]]) -> str:
+    groups = ["No attack"] + [attack_label(a, e) for a, e in vectors]
+    head = "| M | CS | " + " | ".join(g + " | |" for g in groups) + " |"
+    sep = "|" + "---|" * (2 + 3 * len(groups))
+    sub = "| | | " + " | ".join("None | AT | UM" for _ in groups) + " |"
+    lines = [head, sep, sub]
+    for m in rows:
+        cells = [arch_label(m["arch"]), get_class_set(m["class_set"]).paper_name]
+        cells += _group_cells(m["benign"])
+        for a, e in vectors:
+            cells += _group_cells(_find_attack(m, a, e))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _caption(rows: Sequence[Mapping[str, Any]]) -> str:
+    kinds = {m["extractor"] for m in rows}
+    if len(kinds) != 1:
+        raise ValueError("Table IV mixes extractors %s; make one table per extractor"
+                         % sorted(kinds))
+    kind = kinds.pop()
+    ext = ("K (Mask R-CNN part detector)" if kind == "k" else
+           "ORACLE (ground-truth parts: a perfect K, the ceiling of UnMask, not a K result)")
+    modes = sorted({m["mode"] for m in rows})
+    ts = sorted({float(m["threshold"]) for m in rows})
+    return ("Table IV (reproduction). Accuracy (fraction) with no defense (None), adversarial "
+            "training (AT) and UnMask (UM) at contamination 1. Extractor: %s. Rectification "
+            "mode: %s. Threshold t: %s. %s = not available (no AT model or attack not run)."
+            % (ext, "/".join(modes), ", ".join("%g" % t for t in ts), MISSING))
+
+
+def table_iv_markdown(metrics_list: Sequence[Mapping[str, Any]]) -> str:
+    """Table IV in Markdown: rows (M, class set), two blocks (PGD, MIA) of None/AT/UM groups.
+
+    Raises ValueError for an invalid metrics object, a repeated (arch, class set) row, or
+    rows made with different extractors.
+    """
+    if not metrics_list:
+        raise ValueError("table_iv_markdown needs at least one metrics object")
+    rows = sorted((validate_metrics(m) for m in metrics_list), key=_row_order)
+    keys = [(m["arch"].lower(), m["class_set"]) for m in rows]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise ValueError("Table IV has several metrics for (arch, class set) %s" % sorted(dup))
+    caption = _caption(rows)
+    return "\n\n".join([caption, _table_block(rows, ATTACK_VECTORS[:4]),
+                        _table_block(rows, ATTACK_VECTORS[4:])]) + "\n"
+
+
+def write_table_iv(path: str, metrics_list: Sequence[Mapping[str, Any]]) -> str:
+    """Write :func:`table_iv_markdown` to ``path`` atomically; returns ``path``."""
+    write_text_atomic(path, table_iv_markdown(metrics_list))
+    return path
+
+
+def table_iii_markdown(metrics_list: Sequence[Mapping[str, Any]]) -> str:
+    """Table III style counts: images in each detection evaluation (2 x successful attacks:
+    the successfully attacked images plus their benign counterparts), per (M, class set) row
+    and attack vector; ``–`` where the attack was not run."""
+    if not metrics_list:
+        raise ValueError("table_iii_markdown needs at least one metrics object")
+    rows = sorted((validate_metrics(m) for m in metrics_list), key=_row_order)
+    head = "| M | CS | " + " | ".join(attack_label(a, e) for a, e in ATTACK_VECTORS) + " |"
+    lines = ["Images used to evaluate detection (successful attacks + benign counterparts).",
+             "", head, "|" + "---|" * (2 + len(ATTACK_VECTORS))]
+    for m in rows:
+        cells = [arch_label(m["arch"]), get_class_set(m["class_set"]).paper_name]
+        for a, e in ATTACK_VECTORS:
+            entry = _find_attack(m, a, e)
+            cells.append(MISSING if entry is None else "{:,}".format(2 * entry["n_successful"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, stem: str) -> Tuple[str, str]:
+    """Save ``fig`` to ``stem.png`` and ``stem.pdf`` atomically; returns both paths."""
+    paths = (stem + ".png", stem + ".pdf")
+    for path, fmt in zip(paths, ("png", "pdf")):
+        with atomic_path(path, suffix="." + fmt) as tmp:
+            fig.savefig(tmp, format=fmt, bbox_inches="tight")
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class RocCurve:
+    """One ROC curve: ``fpr``/``tpr`` float [P] (from :func:`defense.metrics.roc_curve`)."""
+    label: str
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auc: float
+
+
+def roc_curve_for(label: str, labels: Any, scores: Any) -> RocCurve:
+    """:class:`RocCurve` of binary ``labels`` (1 = adversarial) and distances ``scores``."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return RocCurve(label=str(label), fpr=fpr, tpr=tpr, auc=auc(fpr, tpr))
+
+
+def roc_figure(panels: Mapping[str, Sequence[RocCurve]], title: Optional[str] = None,
+               ncols: int = 4) -> Figure:
+    """Fig. 5 style: one axes per attack (panel title), its curves with AUC in the legend."""
+    if not panels:
+        raise ValueError("roc_figure needs at least one panel (attack -> curves)")
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = int(math.ceil(len(panels) / ncols))
+    fig = _new_figure(3.2 * ncols, 3.2 * nrows + (0.4 if title else 0.0))
+    for i, (name, curves) in enumerate(panels.items()):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for c in curves:
+            ax.plot(c.fpr, c.tpr, lw=1.6, label="%s (AUC %.3f)" % (c.label, c.auc))
+        ax.plot([0, 1], [0, 1], ls=":", color="gray", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("False positive rate", fontsize=8)
+        ax.set_ylabel("True positive rate", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if curves:
+            ax.legend(loc="lower right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def fig4_groups_by_attack(metrics: Mapping[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Bars of one metrics object: "No attack" then each attack vector -> None/AT/UM."""
+    m = validate_metrics(metrics)
+    groups = {"No attack": {"None": m["benign"]["acc_none"], "AT": m["benign"]["acc_at"],
+                            "UM": m["benign"]["acc_um"]}}
+    for a in m["attacks"]:
+        groups[attack_label(a["attack"], a["eps"])] = {"None": a["acc_none"], "AT": a["acc_at"],
+                                                       "UM": a["acc_um"]}
+    return groups
+
+
+def fig4_groups_by_class_set(metrics_list: Sequence[Mapping[str, Any]]
+                             ) -> Dict[str, Dict[str, Optional[float]]]:
+    """Paper Fig. 4: per class set, accuracy averaged over attack vectors and models."""
+    acc: Dict[str, Dict[str, List[float]]] = {}
+    for m in sorted((validate_metrics(x) for x in metrics_list), key=_row_order):
+        name = get_class_set(m["class_set"]).paper_name
+        bucket = acc.setdefault(name, {"None": [], "AT": [], "UM": []})
+        for a in m["attacks"]:
+            for col, key in (("None", "acc_none"), ("AT", "acc_at"), ("UM", "acc_um")):
+                if a[key] is not None:
+                    bucket[col].append(a[key])
+    return {cs: {col: (float(np.mean(v)) if v else None) for col, v in cols.items()}
+            for cs, cols in acc.items()}
+
+
+def fig4_figure(groups: Mapping[str, Mapping[str, Optional[float]]],
+                title: Optional[str] = None) -> Figure:
+    """Fig. 4 style grouped bars (accuracy in %) of None / AT / UM per group; missing = no bar."""
+    if not groups:
+        raise ValueError("fig4_figure needs at least one group")
+    names = list(groups)
+    fig = _new_figure(max(4.0, 1.1 * len(names) + 1.5), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    width = 0.27
+    colors = {"None": "#9e9e9e", "AT": "#4c72b0", "UM": "#dd8452"}
+    for j, col in enumerate(("None", "AT", "UM")):
+        vals = [groups[g].get(col) for g in names]
+        xs = [x[i] + (j - 1) * width for i, v in enumerate(vals) if v is not None]
+        hs = [100.0 * v for v in vals if v is not None]
+        if hs:
+            bars = ax.bar(xs, hs, width, label=col, color=colors[col])
+            ax.bar_label(bars, fmt="%.0f", fontsize=6)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("Accuracy (%)")
+    ax.set_ylim(0, 120)
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _extractor_tag(m: Mapping[str, Any]) -> str:
+    return "oracle extractor (ceiling)" if m["extractor"] == "oracle" else "K extractor"
+
+
+def figure_title(m: Mapping[str, Any]) -> str:
+    """``ResNet50, CS5b, K extractor, t=0.5, mode flagged``."""
+    return "%s, %s, %s, t=%g, mode %s" % (arch_label(m["arch"]),
+                                          get_class_set(m["class_set"]).paper_name,
+                                          _extractor_tag(m), m["threshold"], m["mode"])
+
+
+# ----------------------------------------------------------------------------- summary
+
+def summary_text(metrics: Mapping[str, Any]) -> str:
+    """Plain-text table for the console: one line per attack plus the benign line."""
+    m = validate_metrics(metrics)
+    head = "%-16s %6s %6s %6s %6s %6s %6s %13s" % ("attack", "None", "AT", "UM", "AUC", "TPR",
+                                                    "FPR", "succ/attacked")
+    lines = [figure_title(m), head, "-" * len(head)]
+    b = m["benign"]
+    lines.append("%-16s %6s %6s %6s" % ("no attack", fmt2(b["acc_none"]), fmt2(b["acc_at"]),
+                                         fmt2(b["acc_um"])))
+    for a in m["attacks"]:
+        lines.append("%-16s %6s %6s %6s %6s %6s %6s %13s" % (
+            attack_label(a["attack"], a["eps"]), fmt2(a["acc_none"]), fmt2(a["acc_at"]),
+            fmt2(a["acc_um"]), fmt2(a["auc"]), fmt2(a["tpr"]), fmt2(a["fpr"]),
+            "%d/%d" % (a["n_successful"], a["n_attacked"])))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str, metrics: Mapping[str, Any],
+                 roc_curves: Optional[Mapping[str, RocCurve]] = None) -> Dict[str, str]:
+    """Write one run's report into ``out_dir``; returns name -> path.
+
+    Files: ``metrics.json``, ``table_iv.md`` (one row), ``fig4.png/.pdf``, ``summary.txt`` and,
+    when ``roc_curves`` (attack label -> :class:`RocCurve`) is given, ``roc.png/.pdf``.
+    """
+    m = validate_metrics(metrics)
+    paths = {"metrics": write_metrics(os.path.join(out_dir, "metrics.json"), m),
+             "table_iv": write_table_iv(os.path.join(out_dir, "table_iv.md"), [m])}
+    paths["fig4_png"], paths["fig4_pdf"] = save_figure(
+        fig4_figure(fig4_groups_by_attack(m), title=figure_title(m)),
+        os.path.join(out_dir, "fig4"))
+    if roc_curves:
+        panels = {name: [c] for name, c in roc_curves.items()}
+        paths["roc_png"], paths["roc_pdf"] = save_figure(
+            roc_figure(panels, title=figure_title(m)), os.path.join(out_dir, "roc"))
+    summary = os.path.join(out_dir, "summary.txt")
+    write_text_atomic(summary, summary_text(m))
+    paths["summary"] = summary
+    return paths

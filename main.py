@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""UnMask on current TensorFlow: command-line entry point.
+
+    python main.py                                  # the default job (synthetic CS5b evaluation)
+    python main.py --prepare-data                   # generate the synthetic data set
+    python main.py --describe-classsets             # Table II: classes, parts, overlap
+    python main.py --model K                        # train (or evaluate) the part extractor K
+    python main.py --model M --classset CS5b        # train M, attack it, evaluate UnMask
+
+``main()`` only parses and forwards: names are validated once here (class set, architecture,
+attack names) and turned into objects before anything runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import tfcompat  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from data.knowledge import class_set_names, describe_class_sets, get_class_set
+from data.synthetic import DEFAULT_DATA_DIR, DatasetExistsError, ensure_dataset, summary
+
+DEFAULT_CLASS_SET = "CS5b"
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a non-negative integer, got %r" % text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be a non-negative integer, got %d" % value)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="UnMask: knowledge-based adversarial detection and defense (TF 2 port). "
+                    "Without a command, runs the default job: `--model M --classset CS5b` on "
+                    "the synthetic data set.")
+    cmd = p.add_argument_group("commands (one at a time)")
+    cmd.add_argument("--prepare-data", action="store_true",
+                     help="generate the synthetic UnMask data set in --data-dir (reused if it "
+                          "is already there) and print its summary")
+    cmd.add_argument("--describe-classsets", action="store_true",
+                     help="print the four class sets with their classes, distinct parts and "
+                          "part overlap (paper Table II)")
+    cmd.add_argument("--model", choices=("K", "M"), type=str.upper,
+                     help="K: train/evaluate the Mask R-CNN part extractor; M: train/load the "
+                          "classifier for --classset, attack it and evaluate UnMask")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help="UnMask data folder (original layout: VOC2010/, cs3-1/, ...); the "
+                        "synthetic data set is generated here when it is missing")
+    g.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the synthetic data set and of every random choice of a run")
+    g.add_argument("--classset", default=DEFAULT_CLASS_SET,
+                   help="class set for --model M: " + ", ".join(class_set_names())
+                        + " (case-insensitive)")
+    m = p.add_argument_group("model M and the evaluation (--model M)")
+    m.add_argument("--arch", default="mobilenetv2_050",
+                   help="architecture of M: resnet50, densenet121 (the paper's), vgg16, "
+                        "mobilenetv2, mobilenetv2_050 (fast on a CPU; synthetic default)")
+    m.add_argument("--input-size", type=int, default=96,
+                   help="M's input size in pixels (images are resized and center-cropped)")
+    m.add_argument("--weights", default="none",
+                   help="initial weights: none (random init) or imagenet (downloads; needs "
+                        "network access); for --model K see the K options")
+    m.add_argument("--epochs", type=int, default=15, help="training epochs of M (and AT)")
+    m.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of M")
+    m.add_argument("--batch-size", type=int, default=32, help="training batch size of M")
+    m.add_argument("--adv-train", action="store_true",
+                   help="also train and evaluate the adversarial-training baseline (AT)")
+    m.add_argument("--at-eps", type=float, default=4,
+                   help="AT's PGD-Linf eps on the 0-255 scale (7 steps, step 2)")
+    m.add_argument("--at-line-search", action="store_true",
+                   help="train AT for eps in {1,2,4,6,8,16}, print validation accuracies "
+                        "under the attack vectors and the best eps, then stop")
+    m.add_argument("--extractor", choices=("k", "oracle"), type=str.lower,
+                   help="part extractor: k (trained Mask R-CNN) or oracle (ground-truth "
+                        "parts, the ceiling of a perfect K); default: k if trained, else oracle")
+    m.add_argument("--threshold", type=float,
+                   help="detection threshold t in [0, 1] (flag if 1 - Jaccard >= t); default: "
+                        "chosen on validation images for --target-fpr")
+    m.add_argument("--target-fpr", type=float, default=0.1,
+                   help="false-positive rate on benign validation images that picks t")
+    m.add_argument("--mode", choices=("flagged", "all"), default="flagged",
+                   help="rectify only flagged images (paper) or re-classify all (original "
+                        "code)")
+    m.add_argument("--attacks", default="paper",
+                   help="attack vectors: 'paper' (the 8 of Table IV) or a comma list of "
+                        "name:eps, e.g. pgd_linf:8,fgsm:8 (eps on the 0-255 scale)")
+    m.add_argument("--n-test", type=int,
+                   help="evaluate on at most this many test images (class-balanced)")
+    m.add_argument("--results-dir", default="results", help="where reports are written")
+    m.add_argument("--checkpoint-dir", default="checkpoints",
+                   help="where M's and AT's checkpoints are written")
+    m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def parse_vectors(text: str):
+    """'paper' or 'name:eps,...' -> [(name, eps)], names checked against the registry."""
+    from attacks import PAPER_ATTACK_VECTORS, get_attack
+
+    if text.strip().lower() == "paper":
+        return list(PAPER_ATTACK_VECTORS)
+    vectors = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, eps = item.partition(":")
+        get_attack(name)
+        try:
+            vectors.append((name, float(eps) if sep else None))
+        except ValueError:
+            raise ValueError("--attacks: eps of %r must be a number" % item) from None
+    if not vectors:
+        raise ValueError("--attacks: give 'paper' or name:eps pairs")
+    return vectors
+
+
+def _eval_config(args):
+    from defense.evaluate import EvalConfig
+    from models.classifier import get_architecture
+    from models.train_classifier import TrainConfig
+
+    weights = None if args.weights.lower() == "none" else args.weights.lower()
+    if weights not in (None, "imagenet"):
+        raise ValueError("--weights for --model M must be none or imagenet, got %r"
+                         % args.weights)
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ValueError("--threshold must be in [0, 1], got %r" % args.threshold)
+    if args.n_test is not None and args.n_test < 1:
+        raise ValueError("--n-test must be >= 1, got %r" % args.n_test)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                        learning_rate=args.lr, seed=args.seed)
+    train.validate()
+    return EvalConfig(
+        class_set=args.classset, data_dir=args.data_dir,
+        arch=get_architecture(args.arch).name, input_size=args.input_size, weights=weights,
+        train=train, adv_train=args.adv_train, at_eps=args.at_eps, extractor=args.extractor,
+        threshold=args.threshold, target_fpr=args.target_fpr, mode=args.mode,
+        vectors=parse_vectors(args.attacks), n_test=args.n_test, seed=args.seed,
+        results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
+        progress=not args.no_progress)
+
+
+def run_model_m(cfg, line_search: bool = False) -> int:
+    from defense.evaluate import run_evaluation
+
+    if line_search:
+        return _line_search(cfg)
+    run_evaluation(cfg)
+    return 0
+
+
+def _line_search(cfg) -> int:
+    from defense.adversarial_training import line_search
+    from defense.evaluate import load_data
+
+    data = load_data(cfg, print)
+    out = line_search(cfg.arch, len(cfg.class_set.classes), cfg.input_size, data, cfg.m_dir,
+                      cfg.train, cfg.vectors)
+    print("best AT eps on validation: %g" % out["best_eps"])
+    return 0
+
+
+def _prepare(args) -> dict:
+    return ensure_dataset(args.data_dir, seed=args.seed)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = [bool(args.prepare_data), bool(args.describe_classsets), args.model is not None]
+    if sum(commands) > 1:
+        parser.error("give one command at a time: --prepare-data, --describe-classsets or "
+                     "--model")
+    try:
+        args.classset = get_class_set(args.classset)
+    except ValueError as e:
+        parser.error("--classset: %s" % e)
+    if args.describe_classsets:
+        print(describe_class_sets())
+        return 0
+    if not args.prepare_data and args.model is None:
+        args.model = "M"  # the default job: evaluate UnMask on --classset (CS5b)
+    try:
+        if args.model:
+            tfcompat.import_tf()  # quiet TensorFlow start-up before any package imports it
+        # every name and number is checked here, before any data is generated or read
+        eval_cfg = _eval_config(args) if args.model == "M" else None
+        manifest = _prepare(args)
+        if args.prepare_data:
+            print(summary(manifest))
+            return 0
+        if args.model == "K":
+            from models.mrcnn.cli import run_model_k
+            return run_model_k(args)
+        return run_model_m(eval_cfg, args.at_line_search)
+    except DatasetExistsError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The protected classifier M: Keras-applications backbones with a new head per class set.
+
+Every model returned here maps float32 images ``[B, S, S, 3]`` with pixels in [0, 1] to
+**logits** ``[B, C]``.  The scaling from [0, 1] to what the backbone expects (caffe BGR mean
+subtraction, torch mean/std, or [-1, 1]) is a layer *inside* the model, so attacks and UnMask
+only ever see [0, 1] images.
+
+The registry ``ARCHITECTURES`` holds the paper's ResNet50 and DenseNet121, VGG16, and the
+small MobileNetV2 that trains quickly on a CPU (the synthetic default).  ``weights=None`` is
+the default (nothing is downloaded); ``weights="imagenet"`` is for users with network access
+(as in the paper, whose M were ImageNet-pretrained with the dense head replaced).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Optional
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+class UnitToBackbone(keras.layers.Layer):
+    """Maps pixels in [0, 1] (RGB) to a backbone's input convention.
+
+    mode: ``"caffe"`` (RGB->BGR, x*255 minus the ImageNet BGR mean; ResNet50, VGG16),
+    ``"torch"`` ((x - mean) / std; DenseNet121), ``"tf"`` (2x - 1; MobileNetV2).
+    Shape-preserving: ``[B, H, W, 3] -> [B, H, W, 3]``.
+    """
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "torch", "tf"):
+            raise ValueError("mode must be caffe, torch or tf, got %r" % mode)
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "caffe":
+            return x[..., ::-1] * 255.0 - tf.constant(_CAFFE_MEAN_BGR, x.dtype)
+        if self.mode == "torch":
+            return (x - tf.constant(_TORCH_MEAN, x.dtype)) / tf.constant(_TORCH_STD, x.dtype)
+        return x * 2.0 - 1.0
+
+    def get_config(self):
+        return dict(super().get_config(), mode=self.mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A registered backbone: its constructor, its input convention, its smallest input."""
+    name: str
+    build: Callable
+    mode: str
+    min_size: int
+    paper: bool
+
+
+ARCHITECTURES: Dict[str, Architecture] = {
+    a.name: a for a in (
+        Architecture("resnet50", lambda **kw: keras.applications.ResNet50(**kw), "caffe", 32,
+                     True),
+        Architecture("densenet121", lambda **kw: keras.applications.DenseNet121(**kw), "torch",
+                     32, True),
+        Architecture("vgg16", lambda **kw: keras.applications.VGG16(**kw), "caffe", 32, False),
+        Architecture("mobilenetv2", lambda **kw: keras.applications.MobileNetV2(**kw), "tf", 32,
+                     False),
+        Architecture("mobilenetv2_050",
+                     lambda **kw: keras.applications.MobileNetV2(alpha=0.5, **kw), "tf", 32,
+                     False),
+    )
+}
+DEFAULT_ARCH = "mobilenetv2"
+
+
+def get_architecture(name: str) -> Architecture:
+    """Look up an architecture by (case-insensitive) name; ValueError lists valid names."""
+    key = str(name).strip().lower()
+    if key not in ARCHITECTURES:
+        raise ValueError("unknown architecture %r; valid: %s" % (name, ", ".join(ARCHITECTURES)))
+    return ARCHITECTURES[key]
+
+
+def _faster_batchnorm_statistics(model, momentum: float = 0.9) -> None:
+    """Keras applications use BatchNorm momentum 0.99-0.999, tuned for ImageNet-length
+    training.  Trained from scratch for a few hundred steps, the moving statistics then lag
+    far behind the batch statistics and inference-mode accuracy stays at chance, so random-
+    init backbones use ``momentum`` (0.9, PyTorch's equivalent of the original's default)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def build_classifier(arch: str, num_classes: int, input_size: int = 128,
+                     weights: Optional[str] = None, dropout: float = 0.2, seed: int = 0
+                     ) -> "keras.Model":
+    """Build M: ``[B, input_size, input_size, 3]`` pixels in [0, 1] -> logits ``[B, C]``.
+
+    Args:
+        arch: a name of ``ARCHITECTURES``.
+        num_classes: classes of the class set (the new dense head's width).
+        weights: None (random init, default) or "imagenet" (downloads; needs network).
+        dropout: dropout before the new head.
+    """
+    spec = get_architecture(arch)
+    if num_classes < 2:
+        raise ValueError("num_classes must be >= 2, got %d" % num_classes)
+    if input_size < spec.min_size:
+        raise ValueError("input_size %d is below %s's minimum %d" % (input_size, spec.name,
+                                                                      spec.min_size))
+    if weights not in (None, "imagenet"):
+        raise ValueError("weights must be None or 'imagenet', got %r (load a checkpoint with "
+                         "model.load_weights instead)" % (weights,))
+    tf.random.set_seed(seed)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = UnitToBackbone(spec.mode, name="preprocess")(inputs)
+    backbone = spec.build(include_top=False, weights=weights,
+                          input_shape=(input_size, input_size, 3), pooling="avg")
+    if weights is None:
+        _faster_batchnorm_statistics(backbone)
+    x = backbone(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="M_%s" % spec.name)

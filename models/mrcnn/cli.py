@@ -1,0 +1,285 @@
+"""Entry points of model K for ``main.py --model K``: train in stages, evaluate, visualize.
+
+``run_model_k(args)`` takes an argparse namespace (or keyword arguments) with the options
+listed in :data:`CLI_DEFAULTS`; ``train_model_k`` and ``evaluate_model_k`` are the plain
+functions behind it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Dict, Optional, Sequence, Union
+
+from data.fileio import write_json_atomic
+from mrcnn_config import Config, get_config
+
+DEFAULT_LOG_DIR = "logs/model_k"
+DEFAULT_DATA_DIR = "data/unmask"
+DEFAULT_RESULTS_DIR = "results/model_k"
+# Epochs per stage: heads, 4+, all, all at learning rate / 10 (matterport's stage order).
+DEFAULT_EPOCHS = {"synthetic": (1, 1, 20, 6), "parts": (20, 10, 10, 0), "tiny": (1, 1, 1, 0)}
+COCO_WEIGHTS = "mask_rcnn_coco.h5"
+IMAGENET_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+CLI_DEFAULTS = {
+    "data_dir": DEFAULT_DATA_DIR,
+    "k_config": "synthetic",
+    "weights": "none",
+    "k_epochs": None,
+    "k_steps": None,
+    "k_lr": None,
+    "log_dir": DEFAULT_LOG_DIR,
+    "results_dir": DEFAULT_RESULTS_DIR,
+    "k_eval_only": False,
+    "k_eval_split": "test",
+    "k_eval_limit": None,
+    "k_batch": None,
+    "visualize": False,
+    "k_max_minutes": None,
+    "seed": 0,
+}
+
+
+def resolve_config(config: Union[str, Config, None], **overrides) -> Config:
+    """A ``Config`` from a name ("synthetic", "parts", "tiny") or an instance."""
+    if config is None:
+        config = "synthetic"
+    if isinstance(config, Config):
+        if overrides:
+            return type(type(config).__name__, (type(config),), overrides)()
+        return config
+    return get_config(config, **overrides)
+
+
+def _config_key(config: Config) -> str:
+    for key, cls_name in (("tiny", "TinyTestConfig"), ("synthetic", "SyntheticPartsConfig")):
+        if any(c.__name__ == cls_name for c in type(config).__mro__):
+            return key
+    return "parts"
+
+
+def parse_epochs(epochs, config: Config) -> tuple:
+    """Per-stage epochs ``(heads, 4+, all, all_low_lr)`` from a tuple or "1,1,10,3"."""
+    if epochs is None:
+        return DEFAULT_EPOCHS[_config_key(config)]
+    if isinstance(epochs, str):
+        try:
+            epochs = [int(v) for v in epochs.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError("--k-epochs must be comma-separated integers such as 1,1,10,3 "
+                             "(heads, 4+, all, all at lr/10), got %r" % epochs) from None
+    epochs = tuple(int(v) for v in epochs)
+    if not 1 <= len(epochs) <= 4 or any(v < 0 for v in epochs):
+        raise ValueError("--k-epochs takes 1-4 non-negative counts (heads, 4+, all, all at "
+                         "lr/10), got %r" % (epochs,))
+    return epochs + (0,) * (4 - len(epochs))
+
+
+def load_parts_dataset(data_dir: str, split: str):
+    """The prepared ``PartsDataset`` of ``<data_dir>/VOC2010/<split>.json``."""
+    from data.coco_parts import PartsDataset
+    ds = PartsDataset().load_parts(data_dir, split)
+    ds.prepare()
+    return ds
+
+
+def _find_weights_file(name: str, log_dir: str) -> str:
+    for folder in (log_dir, os.path.dirname(os.path.abspath(log_dir)), "."):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError("%s not found in %s or the working directory; this project never "
+                            "downloads weights: place the file there or pass --weights PATH"
+                            % (name, log_dir))
+
+
+def load_initial_weights(model, weights: str, log_dir: str) -> str:
+    """Apply ``--weights`` (last|coco|imagenet|PATH|none) to a model; returns what was loaded.
+
+    ``coco`` excludes the class-specific heads (as the original K did); a missing file raises
+    FileNotFoundError naming it (``last``: with the command that creates a checkpoint).
+    """
+    from models.mrcnn.model import HEAD_LAYERS
+    choice = (weights or "none").strip()
+    if choice.lower() == "none":
+        return "none"
+    if choice.lower() == "last":
+        path = model.find_last()
+        model.load_weights(path, by_name=True)
+    elif choice.lower() == "coco":
+        path = _find_weights_file(COCO_WEIGHTS, log_dir)
+        model.load_weights(path, by_name=True, exclude=HEAD_LAYERS)
+    elif choice.lower() == "imagenet":
+        path = _find_weights_file(IMAGENET_WEIGHTS, log_dir)
+        model.load_weights(path, by_name=True)
+    else:
+        if not os.path.isfile(choice):
+            raise FileNotFoundError("--weights %s: file not found (use last|coco|imagenet|none "
+                                    "or a path to a .h5 file)" % choice)
+        path = choice
+        model.load_weights(path, by_name=True)
+    return path
+
+
+def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] = "synthetic",
+                  weights: str = "none", epochs=None, log_dir: str = DEFAULT_LOG_DIR,
+                  learning_rate: Optional[float] = None, steps_per_epoch: Optional[int] = None,
+                  seed: int = 0, max_minutes: Optional[float] = None, progress: bool = True,
+                  train_dataset=None, val_dataset=None) -> Dict:
+    """Train K in matterport's stages (heads -> 4+ -> all [-> all at lr/10]).
+
+    Epoch counts are per stage; the stages continue from a resumed checkpoint's epoch.
+    Checkpoints go to ``<log_dir>/<name><timestamp>/mask_rcnn_<name>_<epoch>.h5``.
+
+    Returns:
+        dict with ``checkpoint`` (last written), ``history`` (per epoch), ``log_dir``,
+        ``seconds`` and ``weights`` (what initialised the model).
+    """
+    import tfcompat  # noqa: F401
+    from models.mrcnn.model import MaskRCNN
+    cfg = resolve_config(config)
+    stages = parse_epochs(epochs, cfg)
+    lr = float(learning_rate or cfg.LEARNING_RATE)
+    train_ds = train_dataset or load_parts_dataset(data_dir, "train")
+    val_ds = val_dataset if val_dataset is not None else _maybe_dataset(data_dir, "val")
+    model = MaskRCNN("training", cfg, log_dir, seed=seed)
+    start = time.time()
+    history = []
+    try:
+        loaded = load_initial_weights(model, weights, log_dir)
+        plan = [("heads", stages[0], lr), ("4+", stages[1], lr), ("all", stages[2], lr),
+                ("all", stages[3], lr / 10.0)]
+        target = 0
+        for layers, n, stage_lr in plan:
+            target += n
+            if n == 0 or model.epoch >= target:
+                continue
+            budget = None
+            if max_minutes is not None:
+                budget = max_minutes * 60 - (time.time() - start)
+                if budget <= 0:
+                    break
+            history += model.train(train_ds, val_ds, stage_lr, target, layers, seed=seed,
+                                   progress=progress, max_seconds=budget,
+                                   steps_per_epoch=steps_per_epoch)
+        result = {"checkpoint": history[-1]["checkpoint"] if history else None,
+                  "history": history, "log_dir": model.log_dir, "weights": loaded,
+                  "seconds": time.time() - start, "config": cfg.to_dict()}
+        if history:
+            write_json_atomic(os.path.join(model.log_dir, "train_summary.json"), result, indent=1)
+        return result
+    finally:
+        model.close()
+
+
+def _maybe_dataset(data_dir: str, split: str):
+    try:
+        return load_parts_dataset(data_dir, split)
+    except FileNotFoundError:
+        return None
+
+
+def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] = "synthetic",
+                     checkpoint: str = "last", split: str = "test",
+                     log_dir: str = DEFAULT_LOG_DIR, limit: Optional[int] = None,
+                     visualize: bool = False, results_dir: str = DEFAULT_RESULTS_DIR,
+                     batch_size: Optional[int] = None, dataset=None,
+                     class_names: Optional[Sequence[str]] = None) -> Dict:
+    """COCO bbox/segm mAP@[.5:.95], mAP@.5, matterport mAP@.5 and images/s on a split.
+
+    Writes ``<results_dir>/eval_<split>.json`` and, with ``visualize``, PNGs of detected parts
+    under ``<results_dir>/visualize_<split>/``.
+    """
+    import tfcompat  # noqa: F401
+    from models.mrcnn.evaluate import evaluate_dataset
+    from models.mrcnn.model import MaskRCNN
+    base = resolve_config(config)
+    cfg = resolve_config(base, DETECTION_MIN_CONFIDENCE=0,
+                         IMAGES_PER_GPU=int(batch_size or base.IMAGES_PER_GPU), GPU_COUNT=1)
+    ds = dataset if dataset is not None else load_parts_dataset(data_dir, split)
+    names = class_names or getattr(ds, "class_names", None)
+    model = MaskRCNN("inference", cfg, log_dir)
+    try:
+        path = model.find_last() if checkpoint == "last" else checkpoint
+        model.load_weights(path, by_name=True)
+        vis_dir = os.path.join(results_dir, "visualize_%s" % split) if visualize else None
+        metrics = evaluate_dataset(model, ds, limit=limit, visualize_dir=vis_dir,
+                                   class_names=names)
+    finally:
+        model.close()
+    metrics.update({"checkpoint": path, "split": split, "batch_size": cfg.BATCH_SIZE})
+    write_json_atomic(os.path.join(results_dir, "eval_%s.json" % split), metrics, indent=1)
+    return metrics
+
+
+def format_metrics(m: Dict) -> str:
+    """One-paragraph summary of :func:`evaluate_model_k` output."""
+    return ("K on %s (%d images, %s): mask mAP@[.5:.95] %.3f, mask mAP@.5 %.3f | box "
+            "mAP@[.5:.95] %.3f, box mAP@.5 %.3f | matterport mAP@.5 %.3f | %.1f images/s"
+            % (m["split"], m["images"], os.path.basename(str(m["checkpoint"])),
+               m["segm"]["mAP"], m["segm"]["mAP50"], m["bbox"]["mAP"], m["bbox"]["mAP50"],
+               m["matterport_mAP50"], m["images_per_second"]))
+
+
+def _options(args) -> Dict:
+    if args is None:
+        args = {}
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    opts = dict(CLI_DEFAULTS)
+    opts.update({k: v for k, v in args.items() if k in CLI_DEFAULTS and v is not None})
+    return opts
+
+
+def run_model_k(args=None, **kwargs) -> Dict:
+    """``main.py --model K``: (generate data if needed,) train, evaluate on the test split.
+
+    Args:
+        args: argparse namespace or dict with the keys of :data:`CLI_DEFAULTS`; kwargs
+            override it.
+    Returns:
+        ``{"train": ..., "eval": ...}``.
+    """
+    opts = _options(args)
+    opts.update({k: v for k, v in kwargs.items() if v is not None})
+    from data.synthetic import ensure_dataset
+    ensure_dataset(opts["data_dir"], seed=int(opts["seed"]))
+    cfg = resolve_config(opts["k_config"])
+    out = {}
+    if not opts["k_eval_only"]:
+        out["train"] = train_model_k(
+            opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["log_dir"],
+            opts["k_lr"], opts["k_steps"], int(opts["seed"]), opts["k_max_minutes"])
+        print("K trained in %.1f min; last checkpoint %s"
+              % (out["train"]["seconds"] / 60, out["train"]["checkpoint"]))
+    checkpoint = "last"
+    if opts["k_eval_only"] and opts["weights"] not in ("none", "last", "coco", "imagenet"):
+        checkpoint = opts["weights"]
+    out["eval"] = evaluate_model_k(opts["data_dir"], cfg, checkpoint, opts["k_eval_split"],
+                                   opts["log_dir"], opts["k_eval_limit"], opts["visualize"],
+                                   opts["results_dir"], opts["k_batch"])
+    print(format_metrics(out["eval"]))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The argparse options of model K (for main.py)."""
+    g = parser.add_argument_group("model K (Mask R-CNN on parts)")
+    g.add_argument("--k-config", default="synthetic", choices=["synthetic", "parts", "tiny"],
+                   help="K configuration: synthetic (128-px CPU default), parts (original)")
+    g.add_argument("--weights", default="none",
+                   help="initial K weights: last|coco|imagenet|PATH|none (default none)")
+    g.add_argument("--k-epochs", default=None,
+                   help="epochs per stage heads,4+,all[,all at lr/10], e.g. 1,1,10,3")
+    g.add_argument("--k-steps", type=int, default=None, help="steps per epoch (config default)")
+    g.add_argument("--k-lr", type=float, default=None, help="learning rate (config default)")
+    g.add_argument("--k-max-minutes", type=float, default=None,
+                   help="stop training after this many minutes (a checkpoint is kept)")
+    g.add_argument("--k-eval-only", action="store_true",
+                   help="skip training; evaluate --weights PATH or the last checkpoint")
+    g.add_argument("--k-eval-split", default="test", help="split to evaluate (default test)")
+    g.add_argument("--k-eval-limit", type=int, default=None, help="evaluate the first N images")
+    g.add_argument("--k-batch", type=int, default=None, help="inference batch size")
+    g.add_argument("--visualize", action="store_true", help="write PNGs of detected parts")

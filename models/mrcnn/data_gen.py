@@ -1,0 +1,209 @@
+"""Training inputs of Mask R-CNN: ground truth per image, RPN targets, batches, molding.
+
+A *dataset* is any object with matterport's ``Dataset`` interface: ``image_ids``,
+``num_classes``, ``image_info``, ``source_class_ids`` (optional), ``load_image(id) ->
+uint8 [H, W, 3]`` and ``load_mask(id) -> (bool [H, W, N], int32 [N])``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models.mrcnn import utils
+
+
+def load_image_gt(dataset, config, image_id, rng: np.random.Generator = None,
+                  augmentation=None):
+    """Load, resize and pack the ground truth of one image.
+
+    Returns:
+        ``augmentation``: optional ``f(image, mask, rng) -> (image, mask)`` applied after
+        resizing (shape-preserving).
+        ``(image uint8 [S, S, 3], image_meta [META], class_ids int32 [N], boxes int32 [N, 4],
+        masks bool [h, w, N])`` where masks are mini masks when ``config.USE_MINI_MASK``.
+    """
+    image = dataset.load_image(image_id)
+    mask, class_ids = dataset.load_mask(image_id)
+    original_shape = image.shape
+    image, window, scale, padding, crop = utils.resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
+    mask = utils.resize_mask(mask, scale, padding, crop)
+    if augmentation is not None:
+        image, mask = augmentation(image, mask, rng)
+    keep = np.where(np.sum(mask, axis=(0, 1)) > 0)[0]
+    mask, class_ids = mask[:, :, keep], np.asarray(class_ids, np.int32)[keep]
+    boxes = utils.extract_bboxes(mask)
+    active = np.ones([config.NUM_CLASSES], dtype=np.int32)
+    if config.USE_MINI_MASK:
+        mask = utils.minimize_mask(boxes, mask, config.MINI_MASK_SHAPE)
+    meta = utils.compose_image_meta(image_id, original_shape, image.shape, window, scale, active)
+    return image, meta, class_ids, boxes, mask
+
+
+def build_rpn_targets(anchors: np.ndarray, gt_class_ids: np.ndarray, gt_boxes: np.ndarray,
+                      config, rng: np.random.Generator):
+    """Anchor labels and box deltas for the RPN.
+
+    Args:
+        anchors: pixel anchors ``[A, (y1, x1, y2, x2)]``.
+        gt_class_ids: ``[N]``; negative ids mark crowd boxes (never positive).
+        gt_boxes: pixel boxes ``[N, 4]``.
+    Returns:
+        ``rpn_match int32 [A]`` (1 positive, -1 negative, 0 neutral) and ``rpn_bbox
+        float [RPN_TRAIN_ANCHORS_PER_IMAGE, 4]`` deltas of the positives (normalized by
+        RPN_BBOX_STD_DEV, zero padded).
+    """
+    rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
+    rpn_bbox = np.zeros((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), dtype=np.float32)
+    if gt_boxes.shape[0] == 0:
+        rpn_match[:] = -1
+        _subsample(rpn_match, -1, config.RPN_TRAIN_ANCHORS_PER_IMAGE, rng)
+        return rpn_match, rpn_bbox
+    crowd = gt_class_ids < 0
+    no_crowd = np.ones([anchors.shape[0]], dtype=bool)
+    if crowd.any():
+        crowd_overlaps = utils.compute_overlaps(anchors, gt_boxes[crowd])
+        no_crowd = np.amax(crowd_overlaps, axis=1) < 0.001
+        gt_boxes = gt_boxes[~crowd]
+    overlaps = utils.compute_overlaps(anchors, gt_boxes)
+    best_gt = np.argmax(overlaps, axis=1)
+    best_iou = overlaps[np.arange(overlaps.shape[0]), best_gt]
+    rpn_match[(best_iou < 0.3) & no_crowd] = -1
+    best_anchor = np.argwhere(overlaps == np.max(overlaps, axis=0))[:, 0]
+    rpn_match[best_anchor] = 1
+    rpn_match[best_iou >= 0.7] = 1
+    half = config.RPN_TRAIN_ANCHORS_PER_IMAGE // 2
+    _subsample(rpn_match, 1, half, rng)
+    n_pos = int(np.sum(rpn_match == 1))
+    _subsample(rpn_match, -1, config.RPN_TRAIN_ANCHORS_PER_IMAGE - n_pos, rng)
+    pos = np.where(rpn_match == 1)[0]
+    deltas = utils.box_refinement(anchors[pos], gt_boxes[best_gt[pos]])
+    rpn_bbox[:len(pos)] = deltas / config.RPN_BBOX_STD_DEV
+    return rpn_match, rpn_bbox
+
+
+def _subsample(rpn_match: np.ndarray, value: int, limit: int, rng) -> None:
+    """Reset random entries equal to ``value`` to 0 until at most ``limit`` remain."""
+    idx = np.where(rpn_match == value)[0]
+    if len(idx) > limit:
+        rpn_match[rng.choice(idx, size=len(idx) - limit, replace=False)] = 0
+
+
+def build_batch(dataset, config, image_ids, rng: np.random.Generator,
+                augmentation=None) -> dict:
+    """Training inputs for ``image_ids`` (one batch), keyed by the model's input names.
+
+    Returns a dict: input_image ``float [B, S, S, 3]`` (molded), input_image_meta,
+    input_rpn_match ``[B, A, 1]``, input_rpn_bbox ``[B, R, 4]``, input_gt_class_ids
+    ``[B, G]``, input_gt_boxes ``[B, G, 4]`` (pixels), input_gt_masks ``[B, h, w, G]``.
+    """
+    anchors = utils.get_pixel_anchors(config, config.IMAGE_SHAPE)
+    b, g = len(image_ids), config.MAX_GT_INSTANCES
+    mask_shape = (tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK
+                  else tuple(config.IMAGE_SHAPE[:2]))
+    out = {
+        "input_image": np.zeros((b,) + tuple(config.IMAGE_SHAPE), np.float32),
+        "input_image_meta": np.zeros((b, config.IMAGE_META_SIZE), np.float32),
+        "input_rpn_match": np.zeros((b, anchors.shape[0], 1), np.int32),
+        "input_rpn_bbox": np.zeros((b, config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), np.float32),
+        "input_gt_class_ids": np.zeros((b, g), np.int32),
+        "input_gt_boxes": np.zeros((b, g, 4), np.int32),
+        "input_gt_masks": np.zeros((b,) + mask_shape + (g,), bool),
+    }
+    for i, image_id in enumerate(image_ids):
+        image, meta, class_ids, boxes, masks = load_image_gt(dataset, config, image_id, rng,
+                                                            augmentation)
+        if boxes.shape[0] > g:
+            keep = rng.choice(np.arange(boxes.shape[0]), g, replace=False)
+            class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
+        rpn_match, rpn_bbox = build_rpn_targets(anchors, class_ids, boxes, config, rng)
+        n = boxes.shape[0]
+        out["input_image"][i] = utils.mold_image(image, config)
+        out["input_image_meta"][i] = meta
+        out["input_rpn_match"][i, :, 0] = rpn_match
+        out["input_rpn_bbox"][i] = rpn_bbox
+        out["input_gt_class_ids"][i, :n] = class_ids
+        out["input_gt_boxes"][i, :n] = boxes
+        out["input_gt_masks"][i, :, :, :n] = masks
+    return out
+
+
+def batch_iterator(dataset, config, rng: np.random.Generator, shuffle: bool = True,
+                   augmentation=None):
+    """Endless generator of training batches (dicts of :func:`build_batch`).
+
+    Images without any instance are skipped, as matterport does.
+    """
+    ids = [i for i in dataset.image_ids if _has_instances(dataset, i)]
+    if not ids:
+        raise ValueError("the training dataset has no image with annotated parts")
+    pos = len(ids)
+    order = np.array(ids)
+    while True:
+        batch = []
+        while len(batch) < config.BATCH_SIZE:
+            if pos >= len(order):
+                order = rng.permutation(ids) if shuffle else np.array(ids)
+                pos = 0
+            batch.append(int(order[pos]))
+            pos += 1
+        yield build_batch(dataset, config, batch, rng, augmentation)
+
+
+def _has_instances(dataset, image_id) -> bool:
+    """True when the image has at least one annotation (uses image_info when available)."""
+    info = dataset.image_info[image_id]
+    if isinstance(info, dict) and "annotations" in info:
+        return len(info["annotations"]) > 0
+    return dataset.load_mask(image_id)[1].size > 0
+
+
+def mold_inputs(images, config):
+    """Resize and mold raw RGB images for inference.
+
+    Args:
+        images: list of ``[H, W, 3]`` arrays with 0..255 values.
+    Returns:
+        ``(molded float [B, S, S, 3], image_metas [B, META], windows int [B, 4])``.
+    """
+    molded, metas, windows = [], [], []
+    for image in images:
+        resized, window, scale, _padding, _crop = utils.resize_image(
+            image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+        molded.append(utils.mold_image(resized, config))
+        metas.append(utils.compose_image_meta(0, image.shape, resized.shape, window, scale,
+                                              np.zeros([config.NUM_CLASSES], np.int32)))
+        windows.append(window)
+    return np.stack(molded), np.stack(metas), np.array(windows)
+
+
+def unmold_detections(detections: np.ndarray, mrcnn_mask: np.ndarray, original_image_shape,
+                      image_shape, window):
+    """Convert one image's network detections to pixel boxes/masks of the original image.
+
+    Args:
+        detections: ``[N, (y1, x1, y2, x2, class_id, score)]`` normalized, zero padded.
+        mrcnn_mask: ``[N, h, w, num_classes]`` mask-head output.
+        original_image_shape: ``(H, W, C)`` before resizing; image_shape after resizing.
+        window: ``(y1, x1, y2, x2)`` pixel window of the image inside the molded input.
+    Returns:
+        ``(boxes int32 [n, 4], class_ids int32 [n], scores float32 [n], masks bool [H, W, n])``.
+    """
+    zero = np.where(detections[:, 4] == 0)[0]
+    n = zero[0] if zero.shape[0] > 0 else detections.shape[0]
+    boxes = detections[:n, :4]
+    class_ids = detections[:n, 4].astype(np.int32)
+    scores = detections[:n, 5].astype(np.float32)
+    masks = mrcnn_mask[np.arange(n), :, :, class_ids]
+    win = utils.norm_boxes(np.array(window), image_shape[:2])
+    wy1, wx1, wy2, wx2 = win
+    shift = np.array([wy1, wx1, wy1, wx1])
+    scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+    boxes = utils.denorm_boxes(np.divide(boxes - shift, scale), original_image_shape[:2])
+    keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
+    boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
+    full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape) for i in range(len(keep))]
+    full = (np.stack(full, axis=-1) if full
+            else np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool))
+    return boxes, class_ids, scores, full

@@ -1,0 +1,296 @@
+"""``MaskRCNN``: matterport's public API on TensorFlow 2 / tf-keras, run as a TF1-style graph.
+
+Each instance owns a ``tf.Graph`` and a ``tf.compat.v1.Session``; the network is built once
+and every batch is a run of cached session callables, so model K coexists with eager code
+(classifier M, attacks) in the same process.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from typing import List, Optional
+
+import numpy as np
+
+import tfcompat
+from models.mrcnn import data_gen, losses, utils
+from models.mrcnn import weights as weights_io
+from models.mrcnn.graph_utils import norm_boxes_graph, parse_image_meta_graph
+from models.mrcnn.layers import AnchorsLayer, DetectionLayer, DetectionTargetLayer, ProposalLayer
+from models.mrcnn.network import (build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph,
+                                  fpn_graph, resnet_graph)
+from models.mrcnn.session_guard import install_session_close_guard, make_callable
+
+tf, keras = tfcompat.import_tf()
+KL, KM = keras.layers, keras.models
+
+install_session_close_guard()
+
+# Matterport's layer-selection regular expressions for train(layers=...).
+LAYER_REGEX = {
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+# Head layers whose shapes depend on NUM_CLASSES (exclude them when loading COCO weights).
+HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+LOSS_NAMES = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+              "mrcnn_mask_loss"]
+
+
+def _input(shape, name, config, dtype=tf.float32):
+    return KL.Input(shape=shape, name=name, batch_size=config.BATCH_SIZE, dtype=dtype)
+
+
+class MaskRCNN:
+    """Mask R-CNN in "training" or "inference" mode (matterport's interface).
+
+    Attributes:
+        keras_model: the tf-keras functional model (built in ``self.graph``).
+        session: the ``tf.compat.v1.Session`` of ``self.graph``.
+        epoch: epochs already trained (from the last loaded/saved checkpoint name).
+    """
+
+    def __init__(self, mode: str, config, model_dir: str, seed: int = 0):
+        if mode not in ("training", "inference"):
+            raise ValueError("mode must be 'training' or 'inference', got %r" % (mode,))
+        self.mode, self.config, self.model_dir = mode, config, model_dir
+        self.epoch = 0
+        self.log_dir = self.checkpoint_path = None
+        self.set_log_dir()
+        self.graph = tf.Graph()
+        self._callables = {}
+        self._train_ops = {}
+        with self.graph.as_default():
+            tf.compat.v1.set_random_seed(seed)
+            self.keras_model = self.build(mode, config)
+            self._build_assign_ops()
+            self._init_op = tf.compat.v1.global_variables_initializer()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        self.session.run(self._init_op)
+
+    # ------------------------------------------------------------------ graph building
+    def build(self, mode, config):
+        """Build the Keras model of ``mode``; returns the ``keras_model``."""
+        h, w = config.IMAGE_SHAPE[:2]
+        if h / 2 ** 6 != int(h / 2 ** 6) or w / 2 ** 6 != int(w / 2 ** 6):
+            raise ValueError("image size must be divisible by 64 (IMAGE_SHAPE=%s)"
+                             % (config.IMAGE_SHAPE,))
+        input_image = _input(list(config.IMAGE_SHAPE), "input_image", config)
+        input_meta = _input([config.IMAGE_META_SIZE], "input_image_meta", config)
+        train_bn = config.TRAIN_BN if mode == "training" else False
+        _, c2, c3, c4, c5 = resnet_graph(input_image, config, train_bn)
+        p2, p3, p4, p5, p6 = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
+        rpn_maps, mrcnn_maps = [p2, p3, p4, p5, p6], [p2, p3, p4, p5]
+        rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS),
+                              config.TOP_DOWN_PYRAMID_SIZE, config.RPN_CONV_SIZE)
+        level_outputs = [rpn([p]) for p in rpn_maps]
+        names = ["rpn_class_logits", "rpn_class", "rpn_bbox"]
+        rpn_logits, rpn_class, rpn_bbox = [
+            KL.Concatenate(axis=1, name=n)([lo[i] for lo in level_outputs])
+            for i, n in enumerate(names)]
+        if mode == "training":
+            anchors = AnchorsLayer(utils.get_anchors(config, config.IMAGE_SHAPE),
+                                   config.BATCH_SIZE, name="anchors")(input_image)
+            count = config.POST_NMS_ROIS_TRAINING
+        else:
+            anchors = _input([None, 4], "input_anchors", config)
+            count = config.POST_NMS_ROIS_INFERENCE
+        rpn_rois = ProposalLayer(count, config.RPN_NMS_THRESHOLD, config, name="ROI")(
+            [rpn_class, rpn_bbox, anchors])
+        heads = dict(image=input_image, meta=input_meta, maps=mrcnn_maps, rpn_rois=rpn_rois,
+                     rpn=(rpn_logits, rpn_class, rpn_bbox), anchors=anchors)
+        if mode == "training":
+            return self._build_training_heads(heads, config, train_bn)
+        return self._build_inference_heads(heads, config)
+
+    def _build_training_heads(self, t, config, train_bn):
+        """Targets, heads and the five loss layers of the training model."""
+        input_rpn_match = _input([None, 1], "input_rpn_match", config, tf.int32)
+        input_rpn_bbox = _input([None, 4], "input_rpn_bbox", config)
+        gt_class_ids = _input([None], "input_gt_class_ids", config, tf.int32)
+        input_gt_boxes = _input([None, 4], "input_gt_boxes", config)
+        shape = list(config.MINI_MASK_SHAPE if config.USE_MINI_MASK else config.IMAGE_SHAPE[:2])
+        input_gt_masks = _input(shape + [None], "input_gt_masks", config, tf.bool)
+        image_shape = tuple(int(v) for v in config.IMAGE_SHAPE[:2])
+        gt_boxes = KL.Lambda(lambda x: norm_boxes_graph(x, image_shape))(input_gt_boxes)
+        active_class_ids = KL.Lambda(
+            lambda x: parse_image_meta_graph(x)["active_class_ids"])(t["meta"])
+        rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
+            config, name="proposal_targets")([t["rpn_rois"], gt_class_ids, gt_boxes,
+                                              input_gt_masks])
+        class_logits, class_probs, bbox = fpn_classifier_graph(rois, t["maps"], t["meta"],
+                                                               config, train_bn)
+        mask = build_fpn_mask_graph(rois, t["maps"], t["meta"], config, train_bn)
+        output_rois = KL.Lambda(lambda x: x * 1, name="output_rois")(rois)
+        rpn_logits, rpn_class, rpn_bbox = t["rpn"]
+        loss_layers = [
+            KL.Lambda(lambda x: losses.rpn_class_loss_graph(*x), name="rpn_class_loss")(
+                [input_rpn_match, rpn_logits]),
+            KL.Lambda(lambda x: losses.rpn_bbox_loss_graph(config, *x), name="rpn_bbox_loss")(
+                [input_rpn_bbox, input_rpn_match, rpn_bbox]),
+            KL.Lambda(lambda x: losses.mrcnn_class_loss_graph(*x), name="mrcnn_class_loss")(
+                [target_class_ids, class_logits, active_class_ids]),
+            KL.Lambda(lambda x: losses.mrcnn_bbox_loss_graph(*x), name="mrcnn_bbox_loss")(
+                [target_bbox, target_class_ids, bbox]),
+            KL.Lambda(lambda x: losses.mrcnn_mask_loss_graph(*x), name="mrcnn_mask_loss")(
+                [target_mask, target_class_ids, mask]),
+        ]
+        inputs = [t["image"], t["meta"], input_rpn_match, input_rpn_bbox, gt_class_ids,
+                  input_gt_boxes, input_gt_masks]
+        outputs = [rpn_logits, rpn_class, rpn_bbox, class_logits, class_probs, bbox, mask,
+                   t["rpn_rois"], output_rois] + loss_layers
+        return KM.Model(inputs, outputs, name="mask_rcnn")
+
+    def _build_inference_heads(self, t, config):
+        """Heads and detection layer of the inference model."""
+        class_logits, class_probs, bbox = fpn_classifier_graph(t["rpn_rois"], t["maps"],
+                                                               t["meta"], config, False)
+        detections = DetectionLayer(config, name="mrcnn_detection")(
+            [t["rpn_rois"], class_probs, bbox, t["meta"]])
+        det_boxes = KL.Lambda(lambda x: x[..., :4])(detections)
+        mask = build_fpn_mask_graph(det_boxes, t["maps"], t["meta"], config, False)
+        _, rpn_class, rpn_bbox = t["rpn"]
+        return KM.Model([t["image"], t["meta"], t["anchors"]],
+                        [detections, class_probs, bbox, mask, t["rpn_rois"], rpn_class, rpn_bbox],
+                        name="mask_rcnn")
+
+    def _build_assign_ops(self):
+        """One placeholder + assign op per variable (so weights load without new ops)."""
+        self._assign = {}
+        for var in self.keras_model.weights:
+            ph = tf.compat.v1.placeholder(var.dtype.base_dtype, var.shape)
+            self._assign[id(var)] = (ph, tf.compat.v1.assign(var, ph))
+
+    # ------------------------------------------------------------------ session helpers
+    def get_callable(self, key, feeds, fetches, targets=()):
+        """Cached session callable (created once per ``key``)."""
+        if key not in self._callables:
+            self._callables[key] = make_callable(self.session, feeds, fetches, targets)
+        return self._callables[key]
+
+    def read_variables(self, variables) -> list:
+        """Current values of graph variables."""
+        return self.session.run(list(variables)) if variables else []
+
+    def assign_variables(self, pairs) -> None:
+        """Set ``[(variable, value)]`` through the prepared assign ops."""
+        if not pairs:
+            return
+        feed, ops = {}, []
+        for var, value in pairs:
+            ph, op = self._assign[id(var)]
+            feed[ph] = value
+            ops.append(op)
+        self.session.run(ops, feed_dict=feed)
+
+    def close(self) -> None:
+        """Close the session (idempotent); the callables become harmless to release."""
+        if not getattr(self.session, "_closed", False):
+            self.session.close()
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, filepath: str, by_name: bool = False, exclude=None) -> List[str]:
+        """Load a Keras-2 HDF5 weight file (see :mod:`models.mrcnn.weights`).
+
+        ``exclude`` lists layer names to skip; with ``exclude`` the load is by name, as in
+        matterport. Updates ``epoch``/``log_dir`` from a checkpoint name.
+        """
+        if exclude:
+            by_name = True
+        loaded = weights_io.load_weights_h5(self.keras_model, self.assign_variables, filepath,
+                                            by_name=by_name, exclude=exclude)
+        self.set_log_dir(filepath)
+        return loaded
+
+    def save_weights(self, filepath: str) -> None:
+        """Write all weights to ``filepath`` (Keras-2 HDF5 layout, atomic)."""
+        weights_io.save_weights_h5(self.keras_model, self.read_variables, filepath)
+
+    def find_last(self) -> str:
+        """Path of the last checkpoint of the newest run directory of this config.
+
+        Raises:
+            FileNotFoundError: naming ``model_dir`` and the command that creates one.
+        """
+        hint = ("no model K checkpoint under %s; train one first with "
+                "`python main.py --model K`" % self.model_dir)
+        prefix = self.config.NAME.lower()
+        dirs = sorted(d for d in (os.listdir(self.model_dir) if os.path.isdir(self.model_dir)
+                                  else []) if d.startswith(prefix)
+                      and os.path.isdir(os.path.join(self.model_dir, d)))
+        for d in reversed(dirs):
+            folder = os.path.join(self.model_dir, d)
+            ckpts = sorted(f for f in os.listdir(folder)
+                           if f.startswith("mask_rcnn_" + prefix) and f.endswith(".h5"))
+            if ckpts:
+                return os.path.join(folder, ckpts[-1])
+        raise FileNotFoundError(hint)
+
+    def set_log_dir(self, model_path: Optional[str] = None) -> None:
+        """Set ``log_dir``, ``checkpoint_path`` and ``epoch`` (resumed from a checkpoint path
+        ``.../<name>YYYYMMDDTHHMM/mask_rcnn_<name>_<epoch>.h5``)."""
+        now = datetime.datetime.now()
+        self.epoch = 0
+        if model_path:
+            regex = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]"
+                     r"mask\_rcnn\_[\w-]+(\d{4})\.h5")
+            m = re.match(regex, str(model_path).replace(os.sep, "/"))
+            if m:
+                now = datetime.datetime(*[int(v) for v in m.groups()[:5]])
+                self.epoch = int(m.group(6))
+        self.log_dir = os.path.join(self.model_dir, "%s%s" % (self.config.NAME.lower(),
+                                                              now.strftime("%Y%m%dT%H%M")))
+        self.checkpoint_path = os.path.join(
+            self.log_dir, "mask_rcnn_%s_{epoch:04d}.h5" % self.config.NAME.lower())
+
+    # ------------------------------------------------------------------ inference
+    def run_graph_inference(self, molded: np.ndarray, metas: np.ndarray):
+        """Raw network outputs ``(detections [B, D, 6], mrcnn_mask [B, D, h, w, C])``."""
+        if self.mode != "inference":
+            raise ValueError("detect() needs a MaskRCNN built with mode='inference'")
+        model = self.keras_model
+        fn = self.get_callable("detect", model.inputs, [model.outputs[0], model.outputs[3]])
+        anchors = utils.get_anchors(self.config, molded.shape[1:])
+        anchors = np.broadcast_to(anchors, (molded.shape[0],) + anchors.shape)
+        det, mask = fn(molded.astype(np.float32), metas.astype(np.float32),
+                       np.ascontiguousarray(anchors, dtype=np.float32))
+        return det, mask
+
+    def detect(self, images, verbose: int = 0) -> List[dict]:
+        """Detect instances in exactly ``BATCH_SIZE`` RGB images (0..255, any size).
+
+        Returns one dict per image: ``rois int32 [N, (y1, x1, y2, x2)]`` (pixels of the
+        original image), ``class_ids int32 [N]``, ``scores float32 [N]``,
+        ``masks bool [H, W, N]``.
+        """
+        if len(images) != self.config.BATCH_SIZE:
+            raise ValueError("detect() takes exactly BATCH_SIZE=%d images, got %d"
+                             % (self.config.BATCH_SIZE, len(images)))
+        molded, metas, windows = data_gen.mold_inputs(images, self.config)
+        det, mask = self.run_graph_inference(molded, metas)
+        results = []
+        for i, image in enumerate(images):
+            rois, class_ids, scores, masks = data_gen.unmold_detections(
+                det[i], mask[i], image.shape, molded[i].shape, windows[i])
+            results.append({"rois": rois, "class_ids": class_ids, "scores": scores,
+                            "masks": masks})
+        return results
+
+    def ancestor_layers(self):
+        """All layers including those of the nested ``rpn_model`` (for regex selection)."""
+        out = []
+        for layer in self.keras_model.layers:
+            out.extend(layer.layers if weights_io._is_model(layer) else [layer])
+        return out
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+              augmentation=None, **kwargs):
+        """Train up to epoch ``epochs`` (cumulative, as in matterport); see
+        :func:`models.mrcnn.train.train_stage`."""
+        from models.mrcnn.train import train_stage
+        return train_stage(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+                           augmentation=augmentation, **kwargs)

@@ -1,0 +1,236 @@
+"""Model M, its training (resume, best checkpoint), adversarial training and the evaluation
+pipeline (metrics schema, resume after interruption) on a tiny synthetic data set."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+from data.knowledge import get_class_set  # noqa: E402
+from data.synthetic import SyntheticConfig, generate_dataset  # noqa: E402
+from defense import evaluate as ev  # noqa: E402
+from defense.adversarial_training import pgd_perturb, train_adversarial  # noqa: E402
+from defense.report import validate_metrics  # noqa: E402
+from models.classifier import ARCHITECTURES, UnitToBackbone, build_classifier, \
+    get_architecture  # noqa: E402
+from models.train_classifier import TrainConfig, accuracy, train_classifier  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pipeline") / "unmask")
+    generate_dataset(path, seed=3, config=SyntheticConfig(
+        image_size=64, k_images=(2, 1, 1), m_images_per_class=(16, 6, 6)), workers=1,
+        log=lambda s: None)
+    return path
+
+
+def _separable(n=64, size=SIZE, seed=0):
+    """Two easy classes: dark vs bright images (uint8)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = (rng.uniform(0, 0.4, (n, size, size, 3)) + 0.5 * y[:, None, None, None]) * 255
+    return x.astype(np.uint8), y.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- model M
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_maps_unit_images_to_logits(arch):
+    model = build_classifier(arch, 3, input_size=SIZE)
+    out = model(np.random.default_rng(0).random((2, SIZE, SIZE, 3), np.float32)).numpy()
+    assert out.shape == (2, 3)
+    assert np.all(np.isfinite(out))
+    assert not np.allclose(out.sum(axis=1), 1.0), "M must return logits, not probabilities"
+
+
+def test_preprocessing_inside_model_matches_keras_conventions():
+    x = np.random.default_rng(1).random((2, 8, 8, 3)).astype(np.float32)
+    caffe = UnitToBackbone("caffe")(x).numpy()
+    ref = keras.applications.resnet50.preprocess_input(x * 255.0)
+    np.testing.assert_allclose(caffe, ref, atol=1e-3)
+    torch = UnitToBackbone("torch")(x).numpy()
+    np.testing.assert_allclose(torch, keras.applications.densenet.preprocess_input(x * 255.0),
+                               atol=1e-4)
+    np.testing.assert_allclose(UnitToBackbone("tf")(x).numpy(),
+                               keras.applications.mobilenet_v2.preprocess_input(x * 255.0),
+                               atol=1e-5)
+
+
+def test_bad_architecture_arguments():
+    with pytest.raises(ValueError, match="valid: .*resnet50"):
+        get_architecture("alexnet")
+    with pytest.raises(ValueError, match="num_classes"):
+        build_classifier("mobilenetv2_050", 1)
+    with pytest.raises(ValueError, match="imagenet"):
+        build_classifier("mobilenetv2_050", 3, SIZE, weights="coco")
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_training_writes_best_checkpoint_and_reuses_it(tmp_path):
+    x, y = _separable()
+    model = build_classifier("mobilenetv2_050", 2, SIZE)
+    cfg = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01)
+    state = train_classifier(model, x, y, x[:32], y[:32], str(tmp_path), cfg, progress=False,
+                             log=lambda s: None)
+    assert state["done"] and state["epoch"] == 3
+    for name in ("best.h5", "last.h5", "state.json"):
+        assert os.path.isfile(tmp_path / name)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    acc = accuracy(model, x[:32], y[:32])
+    assert acc == pytest.approx(state["best_val_acc"])  # the best epoch's weights are loaded
+    logs = []
+    again = build_classifier("mobilenetv2_050", 2, SIZE, seed=5)
+    train_classifier(again, x, y, x[:32], y[:32], str(tmp_path), cfg, progress=False,
+                     log=logs.append)
+    assert any("loaded trained model" in m for m in logs)
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_interrupted_training_resumes_from_last_epoch(tmp_path):
+    x, y = _separable()
+    cfg = TrainConfig(epochs=3, batch_size=32)
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(xb, yb):
+        calls["n"] += 1
+        if calls["n"] > 2:  # 64 images / 32 = 2 batches per epoch
+            raise KeyboardInterrupt
+        return xb
+
+    model = build_classifier("mobilenetv2_050", 2, SIZE)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(model, x, y, x, y, str(tmp_path), cfg, perturb=crash_in_second_epoch,
+                         progress=False, log=lambda s: None)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epoch"] == 1 and not state["done"]
+    logs = []
+    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y, str(tmp_path),
+                     cfg, progress=False, log=logs.append)
+    assert any("resuming training" in m and "epoch 1" in m for m in logs)
+    assert sum("epoch " in m and "/3:" in m for m in logs) == 2  # epochs 2 and 3 only
+    assert json.loads((tmp_path / "state.json").read_text())["done"]
+
+
+def test_bad_training_config():
+    with pytest.raises(ValueError, match="--epochs"):
+        TrainConfig(epochs=0).validate()
+
+
+# ----------------------------------------------------------------------------- AT
+
+def test_adversarial_perturbation_stays_in_ball_and_training_step_updates(tmp_path):
+    x, y = _separable(n=32)
+    model = build_classifier("mobilenetv2_050", 2, SIZE)
+    perturb = pgd_perturb(model, eps=4, steps=3, step_size=2)
+    xf = tf.convert_to_tensor(x.astype(np.float32) / 255.0)
+    adv = perturb(xf, tf.convert_to_tensor(y)).numpy()
+    assert np.max(np.abs(adv - xf.numpy())) <= 4 / 255 + 1e-5
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert np.max(np.abs(adv - xf.numpy())) > 1 / 255  # it did move the images
+    data = {"x_train": x, "y_train": y, "x_val": x, "y_val": y}
+    at = train_adversarial("mobilenetv2_050", 2, SIZE, data, str(tmp_path / "at"),
+                           TrainConfig(epochs=1, batch_size=16), eps=4, steps=2,
+                           log=lambda s: None, progress=False)
+    fresh = build_classifier("mobilenetv2_050", 2, SIZE)
+    changed = [not np.array_equal(a, b) for a, b in zip(at.get_weights(), fresh.get_weights())]
+    assert any(changed)
+    assert os.path.isfile(tmp_path / "at" / "best.h5")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _config(data_dir, tmp_path, **kw):
+    base = dict(class_set=get_class_set("CS3a"), data_dir=data_dir, input_size=SIZE,
+                train=TrainConfig(epochs=1, batch_size=16, learning_rate=0.01),
+                vectors=(("pgd_linf", 8), ("fgsm", 8)), n_test=9, attack_batch=8,
+                results_dir=str(tmp_path / "results"),
+                checkpoint_dir=str(tmp_path / "ckpt"), progress=False, extractor="oracle")
+    base.update(kw)
+    return ev.EvalConfig(**base)
+
+
+def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeypatch):
+    cfg = _config(tiny_data, tmp_path)
+    calls = []
+    real_run_attack = ev.run_attack
+
+    def flaky_run_attack(model, x, y, name, **kw):
+        calls.append(name)
+        if name == "fgsm":
+            raise KeyboardInterrupt  # interrupted during the second vector
+        return real_run_attack(model, x, y, name, **kw)
+
+    monkeypatch.setattr(ev, "run_attack", flaky_run_attack)
+    with pytest.raises(KeyboardInterrupt):
+        ev.run_evaluation(cfg, log=lambda s: None)
+    vectors = os.path.join(cfg.out_dir, "vectors")
+    assert sorted(os.listdir(vectors)) == ["benign.json", "pgd_linf_8.json"]
+
+    calls.clear()
+    monkeypatch.setattr(ev, "run_attack", lambda model, x, y, name, **kw: (
+        calls.append(name), real_run_attack(model, x, y, name, **kw))[1])
+    metrics = ev.run_evaluation(cfg, log=lambda s: None)
+    assert calls == ["fgsm"], "the saved pgd_linf vector must be reused, not recomputed"
+    validate_metrics(metrics)
+    assert metrics["extractor"] == "oracle" and metrics["class_set"] == "cs3-1"
+    assert [(a["attack"], a["eps"]) for a in metrics["attacks"]] == [("pgd_linf", 8),
+                                                                     ("fgsm", 8)]
+    assert all(a["n_attacked"] == 9 for a in metrics["attacks"])
+    assert metrics["benign"]["acc_at"] is None
+    on_disk = json.loads(open(os.path.join(cfg.out_dir, "metrics.json")).read())
+    assert on_disk == json.loads(json.dumps(metrics))
+    for name in ("table_iv.md", "fig4.png", "fig4.pdf", "summary.txt"):
+        assert os.path.getsize(os.path.join(cfg.out_dir, name)) > 0
+    assert "oracle" in open(os.path.join(cfg.out_dir, "table_iv.md")).read().lower()
+
+
+def test_changed_setting_invalidates_saved_vectors(tiny_data, tmp_path, monkeypatch):
+    cfg = _config(tiny_data, tmp_path, vectors=(("pgd_linf", 8),))
+    ev.run_evaluation(cfg, log=lambda s: None)
+    calls = []
+    real_run_attack = ev.run_attack
+    monkeypatch.setattr(ev, "run_attack", lambda model, x, y, name, **kw: (
+        calls.append(name), real_run_attack(model, x, y, name, **kw))[1])
+    ev.run_evaluation(_config(tiny_data, tmp_path, vectors=(("pgd_linf", 8),), n_test=6),
+                      log=lambda s: None)
+    assert calls == ["pgd_linf"], "a different test subset must not reuse the saved vector"
+
+
+def test_oracle_without_parts_file_says_how_to_fix(tiny_data, tmp_path):
+    cfg = _config(tiny_data, tmp_path)
+    data = ev.load_data(cfg, log=lambda s: None)
+    data["splits"]["val"].root = str(tmp_path / "nowhere" / "val")
+    with pytest.raises(FileNotFoundError, match="--extractor k"):
+        ev.make_extractors(cfg, data, log=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _main(*args):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--model", "M", "--classset", "CS9z"), "valid names: CS3a"),
+    (("--model", "M", "--attacks", "deepfool:8"), "pgd_linf"),
+    (("--model", "M", "--threshold", "1.5"), "--threshold"),
+    (("--model", "M", "--arch", "alexnet"), "valid: resnet50"),
+])
+def test_cli_rejects_bad_model_m_arguments(tiny_data, args, message):
+    res = _main(*args, "--data-dir", tiny_data)
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,206 @@
+"""Report writers: metrics.json schema, Table IV, ROC (Fig. 5) and bar (Fig. 4) figures."""
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+
+from defense import metrics as dm
+from defense import report
+
+
+def _metrics(class_set="cs5-2", arch="resnet50", extractor="k", with_at=True, seed=0):
+    rng = np.random.default_rng(seed)
+    attacks = []
+    for attack, eps in report.ATTACK_VECTORS:
+        n = 40
+        k = int(rng.integers(1, n))
+        attacks.append(report.attack_entry(
+            attack, eps, acc_none=rng.uniform(0, 0.3),
+            acc_at=rng.uniform(0.3, 0.8) if with_at else None, acc_um=rng.uniform(0.6, 0.95),
+            auc=rng.uniform(0.8, 1.0), tpr=rng.uniform(0.8, 1.0), fpr=rng.uniform(0, 0.2),
+            n_attacked=np.int64(n), n_successful=k))
+    return report.make_metrics(class_set, arch, extractor, threshold=0.5, mode="flagged",
+                               seed=seed, versions={"numpy": np.__version__},
+                               benign={"acc_none": 0.97, "acc_at": 0.92 if with_at else None,
+                                       "acc_um": np.float64(0.91)},
+                               attacks=attacks)
+
+
+def test_valid_metrics_pass_and_are_json():
+    m = _metrics()
+    assert report.validate_metrics(m) is m
+    back = json.loads(json.dumps(m))
+    report.validate_metrics(back)
+    assert [a["attack"] for a in back["attacks"]][:2] == ["pgd_linf", "pgd_linf"]
+    assert isinstance(back["attacks"][0]["n_attacked"], int)
+    report.validate_metrics(_metrics(with_at=False))
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda m: m.pop("seed"), "'seed'"),
+    (lambda m: m["benign"].pop("acc_um"), "'benign.acc_um'"),
+    (lambda m: m["attacks"][2].pop("auc"), r"'attacks\[2\].auc'"),
+    (lambda m: m.update(extra=1), "'extra'"),
+    (lambda m: m["attacks"][0].update(note="x"), r"'attacks\[0\].note'"),
+    (lambda m: m.update(threshold="0.5"), "'threshold'"),
+    (lambda m: m.update(seed=True), "'seed'"),
+    (lambda m: m.update(extractor="maskrcnn"), "'extractor'"),
+    (lambda m: m.update(mode="some"), "'mode'"),
+    (lambda m: m.update(class_set="CS5b"), "'class_set'"),
+    (lambda m: m["benign"].update(acc_none=97.0), "'benign.acc_none'"),
+    (lambda m: m["attacks"][1].update(acc_at=None), r"'attacks\[1\].acc_at'"),
+    (lambda m: m["attacks"][1].update(n_successful=10 ** 6), r"'attacks\[1\].n_successful'"),
+    (lambda m: m["attacks"][1].update(n_attacked=3.0), r"'attacks\[1\].n_attacked'"),
+    (lambda m: m["attacks"][3].update(eps=-1), r"'attacks\[3\].eps'"),
+    (lambda m: m["attacks"][4].update(tpr=float("nan")), r"'attacks\[4\].tpr'"),
+    (lambda m: m["attacks"].append(copy.deepcopy(m["attacks"][0])), r"'attacks\[8\]'"),
+    (lambda m: m["versions"].update(numpy=2), "'versions.numpy'"),
+])
+def test_invalid_metrics_name_the_key(mutate, key):
+    m = copy.deepcopy(_metrics())
+    mutate(m)
+    with pytest.raises(ValueError, match=key):
+        report.validate_metrics(m)
+
+
+def test_rates_null_iff_no_successful_attack():
+    m = _metrics()
+    m["attacks"][0].update(n_successful=0, auc=None, tpr=None, fpr=None)
+    report.validate_metrics(m)
+    m["attacks"][0]["auc"] = 0.9
+    with pytest.raises(ValueError, match=r"attacks\[0\].auc"):
+        report.validate_metrics(m)
+    m["attacks"][0].update(n_successful=3, auc=None)
+    with pytest.raises(ValueError, match=r"attacks\[0\].auc"):
+        report.validate_metrics(m)
+
+
+def test_fmt2_paper_style():
+    assert report.fmt2(0.944) == ".94"
+    assert report.fmt2(0.0) == ".00"
+    assert report.fmt2(1.0) == "1.00"
+    assert report.fmt2(None) == "–"
+
+
+def test_table_iv_layout():
+    ms = [_metrics("cs3-1", "densenet121", seed=1), _metrics("cs5-2", "resnet50", seed=2),
+          _metrics("cs3-2", "resnet50", with_at=False, seed=3)]
+    text = report.table_iv_markdown(ms)
+    assert "Extractor: K" in text and "flagged" in text
+    blocks = text.strip().split("\n\n")
+    assert len(blocks) == 3                                 # caption + PGD block + MIA block
+    pgd, mia = blocks[1].splitlines(), blocks[2].splitlines()
+    assert "PGD-L∞ ε=8" in pgd[0] and "PGD-L2 ε=600" in pgd[0] and "MIA" not in pgd[0]
+    assert "MIA-L∞ ε=16" in mia[0] and "MIA-L2 ε=300" in mia[0]
+    assert pgd[2].count("None | AT | UM") == 5
+    rows = pgd[3:]
+    assert [r.split("|")[1].strip() for r in rows] == ["ResNet50", "ResNet50", "DenseNet121"]
+    assert [r.split("|")[2].strip() for r in rows] == ["CS3b", "CS5b", "CS3a"]
+    n_cols = len(pgd[0].split("|"))
+    assert all(len(r.split("|")) == n_cols for r in pgd + mia)
+    # Values: the CS5b row's first attack group equals its metrics, formatted like ".94".
+    m = ms[1]
+    cells = [c.strip() for c in rows[1].split("|")[1:-1]]
+    assert cells[2:5] == [report.fmt2(m["benign"][k]) for k in ("acc_none", "acc_at", "acc_um")]
+    a0 = m["attacks"][0]
+    assert cells[5:8] == [report.fmt2(a0[k]) for k in ("acc_none", "acc_at", "acc_um")]
+    # No AT model: dashes in the AT columns.
+    cs3b = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert cs3b[3] == "–" and cs3b[6] == "–"
+
+
+def test_table_iv_oracle_caption_and_errors():
+    text = report.table_iv_markdown([_metrics(extractor="oracle")])
+    assert "ORACLE" in text
+    with pytest.raises(ValueError, match="mixes extractors"):
+        report.table_iv_markdown([_metrics("cs3-1"), _metrics("cs3-2", extractor="oracle")])
+    with pytest.raises(ValueError, match="several metrics"):
+        report.table_iv_markdown([_metrics(), _metrics(seed=5)])
+
+
+def _roc_curves(rng):
+    curves = {}
+    for attack, eps in report.ATTACK_VECTORS:
+        y = np.r_[np.ones(30), np.zeros(30)]
+        s = np.clip(np.r_[rng.normal(0.7, 0.2, 30), rng.normal(0.3, 0.2, 30)], 0, 1)
+        curves[report.attack_label(attack, eps)] = report.roc_curve_for("CS5b", y, s)
+    return curves
+
+
+def test_write_report_files(tmp_path):
+    import matplotlib.image as mpimg
+
+    m = _metrics()
+    curves = _roc_curves(np.random.default_rng(0))
+    c0 = next(iter(curves.values()))
+    assert c0.auc == pytest.approx(dm.auc(c0.fpr, c0.tpr))
+    paths = report.write_report(str(tmp_path / "run"), m, roc_curves=curves)
+    for key in ("metrics", "table_iv", "fig4_png", "fig4_pdf", "roc_png", "roc_pdf", "summary"):
+        assert os.path.getsize(paths[key]) > 0, key
+    with open(paths["metrics"]) as f:
+        assert report.validate_metrics(json.load(f)) == m
+    for key in ("fig4_png", "roc_png"):
+        img = mpimg.imread(paths[key])
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert img.std() > 0                                    # not a blank canvas
+    with open(paths["fig4_pdf"], "rb") as f:
+        assert f.read(5) == b"%PDF-"
+    leftovers = [p for p in os.listdir(tmp_path / "run") if p.endswith(".tmp")]
+    assert leftovers == []
+    summary = open(paths["summary"], encoding="utf-8").read()
+    assert "PGD-L∞ ε=8" in summary and "K extractor" in summary
+    assert len(summary.strip().splitlines()) == 3 + 1 + len(m["attacks"])
+
+
+def test_roc_grid_multiple_curves_and_class_set_bars(tmp_path):
+    rng = np.random.default_rng(1)
+    panels = {}
+    for attack, eps in report.ATTACK_VECTORS[:3]:
+        name = report.attack_label(attack, eps)
+        panels[name] = [_roc_curves(rng)[name], _roc_curves(rng)[name]]
+    fig = report.roc_figure(panels, title="two curves per panel")
+    assert len(fig.axes) == 3
+    assert all(len(ax.get_legend().get_texts()) == 2 for ax in fig.axes)
+    assert "AUC" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    png, pdf = report.save_figure(fig, str(tmp_path / "roc_grid"))
+    assert os.path.getsize(png) > 0 and os.path.getsize(pdf) > 0
+    ms = [_metrics("cs3-1", seed=1), _metrics("cs3-1", "densenet121", seed=2),
+          _metrics("cs5-1", with_at=False, seed=3)]
+    groups = report.fig4_groups_by_class_set(ms)
+    assert list(groups) == ["CS3a", "CS5a"]
+    want = np.mean([a["acc_um"] for m in ms[:2] for a in m["attacks"]])
+    assert groups["CS3a"]["UM"] == pytest.approx(want)
+    assert groups["CS5a"]["AT"] is None
+    fig4 = report.fig4_figure(groups)
+    n_bars = sum(len(c) for c in fig4.axes[0].containers)
+    assert n_bars == 2 * 3 - 1                                 # no AT bar for CS5a
+    with pytest.raises(ValueError):
+        report.roc_figure({})
+    with pytest.raises(ValueError):
+        report.fig4_figure({})
+
+
+def test_write_metrics_refuses_invalid_and_leaves_no_file(tmp_path):
+    m = _metrics()
+    del m["benign"]["acc_at"]
+    path = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match="benign.acc_at"):
+        report.write_metrics(str(path), m)
+    assert not path.exists()
+
+
+def test_package_versions_has_python_and_numpy():
+    v = report.package_versions()
+    assert v["python"].count(".") >= 1 and "numpy" in v
+
+
+def test_table_iii_counts_twice_the_successful_attacks():
+    m = _metrics("cs3-1")
+    m["attacks"] = m["attacks"][:7]                         # MIA-L2 600 not run
+    text = report.table_iii_markdown([m])
+    row = [c.strip() for c in text.strip().splitlines()[-1].split("|")[1:-1]]
+    assert row[:2] == ["ResNet50", "CS3a"]
+    assert row[2:9] == ["{:,}".format(2 * a["n_successful"]) for a in m["attacks"]]
+    assert row[9] == "–"
