@@ -38,11 +38,12 @@ EPS, STEP, STEPS, NUM_CLASSES = 8.0, 2.0, 20, 5
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "attacks.json")
 
 
-def build_model(size):
-    """MobileNetV2 (random weights) taking ``[B, size, size, 3]`` pixels in [0, 1] -> logits [B, 5]."""
+def build_model(size, alpha=1.0):
+    """MobileNetV2 (random weights, width ``alpha``) taking ``[B, size, size, 3]`` pixels in
+    [0, 1] -> logits [B, 5]."""
     inputs = keras.Input((size, size, 3))
     scaled = keras.layers.Rescaling(2.0, offset=-1.0)(inputs)
-    net = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3), alpha=1.0,
+    net = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3), alpha=alpha,
                                          classes=NUM_CLASSES, classifier_activation=None)
     return keras.Model(inputs, net(scaled))
 
@@ -134,21 +135,24 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per library")
     parser.add_argument("--batch", type=int, default=32, help="images in the batch")
     parser.add_argument("--size", type=int, default=128, help="image height = width")
+    parser.add_argument("--alpha", type=float, default=1.0,
+                        help="MobileNetV2 width (the project's default M: --alpha 0.5 "
+                             "--size 96)")
     parser.add_argument("--out", default=RESULTS, help="JSON output path")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
     tf.random.set_seed(0)
     keras.utils.set_random_seed(0)
-    model = build_model(args.size)
+    model = build_model(args.size, args.alpha)
     images = rng.random((args.batch, args.size, args.size, 3), dtype=np.float32)
     labels = rng.integers(0, NUM_CLASSES, args.batch)
 
     results = {
         "attack": {"name": "pgd_linf", "eps_255": EPS, "step_255": STEP, "steps": STEPS,
                    "random_start": True},
-        "model": "MobileNetV2(weights=None, alpha=1.0, classes=%d), input %dx%dx3"
-                 % (NUM_CLASSES, args.size, args.size),
+        "model": "MobileNetV2(weights=None, alpha=%g, classes=%d), input %dx%dx3"
+                 % (args.alpha, NUM_CLASSES, args.size, args.size),
         "batch": args.batch, "repeats": args.repeats,
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),

@@ -482,12 +482,15 @@ def write_report(out_dir: str, metrics: Mapping[str, Any],
                  roc_curves: Optional[Mapping[str, RocCurve]] = None) -> Dict[str, str]:
     """Write one run's report into ``out_dir``; returns name -> path.
 
-    Files: ``metrics.json``, ``table_iv.md`` (one row), ``fig4.png/.pdf``, ``summary.txt`` and,
+    Files: ``metrics.json``, ``table_iv.md`` (one row), ``table_iii.md`` (detection counts),
+    ``fig4.png/.pdf``, ``summary.txt`` and,
     when ``roc_curves`` (attack label -> :class:`RocCurve`) is given, ``roc.png/.pdf``.
     """
     m = validate_metrics(metrics)
     paths = {"metrics": write_metrics(os.path.join(out_dir, "metrics.json"), m),
              "table_iv": write_table_iv(os.path.join(out_dir, "table_iv.md"), [m])}
+    paths["table_iii"] = os.path.join(out_dir, "table_iii.md")
+    write_text_atomic(paths["table_iii"], table_iii_markdown([m]))
     paths["fig4_png"], paths["fig4_pdf"] = save_figure(
         fig4_figure(fig4_groups_by_attack(m), title=figure_title(m)),
         os.path.join(out_dir, "fig4"))

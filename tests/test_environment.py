@@ -218,6 +218,9 @@ def test_gitignore_keeps_the_sources(rel):
 
 def _readme_test_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quick = re.search(r"^## Quick start\n(.*?)(?=^## )", readme, re.S | re.M)
+    assert quick, "README.md needs a '## Quick start' section"
+    readme = quick.group(1)
     blocks = re.findall(r"```[^\n]*\n(.*?)```", readme, re.S)
     return [" ".join(line.split()) for block in blocks for line in block.splitlines()
             if "pytest" in line and not line.lstrip().startswith("#")]

@@ -238,3 +238,19 @@ def test_guard_tolerates_sessions_without_closed_flag(monkeypatch):
     gc.collect()
     assert unraisable == []
     sess._closed = True
+
+
+def test_graph_built_once_and_eager_unaffected(tiny_inference):
+    """K runs in its own graph/session; batches add no ops; eager mode stays on."""
+    ds = ToyDataset(2, 64, seed=9)
+    images = [ds.load_image(0), ds.load_image(1)]
+    tiny_inference.detect(images)
+    n_ops = len(tiny_inference.graph.get_operations())
+    for _ in range(3):
+        tiny_inference.detect(images)
+    assert len(tiny_inference.graph.get_operations()) == n_ops
+    assert tf.executing_eagerly()
+    assert tiny_inference.graph is not tf.compat.v1.get_default_graph()
+    assert float(tf.reduce_sum(tf.ones([3]))) == 3.0
+    with pytest.raises(ValueError, match="BATCH_SIZE"):
+        tiny_inference.detect(images[:1])

@@ -149,6 +149,22 @@ def test_adversarial_perturbation_stays_in_ball_and_training_step_updates(tmp_pa
     assert os.path.isfile(tmp_path / "at" / "best.h5")
 
 
+def test_line_search_trains_one_model_per_eps_and_picks_the_best(tmp_path):
+    from defense.adversarial_training import line_search
+
+    x, y = _separable(n=32)
+    data = {"x_train": x, "y_train": y, "x_val": x, "y_val": y}
+    out = line_search("mobilenetv2_050", 2, SIZE, data, str(tmp_path / "m"),
+                      TrainConfig(epochs=1, batch_size=16), vectors=[("fgsm", 8)],
+                      eps_values=(1, 4), log=lambda s: None, progress=False)
+    assert set(out["results"]) == {1, 4}
+    means = {e: r["mean"] for e, r in out["results"].items()}
+    assert out["best_eps"] == max(means, key=means.get)
+    for e, r in out["results"].items():
+        assert 0 <= r["benign"] <= 1 and r["mean"] == pytest.approx(r["fgsm_8"])
+        assert os.path.isfile(tmp_path / ("m_at_eps%g" % e) / "best.h5")
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def _config(data_dir, tmp_path, **kw):
@@ -191,7 +207,7 @@ def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeyp
     assert metrics["benign"]["acc_at"] is None
     on_disk = json.loads(open(os.path.join(cfg.out_dir, "metrics.json")).read())
     assert on_disk == json.loads(json.dumps(metrics))
-    for name in ("table_iv.md", "fig4.png", "fig4.pdf", "summary.txt"):
+    for name in ("table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf", "summary.txt"):
         assert os.path.getsize(os.path.join(cfg.out_dir, name)) > 0
     assert "oracle" in open(os.path.join(cfg.out_dir, "table_iv.md")).read().lower()
 

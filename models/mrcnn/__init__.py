@@ -9,9 +9,13 @@ Modules: ``utils`` (NumPy boxes, anchors, masks, AP), ``data_gen`` (targets, mol
 _LAZY = {
     "MaskRCNN": "models.mrcnn.model",
     "PartExtractor": "models.mrcnn.extractor",
+    "find_k_checkpoint": "models.mrcnn.extractor",
+    "run_model_k_report": "models.mrcnn.cli",
     "run_model_k": "models.mrcnn.cli",
     "train_model_k": "models.mrcnn.cli",
     "evaluate_model_k": "models.mrcnn.cli",
+    "Dataset": "data.coco_parts",
+    "PartsDataset": "data.coco_parts",
 }
 
 __all__ = sorted(_LAZY)

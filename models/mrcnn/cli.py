@@ -30,8 +30,8 @@ CLI_DEFAULTS = {
     "k_epochs": None,
     "k_steps": None,
     "k_lr": None,
-    "log_dir": DEFAULT_LOG_DIR,
-    "results_dir": DEFAULT_RESULTS_DIR,
+    "k_log_dir": DEFAULT_LOG_DIR,
+    "k_results_dir": DEFAULT_RESULTS_DIR,
     "k_eval_only": False,
     "k_eval_split": "test",
     "k_eval_limit": None,
@@ -39,6 +39,7 @@ CLI_DEFAULTS = {
     "visualize": False,
     "k_max_minutes": None,
     "seed": 0,
+    "no_progress": False,
 }
 
 
@@ -194,15 +195,18 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
     """
     import tfcompat  # noqa: F401
     from models.mrcnn.evaluate import evaluate_dataset
-    from models.mrcnn.model import MaskRCNN
+    from models.mrcnn.model import MaskRCNN, find_last_checkpoint
     base = resolve_config(config)
     cfg = resolve_config(base, DETECTION_MIN_CONFIDENCE=0,
                          IMAGES_PER_GPU=int(batch_size or base.IMAGES_PER_GPU), GPU_COUNT=1)
     ds = dataset if dataset is not None else load_parts_dataset(data_dir, split)
     names = class_names or getattr(ds, "class_names", None)
+    path = find_last_checkpoint(log_dir, cfg.NAME) if checkpoint == "last" else checkpoint
+    if not os.path.isfile(path):
+        raise FileNotFoundError("K checkpoint %s not found; train one with `python main.py "
+                                "--model K`" % path)
     model = MaskRCNN("inference", cfg, log_dir)
     try:
-        path = model.find_last() if checkpoint == "last" else checkpoint
         model.load_weights(path, by_name=True)
         vis_dir = os.path.join(results_dir, "visualize_%s" % split) if visualize else None
         metrics = evaluate_dataset(model, ds, limit=limit, visualize_dir=vis_dir,
@@ -233,14 +237,14 @@ def _options(args) -> Dict:
     return opts
 
 
-def run_model_k(args=None, **kwargs) -> Dict:
+def run_model_k_report(args=None, **kwargs) -> Dict:
     """``main.py --model K``: (generate data if needed,) train, evaluate on the test split.
 
     Args:
         args: argparse namespace or dict with the keys of :data:`CLI_DEFAULTS`; kwargs
             override it.
     Returns:
-        ``{"train": ..., "eval": ...}``.
+        ``{"train": ..., "eval": ...}`` (``train`` absent with ``k_eval_only``).
     """
     opts = _options(args)
     opts.update({k: v for k, v in kwargs.items() if v is not None})
@@ -250,18 +254,28 @@ def run_model_k(args=None, **kwargs) -> Dict:
     out = {}
     if not opts["k_eval_only"]:
         out["train"] = train_model_k(
-            opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["log_dir"],
-            opts["k_lr"], opts["k_steps"], int(opts["seed"]), opts["k_max_minutes"])
+            opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["k_log_dir"],
+            opts["k_lr"], opts["k_steps"], int(opts["seed"]), opts["k_max_minutes"],
+            progress=not opts["no_progress"])
         print("K trained in %.1f min; last checkpoint %s"
               % (out["train"]["seconds"] / 60, out["train"]["checkpoint"]))
     checkpoint = "last"
     if opts["k_eval_only"] and opts["weights"] not in ("none", "last", "coco", "imagenet"):
         checkpoint = opts["weights"]
     out["eval"] = evaluate_model_k(opts["data_dir"], cfg, checkpoint, opts["k_eval_split"],
-                                   opts["log_dir"], opts["k_eval_limit"], opts["visualize"],
-                                   opts["results_dir"], opts["k_batch"])
+                                   opts["k_log_dir"], opts["k_eval_limit"], opts["visualize"],
+                                   opts["k_results_dir"], opts["k_batch"])
     print(format_metrics(out["eval"]))
     return out
+
+
+def run_model_k(args=None, **kwargs) -> int:
+    """Process entry point for ``main.py --model K``; returns the exit code (0).
+
+    See :func:`run_model_k_report` (which returns the metrics) for the options.
+    """
+    run_model_k_report(args, **kwargs)
+    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,3 +297,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--k-eval-limit", type=int, default=None, help="evaluate the first N images")
     g.add_argument("--k-batch", type=int, default=None, help="inference batch size")
     g.add_argument("--visualize", action="store_true", help="write PNGs of detected parts")
+    g.add_argument("--k-log-dir", default=DEFAULT_LOG_DIR,
+                   help="K checkpoints and TensorBoard logs (default logs/model_k)")
+    g.add_argument("--k-results-dir", default=DEFAULT_RESULTS_DIR,
+                   help="K evaluation JSON and PNGs (default results/model_k)")

@@ -8,14 +8,20 @@ UnMask uses the *set* of detected parts, not their masks.
 from __future__ import annotations
 
 import collections
+import os
 from typing import Hashable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from models.mrcnn import data_gen, utils
-from models.mrcnn.model import MaskRCNN
+from models.mrcnn.model import MaskRCNN, find_last_checkpoint
 
 DEFAULT_MODEL_DIR = "logs/model_k"
+
+
+def find_k_checkpoint(model_dir: str = DEFAULT_MODEL_DIR, name: str = "parts") -> str:
+    """Newest K checkpoint under ``model_dir`` (FileNotFoundError with the training command)."""
+    return find_last_checkpoint(model_dir, name)
 
 
 def parts_class_names() -> List[str]:
@@ -74,6 +80,7 @@ class PartExtractor:
             raise ValueError("class_names has %d names but the config has NUM_CLASSES=%d"
                              % (len(self.class_names), self.config.NUM_CLASSES))
         self.threshold = float(threshold)
+        self.checkpoint = None  # path of the loaded weights (set by from_checkpoint)
         self._cache = collections.OrderedDict()
         self._cache_size = int(cache_size)
 
@@ -92,15 +99,20 @@ class PartExtractor:
         from mrcnn_config import SyntheticPartsConfig
         base = config if config is not None else SyntheticPartsConfig()
         cfg = _inference_config(base, batch_size)
+        if path == "last":
+            path = find_last_checkpoint(model_dir, cfg.NAME)
+        elif not os.path.isfile(path):
+            raise FileNotFoundError("K checkpoint %s not found; train one with `python main.py "
+                                    "--model K` or pass an existing .h5 file" % path)
         model = MaskRCNN("inference", cfg, model_dir)
         try:
-            if path == "last":
-                path = model.find_last()
             model.load_weights(path, by_name=True)
         except Exception:
             model.close()
             raise
-        return cls(model, class_names, threshold)
+        extractor = cls(model, class_names, threshold)
+        extractor.checkpoint = path
+        return extractor
 
     def detect(self, images: Sequence[np.ndarray]) -> List[dict]:
         """Detections of ``uint8``-range RGB images (any count): dicts of rois, class_ids and

@@ -45,6 +45,25 @@ def _input(shape, name, config, dtype=tf.float32):
     return KL.Input(shape=shape, name=name, batch_size=config.BATCH_SIZE, dtype=dtype)
 
 
+def find_last_checkpoint(model_dir: str, name: str) -> str:
+    """Last ``mask_rcnn_<name>_<epoch>.h5`` of the newest ``<model_dir>/<name><time>/`` run.
+
+    Raises:
+        FileNotFoundError: naming ``model_dir`` and the command that creates a checkpoint.
+    """
+    prefix = name.lower()
+    runs = sorted(d for d in (os.listdir(model_dir) if os.path.isdir(model_dir) else [])
+                  if d.startswith(prefix) and os.path.isdir(os.path.join(model_dir, d)))
+    for run in reversed(runs):
+        folder = os.path.join(model_dir, run)
+        ckpts = sorted(f for f in os.listdir(folder)
+                       if f.startswith("mask_rcnn_" + prefix) and f.endswith(".h5"))
+        if ckpts:
+            return os.path.join(folder, ckpts[-1])
+    raise FileNotFoundError("no model K checkpoint under %s; train one first with "
+                            "`python main.py --model K`" % model_dir)
+
+
 class MaskRCNN:
     """Mask R-CNN in "training" or "inference" mode (matterport's interface).
 
@@ -216,19 +235,7 @@ class MaskRCNN:
         Raises:
             FileNotFoundError: naming ``model_dir`` and the command that creates one.
         """
-        hint = ("no model K checkpoint under %s; train one first with "
-                "`python main.py --model K`" % self.model_dir)
-        prefix = self.config.NAME.lower()
-        dirs = sorted(d for d in (os.listdir(self.model_dir) if os.path.isdir(self.model_dir)
-                                  else []) if d.startswith(prefix)
-                      and os.path.isdir(os.path.join(self.model_dir, d)))
-        for d in reversed(dirs):
-            folder = os.path.join(self.model_dir, d)
-            ckpts = sorted(f for f in os.listdir(folder)
-                           if f.startswith("mask_rcnn_" + prefix) and f.endswith(".h5"))
-            if ckpts:
-                return os.path.join(folder, ckpts[-1])
-        raise FileNotFoundError(hint)
+        return find_last_checkpoint(self.model_dir, self.config.NAME)
 
     def set_log_dir(self, model_path: Optional[str] = None) -> None:
         """Set ``log_dir``, ``checkpoint_path`` and ``epoch`` (resumed from a checkpoint path
@@ -279,6 +286,20 @@ class MaskRCNN:
             results.append({"rois": rois, "class_ids": class_ids, "scores": scores,
                             "masks": masks})
         return results
+
+    def mold_inputs(self, images):
+        """Resize/mold RGB images: ``(molded [B, S, S, 3], image_metas, windows)``."""
+        return data_gen.mold_inputs(images, self.config)
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
+                          window):
+        """One image's network outputs -> ``(rois, class_ids, scores, masks)`` in pixels."""
+        return data_gen.unmold_detections(detections, mrcnn_mask, original_image_shape,
+                                          image_shape, window)
+
+    def get_anchors(self, image_shape):
+        """Normalized pyramid anchors ``[A, 4]`` for an input of ``image_shape``."""
+        return utils.get_anchors(self.config, image_shape)
 
     def ancestor_layers(self):
         """All layers including those of the nested ``rpn_model`` (for regex selection)."""

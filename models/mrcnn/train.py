@@ -226,7 +226,7 @@ def _run_epoch(model, entry, train_gen, val_gen, learning_rate, steps, epoch, ep
     train_losses = []
     for _ in bar:
         train_losses.append(train_step(model, entry, next(train_gen), learning_rate))
-        bar.set_postfix(loss="%.3f" % train_losses[-1]["loss"])
+        bar.set_postfix(loss="%.3f" % train_losses[-1]["loss"], refresh=False)
     bar.close()
     val = [eval_losses(model, next(val_gen)) for _ in range(model.config.VALIDATION_STEPS)] \
         if val_gen is not None else []
