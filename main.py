@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--input-size", type=int, default=96,
                    help="M's input size in pixels (images are resized and center-cropped)")
     m.add_argument("--weights", default="none",
-                   help="initial weights: none (random init) or imagenet (downloads; needs "
-                        "network access); for --model K see the K options")
+                   help="initial weights. --model M: none (random init) or imagenet "
+                        "(downloads; needs network access). --model K: none, last (resume "
+                        "the newest checkpoint), coco or imagenet (local files), or a PATH")
     m.add_argument("--epochs", type=int, default=15, help="training epochs of M (and AT)")
     m.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of M")
     m.add_argument("--batch-size", type=int, default=32, help="training batch size of M")
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint-dir", default="checkpoints",
                    help="where M's and AT's checkpoints are written")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    from models.mrcnn.cli import add_arguments as add_k_arguments
+    add_k_arguments(p)
     return p
 
 
@@ -141,7 +144,7 @@ def _eval_config(args):
         threshold=args.threshold, target_fpr=args.target_fpr, mode=args.mode,
         vectors=parse_vectors(args.attacks), n_test=args.n_test, seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
-        progress=not args.no_progress)
+        k_log_dir=args.k_log_dir, progress=not args.no_progress)
 
 
 def run_model_m(cfg, line_search: bool = False) -> int:

@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python bench/bench_model_k.py                    # measure the last checkpoint only
     python bench/bench_model_k.py --images 1000 --batch 8
 
-Writes ``results/bench_model_k.json`` (atomically) with: training minutes and the evaluation
+Writes ``bench/results/model_k.json`` (atomically) with: training minutes and the evaluation
 of the test split (COCO mask/box mAP@[.5:.95] and @.5, matterport mAP@.5), the extractor's
 images/s at the given batch size, and the resident memory sampled while K answers
 ``--images`` images (flat memory = the graph is built once and reused).
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     p.add_argument("--k-epochs", default=None, help="epochs per stage (see main.py)")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--out", default="results/bench_model_k.json")
+    p.add_argument("--out", default="bench/results/model_k.json")
     args = p.parse_args(argv)
     from data.synthetic import ensure_dataset
     ensure_dataset(args.data_dir, seed=0)
@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
         checkpoint = trained["checkpoint"]
     metrics = cli.evaluate_model_k(args.data_dir, "synthetic", checkpoint, "test", args.log_dir,
                                    batch_size=args.batch,
-                                   results_dir=os.path.dirname(args.out) or ".")
+                                   results_dir=os.path.join(os.path.dirname(args.out) or ".",
+                                                            "model_k"))
     report["eval"] = {k: metrics[k] for k in ("matterport_mAP50", "images", "images_per_second",
                                               "checkpoint")}
     report["eval"]["segm"] = {k: metrics["segm"][k] for k in ("mAP", "mAP50", "mAP75")}

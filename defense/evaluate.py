@@ -51,7 +51,8 @@ class EvalConfig:
     adv_train: bool = False
     at_eps: float = AT_EPS
     extractor: Optional[str] = None      # "k", "oracle" or None (K if trained, else oracle)
-    k_weights: str = "last"
+    k_weights: str = "last"              # K checkpoint: "last" (newest in k_log_dir) or a path
+    k_log_dir: str = os.path.join("logs", "model_k")
     threshold: Optional[float] = None    # None: chosen on validation for target_fpr
     target_fpr: float = 0.1
     mode: str = "flagged"
@@ -120,7 +121,7 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
         return kind, ex["val"], ex["test"]
     from models.mrcnn import PartExtractor  # imported only when K is used
 
-    k = PartExtractor.from_checkpoint(cfg.k_weights)
+    k = PartExtractor.from_checkpoint(cfg.k_weights, model_dir=cfg.k_log_dir)
     log("extractor: K (Mask R-CNN parts model %s)" % getattr(k, "checkpoint", cfg.k_weights))
     return kind, k, k
 
@@ -128,7 +129,7 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
 def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
     try:
         from models.mrcnn import find_k_checkpoint
-        found = find_k_checkpoint()
+        found = find_k_checkpoint(cfg.k_log_dir)
     except (ImportError, FileNotFoundError):
         found = None
     if found:
@@ -146,10 +147,17 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(cfg: EvalConfig, kind: str, data: Dict) -> Dict:
+#: Bumped when the content or meaning of a saved vector changes, so old records are recomputed
+#: (2: K's part sets of attacked images no longer come from a key-only cache).
+RECORD_VERSION = 2
+
+
+def fingerprint(cfg: EvalConfig, kind: str, data: Dict, extractor=None) -> Dict:
     """Everything a saved vector depends on; a saved vector is reused only if it matches."""
-    return {"class_set": cfg.class_set.code_name, "arch": cfg.arch, "size": cfg.input_size,
-            "seed": cfg.seed, "extractor": kind, "test_keys": hashlib.sha1(
+    k_ckpt = getattr(extractor, "checkpoint", None) if kind == "k" else None
+    return {"version": RECORD_VERSION, "class_set": cfg.class_set.code_name, "arch": cfg.arch,
+            "size": cfg.input_size, "seed": cfg.seed, "extractor": kind,
+            "k": _file_digest(k_ckpt) if k_ckpt else None, "test_keys": hashlib.sha1(
                 "\n".join(data["splits"]["test"].keys).encode()).hexdigest()[:16],
             "m": _file_digest(os.path.join(cfg.m_dir, "best.h5")),
             "at": (_file_digest(os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps),
@@ -223,7 +231,7 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
     cs = cfg.class_set
     um = {split: UnMask(m, ex, CLASS_PARTS, cs.classes, threshold=0.5, mode=cfg.mode)
           for split, ex in (("val", ex_val), ("test", ex_test))}
-    fp = fingerprint(cfg, kind, data)
+    fp = fingerprint(cfg, kind, data, ex_test)
     benign = benign_record(cfg, um["val"], um["test"], at, data, fp, log)
     threshold = _threshold(cfg, um["val"], benign["val"], log)
     decide = UnMask(m, ex_test, CLASS_PARTS, cs.classes, threshold, mode=cfg.mode).decide

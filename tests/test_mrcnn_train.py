@@ -63,6 +63,19 @@ def test_overfit_finds_the_parts_of_known_images(overfit):
     low = ext.extract(list(overfit["images"]), keys=["a", "b", "c", "d"])
     assert all(t <= s for t, s in zip(overfit["truth"], low))
     assert ext.extract(list(overfit["images"][:1]), keys=["a"]) == low[:1]
+    # the same key with other pixels (an attacked copy) is detected anew, not served from
+    # the cache: a blank image under key "a" must give the blank image's parts
+    blank = np.zeros_like(np.asarray(overfit["images"][0]))
+    detected = []
+    real_detect = ext.detect
+    ext.detect = lambda images: (detected.append(len(images)), real_detect(images))[1]
+    try:
+        ext.extract(list(overfit["images"][:1]), keys=["a"])  # same key, same pixels: cached
+        assert detected == []
+        assert ext.extract([blank], keys=["a"]) == ext.extract([blank])
+        assert detected == [1, 1]  # same key, other pixels: detected, not served from cache
+    finally:
+        ext.detect = real_detect
 
 
 def test_checkpoints_atomic_and_resume_from_last(overfit, tmp_path):
@@ -197,6 +210,11 @@ def test_run_model_k_trains_then_evaluates(tmp_path, monkeypatch):
     assert os.path.isfile(tmp_path / "res" / "eval_test.json")
     assert os.path.isfile(os.path.join(out["train"]["log_dir"], "train_summary.json"))
     assert cli.run_model_k(args, k_eval_only=True, k_eval_limit=2) == 0
+    again = cli.run_model_k_report(args)  # a second plain run evaluates, it does not retrain
+    assert "train" not in again
+    assert again["eval"]["checkpoint"] == out["train"]["checkpoint"]
+    retrained = cli.run_model_k_report(args, k_retrain=True)
+    assert retrained["train"]["checkpoint"] != out["train"]["checkpoint"]
 
 
 def test_package_exports_for_the_defense(overfit):

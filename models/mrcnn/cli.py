@@ -33,6 +33,7 @@ CLI_DEFAULTS = {
     "k_log_dir": DEFAULT_LOG_DIR,
     "k_results_dir": DEFAULT_RESULTS_DIR,
     "k_eval_only": False,
+    "k_retrain": False,
     "k_eval_split": "test",
     "k_eval_limit": None,
     "k_batch": None,
@@ -237,6 +238,22 @@ def _options(args) -> Dict:
     return opts
 
 
+def _last_checkpoint(opts: Dict, cfg: Config) -> Optional[str]:
+    from models.mrcnn.model import find_last_checkpoint
+    try:
+        return find_last_checkpoint(opts["k_log_dir"], cfg.NAME)
+    except FileNotFoundError:
+        return None
+
+
+def _already_trained(opts: Dict, cfg: Config) -> bool:
+    """A plain second ``--model K`` evaluates: true when a checkpoint exists and neither
+    --k-retrain, --k-eval-only nor explicit initial --weights asked for something else."""
+    if opts["k_retrain"] or opts["k_eval_only"] or str(opts["weights"]).lower() != "none":
+        return False
+    return _last_checkpoint(opts, cfg) is not None
+
+
 def run_model_k_report(args=None, **kwargs) -> Dict:
     """``main.py --model K``: (generate data if needed,) train, evaluate on the test split.
 
@@ -252,6 +269,10 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
     ensure_dataset(opts["data_dir"], seed=int(opts["seed"]))
     cfg = resolve_config(opts["k_config"])
     out = {}
+    if _already_trained(opts, cfg):
+        print("K is already trained (%s): evaluating it. Pass --k-retrain to train again, or "
+              "--weights last to resume training." % _last_checkpoint(opts, cfg))
+        opts["k_eval_only"] = True
     if not opts["k_eval_only"]:
         out["train"] = train_model_k(
             opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["k_log_dir"],
@@ -283,8 +304,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model K (Mask R-CNN on parts)")
     g.add_argument("--k-config", default="synthetic", choices=["synthetic", "parts", "tiny"],
                    help="K configuration: synthetic (128-px CPU default), parts (original)")
-    g.add_argument("--weights", default="none",
-                   help="initial K weights: last|coco|imagenet|PATH|none (default none)")
     g.add_argument("--k-epochs", default=None,
                    help="epochs per stage heads,4+,all[,all at lr/10], e.g. 1,1,10,3")
     g.add_argument("--k-steps", type=int, default=None, help="steps per epoch (config default)")
@@ -293,6 +312,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop training after this many minutes (a checkpoint is kept)")
     g.add_argument("--k-eval-only", action="store_true",
                    help="skip training; evaluate --weights PATH or the last checkpoint")
+    g.add_argument("--k-retrain", action="store_true",
+                   help="train K even when a trained K exists (by default a second "
+                        "`--model K` evaluates the existing K)")
     g.add_argument("--k-eval-split", default="test", help="split to evaluate (default test)")
     g.add_argument("--k-eval-limit", type=int, default=None, help="evaluate the first N images")
     g.add_argument("--k-batch", type=int, default=None, help="inference batch size")

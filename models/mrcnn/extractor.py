@@ -8,6 +8,7 @@ UnMask uses the *set* of detected parts, not their masks.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 from typing import Hashable, Iterable, List, Optional, Sequence
 
@@ -150,26 +151,25 @@ class PartExtractor:
 
         Args:
             images: ``[B, H, W, 3]`` array or list of ``[H, W, 3]`` arrays, RGB in [0, 1].
-            keys: optional hashable id per image; results are cached by key.
+            keys: optional hashable id per image.  Results are cached by (key, pixels): the
+                same key with other pixels (an attacked copy of an image) is detected anew.
         Returns:
             One ``frozenset`` of part names per image (empty list for an empty batch).
         """
         images = _as_image_list(images)
         if keys is not None and len(keys) != len(images):
             raise ValueError("keys has %d entries for %d images" % (len(keys), len(images)))
-        out: List[Optional[frozenset]] = [None] * len(images)
-        todo = []
-        for i in range(len(images)):
-            if keys is not None and keys[i] in self._cache:
-                out[i] = self._cache[keys[i]]
-            else:
-                todo.append(i)
+        pixels = [np.clip(np.round(im * 255.0), 0, 255).astype(np.uint8) for im in images]
+        ids = ([None] * len(images) if keys is None else
+               [(k, hashlib.sha1(p.tobytes()).hexdigest(), p.shape) for k, p in zip(keys, pixels)])
+        out: List[Optional[frozenset]] = [self._cache.get(i) if i else None for i in ids]
+        todo = [i for i, parts in enumerate(out) if parts is None]
         if todo:
-            pixels = [np.clip(np.round(images[i] * 255.0), 0, 255).astype(np.uint8) for i in todo]
-            for i, parts in zip(todo, self.part_sets(self.detect(pixels))):
+            found = self.part_sets(self.detect([pixels[i] for i in todo]))
+            for i, parts in zip(todo, found):
                 out[i] = parts
-                if keys is not None:
-                    self._remember(keys[i], parts)
+                if ids[i] is not None:
+                    self._remember(ids[i], parts)
         return out
 
     def _remember(self, key, parts) -> None:

@@ -14,6 +14,7 @@ from typing import List, Optional
 import numpy as np
 
 import tfcompat
+from models.mrcnn.keras_classes import keras_graph_scope
 from models.mrcnn import data_gen, losses, utils
 from models.mrcnn import weights as weights_io
 from models.mrcnn.graph_utils import norm_boxes_graph, parse_image_meta_graph
@@ -83,7 +84,7 @@ class MaskRCNN:
         self.graph = tf.Graph()
         self._callables = {}
         self._train_ops = {}
-        with self.graph.as_default():
+        with keras_graph_scope(self.graph):
             tf.compat.v1.set_random_seed(seed)
             self.keras_model = self.build(mode, config)
             self._build_assign_ops()
@@ -238,19 +239,33 @@ class MaskRCNN:
         return find_last_checkpoint(self.model_dir, self.config.NAME)
 
     def set_log_dir(self, model_path: Optional[str] = None) -> None:
-        """Set ``log_dir``, ``checkpoint_path`` and ``epoch`` (resumed from a checkpoint path
-        ``.../<name>YYYYMMDDTHHMM/mask_rcnn_<name>_<epoch>.h5``)."""
-        now = datetime.datetime.now()
+        """Set ``log_dir``, ``checkpoint_path`` and ``epoch``.
+
+        Resuming from a checkpoint ``.../<name>YYYYMMDDTHHMM[-k]/mask_rcnn_<name>_<epoch>.h5``
+        continues in that run's folder at that epoch.  A new run gets a new folder named by
+        the minute (matterport's scheme); a second run started in the same minute gets a
+        ``-1``, ``-2`` ... suffix instead of overwriting the first run's checkpoints.
+        """
         self.epoch = 0
         if model_path:
-            regex = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]"
+            regex = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:-\d+)?[/\\]"
                      r"mask\_rcnn\_[\w-]+(\d{4})\.h5")
             m = re.match(regex, str(model_path).replace(os.sep, "/"))
             if m:
-                now = datetime.datetime(*[int(v) for v in m.groups()[:5]])
                 self.epoch = int(m.group(6))
-        self.log_dir = os.path.join(self.model_dir, "%s%s" % (self.config.NAME.lower(),
-                                                              now.strftime("%Y%m%dT%H%M")))
+                self.log_dir = os.path.dirname(os.path.abspath(model_path))
+                self._set_checkpoint_path()
+                return
+        base = "%s%s" % (self.config.NAME.lower(),
+                         datetime.datetime.now().strftime("%Y%m%dT%H%M"))
+        self.log_dir = os.path.join(self.model_dir, base)
+        suffix = 0
+        while os.path.exists(self.log_dir):
+            suffix += 1
+            self.log_dir = os.path.join(self.model_dir, "%s-%d" % (base, suffix))
+        self._set_checkpoint_path()
+
+    def _set_checkpoint_path(self) -> None:
         self.checkpoint_path = os.path.join(
             self.log_dir, "mask_rcnn_%s_{epoch:04d}.h5" % self.config.NAME.lower())
 

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import tfcompat
+from models.mrcnn.keras_classes import keras_graph_scope
 from models.mrcnn import data_gen
 from models.mrcnn.model import LAYER_REGEX, LOSS_NAMES
 
@@ -52,7 +53,7 @@ def build_train_op(model, layers: str):
     if regex in model._train_ops:
         return model._train_ops[regex]
     cfg = model.config
-    with model.graph.as_default():
+    with keras_graph_scope(model.graph):
         parts = _loss_tensors(model)
         variables = trainable_variables(model, regex)
         if not variables:
@@ -102,7 +103,7 @@ def train_step(model, entry: dict, batch: dict, learning_rate: float) -> Dict[st
 
 def eval_losses(model, batch: dict) -> Dict[str, float]:
     """Losses of ``batch`` without updating weights (note: train-mode BN statistics)."""
-    with model.graph.as_default():
+    with keras_graph_scope(model.graph):
         if "val_losses" not in model._callables:
             model._val_loss_tensors = _loss_tensors(model)
     names = list(model._val_loss_tensors)
