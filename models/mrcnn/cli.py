@@ -196,16 +196,13 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
     """
     import tfcompat  # noqa: F401
     from models.mrcnn.evaluate import evaluate_dataset
-    from models.mrcnn.model import MaskRCNN, find_last_checkpoint
+    from models.mrcnn.model import MaskRCNN, resolve_checkpoint
     base = resolve_config(config)
     cfg = resolve_config(base, DETECTION_MIN_CONFIDENCE=0,
                          IMAGES_PER_GPU=int(batch_size or base.IMAGES_PER_GPU), GPU_COUNT=1)
     ds = dataset if dataset is not None else load_parts_dataset(data_dir, split)
     names = class_names or getattr(ds, "class_names", None)
-    path = find_last_checkpoint(log_dir, cfg.NAME) if checkpoint == "last" else checkpoint
-    if not os.path.isfile(path):
-        raise FileNotFoundError("K checkpoint %s not found; train one with `python main.py "
-                                "--model K`" % path)
+    path = resolve_checkpoint(checkpoint, log_dir, cfg.NAME)
     model = MaskRCNN("inference", cfg, log_dir)
     try:
         model.load_weights(path, by_name=True)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import os
 from typing import Hashable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from models.mrcnn import data_gen, utils
-from models.mrcnn.model import MaskRCNN, find_last_checkpoint
+from models.mrcnn.model import MaskRCNN, find_last_checkpoint, resolve_checkpoint
 
 DEFAULT_MODEL_DIR = "logs/model_k"
 
@@ -100,11 +99,7 @@ class PartExtractor:
         from mrcnn_config import SyntheticPartsConfig
         base = config if config is not None else SyntheticPartsConfig()
         cfg = _inference_config(base, batch_size)
-        if path == "last":
-            path = find_last_checkpoint(model_dir, cfg.NAME)
-        elif not os.path.isfile(path):
-            raise FileNotFoundError("K checkpoint %s not found; train one with `python main.py "
-                                    "--model K` or pass an existing .h5 file" % path)
+        path = resolve_checkpoint(path, model_dir, cfg.NAME)
         model = MaskRCNN("inference", cfg, model_dir)
         try:
             model.load_weights(path, by_name=True)

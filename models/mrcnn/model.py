@@ -65,6 +65,21 @@ def find_last_checkpoint(model_dir: str, name: str) -> str:
                             "`python main.py --model K`" % model_dir)
 
 
+def resolve_checkpoint(path: str, model_dir: str, name: str) -> str:
+    """``"last"`` -> the newest checkpoint of ``name`` under ``model_dir``; otherwise ``path``
+    itself, which must be an existing file.
+
+    Raises:
+        FileNotFoundError: naming the missing checkpoint and the command that creates one.
+    """
+    if path == "last":
+        return find_last_checkpoint(model_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("K checkpoint %s not found; train one with `python main.py "
+                                "--model K` or pass an existing .h5 file" % path)
+    return path
+
+
 class MaskRCNN:
     """Mask R-CNN in "training" or "inference" mode (matterport's interface).
 
