@@ -20,6 +20,7 @@ from data.knowledge import class_set_names, describe_class_sets, get_class_set
 from data.synthetic import DEFAULT_DATA_DIR, DatasetExistsError, ensure_dataset, summary
 
 DEFAULT_CLASS_SET = "CS5b"
+DEFAULT_ARCH = "mobilenetv2_050"   # models.classifier.DEFAULT_ARCH (not imported: it loads TF)
 
 
 def _seed(text: str) -> int:
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class set for --model M: " + ", ".join(class_set_names())
                         + " (case-insensitive)")
     m = p.add_argument_group("model M and the evaluation (--model M)")
-    m.add_argument("--arch", default="mobilenetv2_050",
+    m.add_argument("--arch", default=DEFAULT_ARCH,
                    help="architecture of M: resnet50, densenet121 (the paper's), vgg16, "
                         "mobilenetv2, mobilenetv2_050 (fast on a CPU; synthetic default)")
     m.add_argument("--input-size", type=int, default=96,
@@ -103,19 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_vectors(text: str):
-    """'paper' or 'name:eps,...' -> [(name, eps)], names checked against the registry."""
-    from attacks import PAPER_ATTACK_VECTORS, get_attack
+    """'paper' or 'name:eps,...' -> [(registry name, eps on the 0-255 scale)].
+
+    Names are checked against the attack registry and stored in its spelling (``pgd-linf`` ->
+    ``pgd_linf``); a name without ``:eps`` takes the attack's default budget.  Every vector of
+    an evaluation needs a budget > 0 (reports are keyed by it), and each may appear once.
+    """
+    from attacks import PAPER_ATTACK_VECTORS, resolve_config
 
     if text.strip().lower() == "paper":
         return list(PAPER_ATTACK_VECTORS)
     vectors = []
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, eps = item.partition(":")
-        get_attack(name)
+        name, sep, eps_text = item.partition(":")
         try:
-            vectors.append((name, float(eps) if sep else None))
+            eps = float(eps_text) if sep else None
         except ValueError:
             raise ValueError("--attacks: eps of %r must be a number" % item) from None
+        config = resolve_config(name, eps)
+        if config.eps is None or not config.eps > 0:
+            raise ValueError("--attacks: %r needs an eps > 0 on the 0-255 scale for the "
+                             "evaluation, e.g. %s:300" % (item, config.name))
+        if (config.name, config.eps) in vectors:
+            raise ValueError("--attacks: %s eps=%g is given twice" % (config.name, config.eps))
+        vectors.append((config.name, config.eps))
     if not vectors:
         raise ValueError("--attacks: give 'paper' or name:eps pairs")
     return vectors
@@ -123,6 +135,7 @@ def parse_vectors(text: str):
 
 def _eval_config(args):
     from defense.evaluate import EvalConfig
+    from defense.thresholds import check_target_fpr
     from models.classifier import get_architecture
     from models.train_classifier import TrainConfig
 
@@ -134,6 +147,8 @@ def _eval_config(args):
         raise ValueError("--threshold must be in [0, 1], got %r" % args.threshold)
     if args.n_test is not None and args.n_test < 1:
         raise ValueError("--n-test must be >= 1, got %r" % args.n_test)
+    if args.threshold is None:
+        check_target_fpr(args.target_fpr)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
     train.validate()
@@ -157,13 +172,14 @@ def run_model_m(cfg, line_search: bool = False) -> int:
 
 
 def _line_search(cfg) -> int:
-    from defense.adversarial_training import line_search
+    from defense.adversarial_training import line_search, line_search_path
     from defense.evaluate import load_data
 
     data = load_data(cfg, print)
     out = line_search(cfg.arch, len(cfg.class_set.classes), cfg.input_size, data, cfg.m_dir,
-                      cfg.train, cfg.vectors)
-    print("best AT eps on validation: %g" % out["best_eps"])
+                      cfg.train, cfg.vectors, progress=cfg.progress)
+    print("best AT eps on validation: %g (recorded in %s); evaluate it with --adv-train "
+          "--at-eps %g" % (out["best_eps"], line_search_path(cfg.m_dir), out["best_eps"]))
     return 0
 
 

@@ -69,7 +69,8 @@ class CompiledAttack:
     Use :meth:`run` for whole data sets and :meth:`attack_batch` inside training loops
     (adversarial training): the model's variables are read at call time, so weight updates
     between calls are seen without retracing.  ``tracing_count`` counts Python traces of the
-    batch function (1 per image size when no retracing happens).
+    batch function (1 per image size when no retracing happens); ``probe_count`` counts the
+    eager calls that check the model's output (1: only the first run makes one).
     """
 
     def __init__(self, model_fn, config):
@@ -80,6 +81,8 @@ class CompiledAttack:
         self.config = config
         self.spec = get_attack(config.name)
         self.tracing_count = 0
+        self.probe_count = 0
+        self._num_classes = None
         self._functions = {}
 
     def _attack_graph(self, x, y, seed):
@@ -125,15 +128,23 @@ class CompiledAttack:
         return self._call(x, y, (_inputs.check_seed(seed), int(batch_index)))[0]
 
     def _probe_model(self, images, labels):
-        """Call the model once eagerly to check its output and the label range."""
-        logits = np.asarray(self.model_fn(tf.convert_to_tensor(images[:1])))
-        if logits.ndim != 2:
-            raise ValueError("model_fn must return logits of shape [B, C], got shape %s"
-                             % (logits.shape,))
-        _inputs.check_label_range(labels, logits.shape[1])
-        if np.all(logits >= 0) and np.allclose(logits.sum(axis=1), 1.0, atol=1e-4):
-            warnings.warn("model_fn output looks like probabilities (rows sum to 1); the "
-                          "attacks expect logits (pre-softmax scores)", stacklevel=3)
+        """Check the model's output and the label range.
+
+        The model is called (eagerly, on one image) only on the first run: its class count
+        cannot change while it is bound to this attack, and an eager call of a deep Keras
+        model costs a noticeable share of a batch's attack time.
+        """
+        if self._num_classes is None:
+            self.probe_count += 1
+            logits = np.asarray(self.model_fn(tf.convert_to_tensor(images[:1])))
+            if logits.ndim != 2:
+                raise ValueError("model_fn must return logits of shape [B, C], got shape %s"
+                                 % (logits.shape,))
+            if np.all(logits >= 0) and np.allclose(logits.sum(axis=1), 1.0, atol=1e-4):
+                warnings.warn("model_fn output looks like probabilities (rows sum to 1); the "
+                              "attacks expect logits (pre-softmax scores)", stacklevel=3)
+            self._num_classes = int(logits.shape[1])
+        _inputs.check_label_range(labels, self._num_classes)
 
     def run(self, images, labels=None, *, batch_size=32, seed=0, progress=None):
         """Attack ``images`` in batches; returns an :class:`AttackResult`.

@@ -2,16 +2,19 @@
 
 Both attack the same tf-keras model on the same batch with the same configuration (untargeted
 PGD-L-inf, eps 8/255, step 2/255, 20 iterations, one random start, pixels in [0, 1]).
-Timings exclude the one-off warm-up call (tracing / first eager call), which is recorded
-separately; the timed runs alternate between the two libraries so that background load on a
-shared machine affects both alike (the load average is recorded too).  Results go to ``bench/results/attacks.json`` (written atomically).
+The model is the project's default M (``models.classifier.build_classifier``: MobileNetV2
+alpha 0.5 at 96x96, 5 classes, random weights -- speed does not depend on the weights), or
+another registered architecture with ``--arch``/``--size``.
 
-Default model: ``MobileNetV2(weights=None, input_shape=(128, 128, 3), alpha=1.0, classes=5)``
-with a final linear layer (logits) and a ``[0, 1] -> [-1, 1]`` rescaling in front; batch 32.
+Method: each library is warmed up once (tracing / first eager call, recorded separately), then
+``--repeats`` rounds time one run of each, alternating, so that background load on a shared
+machine falls on both alike.  The speed-up is the ratio of the *median* run times; the
+per-round ratios and the load average before and after are recorded too.  Results go to
+``bench/results/attacks.json`` (written atomically).
 
-Run from the repository root::
+Run from the repository root on an idle machine::
 
-    .venv/bin/python bench/bench_attacks.py [--repeats 3] [--batch 32] [--size 128]
+    .venv/bin/python bench/bench_attacks.py [--repeats 9] [--batch 32] [--arch mobilenetv2_050]
 
 ART is a benchmark-only dependency (``bench/requirements.txt``).
 """
@@ -19,33 +22,24 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tfcompat  # noqa: E402  (repository root is importable only after the line above)
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+import _machine  # noqa: E402
 import attacks  # noqa: E402
 from data.fileio import write_json_atomic  # noqa: E402
+from models.classifier import DEFAULT_ARCH, build_classifier  # noqa: E402
 
 tf, keras = tfcompat.import_tf()
 
 EPS, STEP, STEPS, NUM_CLASSES = 8.0, 2.0, 20, 5
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "attacks.json")
-
-
-def build_model(size, alpha=1.0):
-    """MobileNetV2 (random weights, width ``alpha``) taking ``[B, size, size, 3]`` pixels in
-    [0, 1] -> logits [B, 5]."""
-    inputs = keras.Input((size, size, 3))
-    scaled = keras.layers.Rescaling(2.0, offset=-1.0)(inputs)
-    net = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3), alpha=alpha,
-                                         classes=NUM_CLASSES, classifier_activation=None)
-    return keras.Model(inputs, net(scaled))
 
 
 def project_runner(model, images, labels):
@@ -102,76 +96,59 @@ def time_interleaved(runners, repeats):
     return out
 
 
-def machine_info():
-    """CPU, core count, OS and package versions."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions = {}
-    for package in ("tensorflow", "tf-keras", "cleverhans", "adversarial-robustness-toolbox",
-                    "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "gpus": len(tf.config.list_physical_devices("GPU")),
-            "versions": versions}
-
-
 def _summarise(entry, batch):
-    best = min(entry["times_s"])
-    mean = float(np.mean(entry["times_s"]))
-    entry.update({"images_per_s_mean": batch / mean, "images_per_s_best": batch / best})
+    times = entry["times_s"]
+    entry.update({"median_s": float(np.median(times)),
+                  "images_per_s_median": batch / float(np.median(times)),
+                  "images_per_s_best": batch / min(times)})
     return entry
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per library")
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (each library once)")
     parser.add_argument("--batch", type=int, default=32, help="images in the batch")
-    parser.add_argument("--size", type=int, default=128, help="image height = width")
-    parser.add_argument("--alpha", type=float, default=1.0,
-                        help="MobileNetV2 width (the project's default M: --alpha 0.5 "
-                             "--size 96)")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help="architecture of the model")
+    parser.add_argument("--size", type=int, default=96, help="image height = width")
     parser.add_argument("--out", default=RESULTS, help="JSON output path")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     rng = np.random.default_rng(0)
-    tf.random.set_seed(0)
     keras.utils.set_random_seed(0)
-    model = build_model(args.size, args.alpha)
+    model = build_classifier(args.arch, NUM_CLASSES, args.size, seed=0)
     images = rng.random((args.batch, args.size, args.size, 3), dtype=np.float32)
     labels = rng.integers(0, NUM_CLASSES, args.batch)
-
     results = {
         "attack": {"name": "pgd_linf", "eps_255": EPS, "step_255": STEP, "steps": STEPS,
                    "random_start": True},
-        "model": "MobileNetV2(weights=None, alpha=%g, classes=%d), input %dx%dx3"
-                 % (args.alpha, NUM_CLASSES, args.size, args.size),
+        "model": "build_classifier(%r, %d, %d) (random weights)" % (args.arch, NUM_CLASSES,
+                                                                     args.size),
         "batch": args.batch, "repeats": args.repeats,
-        "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine_info(),
+        "machine": _machine.machine_info(_machine.DEFAULT_PACKAGES
+                                         + ("adversarial-robustness-toolbox",)),
+        "load_average_before": _machine.load_average(),
     }
-    results["load_average_before"] = os.getloadavg()
     runners = {"unmask_attacks": project_runner(model, images, labels),
                "art": art_runner(model, images, labels)}
     timings = time_interleaved(runners, args.repeats)
-    results["load_average_after"] = os.getloadavg()
+    results["load_average_after"] = _machine.load_average()
     for name, entry in timings.items():
         entry.update(_check(model, images, labels, entry.pop("x_adv")))
         entry.update(runners[name][1]())
         results[name] = _summarise(entry, args.batch)
-        print("%-15s %.2f images/s" % (name, entry["images_per_s_mean"]))
-    results["speedup_vs_art"] = (results["unmask_attacks"]["images_per_s_mean"]
-                                 / results["art"]["images_per_s_mean"])
+        print("%-15s %.2f images/s (median of %d)" % (name, entry["images_per_s_median"],
+                                                      args.repeats))
+    ours, art = results["unmask_attacks"], results["art"]
+    results["speedup_vs_art"] = art["median_s"] / ours["median_s"]
+    results["speedup_per_round"] = [a / o for a, o in zip(art["times_s"], ours["times_s"])]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_json_atomic(args.out, results, indent=2)
-    print("speed-up %.2fx; written to %s" % (results["speedup_vs_art"], args.out))
+    print("speed-up %.2fx (ratio of medians; per round %.2f-%.2f); written to %s"
+          % (results["speedup_vs_art"], min(results["speedup_per_round"]),
+             max(results["speedup_per_round"]), args.out))
     return results
 
 

@@ -8,71 +8,72 @@ headline figures in ``bench/results/model_m.json`` (written atomically).
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_model_m.py [--classset CS5b] [-- extra main.py options]
+    .venv/bin/python bench/bench_model_m.py [--classset CS5b] [--keep DIR] [-- main.py options]
 """
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _machine  # noqa: E402
 from data.fileio import write_json_atomic  # noqa: E402
 from data.knowledge import get_class_set  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "model_m.json")
 
 
-def _versions():
-    out = {"python": platform.python_version()}
-    for name in ("tensorflow", "tf-keras", "cleverhans", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+def run_timed(cmd, out_root, class_set):
+    """Run the command; returns (wall seconds, the run's metrics.json)."""
+    start = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    seconds = time.time() - start
+    out_dir = os.path.join(out_root, "results", class_set.code_name)
+    arch = sorted(os.listdir(out_dir))[0]
+    with open(os.path.join(out_dir, arch, "metrics.json"), encoding="utf-8") as f:
+        return seconds, json.load(f)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classset", default="CS5b")
     p.add_argument("--data-dir", default=os.path.join("data", "unmask"))
+    p.add_argument("--keep", metavar="DIR",
+                   help="write results/ and checkpoints/ under DIR and keep them (default: a "
+                        "temporary folder, removed afterwards); DIR must not hold a run yet")
+    p.add_argument("--out", default=RESULTS, help="JSON output path")
     p.add_argument("extra", nargs="*", help="further main.py options (after --)")
     args = p.parse_args(argv)
     cs = get_class_set(args.classset)
     py = sys.executable
     subprocess.run([py, "main.py", "--prepare-data", "--data-dir", args.data_dir], cwd=ROOT,
                    check=True)
+    if args.keep and os.path.exists(os.path.join(args.keep, "checkpoints")):
+        p.error("--keep %s already holds checkpoints: the timing would reuse them" % args.keep)
     with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.abspath(args.keep or tmp)
         cmd = [py, "main.py", "--model", "M", "--classset", cs.paper_name, "--data-dir",
-               args.data_dir, "--results-dir", os.path.join(tmp, "results"),
-               "--checkpoint-dir", os.path.join(tmp, "ckpt"), "--no-progress"] + args.extra
-        load_before = os.getloadavg()
-        start = time.time()
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        seconds = time.time() - start
-        out_dir = os.path.join(tmp, "results", cs.code_name)
-        arch = os.listdir(out_dir)[0]
-        with open(os.path.join(out_dir, arch, "metrics.json")) as f:
-            metrics = json.load(f)
+               args.data_dir, "--results-dir", os.path.join(root, "results"),
+               "--checkpoint-dir", os.path.join(root, "checkpoints"), "--no-progress"]
+        load_before = _machine.load_average()
+        seconds, metrics = run_timed(cmd + args.extra, root, cs)
     record = {
         "command": "python main.py --model M --classset %s %s" % (cs.paper_name,
                                                                   " ".join(args.extra)),
         "wall_seconds": round(seconds, 1), "target_seconds": 1200,
-        "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "versions": _versions()},
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": _machine.machine_info(),
+        "load_average_before": load_before, "load_average_after": _machine.load_average(),
         "metrics": metrics,
     }
-    write_json_atomic(RESULTS, record, indent=2)
-    print("%s: %.0f s (target <= 1200 s); written to %s" % (record["command"], seconds, RESULTS))
+    write_json_atomic(args.out, record, indent=2)
+    print("%s: %.0f s (target <= 1200 s); written to %s" % (record["command"], seconds,
+                                                             args.out))
     return 0
 
 

@@ -87,14 +87,15 @@ def load_split(data_dir: str, class_set, split: str) -> ClassSetSplit:
     """List the images of ``<data_dir>/<code>/<split>/<class>/``.
 
     Raises:
-        FileNotFoundError: missing split folder (with the command that creates it).
+        FileNotFoundError: missing split folder (saying how to get it: generate the synthetic
+            data set, or add the class set's folder to real data).
         ValueError: a class folder not in the class set, a class without images, or an
             unknown class-set name (listing the valid names).
     """
     cs = class_set if isinstance(class_set, ClassSet) else get_class_set(class_set)
     root = os.path.join(data_dir, cs.code_name, split)
     if not os.path.isdir(root):
-        raise FileNotFoundError(missing_data_message(root))
+        raise FileNotFoundError(missing_data_message(root, data_dir))
     folders = sorted(d for d in os.listdir(root)
                      if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     unknown = [d for d in folders if d not in cs.classes]

@@ -192,7 +192,9 @@ def _check_top(obj: Any, path: str) -> None:
             _fail(path, "top level", "%r must be a list, got %s" % (k, type(obj[k]).__name__))
 
 
-def _check_categories(categories: Sequence[Any], path: str) -> None:
+def _check_categories(categories: Sequence[Any], path: str) -> set:
+    """Check the category list; returns the set of its ids."""
+    ids = set()
     for i, cat in enumerate(categories):
         if not isinstance(cat, Mapping) or "id" not in cat:
             _fail(path, "category #%d" % i, "missing key 'id'")
@@ -204,6 +206,10 @@ def _check_categories(categories: Sequence[Any], path: str) -> None:
         if "name" in cat and cat["name"] != PARTS[cid]:
             _fail(path, "category id %d" % cid, "name %r does not match PARTS[%d] = %r"
                   % (cat["name"], cid, PARTS[cid]))
+        if cid in ids:
+            _fail(path, "category id %d" % cid, "duplicate category id")
+        ids.add(cid)
+    return ids
 
 
 def _check_images(images: Sequence[Any], path: str) -> Dict[Any, Mapping[str, Any]]:
@@ -224,53 +230,111 @@ def _check_images(images: Sequence[Any], path: str) -> Dict[Any, Mapping[str, An
     return by_id
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _rle_area(seg: Mapping[str, Any], h: int, w: int) -> int:
+    """Pixel count of an RLE (compressed counts are not decoded to a mask)."""
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        return int(mask_utils.area(mask_utils.frPyObjects({"size": [h, w], "counts": counts},
+                                                          h, w)))
+    coded = counts.encode("ascii") if isinstance(counts, str) else counts
+    return int(mask_utils.area({"size": [h, w], "counts": coded}))
+
+
+def _rle_problem(seg: Mapping[str, Any], h: int, w: int) -> str:
+    """Why an RLE segmentation is unusable ('' when it is fine)."""
+    if "counts" not in seg or "size" not in seg:
+        return "RLE segmentation needs 'counts' and 'size'"
+    counts = seg["counts"]
+    if not counts:
+        return "empty RLE counts"
+    if not isinstance(seg["size"], list) or seg["size"] != [h, w]:
+        return "RLE size %r differs from the image size [%d, %d]" % (seg["size"], h, w)
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+            return "uncompressed RLE counts must be non-negative integers summing to H*W"
+    elif not (isinstance(counts, bytes) or isinstance(counts, str) and counts.isascii()):
+        return "compressed RLE counts must be an ASCII string, got %r" % (counts,)
+    if _rle_area(seg, h, w) == 0:
+        return "empty segmentation: the RLE decodes to an all-zero mask"
+    return ""
+
+
+def _polygon_problem(seg: List[Any], h: int, w: int) -> str:
+    """Why a polygon-list segmentation is unusable ('' when it is fine)."""
+    if not seg:
+        return "empty segmentation (no polygon)"
+    for poly in seg:
+        if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+            return "each polygon must be a list of >= 6 coordinates (x, y pairs)"
+        if not all(_is_number(v) for v in poly):
+            return "polygon coordinates must be numbers"
+    rles = mask_utils.frPyObjects([[float(v) for v in p] for p in seg], h, w)
+    if int(mask_utils.area(mask_utils.merge(rles))) == 0:
+        return "empty segmentation: the polygon(s) cover no pixel of the image (degenerate " \
+               "or outside it)"
+    return ""
+
+
 def _segmentation_problem(seg: Any, img: Mapping[str, Any]) -> str:
     """Why ``seg`` is not a usable non-empty segmentation ('' when it is fine)."""
     if isinstance(seg, Mapping):
-        if "counts" not in seg or "size" not in seg:
-            return "RLE segmentation needs 'counts' and 'size'"
-        if not seg["counts"]:
-            return "empty RLE counts"
-        size = list(seg["size"])
-        if size != [img["height"], img["width"]]:
-            return "RLE size %s differs from the image size [%d, %d]" % (
-                size, img["height"], img["width"])
-        return ""
+        return _rle_problem(seg, img["height"], img["width"])
     if isinstance(seg, list):
-        if not seg:
-            return "empty segmentation (no polygon)"
-        for poly in seg:
-            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
-                return "each polygon must be a list of >= 6 coordinates (x, y pairs)"
-        return ""
+        return _polygon_problem(seg, img["height"], img["width"])
     return "segmentation must be an RLE dict or a polygon list, got %s" % type(seg).__name__
 
 
+def _annotation_problem(ann: Mapping[str, Any], img: Mapping[str, Any]) -> str:
+    """Why an annotation's segmentation, area or bbox is unusable ('' when it is fine)."""
+    problem = _segmentation_problem(ann["segmentation"], img)
+    if problem:
+        return problem
+    if "area" in ann and not (_is_number(ann["area"]) and ann["area"] > 0):
+        return "area must be a positive number, got %r (an empty part)" % (ann["area"],)
+    bbox = ann["bbox"]
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        return "bbox must be [x, y, w, h], got %r" % (bbox,)
+    return ""
+
+
+def _annotation_keys_problem(ann: Any, seen: set) -> str:
+    if not isinstance(ann, Mapping):
+        return "expected an object"
+    missing = [k for k in _ANN_KEYS if k not in ann]
+    if missing:
+        return "missing key(s) %s" % ", ".join(missing)
+    if ann["id"] in seen:
+        return "duplicate annotation id"
+    return ""
+
+
 def _check_annotations(anns: Sequence[Any], images: Mapping[Any, Mapping[str, Any]],
-                       path: str) -> None:
+                       category_ids: set, path: str) -> None:
     seen = set()
     for i, ann in enumerate(anns):
         where = "annotation #%d (id %r)" % (i, ann.get("id") if isinstance(ann, Mapping) else None)
-        if not isinstance(ann, Mapping):
-            _fail(path, where, "expected an object")
-        missing = [k for k in _ANN_KEYS if k not in ann]
-        if missing:
-            _fail(path, where, "missing key(s) %s" % ", ".join(missing))
-        if ann["id"] in seen:
-            _fail(path, where, "duplicate annotation id")
+        problem = _annotation_keys_problem(ann, seen)
+        if problem:
+            _fail(path, where, problem)
         seen.add(ann["id"])
+        where += " of image id %r" % (ann["image_id"],)
         cid = ann["category_id"]
         if not isinstance(cid, int) or not 0 <= cid < NUM_CATEGORIES:
             _fail(path, where, "category_id %r is outside 0..%d" % (cid, NUM_CATEGORIES - 1))
+        if cid not in category_ids:
+            _fail(path, where, "category_id %d (%s) is not in the file's category list; add "
+                  "{\"id\": %d, \"name\": \"%s\"} to 'categories'"
+                  % (cid, PARTS[cid], cid, PARTS[cid]))
         img = images.get(ann["image_id"])
         if img is None:
             _fail(path, where, "image_id %r refers to no image of the file" % (ann["image_id"],))
-        problem = _segmentation_problem(ann["segmentation"], img)
+        problem = _annotation_problem(ann, img)
         if problem:
             _fail(path, where, problem)
-        bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            _fail(path, where, "bbox must be [x, y, w, h], got %r" % (bbox,))
 
 
 def validate_coco(obj: Any, path: str = "<coco>") -> Dict[str, Any]:
@@ -278,17 +342,19 @@ def validate_coco(obj: Any, path: str = "<coco>") -> Dict[str, Any]:
 
     Checks: top-level ``images``/``annotations``/``categories`` lists; image keys ``id,
     file_name, height, width`` (unique ids, positive sizes); annotation keys ``id, image_id,
-    category_id, segmentation, bbox`` (unique ids, category in 0..43, existing image,
-    non-empty RLE of the image's size or polygons of >= 6 coordinates, 4-number bbox);
-    category ids in 0..43 with names equal to ``PARTS`` when given.
+    category_id, segmentation, bbox`` (unique ids, a category of the file's list, existing
+    image, an RLE of the image's size or polygons of >= 6 coordinates that covers at least
+    one pixel, a positive ``area`` when given, 4-number bbox); unique category ids in 0..43
+    with names equal to ``PARTS`` when given.  Pixel counts come from pycocotools' ``area``
+    of the RLE (no mask is decoded; polygons are rasterised to an RLE).
 
     Raises:
         ValueError: naming ``path``, the offending image/annotation and how to fix it.
     """
     _check_top(obj, path)
-    _check_categories(obj["categories"], path)
+    category_ids = _check_categories(obj["categories"], path)
     images = _check_images(obj["images"], path)
-    _check_annotations(obj["annotations"], images, path)
+    _check_annotations(obj["annotations"], images, category_ids, path)
     return obj
 
 

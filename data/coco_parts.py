@@ -13,21 +13,52 @@ Class ids: matterport reserves 0 for the background, so the COCO category id ``c
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from data import coco_io
 from data.images import read_image
 from data.knowledge import PARTS
+from data.synthetic import MANIFEST
 
 SOURCE = "parts"
 
 
-def missing_data_message(path: str) -> str:
-    """Error text for a missing data file or folder, with the command that creates it."""
-    return ("%s not found. Generate the synthetic data set with `python main.py --prepare-data`"
-            " (or pass --data-dir pointing at the real UnMask data)" % path)
+_REAL_LAYOUT = {
+    "VOC2010": "VOC2010/{train,val,test}.json and VOC2010/Images/{train,val,test}/ for model K; "
+               "`python -m data.pascal_part --out DIR` converts PASCAL-Part into it",
+}
+_CLASS_SET_LAYOUT = "%s/{train,val,test}/<class>/*.jpg for model M"
+
+
+def _needed_folder(path: str, data_dir: str) -> str:
+    """The top-level folder of ``data_dir`` that ``path`` lies in (``VOC2010``, ``cs5-2``)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(data_dir))
+    return rel.split(os.sep)[0]
+
+
+def missing_data_message(path: str, data_dir: Optional[str] = None) -> str:
+    """Error text for a missing data file or folder ``path`` of the data set ``data_dir``.
+
+    The fix depends on what ``data_dir`` holds: nothing (generate the synthetic data set),
+    a synthetic data set (``synthetic.json``: regenerate it), or real UnMask data, which
+    ``--prepare-data`` neither creates nor completes (add the missing folder, or use a fresh
+    ``--data-dir`` for the synthetic set).
+    """
+    if data_dir is None or not os.path.isdir(data_dir) or not os.listdir(data_dir):
+        return ("%s not found. Generate the synthetic data set with `python main.py "
+                "--prepare-data` (or pass --data-dir pointing at the real UnMask data)" % path)
+    if os.path.isfile(os.path.join(data_dir, MANIFEST)):
+        return ("%s not found: the synthetic data set in %s is incomplete; delete %s and run "
+                "`python main.py --prepare-data --data-dir %s` to regenerate it"
+                % (path, data_dir, data_dir, data_dir))
+    folder = _needed_folder(path, data_dir)
+    layout = _REAL_LAYOUT.get(folder, _CLASS_SET_LAYOUT % folder)
+    return ("%s not found. %s holds real UnMask data (it has no %s), which `python main.py "
+            "--prepare-data` neither creates nor completes: the real UnMask data set's %s/ "
+            "folder is needed there (%s); or pass a fresh --data-dir to use the synthetic "
+            "data set instead" % (path, data_dir, MANIFEST, folder, layout))
 
 
 class Dataset:
@@ -106,7 +137,7 @@ class PartsDataset(Dataset):
         image_dir = os.path.join(root, "Images", split)
         for path in (ann_path, image_dir):
             if not os.path.exists(path):
-                raise FileNotFoundError(missing_data_message(path))
+                raise FileNotFoundError(missing_data_message(path, data_dir))
         coco = coco_io.load_coco(ann_path)
         # All 44 parts, whatever the file lists: class id == category id + 1 must hold even
         # when a file's category list is partial (validate_coco checked ids are in 0..43).
@@ -126,6 +157,9 @@ class PartsDataset(Dataset):
         """bool [H, W, N] masks and int32 [N] class ids (category id + 1) of one image.
 
         Images without annotations give ``[H, W, 0]`` and ``[0]``.
+
+        Raises:
+            ValueError: an annotation decodes to an empty mask (naming file and ids).
         """
         info = self.image_info[image_id]
         if info["source"] != SOURCE:
@@ -134,9 +168,12 @@ class PartsDataset(Dataset):
         masks, ids = [], []
         for ann in info["annotations"]:
             m = coco_io.segmentation_to_mask(ann["segmentation"], h, w)
-            if m.any():
-                masks.append(m)
-                ids.append(self.map_source_class_id("%s.%d" % (SOURCE, ann["category_id"] + 1)))
+            if not m.any():  # validate_coco rejects these; never drop a part silently
+                raise ValueError("%s: annotation id %r of image id %r has an empty mask; fix "
+                                 "or remove it" % (info.get("annotation_file"), ann["id"],
+                                                   info["id"]))
+            masks.append(m)
+            ids.append(self.map_source_class_id("%s.%d" % (SOURCE, ann["category_id"] + 1)))
         if not masks:
             return np.zeros([h, w, 0], bool), np.zeros([0], np.int32)
         return np.stack(masks, axis=-1).astype(bool), np.array(ids, np.int32)

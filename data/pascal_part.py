@@ -59,13 +59,18 @@ Split: the sorted image names are permuted by ``numpy.random.default_rng(seed)``
 80/10/10 (``int(0.8 n)``, ``int(0.9 n)``, as the original's boundaries).  The original shuffled
 ``os.listdir`` order with ``random.Random(100)``, which is not reproducible across file
 systems, so its exact split cannot be rebuilt; this one is deterministic for a seed.
-Re-running with another seed rewrites the JSON files but leaves images copied by the earlier
-run in the split folders; the JSON files are authoritative (delete ``Images/`` to tidy up).
+Existing split files are only replaced with ``--overwrite`` (``overwrite=True``); the three are
+written to temporary files and renamed together at the end, so an interrupted run never leaves
+a mix of old and new splits.  A folder holding the synthetic data set (``synthetic.json``) is
+never written into.  Re-running with another seed rewrites the JSON files but leaves images
+copied by the earlier run in the split folders; the JSON files are authoritative (delete
+``Images/`` to tidy up).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -81,8 +86,9 @@ from PIL import Image, UnidentifiedImageError
 from scipy.io.matlab import MatReadError
 
 from data import coco_io
-from data.fileio import atomic_path, write_json_atomic
+from data.fileio import atomic_path
 from data.knowledge import CLASS_PARTS, PART_IDS
+from data.synthetic import MANIFEST as SYNTHETIC_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +400,9 @@ def _list_annotations(annotations_dir: str) -> Dict[str, str]:
 
 def _convert_split(split: str, stems: Sequence[str], mat_paths: Dict[str, str],
                    images_dir: Optional[str], root: str, opts: Dict[str, Any],
-                   stats: _Stats) -> Dict[str, Any]:
+                   stats: _Stats) -> Tuple[Dict[str, Any], int]:
+    """COCO dict of one split (not written yet) and its number of images without parts;
+    copies the split's images into ``<root>/Images/<split>/``."""
     coco = coco_io.coco_skeleton({"description": "PASCAL-Part parts merged to the 44 UnMask "
                                                  "parts", "split": split, "seed": opts["seed"]})
     empty_images = 0
@@ -417,15 +425,45 @@ def _convert_split(split: str, stems: Sequence[str], mat_paths: Dict[str, str],
         if image_path is not None:
             _place_image(image_path, os.path.join(root, "Images", split, file_name),
                          opts["image_mode"])
-    json_path = os.path.join(root, split + ".json")
-    write_json_atomic(json_path, coco)
-    return {"json": json_path, "images": len(coco["images"]),
-            "annotations": len(coco["annotations"]), "images_without_parts": empty_images}
+    return coco, empty_images
+
+
+def _split_paths(out_dir: str) -> Dict[str, str]:
+    return {split: os.path.join(out_dir, "VOC2010", split + ".json") for split in SPLITS}
+
+
+def _check_output(out_dir: str, overwrite: bool) -> None:
+    """Refuse to write into a synthetic data set, or over existing split files unless
+    ``overwrite``."""
+    manifest = os.path.join(out_dir, SYNTHETIC_MANIFEST)
+    if os.path.isfile(manifest):
+        raise ValueError(
+            "%s holds a synthetic UnMask data set (%s says so); real PASCAL-Part annotations "
+            "are never written into it, even with --overwrite, as that would mix real and "
+            "synthetic data: pass another --out (e.g. data/pascal_part) or delete %s first"
+            % (out_dir, manifest, out_dir))
+    existing = [p for p in _split_paths(out_dir).values() if os.path.exists(p)]
+    if existing and not overwrite:
+        raise ValueError("%s already exist(s); pass --overwrite (overwrite=True) to replace "
+                         "the split files, or choose another --out" % ", ".join(existing))
+
+
+def _write_splits(out_dir: str, cocos: Dict[str, Dict[str, Any]]) -> None:
+    """Write the split files together: all go to temporary files first and are renamed onto
+    their names only once every one is complete, so an interruption while writing leaves the
+    old set of splits (never a mix of old and new)."""
+    paths = _split_paths(out_dir)
+    with contextlib.ExitStack() as stack:
+        temps = {s: stack.enter_context(atomic_path(paths[s])) for s in cocos}
+        for split, coco in cocos.items():
+            with open(temps[split], "w", encoding="utf-8") as f:
+                json.dump(coco, f)
 
 
 def convert_pascal_part(annotations_dir: str, images_dir: Optional[str], out_dir: str,
                         seed: int = 0, on_error: str = "raise", image_mode: str = "copy",
-                        handlebar_as_hand: bool = False) -> Dict[str, Any]:
+                        handlebar_as_hand: bool = False, overwrite: bool = False
+                        ) -> Dict[str, Any]:
     """Convert PASCAL-Part to ``<out_dir>/VOC2010/{train,val,test}.json`` plus
     ``<out_dir>/VOC2010/Images/<split>/`` (see the module docstring for the formats).
 
@@ -439,22 +477,37 @@ def convert_pascal_part(annotations_dir: str, images_dir: Optional[str], out_dir
             files are left out and listed in ``summary["skipped_files"]``).
         image_mode: ``"copy"``, ``"hardlink"`` (copy when linking fails) or ``"symlink"``.
         handlebar_as_hand: reproduce the original's handlebar -> hand labelling.
+        overwrite: replace existing ``VOC2010/{train,val,test}.json`` files (refused
+            otherwise).  A synthetic data set (``synthetic.json``) is never written into.
 
     Returns:
         summary dict: ``splits`` (per split: json path, images, annotations,
         images_without_parts), ``parts_per_category`` (all 44 parts), ``unknown_names`` and
         ``dropped_names`` (``"class/name" -> count``), ``parts_outside_class_table`` (merged
         parts that ``data.knowledge.CLASS_PARTS`` does not list for the class),
-        ``empty_part_masks``, ``skipped_files`` (``[{"file", "error"}]``), ``seed``.
+        ``empty_part_masks`` (empty part masks left out), ``skipped_files``
+        (``[{"file", "error"}]``), ``seed``.
+
+    Raises:
+        ValueError: bad arguments or file (naming it); ``out_dir`` holds a synthetic data set,
+            or split files already exist and ``overwrite`` is False (naming them).
     """
     _check_args(annotations_dir, images_dir, on_error, image_mode)
+    _check_output(out_dir, overwrite)
     mat_paths = _list_annotations(annotations_dir)
     root = os.path.join(out_dir, "VOC2010")
     opts = {"seed": seed, "on_error": on_error, "image_mode": image_mode,
             "handlebar_as_hand": handlebar_as_hand}
     stats = _Stats()
-    splits = {split: _convert_split(split, stems, mat_paths, images_dir, root, opts, stats)
-              for split, stems in split_names(mat_paths, seed).items()}
+    cocos, splits = {}, {}
+    for split, stems in split_names(mat_paths, seed).items():
+        cocos[split], empty = _convert_split(split, stems, mat_paths, images_dir, root, opts,
+                                             stats)
+        splits[split] = {"json": _split_paths(out_dir)[split],
+                         "images": len(cocos[split]["images"]),
+                         "annotations": len(cocos[split]["annotations"]),
+                         "images_without_parts": empty}
+    _write_splits(out_dir, cocos)
     return {
         "seed": seed,
         "splits": splits,
@@ -470,7 +523,9 @@ def convert_pascal_part(annotations_dir: str, images_dir: Optional[str], out_dir
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Command line: ``python -m data.pascal_part --annotations .../Annotations_Part
-    --images .../VOC2010/JPEGImages --out data/unmask [--seed 0] [--skip-bad]``."""
+    --images .../VOC2010/JPEGImages --out data/unmask [--seed 0] [--skip-bad] [--overwrite]``.
+
+    Bad arguments or files end the program with exit status 2 and a one-line error."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotations", required=True, help="PASCAL-Part Annotations_Part")
     parser.add_argument("--images", default=None, help="VOC2010 JPEGImages (omit: JSON only)")
@@ -481,12 +536,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--image-mode", choices=("copy", "hardlink", "symlink"), default="copy")
     parser.add_argument("--handlebar-as-hand", action="store_true",
                         help="label handlebars 'hand' as the original converter did")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing VOC2010/{train,val,test}.json in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    summary = convert_pascal_part(args.annotations, args.images, args.out, seed=args.seed,
-                                  on_error="skip" if args.skip_bad else "raise",
-                                  image_mode=args.image_mode,
-                                  handlebar_as_hand=args.handlebar_as_hand)
+    try:
+        summary = convert_pascal_part(args.annotations, args.images, args.out, seed=args.seed,
+                                      on_error="skip" if args.skip_bad else "raise",
+                                      image_mode=args.image_mode,
+                                      handlebar_as_hand=args.handlebar_as_hand,
+                                      overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, "error: %s\n" % e)
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -308,8 +308,21 @@ def summary(manifest: Dict) -> str:
 
 # ----------------------------------------------------------------------------- preview
 
-def write_preview(data_dir: str, path: str, n: int = 12, split: str = "train") -> None:
-    """Grid of ``n`` of K's images with their part masks outlined and labelled (PNG)."""
+def _draw_sample(ax, pixels, anns, names, cmap) -> None:
+    """One preview cell: the image, each part mask outlined and labelled with its name."""
+    ax.imshow(pixels)
+    for k, ann in enumerate(anns):
+        mask = coco_io.rle_to_mask(ann["segmentation"])
+        ax.contour(mask, levels=[0.5], colors=[cmap(k % 20)], linewidths=1.2)
+        ys, xs = np.nonzero(mask)
+        ax.text(xs.mean(), ys.mean(), names[ann["category_id"]], fontsize=6, color="white",
+                ha="center", va="center",
+                bbox=dict(facecolor=cmap(k % 20), alpha=0.7, pad=0.5, linewidth=0))
+
+
+def preview_figure(data_dir: str, n: int = 12, split: str = "train"):
+    """Matplotlib figure of ``n`` of K's images (one axes each, titled with the file name)
+    with their part masks outlined and labelled; the caller closes it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -324,24 +337,27 @@ def write_preview(data_dir: str, path: str, n: int = 12, split: str = "train") -
     cols = 4
     rows = (len(images) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
-    cmap = plt.get_cmap("tab20")
     for ax, img in zip(axes.ravel(), images):
-        pixels = np.asarray(Image.open(os.path.join(data_dir, "VOC2010", "Images", split,
-                                                    img["file_name"])))
-        ax.imshow(pixels)
-        for k, ann in enumerate(by_image.get(img["id"], [])):
-            mask = coco_io.rle_to_mask(ann["segmentation"])
-            ax.contour(mask, levels=[0.5], colors=[cmap(k % 20)], linewidths=1.2)
-            ys, xs = np.nonzero(mask)
-            ax.text(xs.mean(), ys.mean(), names[ann["category_id"]], fontsize=6,
-                    color="white", ha="center", va="center",
-                    bbox=dict(facecolor=cmap(k % 20), alpha=0.7, pad=0.5, linewidth=0))
+        with Image.open(os.path.join(data_dir, "VOC2010", "Images", split,
+                                     img["file_name"])) as im:
+            pixels = np.asarray(im)
+        _draw_sample(ax, pixels, by_image.get(img["id"], []), names, plt.get_cmap("tab20"))
         ax.set_title(img["file_name"], fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle("Synthetic UnMask parts (K pool, %s split): part masks outlined and labelled"
                  % split)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    return fig
+
+
+def write_preview(data_dir: str, path: str, n: int = 12, split: str = "train") -> None:
+    """Grid of ``n`` of K's images with their part masks outlined and labelled (PNG)."""
+    fig = preview_figure(data_dir, n, split)  # selects the Agg backend first
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)

@@ -18,6 +18,7 @@ import numpy as np
 
 import tfcompat
 from attacks import compile_attack, run_attack
+from data.fileio import write_json_atomic
 from models.classifier import build_classifier
 from models.train_classifier import TrainConfig, train_classifier
 
@@ -82,7 +83,9 @@ def line_search(arch: str, num_classes: int, input_size: int, data: Dict, base_d
     """Train one AT model per eps and score it on validation data under ``vectors``.
 
     Returns ``{"best_eps", "results": {eps: {"benign": acc, vector: acc, ..., "mean": m}}}``
-    where ``mean`` averages the attacked accuracies (the paper's selection criterion).
+    where ``mean`` averages the attacked accuracies (the paper's selection criterion); the same
+    is written to :func:`line_search_path` (atomically).  Each eps's AT model is checkpointed,
+    so an interrupted search resumes.
     """
     x_val = data["x_val"].astype(np.float32) / 255.0
     results = {}
@@ -96,4 +99,13 @@ def line_search(arch: str, num_classes: int, input_size: int, data: Dict, base_d
         results[eps] = dict(accs, benign=benign, mean=float(np.mean(list(accs.values()))))
         log("AT eps=%g: benign %.3f, mean attacked %.3f" % (eps, benign, results[eps]["mean"]))
     best = max(results, key=lambda e: results[e]["mean"])
-    return {"best_eps": best, "results": results}
+    out = {"best_eps": best, "results": results}
+    write_json_atomic(line_search_path(base_dir), {
+        "best_eps": best, "vectors": [[name, eps] for name, eps in vectors],
+        "results": {"%g" % e: r for e, r in results.items()}}, indent=1)
+    return out
+
+
+def line_search_path(base_dir: str) -> str:
+    """Where :func:`line_search` records its validation accuracies and the chosen eps."""
+    return base_dir.rstrip(os.sep) + "_at_line_search.json"

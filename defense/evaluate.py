@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import tfcompat
-from attacks import PAPER_ATTACK_VECTORS, run_attack
+from attacks import PAPER_ATTACK_VECTORS, resolve_config, run_attack
 from data.classset import load_split
 from data.fileio import read_json, write_json_atomic
 from data.knowledge import CLASS_PARTS, ClassSet
@@ -33,7 +33,7 @@ from defense.extractors import OracleExtractor
 from defense.metrics import attack_summary, benign_summary
 from defense.thresholds import choose_threshold
 from defense.unmask import UnMask
-from models.classifier import build_classifier
+from models.classifier import DEFAULT_ARCH, build_classifier
 from models.train_classifier import TrainConfig, predict_labels, train_classifier
 
 tf, keras = tfcompat.import_tf()
@@ -44,7 +44,7 @@ class EvalConfig:
     """Settings of one evaluation run (validated names come from ``main.py``)."""
     class_set: ClassSet
     data_dir: str = os.path.join("data", "unmask")
-    arch: str = "mobilenetv2_050"
+    arch: str = DEFAULT_ARCH
     input_size: int = 96
     weights: Optional[str] = None
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -129,8 +129,9 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
 def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
     try:
         from models.mrcnn import find_k_checkpoint
-        found = find_k_checkpoint(cfg.k_log_dir)
-    except (ImportError, FileNotFoundError):
+        from mrcnn_config import SyntheticPartsConfig  # what make_extractors loads
+        found = find_k_checkpoint(cfg.k_log_dir, config=SyntheticPartsConfig())
+    except FileNotFoundError:
         found = None
     if found:
         return "k"
@@ -162,6 +163,14 @@ def fingerprint(cfg: EvalConfig, kind: str, data: Dict, extractor=None) -> Dict:
             "m": _file_digest(os.path.join(cfg.m_dir, "best.h5")),
             "at": (_file_digest(os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps),
                                              "best.h5")) if cfg.adv_train else None)}
+
+
+def vector_fingerprint(cfg: EvalConfig, fp: Dict, name: str, eps: float) -> Dict:
+    """``fp`` plus what one attack vector's outcome depends on: its fully resolved
+    configuration (steps, step size, random start, ... as the registry fills them in) and the
+    attack batch size (random starts are seeded per batch)."""
+    return dict(fp, attack=name, eps=eps, attack_config=resolve_config(name, eps).as_dict(),
+                attack_batch=cfg.attack_batch)
 
 
 def _cached(path: str, fp: Dict) -> Optional[Dict]:
@@ -197,7 +206,8 @@ def benign_record(cfg, unmask_val, unmask_test, at, data, fp, log) -> Dict:
 def vector_record(cfg, name, eps, m, at, unmask_test, data, fp, log) -> Dict:
     """Attack M (and AT) with one vector; M's/AT's predictions and K's parts (cached)."""
     path = os.path.join(cfg.out_dir, "vectors", "%s_%g.json" % (name, eps))
-    rec = _cached(path, dict(fp, attack=name, eps=eps))
+    vfp = vector_fingerprint(cfg, fp, name, eps)
+    rec = _cached(path, vfp)
     if rec is not None:
         log("%s eps=%g: reusing %s" % (name, eps, path))
         return rec
@@ -211,7 +221,7 @@ def vector_record(cfg, name, eps, m, at, unmask_test, data, fp, log) -> Dict:
     if at is not None:
         at_pred = run_attack(at, x, y, name, eps=eps, batch_size=cfg.attack_batch,
                              seed=cfg.seed, progress=cfg.progress).pred_adv.tolist()
-    rec = {"fingerprint": dict(fp, attack=name, eps=eps), "pred_adv": res.pred_adv.tolist(),
+    rec = {"fingerprint": vfp, "pred_adv": res.pred_adv.tolist(),
            "parts": _parts_json(parts), "at_pred": at_pred,
            "seconds": round(time.time() - start, 1)}
     write_json_atomic(path, rec)

@@ -10,7 +10,9 @@ accuracies and rates are fractions in [0, 1])::
                   "acc_um": ..., "auc": ..., "tpr": ..., "fpr": ..., "n_attacked": 500,
                   "n_successful": 480}, ...]}
 
-Rules checked by :func:`validate_metrics` (ValueError naming the key): exactly these keys;
+Rules checked by :func:`validate_metrics` (ValueError naming the key): exactly these keys
+(``mode`` may be absent: it is this project's addition to the issue's schema; readers that
+find none assume nothing about it);
 ``class_set`` is a code name of ``data.knowledge.CLASS_SETS``; ``acc_at`` is null everywhere
 (no AT model) or nowhere; ``auc``/``tpr``/``fpr`` are null exactly when ``n_successful`` is 0;
 ``n_successful <= n_attacked``; each ``(attack, eps)`` appears once.  ``eps`` is on the 0-255
@@ -37,8 +39,11 @@ from data.fileio import atomic_path, write_json_atomic, write_text_atomic
 from data.knowledge import CLASS_SETS, get_class_set
 from defense.metrics import auc, roc_curve
 
-TOP_KEYS = ("class_set", "arch", "extractor", "threshold", "mode", "seed", "versions",
-            "benign", "attacks")
+TOP_KEYS = ("class_set", "arch", "extractor", "threshold", "seed", "versions", "benign",
+            "attacks")
+#: Written by this project, optional when reading (a file in the issue's shape has no mode).
+OPTIONAL_TOP_KEYS = ("mode",)
+MODE_UNSTATED = "not stated"
 BENIGN_KEYS = ("acc_none", "acc_at", "acc_um")
 ATTACK_KEYS = ("attack", "eps", "acc_none", "acc_at", "acc_um", "auc", "tpr", "fpr",
                "n_attacked", "n_successful")
@@ -62,16 +67,21 @@ def _fail(key: str, msg: str) -> None:
     raise ValueError("metrics: key %r %s" % (key, msg))
 
 
-def _check_exact_keys(obj: Any, keys: Sequence[str], where: str) -> None:
+def _check_exact_keys(obj: Any, keys: Sequence[str], where: str,
+                      optional: Sequence[str] = ()) -> None:
+    """``obj`` is a dict holding every key of ``keys``, and no key outside ``keys`` and
+    ``optional`` (a typo is an error, not an ignored field)."""
     if not isinstance(obj, dict):
         _fail(where or "<root>", "must be an object, got %s" % type(obj).__name__)
     prefix = where + "." if where else ""
     for k in keys:
         if k not in obj:
             _fail(prefix + k, "is missing")
+    allowed = tuple(keys) + tuple(optional)
     for k in obj:
-        if k not in keys:
-            _fail(prefix + str(k), "is not part of the schema (allowed: %s)" % ", ".join(keys))
+        if k not in allowed:
+            _fail(prefix + str(k), "is not part of the schema (allowed: %s)"
+                  % ", ".join(allowed))
 
 
 def _is_number(x: Any) -> bool:
@@ -106,7 +116,8 @@ def _check_top(obj: Dict[str, Any]) -> None:
     _check_str(obj["arch"], "arch")
     _check_str(obj["extractor"], "extractor", EXTRACTORS)
     _check_fraction(obj["threshold"], "threshold")
-    _check_str(obj["mode"], "mode", MODES)
+    if "mode" in obj:
+        _check_str(obj["mode"], "mode", MODES)
     if not isinstance(obj["seed"], int) or isinstance(obj["seed"], bool):
         _fail("seed", "must be an integer, got %r" % (obj["seed"],))
     versions = obj["versions"]
@@ -148,7 +159,7 @@ def validate_metrics(obj: Any) -> Dict[str, Any]:
     Raises:
         ValueError: naming the first bad key (``attacks[2].auc``, ``benign.acc_at``, ...).
     """
-    _check_exact_keys(obj, TOP_KEYS, "")
+    _check_exact_keys(obj, TOP_KEYS, "", OPTIONAL_TOP_KEYS)
     _check_top(obj)
     _check_exact_keys(obj["benign"], BENIGN_KEYS, "benign")
     for k in ("acc_none", "acc_um"):
@@ -282,7 +293,7 @@ def _caption(rows: Sequence[Mapping[str, Any]]) -> str:
     kind = kinds.pop()
     ext = ("K (Mask R-CNN part detector)" if kind == "k" else
            "ORACLE (ground-truth parts: a perfect K, the ceiling of UnMask, not a K result)")
-    modes = sorted({m["mode"] for m in rows})
+    modes = sorted({m.get("mode", MODE_UNSTATED) for m in rows})
     ts = sorted({float(m["threshold"]) for m in rows})
     return ("Table IV (reproduction). Accuracy (fraction) with no defense (None), adversarial "
             "training (AT) and UnMask (UM) at contamination 1. Extractor: %s. Rectification "
@@ -456,7 +467,8 @@ def figure_title(m: Mapping[str, Any]) -> str:
     """``ResNet50, CS5b, K extractor, t=0.5, mode flagged``."""
     return "%s, %s, %s, t=%g, mode %s" % (arch_label(m["arch"]),
                                           get_class_set(m["class_set"]).paper_name,
-                                          _extractor_tag(m), m["threshold"], m["mode"])
+                                          _extractor_tag(m), m["threshold"],
+                                          m.get("mode", MODE_UNSTATED))
 
 
 # ----------------------------------------------------------------------------- summary

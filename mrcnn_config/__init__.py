@@ -8,7 +8,9 @@ reproduce matterport's architecture exactly.
 
 This package depends on nothing else of the project.
 """
-from mrcnn_config.base import Config
-from mrcnn_config.parts import PartsConfig, SyntheticPartsConfig, TinyTestConfig, get_config
+from mrcnn_config.base import Config, architecture_signature
+from mrcnn_config.parts import (PartsConfig, SyntheticPartsConfig, TinyTestConfig, config_key,
+                                get_config)
 
-__all__ = ["Config", "PartsConfig", "SyntheticPartsConfig", "TinyTestConfig", "get_config"]
+__all__ = ["Config", "PartsConfig", "SyntheticPartsConfig", "TinyTestConfig",
+           "architecture_signature", "config_key", "get_config"]

@@ -3,6 +3,35 @@ from __future__ import annotations
 
 import numpy as np
 
+# Attributes that decide the shapes of K's weights: a checkpoint trained with other values
+# cannot be loaded (SMALL_BACKBONE_* only count for the "resnet_small" backbone).
+ARCHITECTURE_KEYS = ("BACKBONE", "NUM_CLASSES", "IMAGE_CHANNEL_COUNT", "TOP_DOWN_PYRAMID_SIZE",
+                     "RPN_CONV_SIZE", "FPN_CLASSIF_FC_LAYERS_SIZE", "POOL_SIZE",
+                     "MASK_HEAD_CONV_SIZE")
+SMALL_BACKBONE_KEYS = ("SMALL_BACKBONE_BLOCKS", "SMALL_BACKBONE_WIDTH")
+
+
+def _plain(value):
+    """JSON-comparable value: tuples/arrays become lists."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def architecture_signature(values: dict) -> dict:
+    """The weight-shape-defining values of a configuration given as ``Config.to_dict()``
+    (or a ``config.json`` read back); missing attributes are ``None``.
+
+    Includes ``ANCHORS_PER_LOCATION`` = ``len(RPN_ANCHOR_RATIOS)`` (the RPN output width).
+    """
+    keys = ARCHITECTURE_KEYS
+    if values.get("BACKBONE") == "resnet_small":
+        keys = keys + SMALL_BACKBONE_KEYS
+    out = {k: _plain(values.get(k)) for k in keys}
+    ratios = values.get("RPN_ANCHOR_RATIOS")
+    out["ANCHORS_PER_LOCATION"] = None if ratios is None else len(ratios)
+    return out
+
 
 class Config:
     """Mask R-CNN hyper-parameters; sub-class and override the class attributes you need.
@@ -149,6 +178,10 @@ class Config:
                 value = getattr(self, name)
                 out[name] = value.tolist() if isinstance(value, np.ndarray) else value
         return out
+
+    def architecture(self) -> dict:
+        """Values that decide the weight shapes (see :func:`architecture_signature`)."""
+        return architecture_signature(self.to_dict())
 
     def display(self):
         """Print the configuration, one attribute per line."""

@@ -83,6 +83,16 @@ class TinyTestConfig(SyntheticPartsConfig):
 _CONFIGS = {"parts": PartsConfig, "synthetic": SyntheticPartsConfig, "tiny": TinyTestConfig}
 
 
+def config_key(config: Config):
+    """The :func:`get_config` name ("parts", "synthetic", "tiny") a configuration derives
+    from (the most specific one), or None for an unrelated ``Config`` sub-class."""
+    for cls in type(config).__mro__:
+        for key, known in _CONFIGS.items():
+            if cls is known:
+                return key
+    return None
+
+
 def get_config(name: str, **overrides) -> Config:
     """Return a configuration instance by name ("parts", "synthetic", "tiny").
 

@@ -158,9 +158,22 @@ def test_reuse_with_other_batch_size_does_not_retrace(name, toy, strong_runs):
     compiled, first = strong_runs(name)
     other = compiled.run(images, labels, batch_size=5, seed=3)
     assert compiled.tracing_count == 1
+    assert compiled.probe_count == 1      # the model's output is checked on the first run only
     if not dict(compiled.config.params).get("rand_init", False):
         changed = np.abs(other.x_adv - first.x_adv) > 1e-4
         assert changed.mean() < 0.01, (name, changed.mean())
+
+
+def test_label_range_checked_on_every_run_after_the_first_probe(toy):
+    """The eager probe of the model runs once, but a later run with a label the model has no
+    logit for is still rejected."""
+    model, images, labels = toy
+    compiled = attacks.compile_attack(model, "fgsm", 8)
+    compiled.run(images[:4], labels[:4])
+    bad = labels[:4].copy()
+    bad[0] = NUM_CLASSES
+    _raises("num_classes = %d" % NUM_CLASSES, compiled.run, images[:4], bad)
+    assert compiled.probe_count == 1
 
 
 def test_random_start_depends_on_seed_only(toy):

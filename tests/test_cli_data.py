@@ -5,6 +5,8 @@ None of these generate the full default data set: --prepare-data is only run on 
 already hold something (a small synthetic data set of another seed/size, real-data layout,
 foreign files), which must be reused or refused, never overwritten.
 """
+import argparse
+import functools
 import hashlib
 import os
 import re
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from data.fileio import read_json, write_json_atomic
-from data.knowledge import CLASS_SETS, PAPER_TABLE_II, class_set_names, class_set_summary
+from data.knowledge import CLASS_SETS, class_set_names, class_set_summary
 from data.synthetic import SyntheticConfig, generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,14 @@ def tiny_dataset(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- class sets
 
+# Table II computed from the class-feature map: shared/distinct parts and the overlap as
+# printed (three decimals), next to the paper's printed value (two decimals, truncated or
+# rounded as the paper has it).
+EXPECTED_TABLE_II = {"cs3-1": ("2/29", "6.897%", "6.89%"), "cs3-2": ("9/18", "50.000%", "50.00%"),
+                     "cs5-1": ("8/34", "23.529%", "23.53%"),
+                     "cs5-2": ("10/34", "29.412%", "29.41%")}
+
+
 def test_describe_classsets_prints_table_ii():
     proc = run_main("--describe-classsets")
     assert proc.returncode == 0, proc.stderr
@@ -61,11 +71,13 @@ def test_describe_classsets_prints_table_ii():
         rows = [line for line in lines if line.split()[:2] == [cs.paper_name, cs.code_name]]
         assert len(rows) == 1, (cs, proc.stdout)
         row = rows[0]
-        n_parts, overlap = PAPER_TABLE_II[cs.code_name]
-        n_shared = len(class_set_summary(cs).shared_parts)
-        assert re.search(r"\b%d\s+%d/%d\b" % (n_parts, n_shared, n_parts), row), row
-        assert "%.2f%%" % overlap in row
+        fraction, computed, paper = EXPECTED_TABLE_II[cs.code_name]
+        assert row.split()[-3:] == [fraction, computed, paper], row
+        n_distinct = int(fraction.split("/")[1])
+        assert re.search(r"\b%d\s+%s\b" % (n_distinct, re.escape(fraction)), row), row
         assert all(c in row for c in cs.classes)
+        shared = len(class_set_summary(cs).shared_parts)
+        assert "%d/%d" % (shared, n_distinct) == fraction  # the library agrees with the CLI
 
 
 def test_describe_classsets_distinct_counts():
@@ -177,17 +189,73 @@ def test_prepare_data_reuses_real_data_as_it_is(tmp_path):
 
 # ----------------------------------------------------------------------------- --help
 
-def test_help_mentions_every_option():
+def _help_body(text):
+    """--help output without its usage block (which lists every option anyway)."""
+    return text.split("\n\n", 1)[1]
+
+
+def _squeeze(text):
+    return re.sub(r"\s+", "", text)
+
+
+def test_help_documents_every_option():
+    """Every option of main.build_parser() has help text, and --help shows the option on its
+    own line (not only in the usage) followed by that text."""
     import main
 
     parser = main.build_parser()
-    options = {s for action in parser._actions for s in action.option_strings
-               if s.startswith("--")}
+    actions = [a for a in parser._actions if a.option_strings]
+    undocumented = [a.option_strings for a in actions
+                    if not a.help or a.help == argparse.SUPPRESS or not a.help.strip()]
+    assert undocumented == []
+    options = {s for a in actions for s in a.option_strings}
     assert {"--prepare-data", "--describe-classsets", "--model", "--data-dir", "--seed",
             "--classset", "--help"} <= options
     proc = run_main("--help")
     assert proc.returncode == 0, proc.stderr
-    missing = sorted(o for o in options if not re.search(re.escape(o) + r"\b", proc.stdout))
-    assert missing == []
+    body = _help_body(proc.stdout)
+    for action in actions:
+        for option in action.option_strings:
+            assert re.search(r"^\s+(?:-\w+(?: \S+)?, )?%s\b" % re.escape(option), body,
+                             re.M), option
+        opening = " ".join(action.help.split("%")[0].split()[:4])
+        assert _squeeze(opening) in _squeeze(body), (action.option_strings, opening)
     for name in ("CS5b", "cs3-1"):
-        assert name in proc.stdout  # the valid class-set names are documented
+        assert name in body  # the valid class-set names are documented
+
+
+# ----------------------------------------------------------------------------- data on demand
+
+TINY = dict(image_size=48, k_images=(2, 1, 1), m_images_per_class=(1, 1, 1))
+
+
+@pytest.mark.parametrize("argv", [["--prepare-data"], ["--model", "K"], ["--model", "M"], []],
+                         ids=["prepare-data", "model-K", "model-M", "default-job"])
+def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsys, argv):
+    """main.main() on a missing --data-dir generates the synthetic data set before the
+    command runs.  The sizes come from data.synthetic.SyntheticConfig (patched to a tiny
+    one); the commands themselves are stubbed and check the data are there when they start."""
+    import main
+    import models.mrcnn.cli
+    import tfcompat
+    from data import synthetic
+
+    data_dir = str(tmp_path / "unmask")
+    ran = []
+
+    def command(*_args, **_kwargs):
+        ran.append(read_json(os.path.join(data_dir, "synthetic.json")))
+        return 0
+
+    monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(SyntheticConfig, **TINY))
+    monkeypatch.setattr(tfcompat, "import_tf", lambda: None)
+    monkeypatch.setattr(main, "_eval_config", lambda args: "eval config")
+    monkeypatch.setattr(main, "run_model_m", command)
+    monkeypatch.setattr(models.mrcnn.cli, "run_model_k", command)
+    assert main.main(argv + ["--data-dir", data_dir, "--seed", "3"]) == 0
+    manifest = read_json(os.path.join(data_dir, "synthetic.json"))
+    assert manifest["seed"] == 3 and manifest["config"] == SyntheticConfig(**TINY).as_dict()
+    assert ran == ([] if argv == ["--prepare-data"] else [manifest])
+    assert os.path.isfile(os.path.join(data_dir, "VOC2010", "train.json"))
+    if argv == ["--prepare-data"]:
+        assert "synthetic UnMask data set" in capsys.readouterr().out

@@ -98,12 +98,58 @@ def test_missing_data_folder_names_the_prepare_command(tmp_path):
     assert PREPARE in str(e.value) and "nowhere" in str(e.value)
 
 
-def test_missing_split_file_names_the_prepare_command(root, tmp_path):
+def test_missing_split_file_of_real_data_asks_for_the_real_file(root, tmp_path):
+    """A folder without synthetic.json is real data: --prepare-data would not create the
+    file, so the message asks for the real VOC2010/ folder (or a fresh --data-dir)."""
     data_dir, ann_path = k_copy(root, tmp_path)
     os.remove(ann_path)
     with pytest.raises(FileNotFoundError) as e:
         PartsDataset().load_parts(str(data_dir), "train")
-    assert PREPARE in str(e.value) and "train.json" in str(e.value)
+    msg = str(e.value)
+    assert str(ann_path) in msg and "real UnMask data" in msg
+    assert "VOC2010/" in msg and "data.pascal_part" in msg and "fresh --data-dir" in msg
+    assert "Generate the synthetic data set" not in msg
+
+
+def _real_data(tmp_path, root, folders):
+    """A real-data folder (no synthetic.json) holding copies of ``folders`` of ``root``."""
+    data_dir = tmp_path / "real"
+    for folder in folders:
+        shutil.copytree(os.path.join(root, folder), data_dir / folder)
+    return str(data_dir)
+
+
+def test_real_data_without_the_class_set_folder_names_it(root, tmp_path):
+    data_dir = _real_data(tmp_path, root, ["VOC2010"])
+    with pytest.raises(FileNotFoundError) as e:
+        classset.load_split(data_dir, "CS5b", "train")
+    msg = str(e.value)
+    assert os.path.join(data_dir, "cs5-2", "train") in msg
+    assert "real UnMask data" in msg and "cs5-2/" in msg and "<class>/*.jpg" in msg
+    assert "fresh --data-dir" in msg and "neither creates nor completes" in msg
+    assert "Generate the synthetic data set" not in msg
+    assert len(classset.load_split(_real_data(tmp_path / "b", root, ["cs5-2"]), "CS5b",
+                                   "train")) > 0  # the same call works once the folder is there
+
+
+def test_real_data_without_voc2010_names_it(root, tmp_path):
+    data_dir = _real_data(tmp_path, root, ["cs3-1"])
+    with pytest.raises(FileNotFoundError) as e:
+        PartsDataset().load_parts(data_dir, "val")
+    msg = str(e.value)
+    assert os.path.join(data_dir, "VOC2010", "val.json") in msg
+    assert "real UnMask data" in msg and "VOC2010/" in msg and "data.pascal_part" in msg
+
+
+def test_incomplete_synthetic_data_set_says_to_regenerate_it(root, tmp_path):
+    data_dir = tmp_path / "synthetic"
+    shutil.copytree(root, data_dir)
+    shutil.rmtree(data_dir / "cs3-2")
+    with pytest.raises(FileNotFoundError) as e:
+        classset.load_split(str(data_dir), "cs3-2", "val")
+    msg = str(e.value)
+    assert "synthetic data set" in msg and "incomplete" in msg
+    assert "delete %s" % data_dir in msg and PREPARE in msg
 
 
 def _drop_annotations(coco):
@@ -122,6 +168,11 @@ def _empty_rle_counts(coco):
     coco["annotations"][0]["segmentation"]["counts"] = ""
 
 
+def _category_not_in_the_list(coco):
+    used = coco["annotations"][0]["category_id"]
+    coco["categories"] = [c for c in coco["categories"] if c["id"] != used]
+
+
 def _missing_segmentation(coco):
     del coco["annotations"][-1]["segmentation"]
 
@@ -134,6 +185,7 @@ def _image_without_file_name(coco):
     (_drop_annotations, "annotations"), (_unknown_category, "99"),
     (_empty_polygon_list, "empty segmentation"), (_empty_rle_counts, "empty RLE"),
     (_missing_segmentation, "segmentation"), (_image_without_file_name, "file_name"),
+    (_category_not_in_the_list, "not in the file's category list"),
 ])
 def test_malformed_coco_file_is_rejected_naming_the_file(root, tmp_path, corrupt, expected):
     data_dir, ann_path = k_copy(root, tmp_path)
@@ -147,24 +199,20 @@ def test_malformed_coco_file_is_rejected_naming_the_file(root, tmp_path, corrupt
 
 
 def test_annotation_category_missing_from_the_category_list(root, tmp_path):
-    """Either rejected up front (ValueError naming the file) or still mapped to
-    class id == category id + 1 with all 45 classes."""
+    """An annotation whose category id the file does not list is an unknown category: the
+    loader refuses the file, naming it, the annotation, its image and the category."""
     data_dir, ann_path = k_copy(root, tmp_path)
     coco = load_json(ann_path)
     dropped = min(a["category_id"] for a in coco["annotations"])
     coco["categories"] = [c for c in coco["categories"] if c["id"] != dropped]
+    first = next(a for a in coco["annotations"] if a["category_id"] == dropped)
     write_json(ann_path, coco)
-    try:
-        ds = PartsDataset().load_parts(str(data_dir), "train")
-    except ValueError as e:
-        assert str(ann_path) in str(e) and str(dropped) in str(e)
-        return
-    ds.prepare()
-    assert ds.num_classes == 45
-    for image_id in ds.image_ids:
-        _masks, class_ids = ds.load_mask(image_id)
-        cats = [a["category_id"] for a in ds.image_info[image_id]["annotations"]]
-        assert list(class_ids) == [c + 1 for c in cats]
+    with pytest.raises(ValueError) as e:
+        PartsDataset().load_parts(str(data_dir), "train")
+    msg = str(e.value)
+    assert str(ann_path) in msg
+    assert "(id %d) of image id %d" % (first["id"], first["image_id"]) in msg
+    assert "category_id %d (%s)" % (dropped, PARTS[dropped]) in msg
 
 
 def test_invalid_json_is_rejected_naming_the_file(root, tmp_path):
@@ -176,20 +224,81 @@ def test_invalid_json_is_rejected_naming_the_file(root, tmp_path):
     assert str(ann_path) in str(e.value)
 
 
-def test_annotation_with_an_all_zero_mask_is_dropped_by_load_mask(root, tmp_path):
+def _all_zero_rle(img):
+    return coco_io.mask_to_rle(np.zeros((img["height"], img["width"]), bool)), 5
+
+
+def _uncompressed_all_zero_rle(img):
+    return {"size": [img["height"], img["width"]], "counts": [img["height"] * img["width"]]}, 5
+
+
+def _collinear_polygon(img):
+    return [[1.0, 1.0, 5.0, 1.0, 9.0, 1.0]], 5
+
+
+def _polygon_outside_the_image(img):
+    w = img["width"]
+    return [[w + 5.0, 2.0, w + 9.0, 2.0, w + 9.0, 6.0]], 5
+
+
+def _two_point_polygon(img):
+    return [[1.0, 1.0, 9.0, 9.0]], 5
+
+
+def _zero_area(img):
+    return coco_io.mask_to_rle(np.ones((img["height"], img["width"]), bool)), 0
+
+
+@pytest.mark.parametrize("make,expected", [
+    (_all_zero_rle, "all-zero mask"), (_uncompressed_all_zero_rle, "all-zero mask"),
+    (_collinear_polygon, "cover no pixel"), (_polygon_outside_the_image, "cover no pixel"),
+    (_two_point_polygon, ">= 6 coordinates"), (_zero_area, "area must be a positive number"),
+])
+def test_empty_segmentation_is_rejected_naming_file_annotation_and_image(
+        root, tmp_path, make, expected):
     data_dir, ann_path = k_copy(root, tmp_path)
     coco = load_json(ann_path)
-    first = coco["images"][0]
-    empty = coco_io.mask_to_rle(np.zeros((first["height"], first["width"]), bool))
-    kept = [a for a in coco["annotations"] if a["image_id"] != first["id"]]
-    coco["annotations"] = kept + [{"id": 10 ** 6, "image_id": first["id"], "category_id": 5,
-                                   "segmentation": empty, "bbox": [0, 0, 0, 0], "area": 0,
-                                   "iscrowd": 0}]
+    img = coco["images"][1]
+    segmentation, area = make(img)
+    coco["annotations"].append({"id": 10 ** 6, "image_id": img["id"], "category_id": 5,
+                                "segmentation": segmentation, "bbox": [0, 0, 0, 0],
+                                "area": area, "iscrowd": 0})
+    write_json(ann_path, coco)
+    with pytest.raises(ValueError) as e:
+        PartsDataset().load_parts(str(data_dir), "train")
+    msg = str(e.value)
+    assert str(ann_path) in msg and expected in msg
+    assert "(id %d) of image id %d" % (10 ** 6, img["id"]) in msg
+
+
+def test_a_polygon_covering_pixels_is_accepted(root, tmp_path):
+    """The checks above reject empty parts only: a small real triangle loads."""
+    data_dir, ann_path = k_copy(root, tmp_path)
+    coco = load_json(ann_path)
+    img = coco["images"][0]
+    coco["annotations"].append({"id": 10 ** 6, "image_id": img["id"], "category_id": 5,
+                                "segmentation": [[1.0, 1.0, 9.0, 1.0, 5.0, 8.0]],
+                                "bbox": [1, 1, 8, 7], "area": 30.5, "iscrowd": 0})
     write_json(ann_path, coco)
     ds = PartsDataset().load_parts(str(data_dir), "train")
     ds.prepare()
     masks, class_ids = ds.load_mask(0)
-    assert masks.shape == (first["height"], first["width"], 0) and class_ids.shape == (0,)
+    assert class_ids[-1] == 5 + 1 and masks[..., -1].sum() > 10
+
+
+def test_load_mask_never_drops_an_empty_mask_silently(root, tmp_path):
+    """Should an empty mask get past validation, load_mask raises instead of dropping it."""
+    data_dir, ann_path = k_copy(root, tmp_path)
+    ds = PartsDataset().load_parts(str(data_dir), "train")
+    ds.prepare()
+    index = next(i for i, info in enumerate(ds.image_info) if info["annotations"])
+    info = ds.image_info[index]
+    empty = coco_io.mask_to_rle(np.zeros((info["height"], info["width"]), bool))
+    info["annotations"][0] = dict(info["annotations"][0], segmentation=empty)
+    with pytest.raises(ValueError) as e:
+        ds.load_mask(index)
+    assert str(ann_path) in str(e.value) and "empty mask" in str(e.value)
+    assert "annotation id %r" % info["annotations"][0]["id"] in str(e.value)
 
 
 def test_corrupt_k_image_is_reported_by_name(root, tmp_path):

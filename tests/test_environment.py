@@ -174,6 +174,29 @@ def test_tfcompat_routes_tf_keras_to_tf_keras_2():
     assert out["import_tf"] == [True, True]
 
 
+# ----------------------------------------------------------------------------- start-up noise
+
+# TensorFlow's C++ start-up messages that tfcompat must keep off stderr.
+_START_UP_NOISE = re.compile(r"oneDNN custom operations|cuda|This TensorFlow binary is optimized|"
+                             r"rebuild TensorFlow with the appropriate|absl::InitializeLog",
+                             re.I)
+
+
+def test_import_tf_prints_no_start_up_noise():
+    """``tfcompat.import_tf()`` in a fresh interpreter (with none of the user's TF_* logging
+    settings) prints nothing but what the program prints: no oneDNN, CUDA or CPU-feature
+    banner on stderr."""
+    code = "import tfcompat; tfcompat.import_tf(); print('ok')"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "TF_USE_LEGACY_KERAS")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    noise = [line for line in proc.stderr.splitlines() if _START_UP_NOISE.search(line)]
+    assert noise == [], proc.stderr
+
+
 # ----------------------------------------------------------------------------- .gitignore, CI
 
 def _gitignore_matches(rel):
@@ -204,6 +227,9 @@ def is_ignored(rel):
 
 
 @pytest.mark.parametrize("rel", ["data/unmask/VOC2010/train.json", "data/unmask/cs5-2/x.jpg",
+                                 "data/unmask.tmp-12345/VOC2010/train.json",
+                                 "data/unmask.tmp-12345/cs5-2/train/dog/dog_00000.jpg",
+                                 "data/other.tmp-7/synthetic.json",
                                  "logs/run.log", "checkpoints/mask_rcnn_parts_0040.h5",
                                  "results/table_iv.json"])
 def test_gitignore_ignores_generated_folders(rel):
@@ -211,6 +237,7 @@ def test_gitignore_ignores_generated_folders(rel):
 
 
 @pytest.mark.parametrize("rel", ["data/knowledge.py", "data/synthetic.py", "main.py",
+                                 "data/unmask.tmp-notes.py",
                                  "tests/test_environment.py", "requirements.txt", ".ci/run"])
 def test_gitignore_keeps_the_sources(rel):
     assert not is_ignored(rel), rel

@@ -1,4 +1,6 @@
 """Model K graph layers: ROIAlign vs a NumPy reference, detection targets, detection layer."""
+import json
+
 import numpy as np
 import pytest
 
@@ -6,7 +8,11 @@ import tfcompat
 from mrcnn_config import get_config
 from models.mrcnn import utils
 from models.mrcnn.graph_utils import apply_box_deltas_graph
-from models.mrcnn.layers import PyramidROIAlign, detection_targets_graph, refine_detections_graph
+from models.mrcnn.layers import (DetectionLayer, DetectionTargetLayer, ProposalLayer,
+                                 PyramidROIAlign, detection_targets_graph,
+                                 refine_detections_graph)
+from models.mrcnn.model import (detection_target_args, proposal_layer_args,
+                                refine_detection_args)
 
 tf, keras = tfcompat.import_tf()
 
@@ -78,7 +84,8 @@ def test_detection_targets_sampling_proportions_and_targets():
     masks = np.zeros(tuple(cfg.MINI_MASK_SHAPE) + (4,), bool)
     masks[:, :, :2] = True
     rois, class_ids, deltas, mask_t = _run(lambda: detection_targets_graph(
-        tf.constant(proposals), tf.constant(ids), tf.constant(gt_pad), tf.constant(masks), cfg))
+        tf.constant(proposals), tf.constant(ids), tf.constant(gt_pad), tf.constant(masks),
+        **detection_target_args(cfg)))
     t = cfg.TRAIN_ROIS_PER_IMAGE
     assert rois.shape == (t, 4) and class_ids.shape == (t,) and mask_t.shape == (t, 28, 28)
     n_pos = int(t * cfg.ROI_POSITIVE_RATIO)
@@ -107,7 +114,8 @@ def test_refine_detections_per_class_nms_and_padding():
     deltas = np.zeros((5, 4, 4), np.float32)
     window = np.array([0, 0, 1, 1], np.float32)
     det = _run(lambda: refine_detections_graph(tf.constant(rois), tf.constant(probs),
-                                               tf.constant(deltas), tf.constant(window), cfg))
+                                               tf.constant(deltas), tf.constant(window),
+                                               **refine_detection_args(cfg)))
     assert det.shape == (cfg.DETECTION_MAX_INSTANCES, 6)
     kept = det[det[:, 4] > 0]
     # roi 1 is suppressed by roi 0 (same class); roi 2 survives (other class); bg roi 4 dropped
@@ -124,3 +132,47 @@ def test_graph_box_deltas_match_numpy():
     deltas = rng.normal(0, 0.2, (6, 4)).astype(np.float32)
     out = _run(lambda: apply_box_deltas_graph(tf.constant(boxes), tf.constant(deltas)))
     np.testing.assert_allclose(out, utils.apply_box_deltas(boxes, deltas), atol=1e-5)
+
+
+def test_config_layers_take_explicit_values_and_report_them():
+    """ProposalLayer, DetectionTargetLayer and DetectionLayer are built from plain values
+    (no Config object) and get_config() returns those values, so from_config rebuilds them."""
+    cfg = get_config("tiny", DETECTION_MIN_CONFIDENCE=0.25)
+    layers = [
+        ProposalLayer(name="ROI", **proposal_layer_args(cfg, 17)),
+        DetectionTargetLayer(cfg.BATCH_SIZE, name="proposal_targets",
+                             **detection_target_args(cfg)),
+        DetectionLayer(cfg.BATCH_SIZE, name="mrcnn_detection", **refine_detection_args(cfg)),
+    ]
+    for layer in layers:
+        assert not any(hasattr(layer, a) for a in ("config", "_config")), layer.name
+        config = layer.get_config()
+        assert json.loads(json.dumps(config)) == config, layer.name
+        assert type(layer).from_config(config).get_config() == config
+    proposal, targets, detection = (layer.get_config() for layer in layers)
+    assert proposal["proposal_count"] == 17 and proposal["pre_nms_limit"] == cfg.PRE_NMS_LIMIT
+    assert proposal["nms_threshold"] == pytest.approx(cfg.RPN_NMS_THRESHOLD)
+    assert proposal["anchor_count"] == utils.get_anchors(cfg, cfg.IMAGE_SHAPE).shape[0]
+    assert targets["train_rois_per_image"] == cfg.TRAIN_ROIS_PER_IMAGE
+    assert targets["mask_shape"] == list(cfg.MASK_SHAPE)
+    assert targets["batch_size"] == cfg.BATCH_SIZE
+    assert detection["min_confidence"] == pytest.approx(0.25)
+    assert detection["max_instances"] == cfg.DETECTION_MAX_INSTANCES
+    assert detection["bbox_std_dev"] == pytest.approx(list(cfg.BBOX_STD_DEV))
+
+
+def test_proposal_layer_keeps_top_boxes_after_nms():
+    """Two overlapping anchors and one apart: NMS keeps the better of the pair, pads to
+    proposal_count, and applies the std-dev-scaled deltas."""
+    anchors = np.array([[[.1, .1, .5, .5], [.12, .1, .52, .5], [.6, .6, .9, .9]]], np.float32)
+    probs = np.array([[[.1, .9], [.3, .7], [.2, .8]]], np.float32)
+    deltas = np.zeros((1, 3, 4), np.float32)
+    deltas[0, 2] = [1.0, 0, 0, 0]  # dy = 1 * std 0.1 * height 0.3 = +0.03
+    args = dict(proposal_count=4, nms_threshold=0.5, pre_nms_limit=10,
+                rpn_bbox_std_dev=[0.1, 0.1, 0.2, 0.2], batch_size=1, anchor_count=3)
+    out = _run(lambda: ProposalLayer(**args)([tf.constant(probs), tf.constant(deltas),
+                                               tf.constant(anchors)]))
+    assert out.shape == (1, 4, 4)
+    np.testing.assert_allclose(out[0, 0], anchors[0, 0], atol=1e-6)
+    np.testing.assert_allclose(out[0, 1], [.63, .6, .93, .9], atol=1e-5)
+    assert np.all(out[0, 2:] == 0)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import tfcompat
+from data.fileio import write_json_atomic
 from mrcnn_config import get_config
-from models.mrcnn import session_guard
-from models.mrcnn.model import HEAD_LAYERS, MaskRCNN
+from models.mrcnn import cli, session_guard
+from models.mrcnn.extractor import PartExtractor
+from models.mrcnn.model import HEAD_LAYERS, MaskRCNN, find_last_checkpoint, resolve_checkpoint
 from models.mrcnn.toy_data import ToyDataset
 from models.mrcnn.weights import layer_weight_names
 
@@ -179,42 +181,165 @@ def test_find_last_and_missing_checkpoint_message(tmp_path):
         model.close()
 
 
+def _fake_run(log_dir, run, name, epochs, config=None):
+    """A run folder with empty checkpoint files (find_last only lists names) and, when
+    ``config`` is given, the ``config.json`` a training run records."""
+    folder = log_dir / run
+    folder.mkdir(parents=True)
+    for e in epochs:
+        (folder / ("mask_rcnn_%s_%04d.h5" % (name, e))).write_bytes(b"")
+    if config is not None:
+        write_json_atomic(str(folder / "config.json"), config.to_dict())
+    return folder
+
+
+def test_find_last_skips_runs_of_another_architecture(tmp_path):
+    logs = tmp_path / "logs"
+    tiny, wide = get_config("tiny"), get_config("tiny", SMALL_BACKBONE_WIDTH=16)
+    _fake_run(logs, "tiny20240101T0000", "tiny", [1, 2], tiny)
+    _fake_run(logs, "tiny20240102T0000", "tiny", [1, 3], wide)
+    old = str(logs / "tiny20240101T0000" / "mask_rcnn_tiny_0002.h5")
+    new = str(logs / "tiny20240102T0000" / "mask_rcnn_tiny_0003.h5")
+    assert find_last_checkpoint(str(logs), "tiny", tiny) == old
+    assert find_last_checkpoint(str(logs), "tiny", wide) == new
+    assert find_last_checkpoint(str(logs), "tiny") == new  # no config: any run
+    # batch size and detection threshold do not change weight shapes (inference copies)
+    inference = get_config("tiny", IMAGES_PER_GPU=5, DETECTION_MIN_CONFIDENCE=0)
+    assert resolve_checkpoint("last", str(logs), "tiny", inference) == old
+    # a run folder without config.json (files placed by the user) is accepted
+    _fake_run(logs, "tiny20240103T0000", "tiny", [7])
+    placed = str(logs / "tiny20240103T0000" / "mask_rcnn_tiny_0007.h5")
+    assert find_last_checkpoint(str(logs), "tiny", tiny) == placed
+    assert find_last_checkpoint(str(logs), "tiny", wide) == placed
+
+
+def test_only_incompatible_runs_give_an_error_naming_them_and_the_command(tmp_path):
+    logs = tmp_path / "logs"
+    _fake_run(logs, "tiny20240102T0000", "tiny", [3], get_config("tiny", SMALL_BACKBONE_WIDTH=16))
+    with pytest.raises(FileNotFoundError) as err:
+        find_last_checkpoint(str(logs), "tiny", get_config("tiny"))
+    msg = str(err.value)
+    for part in ("tiny20240102T0000", "SMALL_BACKBONE_WIDTH 16, wanted 8", "TinyTestConfig",
+                 "python main.py --model K --k-config tiny --k-log-dir %s" % logs):
+        assert part in msg, (part, msg)
+    (logs / "tiny20240102T0000" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        find_last_checkpoint(str(logs), "tiny", get_config("tiny"))
+
+
+def test_synthetic_run_is_not_taken_for_the_parts_model(tmp_path):
+    """SyntheticPartsConfig shares NAME "parts": its checkpoints must not be loaded into the
+    ResNet101 parts model (and a plain `--k-config parts` run must not count as trained)."""
+    logs = tmp_path / "logs"
+    synthetic, parts = get_config("synthetic"), get_config("parts")
+    _fake_run(logs, "parts20240101T0000", "parts", [28], synthetic)
+    found = str(logs / "parts20240101T0000" / "mask_rcnn_parts_0028.h5")
+    assert find_last_checkpoint(str(logs), "parts", synthetic) == found
+    with pytest.raises(FileNotFoundError, match="BACKBONE 'resnet_small', wanted 'resnet101'"):
+        find_last_checkpoint(str(logs), "parts", parts)
+    with pytest.raises(FileNotFoundError, match="--k-config parts"):
+        PartExtractor.from_checkpoint("last", parts, model_dir=str(logs))
+    with pytest.raises(FileNotFoundError, match="--k-config parts"):
+        cli.evaluate_model_k(config=parts, log_dir=str(logs), dataset=ToyDataset(1, 64),
+                             results_dir=str(tmp_path / "res"))
+    opts = dict(cli.CLI_DEFAULTS, k_log_dir=str(logs))
+    assert cli._already_trained(opts, synthetic) and not cli._already_trained(opts, parts)
+
+
+def test_detect_rejects_bad_images_naming_the_index(tiny_inference):
+    good = np.full((64, 64, 3), 100, np.uint8)
+    cases = [
+        ([np.zeros((64, 64, 4), np.uint8), good], r"images\[0\].*RGBA.*\[\.\.\., :3\]"),
+        ([good, np.zeros((64, 64), np.uint8)], r"images\[1\].*grayscale.*np\.stack"),
+        ([good, np.zeros((64, 64, 1), np.uint8)], r"images\[1\].*np\.repeat"),
+        ([np.zeros((0, 64, 3), np.uint8), good], r"images\[0\] is too small"),
+        ([good, np.full((64, 64, 3), np.nan)], r"images\[1\].*NaN"),
+        ([np.array([["a"] * 3] * 4 * 4).reshape(4, 4, 3), good], r"images\[0\].*dtype"),
+    ]
+    for images, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            tiny_inference.detect(images)
+    out = tiny_inference.detect([good, good.astype(np.float32).tolist()])  # lists are arrays
+    assert len(out) == 2 and out[1]["masks"].shape[:2] == (64, 64)
+
+
 def _seed_guard_del(callable_obj):
-    """The guard suggested by the original README: checks ``_session`` only."""
+    """``_Callable.__del__`` as the original README suggested: checks ``_session._session``
+    only, not ``_closed`` (what TensorFlow < 1.15 effectively did)."""
     from tensorflow.python.client import session as session_module
     if callable_obj._handle is not None and callable_obj._session._session is not None:
         session_module.tf_session.TF_SessionReleaseCallable(callable_obj._session._session,
                                                             callable_obj._handle)
 
 
-def test_session_close_then_collect_is_harmless(tmp_path, monkeypatch, capfd):
-    """Regression: close K's session first, then let its callables be garbage collected."""
+def _old_tf_release(monkeypatch):
+    """Make releasing a callable of a closed session fail as in TensorFlow 1.x (the C call
+    raised "Session has been closed."; TF 2.21's C layer ignores it).  Returns the list to
+    which closed C sessions are added; other sessions release normally."""
     from tensorflow.python.client import session as session_module
-    assert session_guard.guard_installed()
-    assert session_guard.install_session_close_guard() is False  # idempotent
+    real_release = session_module.tf_session.TF_SessionReleaseCallable
+    closed = []
 
-    def old_tf_release(session_handle, handle):  # TF 1.x behaviour on a closed session
-        raise tf.errors.CancelledError(None, None, "Session has been closed.")
+    def release(session_handle, handle):
+        if any(session_handle is c for c in closed):
+            raise tf.errors.CancelledError(None, None, "Session has been closed.")
+        return real_release(session_handle, handle)
 
-    monkeypatch.setattr(session_module.tf_session, "TF_SessionReleaseCallable", old_tf_release)
+    monkeypatch.setattr(session_module.tf_session, "TF_SessionReleaseCallable", release)
+    return closed
+
+
+def _close_then_collect(tmp_path, monkeypatch, capfd):
+    """Run K once, close its session, then release its callables; returns what reached
+    ``sys.unraisablehook`` and stderr while they were collected."""
+    closed = _old_tf_release(monkeypatch)
     unraisable = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(info))
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     ds = ToyDataset(2, 64, seed=4)
     model = MaskRCNN("inference", get_config("tiny"), str(tmp_path))
     model.detect([ds.load_image(0), ds.load_image(1)])
-    callables = list(model._callables.values())
-    assert callables
+    assert model._callables, "detect() should have created a session callable"
+    capfd.readouterr()
+    closed.append(model.session._session)
     model.close()
-    # the seed's guard alone would still call into the closed session
-    with pytest.raises(tf.errors.CancelledError, match="closed"):
-        _seed_guard_del(callables[0])
-    del callables
     model._callables.clear()
     del model
     gc.collect()
+    return unraisable, capfd.readouterr().err
+
+
+def _callable_class():
+    from tensorflow.python.client import session as session_module
+    return session_module.BaseSession._Callable
+
+
+def test_session_close_then_collect_is_harmless(tmp_path, monkeypatch, capfd):
+    """Regression: close K's session first, then let its callables be garbage collected.
+
+    Stock TF 2.21 already checks ``_closed``; to test the project's guard, the callable's
+    release is first replaced by the seed-era one, then the guard is installed over it."""
+    assert session_guard.guard_installed()
+    assert session_guard.install_session_close_guard() is False  # idempotent
+    monkeypatch.setattr(_callable_class(), "__del__", _seed_guard_del)
+    assert not session_guard.guard_installed()
+    assert session_guard.install_session_close_guard() is True
+    assert _callable_class().__del__.original is _seed_guard_del
+    unraisable, err = _close_then_collect(tmp_path, monkeypatch, capfd)
     assert unraisable == []
-    err = capfd.readouterr().err
     assert "Exception ignored" not in err and "has been closed" not in err
+
+
+def test_without_the_guard_the_seed_release_reports_closed_session(tmp_path, monkeypatch,
+                                                                    capfd):
+    """Control for the test above: the same scenario with the seed-era release and no guard
+    reports "Session has been closed" from ``__del__``, so the guard is what prevents it."""
+    monkeypatch.setattr(_callable_class(), "__del__", _seed_guard_del)
+    assert not session_guard.guard_installed()
+    unraisable, err = _close_then_collect(tmp_path, monkeypatch, capfd)
+    messages = [str(u.exc_value) for u in unraisable] + [err]
+    assert unraisable, "the unguarded seed release should fail on the closed session"
+    assert all(isinstance(u.exc_value, tf.errors.OpError) for u in unraisable)
+    assert any("closed" in m.lower() for m in messages), messages
 
 
 def test_guard_tolerates_sessions_without_closed_flag(monkeypatch):

@@ -40,7 +40,8 @@ def overfit(tmp_path_factory):
                 break
     model.close()
     yield {"ds": ds, "cfg": cfg, "log_dir": log_dir, "history": history, "extractor": ext,
-           "images": images, "truth": truth, "found": found, "run_dir": os.path.dirname(history[-1]["checkpoint"])}
+           "images": images, "truth": truth, "found": found,
+           "run_dir": os.path.dirname(history[-1]["checkpoint"])}
     ext.close()
 
 

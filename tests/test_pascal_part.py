@@ -418,6 +418,118 @@ def test_convert_rejects_bad_arguments(tmp_path):
         pascal_part.convert_pascal_part(img, img, str(tmp_path / "o"))
 
 
+def test_empty_part_masks_are_counted_not_written(tmp_path):
+    """A part whose mask is all zero (PASCAL-Part has some) is left out and counted; the
+    written file validates and holds the non-empty parts only."""
+    ann, img = tmp_path / "ann", tmp_path / "img"
+    ann.mkdir()
+    img.mkdir()
+    rng = np.random.default_rng(9)
+    for i in range(10):
+        stem = "im%02d" % i
+        parts = [("lear", rect_mask(rng)), ("rear", np.zeros((H, W), bool))]
+        write_anno(str(ann / (stem + ".mat")), stem, [("person", 15, parts)])
+        Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(str(img / (stem + ".jpg")))
+    summary = pascal_part.convert_pascal_part(str(ann), str(img), str(tmp_path / "out"))
+    assert summary["empty_part_masks"] == 10
+    assert summary["parts_per_category"]["ear"] == 10
+    for split in pascal_part.SPLITS:
+        coco = _load_split(str(tmp_path / "out"), split)  # validation rejects empty parts
+        assert len(coco["annotations"]) == len(coco["images"])
+        assert all(a["area"] > 0 for a in coco["annotations"])
+
+
+def _split_bytes(out):
+    contents = {}
+    for split in pascal_part.SPLITS:
+        with open(os.path.join(out, "VOC2010", split + ".json"), "rb") as f:
+            contents[split] = f.read()
+    return contents
+
+
+def test_existing_split_files_are_refused_without_overwrite(tmp_path):
+    ann, img = _small_voc(tmp_path)
+    out = str(tmp_path / "out")
+    pascal_part.convert_pascal_part(ann, None, out, seed=1)
+    before = _split_bytes(out)
+    with pytest.raises(ValueError) as err:
+        pascal_part.convert_pascal_part(ann, img, out, seed=2)
+    for split in pascal_part.SPLITS:
+        assert os.path.join(out, "VOC2010", split + ".json") in str(err.value)
+    assert "--overwrite" in str(err.value)
+    assert _split_bytes(out) == before
+    assert not os.path.exists(os.path.join(out, "VOC2010", "Images"))  # nothing copied
+
+
+def test_overwrite_replaces_the_split_files(tmp_path):
+    ann, img = _small_voc(tmp_path)
+    out = str(tmp_path / "out")
+    pascal_part.convert_pascal_part(ann, None, out, seed=1)
+    summary = pascal_part.convert_pascal_part(ann, img, out, seed=2, overwrite=True)
+    fresh = str(tmp_path / "fresh")
+    pascal_part.convert_pascal_part(ann, img, fresh, seed=2)
+    assert _split_bytes(out) == _split_bytes(fresh)
+    assert summary["splits"]["train"]["json"] == os.path.join(out, "VOC2010", "train.json")
+    assert sorted(os.listdir(os.path.join(out, "VOC2010"))) == sorted(
+        ["Images"] + [s + ".json" for s in pascal_part.SPLITS])  # no temporary files left
+
+
+def test_command_line_refuses_then_overwrites(tmp_path, capsys):
+    ann, img = _small_voc(tmp_path, n=10)
+    out = str(tmp_path / "cli")
+    args = ["--annotations", ann, "--out", out]
+    pascal_part.main(args + ["--seed", "1"])
+    before = _split_bytes(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        pascal_part.main(args + ["--seed", "2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.json" in err and "--overwrite" in err and "Traceback" not in err
+    assert _split_bytes(out) == before
+    pascal_part.main(args + ["--seed", "2", "--overwrite"])
+    assert _split_bytes(out) != before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_synthetic_data_set_is_never_written_into(tmp_path, overwrite):
+    ann, img = _small_voc(tmp_path)
+    out = tmp_path / "unmask"
+    (out / "VOC2010").mkdir(parents=True)
+    (out / "VOC2010" / "train.json").write_text("{}")
+    write_json_atomic(str(out / "synthetic.json"), {"generator": "unmask-synthetic"})
+    with pytest.raises(ValueError) as err:
+        pascal_part.convert_pascal_part(ann, img, str(out), overwrite=overwrite)
+    assert "synthetic" in str(err.value) and str(out / "synthetic.json") in str(err.value)
+    assert sorted(os.listdir(out / "VOC2010")) == ["train.json"]
+    assert (out / "VOC2010" / "train.json").read_text() == "{}"
+
+
+def test_interrupted_write_keeps_the_old_splits(tmp_path, monkeypatch):
+    """The three split files are replaced together: failing while writing the last one
+    leaves all three old files (and no temporary file)."""
+    ann, _img = _small_voc(tmp_path)
+    out = str(tmp_path / "out")
+    pascal_part.convert_pascal_part(ann, None, out, seed=1)
+    before = _split_bytes(out)
+    real_dump, calls = json.dump, []
+
+    def failing_dump(obj, f, **kwargs):
+        calls.append(obj["info"]["split"])
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(pascal_part.json, "dump", failing_dump)
+    with pytest.raises(OSError, match="disk full"):
+        pascal_part.convert_pascal_part(ann, None, out, seed=2, overwrite=True)
+    monkeypatch.undo()
+    assert calls == list(pascal_part.SPLITS)
+    assert _split_bytes(out) == before
+    assert sorted(os.listdir(os.path.join(out, "VOC2010"))) == sorted(
+        s + ".json" for s in pascal_part.SPLITS)
+
+
 # ----------------------------------------------------------------------------- coco_io
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (24, 32), (33, 17)])

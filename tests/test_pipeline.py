@@ -149,6 +149,33 @@ def test_adversarial_perturbation_stays_in_ball_and_training_step_updates(tmp_pa
     assert os.path.isfile(tmp_path / "at" / "best.h5")
 
 
+def test_training_step_learns_from_the_perturbed_batch(tmp_path):
+    """``perturb``'s output, not the clean batch, is what the gradient step trains on: with a
+    perturbation that maps every image to black, M learns nothing about brightness and its
+    weights end up elsewhere than with the identity perturbation (same seed, same batches)."""
+    x, y = _separable(n=32)
+    seen = []
+
+    def identity(xb, yb):
+        seen.append((xb.shape[0], yb.shape[0]))
+        return xb
+
+    def black(xb, yb):
+        return tf.zeros_like(xb)
+
+    weights = {}
+    for name, perturb in (("identity", identity), ("black", black)):
+        keras.utils.set_random_seed(0)
+        model = build_classifier("mobilenetv2_050", 2, SIZE, seed=0)
+        train_classifier(model, x, y, x, y, str(tmp_path / name),
+                         TrainConfig(epochs=1, batch_size=16), perturb=perturb,
+                         log=lambda s: None, progress=False)
+        weights[name] = model.get_weights()
+    assert seen == [(16, 16), (16, 16)], "perturb must see every training batch once"
+    logits = weights["identity"][-1], weights["black"][-1]   # the head's bias
+    assert not np.allclose(*logits)
+
+
 def test_line_search_trains_one_model_per_eps_and_picks_the_best(tmp_path):
     from defense.adversarial_training import line_search
 
@@ -163,6 +190,9 @@ def test_line_search_trains_one_model_per_eps_and_picks_the_best(tmp_path):
     for e, r in out["results"].items():
         assert 0 <= r["benign"] <= 1 and r["mean"] == pytest.approx(r["fgsm_8"])
         assert os.path.isfile(tmp_path / ("m_at_eps%g" % e) / "best.h5")
+    record = json.loads((tmp_path / "m_at_line_search.json").read_text())
+    assert record["best_eps"] == out["best_eps"] and set(record["results"]) == {"1", "4"}
+    assert record["vectors"] == [["fgsm", 8]]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -207,7 +237,10 @@ def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeyp
     assert metrics["benign"]["acc_at"] is None
     on_disk = json.loads(open(os.path.join(cfg.out_dir, "metrics.json")).read())
     assert on_disk == json.loads(json.dumps(metrics))
-    for name in ("table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf", "summary.txt"):
+    names = ["table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf", "summary.txt"]
+    if any(a["n_successful"] for a in metrics["attacks"]):
+        names += ["roc.png", "roc.pdf"]
+    for name in names:
         assert os.path.getsize(os.path.join(cfg.out_dir, name)) > 0
     assert "oracle" in open(os.path.join(cfg.out_dir, "table_iv.md")).read().lower()
 
@@ -222,6 +255,38 @@ def test_changed_setting_invalidates_saved_vectors(tiny_data, tmp_path, monkeypa
     ev.run_evaluation(_config(tiny_data, tmp_path, vectors=(("pgd_linf", 8),), n_test=6),
                       log=lambda s: None)
     assert calls == ["pgd_linf"], "a different test subset must not reuse the saved vector"
+
+
+def test_vector_fingerprint_covers_the_attack_configuration(tiny_data, tmp_path, monkeypatch):
+    """A saved vector is recomputed when a registry default (steps, step size, random start)
+    or the attack batch size (random starts are seeded per batch) changes."""
+    import attacks.registry as registry
+
+    cfg = _config(tiny_data, tmp_path)
+    base = ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0)
+    assert base["attack_config"]["steps"] == 20 and base["attack_config"]["step_size"] == 2.0
+    assert ev.vector_fingerprint(_config(tiny_data, tmp_path, attack_batch=16), {"m": "x"},
+                                 "pgd_linf", 8.0) != base
+    spec = registry.ATTACKS["pgd_linf"]
+    monkeypatch.setitem(registry.ATTACKS, "pgd_linf",
+                        registry.AttackSpec(spec.name, spec.fn, spec.norm, spec.description,
+                                            spec.default_eps, 10, spec.step_rule,
+                                            extra_defaults=spec.extra_defaults))
+    assert ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0) != base
+    assert json.loads(json.dumps(base)) == base   # survives the JSON round trip of the cache
+
+
+def test_without_a_trained_k_the_oracle_is_used_and_the_run_says_so(tiny_data, tmp_path):
+    logs = []
+    cfg = _config(tiny_data, tmp_path, extractor=None, k_log_dir=str(tmp_path / "no_k"))
+    data = ev.load_data(cfg, log=lambda s: None)
+    kind, ex_val, ex_test = ev.make_extractors(cfg, data, log=logs.append)
+    assert kind == "oracle"
+    assert any("no trained K" in m and "python main.py --model K" in m for m in logs)
+    assert any("ORACLE" in m for m in logs)
+    parts = ex_test.extract(data["x_test"][:2].astype(np.float32) / 255.0,
+                            keys=data["splits"]["test"].keys[:2])
+    assert all(isinstance(p, frozenset) and p for p in parts)
 
 
 def test_oracle_without_parts_file_says_how_to_fix(tiny_data, tmp_path):
@@ -244,9 +309,33 @@ def _main(*args):
     (("--model", "M", "--attacks", "deepfool:8"), "pgd_linf"),
     (("--model", "M", "--threshold", "1.5"), "--threshold"),
     (("--model", "M", "--arch", "alexnet"), "valid: resnet50"),
+    (("--model", "M", "--target-fpr", "1.5"), "target_fpr must be in (0, 1)"),
+    (("--model", "M", "--attacks", "pgd_linf:-8"), "eps must be >= 0"),
+    (("--model", "M", "--attacks", "cw_l2"), "needs an eps > 0"),
 ])
 def test_cli_rejects_bad_model_m_arguments(tiny_data, args, message):
     res = _main(*args, "--data-dir", tiny_data)
     assert res.returncode != 0
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_parse_vectors_canonical_names_defaults_and_duplicates():
+    import main
+
+    assert main.parse_vectors("paper")[0] == ("pgd_linf", 8.0)
+    assert main.parse_vectors("PGD-Linf:8, fgsm, mia_l2:300") == [
+        ("pgd_linf", 8.0), ("fgsm", 8.0), ("mia_l2", 300.0)]
+    with pytest.raises(ValueError, match="given twice"):
+        main.parse_vectors("pgd_linf:8,pgd-linf:8")
+    with pytest.raises(ValueError, match="needs an eps > 0"):
+        main.parse_vectors("pgd_linf:0")
+    with pytest.raises(ValueError, match="must be a number"):
+        main.parse_vectors("pgd_linf:eight")
+
+
+def test_default_architecture_is_defined_once():
+    import main
+    from models.classifier import DEFAULT_ARCH
+
+    assert main.DEFAULT_ARCH == DEFAULT_ARCH == ev.EvalConfig(get_class_set("CS5b")).arch

@@ -65,6 +65,16 @@ def test_invalid_metrics_name_the_key(mutate, key):
         report.validate_metrics(m)
 
 
+def test_a_file_in_the_issues_exact_shape_is_valid_and_renders():
+    """The issue's metrics.json has no ``mode`` (this project's addition): it validates, and
+    the table and figure say the mode is not stated instead of failing."""
+    m = copy.deepcopy(_metrics())
+    m.pop("mode")
+    assert report.validate_metrics(m) is m
+    assert report.MODE_UNSTATED in report.figure_title(m)
+    assert report.MODE_UNSTATED in report.table_iv_markdown([m])
+
+
 def test_rates_null_iff_no_successful_attack():
     m = _metrics()
     m["attacks"][0].update(n_successful=0, auc=None, tpr=None, fpr=None)

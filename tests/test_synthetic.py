@@ -8,6 +8,8 @@ the statistical checks render scenes directly with ``render_scene`` at the defau
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -147,6 +149,73 @@ def test_preview_is_a_valid_png(root):
         img.verify()
     with Image.open(path) as img:
         assert img.format == "PNG" and min(img.size) > 100
+
+
+def test_preview_outlines_and_labels_every_part_of_each_sample(root):
+    """Each preview cell shows one of K's images titled with its file name, one outline per
+    annotated part (a contour around its mask) and the part's name placed on the part."""
+    coco = load_json(os.path.join(root, "VOC2010", "train.json"))
+    fig = synthetic.preview_figure(root, n=5)
+    try:
+        cells = [ax for ax in fig.axes if ax.images]
+        assert len(cells) == 5 and len(fig.axes) == 8  # a 2 x 4 grid, 3 cells left blank
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        for ax, img in zip(cells, coco["images"][:5]):
+            assert ax.get_title() == img["file_name"]
+            anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
+            assert anns
+            assert [t.get_text() for t in ax.texts] == [names[a["category_id"]] for a in anns]
+            outlines = list(ax.collections)
+            assert len(outlines) == len(anns)
+            for outline, text, ann in zip(outlines, ax.texts, anns):
+                vertices = np.concatenate([p.vertices for p in outline.get_paths()])
+                x, y, w, h = ann["bbox"]
+                assert len(vertices) >= 3
+                assert (vertices[:, 0] >= x - 1).all() and (vertices[:, 0] <= x + w).all()
+                assert (vertices[:, 1] >= y - 1).all() and (vertices[:, 1] <= y + h).all()
+                tx, ty = text.get_position()
+                assert x <= tx <= x + w and y <= ty <= y + h
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+
+
+def _dead_pid():
+    """The id of a process that has exited (checked with signal 0)."""
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return proc.pid
+    pytest.fail("could not find the id of an exited process")
+
+
+def test_stale_temporary_folders_of_dead_generations_are_removed(tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / ("unmask.tmp-%d" % dead)
+    (stale / "VOC2010").mkdir(parents=True)
+    (stale / "VOC2010" / "train.json").write_text("{}")
+    keep = ["unmask.tmp-%d" % os.getpid(),  # a generation still running (this process)
+            "other.tmp-%d" % dead,           # another data set's temporary folder
+            "unmask.tmp-notes",              # not a pid
+            "unmask"]                        # the data set itself
+    for name in keep:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.txt").write_text("keep")
+    synthetic._remove_stale_temporaries(str(tmp_path / "unmask"))
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)
+    assert all((tmp_path / name / "x.txt").read_text() == "keep" for name in keep)
+
+
+def test_generation_removes_stale_temporaries_of_its_data_dir(tmp_path):
+    stale = tmp_path / ("unmask.tmp-%d" % _dead_pid())
+    stale.mkdir()
+    (stale / "half.jpg").write_bytes(b"\xff\xd8")
+    generate_dataset(str(tmp_path / "unmask"), seed=0, config=small_config(), workers=1,
+                     log=quiet)
+    assert os.listdir(tmp_path) == ["unmask"]
 
 
 def test_summary_mentions_every_class_set_and_count(datasets):

@@ -13,7 +13,7 @@ import time
 from typing import Dict, Optional, Sequence, Union
 
 from data.fileio import write_json_atomic
-from mrcnn_config import Config, get_config
+from mrcnn_config import Config, config_key, get_config
 
 DEFAULT_LOG_DIR = "logs/model_k"
 DEFAULT_DATA_DIR = "data/unmask"
@@ -56,10 +56,8 @@ def resolve_config(config: Union[str, Config, None], **overrides) -> Config:
 
 
 def _config_key(config: Config) -> str:
-    for key, cls_name in (("tiny", "TinyTestConfig"), ("synthetic", "SyntheticPartsConfig")):
-        if any(c.__name__ == cls_name for c in type(config).__mro__):
-            return key
-    return "parts"
+    """--k-config name of ``config`` ("parts" for an unrelated Config sub-class)."""
+    return config_key(config) or "parts"
 
 
 def parse_epochs(epochs, config: Config) -> tuple:
@@ -191,6 +189,9 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
                      class_names: Optional[Sequence[str]] = None) -> Dict:
     """COCO bbox/segm mAP@[.5:.95], mAP@.5, matterport mAP@.5 and images/s on a split.
 
+    ``checkpoint="last"`` takes the newest checkpoint under ``log_dir`` trained with the same
+    architecture as ``config`` (runs recorded with other weight shapes are skipped).
+
     Writes ``<results_dir>/eval_<split>.json`` and, with ``visualize``, PNGs of detected parts
     under ``<results_dir>/visualize_<split>/``.
     """
@@ -202,7 +203,7 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
                          IMAGES_PER_GPU=int(batch_size or base.IMAGES_PER_GPU), GPU_COUNT=1)
     ds = dataset if dataset is not None else load_parts_dataset(data_dir, split)
     names = class_names or getattr(ds, "class_names", None)
-    path = resolve_checkpoint(checkpoint, log_dir, cfg.NAME)
+    path = resolve_checkpoint(checkpoint, log_dir, cfg.NAME, cfg)
     model = MaskRCNN("inference", cfg, log_dir)
     try:
         model.load_weights(path, by_name=True)
@@ -238,7 +239,7 @@ def _options(args) -> Dict:
 def _last_checkpoint(opts: Dict, cfg: Config) -> Optional[str]:
     from models.mrcnn.model import find_last_checkpoint
     try:
-        return find_last_checkpoint(opts["k_log_dir"], cfg.NAME)
+        return find_last_checkpoint(opts["k_log_dir"], cfg.NAME, cfg)
     except FileNotFoundError:
         return None
 

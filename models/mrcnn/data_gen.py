@@ -158,16 +158,50 @@ def _has_instances(dataset, image_id) -> bool:
     return dataset.load_mask(image_id)[1].size > 0
 
 
+def _channel_hint(shape) -> str:
+    """How to turn an image of ``shape`` into RGB ``[H, W, 3]``."""
+    if len(shape) == 2:
+        return "grayscale: use np.stack([image] * 3, axis=-1)"
+    if len(shape) == 3 and shape[-1] == 1:
+        return "single channel: use np.repeat(image, 3, axis=-1)"
+    if len(shape) == 3 and shape[-1] == 4:
+        return "RGBA: drop the alpha channel with image[..., :3]"
+    return "pass one RGB image [H, W, 3] per entry"
+
+
+def check_rgb_image(image, index: int) -> np.ndarray:
+    """Validate one input image of K; returns it as an array (not copied, not rescaled).
+
+    Raises:
+        ValueError: naming ``images[index]`` when it is not a numeric ``[H, W, 3]`` array of
+            at least 2x2 finite pixels (wrong channel count: with the conversion to use).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError("images[%d] must be RGB [H, W, 3]; got shape %s (wrong channel "
+                         "count; %s)" % (index, image.shape, _channel_hint(image.shape)))
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise ValueError("images[%d] must hold numbers, got dtype %s" % (index, image.dtype))
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ValueError("images[%d] is too small: %s (K needs at least 2x2 pixels)"
+                         % (index, image.shape))
+    if not np.all(np.isfinite(image)):
+        raise ValueError("images[%d] contains NaN or infinite pixels" % index)
+    return image
+
+
 def mold_inputs(images, config):
     """Resize and mold raw RGB images for inference.
 
     Args:
-        images: list of ``[H, W, 3]`` arrays with 0..255 values.
+        images: list of ``[H, W, 3]`` arrays with 0..255 values (checked with
+            :func:`check_rgb_image`).
     Returns:
         ``(molded float [B, S, S, 3], image_metas [B, META], windows int [B, 4])``.
     """
     molded, metas, windows = [], [], []
-    for image in images:
+    for index, image in enumerate(images):
+        image = check_rgb_image(image, index)
         resized, window, scale, _padding, _crop = utils.resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
             max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)

@@ -19,9 +19,11 @@ from models.mrcnn.model import MaskRCNN, find_last_checkpoint, resolve_checkpoin
 DEFAULT_MODEL_DIR = "logs/model_k"
 
 
-def find_k_checkpoint(model_dir: str = DEFAULT_MODEL_DIR, name: str = "parts") -> str:
-    """Newest K checkpoint under ``model_dir`` (FileNotFoundError with the training command)."""
-    return find_last_checkpoint(model_dir, name)
+def find_k_checkpoint(model_dir: str = DEFAULT_MODEL_DIR, name: str = "parts",
+                      config=None) -> str:
+    """Newest K checkpoint under ``model_dir``; with ``config``, only from runs trained with
+    the same architecture (FileNotFoundError with the training command)."""
+    return find_last_checkpoint(model_dir, name, config)
 
 
 def parts_class_names() -> List[str]:
@@ -41,18 +43,10 @@ def _as_image_list(images) -> List[np.ndarray]:
         images = list(images)
     out = []
     for i, image in enumerate(images):
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError("images[%d] must be RGB [H, W, 3]; got shape %s (wrong channel "
-                             "count: convert grayscale/RGBA to RGB first)" % (i, image.shape))
-        if image.shape[0] < 2 or image.shape[1] < 2:
-            raise ValueError("images[%d] is too small: %s" % (i, image.shape))
-        image = image.astype(np.float32)
-        if image.size and (np.nanmin(image) < -1e-3 or np.nanmax(image) > 1 + 1e-3):
+        image = data_gen.check_rgb_image(image, i).astype(np.float32)
+        if image.min() < -1e-3 or image.max() > 1 + 1e-3:
             raise ValueError("images[%d] must hold pixels in [0, 1] (got range %.3g..%.3g); "
                              "divide uint8 images by 255" % (i, image.min(), image.max()))
-        if not np.all(np.isfinite(image)):
-            raise ValueError("images[%d] contains NaN or infinite pixels" % i)
         out.append(image)
     return out
 
@@ -88,7 +82,8 @@ class PartExtractor:
     def from_checkpoint(cls, path: str = "last", config=None, model_dir: str = DEFAULT_MODEL_DIR,
                         threshold: float = 0.0, batch_size: int = 8,
                         class_names: Sequence[str] = None) -> "PartExtractor":
-        """Build K for inference and load a checkpoint (``"last"``: newest under model_dir).
+        """Build K for inference and load a checkpoint (``"last"``: the newest under
+        ``model_dir`` trained with the same architecture as ``config``).
 
         Args:
             config: a ``Config`` (default: the synthetic parts config); its batch size is
@@ -99,7 +94,7 @@ class PartExtractor:
         from mrcnn_config import SyntheticPartsConfig
         base = config if config is not None else SyntheticPartsConfig()
         cfg = _inference_config(base, batch_size)
-        path = resolve_checkpoint(path, model_dir, cfg.NAME)
+        path = resolve_checkpoint(path, model_dir, cfg.NAME, cfg)
         model = MaskRCNN("inference", cfg, model_dir)
         try:
             model.load_weights(path, by_name=True)

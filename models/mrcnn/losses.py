@@ -28,18 +28,20 @@ def rpn_class_loss_graph(rpn_match, rpn_class_logits):
     return _mean_or_zero(loss)
 
 
-def rpn_bbox_loss_graph(config, target_bbox, rpn_match, rpn_bbox):
+def rpn_bbox_loss_graph(target_bbox, rpn_match, rpn_bbox, images_per_gpu):
     """Smooth-L1 RPN box loss over positive anchors.
 
     Args:
         target_bbox: ``[B, R, 4]`` deltas of the positive anchors, in order, zero padded.
         rpn_match: ``int [B, A, 1]``; rpn_bbox: predicted deltas ``[B, A, 4]``.
+        images_per_gpu: the config's IMAGES_PER_GPU (images of the batch that are used; B on
+            this one-device port).
     """
     rpn_match = tf.squeeze(rpn_match, -1)
     idx = tf.where(tf.equal(rpn_match, 1))
     pred = tf.gather_nd(rpn_bbox, idx)
     counts = tf.reduce_sum(tf.cast(tf.equal(rpn_match, 1), tf.int32), axis=1)
-    target = tf.concat([target_bbox[i, :counts[i]] for i in range(config.IMAGES_PER_GPU)], axis=0)
+    target = tf.concat([target_bbox[i, :counts[i]] for i in range(images_per_gpu)], axis=0)
     return _mean_or_zero(smooth_l1(target, pred))
 
 

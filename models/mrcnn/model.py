@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime
 import os
 import re
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 import tfcompat
+from data.fileio import read_json, write_json_atomic
+from mrcnn_config import architecture_signature, config_key
 from models.mrcnn.keras_classes import keras_graph_scope
 from models.mrcnn import data_gen, losses, utils
 from models.mrcnn import weights as weights_io
@@ -46,38 +48,116 @@ def _input(shape, name, config, dtype=tf.float32):
     return KL.Input(shape=shape, name=name, batch_size=config.BATCH_SIZE, dtype=dtype)
 
 
-def find_last_checkpoint(model_dir: str, name: str) -> str:
-    """Last ``mask_rcnn_<name>_<epoch>.h5`` of the newest ``<model_dir>/<name><time>/`` run.
+RUN_CONFIG_FILE = "config.json"
+
+
+def _run_folders(model_dir: str, prefix: str) -> List[str]:
+    """``<model_dir>/<prefix>*`` run folders, oldest first (names end in a timestamp)."""
+    names = os.listdir(model_dir) if os.path.isdir(model_dir) else []
+    return [os.path.join(model_dir, d) for d in sorted(names)
+            if d.startswith(prefix) and os.path.isdir(os.path.join(model_dir, d))]
+
+
+def _last_checkpoint_file(folder: str, prefix: str) -> Optional[str]:
+    """The highest-epoch ``mask_rcnn_<prefix>_<epoch>.h5`` of a run folder, or None."""
+    ckpts = sorted(f for f in os.listdir(folder)
+                   if f.startswith("mask_rcnn_" + prefix) and f.endswith(".h5"))
+    return os.path.join(folder, ckpts[-1]) if ckpts else None
+
+
+def run_architecture_mismatch(folder: str, config) -> Dict[str, tuple]:
+    """Weight-shape attributes where the run's recorded ``config.json`` differs from
+    ``config``: ``{name: (recorded, wanted)}``; empty when compatible or nothing recorded.
 
     Raises:
-        FileNotFoundError: naming ``model_dir`` and the command that creates a checkpoint.
+        ValueError: the ``config.json`` is not valid JSON (message names the file).
+    """
+    path = os.path.join(folder, RUN_CONFIG_FILE)
+    if config is None or not os.path.isfile(path):
+        return {}
+    recorded = architecture_signature(read_json(path))
+    wanted = config.architecture()
+    return {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+
+
+def _no_checkpoint_message(model_dir: str, config, rejected: Dict[str, dict]) -> str:
+    """FileNotFoundError text: what was found, why it was skipped and how to train."""
+    key = config_key(config) if config is not None else None
+    command = "python main.py --model K%s --k-log-dir %s" % (
+        " --k-config %s" % key if key else "", model_dir)
+    if not rejected:
+        return "no model K checkpoint under %s; train one first with `%s`" % (model_dir, command)
+    details = "; ".join("%s (%s)" % (os.path.basename(folder), ", ".join(
+        "%s %r, wanted %r" % (k, a, b) for k, (a, b) in diff.items()))
+        for folder, diff in rejected.items())
+    return ("no model K checkpoint under %s was trained with a configuration compatible with "
+            "%s (NAME %r); skipped runs of another architecture: %s. Train one with `%s`"
+            % (model_dir, type(config).__name__, config.NAME, details, command))
+
+
+def find_last_checkpoint(model_dir: str, name: str, config=None) -> str:
+    """Last ``mask_rcnn_<name>_<epoch>.h5`` of the newest ``<model_dir>/<name><time>/`` run.
+
+    With ``config``, runs whose ``config.json`` records other weight shapes (another backbone,
+    class count, head size ...) are skipped; runs without ``config.json`` are accepted.
+
+    Raises:
+        FileNotFoundError: naming ``model_dir``, any skipped runs and the training command.
     """
     prefix = name.lower()
-    runs = sorted(d for d in (os.listdir(model_dir) if os.path.isdir(model_dir) else [])
-                  if d.startswith(prefix) and os.path.isdir(os.path.join(model_dir, d)))
-    for run in reversed(runs):
-        folder = os.path.join(model_dir, run)
-        ckpts = sorted(f for f in os.listdir(folder)
-                       if f.startswith("mask_rcnn_" + prefix) and f.endswith(".h5"))
-        if ckpts:
-            return os.path.join(folder, ckpts[-1])
-    raise FileNotFoundError("no model K checkpoint under %s; train one first with "
-                            "`python main.py --model K`" % model_dir)
+    rejected = {}
+    for folder in reversed(_run_folders(model_dir, prefix)):
+        path = _last_checkpoint_file(folder, prefix)
+        if path is None:
+            continue
+        diff = run_architecture_mismatch(folder, config)
+        if not diff:
+            return path
+        rejected[folder] = diff
+    raise FileNotFoundError(_no_checkpoint_message(model_dir, config, rejected))
 
 
-def resolve_checkpoint(path: str, model_dir: str, name: str) -> str:
-    """``"last"`` -> the newest checkpoint of ``name`` under ``model_dir``; otherwise ``path``
-    itself, which must be an existing file.
+def resolve_checkpoint(path: str, model_dir: str, name: str, config=None) -> str:
+    """``"last"`` -> the newest checkpoint of ``name`` under ``model_dir`` compatible with
+    ``config`` (see :func:`find_last_checkpoint`); otherwise ``path`` itself, which must be an
+    existing file.
 
     Raises:
         FileNotFoundError: naming the missing checkpoint and the command that creates one.
     """
     if path == "last":
-        return find_last_checkpoint(model_dir, name)
+        return find_last_checkpoint(model_dir, name, config)
     if not os.path.isfile(path):
         raise FileNotFoundError("K checkpoint %s not found; train one with `python main.py "
                                 "--model K` or pass an existing .h5 file" % path)
     return path
+
+
+def proposal_layer_args(config, proposal_count: int) -> dict:
+    """Keyword arguments of :class:`ProposalLayer` from a config (``proposal_count``:
+    POST_NMS_ROIS_TRAINING or POST_NMS_ROIS_INFERENCE)."""
+    return dict(proposal_count=proposal_count, nms_threshold=config.RPN_NMS_THRESHOLD,
+                pre_nms_limit=config.PRE_NMS_LIMIT, rpn_bbox_std_dev=config.RPN_BBOX_STD_DEV,
+                batch_size=config.BATCH_SIZE,
+                anchor_count=utils.get_anchors(config, config.IMAGE_SHAPE).shape[0])
+
+
+def detection_target_args(config) -> dict:
+    """Keyword arguments of :func:`detection_targets_graph` (and, with ``batch_size``, of
+    :class:`DetectionTargetLayer`) from a config."""
+    return dict(train_rois_per_image=config.TRAIN_ROIS_PER_IMAGE,
+                roi_positive_ratio=config.ROI_POSITIVE_RATIO, bbox_std_dev=config.BBOX_STD_DEV,
+                mask_shape=config.MASK_SHAPE, use_mini_mask=config.USE_MINI_MASK,
+                proposals_include_gt=config.PROPOSALS_INCLUDE_GT)
+
+
+def refine_detection_args(config) -> dict:
+    """Keyword arguments of :func:`refine_detections_graph` (and, with ``batch_size``, of
+    :class:`DetectionLayer`) from a config."""
+    return dict(bbox_std_dev=config.BBOX_STD_DEV,
+                min_confidence=config.DETECTION_MIN_CONFIDENCE,
+                max_instances=config.DETECTION_MAX_INSTANCES,
+                nms_threshold=config.DETECTION_NMS_THRESHOLD)
 
 
 class MaskRCNN:
@@ -134,7 +214,7 @@ class MaskRCNN:
         else:
             anchors = _input([None, 4], "input_anchors", config)
             count = config.POST_NMS_ROIS_INFERENCE
-        rpn_rois = ProposalLayer(count, config.RPN_NMS_THRESHOLD, config, name="ROI")(
+        rpn_rois = ProposalLayer(name="ROI", **proposal_layer_args(config, count))(
             [rpn_class, rpn_bbox, anchors])
         heads = dict(image=input_image, meta=input_meta, maps=mrcnn_maps, rpn_rois=rpn_rois,
                      rpn=(rpn_logits, rpn_class, rpn_bbox), anchors=anchors)
@@ -155,8 +235,8 @@ class MaskRCNN:
         active_class_ids = KL.Lambda(
             lambda x: parse_image_meta_graph(x)["active_class_ids"])(t["meta"])
         rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
-            config, name="proposal_targets")([t["rpn_rois"], gt_class_ids, gt_boxes,
-                                              input_gt_masks])
+            config.BATCH_SIZE, name="proposal_targets", **detection_target_args(config))(
+            [t["rpn_rois"], gt_class_ids, gt_boxes, input_gt_masks])
         class_logits, class_probs, bbox = fpn_classifier_graph(rois, t["maps"], t["meta"],
                                                                config, train_bn)
         mask = build_fpn_mask_graph(rois, t["maps"], t["meta"], config, train_bn)
@@ -165,7 +245,9 @@ class MaskRCNN:
         loss_layers = [
             KL.Lambda(lambda x: losses.rpn_class_loss_graph(*x), name="rpn_class_loss")(
                 [input_rpn_match, rpn_logits]),
-            KL.Lambda(lambda x: losses.rpn_bbox_loss_graph(config, *x), name="rpn_bbox_loss")(
+            KL.Lambda(lambda x, images_per_gpu: losses.rpn_bbox_loss_graph(
+                *x, images_per_gpu=images_per_gpu), name="rpn_bbox_loss",
+                arguments={"images_per_gpu": int(config.IMAGES_PER_GPU)})(
                 [input_rpn_bbox, input_rpn_match, rpn_bbox]),
             KL.Lambda(lambda x: losses.mrcnn_class_loss_graph(*x), name="mrcnn_class_loss")(
                 [target_class_ids, class_logits, active_class_ids]),
@@ -184,7 +266,8 @@ class MaskRCNN:
         """Heads and detection layer of the inference model."""
         class_logits, class_probs, bbox = fpn_classifier_graph(t["rpn_rois"], t["maps"],
                                                                t["meta"], config, False)
-        detections = DetectionLayer(config, name="mrcnn_detection")(
+        detections = DetectionLayer(config.BATCH_SIZE, name="mrcnn_detection",
+                                    **refine_detection_args(config))(
             [t["rpn_rois"], class_probs, bbox, t["meta"]])
         det_boxes = KL.Lambda(lambda x: x[..., :4])(detections)
         mask = build_fpn_mask_graph(det_boxes, t["maps"], t["meta"], config, False)
@@ -246,12 +329,22 @@ class MaskRCNN:
         weights_io.save_weights_h5(self.keras_model, self.read_variables, filepath)
 
     def find_last(self) -> str:
-        """Path of the last checkpoint of the newest run directory of this config.
+        """Path of the last checkpoint of the newest run directory of this config (runs
+        recorded with other weight shapes are skipped).
 
         Raises:
             FileNotFoundError: naming ``model_dir`` and the command that creates one.
         """
-        return find_last_checkpoint(self.model_dir, self.config.NAME)
+        return find_last_checkpoint(self.model_dir, self.config.NAME, self.config)
+
+    def write_run_config(self) -> str:
+        """Record the configuration as ``<log_dir>/config.json`` (atomic; kept when the run
+        folder already has one, e.g. when resuming), so ``find_last`` can tell runs of other
+        architectures apart.  Returns the file's path."""
+        path = os.path.join(self.log_dir, RUN_CONFIG_FILE)
+        if not os.path.isfile(path):
+            write_json_atomic(path, self.config.to_dict(), indent=1)
+        return path
 
     def set_log_dir(self, model_path: Optional[str] = None) -> None:
         """Set ``log_dir``, ``checkpoint_path`` and ``epoch``.
@@ -298,15 +391,21 @@ class MaskRCNN:
         return det, mask
 
     def detect(self, images, verbose: int = 0) -> List[dict]:
-        """Detect instances in exactly ``BATCH_SIZE`` RGB images (0..255, any size).
+        """Detect instances in exactly ``BATCH_SIZE`` RGB images ``[H, W, 3]`` (0..255, any
+        size).
 
         Returns one dict per image: ``rois int32 [N, (y1, x1, y2, x2)]`` (pixels of the
         original image), ``class_ids int32 [N]``, ``scores float32 [N]``,
         ``masks bool [H, W, N]``.
+
+        Raises:
+            ValueError: wrong image count, or an image that is not finite RGB ``[H, W, 3]``
+                (the message names ``images[i]``; see :func:`data_gen.check_rgb_image`).
         """
         if len(images) != self.config.BATCH_SIZE:
             raise ValueError("detect() takes exactly BATCH_SIZE=%d images, got %d"
                              % (self.config.BATCH_SIZE, len(images)))
+        images = [np.asarray(image) for image in images]
         molded, metas, windows = data_gen.mold_inputs(images, self.config)
         det, mask = self.run_graph_inference(molded, metas)
         results = []

@@ -58,7 +58,10 @@ def build_train_op(model, layers: str):
         variables = trainable_variables(model, regex)
         if not variables:
             raise ValueError("layers=%r selects no trainable layer" % (layers,))
-        decay = [tf.nn.l2_loss(w) / tf.cast(tf.size(w), tf.float32) * cfg.WEIGHT_DECAY
+        # matterport: keras.regularizers.l2(WEIGHT_DECAY)(w) / size(w), i.e. without the 1/2
+        # of tf.nn.l2_loss; batch-norm gamma and beta are not decayed.
+        decay = [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), tf.float32)
+                 * cfg.WEIGHT_DECAY
                  for w in variables if "gamma" not in w.name and "beta" not in w.name]
         total = tf.add_n([parts[n] * cfg.LOSS_WEIGHTS.get(n, 1.) for n in LOSS_NAMES]
                          + [tf.add_n(decay) if decay else tf.constant(0.)])
@@ -175,7 +178,9 @@ def train_stage(model, train_dataset, val_dataset, learning_rate: float, epochs:
 
     Each epoch runs ``STEPS_PER_EPOCH`` steps, ``VALIDATION_STEPS`` validation batches (when
     ``val_dataset`` is given), writes TensorBoard scalars to ``model.log_dir`` and saves
-    ``model.checkpoint_path`` atomically.  ``max_seconds`` stops early (after saving).
+    ``model.checkpoint_path`` atomically; the run's configuration is recorded as
+    ``<log_dir>/config.json`` (see :meth:`MaskRCNN.write_run_config`).  ``max_seconds`` stops
+    early (after saving).
 
     Returns:
         One dict per epoch: epoch, mean training losses, ``val_*`` losses, checkpoint, seconds.
@@ -184,16 +189,12 @@ def train_stage(model, train_dataset, val_dataset, learning_rate: float, epochs:
         raise ValueError("train() needs a MaskRCNN built with mode='training'")
     if model.epoch >= epochs:
         return []
-    cfg = model.config
     entry = build_train_op(model, layers)
-    rng = np.random.default_rng(seed + model.epoch)
-    train_gen = Prefetcher(data_gen.batch_iterator(train_dataset, cfg, rng, True, augmentation))
-    val_gen = (Prefetcher(data_gen.batch_iterator(val_dataset, cfg, np.random.default_rng(seed),
-                                                  True, None), size=1)
-               if val_dataset is not None and cfg.VALIDATION_STEPS else None)
     os.makedirs(model.log_dir, exist_ok=True)
+    model.write_run_config()
+    train_gen, val_gen = _batch_sources(model, train_dataset, val_dataset, augmentation, seed)
     writer = tf.summary.create_file_writer(model.log_dir)
-    steps = steps_per_epoch or cfg.STEPS_PER_EPOCH
+    steps = steps_per_epoch or model.config.STEPS_PER_EPOCH
     history, start = [], time.time()
     try:
         for epoch in range(model.epoch, epochs):
@@ -216,6 +217,18 @@ def train_stage(model, train_dataset, val_dataset, learning_rate: float, epochs:
             val_gen.close()
         writer.close()
     return history
+
+
+def _batch_sources(model, train_dataset, val_dataset, augmentation, seed: int):
+    """Prefetching training and validation batch generators (validation: None without a
+    validation set or with ``VALIDATION_STEPS = 0``)."""
+    cfg = model.config
+    rng = np.random.default_rng(seed + model.epoch)
+    train_gen = Prefetcher(data_gen.batch_iterator(train_dataset, cfg, rng, True, augmentation))
+    val_gen = (Prefetcher(data_gen.batch_iterator(val_dataset, cfg, np.random.default_rng(seed),
+                                                  True, None), size=1)
+               if val_dataset is not None and cfg.VALIDATION_STEPS else None)
+    return train_gen, val_gen
 
 
 def _run_epoch(model, entry, train_gen, val_gen, learning_rate, steps, epoch, epochs,

@@ -1,0 +1,155 @@
+"""Model K training features: layer selection, gradient clipping, weight decay, the
+extractor's default threshold and `--weights last` resume (tiny config, a few steps each)."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from mrcnn_config import get_config
+from models.mrcnn import cli, data_gen
+from models.mrcnn.extractor import PartExtractor
+from models.mrcnn.model import LAYER_REGEX, MaskRCNN
+from models.mrcnn.toy_data import TOY_CLASSES, ToyDataset
+from models.mrcnn.train import build_train_op, train_step
+
+TOY_NAMES = ["BG"] + list(TOY_CLASSES)
+BACKBONE_REGEX = r"conv1|bn_conv1|(res|bn)\d.*"
+CLIP = 0.01
+
+
+def _batch(config, seed=0):
+    ds = ToyDataset(4, 64, seed=seed)
+    return next(data_gen.batch_iterator(ds, config, np.random.default_rng(seed)))
+
+
+def _weights(model, regex):
+    """``{variable name: variable}`` of the trainable weights of layers matching ``regex``."""
+    return {w.name: w for layer in model.ancestor_layers() if re.fullmatch(regex, layer.name)
+            for w in layer.trainable_weights}
+
+
+def _step(model, layers, lr, variables):
+    """One train step of ``layers``; returns ``(losses, {name: (before, after)})``."""
+    names = list(variables)
+    before = model.read_variables([variables[n] for n in names])
+    losses = train_step(model, build_train_op(model, layers), _batch(model.config), lr)
+    after = model.read_variables([variables[n] for n in names])
+    return losses, {n: (b, a) for n, b, a in zip(names, before, after)}
+
+
+def _changed(pairs):
+    return {n for n, (b, a) in pairs.items() if not np.array_equal(b, a)}
+
+
+@pytest.fixture(scope="module")
+def clipped(tmp_path_factory):
+    """Tiny K with momentum 0 (one step moves weights by exactly lr * clipped gradient)."""
+    cfg = get_config("tiny", IMAGES_PER_GPU=1, GRADIENT_CLIP_NORM=CLIP, LEARNING_MOMENTUM=0.0)
+    model = MaskRCNN("training", cfg, str(tmp_path_factory.mktemp("logs")), seed=0)
+    yield model
+    model.close()
+
+
+def test_heads_stage_keeps_the_backbone_and_all_trains_it(clipped):
+    backbone = _weights(clipped, BACKBONE_REGEX)
+    heads = _weights(clipped, LAYER_REGEX["heads"])
+    assert len(backbone) > 20 and len(heads) > 20 and not set(backbone) & set(heads)
+    both = dict(backbone, **heads)
+    _, pairs = _step(clipped, "heads", 1.0, both)
+    changed = _changed(pairs)
+    assert not changed & set(backbone), sorted(changed & set(backbone))[:5]
+    assert len(changed & set(heads)) >= 0.9 * len(heads)
+    assert {"mrcnn_class_logits", "rpn_conv_shared", "fpn_p2"} <= {n.split("/")[0] for n in changed}
+    _, pairs = _step(clipped, "all", 1.0, both)
+    changed = _changed(pairs)
+    assert len(changed & set(backbone)) >= 0.9 * len(backbone)
+    assert "conv1/kernel:0" in changed
+
+
+def test_gradient_clipping_bounds_the_update_norm(clipped):
+    """With a huge learning rate the global update norm is lr * GRADIENT_CLIP_NORM: without
+    clipping it would be lr * |gradient|, orders of magnitude more."""
+    lr = 100.0
+    trained = {v.name: v for v in build_train_op(clipped, "all")["variables"]}
+    losses, pairs = _step(clipped, "all", lr, trained)
+    assert np.isfinite(losses["loss"])
+    norm = np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for b, a in pairs.values()))
+    assert norm == pytest.approx(lr * CLIP, rel=0.02)
+
+
+def test_weight_decay_shrinks_weights_but_not_batch_norm_scales(tmp_path):
+    """With all loss weights 0, the only gradient is the L2 decay: one SGD step moves each
+    kernel/bias by -lr * d(decay)/dw and leaves BN gamma/beta alone.
+
+    The decay term is matterport's ``keras.regularizers.l2(WEIGHT_DECAY)(w) / size(w)`` =
+    ``WEIGHT_DECAY * sum(w**2) / size(w)`` (no 1/2), so its gradient is
+    ``2 * WEIGHT_DECAY * w / size(w)``."""
+    wd, lr = 0.5, 3.0
+    cfg = get_config("tiny", IMAGES_PER_GPU=1, WEIGHT_DECAY=wd, GRADIENT_CLIP_NORM=1e9,
+                     LEARNING_MOMENTUM=0.0, LOSS_WEIGHTS={k: 0.0 for k in
+                                                          get_config("tiny").LOSS_WEIGHTS})
+    model = MaskRCNN("training", cfg, str(tmp_path), seed=0)
+    try:
+        trained = {v.name: v for v in build_train_op(model, "heads")["variables"]}
+        losses, pairs = _step(model, "heads", lr, trained)
+    finally:
+        model.close()
+    decayed = {n: p for n, p in pairs.items() if "gamma" not in n and "beta" not in n}
+    assert len(decayed) < len(pairs), "the heads have batch-norm gamma/beta"
+    for name, (before, after) in pairs.items():
+        expected = before * (1 - 2 * lr * wd / before.size) if name in decayed else before
+        np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+    decay = sum(wd * np.sum(b.astype(np.float64) ** 2) / b.size for b, _ in decayed.values())
+    assert losses["loss"] == pytest.approx(decay, rel=1e-4)
+
+
+def test_extractor_threshold_defaults_to_zero(tmp_path):
+    """The original UnMask used every detection: both constructors default to threshold 0,
+    and from_checkpoint also builds K with DETECTION_MIN_CONFIDENCE 0."""
+    cfg = get_config("tiny", DETECTION_MIN_CONFIDENCE=0.9)
+    model = MaskRCNN("inference", cfg, str(tmp_path))
+    try:
+        ext = PartExtractor(model, TOY_NAMES)
+        assert ext.threshold == 0.0
+        det = {"class_ids": np.array([1, 2, 0]), "scores": np.array([0.001, 0.02, 0.9])}
+        assert ext.part_sets([det]) == [frozenset(TOY_NAMES[1:3])]
+        model.save_weights(str(tmp_path / "tiny20240101T0000" / "mask_rcnn_tiny_0001.h5"))
+    finally:
+        model.close()
+    ext = PartExtractor.from_checkpoint("last", cfg, model_dir=str(tmp_path),
+                                        class_names=TOY_NAMES)
+    try:
+        assert ext.threshold == 0.0 and ext.config.DETECTION_MIN_CONFIDENCE == 0
+        layer = ext.model.keras_model.get_layer("mrcnn_detection")
+        assert layer.get_config()["min_confidence"] == 0.0
+    finally:
+        ext.close()
+
+
+def test_weights_last_resumes_at_the_saved_epoch_in_the_same_run(tmp_path, monkeypatch):
+    """`main.py --model K --weights last` continues the newest run: next stage, same folder,
+    config.json written once (evaluation is stubbed: only the training path is tested)."""
+    import data.synthetic
+    monkeypatch.setattr(data.synthetic, "ensure_dataset", lambda *a, **k: {})
+    monkeypatch.setattr(cli, "load_parts_dataset", lambda d, split: ToyDataset(2, 64, seed=1))
+    evaluated = []
+    monkeypatch.setattr(cli, "evaluate_model_k", lambda *a, **k: evaluated.append(a[2]) or {})
+    monkeypatch.setattr(cli, "format_metrics", lambda m: "(evaluation stubbed)")
+    logs = tmp_path / "logs"
+    opts = dict(k_config="tiny", k_steps=2, k_log_dir=str(logs), no_progress=True)
+    first = cli.run_model_k_report(opts, k_epochs="1")["train"]
+    run = first["log_dir"]
+    config_file = os.path.join(run, "config.json")
+    stamp = os.stat(config_file).st_mtime_ns
+    second = cli.run_model_k_report(opts, k_epochs="1,1", weights="last")["train"]
+    assert second["weights"] == first["checkpoint"] == os.path.join(run, "mask_rcnn_tiny_0001.h5")
+    assert [(h["epoch"], h["layers"]) for h in second["history"]] == [(2, "4+")]
+    assert second["log_dir"] == run and os.listdir(logs) == [os.path.basename(run)]
+    assert second["checkpoint"] == os.path.join(run, "mask_rcnn_tiny_0002.h5")
+    assert os.stat(config_file).st_mtime_ns == stamp
+    with open(config_file) as f:
+        recorded = json.load(f)
+    assert recorded["NAME"] == "tiny" and recorded["SMALL_BACKBONE_WIDTH"] == 8
+    assert evaluated == ["last", "last"]
