@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial weights. --model M: none (random init) or imagenet "
                         "(downloads; needs network access). --model K: none, last (resume "
                         "the newest checkpoint), coco or imagenet (local files), or a PATH")
-    m.add_argument("--epochs", type=int, default=15, help="training epochs of M (and AT)")
+    m.add_argument("--epochs", type=int, default=30,
+                   help="training epochs of M (and AT); 30 as the original recipe")
     m.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of M")
     m.add_argument("--batch-size", type=int, default=32, help="training batch size of M")
     m.add_argument("--adv-train", action="store_true",

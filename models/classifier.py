@@ -114,7 +114,9 @@ def build_classifier(arch: str, num_classes: int, input_size: int = 128,
     if weights not in (None, "imagenet"):
         raise ValueError("weights must be None or 'imagenet', got %r (load a checkpoint with "
                          "model.load_weights instead)" % (weights,))
-    tf.random.set_seed(seed)
+    # tf-keras draws the seeds of unseeded initializers from Python's `random`, so seeding
+    # TensorFlow alone leaves the initial weights different in every process.
+    keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = UnitToBackbone(spec.mode, name="preprocess")(inputs)
     backbone = spec.build(include_top=False, weights=weights,

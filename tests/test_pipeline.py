@@ -53,6 +53,22 @@ def test_every_architecture_maps_unit_images_to_logits(arch):
     assert not np.allclose(out.sum(axis=1), 1.0), "M must return logits, not probabilities"
 
 
+def test_same_seed_same_initial_weights_whatever_the_global_random_state():
+    """tf-keras seeds unseeded initializers from Python's `random`: M must come out the same
+    for a seed even when that state differs (as it does between two processes)."""
+    import random
+
+    weights = []
+    for state in (1, 2):
+        random.seed(state)
+        np.random.seed(state)
+        tf.random.set_seed(state)
+        weights.append(build_classifier("mobilenetv2_050", 3, SIZE, seed=7).get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+    other = build_classifier("mobilenetv2_050", 3, SIZE, seed=8).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(weights[0], other))
+
+
 def test_preprocessing_inside_model_matches_keras_conventions():
     x = np.random.default_rng(1).random((2, 8, 8, 3)).astype(np.float32)
     caffe = UnitToBackbone("caffe")(x).numpy()
@@ -287,6 +303,13 @@ def test_without_a_trained_k_the_oracle_is_used_and_the_run_says_so(tiny_data, t
     parts = ex_test.extract(data["x_test"][:2].astype(np.float32) / 255.0,
                             keys=data["splits"]["test"].keys[:2])
     assert all(isinstance(p, frozenset) and p for p in parts)
+
+
+def test_extractor_k_without_a_trained_k_says_how_to_train_it(tiny_data, tmp_path):
+    cfg = _config(tiny_data, tmp_path, extractor="k", k_log_dir=str(tmp_path / "no_k"))
+    data = ev.load_data(cfg, log=lambda s: None)
+    with pytest.raises(FileNotFoundError, match="python main.py --model K"):
+        ev.make_extractors(cfg, data, log=lambda s: None)
 
 
 def test_oracle_without_parts_file_says_how_to_fix(tiny_data, tmp_path):
