@@ -68,6 +68,29 @@ def test_heads_stage_keeps_the_backbone_and_all_trains_it(clipped):
     assert "conv1/kernel:0" in changed
 
 
+def _moving_statistics(model, regex):
+    """``{name: variable}`` of the batch-norm moving means/variances of layers matching
+    ``regex`` (inner layers of TimeDistributed wrappers included)."""
+    return {w.name: w for layer in model.ancestor_layers() if re.fullmatch(regex, layer.name)
+            for w in layer.non_trainable_weights if "moving_" in w.name}
+
+
+def test_frozen_batch_norm_keeps_its_moving_statistics(clipped):
+    """As in matterport (a frozen Keras layer has no updates): with TRAIN_BN, a "heads" step
+    moves the heads' batch-norm statistics but not the backbone's; "all" moves both."""
+    assert clipped.config.TRAIN_BN
+    backbone = _moving_statistics(clipped, BACKBONE_REGEX)
+    heads = _moving_statistics(clipped, LAYER_REGEX["heads"])
+    assert len(backbone) > 10 and heads
+    both = dict(backbone, **heads)
+    _, pairs = _step(clipped, "heads", 0.01, both)
+    changed = _changed(pairs)
+    assert not changed & set(backbone), sorted(changed & set(backbone))[:5]
+    assert changed & set(heads) == set(heads)
+    _, pairs = _step(clipped, "all", 0.01, both)
+    assert _changed(pairs) & set(backbone) == set(backbone)
+
+
 def test_gradient_clipping_bounds_the_update_norm(clipped):
     """With a huge learning rate the global update norm is lr * GRADIENT_CLIP_NORM: without
     clipping it would be lr * |gradient|, orders of magnitude more."""

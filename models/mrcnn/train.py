@@ -38,6 +38,25 @@ def trainable_variables(model, regex: str) -> list:
     return out
 
 
+def stage_updates(model, regex: str) -> list:
+    """State updates (batch-norm moving statistics) of the layers selected by ``regex``.
+
+    Matterport freezes a stage's other layers with ``layer.trainable = False``, and a frozen
+    Keras layer contributes no updates, so the moving statistics of frozen batch-norm layers
+    stay as they are (this matters only with ``TRAIN_BN = True``, where batch norm runs in
+    training mode).  A ``TimeDistributed`` wrapper matches by its own name and brings the
+    updates of the layer it wraps.
+    """
+    out, seen = [], set()
+    for layer in model.ancestor_layers():
+        if re.fullmatch(regex, layer.name):
+            for update in layer.updates:
+                if id(update) not in seen:
+                    seen.add(id(update))
+                    out.append(update)
+    return out
+
+
 def _loss_tensors(model) -> Dict[str, "tf.Tensor"]:
     km = model.keras_model
     return {name: tf.reduce_mean(km.get_layer(name).output) for name in LOSS_NAMES}
@@ -72,7 +91,7 @@ def build_train_op(model, layers: str):
         grads = tf.gradients(total, variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         clipped, _ = tf.clip_by_global_norm([g for g, _ in pairs], cfg.GRADIENT_CLIP_NORM)
-        with tf.control_dependencies(model.keras_model.updates):
+        with tf.control_dependencies(stage_updates(model, regex)):
             op = model._optimizer.apply_gradients(list(zip(clipped, [v for _, v in pairs])))
         slots = [v for v in model._optimizer.variables()
                  if v.name not in getattr(model, "_initialized_slots", set())]
