@@ -18,9 +18,9 @@ import sys
 import tfcompat  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from data.knowledge import class_set_names, describe_class_sets, get_class_set
 from data.synthetic import DEFAULT_DATA_DIR, DatasetExistsError, ensure_dataset, summary
+from models import DEFAULT_ARCH
 
 DEFAULT_CLASS_SET = "CS5b"
-DEFAULT_ARCH = "mobilenetv2_050"   # models.classifier.DEFAULT_ARCH (not imported: it loads TF)
 
 
 def _seed(text: str) -> int:
@@ -160,7 +160,7 @@ def _eval_config(args):
         threshold=args.threshold, target_fpr=args.target_fpr, mode=args.mode,
         vectors=parse_vectors(args.attacks), n_test=args.n_test, seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
-        k_log_dir=args.k_log_dir, progress=not args.no_progress)
+        k_log_dir=args.k_log_dir, k_config=args.k_config, progress=not args.no_progress)
 
 
 def run_model_m(cfg, line_search: bool = False) -> int:

@@ -33,8 +33,10 @@ from defense.extractors import OracleExtractor
 from defense.metrics import attack_summary, benign_summary
 from defense.thresholds import choose_threshold
 from defense.unmask import UnMask
-from models.classifier import DEFAULT_ARCH, build_classifier
+from models import DEFAULT_ARCH
+from models.classifier import build_classifier
 from models.train_classifier import TrainConfig, predict_labels, train_classifier
+from mrcnn_config import get_config
 
 tf, keras = tfcompat.import_tf()
 
@@ -52,6 +54,7 @@ class EvalConfig:
     at_eps: float = AT_EPS
     extractor: Optional[str] = None      # "k", "oracle" or None (K if trained, else oracle)
     k_weights: str = "last"              # K checkpoint: "last" (newest in k_log_dir) or a path
+    k_config: str = "synthetic"          # K's configuration (main.py --k-config)
     k_log_dir: str = os.path.join("logs", "model_k")
     threshold: Optional[float] = None    # None: chosen on validation for target_fpr
     target_fpr: float = 0.1
@@ -121,7 +124,8 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
         return kind, ex["val"], ex["test"]
     from models.mrcnn import PartExtractor  # imported only when K is used
 
-    k = PartExtractor.from_checkpoint(cfg.k_weights, model_dir=cfg.k_log_dir)
+    k = PartExtractor.from_checkpoint(cfg.k_weights, get_config(cfg.k_config),
+                                      model_dir=cfg.k_log_dir)
     log("extractor: K (Mask R-CNN parts model %s)" % getattr(k, "checkpoint", cfg.k_weights))
     return kind, k, k
 
@@ -129,8 +133,7 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
 def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
     try:
         from models.mrcnn import find_k_checkpoint
-        from mrcnn_config import SyntheticPartsConfig  # what make_extractors loads
-        found = find_k_checkpoint(cfg.k_log_dir, config=SyntheticPartsConfig())
+        found = find_k_checkpoint(cfg.k_log_dir, config=get_config(cfg.k_config))
     except FileNotFoundError:
         found = None
     if found:

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Callable, Dict, Optional
 
 import tfcompat
+from models import DEFAULT_ARCH  # noqa: F401  (re-exported)
 
 tf, keras = tfcompat.import_tf()
 
@@ -73,7 +74,6 @@ ARCHITECTURES: Dict[str, Architecture] = {
                      False),
     )
 }
-DEFAULT_ARCH = "mobilenetv2_050"  # the synthetic default: trains in minutes on a 2-core CPU
 
 
 def get_architecture(name: str) -> Architecture:

@@ -305,6 +305,25 @@ def test_without_a_trained_k_the_oracle_is_used_and_the_run_says_so(tiny_data, t
     assert all(isinstance(p, frozenset) and p for p in parts)
 
 
+def test_the_evaluation_looks_for_k_of_its_k_config(tiny_data, tmp_path):
+    """A K trained with ``--k-config parts`` is found by an evaluation with that K config, and
+    not taken for the synthetic K (whose weights it could not load)."""
+    from data.fileio import write_json_atomic
+    from mrcnn_config import get_config
+
+    run = tmp_path / "k" / "parts20260101T0000"
+    run.mkdir(parents=True)
+    write_json_atomic(str(run / "config.json"), get_config("parts").to_dict())
+    (run / "mask_rcnn_parts_0001.h5").write_bytes(b"")
+    logs = []
+    kinds = {name: ev._auto_extractor(_config(tiny_data, tmp_path, extractor=None,
+                                              k_log_dir=str(tmp_path / "k"), k_config=name),
+                                      logs.append)
+             for name in ("parts", "synthetic")}
+    assert kinds == {"parts": "k", "synthetic": "oracle"}
+    assert any("no trained K" in m for m in logs)
+
+
 def test_extractor_k_without_a_trained_k_says_how_to_train_it(tiny_data, tmp_path):
     cfg = _config(tiny_data, tmp_path, extractor="k", k_log_dir=str(tmp_path / "no_k"))
     data = ev.load_data(cfg, log=lambda s: None)
