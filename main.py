@@ -91,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rectify only flagged images (paper) or re-classify all (original "
                         "code)")
     m.add_argument("--attacks", default="paper",
-                   help="attack vectors: 'paper' (the 8 of Table IV) or a comma list of "
-                        "name:eps, e.g. pgd_linf:8,fgsm:8 (eps on the 0-255 scale)")
+                   help="attack vectors: 'paper' (the 8 of Table IV), or a comma list of "
+                        "name:eps or 'paper', e.g. pgd_linf:8,fgsm:8 or paper,uap:10,ga:3 (eps "
+                        "on the 0-255 scale; uap is a universal perturbation fitted on the "
+                        "training images, ga a targeted gradient ascent)")
+    m.add_argument("--defenses",
+                   help="comma list of defenses to evaluate side by side on the same images "
+                        "and attacks: " + ", ".join(_defense_names()) + "; name:value sets a "
+                        "defense's main parameter (downsample:0.75, noise:10, jpeg:50, "
+                        "bitdepth:3, pca:0.95). Default: none,unmask (plus at with "
+                        "--adv-train)")
     m.add_argument("--n-test", type=int,
                    help="evaluate on at most this many test images (class-balanced)")
     m.add_argument("--results-dir", default="results", help="where reports are written")
@@ -102,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     from models.mrcnn.cli import add_arguments as add_k_arguments
     add_k_arguments(p)
     return p
+
+
+def _defense_names():
+    from defense.defenses import list_defenses  # light: no TensorFlow at import time
+    return list_defenses()
 
 
 def parse_vectors(text: str):
@@ -117,6 +130,12 @@ def parse_vectors(text: str):
         return list(PAPER_ATTACK_VECTORS)
     vectors = []
     for item in filter(None, (t.strip() for t in text.split(","))):
+        if item.lower() == "paper":
+            for vector in PAPER_ATTACK_VECTORS:
+                if vector in vectors:
+                    raise ValueError("--attacks: %s eps=%g is given twice" % vector)
+                vectors.append(vector)
+            continue
         name, sep, eps_text = item.partition(":")
         try:
             eps = float(eps_text) if sep else None
@@ -153,12 +172,17 @@ def _eval_config(args):
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
     train.validate()
+    defenses = None
+    if args.defenses is not None:
+        from defense.defenses import parse_defenses
+        defenses = parse_defenses(args.defenses)
     return EvalConfig(
         class_set=args.classset, data_dir=args.data_dir,
         arch=get_architecture(args.arch).name, input_size=args.input_size, weights=weights,
         train=train, adv_train=args.adv_train, at_eps=args.at_eps, extractor=args.extractor,
         threshold=args.threshold, target_fpr=args.target_fpr, mode=args.mode,
-        vectors=parse_vectors(args.attacks), n_test=args.n_test, seed=args.seed,
+        vectors=parse_vectors(args.attacks), defenses=defenses, n_test=args.n_test,
+        seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
         k_log_dir=args.k_log_dir, k_config=args.k_config, progress=not args.no_progress)
 

@@ -79,3 +79,38 @@ def check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError("seed must be a non-negative integer, got %r" % (seed,))
     return int(seed)
+
+
+def check_perturbation(v, norm, eps, image_shape=None):
+    """Return a universal perturbation ``v`` as C-contiguous float32 ``[H, W, 3]``.
+
+    Args:
+        v: array ``[H, W, 3]`` in ``[0, 1]`` pixel units (not 0-255).
+        norm: ``'linf'`` or ``'l2'``.
+        eps: ball radius in ``[0, 1]`` units.
+        image_shape: None, or ``(H, W)`` the perturbation must match.
+
+    Raises:
+        ValueError: wrong rank or channel count, size different from ``image_shape``,
+            non-finite values, or ``v`` outside the ``eps``-ball (the message gives its norm).
+    """
+    arr = np.asarray(v)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError("a universal perturbation must have shape [H, W, 3] (one image, no "
+                         "batch axis), got shape %s" % (arr.shape,))
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError("a universal perturbation must be a numeric array, got dtype %s"
+                         % arr.dtype)
+    if image_shape is not None and tuple(arr.shape[:2]) != tuple(image_shape):
+        raise ValueError("the universal perturbation has size %dx%d but the images are %dx%d; "
+                         "fit one for this image size" % (arr.shape[:2] + tuple(image_shape)))
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("the universal perturbation contains NaN or infinite values")
+    flat = arr.astype(np.float64).ravel()
+    size = float(np.max(np.abs(flat))) if norm == "linf" else float(np.linalg.norm(flat))
+    if size > eps * (1.0 + 1e-5) + 1e-7:
+        raise ValueError("the universal perturbation has %s norm %.6g = %.4g on the 0-255 scale, "
+                         "outside the attack's ball eps = %.4g (0-255 scale); v must be in [0, 1] "
+                         "pixel units and within eps" % (norm, size, size * 255.0, eps * 255.0))
+    return arr

@@ -1,4 +1,4 @@
-"""Shared maths of the attack package: norms, projections, clipping, random starts, the loss.
+"""Shared maths of the attacks: norms, projections, clipping, random starts/targets, the loss.
 
 Every attack of the package works on image batches ``x`` of shape ``[B, H, W, C]``, float32,
 pixels in ``[0, 1]``, and on integer labels ``y`` of shape ``[B]``.  A *model_fn* is any callable
@@ -19,6 +19,8 @@ Where cleverhans 4.0.0 is used as is and where not (the reasons are in the docst
   trace time and on how often the function ran before, so a run cannot be reproduced from a
   seed.  :func:`random_start` draws the same distributions with *stateless* ops keyed by an
   explicit seed tensor.
+* random targets (``targeted=True`` attacks and ``ga``): :func:`random_targets`, stateless
+  from the batch seed, like the random start (both are keyed by the same batch seed).
 * the iteration: cleverhans' iterative drivers (``projected_gradient_descent``,
   ``basic_iterative_method``, ``momentum_iterative_method``) run a Python ``while`` loop, which
   inside ``tf.function`` unrolls into ``steps`` copies of the model's forward/backward graph.
@@ -129,12 +131,51 @@ def predict_labels(model_fn, x):
     return tf.argmax(model_fn(x), axis=1)
 
 
-def loss_gradient(model_fn, x, y):
+def loss_gradient(model_fn, x, y, targeted=False):
     """Gradient ``[B, H, W, C]`` of the summed per-sample cross-entropy w.r.t. ``x``.
 
-    cleverhans' ``compute_gradient`` (untargeted: the gradient of the loss to *increase*).
+    cleverhans' ``compute_gradient``: untargeted (``y`` the labels), the gradient of the loss
+    to *increase*; ``targeted=True`` (``y`` the targets), the gradient of the *negated* loss,
+    so that following it lowers the target's cross-entropy.
     """
-    return compute_gradient(model_fn, cross_entropy_loss, x, y, False)
+    return compute_gradient(model_fn, cross_entropy_loss, x, y, targeted)
+
+
+def random_targets(y, num_classes, seed):
+    """Random target classes ``[B]`` (int64), each different from its label.
+
+    ``t = (y + k) mod num_classes`` with ``k`` uniform in ``{1, ..., num_classes - 1}``, drawn
+    with ``tf.random.stateless_uniform`` from ``seed`` (int tensor/sequence ``[2]``), so the
+    target is uniform over the other classes and a function of ``(y, num_classes, seed)`` only.
+    Exported as :func:`attacks.ga_targets` (the targets of ``ga`` and of every attack run with
+    ``targeted=True``; the runner passes batch ``i`` the seed ``(seed, i)``).
+
+    Args:
+        y: int tensor ``[B]`` of labels in ``[0, num_classes)``.
+        num_classes: int (or scalar int tensor) >= 2.
+        seed: int tensor ``[2]``, e.g. ``(run_seed, batch_index)``.
+    """
+    y = tf.cast(y, tf.int64)
+    num_classes = tf.cast(num_classes, tf.int64)
+    tf.debugging.assert_greater_equal(num_classes, tf.constant(2, tf.int64),
+                                      message="a targeted attack (e.g. ga) needs a model with "
+                                              "at least 2 classes")
+    offset = tf.random.stateless_uniform(tf.shape(y), tf.cast(seed, tf.int64), minval=1,
+                                         maxval=num_classes, dtype=tf.int64)
+    return (y + offset) % num_classes
+
+
+def attack_targets(model_fn, x, y, seed):
+    """The random targets ``[B]`` of a targeted attack on the batch ``(x, y)``.
+
+    :func:`random_targets` with the class count of ``model_fn`` (one forward pass on ``x``)
+    and the batch seed ``seed`` (int tensor ``[2]``; required: a targeted attack called
+    directly needs one, the runner gives ``(seed, batch_index)``).
+    """
+    if seed is None:
+        raise ValueError("targeted=True draws a random target per image from the batch seed; "
+                         "pass seed=(run_seed, batch_index) (an int tensor of shape [2])")
+    return random_targets(y, tf.shape(model_fn(x))[1], seed)
 
 
 def iterate(steps, step_fn, state):

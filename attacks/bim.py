@@ -1,8 +1,11 @@
-"""Basic Iterative Method (Kurakin et al. 2017), L-inf, untargeted: PGD started at ``x``.
+"""Basic Iterative Method (Kurakin et al. 2017): PGD started at ``x``, L-inf or L2.
 
-The same algorithm as cleverhans 4.0.0's ``basic_iterative_method`` (which is PGD with
-``rand_init=False``), run through :func:`attacks.pgd.pgd` so the iterations form one
-``tf.while_loop`` instead of cleverhans' unrolled Python loop (see :mod:`attacks._utils`).
+The L-inf attack is the same algorithm as cleverhans 4.0.0's ``basic_iterative_method`` (which
+is PGD with ``rand_init=False``); the L2 one (registry ``bim_l2``) takes L2-normalised gradient
+steps and projects onto the L2 ball, as cleverhans' ``projected_gradient_descent`` with
+``norm=2, rand_init=False``.  Both run through :func:`attacks.pgd.pgd` so the iterations form
+one ``tf.while_loop`` instead of cleverhans' unrolled Python loop (see :mod:`attacks._utils`).
+``targeted=True`` steps towards a random target class per image (see :mod:`attacks.pgd`).
 """
 import tfcompat  # noqa: F401
 
@@ -10,21 +13,24 @@ from attacks import _utils
 from attacks.pgd import pgd
 
 
-def bim(model_fn, x, y, *, eps, step_size, steps, norm=_utils.LINF, seed=None):
-    """Iterated signed-gradient steps from ``x``, each projected onto the L-inf ``eps``-ball.
+def bim(model_fn, x, y, *, eps, step_size, steps, norm=_utils.LINF, seed=None, targeted=False):
+    """Iterated gradient steps from ``x``, each projected onto the ``eps``-ball.
 
     Args:
         model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
         x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
-        y: int tensor ``[B]``.
-        eps: L-inf radius, ``[0, 1]`` units.
-        step_size: per-step change of each pixel, ``[0, 1]`` units (must be <= eps).
+        y: int tensor ``[B]``, the labels.
+        eps: ball radius, ``[0, 1]`` units.
+        step_size: step length, ``[0, 1]`` units (L-inf: per pixel; L2: L2 length).
         steps: number of iterations (Python int).
-        norm, seed: accepted for a uniform signature (always L-inf, deterministic).
+        norm: ``'linf'`` (signed steps, registry ``bim``) or ``'l2'`` (``bim_l2``).
+        seed: int tensor ``[2]`` keying the random targets; unused (may be None) when
+            untargeted: the untargeted attack is deterministic.
+        targeted: minimise the cross-entropy of a random target ``!= y`` per image
+            (:func:`attacks._utils.attack_targets` from ``seed``).
 
     Returns:
         float32 ``[B, H, W, C]`` in ``[0, 1]`` and within ``eps`` of ``x``.
     """
-    del norm, seed
-    return pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=steps, norm=_utils.LINF,
-               seed=None, rand_init=False)
+    return pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm,
+               seed=seed, rand_init=False, targeted=targeted)

@@ -1,9 +1,16 @@
-"""Carlini & Wagner L2 attack (Carlini and Wagner 2017), untargeted, graph-friendly.
+"""Carlini & Wagner L2 attack (Carlini and Wagner 2017), untargeted or targeted, graph-friendly.
 
 Minimises ``||x' - x||_2^2 + c * max(Z_y(x') - max_{j != y} Z_j(x') + kappa, 0)`` over
 ``x' = (tanh(w) + 1) / 2`` (so ``x'`` always lies in ``[0, 1]``) with Adam, and binary-searches
 the constant ``c`` per sample.  For each sample the smallest-L2 adversarial point met during the
 search is returned; samples never misclassified are returned unchanged (bit-exact ``x``).
+
+Targeted (``targeted=True``): each image gets a random target ``t != y``
+(:func:`attacks._utils.attack_targets`, the targets of ``ga``) and the hinge term is the
+targeted objective of Carlini and Wagner (and of cleverhans' ``targeted`` mode),
+``max(max_{j != t} Z_j(x') - Z_t(x') + kappa, 0)``: a point counts as adversarial -- and can
+become the returned one -- only when ``t`` wins by more than ``kappa``; images that never reach
+their target are returned unchanged.
 
 Why not cleverhans 4.0.0's ``carlini_wagner_l2``: it is broken for this use.  (1) Passing the
 true labels ``y`` silently turns it into a *targeted* attack (``self.targeted = y is not
@@ -40,11 +47,17 @@ def _from_tanh_space(w):
     return (tf.tanh(w) + 1.0) / 2.0
 
 
-def _margin(logits, y, confidence):
-    """``Z_y - max_{j != y} Z_j`` per sample ``[B]`` plus ``confidence``; <= 0 means adversarial."""
+def _margin(logits, y, confidence, targeted=False):
+    """Per-sample hinge argument ``[B]``; < 0 means adversarial.
+
+    Untargeted (``y`` the labels): ``Z_y - max_{j != y} Z_j + confidence``.  Targeted (``y``
+    the targets): ``max_{j != y} Z_j - Z_y + confidence``.
+    """
     is_true = tf.one_hot(y, tf.shape(logits)[1], on_value=True, off_value=False)
     real = tf.reduce_sum(tf.where(is_true, logits, tf.zeros_like(logits)), axis=1)
     other = tf.reduce_max(tf.where(is_true, tf.fill(tf.shape(logits), -1e9), logits), axis=1)
+    if targeted:
+        return other - real + confidence
     return real - other + confidence
 
 
@@ -53,7 +66,7 @@ def _squared_l2(a, b):
     return tf.reduce_sum(tf.square(a - b), axis=[1, 2, 3])
 
 
-def _search_round(model_fn, x, y, const, best, steps, learning_rate, confidence):
+def _search_round(model_fn, x, y, const, best, steps, learning_rate, confidence, targeted):
     """One Adam run of ``steps`` iterations at fixed per-sample constants ``const`` ``[B]``.
 
     ``best`` is the tuple ``(best_l2 [B], best_adv [B, H, W, C])``, updated whenever an
@@ -65,7 +78,7 @@ def _search_round(model_fn, x, y, const, best, steps, learning_rate, confidence)
         with tf.GradientTape() as tape:
             tape.watch(delta)
             x_new = _from_tanh_space(w0 + delta)
-            margin = _margin(model_fn(x_new), y, confidence)
+            margin = _margin(model_fn(x_new), y, confidence, targeted)
             dist = _squared_l2(x_new, x)
             loss = tf.reduce_sum(dist + const * tf.maximum(margin, 0.0))
         grad = tape.gradient(loss, delta)
@@ -97,27 +110,35 @@ def _update_constants(const, lower, upper, found):
 
 
 def cw_l2(model_fn, x, y, *, eps=None, step_size=None, steps=100, norm=_utils.L2, seed=None,
-          binary_search_steps=5, initial_const=0.1, learning_rate=0.01, confidence=0.0):
-    """Untargeted Carlini-Wagner L2 on a batch.
+          binary_search_steps=5, initial_const=0.1, learning_rate=0.01, confidence=0.0,
+          targeted=False):
+    """Carlini-Wagner L2 on a batch, untargeted (default) or towards random targets.
 
     Args:
         model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
         x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
-        y: int tensor ``[B]``, the labels to move away from.
+        y: int tensor ``[B]``, the labels to move away from (targeted: the targets are drawn
+            among the other classes).
         eps: optional L2 cap in ``[0, 1]`` units (``None``: unbounded).
-        step_size, norm, seed: accepted for a uniform signature (CW uses ``learning_rate``,
-            is always L2 and deterministic).
+        step_size, norm: accepted for a uniform signature (CW uses ``learning_rate`` and is
+            always L2).
+        seed: int tensor ``[2]`` keying the random targets; unused (may be None) when
+            untargeted: the untargeted attack is deterministic.
         steps: Adam iterations per binary-search round (Python int).
         binary_search_steps: rounds of the per-sample search over the constant ``c``.
         initial_const: starting value of ``c``.
         learning_rate: Adam learning rate in tanh space.
         confidence: ``kappa``, required logit margin of the adversarial class.
+        targeted: reach a random target ``!= y`` per image
+            (:func:`attacks._utils.attack_targets` from ``seed``) with the targeted objective.
 
     Returns:
         float32 ``[B, H, W, C]`` in ``[0, 1]``.
     """
-    del step_size, norm, seed
+    del step_size, norm
     y = tf.cast(y, tf.int64)
+    if targeted:
+        y = _utils.attack_targets(model_fn, x, y, seed)
     batch = tf.shape(x)[0]
     const = tf.fill([batch], tf.cast(initial_const, x.dtype))
     lower = tf.zeros([batch], x.dtype)
@@ -125,7 +146,7 @@ def cw_l2(model_fn, x, y, *, eps=None, step_size=None, steps=100, norm=_utils.L2
     best = (tf.fill([batch], tf.cast(float("inf"), x.dtype)), x)
     for _ in range(binary_search_steps):
         best, found = _search_round(model_fn, x, y, const, best, steps, learning_rate,
-                                    confidence)
+                                    confidence, targeted)
         const, lower, upper = _update_constants(const, lower, upper, found)
     x_adv = best[1]
     if eps is not None:

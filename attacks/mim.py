@@ -1,8 +1,11 @@
-"""Momentum Iterative Method, MI-FGSM ("MIA" in the UnMask paper; Dong et al. 2018), untargeted.
+"""Momentum Iterative Method, MI-FGSM ("MIA" in the UnMask paper; Dong et al. 2018).
 
 ``g_{t+1} = mu * g_t + grad / mean|grad|`` and ``x_{t+1} = Proj clip(x_t + alpha * d(g_{t+1}))``
 with ``d`` the sign (L-inf) or L2 normalisation (L2).  The paper uses ``mu = 1`` and
-``alpha = eps / T`` for ``T`` iterations, starting at ``x``.
+``alpha = eps / T`` for ``T`` iterations, starting at ``x``.  Untargeted by default;
+``targeted=True`` draws a random target ``t != y`` per image
+(:func:`attacks._utils.attack_targets`, the targets of ``ga``) and accumulates the gradient of
+the *negated* cross-entropy of ``t`` (cleverhans' ``targeted=True``), so the steps lower it.
 
 Follows cleverhans 4.0.0's ``momentum_iterative_method`` step for step and uses its pieces
 (``compute_gradient``, ``optimize_linear``, ``clip_eta``).  Checked in cleverhans: its gradient
@@ -32,29 +35,33 @@ def _normalise_l1(grad):
     return grad / tf.maximum(scale, tf.cast(1e-12, grad.dtype))
 
 
-def mim(model_fn, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0):
-    """Untargeted MI-FGSM on a batch.
+def mim(model_fn, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0, targeted=False):
+    """MI-FGSM on a batch, untargeted (default) or towards random targets.
 
     Args:
         model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
         x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
-        y: int tensor ``[B]``, the labels whose cross-entropy is maximised.
+        y: int tensor ``[B]``, the labels (untargeted: their cross-entropy is maximised;
+            targeted: the targets are drawn among the other classes).
         eps: ball radius in ``[0, 1]`` units.
         step_size: step length ``alpha`` in ``[0, 1]`` units.
         steps: number of iterations ``T`` (Python int).
         norm: ``'linf'`` or ``'l2'``.
-        seed: unused (the method is deterministic); accepted for a uniform signature.
+        seed: int tensor ``[2]`` keying the random targets; unused (may be None) when
+            untargeted: the untargeted method is deterministic.
         decay: momentum decay factor ``mu``.
+        targeted: minimise the cross-entropy of a random target ``!= y`` per image
+            (:func:`attacks._utils.attack_targets` from ``seed``).
 
     Returns:
         float32 ``[B, H, W, C]`` in ``[0, 1]`` and within ``eps`` of ``x``.
     """
-    del seed
     order = _utils.cleverhans_ord(norm)
+    goal = _utils.attack_targets(model_fn, x, y, seed) if targeted else y
 
     def step(state):
         x_adv, momentum = state
-        grad = _utils.loss_gradient(model_fn, x_adv, y)
+        grad = _utils.loss_gradient(model_fn, x_adv, goal, targeted)
         momentum = decay * momentum + _normalise_l1(grad)
         x_adv = x_adv + optimize_linear(momentum, step_size, order)
         return _utils.project(x_adv, x, norm, eps), momentum

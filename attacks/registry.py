@@ -14,6 +14,38 @@ Budgets (``eps``, ``step_size``) are quoted on the 0-255 pixel scale, for L2 as 
   round, ``learning_rate`` 0.01, 5 binary-search rounds, ``initial_const`` 0.1,
   ``confidence`` 0; no step_size.
 
+The seed-004 attacks (SPEC section 7):
+
+- ``ga``: targeted "gradient ascent", L-inf, eps 3, at most 100 steps, step ``eps / 20`` (the
+  seed states none; see :mod:`attacks.ga`), a random target ``!= y`` per image (stateless RNG
+  from the batch seed ``(seed, batch_index)``, :func:`attacks.ga.ga_targets`), per-image early
+  stop at ``stop_prob`` 0.99 = p(target).
+- ``uap``: universal adversarial perturbation, L-inf, ``xi = eps`` 10; ``uap_l2``: the same in
+  L2, eps 850 (the paper's 2000 at 224 px rescaled to 96 px; see :mod:`attacks.uap`).  Both
+  are *universal* (``AttackSpec.universal``): one ``v`` is fitted first
+  (``CompiledAttack.fit`` / ``set_perturbation``) and applied as ``clip(x + v)``; parameters
+  ``max_passes`` 10, ``fooling_target`` 0.8 (1 - delta), ``overshoot`` 0.02,
+  ``deepfool_steps`` 10, ``max_fit_images`` 256, ``fit_batch_size`` 32; ``steps`` is fixed
+  at 1 (v is added once) and there is no step_size.
+
+Added for the training set of a trajectory detector:
+
+- ``bim_l2``: BIM in L2 (L2-normalised gradient steps, projection onto the L2 ball, starts at
+  x), eps 300, 20 steps, step ``2.5 * eps / steps`` (the rule of ``pgd_l2``; the L-inf
+  ``bim``'s default, 1/255 x 20 steps at eps 8, is the same 2.5 eps path).
+- targeted variants: ``pgd_linf``, ``pgd_l2``, ``mia_linf``, ``mia_l2``, ``bim``, ``bim_l2``
+  and ``cw_l2`` take ``targeted`` (bool, default False; ``AttackSpec.targeting ==
+  'optional'``).  With ``targeted=True`` each image gets a random target class ``!= its
+  label``, drawn exactly as ``ga``'s (:func:`attacks.ga_targets`, stateless, from the batch
+  seed ``(seed, batch_index)``), and the attack *minimises* the target's loss (cross-entropy,
+  cleverhans' ``targeted=True``; for ``cw_l2`` the targeted CW hinge).  Budgets and steps are
+  those of the untargeted attack.  The runner reports the targets (``AttackResult.targets``)
+  and counts ``pred_adv == target`` as success.  ``targeted`` enters ``AttackConfig.params``
+  only when True, so every untargeted config (and its ``as_dict()``, used in fingerprints) is
+  the same as before the option existed.  ``fgsm``, ``uap`` and ``uap_l2`` have no targeted
+  variant (``targeted=True`` is an error, ``targeted=False`` a no-op); ``ga`` is always
+  targeted and rejects the parameter.
+
 The step of the L2 PGD attack is not given by the paper; ``2.5 * eps / steps`` is the rule of
 Madry et al. (a total path of 2.5 eps, enough to reach the boundary from any start).  The L-inf
 default step 2/255 is capped at ``eps`` so that small budgets (e.g. eps = 1 in the
@@ -25,12 +57,18 @@ alpha = eps/T) -- a bug that is *not* reproduced here.  Every default is overrid
 import dataclasses
 import math
 
+import numpy as np
+
 from attacks import _utils
 from attacks.bim import bim
 from attacks.cw import cw_l2
 from attacks.fgsm import fgsm
+from attacks.ga import ga
 from attacks.mim import mim
 from attacks.pgd import pgd
+from attacks.uap import check_params as _check_uap_params
+from attacks.uap import fit_uap
+from attacks.universal import apply_universal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +78,25 @@ class AttackSpec:
     Attributes:
         name: registry name, e.g. ``'pgd_linf'``.
         fn: batch function ``fn(model_fn, x, y, *, eps, step_size, steps, norm, seed, **extra)``
-            working in ``[0, 1]`` units.
+            working in ``[0, 1]`` units.  A universal attack's ``fn`` also takes
+            ``perturbation`` (float32 ``[H, W, 3]``, the fitted ``v``) and applies it.
         norm: ``'linf'`` or ``'l2'``.
         description: one line for listings.
         default_eps: default budget on the 0-255 scale (None: no ball, only for ``cw_l2``).
         default_steps: default number of iterations.
         step_rule: ``(eps, steps) -> default step`` on the 0-255 scale, or None when the attack
             takes no ``step_size``.
-        fixed_steps: True when ``steps`` cannot be changed (FGSM).
+        fixed_steps: True when ``steps`` cannot be changed (FGSM; the universal attacks).
         extra_defaults: further keyword parameters and their defaults.
+        check_params: None or ``(params: dict) -> None`` raising ValueError for invalid values
+            of the extra parameters (called by :func:`resolve_config`).
+        universal: True for an image-agnostic attack: ``fit_fn`` fits one perturbation on a
+            set of images, then ``fn`` applies it to every image.
+        fit_fn: for a universal attack, ``fit_fn(model_fn, images, *, eps, norm, seed,
+            progress, **extra) -> (v, fooling_rate, passes, n_images)`` (``[0, 1]`` units).
+        targeting: ``'none'`` (untargeted only), ``'optional'`` (``fn`` takes ``targeted``:
+            the user parameter ``targeted=True`` asks for random targets) or ``'always'``
+            (``ga``: always towards random targets, no ``targeted`` parameter).
     """
 
     name: str
@@ -60,11 +108,24 @@ class AttackSpec:
     step_rule: object = None
     fixed_steps: bool = False
     extra_defaults: dict = dataclasses.field(default_factory=dict)
+    check_params: object = None
+    universal: bool = False
+    fit_fn: object = None
+    targeting: str = "none"
 
     @property
     def has_ball(self):
         """True when the attack guarantees ``||x_adv - x|| <= eps`` for its default config."""
         return self.default_eps is not None
+
+    @property
+    def parameter_names(self):
+        """The valid extra keyword parameters (``extra_defaults`` plus ``targeted`` when the
+        attack has a targeted variant), sorted."""
+        names = set(self.extra_defaults)
+        if self.targeting == "optional":
+            names.add("targeted")
+        return sorted(names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +134,8 @@ class AttackConfig:
 
     ``eps`` is None only for an uncapped ``cw_l2``; ``step_size`` is None for attacks without
     a step parameter.  ``params`` holds the extra keyword parameters as sorted ``(key, value)``
-    pairs.
+    pairs; ``('targeted', True)`` is among them only for a targeted run (an untargeted config
+    has no ``targeted`` entry, see :attr:`targeted`).
     """
 
     name: str
@@ -82,6 +144,13 @@ class AttackConfig:
     steps: int
     step_size: object
     params: tuple = ()
+
+    @property
+    def targeted(self):
+        """True when the attack goes towards random targets: ``targeted=True`` was asked, or
+        the attack is always targeted (``ga``)."""
+        return (dict(self.params).get("targeted", False)
+                or get_attack(self.name).targeting == "always")
 
     def as_dict(self):
         """Plain-dict view (for logging / JSON)."""
@@ -106,24 +175,56 @@ def _bim_step(eps, steps):
     return min(1.0, eps)
 
 
+def _ga_step(eps, steps):
+    return eps / 20.0
+
+
+def _check_ga_params(params):
+    stop = params["stop_prob"]
+    if isinstance(stop, bool) or not isinstance(stop, (int, float)) or not 0.0 < stop <= 1.0:
+        raise ValueError("stop_prob=%r for attack 'ga': expected a probability in (0, 1] (the "
+                         "seed's 0.99)" % (stop,))
+
+
+_UAP_DEFAULTS = {"max_passes": 10, "fooling_target": 0.8, "overshoot": 0.02,
+                 "deepfool_steps": 10, "max_fit_images": 256, "fit_batch_size": 32}
+
+
 ATTACKS = {
     spec.name: spec for spec in (
         AttackSpec("pgd_linf", pgd, _utils.LINF, "PGD, L-inf ball, random start (Madry et al.)",
-                   8.0, 20, _linf_pgd_step, extra_defaults={"rand_init": True}),
+                   8.0, 20, _linf_pgd_step, extra_defaults={"rand_init": True},
+                   targeting="optional"),
         AttackSpec("pgd_l2", pgd, _utils.L2, "PGD, L2 ball, random start (Madry et al.)",
-                   300.0, 20, _l2_pgd_step, extra_defaults={"rand_init": True}),
+                   300.0, 20, _l2_pgd_step, extra_defaults={"rand_init": True},
+                   targeting="optional"),
         AttackSpec("mia_linf", mim, _utils.LINF, "MI-FGSM momentum attack, L-inf (Dong et al.)",
-                   8.0, 20, _mim_step, extra_defaults={"decay": 1.0}),
+                   8.0, 20, _mim_step, extra_defaults={"decay": 1.0}, targeting="optional"),
         AttackSpec("mia_l2", mim, _utils.L2, "MI-FGSM momentum attack, L2 (Dong et al.)",
-                   300.0, 20, _mim_step, extra_defaults={"decay": 1.0}),
+                   300.0, 20, _mim_step, extra_defaults={"decay": 1.0}, targeting="optional"),
         AttackSpec("fgsm", fgsm, _utils.LINF, "Fast gradient sign method, one L-inf step",
                    8.0, 1, None, fixed_steps=True),
         AttackSpec("bim", bim, _utils.LINF, "Basic iterative method, L-inf, start at x",
-                   8.0, 20, _bim_step),
+                   8.0, 20, _bim_step, targeting="optional"),
+        AttackSpec("bim_l2", bim, _utils.L2, "Basic iterative method, L2, start at x",
+                   300.0, 20, _l2_pgd_step, targeting="optional"),
         AttackSpec("cw_l2", cw_l2, _utils.L2, "Carlini-Wagner L2 (no eps-ball unless eps given)",
                    None, 100, None,
                    extra_defaults={"binary_search_steps": 5, "initial_const": 0.1,
-                                   "learning_rate": 0.01, "confidence": 0.0}),
+                                   "learning_rate": 0.01, "confidence": 0.0},
+                   targeting="optional"),
+        AttackSpec("ga", ga, _utils.LINF, "Targeted gradient ascent to a random class, "
+                   "early stop at p(target) >= stop_prob (seed 004)", 3.0, 100, _ga_step,
+                   extra_defaults={"stop_prob": 0.99}, check_params=_check_ga_params,
+                   targeting="always"),
+        AttackSpec("uap", apply_universal, _utils.LINF, "Universal adversarial perturbation, "
+                   "L-inf (Moosavi-Dezfooli et al. 2017); fit first", 10.0, 1, None,
+                   fixed_steps=True, extra_defaults=dict(_UAP_DEFAULTS),
+                   check_params=_check_uap_params, universal=True, fit_fn=fit_uap),
+        AttackSpec("uap_l2", apply_universal, _utils.L2, "Universal adversarial perturbation, "
+                   "L2 (Moosavi-Dezfooli et al. 2017); fit first", 850.0, 1, None,
+                   fixed_steps=True, extra_defaults=dict(_UAP_DEFAULTS),
+                   check_params=_check_uap_params, universal=True, fit_fn=fit_uap),
     )
 }
 
@@ -185,7 +286,7 @@ def _resolve_step_size(spec, eps, steps, step_size):
         if step_size is not None:
             raise ValueError("step_size=%r for attack %r: this attack takes no step_size "
                              "(valid extra parameters: %s)"
-                             % (step_size, spec.name, sorted(spec.extra_defaults) or "none"))
+                             % (step_size, spec.name, spec.parameter_names or "none"))
         return None
     if step_size is None:
         return spec.step_rule(eps, steps)
@@ -199,13 +300,39 @@ def _resolve_step_size(spec, eps, steps, step_size):
     return step_size
 
 
+def _resolve_targeted(spec, extra):
+    """Pop and validate ``targeted`` from ``extra``; returns True or False."""
+    if "targeted" not in extra:
+        return False
+    targeted = extra.pop("targeted")
+    if not isinstance(targeted, (bool, np.bool_)):
+        raise ValueError("targeted=%r for attack %r: expected True or False"
+                         % (targeted, spec.name))
+    targeted = bool(targeted)
+    if spec.targeting == "none" and not targeted:
+        return False                # an untargeted-only attack: targeted=False is a no-op
+    if spec.targeting != "optional":
+        optional = [name for name in ATTACKS if ATTACKS[name].targeting == "optional"]
+        why = ("it always attacks random targets (no targeted parameter)"
+               if spec.targeting == "always" else "it has no targeted variant")
+        raise ValueError("targeted=%r for attack %r: %s (targeted variants: %s)"
+                         % (targeted, spec.name, why, ", ".join(optional)))
+    return targeted
+
+
 def _resolve_extra(spec, extra):
-    unknown = sorted(set(extra) - set(spec.extra_defaults))
+    extra = dict(extra)
+    unknown = sorted(set(extra) - set(spec.parameter_names) - {"targeted"})
     if unknown:
         raise ValueError("unknown parameter(s) %s for attack %r; valid extra parameters: %s"
-                         % (unknown, spec.name, sorted(spec.extra_defaults) or "none"))
+                         % (unknown, spec.name, spec.parameter_names or "none"))
+    targeted = _resolve_targeted(spec, extra)
     params = dict(spec.extra_defaults)
     params.update(extra)
+    if spec.check_params is not None:
+        spec.check_params(params)
+    if targeted:          # only then: an untargeted config is the same as before the option
+        params["targeted"] = True
     return tuple(sorted(params.items()))
 
 
@@ -218,7 +345,10 @@ def resolve_config(name, eps=None, *, steps=None, step_size=None, **extra):
             uncapped).
         steps: iterations (None: default).
         step_size: step on the 0-255 scale (None: the default rule of the attack).
-        **extra: attack-specific parameters (e.g. ``rand_init``, ``decay``, ``learning_rate``).
+        **extra: attack-specific parameters (e.g. ``rand_init``, ``decay``, ``learning_rate``,
+            ``stop_prob``, ``max_passes``, ``targeted``).  ``targeted`` (bool, default False;
+            True only for the attacks whose ``targeting`` is ``'optional'``; rejected by
+            ``ga``) is stored in ``params`` only when True.
 
     Raises:
         ValueError: naming the offending argument and the valid values.

@@ -6,10 +6,25 @@ It is built once per (model_fn, attack config, image size) and reused for every 
 (smaller) one included, so it is traced once.  It is *not* XLA-compiled (``jit_compile``): on
 this project's CPU machines XLA was reported about 10x slower for these gradient loops.
 
+Universal attacks (``AttackSpec.universal``, e.g. ``uap``) fit one perturbation first; their
+batch function then takes it as a fourth input ``perturbation: float32 [H, W, 3]``, so fitting
+or setting another one does not retrace.
+
+Targeted runs (``targeted=True``, or ``ga``) draw their targets in the same function from the
+batch seed (:func:`attacks.ga_targets` of the attacked labels with ``(seed, batch_index)``) and
+return them as a fourth output, so ``AttackResult.targets`` are exactly the attack's targets.
+
 Example::
 
     result = run_attack(model, images, labels, "pgd_linf", eps=8)
     print(result.success.mean(), result.adv_accuracy)
+
+    result = run_attack(model, images, labels, "bim", eps=8, targeted=True)
+    print(result.targets, result.success.mean())      # success: pred_adv == targets
+
+    compiled = compile_attack(model, "uap", eps=10)
+    info = compiled.fit(train_images, seed=0)          # a UniversalPerturbation
+    result = compiled.run(images, labels)               # clip(images + info.v)
 """
 import tfcompat  # noqa: F401
 
@@ -21,7 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from attacks import _inputs, _utils
-from attacks.registry import AttackConfig, get_attack, resolve_config
+from attacks.registry import ATTACKS, AttackConfig, get_attack, resolve_config
+from attacks.universal import UniversalPerturbation
 
 
 @dataclasses.dataclass
@@ -30,13 +46,20 @@ class AttackResult:
 
     Attributes:
         x_adv: float32 ``[N, H, W, 3]``, pixels in ``[0, 1]``.
-        success: bool ``[N]``, the model's prediction on ``x_adv`` differs from the label.
+        success: bool ``[N]``.  Untargeted run: the model's prediction on ``x_adv`` differs
+            from the label (``pred_adv != labels``).  Targeted run (``targeted=True`` in the
+            config): the prediction is the image's target (``pred_adv == targets``).  ``ga``,
+            targeted by construction, keeps the untargeted definition for backward
+            compatibility; see :attr:`target_success_rate`.
         pred_clean: int64 ``[N]``, arg-max prediction on the clean images.
         pred_adv: int64 ``[N]``, arg-max prediction on ``x_adv``.
         labels: int64 ``[N]``, the labels attacked (the given ones, or ``pred_clean`` when
             None was given).
         config: the resolved :class:`~attacks.registry.AttackConfig`.
         seconds: wall time of the attack loop (excluding validation).
+        targets: int64 ``[N]``, the random target class of each image (``!= labels``) for a
+            targeted run (``targeted=True``, or ``ga``), -1 everywhere for an untargeted run
+            (also the value filled in when the field is not given).
     """
 
     x_adv: np.ndarray
@@ -46,11 +69,26 @@ class AttackResult:
     labels: np.ndarray
     config: AttackConfig
     seconds: float = 0.0
+    targets: np.ndarray = None
+
+    def __post_init__(self):
+        if self.targets is None:
+            self.targets = np.full(np.shape(self.labels), -1, np.int64)
 
     @property
     def success_rate(self):
-        """Fraction of images whose adversarial prediction differs from the label."""
+        """Fraction of successful images (see ``success``: untargeted, the adversarial
+        prediction differs from the label; targeted, it is the target)."""
         return float(np.mean(self.success))
+
+    @property
+    def target_success_rate(self):
+        """Fraction of images whose adversarial prediction is their target (NaN for an
+        untargeted run).  Equal to :attr:`success_rate` for ``targeted=True`` runs; the
+        targeted success rate of ``ga``."""
+        if not np.any(self.targets >= 0):
+            return float("nan")
+        return float(np.mean(self.pred_adv == self.targets))
 
     @property
     def clean_accuracy(self):
@@ -59,7 +97,8 @@ class AttackResult:
 
     @property
     def adv_accuracy(self):
-        """Accuracy of the model on ``x_adv`` w.r.t. ``labels`` (= 1 - success_rate)."""
+        """Accuracy of the model on ``x_adv`` w.r.t. ``labels`` (= 1 - success_rate for an
+        untargeted run; targeted, a miss of the target can still leave the label)."""
         return float(np.mean(self.pred_adv == self.labels))
 
 
@@ -71,6 +110,11 @@ class CompiledAttack:
     between calls are seen without retracing.  ``tracing_count`` counts Python traces of the
     batch function (1 per image size when no retracing happens); ``probe_count`` counts the
     eager calls that check the model's output (1: only the first run makes one).
+
+    A *universal* attack (``spec.universal``, e.g. ``uap``) needs its perturbation before
+    :meth:`run`: :meth:`fit` computes it on a set of images, :meth:`set_perturbation` sets a
+    precomputed one; ``perturbation`` holds it (a :class:`UniversalPerturbation`, or None).
+    With ``eps = 0`` the only perturbation in the ball is zero, so no fit is needed.
     """
 
     def __init__(self, model_fn, config):
@@ -84,22 +128,36 @@ class CompiledAttack:
         self.probe_count = 0
         self._num_classes = None
         self._functions = {}
+        self.perturbation = None
 
-    def _attack_graph(self, x, y, seed):
-        """Body of the compiled function: returns ``(x_adv, pred_clean, pred_adv)``."""
+    def _attack_graph(self, x, y, seed, perturbation=None):
+        """Body of the compiled function: returns ``(x_adv, pred_clean, pred_adv, targets)``.
+
+        ``targets`` ``[B]`` are the random targets of a targeted run (drawn here as the attack
+        draws them: :func:`attacks._utils.random_targets` of the attacked labels with the batch
+        seed), -1 otherwise.  ``perturbation`` (``[H, W, 3]``) is given to universal attacks
+        only."""
         self.tracing_count += 1
-        pred_clean = _utils.predict_labels(self.model_fn, x)
+        logits = self.model_fn(x)
+        pred_clean = tf.argmax(logits, axis=1)
         y = tf.where(y < 0, pred_clean, y)
         cfg = self.config
+        if cfg.targeted:
+            targets = _utils.random_targets(y, tf.shape(logits)[1], seed)
+        else:
+            targets = tf.fill(tf.shape(y), tf.constant(-1, tf.int64))
         if cfg.eps == 0:
             x_adv = tf.identity(x)
         else:
+            params = dict(cfg.params)
+            if self.spec.universal:
+                params["perturbation"] = perturbation
             x_adv = self.spec.fn(
                 self.model_fn, x, y, eps=_utils.to_unit_scale(cfg.eps),
                 step_size=_utils.to_unit_scale(cfg.step_size), steps=cfg.steps,
-                norm=cfg.norm, seed=seed, **dict(cfg.params))
+                norm=cfg.norm, seed=seed, **params)
             x_adv = tf.cast(x_adv, tf.float32)
-        return x_adv, pred_clean, _utils.predict_labels(self.model_fn, x_adv)
+        return x_adv, pred_clean, _utils.predict_labels(self.model_fn, x_adv), targets
 
     def _function_for(self, height, width):
         key = (int(height), int(width))
@@ -107,20 +165,100 @@ class CompiledAttack:
             signature = [tf.TensorSpec([None, key[0], key[1], 3], tf.float32, name="x"),
                          tf.TensorSpec([None], tf.int64, name="y"),
                          tf.TensorSpec([2], tf.int64, name="seed")]
+            if self.spec.universal:
+                signature.append(tf.TensorSpec([key[0], key[1], 3], tf.float32,
+                                               name="perturbation"))
             self._functions[key] = tf.function(self._attack_graph, input_signature=signature)
         return self._functions[key]
 
     def _call(self, x, y, seed_pair):
         fn = self._function_for(x.shape[1], x.shape[2])
-        out = fn(tf.convert_to_tensor(x), tf.convert_to_tensor(y),
-                 tf.constant(seed_pair, dtype=tf.int64))
+        inputs = [tf.convert_to_tensor(x), tf.convert_to_tensor(y),
+                  tf.constant(seed_pair, dtype=tf.int64)]
+        if self.spec.universal:
+            inputs.append(tf.constant(self._perturbation_for(x.shape[1], x.shape[2])))
+        out = fn(*inputs)
         return tuple(t.numpy() for t in out)
+
+    # ------------------------------------------------------------------ universal attacks
+
+    def _require_universal(self, method):
+        if not self.spec.universal:
+            universal = [name for name in ATTACKS if ATTACKS[name].universal]
+            raise ValueError("%s is only for universal attacks (%s); %r perturbs each image "
+                             "separately and needs no fit"
+                             % (method, ", ".join(universal), self.config.name))
+
+    def _perturbation_for(self, height, width):
+        """The ``v`` ``[H, W, 3]`` to apply to images of this size (validated)."""
+        if self.perturbation is None:
+            if self.config.eps == 0:
+                return np.zeros((height, width, 3), np.float32)
+            raise ValueError(
+                "%r is a universal attack: compute its perturbation first with "
+                "compiled.fit(images) or set one with compiled.set_perturbation(v) (or pass "
+                "fit_images=... to run_attack)" % self.config.name)
+        return _inputs.check_perturbation(self.perturbation.v, self.config.norm,
+                                          _utils.to_unit_scale(self.config.eps),
+                                          image_shape=(height, width))
+
+    def fit(self, images, *, seed=0, progress=None):
+        """Fit the universal perturbation on ``images``; stores and returns it.
+
+        Args:
+            images: float array ``[N, H, W, 3]``, pixels in ``[0, 1]`` (e.g. training images;
+                the attack may subsample them, see its ``max_fit_images``).
+            seed: non-negative int; the same seed gives the same perturbation.
+            progress: None/False, True (tqdm bar) or a callable ``(done, total)``.
+
+        Returns:
+            :class:`UniversalPerturbation` (``v`` in ``[0, 1]`` units, ``eps`` on 0-255).
+
+        Raises:
+            ValueError: not a universal attack, or invalid images / seed.
+        """
+        self._require_universal("fit()")
+        images = _inputs.check_images(images)
+        seed = _inputs.check_seed(seed)
+        self._probe_model(images, None)
+        report, close = _lazy_progress(progress, "fit %s" % self.config.name)
+        try:
+            v, rate, passes, count = self.spec.fit_fn(
+                self.model_fn, images, eps=_utils.to_unit_scale(self.config.eps),
+                norm=self.config.norm, seed=seed, progress=report, **dict(self.config.params))
+        finally:
+            close()
+        self.perturbation = UniversalPerturbation(
+            v=np.asarray(v, np.float32), fooling_rate=float(rate), passes=int(passes),
+            n_images=int(count), norm=self.config.norm, eps=self.config.eps)
+        return self.perturbation
+
+    def set_perturbation(self, v):
+        """Use a precomputed universal perturbation; returns the stored record.
+
+        Args:
+            v: array ``[H, W, 3]`` in ``[0, 1]`` pixel units, inside the attack's ball, or a
+                :class:`UniversalPerturbation` (its ``v`` is used).
+
+        Raises:
+            ValueError: not a universal attack; wrong shape; NaN/inf; outside the eps-ball.
+        """
+        self._require_universal("set_perturbation()")
+        if isinstance(v, UniversalPerturbation):
+            v = v.v
+        v = _inputs.check_perturbation(v, self.config.norm,
+                                       _utils.to_unit_scale(self.config.eps))
+        self.perturbation = UniversalPerturbation(
+            v=v, fooling_rate=float("nan"), passes=0, n_images=0, norm=self.config.norm,
+            eps=self.config.eps)
+        return self.perturbation
 
     def attack_batch(self, x, y=None, seed=0, batch_index=0):
         """Attack one batch; returns ``x_adv`` float32 ``[B, H, W, 3]`` (numpy).
 
         ``x``: float32 ``[B, H, W, 3]`` in ``[0, 1]``; ``y``: int ``[B]`` or None (attack the
-        model's own predictions).  ``(seed, batch_index)`` keys the random start.
+        model's own predictions).  ``(seed, batch_index)`` keys the random start and, for a
+        targeted run, the random targets (``ga_targets(y, num_classes, (seed, batch_index))``).
         """
         x = _inputs.check_images(x)
         y = _inputs.check_labels(y, x.shape[0])
@@ -154,9 +292,13 @@ class CompiledAttack:
             labels: int ``[N]`` true labels, or None to attack the model's clean predictions.
             batch_size: images per compiled call.
             seed: non-negative int; batch ``i`` uses the stateless seed ``(seed, i)``, so a
-                result is reproducible for the same seed and batch size.
+                result is reproducible for the same seed and batch size (random starts and
+                the targets of a targeted run are drawn from it).
             progress: None/False (silent), True (tqdm bar) or a callable ``(done, total)``
                 called after each batch with image counts.
+
+        A universal attack applies its stored perturbation (``clip(x + v)``); without one
+        (see :meth:`fit`, :meth:`set_perturbation`) it raises ValueError, unless ``eps = 0``.
         """
         images = _inputs.check_images(images)
         labels = _inputs.check_labels(labels, images.shape[0])
@@ -167,21 +309,25 @@ class CompiledAttack:
         start = time.perf_counter()
         parts = _run_batches(self, images, attacked, batch_size, seed, progress)
         seconds = time.perf_counter() - start
-        x_adv, pred_clean, pred_adv = (np.concatenate(p) for p in zip(*parts))
+        x_adv, pred_clean, pred_adv, targets = (np.concatenate(p) for p in zip(*parts))
         used = pred_clean.astype(np.int64) if labels is None else labels
-        return AttackResult(x_adv=x_adv.astype(np.float32, copy=False),
-                            success=pred_adv != used, pred_clean=pred_clean.astype(np.int64),
-                            pred_adv=pred_adv.astype(np.int64), labels=used,
-                            config=self.config, seconds=seconds)
+        result = AttackResult(x_adv=x_adv.astype(np.float32, copy=False),
+                              success=pred_adv != used, pred_clean=pred_clean.astype(np.int64),
+                              pred_adv=pred_adv.astype(np.int64), labels=used,
+                              config=self.config, seconds=seconds,
+                              targets=targets.astype(np.int64))
+        if dict(self.config.params).get("targeted", False):      # not ga: see AttackResult
+            result.success = result.pred_adv == result.targets
+        return result
 
 
-def _progress_reporter(progress, total):
+def _progress_reporter(progress, total, desc="attack"):
     """Turn the ``progress`` argument into ``(update(n_done), close())`` callables."""
     if progress is None or progress is False:
         return (lambda done: None), (lambda: None)
     if progress is True:
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="img", desc="attack", disable=None)
+        bar = tqdm(total=total, unit="img", desc=desc, disable=None)
         state = {"done": 0}
 
         def update(done):
@@ -190,6 +336,25 @@ def _progress_reporter(progress, total):
         return update, bar.close
     if callable(progress):
         return (lambda done: progress(done, total)), (lambda: None)
+    raise ValueError("progress must be None, a bool or a callable (done, total), got %r"
+                     % (progress,))
+
+
+def _lazy_progress(progress, desc):
+    """Turn ``progress`` into ``(report(done, total) or None, close())`` when the total is only
+    known to the callee (a fit); True opens a tqdm bar on the first report."""
+    if progress is None or progress is False:
+        return None, (lambda: None)
+    if progress is True:
+        state = {}
+
+        def report(done, total):
+            if "update" not in state:
+                state["update"], state["close"] = _progress_reporter(True, total, desc)
+            state["update"](done)
+        return report, (lambda: state["close"]() if "close" in state else None)
+    if callable(progress):
+        return progress, (lambda: None)
     raise ValueError("progress must be None, a bool or a callable (done, total), got %r"
                      % (progress,))
 
@@ -219,7 +384,10 @@ def compile_attack(model_fn, name, eps=None, *, steps=None, step_size=None, **pa
         eps: budget on the 0-255 scale, for L2 too (``eps=300`` is an L2 radius of 300/255);
             None: the attack's default.  ``eps=0`` returns the images unchanged.
         steps, step_size: overrides (``step_size`` on the 0-255 scale).
-        **params: attack-specific parameters (see :data:`attacks.ATTACKS` ``extra_defaults``).
+        **params: attack-specific parameters (see :data:`attacks.ATTACKS` ``extra_defaults``),
+            and ``targeted=True`` for the attacks with a targeted variant (``pgd_linf``,
+            ``pgd_l2``, ``mia_linf``, ``mia_l2``, ``bim``, ``bim_l2``, ``cw_l2``): a random
+            target ``!= label`` per image, reported in ``AttackResult.targets``.
 
     Raises:
         ValueError: unknown name, eps < 0, step_size > eps, unknown parameter, ...
@@ -229,12 +397,18 @@ def compile_attack(model_fn, name, eps=None, *, steps=None, step_size=None, **pa
 
 
 def run_attack(model_fn, images, labels, name, eps=None, *, steps=None, step_size=None,
-               batch_size=32, seed=0, progress=None, **params):
+               batch_size=32, seed=0, progress=None, fit_images=None, **params):
     """Run attack ``name`` on ``images`` against ``model_fn``; returns an :class:`AttackResult`.
 
     Shorthand for ``compile_attack(model_fn, name, eps, ...).run(images, labels, ...)``; see
     :func:`compile_attack` for the attack parameters and :meth:`CompiledAttack.run` for
-    ``labels``, ``batch_size``, ``seed`` and ``progress``.
+    ``labels``, ``batch_size``, ``seed`` and ``progress``.  A universal attack (``uap``,
+    ``uap_l2``) is first fitted on ``fit_images`` (float ``[M, H, W, 3]`` in ``[0, 1]``, e.g.
+    training images) with the same ``seed`` and ``progress``; ``fit_images`` is an error for
+    the other attacks.
     """
     compiled = compile_attack(model_fn, name, eps, steps=steps, step_size=step_size, **params)
+    if fit_images is not None:
+        compiled._require_universal("fit_images=...")
+        compiled.fit(fit_images, seed=seed, progress=progress)
     return compiled.run(images, labels, batch_size=batch_size, seed=seed, progress=progress)

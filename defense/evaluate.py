@@ -1,41 +1,54 @@
-"""The paper's evaluation of UnMask for one (class set, architecture): Table IV, Fig. 4, Fig. 5.
+"""The bench: every defense on the same images and the same attack vectors, for one (class set,
+architecture) -- the paper's Table IV, Fig. 4, Fig. 5 and the defense comparison.
 
-Steps (each resumable): load the class set's images; train or load M (and the AT baseline when
-asked); choose the extractor (K, or the ground-truth *oracle*, the ceiling of a perfect K);
-choose the detection threshold on validation images for a target false-positive rate; run
-each attack vector on the test images; apply Algorithm 1 to benign and attacked images; write
-``results/<code>/<arch>/`` (metrics.json, table_iv.md, roc.png/pdf, fig4.png/pdf,
-summary.txt).
+Steps (each resumable): load the class set's images; train or load M (and the AT model when
+``at`` is among the defenses); fit every defense (UnMask: extractor and threshold on validation
+images; PCA on training images; noise: its amplitude on validation images); run each attack
+vector once per attacked model on the test images; ask every defense about the benign and the
+attacked images; write ``results/<code>/<arch>/`` (metrics.json, table_iv.md, table_iii.md,
+bench.md/.csv, bench.png/pdf, roc.png/pdf, fig4.png/pdf, summary.txt).
 
-Threat model (paper): gray-box -- the attacks see M (and AT sees its own attacks), never K.
-The per-vector outcome (M's and AT's predictions, extracted part sets) is saved in
-``vectors/`` as soon as a vector is done, with a fingerprint of everything it depends on, so
-an interrupted run resumes from the vectors already saved and a changed setting recomputes.
+Threat model (paper): gray-box -- an attack sees the classifier (M, or the AT model for AT),
+never the defense around it; every result row says so in its ``threat_model`` field.
+
+Caches in ``<out>/vectors/`` (each written atomically with a fingerprint of everything it
+depends on; reused only when the fingerprint matches, so a changed setting recomputes and an
+interrupted run resumes):
+
+* ``attacks/<model>/<split>-<attack>_<eps>.npz`` -- attacked images, clean and adversarial
+  predictions of the attacked model (a universal perturbation is fitted once on the training
+  images and kept beside it as ``...-<attack>_<eps>.fit.npz``);
+* ``defenses/<defense>/<image set>.json`` -- a defense's observation of an image set (M's labels,
+  K's part sets, labels after a transform, ...).  Adding a defense to a finished run computes
+  only its observations; no attack runs again.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import re
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 import tfcompat
-from attacks import PAPER_ATTACK_VECTORS, resolve_config, run_attack
+from attacks import PAPER_ATTACK_VECTORS, compile_attack, get_attack, resolve_config, run_attack
 from data.classset import load_split
-from data.fileio import read_json, write_json_atomic
-from data.knowledge import CLASS_PARTS, ClassSet
+from data.fileio import atomic_path, read_json, write_json_atomic
+from data.knowledge import ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
+from defense.base import (GRAY_BOX, REJECTED, Defense, FitContext, ImageSet,
+                          model_predictions)
+from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.extractors import OracleExtractor
-from defense.metrics import attack_summary, benign_summary
-from defense.thresholds import choose_threshold
-from defense.unmask import UnMask
+from defense.metrics import accuracy, detection_set, evaluate_detection
 from models import DEFAULT_ARCH
 from models.classifier import build_classifier
-from models.train_classifier import TrainConfig, predict_labels, train_classifier
+from models.train_classifier import TrainConfig, train_classifier
 from mrcnn_config import get_config
 
 tf, keras = tfcompat.import_tf()
@@ -60,12 +73,22 @@ class EvalConfig:
     target_fpr: float = 0.1
     mode: str = "flagged"
     vectors: Sequence[Tuple[str, float]] = tuple(PAPER_ATTACK_VECTORS)
+    defenses: Optional[Sequence[str]] = None   # None: none, unmask (+ at with adv_train)
     n_test: Optional[int] = None
     attack_batch: int = 50
     seed: int = 0
     results_dir: str = "results"
     checkpoint_dir: str = "checkpoints"
     progress: bool = True
+
+    def __post_init__(self):
+        if self.defenses is None:
+            self.defenses = tuple(DEFAULT_DEFENSES) + (("at",) if self.adv_train else ())
+        self.defenses = tuple(self.defenses)
+        if "at" in self.defenses:
+            self.adv_train = True
+        elif self.adv_train:
+            self.defenses = self.defenses + ("at",)
 
     @property
     def out_dir(self) -> str:
@@ -151,21 +174,17 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-#: Bumped when the content or meaning of a saved vector changes, so old records are recomputed
-#: (2: K's part sets of attacked images no longer come from a key-only cache).
-RECORD_VERSION = 2
+#: Bumped when the content or meaning of a saved record changes, so old records are recomputed
+#: (3: one record per attacked model with its images; observations per defense).
+RECORD_VERSION = 3
 
 
-def fingerprint(cfg: EvalConfig, kind: str, data: Dict, extractor=None) -> Dict:
-    """Everything a saved vector depends on; a saved vector is reused only if it matches."""
-    k_ckpt = getattr(extractor, "checkpoint", None) if kind == "k" else None
+def fingerprint(cfg: EvalConfig, data: Dict) -> Dict:
+    """What every saved record of this run depends on (M's weights, the test images, ...)."""
     return {"version": RECORD_VERSION, "class_set": cfg.class_set.code_name, "arch": cfg.arch,
-            "size": cfg.input_size, "seed": cfg.seed, "extractor": kind,
-            "k": _file_digest(k_ckpt) if k_ckpt else None, "test_keys": hashlib.sha1(
+            "size": cfg.input_size, "seed": cfg.seed, "test_keys": hashlib.sha1(
                 "\n".join(data["splits"]["test"].keys).encode()).hexdigest()[:16],
-            "m": _file_digest(os.path.join(cfg.m_dir, "best.h5")),
-            "at": (_file_digest(os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps),
-                                             "best.h5")) if cfg.adv_train else None)}
+            "m": _file_digest(os.path.join(cfg.m_dir, "best.h5"))}
 
 
 def vector_fingerprint(cfg: EvalConfig, fp: Dict, name: str, eps: float) -> Dict:
@@ -176,111 +195,285 @@ def vector_fingerprint(cfg: EvalConfig, fp: Dict, name: str, eps: float) -> Dict
                 attack_batch=cfg.attack_batch)
 
 
-def _cached(path: str, fp: Dict) -> Optional[Dict]:
-    if os.path.isfile(path):
-        rec = read_json(path)
-        if rec.get("fingerprint") == fp:
-            return rec
-    return None
+def _safe(text: str) -> str:
+    """A file-name-safe version of a label (``downsample:0.75`` -> ``downsample-0.75``)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
 
 
-def _parts_json(sets: List[frozenset]) -> List[List[str]]:
-    return [sorted(s) for s in sets]
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
 
 
-def benign_record(cfg, unmask_val, unmask_test, at, data, fp, log) -> Dict:
-    """M/AT predictions and parts of the benign validation and test images (cached)."""
-    path = os.path.join(cfg.out_dir, "vectors", "benign.json")
-    rec = _cached(path, fp)
-    if rec is None:
-        rec = {"fingerprint": fp}
-        for split, um in (("val", unmask_val), ("test", unmask_test)):
-            x = data["x_" + split].astype(np.float32) / 255.0
-            rec[split] = {"pred": um.predict(x).tolist(), "parts": _parts_json(
-                um.extract(x, keys=data["splits"][split].keys))}
-        rec["test"]["at_pred"] = (predict_labels(at, data["x_test"]).tolist()
-                                  if at is not None else None)
-        write_json_atomic(path, rec)
-    else:
-        log("benign predictions: reusing %s" % path)
-    return rec
+# ----------------------------------------------------------------------------- the bench
 
+class Bench:
+    """Image sets, attack records and defense observations of one run, computed once and
+    cached (in memory and on disk)."""
 
-def vector_record(cfg, name, eps, m, at, unmask_test, data, fp, log) -> Dict:
-    """Attack M (and AT) with one vector; M's/AT's predictions and K's parts (cached)."""
-    path = os.path.join(cfg.out_dir, "vectors", "%s_%g.json" % (name, eps))
-    vfp = vector_fingerprint(cfg, fp, name, eps)
-    rec = _cached(path, vfp)
-    if rec is not None:
-        log("%s eps=%g: reusing %s" % (name, eps, path))
+    def __init__(self, cfg: EvalConfig, data: Dict, models: Dict, log: Callable):
+        self.cfg = cfg
+        self.data = data
+        self.models = models
+        self.log = log
+        self.fp = fingerprint(cfg, data)
+        self.digests = {"m": self.fp["m"]}
+        if "at" in models:
+            self.digests["at"] = _file_digest(
+                os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5"))
+        self.vectors_dir = os.path.join(cfg.out_dir, "vectors")
+        self.attack_info: Dict[str, Dict] = {}
+        self._sets: Dict[Tuple, ImageSet] = {}
+        self._obs: Dict[Tuple, Dict] = {}
+
+    # ---------------------------------------------------------------- image sets
+    def images(self, split: str) -> ImageSet:
+        """Benign images of ``split``; M's (and AT's) predictions are computed once."""
+        key = ("benign", split)
+        if key not in self._sets:
+            x = self.data["x_" + split].astype(np.float32) / 255.0
+            preds = {}
+            if split != "train":
+                preds = {m: model_predictions(model, x, 32 if m == "m" else 128)
+                         for m, model in self.models.items()}
+            self._sets[key] = ImageSet(
+                name="benign-" + split, split=split, x=x,
+                keys=list(self.data["splits"][split].keys), labels=self.data["y_" + split],
+                preds=preds, fingerprint=dict(self.fp, images="benign", split=split))
+        return self._sets[key]
+
+    def attacked(self, model: str, name: str, eps: float, split: str = "test") -> ImageSet:
+        """``split``'s images attacked on ``model`` by ``name`` at ``eps`` (cached npz)."""
+        key = (model, name, float(eps), split)
+        if key in self._sets:
+            return self._sets[key]
+        benign = self.images(split)
+        vfp = vector_fingerprint(self.cfg, dict(self.fp, model=model,
+                                                model_digest=self.digests[model], split=split),
+                                 name, eps)
+        path = os.path.join(self.vectors_dir, "attacks", model,
+                            "%s-%s_%g.npz" % (split, name, eps))
+        rec = _read_npz(path, vfp)
+        if rec is None:
+            rec = self._run_attack(model, name, eps, benign, vfp, path)
+        else:
+            self.log("%s on %s, eps=%g (%s): reusing %s" % (name, model, eps, split, path))
+        if get_attack(name).universal:
+            self.attack_info["%s_%g" % (name, eps)] = json.loads(str(rec["fit_info"]))
+        self._sets[key] = ImageSet(
+            name="%s/%s-%s_%g" % (model, split, name, eps), split=split, x=rec["x_adv"],
+            keys=benign.keys, labels=benign.labels, preds={model: rec["pred_adv"]},
+            fingerprint=vfp)
+        return self._sets[key]
+
+    def _run_attack(self, model, name, eps, benign, vfp, path) -> Dict:
+        start = time.time()
+        kw = dict(eps=eps, batch_size=self.cfg.attack_batch, seed=self.cfg.seed,
+                  progress=self.cfg.progress)
+        fit_info = "null"
+        if get_attack(name).universal:
+            compiled = compile_attack(self.models[model], name, eps)
+            uap = self._universal_perturbation(model, name, eps, compiled, vfp, path)
+            fit_info = json.dumps(uap)
+            res = compiled.run(benign.x, benign.labels, batch_size=kw["batch_size"],
+                               seed=kw["seed"], progress=kw["progress"])
+        else:
+            res = run_attack(self.models[model], benign.x, benign.labels, name, **kw)
+        rec = {"x_adv": res.x_adv, "pred_adv": res.pred_adv, "pred_clean": res.pred_clean,
+               "fingerprint": _canonical(vfp), "fit_info": fit_info,
+               "seconds": round(time.time() - start, 1)}
+        _write_npz(path, rec)
+        self.log("%s on %s, eps=%g (%s): accuracy %.3f (%.0f s)" % (
+            name, model, eps, benign.split, res.adv_accuracy, rec["seconds"]))
         return rec
-    x = data["x_test"].astype(np.float32) / 255.0
-    y = data["y_test"]
-    start = time.time()
-    res = run_attack(m, x, y, name, eps=eps, batch_size=cfg.attack_batch, seed=cfg.seed,
-                     progress=cfg.progress)
-    parts = unmask_test.extract(res.x_adv, keys=data["splits"]["test"].keys)
-    at_pred = None
-    if at is not None:
-        at_pred = run_attack(at, x, y, name, eps=eps, batch_size=cfg.attack_batch,
-                             seed=cfg.seed, progress=cfg.progress).pred_adv.tolist()
-    rec = {"fingerprint": vfp, "pred_adv": res.pred_adv.tolist(),
-           "parts": _parts_json(parts), "at_pred": at_pred,
-           "seconds": round(time.time() - start, 1)}
-    write_json_atomic(path, rec)
-    log("%s eps=%g: M accuracy %.3f (%.0f s)" % (name, eps, res.adv_accuracy, rec["seconds"]))
-    return rec
+
+    def _universal_perturbation(self, model, name, eps, compiled, vfp, path) -> Dict:
+        """Fit (or reload) a universal perturbation on the training images; returns its info
+        and leaves it set in ``compiled``."""
+        fit_path = path[:-len(".npz")] + ".fit.npz"
+        rec = _read_npz(fit_path, vfp)
+        if rec is not None:
+            compiled.set_perturbation(rec["v"])
+            return json.loads(str(rec["info"]))
+        info = compiled.fit(self.images("train").x, seed=self.cfg.seed,
+                            progress=self.cfg.progress)
+        out = {"fooling_rate": float(info.fooling_rate), "passes": int(info.passes),
+               "n_images": int(info.n_images), "split": "train"}
+        _write_npz(fit_path, {"v": np.asarray(info.v, np.float32), "info": json.dumps(out),
+                              "fingerprint": _canonical(vfp)})
+        self.log("%s eps=%g: universal perturbation fooling rate %.3f on %d training images "
+                 "(%d passes)" % (name, eps, out["fooling_rate"], out["n_images"],
+                                  out["passes"]))
+        return out
+
+    # ---------------------------------------------------------------- observations
+    def observe(self, defense: Defense, images: ImageSet) -> Dict[str, List]:
+        """``defense.observe(images)``, cached under both fingerprints."""
+        fp = {"images": images.fingerprint, "defense": defense.fingerprint()}
+        key = (defense.label, images.name)
+        cached = self._obs.get(key)
+        if cached is not None and cached[0] == _canonical(fp):
+            return cached[1]
+        path = os.path.join(self.vectors_dir, "defenses", _safe(defense.label),
+                            _safe(images.name.replace("/", "__")) + ".json")
+        obs = None
+        if os.path.isfile(path):
+            rec = read_json(path)
+            if isinstance(rec, dict) and rec.get("fingerprint") == json.loads(_canonical(fp)):
+                obs = rec.get("observation")
+        if obs is None:
+            obs = defense.observe(images)
+            write_json_atomic(path, {"fingerprint": fp, "observation": obs})
+        self._obs[key] = (_canonical(fp), obs)
+        return obs
+
+    def fit_context(self, make_extractors_fn: Callable) -> FitContext:
+        cfg = self.cfg
+        return FitContext(
+            models=self.models, class_set=cfg.class_set, seed=cfg.seed,
+            target_fpr=cfg.target_fpr, threshold=cfg.threshold, log=self.log,
+            images=self.images, attacked=self.attacked, observe=self.observe,
+            settings={"mode": cfg.mode, "extractors": make_extractors_fn, "arch": cfg.arch,
+                      "m_dir": cfg.m_dir, "m_digest": self.fp["m"],
+                      "at": ({"eps": cfg.at_eps, "checkpoint_digest": self.digests.get("at")}
+                             if "at" in self.models else {})})
+
+
+def _read_npz(path: str, fp: Dict) -> Optional[Dict]:
+    """The arrays of a saved record when its fingerprint matches ``fp``, else None."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if json.loads(str(f["fingerprint"])) != json.loads(_canonical(fp)):
+                return None
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError("saved record %s is damaged (%s); delete it and run again to "
+                         "recompute it" % (path, e)) from None
+
+
+def _write_npz(path: str, arrays: Dict) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+# ----------------------------------------------------------------------------- results
+
+def _robustness(adv: Optional[float], clean: Optional[float]) -> Optional[float]:
+    """Seed 004's robustness: accuracy under attack / clean accuracy (None when clean is 0)."""
+    if adv is None or not clean:
+        return None
+    return float(adv) / float(clean)
+
+
+def _defended(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of attacked images the attack did not get through: classified right *or*
+    rejected (-1) -- a detector that flags an adversarial image has stopped it."""
+    pred = np.asarray(pred)
+    return float(np.mean((pred == labels) | (pred == REJECTED)))
+
+
+def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
+    """One defense's block of ``metrics.json`` plus its ROC data per vector."""
+    benign = bench.images("test")
+    y = benign.labels
+    model = defense.attacked_model()
+    b_out = defense.decide(bench.observe(defense, benign))
+    clean = accuracy(b_out.pred, y)
+    rows, curves = [], {}
+    for name, eps in vectors:
+        adv = bench.attacked(model, name, eps, "test")
+        a_out = defense.decide(bench.observe(defense, adv))
+        acc = accuracy(a_out.pred, y)
+        row = {"attack": name, "eps": report.eps_value(eps), "threat_model": GRAY_BOX,
+               "acc": acc, "defended": _defended(a_out.pred, y),
+               "robustness": _robustness(acc, clean), "auc": None, "tpr": None, "fpr": None}
+        ds = detection_set(b_out.score if defense.detector else np.zeros(len(y)),
+                           a_out.score if defense.detector else np.zeros(len(y)), y,
+                           benign.preds[model], adv.preds[model])
+        row.update(n_attacked=ds.n_attacked, n_successful=ds.n_successful)
+        if defense.detector:
+            det = evaluate_detection(ds, defense.threshold)
+            row.update(auc=det.auc, tpr=det.tpr, fpr=det.fpr)
+            if ds.n_successful:
+                curves[report.attack_label(name, eps)] = report.roc_curve_for(
+                    defense.label, ds.labels, ds.scores)
+        rows.append(row)
+    block = {"kind": "detector" if defense.detector else "classifier",
+             "attacked_model": model, "params": defense.params(),
+             "benign": {"acc": clean}, "attacks": rows}
+    return {"block": block, "curves": curves, "benign_pred": b_out.pred}
+
+
+def table_iv_fields(bench: Bench, results: Dict[str, Dict], vectors) -> Tuple[Dict, List]:
+    """The paper's Table IV fields (None / AT / UM) from the defenses' results."""
+    y = bench.images("test").labels
+
+    def acc_of(label, i=None):
+        if label not in results:
+            return None
+        block = results[label]["block"]
+        return block["benign"]["acc"] if i is None else block["attacks"][i]["acc"]
+
+    benign = {"acc_none": accuracy(bench.images("test").preds["m"], y),
+              "acc_at": acc_of("at"), "acc_um": acc_of("unmask")}
+    entries = []
+    for i, (name, eps) in enumerate(vectors):
+        adv = bench.attacked("m", name, eps, "test")
+        ds = detection_set(np.zeros(len(y)), np.zeros(len(y)), y,
+                           bench.images("test").preds["m"], adv.preds["m"])
+        um = results["unmask"]["block"]["attacks"][i] if "unmask" in results else {}
+        entries.append(report.attack_entry(
+            name, eps, acc_none=accuracy(adv.preds["m"], y), acc_at=acc_of("at", i),
+            acc_um=um.get("acc"), auc=um.get("auc"), tpr=um.get("tpr"), fpr=um.get("fpr"),
+            n_attacked=ds.n_attacked, n_successful=ds.n_successful))
+    return benign, entries
 
 
 # ----------------------------------------------------------------------------- run
 
 def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
-    """Run the whole evaluation; returns the metrics (also written to ``cfg.out_dir``)."""
+    """Run the whole bench; returns the metrics (also written to ``cfg.out_dir``)."""
     start = time.time()
     tf.random.set_seed(cfg.seed)
+    defenses = [build_defense(label) for label in cfg.defenses]
     data = load_data(cfg, log)
     m, at = get_models(cfg, data, log)
-    kind, ex_val, ex_test = make_extractors(cfg, data, log)
-    cs = cfg.class_set
-    um = {split: UnMask(m, ex, CLASS_PARTS, cs.classes, threshold=0.5, mode=cfg.mode)
-          for split, ex in (("val", ex_val), ("test", ex_test))}
-    fp = fingerprint(cfg, kind, data, ex_test)
-    benign = benign_record(cfg, um["val"], um["test"], at, data, fp, log)
-    threshold = _threshold(cfg, um["val"], benign["val"], log)
-    decide = UnMask(m, ex_test, CLASS_PARTS, cs.classes, threshold, mode=cfg.mode).decide
-    y = data["y_test"]
-    benign_res = decide(benign["test"]["pred"], benign["test"]["parts"])
-    entries, curves = [], {}
-    for name, eps in cfg.vectors:
-        rec = vector_record(cfg, name, eps, m, at, um["test"], data, fp, log)
-        adv_res = decide(rec["pred_adv"], rec["parts"])
-        summ = attack_summary(y, benign_res, adv_res, at_pred=rec["at_pred"])
-        entries.append(report.attack_entry(name, eps, **summ))
-        if summ["n_successful"]:
-            curves[report.attack_label(name, eps)] = _roc(name, eps, y, benign_res, adv_res)
-    metrics = report.make_metrics(cs.code_name, cfg.arch, kind, threshold, cfg.mode, cfg.seed,
-                                  benign_summary(y, benign_res, benign["test"]["at_pred"]),
-                                  entries)
+    models = {"m": m}
+    if at is not None:
+        models["at"] = at
+    bench = Bench(cfg, data, models, log)
+    extractor_kind = {}
+
+    def extractors():
+        kind, ex_val, ex_test = make_extractors(cfg, data, log)
+        k_ckpt = getattr(ex_test, "checkpoint", None) if kind == "k" else None
+        extractor_kind["kind"] = kind
+        return kind, ex_val, ex_test, (_file_digest(k_ckpt) if k_ckpt else None)
+
+    ctx = bench.fit_context(extractors)
+    for d in defenses:
+        d.fit(ctx)
+        log("defense %s: %s" % (d.label, _short_params(d.params())))
+    vectors = list(cfg.vectors)
+    results = {d.label: defense_results(bench, d, vectors) for d in defenses}
+    benign, entries = table_iv_fields(bench, results, vectors)
+    um = results.get("unmask", {}).get("block", {}).get("params", {})
+    metrics = report.make_metrics(
+        cfg.class_set.code_name, cfg.arch, extractor_kind.get("kind"), um.get("threshold"),
+        um.get("mode", cfg.mode), cfg.seed, benign, entries,
+        defenses={label: r["block"] for label, r in results.items()},
+        attack_info=bench.attack_info or None)
+    curves: Dict[str, List] = {}
+    for r in results.values():
+        for vector, curve in r["curves"].items():
+            curves.setdefault(vector, []).append(curve)
     paths = report.write_report(cfg.out_dir, metrics, roc_curves=curves)
     log(report.summary_text(metrics))
     log("wrote %s (%.0f s)" % (", ".join(sorted(paths.values())), time.time() - start))
     return metrics
 
 
-def _threshold(cfg: EvalConfig, um_val: UnMask, val: Dict, log: Callable) -> float:
-    if cfg.threshold is not None:
-        log("threshold t = %.3f (given)" % cfg.threshold)
-        return float(cfg.threshold)
-    d = um_val.decide(val["pred"], val["parts"]).distances
-    choice = choose_threshold(d, cfg.target_fpr)
-    log("threshold t = %.3f chosen on %d validation images for FPR <= %.2f (validation FPR "
-        "%.3f)" % (choice.threshold, len(d), cfg.target_fpr, choice.fpr))
-    return float(choice.threshold)
-
-
-def _roc(name, eps, y, benign_res, adv_res):
-    from defense.metrics import detection_set
-
-    ds = detection_set(benign_res.distances, adv_res.distances, y, benign_res.preds,
-                       adv_res.preds)
-    return report.roc_curve_for(report.attack_label(name, eps), ds.labels, ds.scores)
+def _short_params(params: Dict) -> str:
+    return ", ".join("%s=%s" % (k, v) for k, v in params.items() if k != "grid") or "-"

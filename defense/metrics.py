@@ -1,9 +1,9 @@
-"""Detection and defense metrics of UnMask (numpy only).
+"""Detection and defense metrics of UnMask and the other defenses.
 
-* ROC / AUC over a score where higher = more adversarial (UnMask's distance d), with the same
-  tie handling as ``sklearn.metrics.roc_curve`` / ``roc_auc_score``: images with equal scores
-  enter the curve together (one point per distinct score), so a tie between a positive and a
-  negative contributes a diagonal segment, i.e. half credit, to the AUC.
+* ROC / AUC over a score where higher = more adversarial (UnMask's distance d), computed by
+  scikit-learn (``roc_curve``, ``auc``, ``roc_auc_score``): images with equal scores enter the
+  curve together (one point per distinct score), so a tie between a positive and a negative
+  contributes a diagonal segment, i.e. half credit, to the AUC.
 * Rates at a threshold use Algorithm 1's rule: ``score >= t`` is positive (flagged).
 * Accuracies count the "no class" answer (-1) as wrong.
 * Detection set-up at contamination 0.5 (paper §IV-B): the successfully attacked images
@@ -45,55 +45,49 @@ def _check_both_classes(y: np.ndarray) -> None:
 
 def roc_curve(labels: Any, scores: Any, drop_intermediate: bool = True
               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC curve: ``(fpr, tpr, thresholds)``, float64 arrays of equal length.
+    """ROC curve: ``(fpr, tpr, thresholds)``, float64 arrays of equal length
+    (``sklearn.metrics.roc_curve`` with 1 = adversarial).
 
     ``thresholds`` are decreasing: the first is +inf (nothing flagged, point (0, 0)), then each
     distinct score; point i is the rates of the rule ``score >= thresholds[i]``.  With
     ``drop_intermediate`` the points lying on a straight segment between their neighbours are
-    removed (same as scikit-learn).  Raises ValueError when only one label is present (where
-    scikit-learn warns and returns NaN).
+    removed.  Raises ValueError when only one label is present (where scikit-learn warns and
+    returns NaN).
     """
+    from sklearn import metrics as skm
+
     y = _binary_labels(labels)
     s = _scores_like(scores, y.size)
     _check_both_classes(y)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    # Last index of each run of equal scores: every image with that score is flagged at once.
-    ends = np.append(np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), y.size - 1)
-    tps = np.cumsum(y_sorted)[ends].astype(np.float64)
-    fps = (ends + 1) - tps
-    thresholds = s_sorted[ends]
-    if drop_intermediate and tps.size > 2:
-        bend = np.logical_or(np.diff(fps, 2) != 0, np.diff(tps, 2) != 0)
-        keep = np.concatenate([[True], bend, [True]])
-        tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
-    tps = np.concatenate([[0.0], tps])
-    fps = np.concatenate([[0.0], fps])
-    thresholds = np.concatenate([[np.inf], thresholds])
-    return fps / fps[-1], tps / tps[-1], thresholds
+    fpr, tpr, thresholds = skm.roc_curve(y, s, drop_intermediate=drop_intermediate)
+    return (fpr.astype(np.float64), tpr.astype(np.float64),
+            thresholds.astype(np.float64))
 
 
 def auc(x: Any, y: Any) -> float:
-    """Area under a curve by the trapezoidal rule; ``x`` must be monotonic."""
+    """Area under a curve by the trapezoidal rule (``sklearn.metrics.auc``); ``x`` must be
+    monotonic."""
+    from sklearn import metrics as skm
+
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1 or x.size < 2:
         raise ValueError("auc needs two 1-D arrays of equal length >= 2, got %s and %s"
                          % (x.shape, y.shape))
     dx = np.diff(x)
-    if np.all(dx >= 0):
-        sign = 1.0
-    elif np.all(dx <= 0):
-        sign = -1.0
-    else:
+    if not (np.all(dx >= 0) or np.all(dx <= 0)):
         raise ValueError("auc: x is neither increasing nor decreasing")
-    return float(sign * np.sum(dx * (y[1:] + y[:-1]) / 2.0))
+    return float(skm.auc(x, y))
 
 
 def roc_auc(labels: Any, scores: Any) -> float:
-    """Area under the ROC curve (equals ``sklearn.metrics.roc_auc_score``)."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return auc(fpr, tpr)
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``)."""
+    from sklearn import metrics as skm
+
+    y = _binary_labels(labels)
+    s = _scores_like(scores, y.size)
+    _check_both_classes(y)
+    return float(skm.roc_auc_score(y, s))
 
 
 def rates_at_threshold(labels: Any, scores: Any, threshold: float) -> Tuple[float, float]:

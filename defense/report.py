@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -42,12 +43,18 @@ from defense.metrics import auc, roc_curve
 TOP_KEYS = ("class_set", "arch", "extractor", "threshold", "seed", "versions", "benign",
             "attacks")
 #: Written by this project, optional when reading (a file in the issue's shape has no mode).
-OPTIONAL_TOP_KEYS = ("mode",)
+OPTIONAL_TOP_KEYS = ("mode", "defenses", "attack_info")
 MODE_UNSTATED = "not stated"
 BENIGN_KEYS = ("acc_none", "acc_at", "acc_um")
 ATTACK_KEYS = ("attack", "eps", "acc_none", "acc_at", "acc_um", "auc", "tpr", "fpr",
                "n_attacked", "n_successful")
 EXTRACTORS = ("k", "oracle")
+#: Keys of one defense's block (``defenses.<label>``) and of its per-vector rows.
+DEFENSE_KEYS = ("kind", "attacked_model", "params", "benign", "attacks")
+DEFENSE_ROW_KEYS = ("attack", "eps", "threat_model", "acc", "defended", "robustness", "auc",
+                    "tpr", "fpr", "n_attacked", "n_successful")
+DEFENSE_KINDS = ("classifier", "detector")
+THREAT_MODELS = ("gray-box", "adaptive", "transfer")
 MODES = ("flagged", "all")
 
 #: Attack names used in metrics files and their display labels.
@@ -114,8 +121,10 @@ def _check_top(obj: Dict[str, Any]) -> None:
         _fail("class_set", "must be a class-set code name (%s), got %r"
               % (", ".join(codes), obj["class_set"]))
     _check_str(obj["arch"], "arch")
-    _check_str(obj["extractor"], "extractor", EXTRACTORS)
-    _check_fraction(obj["threshold"], "threshold")
+    has_um = obj["benign"].get("acc_um") is not None if isinstance(obj["benign"], dict) else True
+    if has_um or obj["extractor"] is not None:
+        _check_str(obj["extractor"], "extractor", EXTRACTORS)
+    _check_fraction(obj["threshold"], "threshold", nullable=not has_um)
     if "mode" in obj:
         _check_str(obj["mode"], "mode", MODES)
     if not isinstance(obj["seed"], int) or isinstance(obj["seed"], bool):
@@ -128,28 +137,29 @@ def _check_top(obj: Dict[str, Any]) -> None:
             _fail("versions." + str(name), "must be a version string, got %r" % (v,))
 
 
-def _check_attack(entry: Any, i: int, has_at: bool) -> Tuple[str, float]:
+def _check_attack(entry: Any, i: int, has_at: bool, has_um: bool = True) -> Tuple[str, float]:
     where = "attacks[%d]" % i
     _check_exact_keys(entry, ATTACK_KEYS, where)
     _check_str(entry["attack"], where + ".attack")
     if not _is_number(entry["eps"]) or entry["eps"] <= 0:
         _fail(where + ".eps", "must be a positive number (0-255 scale), got %r" % (entry["eps"],))
-    for k in ("acc_none", "acc_um"):
-        _check_fraction(entry[k], where + "." + k)
-    _check_fraction(entry["acc_at"], where + ".acc_at", nullable=True)
-    if (entry["acc_at"] is None) == has_at:
-        _fail(where + ".acc_at", "must be %s like benign.acc_at"
-              % ("a number" if has_at else "null"))
+    _check_fraction(entry["acc_none"], where + ".acc_none")
+    for k, has in (("acc_at", has_at), ("acc_um", has_um)):
+        _check_fraction(entry[k], where + "." + k, nullable=True)
+        if (entry[k] is None) == has:
+            _fail(where + "." + k, "must be %s like benign.%s" % ("a number" if has else "null",
+                                                                   k))
     _check_count(entry["n_attacked"], where + ".n_attacked")
     _check_count(entry["n_successful"], where + ".n_successful")
     if entry["n_successful"] > entry["n_attacked"]:
         _fail(where + ".n_successful", "exceeds n_attacked (%d > %d)"
               % (entry["n_successful"], entry["n_attacked"]))
-    none_rates = entry["n_successful"] == 0
+    none_rates = entry["n_successful"] == 0 or not has_um
     for k in ("auc", "tpr", "fpr"):
         _check_fraction(entry[k], where + "." + k, nullable=none_rates)
         if none_rates and entry[k] is not None:
-            _fail(where + "." + k, "must be null when n_successful is 0 (no detection set)")
+            _fail(where + "." + k, "must be null when n_successful is 0 (no detection set) "
+                                   "or UnMask was not run")
     return entry["attack"], float(entry["eps"])
 
 
@@ -160,22 +170,69 @@ def validate_metrics(obj: Any) -> Dict[str, Any]:
         ValueError: naming the first bad key (``attacks[2].auc``, ``benign.acc_at``, ...).
     """
     _check_exact_keys(obj, TOP_KEYS, "", OPTIONAL_TOP_KEYS)
-    _check_top(obj)
     _check_exact_keys(obj["benign"], BENIGN_KEYS, "benign")
-    for k in ("acc_none", "acc_um"):
-        _check_fraction(obj["benign"][k], "benign." + k)
-    _check_fraction(obj["benign"]["acc_at"], "benign.acc_at", nullable=True)
+    _check_top(obj)
+    _check_fraction(obj["benign"]["acc_none"], "benign.acc_none")
+    for k in ("acc_at", "acc_um"):
+        _check_fraction(obj["benign"][k], "benign." + k, nullable=True)
     has_at = obj["benign"]["acc_at"] is not None
+    has_um = obj["benign"]["acc_um"] is not None
     if not isinstance(obj["attacks"], list):
         _fail("attacks", "must be a list")
     seen = {}
     for i, entry in enumerate(obj["attacks"]):
-        key = _check_attack(entry, i, has_at)
+        key = _check_attack(entry, i, has_at, has_um)
         if key in seen:
             _fail("attacks[%d]" % i, "repeats attack %r eps %g of attacks[%d]"
                   % (key[0], key[1], seen[key]))
         seen[key] = i
+    if "defenses" in obj:
+        _check_defenses(obj["defenses"], set(seen))
+    if "attack_info" in obj and obj["attack_info"] is not None \
+            and not isinstance(obj["attack_info"], dict):
+        _fail("attack_info", "must be an object (attack_eps -> details) or null")
     return obj
+
+
+def _check_defenses(blocks: Any, vectors: set) -> None:
+    """The ``defenses`` block: label -> {kind, attacked_model, params, benign, attacks}."""
+    if not isinstance(blocks, dict) or not blocks:
+        _fail("defenses", "must be a non-empty object (defense label -> results)")
+    for label, block in blocks.items():
+        where = "defenses.%s" % label
+        _check_exact_keys(block, DEFENSE_KEYS, where)
+        _check_str(block["kind"], where + ".kind", DEFENSE_KINDS)
+        _check_str(block["attacked_model"], where + ".attacked_model")
+        if not isinstance(block["params"], dict):
+            _fail(where + ".params", "must be an object")
+        _check_exact_keys(block["benign"], ("acc",), where + ".benign")
+        _check_fraction(block["benign"]["acc"], where + ".benign.acc")
+        if not isinstance(block["attacks"], list):
+            _fail(where + ".attacks", "must be a list")
+        rows = set()
+        for i, row in enumerate(block["attacks"]):
+            w = "%s.attacks[%d]" % (where, i)
+            _check_exact_keys(row, DEFENSE_ROW_KEYS, w)
+            _check_str(row["threat_model"], w + ".threat_model", THREAT_MODELS)
+            _check_fraction(row["acc"], w + ".acc")
+            _check_fraction(row["defended"], w + ".defended")
+            if row["defended"] + 1e-12 < row["acc"]:
+                _fail(w + ".defended", "cannot be below acc (right answers are defended)")
+            if row["robustness"] is not None and (not _is_number(row["robustness"])
+                                                  or row["robustness"] < 0):
+                _fail(w + ".robustness", "must be a number >= 0 or null")
+            _check_count(row["n_attacked"], w + ".n_attacked")
+            _check_count(row["n_successful"], w + ".n_successful")
+            for k in ("auc", "tpr", "fpr"):
+                _check_fraction(row[k], w + "." + k, nullable=True)
+                if block["kind"] != "detector" and row[k] is not None:
+                    _fail(w + "." + k, "must be null for a defense that is not a detector")
+            key = (row["attack"], float(row["eps"]), row["threat_model"])
+            if key in rows:
+                _fail(w, "repeats attack %r eps %g (%s)" % key)
+            rows.add(key)
+            if key[:2] not in vectors:
+                _fail(w, "attack %r eps %g is not among the run's attacks" % key[:2])
 
 
 def _num(x: Any) -> Any:
@@ -187,12 +244,16 @@ def _num(x: Any) -> Any:
     return float(x)
 
 
+def eps_value(eps: float) -> Any:
+    """``eps`` as written to reports: an int when whole (8, not 8.0)."""
+    return int(eps) if float(eps).is_integer() else float(eps)
+
+
 def attack_entry(attack: str, eps: float, acc_none: float, acc_at: Optional[float],
                  acc_um: float, auc: Optional[float], tpr: Optional[float],
                  fpr: Optional[float], n_attacked: int, n_successful: int) -> Dict[str, Any]:
     """One ``attacks[]`` entry with numpy numbers converted (``eps`` on the 0-255 scale)."""
-    eps_v = int(eps) if float(eps).is_integer() else float(eps)
-    return {"attack": str(attack), "eps": eps_v, "acc_none": _num(acc_none),
+    return {"attack": str(attack), "eps": eps_value(eps), "acc_none": _num(acc_none),
             "acc_at": _num(acc_at), "acc_um": _num(acc_um), "auc": _num(auc),
             "tpr": _num(tpr), "fpr": _num(fpr), "n_attacked": int(n_attacked),
             "n_successful": int(n_successful)}
@@ -210,18 +271,41 @@ def package_versions(names: Iterable[str] = ("numpy", "tensorflow", "tf-keras", 
     return out
 
 
-def make_metrics(class_set: str, arch: str, extractor: str, threshold: float, mode: str,
-                 seed: int, benign: Mapping[str, Optional[float]],
-                 attacks: Sequence[Mapping[str, Any]],
-                 versions: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
-    """Assemble and validate a metrics object (class set names are converted to code names)."""
+def make_metrics(class_set: str, arch: str, extractor: Optional[str],
+                 threshold: Optional[float], mode: str, seed: int,
+                 benign: Mapping[str, Optional[float]], attacks: Sequence[Mapping[str, Any]],
+                 versions: Optional[Mapping[str, str]] = None,
+                 defenses: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 attack_info: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Assemble and validate a metrics object (class set names are converted to code names).
+
+    ``extractor`` and ``threshold`` are UnMask's (None when UnMask was not among the
+    defenses); ``defenses`` holds every defense's results keyed by its label."""
     obj = {"class_set": get_class_set(class_set).code_name, "arch": str(arch),
-           "extractor": str(extractor), "threshold": float(threshold), "mode": str(mode),
+           "extractor": None if extractor is None else str(extractor),
+           "threshold": None if threshold is None else float(threshold), "mode": str(mode),
            "seed": int(seed),
            "versions": dict(package_versions() if versions is None else versions),
            "benign": {k: _num(benign.get(k)) for k in BENIGN_KEYS},
            "attacks": [dict(a) for a in attacks]}
+    if defenses is not None:
+        obj["defenses"] = json.loads(json.dumps(_plain(defenses)))
+    if attack_info is not None:
+        obj["attack_info"] = json.loads(json.dumps(_plain(attack_info)))
     return validate_metrics(obj)
+
+
+def _plain(obj: Any) -> Any:
+    """numpy numbers and arrays inside dicts/lists -> plain Python (JSON-serialisable)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, np.floating)):
+        return _num(obj)
+    return obj
 
 
 def write_metrics(path: str, obj: Mapping[str, Any]) -> str:
@@ -292,9 +376,10 @@ def _caption(rows: Sequence[Mapping[str, Any]]) -> str:
                          % sorted(kinds))
     kind = kinds.pop()
     ext = ("K (Mask R-CNN part detector)" if kind == "k" else
-           "ORACLE (ground-truth parts: a perfect K, the ceiling of UnMask, not a K result)")
+           "ORACLE (ground-truth parts: a perfect K, the ceiling of UnMask, not a K result)"
+           if kind == "oracle" else "none (UnMask not run)")
     modes = sorted({m.get("mode", MODE_UNSTATED) for m in rows})
-    ts = sorted({float(m["threshold"]) for m in rows})
+    ts = sorted({float(m["threshold"]) for m in rows if m["threshold"] is not None})
     return ("Table IV (reproduction). Accuracy (fraction) with no defense (None), adversarial "
             "training (AT) and UnMask (UM) at contamination 1. Extractor: %s. Rectification "
             "mode: %s. Threshold t: %s. %s = not available (no AT model or attack not run)."
@@ -460,15 +545,17 @@ def fig4_figure(groups: Mapping[str, Mapping[str, Optional[float]]],
 
 
 def _extractor_tag(m: Mapping[str, Any]) -> str:
+    if m["extractor"] is None:
+        return "no UnMask"
     return "oracle extractor (ceiling)" if m["extractor"] == "oracle" else "K extractor"
 
 
 def figure_title(m: Mapping[str, Any]) -> str:
     """``ResNet50, CS5b, K extractor, t=0.5, mode flagged``."""
-    return "%s, %s, %s, t=%g, mode %s" % (arch_label(m["arch"]),
+    t = MISSING if m["threshold"] is None else "%g" % m["threshold"]
+    return "%s, %s, %s, t=%s, mode %s" % (arch_label(m["arch"]),
                                           get_class_set(m["class_set"]).paper_name,
-                                          _extractor_tag(m), m["threshold"],
-                                          m.get("mode", MODE_UNSTATED))
+                                          _extractor_tag(m), t, m.get("mode", MODE_UNSTATED))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -487,16 +574,21 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
             attack_label(a["attack"], a["eps"]), fmt2(a["acc_none"]), fmt2(a["acc_at"]),
             fmt2(a["acc_um"]), fmt2(a["auc"]), fmt2(a["tpr"]), fmt2(a["fpr"]),
             "%d/%d" % (a["n_successful"], a["n_attacked"])))
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if "defenses" in m:
+        from defense import bench_report
+        text += "\n" + bench_report.bench_markdown(m)
+    return text
 
 
 def write_report(out_dir: str, metrics: Mapping[str, Any],
-                 roc_curves: Optional[Mapping[str, RocCurve]] = None) -> Dict[str, str]:
+                 roc_curves: Optional[Mapping[str, Any]] = None) -> Dict[str, str]:
     """Write one run's report into ``out_dir``; returns name -> path.
 
     Files: ``metrics.json``, ``table_iv.md`` (one row), ``table_iii.md`` (detection counts),
-    ``fig4.png/.pdf``, ``summary.txt`` and,
-    when ``roc_curves`` (attack label -> :class:`RocCurve`) is given, ``roc.png/.pdf``.
+    ``fig4.png/.pdf``, ``summary.txt``; with a ``defenses`` block, the bench table
+    ``bench.md``/``bench.csv`` and figure ``bench.png/.pdf``; when ``roc_curves`` (attack label
+    -> a :class:`RocCurve` or a list of them, one per detector) is given, ``roc.png/.pdf``.
     """
     m = validate_metrics(metrics)
     paths = {"metrics": write_metrics(os.path.join(out_dir, "metrics.json"), m),
@@ -506,8 +598,12 @@ def write_report(out_dir: str, metrics: Mapping[str, Any],
     paths["fig4_png"], paths["fig4_pdf"] = save_figure(
         fig4_figure(fig4_groups_by_attack(m), title=figure_title(m)),
         os.path.join(out_dir, "fig4"))
+    if "defenses" in m:
+        from defense import bench_report
+        paths.update(bench_report.write_bench(out_dir, m))
     if roc_curves:
-        panels = {name: [c] for name, c in roc_curves.items()}
+        panels = {name: (list(c) if isinstance(c, (list, tuple)) else [c])
+                  for name, c in roc_curves.items()}
         paths["roc_png"], paths["roc_pdf"] = save_figure(
             roc_figure(panels, title=figure_title(m)), os.path.join(out_dir, "roc"))
     summary = os.path.join(out_dir, "summary.txt")

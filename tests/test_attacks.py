@@ -3,6 +3,13 @@
 The toy task: 16x16 RGB noise images whose class (0, 1, 2) brightens one colour channel.  A
 tiny conv net learns it almost perfectly; the attacks must then push its accuracy down while
 staying in [0, 1] and inside their eps-ball.
+
+Universal attacks (one perturbation for all images, e.g. ``uap``) are swept on a second toy,
+``pattern_toy`` (10 classes, each a faint random +-1 pattern over all pixels), fitted on its
+training images: on the colour toy one additive v can favour only one channel, so it fools at
+most 2/3 of the images, and UAP's DeepFool updates pull v back and forth between the three
+classes (fooling rates of 0-0.7 depending on the seed); with high-dimensional class patterns
+one v pushes every image towards the same class.  Per-attack tests: test_attacks_seed004.py.
 """
 import tfcompat
 
@@ -53,6 +60,48 @@ def toy():
     return model, x_test, y_test
 
 
+PATTERN_CLASSES = 10
+
+
+def _make_pattern_data(rng, patterns, count):
+    """Grey noise images plus 0.05 (13/255) times their class's +-1 pattern, and the labels."""
+    labels = rng.integers(0, PATTERN_CLASSES, count)
+    images = 0.5 + rng.normal(0.0, 0.1, (count, SIZE, SIZE, 3)) + 0.05 * patterns[labels]
+    return np.clip(images, 0.0, 1.0).astype(np.float32), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def pattern_toy():
+    """(model, test images [32], test labels [32], training images [768]) of the pattern task."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    patterns = rng.choice([-1.0, 1.0], (PATTERN_CLASSES, SIZE, SIZE, 3))
+    x_train, y_train = _make_pattern_data(rng, patterns, 768)
+    x_test, y_test = _make_pattern_data(rng, patterns, 32)
+    model = keras.Sequential([
+        keras.layers.Conv2D(8, 3, activation="relu", input_shape=(SIZE, SIZE, 3)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(PATTERN_CLASSES),
+    ])
+    model.compile(keras.optimizers.Adam(learning_rate=0.003),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
+    accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
+    assert accuracy >= 0.9, "pattern toy model failed to train (accuracy %.2f)" % accuracy
+    return model, x_test, y_test, x_train
+
+
+@pytest.fixture(scope="module")
+def toy_for(request):
+    """``name -> (model, test images, labels, fit images or None)``: the toy an attack is swept
+    on (universal attacks: ``pattern_toy``, fitted on its training images)."""
+    def get(name):
+        if attacks.get_attack(name).universal:
+            return request.getfixturevalue("pattern_toy")
+        return request.getfixturevalue("toy") + (None,)
+    return get
+
+
 def _strong_kwargs(name):
     if name == "cw_l2":
         return dict(CW_PARAMS)
@@ -60,14 +109,16 @@ def _strong_kwargs(name):
 
 
 @pytest.fixture(scope="module")
-def strong_runs(toy):
+def strong_runs(toy_for):
     """Lazily computed ``name -> (CompiledAttack, AttackResult)`` with a strong budget."""
-    model, images, labels = toy
     cache = {}
 
     def get(name):
         if name not in cache:
+            model, images, labels, fit_images = toy_for(name)
             compiled = attacks.compile_attack(model, name, **_strong_kwargs(name))
+            if fit_images is not None:
+                compiled.fit(fit_images, seed=3)
             cache[name] = (compiled, compiled.run(images, labels, batch_size=BATCH, seed=3))
         return cache[name]
     return get
@@ -82,7 +133,7 @@ def _max_norm(x_adv, images, norm):
 
 def test_registry_lists_all_attacks_with_norms():
     assert attacks.list_attacks() == ["pgd_linf", "pgd_l2", "mia_linf", "mia_l2", "fgsm", "bim",
-                                      "cw_l2"]
+                                      "bim_l2", "cw_l2", "ga", "uap", "uap_l2"]
     for name in attacks.list_attacks():
         spec = attacks.get_attack(name)
         assert spec.name == name and spec.norm in _utils.NORMS
@@ -105,6 +156,7 @@ def test_default_steps_follow_the_paper():
     assert resolve_config("mia_linf", 16).step_size == pytest.approx(16 / 20)
     assert resolve_config("mia_l2", 300).step_size == pytest.approx(300 / 20)
     assert resolve_config("pgd_l2", 600).step_size == pytest.approx(2.5 * 600 / 20)
+    assert resolve_config("bim_l2").step_size == pytest.approx(2.5 * 300 / 20)
     assert dict(resolve_config("mia_l2", 300).params)["decay"] == 1.0
     custom = resolve_config("pgd_l2", 300, steps=10, step_size=50, rand_init=False)
     assert (custom.steps, custom.step_size, dict(custom.params)["rand_init"]) == (10, 50, False)
@@ -114,8 +166,8 @@ def test_default_steps_follow_the_paper():
 # ------------------------------------------------------------------- every registered attack
 
 @pytest.mark.parametrize("name", attacks.list_attacks())
-def test_attack_output_valid_and_lowers_accuracy(name, toy, strong_runs):
-    model, images, labels = toy
+def test_attack_output_valid_and_lowers_accuracy(name, toy_for, strong_runs):
+    model, images, labels, _ = toy_for(name)
     compiled, result = strong_runs(name)
     assert result.x_adv.shape == images.shape and result.x_adv.dtype == np.float32
     assert result.x_adv.min() >= 0.0 and result.x_adv.max() <= 1.0
@@ -142,24 +194,25 @@ def test_eps_zero_returns_input_unchanged(name, toy):
 
 
 @pytest.mark.parametrize("name", attacks.list_attacks())
-def test_same_seed_gives_same_result(name, toy, strong_runs):
-    model, images, labels = toy
+def test_same_seed_gives_same_result(name, toy_for, strong_runs):
+    model, images, labels, fit_images = toy_for(name)
     _, first = strong_runs(name)
     again = attacks.run_attack(model, images, labels, name, batch_size=BATCH, seed=3,
-                               **_strong_kwargs(name))
+                               fit_images=fit_images, **_strong_kwargs(name))
     np.testing.assert_array_equal(again.x_adv, first.x_adv)
 
 
 @pytest.mark.parametrize("name", attacks.list_attacks())
-def test_reuse_with_other_batch_size_does_not_retrace(name, toy, strong_runs):
+def test_reuse_with_other_batch_size_does_not_retrace(name, toy_for, strong_runs):
     """Re-running the compiled attack with other batch sizes reuses the single trace; for the
-    deterministic attacks the result is per sample, so it does not depend on the batching."""
-    _, images, labels = toy
+    deterministic attacks the result is per sample, so it does not depend on the batching
+    (``ga`` is not: its random targets are drawn per batch from ``(seed, batch_index)``)."""
+    _, images, labels, _ = toy_for(name)
     compiled, first = strong_runs(name)
     other = compiled.run(images, labels, batch_size=5, seed=3)
     assert compiled.tracing_count == 1
     assert compiled.probe_count == 1      # the model's output is checked on the first run only
-    if not dict(compiled.config.params).get("rand_init", False):
+    if not (dict(compiled.config.params).get("rand_init", False) or name == "ga"):
         changed = np.abs(other.x_adv - first.x_adv) > 1e-4
         assert changed.mean() < 0.01, (name, changed.mean())
 
@@ -221,7 +274,7 @@ def _cleverhans_reference(name, model, x, y, eps, step):
     from cleverhans.tf2.attacks.basic_iterative_method import basic_iterative_method
     from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_method
     from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
-    order = np.inf if name.endswith("linf") or name == "bim" else 2
+    order = np.inf if name.endswith("linf") or name == "bim" else 2   # bim_l2: PGD-L2 from x
     common = dict(clip_min=0.0, clip_max=1.0, y=y, sanity_checks=False)
     if name.startswith("mia"):
         return momentum_iterative_method(model, x, eps, step, 5, order, decay_factor=1.0,
@@ -231,7 +284,7 @@ def _cleverhans_reference(name, model, x, y, eps, step):
     return projected_gradient_descent(model, x, eps, step, 5, order, rand_init=False, **common)
 
 
-@pytest.mark.parametrize("name", ["pgd_linf", "pgd_l2", "mia_linf", "mia_l2", "bim"])
+@pytest.mark.parametrize("name", ["pgd_linf", "pgd_l2", "mia_linf", "mia_l2", "bim", "bim_l2"])
 def test_matches_cleverhans_drivers(name, toy):
     """Our while-loop drivers reproduce cleverhans' unrolled ones (no random start)."""
     model, images, labels = toy
@@ -297,7 +350,7 @@ def test_unknown_name_lists_valid_names(toy):
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["pgd_linf", "mia_linf", "bim", "pgd_l2"])
+@pytest.mark.parametrize("name", ["pgd_linf", "mia_linf", "bim", "pgd_l2", "bim_l2"])
 def test_step_larger_than_eps_rejected(name):
     _raises("step_size", resolve_config, name, 4, step_size=6)
 

@@ -237,8 +237,8 @@ def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeyp
     monkeypatch.setattr(ev, "run_attack", flaky_run_attack)
     with pytest.raises(KeyboardInterrupt):
         ev.run_evaluation(cfg, log=lambda s: None)
-    vectors = os.path.join(cfg.out_dir, "vectors")
-    assert sorted(os.listdir(vectors)) == ["benign.json", "pgd_linf_8.json"]
+    saved = os.path.join(cfg.out_dir, "vectors", "attacks", "m")
+    assert sorted(os.listdir(saved)) == ["test-pgd_linf_8.npz"]
 
     calls.clear()
     monkeypatch.setattr(ev, "run_attack", lambda model, x, y, name, **kw: (
@@ -381,3 +381,34 @@ def test_default_architecture_is_defined_once():
     from models.classifier import DEFAULT_ARCH
 
     assert main.DEFAULT_ARCH == DEFAULT_ARCH == ev.EvalConfig(get_class_set("CS5b")).arch
+
+
+def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_path,
+                                                                  monkeypatch):
+    first = ev.run_evaluation(_config(tiny_data, tmp_path), log=lambda s: None)
+    assert set(first["defenses"]) == {"none", "unmask"}
+    calls = []
+    real_run_attack = ev.run_attack
+    monkeypatch.setattr(ev, "run_attack", lambda model, x, y, name, **kw: (
+        calls.append(name), real_run_attack(model, x, y, name, **kw))[1])
+    logs = []
+    more = ev.run_evaluation(_config(tiny_data, tmp_path, defenses=(
+        "none", "unmask", "bitdepth", "downsample:0.75")), log=logs.append)
+    assert calls == [], "the saved attacks must serve every defense"
+    assert not any("observ" in m and "unmask" in m for m in logs)
+    for key in ("benign", "attacks", "threshold"):
+        assert more[key] == first[key], "adding defenses must not change UnMask's numbers"
+    for label in ("none", "unmask"):
+        assert more["defenses"][label] == first["defenses"][label]
+    for label in ("bitdepth", "downsample:0.75"):
+        block = more["defenses"][label]
+        assert block["kind"] == "classifier" and block["attacked_model"] == "m"
+        assert [(r["attack"], r["eps"], r["threat_model"]) for r in block["attacks"]] == [
+            ("pgd_linf", 8, "gray-box"), ("fgsm", 8, "gray-box")]
+    assert more["defenses"]["downsample:0.75"]["params"]["scale"] == 0.75
+    # the none defense is M: its accuracies are Table IV's None column
+    assert more["defenses"]["none"]["benign"]["acc"] == more["benign"]["acc_none"]
+    assert [r["acc"] for r in more["defenses"]["none"]["attacks"]] == [
+        a["acc_none"] for a in more["attacks"]]
+    bench = open(os.path.join(_config(tiny_data, tmp_path).out_dir, "bench.md")).read()
+    assert "downsample:0.75" in bench and "bitdepth" in bench

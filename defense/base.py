@@ -1,0 +1,204 @@
+"""What every defense of the bench is: a small object with ``fit``, ``predict`` (and, for
+detectors, ``score`` and ``flag``), evaluated by one loop over a list of them.
+
+A defense answers for a batch of images with class indices into the class set, where
+:data:`REJECTED` (-1) means "rejected / no class" (counted wrong by the accuracy).  The
+evaluation splits that answer in two so that the expensive part is computed once per image set
+and cached on disk, and the cheap part can be re-decided (e.g. at another threshold):
+
+* :meth:`Defense.observe` -- the expensive, cacheable observation of an :class:`ImageSet`
+  (M's predictions on transformed images, K's part sets, ...): a JSON-able dict of lists;
+* :meth:`Defense.decide` -- from an observation to an :class:`Outcome`: final labels and, for a
+  detector, its suspicion scores and flags at the operating threshold.
+
+``predict``, ``score`` and ``flag`` are the two composed, for users who just want an answer.
+
+Threat model of the bench (paper): **gray-box** -- the attacker sees the classifier it is
+attacking, never the defense around it.  :meth:`Defense.attacked_model` names that classifier:
+M for every defense that protects the unchanged M, the adversarially trained model for AT
+(whose gray-box attack is therefore white-box on its own model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+#: Label meaning "rejected by a detector / no class" (UnMask's NO_CLASS is the same value).
+REJECTED = -1
+
+#: Threat models a result row can carry (the adaptive ones come with defense-aware attacks).
+GRAY_BOX = "gray-box"
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """One set of images a defense is asked about, with what is already known of it.
+
+    Attributes:
+        name: stable identifier of the set (``"benign-test"``, ``"m/pgd_linf_8"``, ...); used
+            to seed randomised defenses, so the same set always gets the same randomness.
+        split: the split the images come from (``"train"``, ``"val"``, ``"test"``).
+        x: float32 [N, H, W, 3] in [0, 1].
+        keys: N image keys (paths relative to the class-set folder; the oracle extractor needs
+            them).
+        labels: int64 [N], true classes.
+        preds: model key -> int64 [N] predictions already computed on ``x`` (``"m"``: M's, from
+            the attack run or the benign pass), so defenses do not recompute them.
+        fingerprint: what the images depend on (a cached observation is reused only when the
+            set's fingerprint and the defense's fingerprint both match).
+    """
+    name: str
+    split: str
+    x: np.ndarray
+    keys: Sequence[str]
+    labels: np.ndarray
+    preds: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    fingerprint: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def seed(self) -> int:
+        """A 31-bit seed derived from ``name`` (stable across processes, unlike ``hash``)."""
+        return zlib.crc32(self.name.encode("utf-8")) & 0x7FFFFFFF
+
+
+@dataclasses.dataclass
+class Outcome:
+    """A defense's answer on N images.
+
+    Attributes:
+        pred: int64 [N], final class indices, :data:`REJECTED` (-1) where rejected.
+        score: float64 [N], higher = more suspicious (detectors only, else None).
+        flags: bool [N], ``score >= threshold`` (detectors only, else None).
+    """
+    pred: np.ndarray
+    score: Optional[np.ndarray] = None
+    flags: Optional[np.ndarray] = None
+
+
+class Defense:
+    """Base class; subclasses set ``name`` and implement :meth:`observe` and :meth:`decide`.
+
+    Attributes:
+        name: registry name.
+        detector: True when the defense scores images and flags (rejects or rectifies) them;
+            the bench then reports its AUC and TPR at the chosen FPR.
+        threshold: a detector's operating threshold (set by :meth:`fit`).
+    """
+    name: str = "?"
+    detector: bool = False
+    threshold: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        """How reports name this defense: ``name``, or ``name:value`` when a parameter was
+        given on the command line (set by :func:`defense.defenses.build_defense`)."""
+        return getattr(self, "_label", None) or self.name
+
+    @label.setter
+    def label(self, text: str) -> None:
+        self._label = str(text)
+
+    # ---------------------------------------------------------------- to implement
+    def fit(self, ctx: "FitContext") -> None:
+        """Learn what the defense needs from training / validation data (default: nothing)."""
+
+    def params(self) -> Dict[str, Any]:
+        """JSON-able parameters of the fitted defense (recorded in every report)."""
+        return {}
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """Everything an observation depends on besides the images (default: the params)."""
+        return {"defense": self.name, "params": self.params()}
+
+    def attacked_model(self) -> str:
+        """Key of the model the gray-box attacker attacks (``"m"``, or ``"at"`` for AT)."""
+        return "m"
+
+    def observe(self, images: ImageSet) -> Dict[str, List]:
+        """The expensive part of answering on ``images``: a JSON-able dict of lists."""
+        raise NotImplementedError
+
+    def decide(self, observation: Mapping[str, List]) -> Outcome:
+        """Final labels (and scores/flags for a detector) from :meth:`observe`'s output."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- composed
+    def predict(self, images: ImageSet) -> np.ndarray:
+        """int64 [N] class indices, -1 where rejected."""
+        return self.decide(self.observe(images)).pred
+
+    def score(self, images: ImageSet) -> np.ndarray:
+        """float64 [N], higher = more suspicious (detectors only)."""
+        self._need_detector("score")
+        return self.decide(self.observe(images)).score
+
+    def flag(self, images: ImageSet) -> np.ndarray:
+        """bool [N] at the chosen operating threshold (detectors only)."""
+        self._need_detector("flag")
+        return self.decide(self.observe(images)).flags
+
+    def _need_detector(self, what: str) -> None:
+        if not self.detector:
+            raise ValueError("defense %r is not a detector: it has no %s(); use predict()"
+                             % (self.name, what))
+
+
+class FitContext:
+    """What a defense may use while fitting (built by the evaluation).
+
+    Attributes:
+        models: model key -> callable float32 [B, H, W, 3] in [0, 1] -> logits [B, C]
+            (``"m"`` always; ``"at"`` when the AT model is trained).
+        classes: class names in M's output order; ``class_set``: the :class:`ClassSet`.
+        seed: the run's seed; ``log``: a message sink.
+        target_fpr: the false-positive rate detectors choose their threshold for on benign
+            validation images; ``threshold``: a threshold given by the user (or None).
+    """
+
+    def __init__(self, *, models: Mapping[str, Callable], class_set, seed: int,
+                 target_fpr: float, threshold: Optional[float], log: Callable[[str], None],
+                 images: Callable[[str], ImageSet],
+                 attacked: Callable[[str, str, float, str], ImageSet],
+                 observe: Callable[[Defense, ImageSet], Dict[str, List]],
+                 settings: Optional[Mapping[str, Any]] = None):
+        self.models = dict(models)
+        self.class_set = class_set
+        self.classes = tuple(class_set.classes)
+        self.seed = int(seed)
+        self.target_fpr = target_fpr
+        self.threshold = threshold
+        self.log = log
+        self._images = images
+        self._attacked = attacked
+        self._observe = observe
+        self.settings = dict(settings or {})
+
+    def images(self, split: str) -> ImageSet:
+        """The benign images of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        return self._images(split)
+
+    def attacked(self, model: str, attack: str, eps: float, split: str = "val") -> ImageSet:
+        """``split``'s images attacked (gray-box) on model ``model`` with ``attack`` at ``eps``
+        (0-255 scale); computed once and cached like the evaluation's attack vectors."""
+        return self._attacked(model, attack, eps, split)
+
+    def observe(self, defense: Defense, images: ImageSet) -> Dict[str, List]:
+        """``defense.observe(images)``, cached on disk under the fingerprints."""
+        return self._observe(defense, images)
+
+
+def model_predictions(model: Callable, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Arg-max predictions int64 [N] of ``model`` on float images [N, H, W, 3] in [0, 1],
+    batched as :meth:`defense.unmask.UnMask.predict` does (so the numbers are the same)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
+        out.append(np.argmax(logits, axis=1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)

@@ -1,0 +1,147 @@
+"""The defense bench report: ``bench.csv`` (tidy), ``bench.md`` (one row per defense) and
+``bench.png/.pdf`` (accuracy of every defense per attack vector), built with pandas.
+
+Columns of ``bench.csv`` -- one row per (defense, threat model, attack vector), the benign row
+first with ``attack = "none"``: ``defense, kind, threat_model, attack, eps, clean_acc, acc,
+defended, robustness, auc, tpr, fpr, n_attacked, n_successful``.  ``acc`` counts a
+rejected image (-1) as wrong, the paper's rule; ``defended`` counts it as stopped (right *or*
+rejected), the fair figure for a detector that only rejects.  ``robustness`` is seed 004's metric,
+accuracy under attack / clean accuracy of the same defended model; it rewards a defense that
+wrecks clean accuracy, so the table always prints both accuracies beside it.
+
+``bench.md`` pivots that table: rows = defenses, columns = clean accuracy and, per vector,
+"acc (ratio)" and, for detectors, "defended · AUC / TPR" at the chosen operating threshold.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping
+
+import numpy as np
+import pandas as pd
+
+from data.fileio import write_text_atomic
+from defense import report
+
+CSV_COLUMNS = ("defense", "kind", "threat_model", "attack", "eps", "clean_acc", "acc",
+               "defended", "robustness", "auc", "tpr", "fpr", "n_attacked", "n_successful")
+
+
+def bench_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """The tidy bench table of a validated metrics object (see module docstring)."""
+    rows = []
+    for label, block in metrics["defenses"].items():
+        clean = block["benign"]["acc"]
+        rows.append({"defense": label, "kind": block["kind"], "threat_model": "-",
+                     "attack": "none", "eps": 0, "clean_acc": clean, "acc": clean})
+        for r in block["attacks"]:
+            rows.append(dict({"defense": label, "kind": block["kind"], "clean_acc": clean},
+                             **{k: r[k] for k in CSV_COLUMNS if k in r}))
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+
+
+def _cell_acc(acc: Any, ratio: Any) -> str:
+    if acc is None or (isinstance(acc, float) and np.isnan(acc)):
+        return report.MISSING
+    if ratio is None or (isinstance(ratio, float) and np.isnan(ratio)):
+        return report.fmt2(acc)
+    return "%s (%.2f)" % (report.fmt2(acc), ratio)
+
+
+def _cell_det(defended: Any, auc: Any, tpr: Any) -> str:
+    out = report.fmt2(defended)
+    if auc is None or (isinstance(auc, float) and np.isnan(auc)):
+        return out + " · " + report.MISSING
+    return "%s · %.3f / %s" % (out, auc, report.fmt2(tpr))
+
+
+def bench_markdown(metrics: Mapping[str, Any]) -> str:
+    """``bench.md``: caption, then rows = defenses, columns = clean accuracy and per vector
+    the accuracy under attack with the robustness ratio, and a detector's AUC / TPR."""
+    df = bench_frame(metrics)
+    attacked = df[df["attack"] != "none"]
+    vectors = list(dict.fromkeys(zip(attacked["attack"], attacked["eps"],
+                                     attacked["threat_model"])))
+    detectors = set(df.loc[df["kind"] == "detector", "defense"])
+    table = {}
+    for label, group in df.groupby("defense", sort=False):
+        row = {"defense": label, "clean": report.fmt2(group["clean_acc"].iloc[0])}
+        for attack, eps, threat in vectors:
+            hit = group[(group["attack"] == attack) & (group["eps"] == eps)
+                        & (group["threat_model"] == threat)]
+            col = report.attack_label(attack, eps) + ("" if threat == "gray-box"
+                                                      else " [%s]" % threat)
+            if hit.empty:
+                row[col] = report.MISSING
+                continue
+            r = hit.iloc[0]
+            row[col] = _cell_acc(r["acc"], r["robustness"])
+            if detectors:
+                row[col + " defended · AUC / TPR"] = (
+                    _cell_det(r["defended"], r["auc"], r["tpr"]) if label in detectors
+                    else report.MISSING)
+        table[label] = row
+    wide = pd.DataFrame(list(table.values()))
+    caption = (
+        "Defense bench, %s, %s. Accuracy (fraction) on %d test images, clean and under each "
+        "attack vector (gray-box: the attack sees the classifier -- M, or the AT model for "
+        "at -- never the defense), with the robustness ratio (attacked / clean accuracy) in "
+        "brackets (a rejected image, -1, counts as wrong); detectors also give the defended rate "
+        "(right or rejected: the attack was stopped) and AUC / TPR at their operating "
+        "threshold on the contamination-0.5 set.\n\nParameters: %s\n"
+        % (report.arch_label(metrics["arch"]), metrics["class_set"],
+           _n_test(metrics), "; ".join("%s: %s" % (label, _params_text(b["params"]))
+                                       for label, b in metrics["defenses"].items())))
+    return caption + "\n" + wide.to_markdown(index=False) + "\n"
+
+
+def _n_test(metrics: Mapping[str, Any]) -> int:
+    for block in metrics["defenses"].values():
+        for r in block["attacks"]:
+            return int(r["n_attacked"])
+    return 0
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    shown = {k: v for k, v in params.items() if k not in ("grid", "selection")}
+    text = ", ".join("%s=%s" % (k, ("%.4g" % v) if isinstance(v, float) else v)
+                     for k, v in shown.items())
+    return text or "-"
+
+
+def bench_figure(metrics: Mapping[str, Any]):
+    """Grouped bars: accuracy (%) of every defense, clean and per attack vector."""
+    df = bench_frame(metrics)
+    df["group"] = [("No attack" if a == "none" else report.attack_label(a, e))
+                   for a, e in zip(df["attack"], df["eps"])]
+    pivot = df.pivot_table(index="group", columns="defense", values="acc", sort=False)
+    pivot = pivot[list(metrics["defenses"])]
+    groups = list(dict.fromkeys(df["group"]))
+    pivot = pivot.loc[groups]
+    fig = report._new_figure(max(6.0, 0.9 * len(groups) * max(1, len(pivot.columns)) / 2 + 2),
+                             3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(pivot.columns))
+    for j, label in enumerate(pivot.columns):
+        ax.bar(x + (j - (len(pivot.columns) - 1) / 2) * width, 100.0 * pivot[label].to_numpy(),
+               width, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("Accuracy (%)")
+    ax.set_ylim(0, 110)
+    ax.legend(fontsize=7, ncol=min(4, len(pivot.columns)), loc="upper right")
+    ax.set_title("Defense bench (gray-box), " + report.figure_title(metrics), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_bench(out_dir: str, metrics: Mapping[str, Any]) -> Dict[str, str]:
+    """Write ``bench.csv``, ``bench.md`` and ``bench.png/.pdf``; returns name -> path."""
+    paths = {"bench_csv": os.path.join(out_dir, "bench.csv"),
+             "bench_md": os.path.join(out_dir, "bench.md")}
+    write_text_atomic(paths["bench_csv"], bench_frame(metrics).to_csv(index=False))
+    write_text_atomic(paths["bench_md"], bench_markdown(metrics))
+    paths["bench_png"], paths["bench_pdf"] = report.save_figure(
+        bench_figure(metrics), os.path.join(out_dir, "bench"))
+    return paths

@@ -1,0 +1,46 @@
+"""``at``: adversarial training (Madry et al.; the paper's AT baseline).
+
+The AT model replaces M, so the paper's gray-box attacker -- who sees the classifier -- attacks
+the AT model itself: its numbers are white-box on its own model (stated in every report).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping
+
+import numpy as np
+
+from defense.base import Defense, ImageSet, Outcome, model_predictions
+
+
+class AdversarialTraining(Defense):
+    name = "at"
+    PARAM = None
+
+    def __init__(self, value=None):
+        self._model = None
+        self._params: Dict = {}
+
+    def attacked_model(self) -> str:
+        return "at"
+
+    def fit(self, ctx) -> None:
+        if "at" not in ctx.models:
+            raise ValueError("defense 'at' needs the adversarially trained model; the "
+                             "evaluation trains it when 'at' is among --defenses")
+        self._model = ctx.models["at"]
+        self._params = dict(ctx.settings.get("at", {}))
+
+    def params(self) -> Dict:
+        return dict(self._params, attack_seen="white-box on the AT model itself")
+
+    def fingerprint(self) -> Dict:
+        return dict(super().fingerprint(), model=self._params.get("checkpoint_digest"))
+
+    def observe(self, images: ImageSet) -> Dict[str, List]:
+        pred = images.preds.get("at")
+        if pred is None:
+            pred = model_predictions(self._model, images.x, batch_size=128)
+        return {"pred": np.asarray(pred, np.int64).tolist()}
+
+    def decide(self, observation: Mapping[str, List]) -> Outcome:
+        return Outcome(pred=np.asarray(observation["pred"], np.int64))

@@ -1,0 +1,88 @@
+"""``unmask``: UnMask (paper Algorithm 1) as a bench defense -- a detector that also rectifies.
+
+Observation: M's prediction and K's part set of every image (the expensive part: K runs).
+Decision: ``d = 1 - Jaccard(K(x), V[M(x)])`` is the suspicion score; flagged iff ``d >= t``;
+the final label is Algorithm 1's (rectified where flagged in mode ``flagged``, every image in
+mode ``all``; -1 = no class).  ``t`` is chosen on the benign validation images for the run's
+target false-positive rate unless the user gives it.
+
+The extractor (K, or the ground-truth oracle, the ceiling of a perfect K) is made by the
+evaluation (``ctx.settings["extractors"]``), which also says which one runs and why.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping
+
+import numpy as np
+
+from data.knowledge import CLASS_PARTS
+from defense.base import Defense, ImageSet, Outcome
+from defense.thresholds import choose_threshold
+from defense.unmask import UnMask
+
+#: Bumped when the content or meaning of a cached observation changes.
+OBSERVATION_VERSION = 3
+
+
+class UnMaskDefense(Defense):
+    name = "unmask"
+    detector = True
+    PARAM = None
+
+    def __init__(self, value=None):
+        self.kind = None
+        self.mode = "flagged"
+        self._extractor = {}
+        self._k_digest = None
+        self._ums = {}
+        self._um = None
+        self._chosen = {}
+
+    def fit(self, ctx) -> None:
+        self.mode = ctx.settings.get("mode", "flagged")
+        self.kind, ex_val, ex_test, self._k_digest = ctx.settings["extractors"]()
+        self._extractor = {"val": ex_val, "test": ex_test}
+        m = ctx.models["m"]
+        self._ums = {split: UnMask(m, ex, CLASS_PARTS, ctx.classes, threshold=0.5,
+                                   mode=self.mode) for split, ex in self._extractor.items()}
+        self._um = self._ums["val"]
+        val = ctx.observe(self, ctx.images("val"))
+        if ctx.threshold is not None:
+            self.threshold = float(ctx.threshold)
+            self._chosen = {"threshold_source": "given"}
+            ctx.log("UnMask threshold t = %.3f (given)" % self.threshold)
+        else:
+            d = self._um.decide(val["pred"], val["parts"]).distances
+            choice = choose_threshold(d, ctx.target_fpr)
+            self.threshold = float(choice.threshold)
+            self._chosen = {"threshold_source": "validation", "target_fpr": ctx.target_fpr,
+                            "val_fpr": choice.fpr, "n_val": int(len(d))}
+            ctx.log("UnMask threshold t = %.3f chosen on %d validation images for FPR <= %.2f "
+                    "(validation FPR %.3f)" % (self.threshold, len(d), ctx.target_fpr,
+                                               choice.fpr))
+        self._um = UnMask(m, ex_test, CLASS_PARTS, ctx.classes, self.threshold, mode=self.mode)
+
+    def params(self) -> Dict:
+        return dict({"extractor": self.kind, "mode": self.mode, "threshold": self.threshold},
+                    **self._chosen)
+
+    def fingerprint(self) -> Dict:
+        # what an observation (M's labels, K's part sets) depends on: not t, not the mode
+        return {"defense": self.name, "version": OBSERVATION_VERSION, "extractor": self.kind,
+                "k": self._k_digest}
+
+    def observe(self, images: ImageSet) -> Dict[str, List]:
+        um = self._ums[images.split]
+        pred = images.preds.get("m")
+        if pred is None:
+            pred = um.predict(images.x)
+        parts = um.extract(images.x, keys=list(images.keys))
+        return {"pred": np.asarray(pred, np.int64).tolist(), "parts": [sorted(p) for p in parts]}
+
+    def protect(self, observation: Mapping[str, List]):
+        """The full :class:`~defense.unmask.ProtectResult` of an observation."""
+        return self._um.decide(observation["pred"], observation["parts"])
+
+    def decide(self, observation: Mapping[str, List]) -> Outcome:
+        res = self.protect(observation)
+        return Outcome(pred=res.final, score=res.distances, flags=res.flags)

@@ -1,0 +1,311 @@
+"""The defense bench: the registry swept whole on a hand-made context, the report tables, and
+the evaluation with several defenses (same attacked images, nothing recomputed)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+from data.knowledge import CLASS_PARTS, get_class_set  # noqa: E402
+from defense import bench_report, report  # noqa: E402
+from defense.base import REJECTED, FitContext, ImageSet  # noqa: E402
+from defense.defenses import (DEFENSES, build_defense, parse_defense,  # noqa: E402
+                              parse_defenses)
+from defense.evaluate import _robustness  # noqa: E402
+
+CS = get_class_set("CS3a")          # car, person, train
+SIZE = 16
+
+
+def _images(n, seed):
+    """Images whose brightest channel is the class (a model that reads it is right)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.uniform(0.2, 0.5, (n, SIZE, SIZE, 3))
+    x[np.arange(n), :, :, y] += 0.3
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _tiny_backbone(include_top=False, weights=None, input_shape=None, pooling="avg"):
+    """A small conv backbone with named blocks (registered as a test architecture)."""
+    inp = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1_out")(inp)
+    x = keras.layers.MaxPooling2D(name="p1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, x, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_m():
+    """M of a test-only architecture ``tiny_cnn`` (with its tap table), trained on the
+    brightest-channel task, in [0, 1] -> logits."""
+    from models import classifier, taps
+
+    mp = pytest.MonkeyPatch()
+    mp.setitem(classifier.ARCHITECTURES, "tiny_cnn", classifier.Architecture(
+        "tiny_cnn", _tiny_backbone, "tf", 8, False))
+    mp.setitem(taps.TAPS, "tiny_cnn", taps.TapSpec(("c1_out",), "test"))
+    # the toy classes differ by +0.3 in one channel: the trajectory detector's training attacks
+    # need budgets beyond the paper's to succeed on it
+    from defense.defenses import trajectory
+    mp.setattr(trajectory, "TRAIN_ATTACKS", tuple(
+        (g, n, eps * 16, t, dict(extra, steps=10) if n == "cw_l2" else extra)
+        for g, n, eps, t, extra in trajectory.TRAIN_ATTACKS))
+    m = classifier.build_classifier("tiny_cnn", 3, SIZE, seed=0)
+    x, y = _images(300, 9)
+    m.compile(keras.optimizers.Adam(learning_rate=0.01),
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    m.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    assert np.mean(m.predict(x, verbose=0).argmax(1) == y) > 0.9
+    yield m
+    mp.undo()
+
+
+def _other_model(x):
+    return 10.0 * np.asarray(x, np.float32).mean(axis=(1, 2)) + np.array([0.1, 0.0, 0.0])
+
+
+class _KeyExtractor:
+    """Extractor stub: the true class's parts for even images, a wrong class's for odd ones."""
+    kind = "oracle"
+
+    def __init__(self, labels_by_key):
+        self.labels_by_key = labels_by_key
+
+    def extract(self, images, keys):
+        out = []
+        for k in keys:
+            c = self.labels_by_key[k]
+            idx = int(k.split("-")[-1])
+            out.append(frozenset(CLASS_PARTS[CS.classes[c if idx % 2 == 0 else (c + 1) % 3]]))
+        return out
+
+
+def _image_set(name, split, x, y):
+    return ImageSet(name=name, split=split, x=x, keys=["%s-%d" % (split, i) for i in range(len(y))],
+                    labels=y, fingerprint={"name": name})
+
+
+@pytest.fixture(scope="module")
+def context(tiny_m, tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("bench") / "m")
+    sets = {split: _image_set("benign-" + split, split, *_images(n, seed))
+            for split, n, seed in (("train", 40, 0), ("val", 24, 1), ("test", 18, 2))}
+    labels = {k: int(c) for s in sets.values() for k, c in zip(s.keys, s.labels)}
+    extractor = _KeyExtractor(labels)
+
+    def attacked(model, attack, eps, split):
+        base = sets[split]
+        x = np.clip(base.x + np.where(base.x > 0.6, -eps / 255.0, eps / 255.0), 0, 1)
+        return ImageSet(name="%s/%s-%s_%g" % (model, split, attack, eps), split=split,
+                        x=x.astype(np.float32), keys=base.keys, labels=base.labels,
+                        fingerprint={"attack": attack})
+
+    def make(threshold=None):
+        return FitContext(
+            models={"m": tiny_m, "at": _other_model}, class_set=CS, seed=0,
+            target_fpr=0.25, threshold=threshold, log=lambda s: None,
+            images=lambda split: sets[split], attacked=attacked,
+            observe=lambda d, images: d.observe(images),
+            settings={"mode": "flagged", "arch": "tiny_cnn", "m_dir": cache,
+                      "m_digest": "tiny",
+                      "extractors": lambda: ("oracle", extractor, extractor, None),
+                      "at": {"eps": 4, "checkpoint_digest": "x"}})
+    return make, sets, attacked, tiny_m
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_every_defense_fits_and_predicts_labels_in_range(context, name):
+    make, sets, attacked, _ = context
+    defense = build_defense(name)
+    defense.fit(make())
+    for images in (sets["test"], attacked("m", "pgd_linf", 8.0, "test")):
+        pred = defense.predict(images)
+        assert pred.shape == (len(images),) and pred.dtype == np.int64
+        assert np.all((pred >= 0) & (pred < 3) | (pred == REJECTED))
+        assert np.array_equal(pred, defense.predict(images)), "same images, same answer"
+        if defense.detector:
+            score, flags = defense.score(images), defense.flag(images)
+            assert score.shape == flags.shape == (len(images),)
+            assert np.array_equal(flags, score >= defense.threshold)
+        else:
+            with pytest.raises(ValueError, match="not a detector"):
+                defense.score(images)
+    again = build_defense(name)
+    again.fit(make())
+    assert np.array_equal(again.predict(sets["test"]), defense.predict(sets["test"]))
+    params = defense.params()
+    assert json.loads(json.dumps(params)) == params, "params must be JSON-able"
+    assert defense.attacked_model() == ("at" if name == "at" else "m")
+
+
+def test_unmask_defense_is_algorithm_1(context):
+    make, sets, _, m = context
+    um = build_defense("unmask")
+    um.fit(make(threshold=0.5))
+    out = um.decide(um.observe(sets["test"]))
+    idx = np.arange(len(sets["test"]))
+    # even images: parts of the true class -> d = 0 for a right M, not flagged, kept
+    right = m.predict(sets["test"].x, verbose=0).argmax(1) == sets["test"].labels
+    assert np.all(out.score[(idx % 2 == 0) & right] == 0.0)
+    # odd images carry another class's parts: flagged and rectified to that class
+    odd = idx % 2 == 1
+    assert np.all(out.flags[odd & right])
+    assert np.array_equal(out.pred[odd & right], (sets["test"].labels[odd & right] + 1) % 3)
+    assert um.params()["threshold"] == 0.5 and um.params()["extractor"] == "oracle"
+
+
+def test_unmask_threshold_is_chosen_on_validation_for_the_target_fpr(context):
+    make, sets, _, _ = context
+    um = build_defense("unmask")
+    um.fit(make())
+    d = um.decide(um.observe(sets["val"])).score
+    assert np.mean(d >= um.threshold) <= 0.25
+    assert um.params()["threshold_source"] == "validation"
+
+
+def test_noise_grid_follows_its_rule(context):
+    make, _, _, _ = context
+    noise = build_defense("noise")
+    noise.fit(make())
+    params = noise.params()
+    grid = params["grid"]
+    assert [r["amplitude"] for r in grid] == [0, 5, 10, 15, 20, 25, 30]
+    eligible = [r for r in grid if r["eligible"]]
+    best = max(r["adv_acc"] for r in eligible)
+    chosen = min(r["amplitude"] for r in eligible if r["adv_acc"] == best)
+    assert params["amplitude"] == chosen
+    fixed = build_defense("noise:10")
+    fixed.fit(make())
+    assert fixed.params()["amplitude"] == 10 and "grid" not in fixed.params()
+
+
+def test_defense_names_are_validated_before_any_work():
+    with pytest.raises(ValueError, match="valid names: none, at, unmask, pca"):
+        parse_defense("feature-denoiser")
+    with pytest.raises(ValueError, match="given twice"):
+        parse_defenses("none,unmask,none")
+    with pytest.raises(ValueError, match="takes no parameter"):
+        parse_defense("unmask:3")
+    with pytest.raises(ValueError, match="scale"):
+        build_defense("downsample:abc")
+    assert parse_defenses("None, downsample:0.75,downsample") == [
+        "none", "downsample:0.75", "downsample"]
+
+
+def test_robustness_ratio():
+    assert _robustness(0.5, 0.8) == pytest.approx(0.625)
+    assert _robustness(0.0, 0.9) == 0.0
+    assert _robustness(0.3, 0.0) is None          # undefined without clean accuracy
+    # the seed's own figures: PCA 22.10 / 23.35
+    assert _robustness(0.2210, 0.2335) == pytest.approx(0.9465, abs=1e-4)
+
+
+def _bench_metrics():
+    rows = lambda acc, det: [{"attack": "pgd_linf", "eps": 8, "threat_model": "gray-box",
+                              "acc": acc, "defended": acc + (.1 if det else 0), "robustness": acc / 0.8, "auc": .9 if det else None,
+                              "tpr": .8 if det else None, "fpr": .1 if det else None,
+                              "n_attacked": 10, "n_successful": 9}]
+    defenses = {"none": {"kind": "classifier", "attacked_model": "m", "params": {},
+                         "benign": {"acc": 0.8}, "attacks": rows(0.1, False)},
+                "unmask": {"kind": "detector", "attacked_model": "m",
+                           "params": {"threshold": 0.5}, "benign": {"acc": 0.8},
+                           "attacks": rows(0.7, True)}}
+    entry = report.attack_entry("pgd_linf", 8, 0.1, None, 0.7, 0.9, 0.8, 0.1, 10, 9)
+    return report.make_metrics("CS3a", "mobilenetv2_050", "oracle", 0.5, "flagged", 0,
+                               {"acc_none": .8, "acc_at": None, "acc_um": .8}, [entry],
+                               versions={}, defenses=defenses)
+
+
+def test_bench_tables_and_figure(tmp_path):
+    m = _bench_metrics()
+    df = bench_report.bench_frame(m)
+    assert list(df["defense"]) == ["none", "none", "unmask", "unmask"]
+    assert df.loc[1, "robustness"] == pytest.approx(0.125)
+    md = bench_report.bench_markdown(m)
+    assert "| none" in md and ".10 (0.12)" in md and ".80 · 0.900 / .80" in md
+    paths = bench_report.write_bench(str(tmp_path), m)
+    for p in paths.values():
+        assert os.path.getsize(p) > 0
+    assert open(paths["bench_csv"]).readline().strip() == ",".join(bench_report.CSV_COLUMNS)
+
+
+def test_metrics_with_defenses_validate_and_old_files_still_do():
+    m = _bench_metrics()
+    old = {k: v for k, v in m.items() if k != "defenses"}
+    report.validate_metrics(old)
+    bad = json.loads(json.dumps(m))
+    bad["defenses"]["none"]["attacks"][0]["auc"] = 0.5
+    with pytest.raises(ValueError, match="not a detector"):
+        report.validate_metrics(bad)
+    bad = json.loads(json.dumps(m))
+    bad["defenses"]["none"]["attacks"][0]["threat_model"] = "black-box"
+    with pytest.raises(ValueError, match="threat_model"):
+        report.validate_metrics(bad)
+    bad = json.loads(json.dumps(m))
+    bad["defenses"]["none"]["attacks"][0]["eps"] = 16
+    with pytest.raises(ValueError, match="not among the run's attacks"):
+        report.validate_metrics(bad)
+    # without UnMask the Table IV fields of UnMask are null, everywhere
+    no_um = json.loads(json.dumps(old))
+    no_um.update(extractor=None, threshold=None)
+    no_um["benign"]["acc_um"] = None
+    no_um["attacks"][0].update(acc_um=None, auc=None, tpr=None, fpr=None)
+    report.validate_metrics(no_um)
+    no_um["attacks"][0]["auc"] = 0.9
+    with pytest.raises(ValueError, match="UnMask was not run"):
+        report.validate_metrics(no_um)
+
+
+def test_trajectory_never_trains_on_test_images_and_follows_m(context, monkeypatch):
+    """The detector's training attacks see only training/validation images; its cached
+    representatives are recomputed when M's weights change."""
+    from defense.defenses import trajectory
+
+    make, sets, _, _ = context
+    attacked = []
+    real = trajectory.run_attack
+    monkeypatch.setattr(trajectory, "run_attack", lambda m, x, y, name, **kw: (
+        attacked.append(np.asarray(x)), real(m, x, y, name, **kw))[1])
+    logs = []
+    ctx = make()
+    ctx.log = logs.append
+    ctx.settings["m_digest"] = "another M"
+    d = build_defense("trajectory:centroid-l2-mlp")
+    d.fit(ctx)
+    assert any("representatives from" in m for m in logs), "a new M needs new representatives"
+    assert attacked, "the training data comes from attacks"
+    test_rows = {sets["test"].x[i].tobytes() for i in range(len(sets["test"]))}
+    train_val = {s.x[i].tobytes() for s in (sets["train"], sets["val"]) for i in range(len(s))}
+    for x in attacked:
+        rows = {r.tobytes() for r in x}
+        assert not rows & test_rows and rows <= train_val
+    p = d.params()
+    assert (p["representative"], p["metric"], p["detector"]) == ("centroid", "l2", "mlp")
+    assert 0 <= p["threshold"] <= 1 and p["n_train"] > 0 and p["n_val"] > 0
+    # the same M again: representatives and training features come from the cache
+    logs.clear()
+    attacked.clear()
+    again = build_defense("trajectory:centroid-l2-mlp")
+    again.fit(ctx)
+    assert not attacked and not any("representatives from" in m for m in logs)
+    assert np.array_equal(again.score(sets["test"]), d.score(sets["test"]))
+
+
+def test_trajectory_options_and_held_out_family():
+    from defense.defenses.trajectory import TRAIN_ATTACKS, TrajectoryDefense
+
+    d = TrajectoryDefense(None)
+    assert (d.options.representative, d.options.metric, d.options.detector) == (
+        "medoid", "cosine", "lstm")
+    held = TrajectoryDefense("nomifgsm")
+    assert [a[0] for a in held._attacks()] == [a[0] for a in TRAIN_ATTACKS
+                                               if not a[0].startswith("mifgsm")]
+    assert len(TRAIN_ATTACKS) == 8 and {a[3] for a in TRAIN_ATTACKS} == {True, False}
+    with pytest.raises(ValueError, match="unknown token 'median'"):
+        TrajectoryDefense("median-cosine")
