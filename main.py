@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "defense's main parameter (downsample:0.75, noise:10, jpeg:50, "
                         "bitdepth:3, pca:0.95). Default: none,unmask (plus at with "
                         "--adv-train)")
+    m.add_argument("--detection-set", choices=("original", "strict"), default="original",
+                   type=str.lower,
+                   help="images of a detection evaluation (Table III, ROC/AUC, TPR/FPR): "
+                        "original = every test image M misclassifies after the attack and its "
+                        "benign version (the UnMask code); strict = also M right before it")
+    m.add_argument("--trajectory-table", action="store_true",
+                   help="also fit the trajectory detector's four configurations (centroid / "
+                        "medoid x L2 / cosine) and write the seed-003 table of AUCs per attack "
+                        "family on the test images (trajectory_table.md)")
     m.add_argument("--n-test", type=int,
                    help="evaluate on at most this many test images (class-balanced)")
     m.add_argument("--results-dir", default="results", help="where reports are written")
@@ -147,6 +156,12 @@ def parse_vectors(text: str):
                              "evaluation, e.g. %s:300" % (item, config.name))
         if (config.name, config.eps) in vectors:
             raise ValueError("--attacks: %s eps=%g is given twice" % (config.name, config.eps))
+        for other_name, other_eps in vectors:
+            if other_name == config.name and "%g" % other_eps == "%g" % config.eps:
+                raise ValueError("--attacks: %s eps=%r and eps=%r differ only past the "
+                                 "reports' precision (both read eps=%g); give budgets that "
+                                 "differ visibly" % (config.name, other_eps, config.eps,
+                                                     config.eps))
         vectors.append((config.name, config.eps))
     if not vectors:
         raise ValueError("--attacks: give 'paper' or name:eps pairs")
@@ -181,7 +196,9 @@ def _eval_config(args):
         arch=get_architecture(args.arch).name, input_size=args.input_size, weights=weights,
         train=train, adv_train=args.adv_train, at_eps=args.at_eps, extractor=args.extractor,
         threshold=args.threshold, target_fpr=args.target_fpr, mode=args.mode,
-        vectors=parse_vectors(args.attacks), defenses=defenses, n_test=args.n_test,
+        vectors=parse_vectors(args.attacks), defenses=defenses,
+        trajectory_table=args.trajectory_table, detection_set=args.detection_set,
+        n_test=args.n_test,
         seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
         k_log_dir=args.k_log_dir, k_config=args.k_config, progress=not args.no_progress)

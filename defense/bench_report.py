@@ -88,10 +88,11 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
         "at -- never the defense), with the robustness ratio (attacked / clean accuracy) in "
         "brackets (a rejected image, -1, counts as wrong); detectors also give the defended rate "
         "(right or rejected: the attack was stopped) and AUC / TPR at their operating "
-        "threshold on the contamination-0.5 set.\n\nParameters: %s\n"
-        % (report.arch_label(metrics["arch"]), metrics["class_set"],
-           _n_test(metrics), "; ".join("%s: %s" % (label, _params_text(b["params"]))
-                                       for label, b in metrics["defenses"].items())))
+        "threshold on the contamination-0.5 set. %s\n\nParameters: %s\n"
+        % (report.arch_label(metrics["arch"]), metrics["class_set"], _n_test(metrics),
+           report.detection_set_caption(metrics),
+           "; ".join("%s: %s" % (label, _params_text(b["params"]))
+                     for label, b in metrics["defenses"].items())))
     return caption + "\n" + wide.to_markdown(index=False) + "\n"
 
 

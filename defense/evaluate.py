@@ -74,6 +74,8 @@ class EvalConfig:
     mode: str = "flagged"
     vectors: Sequence[Tuple[str, float]] = tuple(PAPER_ATTACK_VECTORS)
     defenses: Optional[Sequence[str]] = None   # None: none, unmask (+ at with adv_train)
+    trajectory_table: bool = False       # also the seed-003 table of the trajectory detector
+    detection_set: str = "original"      # "original" (the UnMask code) or "strict" (M(x) = y too)
     n_test: Optional[int] = None
     attack_batch: int = 50
     seed: int = 0
@@ -166,6 +168,17 @@ def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
     return "oracle"
 
 
+def _array_digest(*arrays: np.ndarray) -> str:
+    """Digest of array contents (the decoded images themselves, so replaced images under the
+    same file names, or another data folder, are noticed)."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 def _file_digest(path: str) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as f:
@@ -184,6 +197,7 @@ def fingerprint(cfg: EvalConfig, data: Dict) -> Dict:
     return {"version": RECORD_VERSION, "class_set": cfg.class_set.code_name, "arch": cfg.arch,
             "size": cfg.input_size, "seed": cfg.seed, "test_keys": hashlib.sha1(
                 "\n".join(data["splits"]["test"].keys).encode()).hexdigest()[:16],
+            "test_images": _array_digest(data["x_test"], data["y_test"]),
             "m": _file_digest(os.path.join(cfg.m_dir, "best.h5"))}
 
 
@@ -193,6 +207,14 @@ def vector_fingerprint(cfg: EvalConfig, fp: Dict, name: str, eps: float) -> Dict
     attack batch size (random starts are seeded per batch)."""
     return dict(fp, attack=name, eps=eps, attack_config=resolve_config(name, eps).as_dict(),
                 attack_batch=cfg.attack_batch)
+
+
+def eps_tag(eps: float) -> str:
+    """An exact, canonical text of ``eps`` for file names and record keys: ``%g`` when that
+    reads back as the same float (8, 300, 0.5), else the shortest exact repr (8.0000001), so
+    two budgets never share a saved record."""
+    short = "%g" % float(eps)
+    return short if float(short) == float(eps) else repr(float(eps))
 
 
 def _safe(text: str) -> str:
@@ -251,16 +273,17 @@ class Bench:
                                                 model_digest=self.digests[model], split=split),
                                  name, eps)
         path = os.path.join(self.vectors_dir, "attacks", model,
-                            "%s-%s_%g.npz" % (split, name, eps))
+                            "%s-%s_%s.npz" % (split, name, eps_tag(eps)))
         rec = _read_npz(path, vfp)
         if rec is None:
             rec = self._run_attack(model, name, eps, benign, vfp, path)
         else:
             self.log("%s on %s, eps=%g (%s): reusing %s" % (name, model, eps, split, path))
         if get_attack(name).universal:
-            self.attack_info["%s_%g" % (name, eps)] = json.loads(str(rec["fit_info"]))
+            self.attack_info["%s_%s" % (name, eps_tag(eps))] = json.loads(str(rec["fit_info"]))
         self._sets[key] = ImageSet(
-            name="%s/%s-%s_%g" % (model, split, name, eps), split=split, x=rec["x_adv"],
+            name="%s/%s-%s_%s" % (model, split, name, eps_tag(eps)), split=split,
+            x=rec["x_adv"],
             keys=benign.keys, labels=benign.labels, preds={model: rec["pred_adv"]},
             fingerprint=vfp)
         return self._sets[key]
@@ -391,7 +414,8 @@ def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
                "robustness": _robustness(acc, clean), "auc": None, "tpr": None, "fpr": None}
         ds = detection_set(b_out.score if defense.detector else np.zeros(len(y)),
                            a_out.score if defense.detector else np.zeros(len(y)), y,
-                           benign.preds[model], adv.preds[model])
+                           benign.preds[model], adv.preds[model],
+                           require_benign_correct=bench.cfg.detection_set == "strict")
         row.update(n_attacked=ds.n_attacked, n_successful=ds.n_successful)
         if defense.detector:
             det = evaluate_detection(ds, defense.threshold)
@@ -422,7 +446,8 @@ def table_iv_fields(bench: Bench, results: Dict[str, Dict], vectors) -> Tuple[Di
     for i, (name, eps) in enumerate(vectors):
         adv = bench.attacked("m", name, eps, "test")
         ds = detection_set(np.zeros(len(y)), np.zeros(len(y)), y,
-                           bench.images("test").preds["m"], adv.preds["m"])
+                           bench.images("test").preds["m"], adv.preds["m"],
+                           require_benign_correct=bench.cfg.detection_set == "strict")
         um = results["unmask"]["block"]["attacks"][i] if "unmask" in results else {}
         entries.append(report.attack_entry(
             name, eps, acc_none=accuracy(adv.preds["m"], y), acc_at=acc_of("at", i),
@@ -447,10 +472,17 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
     extractor_kind = {}
 
     def extractors():
-        kind, ex_val, ex_test = make_extractors(cfg, data, log)
-        k_ckpt = getattr(ex_test, "checkpoint", None) if kind == "k" else None
-        extractor_kind["kind"] = kind
-        return kind, ex_val, ex_test, (_file_digest(k_ckpt) if k_ckpt else None)
+        """Made once, shared by every UnMask variant of the run."""
+        if "made" not in extractor_kind:
+            kind, ex_val, ex_test = make_extractors(cfg, data, log)
+            if kind == "k":
+                k_ckpt = getattr(ex_test, "checkpoint", None)
+                digest = _file_digest(k_ckpt) if k_ckpt else None
+            else:   # the oracle's answers are its parts files: a re-annotation recomputes
+                digest = "+".join(_file_digest(data["splits"][s].parts_file)
+                                  for s in ("val", "test"))
+            extractor_kind.update(kind=kind, made=(kind, ex_val, ex_test, digest))
+        return extractor_kind["made"]
 
     ctx = bench.fit_context(extractors)
     for d in defenses:
@@ -464,12 +496,19 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
         cfg.class_set.code_name, cfg.arch, extractor_kind.get("kind"), um.get("threshold"),
         um.get("mode", cfg.mode), cfg.seed, benign, entries,
         defenses={label: r["block"] for label, r in results.items()},
-        attack_info=bench.attack_info or None)
+        attack_info=bench.attack_info or None, detection_set=cfg.detection_set)
     curves: Dict[str, List] = {}
     for r in results.values():
         for vector, curve in r["curves"].items():
             curves.setdefault(vector, []).append(curve)
     paths = report.write_report(cfg.out_dir, metrics, roc_curves=curves)
+    if cfg.trajectory_table:
+        from defense import trajectory_table
+        table = trajectory_table.seed_table(ctx, bench.images("test"), log)
+        paths.update(trajectory_table.write_table(cfg.out_dir, table))
+        log(trajectory_table.table_markdown(table))
+    for path in report.remove_stale_reports(cfg.out_dir, paths.values()):
+        log("removed %s: an earlier run's report that this run does not write" % path)
     log(report.summary_text(metrics))
     log("wrote %s (%.0f s)" % (", ".join(sorted(paths.values())), time.time() - start))
     return metrics

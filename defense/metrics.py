@@ -137,13 +137,29 @@ class DetectionSet:
         return int(self.labels.size)
 
 
+#: Which images enter a detection set: ``original`` (the UnMask code, the paper's Table III:
+#: every image with M(x_adv) != y, and its benign version) or ``strict`` (this project's
+#: earlier rule: additionally M(x) == y, so that the attack caused the error).
+DETECTION_SETS = ("original", "strict")
+DEFAULT_DETECTION_SET = "original"
+
+
+def check_detection_set(rule: Any) -> str:
+    """``rule`` as one of :data:`DETECTION_SETS`; ValueError naming them otherwise."""
+    r = str(rule).strip().lower()
+    if r not in DETECTION_SETS:
+        raise ValueError("detection set must be one of %s, got %r"
+                         % (", ".join(DETECTION_SETS), rule))
+    return r
+
+
 def successful_attacks(labels: Any, benign_pred: Any, adv_pred: Any,
-                       require_benign_correct: bool = True) -> np.ndarray:
+                       require_benign_correct: bool = False) -> np.ndarray:
     """bool [N]: the attack succeeded on image i.
 
-    Success means M misclassifies the adversarial image (``adv_pred != label``); with
-    ``require_benign_correct`` (default) M must also have been right on the benign image, so
-    that it is the attack that caused the error.
+    Success means M misclassifies the adversarial image (``adv_pred != label``), the original
+    code's rule; with ``require_benign_correct`` (the ``strict`` detection set) M must also have
+    been right on the benign image, so that it is the attack that caused the error.
     """
     y = np.asarray(labels)
     b = np.asarray(benign_pred)
@@ -158,7 +174,7 @@ def successful_attacks(labels: Any, benign_pred: Any, adv_pred: Any,
 
 
 def detection_set(benign_d: Any, adv_d: Any, labels: Any, benign_pred: Any, adv_pred: Any,
-                  require_benign_correct: bool = True) -> DetectionSet:
+                  require_benign_correct: bool = False) -> DetectionSet:
     """Build the contamination-0.5 set of one attack from per-image arrays of length N.
 
     Args:
@@ -225,7 +241,7 @@ def benign_summary(labels: Any, benign: Any, at_pred: Any = None) -> dict:
 
 
 def attack_summary(labels: Any, benign: Any, adversarial: Any, at_pred: Any = None,
-                   require_benign_correct: bool = True) -> dict:
+                   require_benign_correct: bool = False) -> dict:
     """Accuracies (contamination 1) and detection (contamination 0.5) of one attack.
 
     Args:

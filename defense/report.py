@@ -38,12 +38,13 @@ from matplotlib.figure import Figure
 
 from data.fileio import atomic_path, write_json_atomic, write_text_atomic
 from data.knowledge import CLASS_SETS, get_class_set
-from defense.metrics import auc, roc_curve
+from defense.metrics import DETECTION_SETS, auc, roc_curve
 
 TOP_KEYS = ("class_set", "arch", "extractor", "threshold", "seed", "versions", "benign",
             "attacks")
 #: Written by this project, optional when reading (a file in the issue's shape has no mode).
-OPTIONAL_TOP_KEYS = ("mode", "defenses", "attack_info")
+OPTIONAL_TOP_KEYS = ("mode", "defenses", "attack_info", "detection_set")
+DETECTION_SET_UNSTATED = "not stated"
 MODE_UNSTATED = "not stated"
 BENIGN_KEYS = ("acc_none", "acc_at", "acc_um")
 ATTACK_KEYS = ("attack", "eps", "acc_none", "acc_at", "acc_um", "auc", "tpr", "fpr",
@@ -127,6 +128,8 @@ def _check_top(obj: Dict[str, Any]) -> None:
     _check_fraction(obj["threshold"], "threshold", nullable=not has_um)
     if "mode" in obj:
         _check_str(obj["mode"], "mode", MODES)
+    if "detection_set" in obj:
+        _check_str(obj["detection_set"], "detection_set", DETECTION_SETS)
     if not isinstance(obj["seed"], int) or isinstance(obj["seed"], bool):
         _fail("seed", "must be an integer, got %r" % (obj["seed"],))
     versions = obj["versions"]
@@ -276,7 +279,8 @@ def make_metrics(class_set: str, arch: str, extractor: Optional[str],
                  benign: Mapping[str, Optional[float]], attacks: Sequence[Mapping[str, Any]],
                  versions: Optional[Mapping[str, str]] = None,
                  defenses: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 attack_info: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                 attack_info: Optional[Mapping[str, Any]] = None,
+                 detection_set: Optional[str] = None) -> Dict[str, Any]:
     """Assemble and validate a metrics object (class set names are converted to code names).
 
     ``extractor`` and ``threshold`` are UnMask's (None when UnMask was not among the
@@ -288,6 +292,8 @@ def make_metrics(class_set: str, arch: str, extractor: Optional[str],
            "versions": dict(package_versions() if versions is None else versions),
            "benign": {k: _num(benign.get(k)) for k in BENIGN_KEYS},
            "attacks": [dict(a) for a in attacks]}
+    if detection_set is not None:
+        obj["detection_set"] = str(detection_set)
     if defenses is not None:
         obj["defenses"] = json.loads(json.dumps(_plain(defenses)))
     if attack_info is not None:
@@ -382,8 +388,9 @@ def _caption(rows: Sequence[Mapping[str, Any]]) -> str:
     ts = sorted({float(m["threshold"]) for m in rows if m["threshold"] is not None})
     return ("Table IV (reproduction). Accuracy (fraction) with no defense (None), adversarial "
             "training (AT) and UnMask (UM) at contamination 1. Extractor: %s. Rectification "
-            "mode: %s. Threshold t: %s. %s = not available (no AT model or attack not run)."
-            % (ext, "/".join(modes), ", ".join("%g" % t for t in ts), MISSING))
+            "mode: %s. Threshold t: %s. %s %s = not available (no AT model or attack not "
+            "run)." % (ext, "/".join(modes), ", ".join("%g" % t for t in ts),
+                       " ".join(sorted({detection_set_caption(m) for m in rows})), MISSING))
 
 
 def table_iv_markdown(metrics_list: Sequence[Mapping[str, Any]]) -> str:
@@ -418,8 +425,9 @@ def table_iii_markdown(metrics_list: Sequence[Mapping[str, Any]]) -> str:
         raise ValueError("table_iii_markdown needs at least one metrics object")
     rows = sorted((validate_metrics(m) for m in metrics_list), key=_row_order)
     head = "| M | CS | " + " | ".join(attack_label(a, e) for a, e in ATTACK_VECTORS) + " |"
-    lines = ["Images used to evaluate detection (successful attacks + benign counterparts).",
-             "", head, "|" + "---|" * (2 + len(ATTACK_VECTORS))]
+    sets = sorted({detection_set_caption(m) for m in rows})
+    lines = ["Images used to evaluate detection (successful attacks + benign counterparts). "
+             + " ".join(sets), "", head, "|" + "---|" * (2 + len(ATTACK_VECTORS))]
     for m in rows:
         cells = [arch_label(m["arch"]), get_class_set(m["class_set"]).paper_name]
         for a, e in ATTACK_VECTORS:
@@ -553,9 +561,23 @@ def _extractor_tag(m: Mapping[str, Any]) -> str:
 def figure_title(m: Mapping[str, Any]) -> str:
     """``ResNet50, CS5b, K extractor, t=0.5, mode flagged``."""
     t = MISSING if m["threshold"] is None else "%g" % m["threshold"]
-    return "%s, %s, %s, t=%s, mode %s" % (arch_label(m["arch"]),
-                                          get_class_set(m["class_set"]).paper_name,
-                                          _extractor_tag(m), t, m.get("mode", MODE_UNSTATED))
+    return "%s, %s, %s, t=%s, mode %s, detection set %s" % (
+        arch_label(m["arch"]), get_class_set(m["class_set"]).paper_name, _extractor_tag(m), t,
+        m.get("mode", MODE_UNSTATED), detection_set_of(m))
+
+
+def detection_set_of(m: Mapping[str, Any]) -> str:
+    """The detection-set rule a metrics object was made with (``not stated`` in old files)."""
+    return m.get("detection_set", DETECTION_SET_UNSTATED)
+
+
+def detection_set_caption(m: Mapping[str, Any]) -> str:
+    rule = detection_set_of(m)
+    text = {"original": "every test image M misclassifies after the attack, and its benign "
+                        "version (the original code's rule)",
+            "strict": "every test image M classifies right before the attack and wrong after "
+                      "it, and its benign version (--detection-set strict)"}
+    return "Detection set: %s." % text.get(rule, "not stated")
 
 
 # ----------------------------------------------------------------------------- summary
@@ -579,6 +601,26 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
         from defense import bench_report
         text += "\n" + bench_report.bench_markdown(m)
     return text
+
+
+#: Every report file a run may write into its output folder (caches in vectors/ excluded).
+REPORT_FILES = ("metrics.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
+                "roc.png", "roc.pdf", "bench.md", "bench.csv", "bench.png", "bench.pdf",
+                "summary.txt", "trajectory_table.md", "trajectory_table.json")
+
+
+def remove_stale_reports(out_dir: str, written: Iterable[str]) -> List[str]:
+    """A run owns its output folder: remove the report files an earlier run wrote there that
+    this run did not write (e.g. an old ``roc.png`` when no attack succeeded this time), so no
+    report disagrees with ``metrics.json``.  Returns the removed paths."""
+    keep = {os.path.abspath(p) for p in written}
+    removed = []
+    for name in REPORT_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path) and os.path.abspath(path) not in keep:
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def write_report(out_dir: str, metrics: Mapping[str, Any],

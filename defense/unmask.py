@@ -19,9 +19,11 @@ Two rectification modes (say which one a result uses; ``metrics.json`` records i
 
 Documented decisions (not stated by the paper):
 
-* **Ties** in the argmax: M's own prediction wins if it is among the tied best classes, otherwise
-  the lowest class index (the order of M's outputs) wins.  Deterministic, and it never moves an
-  image away from M's answer when the parts cannot tell the classes apart.
+* **Ties** in the argmax, mode ``"all"`` (the original code): the first best class in class-set
+  order wins (its strict ``>`` scan), whatever M predicted.  Mode ``"flagged"`` (this project's
+  rule, documented as such): M's own prediction wins if it is among the tied best classes,
+  otherwise the lowest class index (the order of M's outputs).  Deterministic, and it never
+  moves a flagged image away from M's answer when the parts cannot tell the classes apart.
 * **No evidence** — every class has similarity 0 (in particular when K finds no part,
   ``F`` empty): the rectified class is :data:`NO_CLASS` (-1, "no class"), counted as wrong by
   :func:`defense.metrics.accuracy`.  This is the original code's rule for mode ``"all"`` and we
@@ -223,7 +225,7 @@ def rectify(part_sets: Sequence[Iterable[str]], class_parts_list: Sequence[Itera
         f = np.ones(len(sets), dtype=bool)
     out = p.copy()
     for i in np.flatnonzero(f):
-        out[i] = best_class(sets[i], classes, pred=p[i])
+        out[i] = best_class(sets[i], classes, pred=p[i] if m is Mode.FLAGGED else None)
     return out
 
 
@@ -247,7 +249,7 @@ def algorithm1(parts: Iterable[str], pred: int, class_parts_list: Sequence[Itera
     d = jaccard_distance(parts, classes[c])
     flagged = d >= t
     if m is Mode.ALL or flagged:
-        final = best_class(parts, classes, pred=c)
+        final = best_class(parts, classes, pred=c if m is Mode.FLAGGED else None)
     else:
         final = c
     return Decision(score=s, distance=d, flagged=bool(flagged), final=final)

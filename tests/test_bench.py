@@ -158,6 +158,13 @@ def test_unmask_defense_is_algorithm_1(context):
     assert np.all(out.flags[odd & right])
     assert np.array_equal(out.pred[odd & right], (sets["test"].labels[odd & right] + 1) % 3)
     assert um.params()["threshold"] == 0.5 and um.params()["extractor"] == "oracle"
+    # unmask:reject flags the same images and rejects them instead of rectifying
+    rej = build_defense("unmask:reject")
+    rej.fit(make(threshold=0.5))
+    r = rej.decide(rej.observe(sets["test"]))
+    assert np.array_equal(r.flags, out.flags)
+    assert np.all(r.pred[r.flags] == REJECTED)
+    assert np.array_equal(r.pred[~r.flags], out.pred[~out.flags])
 
 
 def test_unmask_threshold_is_chosen_on_validation_for_the_target_fpr(context):
@@ -191,7 +198,9 @@ def test_defense_names_are_validated_before_any_work():
     with pytest.raises(ValueError, match="given twice"):
         parse_defenses("none,unmask,none")
     with pytest.raises(ValueError, match="takes no parameter"):
-        parse_defense("unmask:3")
+        parse_defense("none:3")
+    with pytest.raises(ValueError, match="rectify, reject"):
+        build_defense("unmask:3")
     with pytest.raises(ValueError, match="scale"):
         build_defense("downsample:abc")
     assert parse_defenses("None, downsample:0.75,downsample") == [
@@ -309,3 +318,34 @@ def test_trajectory_options_and_held_out_family():
     assert len(TRAIN_ATTACKS) == 8 and {a[3] for a in TRAIN_ATTACKS} == {True, False}
     with pytest.raises(ValueError, match="unknown token 'median'"):
         TrajectoryDefense("median-cosine")
+
+
+def test_family_aucs_on_hand_made_scores():
+    from defense.defenses.trajectory import TRAIN_ATTACKS
+    from defense.trajectory_table import family_aucs
+
+    gid = {a[0]: g for g, a in enumerate(TRAIN_ATTACKS, start=1)}
+    groups = np.array([0, 0, 0, 0, gid["bim_linf-u"], gid["bim_l2-u"], gid["cw_l2-u"],
+                       gid["cw_l2-u"], gid["mifgsm-t"]])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.35, 0.25, 0.05, 0.8])
+    untargeted = family_aucs(scores, groups, targeted=False)
+    assert untargeted["BIM"] == pytest.approx((4 + 3) / 8)   # 0.9 beats 4, 0.35 beats 3
+    assert untargeted["CW"] == pytest.approx((2 + 0) / 8)    # 0.25 beats 0.1 and 0.2
+    assert untargeted["MI-FGSM"] is None                      # only a targeted MI-FGSM sample
+    assert untargeted["macro"] == pytest.approx(np.mean([7 / 8, 2 / 8]))
+    targeted = family_aucs(scores, groups, targeted=True)
+    assert targeted["MI-FGSM"] == 1.0 and targeted["BIM"] is None
+
+
+def test_seed_table_has_the_four_configurations(context):
+    from defense import trajectory_table
+
+    make, sets, _, _ = context
+    table = trajectory_table.seed_table(make(), sets["test"], log=lambda s: None)
+    assert list(table) == ["centroid-l2", "centroid-cosine", "medoid-l2", "medoid-cosine"]
+    for kinds in table.values():
+        for kind in ("targeted", "untargeted"):
+            vals = [v for v in kinds[kind].values() if v is not None]
+            assert vals and all(0.0 <= v <= 1.0 for v in vals)
+    md = trajectory_table.table_markdown(table)
+    assert "LSTM + M + cos" in md and "untargeted macro-AUC" in md

@@ -412,3 +412,29 @@ def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_
         a["acc_none"] for a in more["attacks"]]
     bench = open(os.path.join(_config(tiny_data, tmp_path).out_dir, "bench.md")).read()
     assert "downsample:0.75" in bench and "bitdepth" in bench
+
+
+def test_budgets_that_differ_past_the_reports_precision_never_share_a_record():
+    import main
+
+    assert ev.eps_tag(8) == "8" and ev.eps_tag(300.0) == "300" and ev.eps_tag(0.5) == "0.5"
+    assert ev.eps_tag(8.0000001) == "8.0000001" != ev.eps_tag(8)
+    with pytest.raises(ValueError, match="differ only past the reports' precision"):
+        main.parse_vectors("pgd_linf:8,pgd_linf:8.0000001")
+    assert main.parse_vectors("paper,uap:10,ga:3")[-2:] == [("uap", 10.0), ("ga", 3.0)]
+    with pytest.raises(ValueError, match="given twice"):
+        main.parse_vectors("paper,pgd_linf:8")
+
+
+def test_replaced_test_images_are_noticed(tiny_data, tmp_path):
+    """Saved records are keyed by the images' contents, not only their file names."""
+    cfg = _config(tiny_data, tmp_path)
+    data = ev.load_data(cfg, log=lambda s: None)
+    os.makedirs(cfg.m_dir, exist_ok=True)
+    with open(os.path.join(cfg.m_dir, "best.h5"), "wb") as f:
+        f.write(b"weights")
+    base = ev.fingerprint(cfg, data)
+    data["x_test"] = data["x_test"].copy()
+    data["x_test"][0, 0, 0, 0] ^= 1               # one pixel of one image changes
+    assert ev.fingerprint(cfg, data)["test_images"] != base["test_images"]
+    assert ev.fingerprint(cfg, data)["test_keys"] == base["test_keys"]

@@ -420,19 +420,37 @@ def test_detection_set_contamination_half():
     adv_pred = np.array([1, 1, 1, 2, 0])         # attack fails on image 1
     b_d = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
     a_d = np.array([0.9, 0.8, 0.7, 0.6, 0.55])
-    ds = metrics.detection_set(b_d, a_d, labels, benign_pred, adv_pred)
+    ds = metrics.detection_set(b_d, a_d, labels, benign_pred, adv_pred,
+                               require_benign_correct=True)       # the "strict" set
     np.testing.assert_array_equal(ds.index, [0, 3, 4])
     assert ds.n_attacked == 5 and ds.n_successful == 3 and ds.n_images == 6
     assert ds.labels.mean() == 0.5
     np.testing.assert_allclose(ds.scores, [0.9, 0.6, 0.55, 0.1, 0.4, 0.5])
-    loose = metrics.detection_set(b_d, a_d, labels, benign_pred, adv_pred,
-                                  require_benign_correct=False)
-    assert loose.n_successful == 4
     res = metrics.evaluate_detection(ds, 0.55)
     assert res.auc == 1.0 and res.tpr == 1.0 and res.fpr == 0.0
     empty = metrics.detection_set(b_d, a_d, labels, benign_pred, labels)
     r0 = metrics.evaluate_detection(empty, 0.5)
     assert empty.n_successful == 0 and r0.auc is None and r0.tpr is None
+
+
+def test_detection_set_default_is_the_original_codes_rule():
+    """The original kept every test image with M(x_adv) != y and its benign version, without
+    asking that M(x) == y: image 2 (wrong before the attack, still wrong after) is in."""
+    labels = np.array([0, 1, 2, 0, 1])
+    benign_pred = np.array([0, 1, 0, 0, 1])
+    adv_pred = np.array([1, 1, 1, 2, 0])
+    b_d = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    a_d = np.array([0.9, 0.8, 0.7, 0.6, 0.55])
+    # the original's set, restated: indices where adv_pred != label
+    expected = [i for i in range(5) if adv_pred[i] != labels[i]]
+    ds = metrics.detection_set(b_d, a_d, labels, benign_pred, adv_pred)
+    np.testing.assert_array_equal(ds.index, expected)
+    assert expected == [0, 2, 3, 4] and ds.n_successful == 4
+    np.testing.assert_allclose(ds.scores, [0.9, 0.7, 0.6, 0.55, 0.1, 0.3, 0.4, 0.5])
+    assert metrics.DEFAULT_DETECTION_SET == "original"
+    assert metrics.check_detection_set(" Strict ") == "strict"
+    with pytest.raises(ValueError, match="original, strict"):
+        metrics.check_detection_set("loose")
 
 
 def test_class_set_feature_map_with_unmask_helpers():
@@ -478,3 +496,26 @@ def test_protect_with_a_tf_keras_model(oracle):
     res = um.protect(x, keys=["dog/1.jpg", "car/2.jpg", "bird/4.jpg"], batch_size=2)
     np.testing.assert_array_equal(res.preds, np.argmax(model.predict(x, verbose=0), axis=1))
     assert res.preds.dtype == np.int64 and res.flags[2] and res.final[2] == NO_CLASS
+
+
+def test_mode_all_breaks_ties_like_the_original_code():
+    """The original re-classified every image with a strict '>' scan over the class set, so
+    the first best class wins whatever M said; mode 'flagged' keeps the project's rule."""
+    v = [frozenset({"a", "x"}), frozenset({"a", "y"}), frozenset({"a", "z"})]
+
+    def original(parts):                      # the original's scan, restated
+        best, best_sim = -1, 0.0
+        for c, expected in enumerate(v):
+            sim = len(parts & expected) / len(parts | expected)
+            if sim > best_sim:
+                best, best_sim = c, sim
+        return best
+
+    parts = [frozenset({"a"})] * 3 + [frozenset({"b"})]
+    preds = np.array([2, 1, 0, 1])
+    got = rectify(parts, v, preds, "all")
+    assert got.tolist() == [original(p) for p in parts] == [0, 0, 0, -1]
+    flags = np.ones(4, dtype=bool)
+    assert rectify(parts, v, preds, "flagged", flags=flags).tolist() == [2, 1, 0, -1]
+    assert algorithm1({"a"}, 2, v, threshold=0.0, mode="all").final == 0
+    assert algorithm1({"a"}, 2, v, threshold=0.0, mode="flagged").final == 2

@@ -53,8 +53,9 @@ TRAIN_ATTACKS: Tuple[Tuple[str, str, float, bool, Dict], ...] = tuple(
         ("cw_l2", "cw_l2", 300.0, {"steps": 30, "binary_search_steps": 3})))
 
 #: Source images per split attacked for the training data (the first N correctly classified
-#: images of a seeded permutation).
-MAX_SOURCES = {"train": 400, "val": 200}
+#: images of a seeded permutation); ``test`` (all) only for the seed-layout table, which
+#: evaluates trained detectors on held-out images.
+MAX_SOURCES = {"train": 400, "val": 200, "test": None}
 
 #: Bumped when the cached training data or representatives change meaning.
 CACHE_VERSION = 1
@@ -111,7 +112,7 @@ class TrajectoryDefense(Defense):
         self._m, self._arch = ctx.models["m"], s["arch"]
         self._digest = s["m_digest"]
         self._taps = tap_model(self._m, self._arch)
-        cache = s["m_dir"].rstrip(os.sep) + "_trajectory"
+        cache = self._cache = s["m_dir"].rstrip(os.sep) + "_trajectory"
         train, val = ctx.images("train"), ctx.images("val")
         self._reps = self._representatives(ctx, cache, train)
         data = {split: self._training_data(ctx, cache, images)
@@ -152,6 +153,12 @@ class TrajectoryDefense(Defense):
         right = np.flatnonzero(model_predictions(self._m, images.x) == images.labels)
         order = np.random.default_rng(ctx.seed).permutation(right)
         return np.sort(order[:MAX_SOURCES[images.split]])
+
+    def labelled_trajectories(self, ctx, images: ImageSet):
+        """``(x [N, L, K], y, groups)`` of ``images``' correctly classified natural images and
+        their successful adversarials under every training attack (cached per split); used on
+        held-out test images by :mod:`defense.trajectory_table`."""
+        return self._training_data(ctx, self._cache, images)
 
     def _training_data(self, ctx, cache: str, images: ImageSet):
         """Trajectories [N, L, K], labels and groups of one split's natural sources and their
@@ -218,7 +225,8 @@ class TrajectoryDefense(Defense):
                      "detector": o.detector, "trained_without_mifgsm": o.without_mifgsm,
                      "threshold": self.threshold,
                      "train_attacks": [a[0] for a in self._attacks()],
-                     "train_sources": dict(MAX_SOURCES)}, **self._info)
+                     "train_sources": {k: MAX_SOURCES[k] for k in ("train", "val")}},
+                    **self._info)
 
     def fingerprint(self) -> Dict:
         o = self.options

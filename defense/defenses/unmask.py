@@ -6,6 +6,10 @@ the final label is Algorithm 1's (rectified where flagged in mode ``flagged``, e
 mode ``all``; -1 = no class).  ``t`` is chosen on the benign validation images for the run's
 target false-positive rate unless the user gives it.
 
+``unmask:reject`` is the detector alone: a flagged image is rejected (-1) instead of
+rectified -- the same rule as the other detectors of the bench (e.g. ``trajectory``), so the two
+can be compared on equal terms (the bench's ``defended`` column counts a rejection as stopped).
+
 The extractor (K, or the ground-truth oracle, the ceiling of a perfect K) is made by the
 evaluation (``ctx.settings["extractors"]``), which also says which one runs and why.
 """
@@ -27,9 +31,15 @@ OBSERVATION_VERSION = 3
 class UnMaskDefense(Defense):
     name = "unmask"
     detector = True
-    PARAM = None
+    PARAM = "response"
+    RESPONSES = ("rectify", "reject")
 
     def __init__(self, value=None):
+        response = "rectify" if value is None else str(value).strip().lower()
+        if response not in self.RESPONSES:
+            raise ValueError("defense unmask:%s: the value is what a flagged image gets, one of "
+                             "%s" % (value, ", ".join(self.RESPONSES)))
+        self.response = response
         self.kind = None
         self.mode = "flagged"
         self._extractor = {}
@@ -63,8 +73,9 @@ class UnMaskDefense(Defense):
         self._um = UnMask(m, ex_test, CLASS_PARTS, ctx.classes, self.threshold, mode=self.mode)
 
     def params(self) -> Dict:
-        return dict({"extractor": self.kind, "mode": self.mode, "threshold": self.threshold},
-                    **self._chosen)
+        return dict({"extractor": self.kind, "response": self.response,
+                     "mode": self.mode if self.response == "rectify" else None,
+                     "threshold": self.threshold}, **self._chosen)
 
     def fingerprint(self) -> Dict:
         # what an observation (M's labels, K's part sets) depends on: not t, not the mode
@@ -85,4 +96,5 @@ class UnMaskDefense(Defense):
 
     def decide(self, observation: Mapping[str, List]) -> Outcome:
         res = self.protect(observation)
-        return Outcome(pred=res.final, score=res.distances, flags=res.flags)
+        pred = res.final if self.response == "rectify" else np.where(res.flags, -1, res.preds)
+        return Outcome(pred=np.asarray(pred, np.int64), score=res.distances, flags=res.flags)
