@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "defense's main parameter (downsample:0.75, noise:10, jpeg:50, "
                         "bitdepth:3, pca:0.95). Default: none,unmask (plus at with "
                         "--adv-train)")
+    m.add_argument("--threat", default="gray-box",
+                   help="threat models to evaluate, comma list of gray-box (the paper's: the "
+                        "attacks see M only) and adaptive (defense-aware attacks: BPDA/EOT "
+                        "through transforms, the detector through its LSTM, M and K together "
+                        "for UnMask)")
+    m.add_argument("--adaptive-steps", type=int,
+                   help="iterations of every adaptive attack (default: the vector's own, 20 "
+                        "for the paper's)")
     m.add_argument("--detection-set", choices=("original", "strict"), default="original",
                    type=str.lower,
                    help="images of a detection evaluation (Table III, ROC/AUC, TPR/FPR): "
@@ -187,6 +195,17 @@ def _eval_config(args):
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
     train.validate()
+    threats = []
+    for item in filter(None, (t.strip().lower() for t in args.threat.split(","))):
+        if item not in ("gray-box", "adaptive"):
+            raise ValueError("--threat: unknown threat model %r; valid: gray-box, adaptive"
+                             % item)
+        if item not in threats:
+            threats.append(item)
+    if not threats:
+        raise ValueError("--threat: give gray-box, adaptive or both")
+    if args.adaptive_steps is not None and args.adaptive_steps < 1:
+        raise ValueError("--adaptive-steps must be >= 1, got %d" % args.adaptive_steps)
     defenses = None
     if args.defenses is not None:
         from defense.defenses import parse_defenses
@@ -198,6 +217,7 @@ def _eval_config(args):
         threshold=args.threshold, target_fpr=args.target_fpr, mode=args.mode,
         vectors=parse_vectors(args.attacks), defenses=defenses,
         trajectory_table=args.trajectory_table, detection_set=args.detection_set,
+        threats=tuple(threats), adaptive_steps=args.adaptive_steps,
         n_test=args.n_test,
         seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,

@@ -29,8 +29,11 @@ import numpy as np
 #: Label meaning "rejected by a detector / no class" (UnMask's NO_CLASS is the same value).
 REJECTED = -1
 
-#: Threat models a result row can carry (the adaptive ones come with defense-aware attacks).
+#: Threat models a result row can carry: the paper's gray-box attacker (sees the classifier,
+#: not the defense) and the defense-aware one (sees everything; :mod:`defense.adaptive`).
 GRAY_BOX = "gray-box"
+ADAPTIVE = "adaptive"
+THREAT_MODELS = (GRAY_BOX, ADAPTIVE)
 
 
 @dataclasses.dataclass
@@ -119,6 +122,12 @@ class Defense:
     def attacked_model(self) -> str:
         """Key of the model the gray-box attacker attacks (``"m"``, or ``"at"`` for AT)."""
         return "m"
+
+    def adaptive_objective(self):
+        """The defense-aware attacker's objective, ``(x, y) -> (loss [B], grad [B, H, W, 3])``
+        (higher = better for the attacker; :mod:`defense.adaptive`), or None when the gray-box
+        attack already sees everything the defense does."""
+        return None
 
     def observe(self, images: ImageSet) -> Dict[str, List]:
         """The expensive part of answering on ``images``: a JSON-able dict of lists."""

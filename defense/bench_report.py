@@ -3,9 +3,12 @@
 
 Columns of ``bench.csv`` -- one row per (defense, threat model, attack vector), the benign row
 first with ``attack = "none"``: ``defense, kind, threat_model, attack, eps, clean_acc, acc,
-defended, robustness, auc, tpr, fpr, n_attacked, n_successful``.  ``acc`` counts a
+defended, evasion, robustness, auc, tpr, fpr, n_attacked, n_successful``.  ``acc`` counts a
 rejected image (-1) as wrong, the paper's rule; ``defended`` counts it as stopped (right *or*
-rejected), the fair figure for a detector that only rejects.  ``robustness`` is seed 004's metric,
+rejected), the fair figure for a detector that only rejects; ``evasion`` is the attacker's
+success: for a detector, M fooled *and* not flagged at the operating threshold, for a
+classifier, a wrong answer.  Threat models: ``gray-box`` (the attack sees the classifier, not
+the defense) and ``adaptive`` (it sees the whole defense, :mod:`defense.adaptive`).  ``robustness`` is seed 004's metric,
 accuracy under attack / clean accuracy of the same defended model; it rewards a defense that
 wrecks clean accuracy, so the table always prints both accuracies beside it.
 
@@ -24,7 +27,8 @@ from data.fileio import write_text_atomic
 from defense import report
 
 CSV_COLUMNS = ("defense", "kind", "threat_model", "attack", "eps", "clean_acc", "acc",
-               "defended", "robustness", "auc", "tpr", "fpr", "n_attacked", "n_successful")
+               "defended", "evasion", "robustness", "auc", "tpr", "fpr", "n_attacked",
+               "n_successful")
 
 
 def bench_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
@@ -66,6 +70,10 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
     table = {}
     for label, group in df.groupby("defense", sort=False):
         row = {"defense": label, "clean": report.fmt2(group["clean_acc"].iloc[0])}
+        worst = metrics["defenses"][label].get("worst_case")
+        if any("worst_case" in b for b in metrics["defenses"].values()):
+            row["worst case: defended"] = (report.fmt2(worst["defended"]) if worst
+                                           else report.MISSING)
         for attack, eps, threat in vectors:
             hit = group[(group["attack"] == attack) & (group["eps"] == eps)
                         & (group["threat_model"] == threat)]
@@ -84,15 +92,22 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
     wide = pd.DataFrame(list(table.values()))
     caption = (
         "Defense bench, %s, %s. Accuracy (fraction) on %d test images, clean and under each "
-        "attack vector (gray-box: the attack sees the classifier -- M, or the AT model for "
-        "at -- never the defense), with the robustness ratio (attacked / clean accuracy) in "
-        "brackets (a rejected image, -1, counts as wrong); detectors also give the defended rate "
-        "(right or rejected: the attack was stopped) and AUC / TPR at their operating "
-        "threshold on the contamination-0.5 set. %s\n\nParameters: %s\n"
+        "attack vector -- gray-box (the attack sees the classifier: M, or the AT model for "
+        "at; never the defense) and, marked [adaptive], defense-aware (it sees the whole "
+        "defense: BPDA / EOT through transforms, the detector through its LSTM, K for "
+        "UnMask) -- with the robustness ratio (attacked / clean accuracy) in brackets; a "
+        "rejected image (-1) counts as wrong. Detectors also give the defended rate (right or "
+        "rejected: the attack was stopped) and AUC / TPR at their operating threshold on the "
+        "contamination-0.5 set. 'worst case' = images defended under every attack tried. "
+        "%s\n\nParameters: %s\n"
         % (report.arch_label(metrics["arch"]), metrics["class_set"], _n_test(metrics),
            report.detection_set_caption(metrics),
            "; ".join("%s: %s" % (label, _params_text(b["params"]))
                      for label, b in metrics["defenses"].items())))
+    notes = ["%s: adaptive attack %s" % (label, b["adaptive"])
+             for label, b in metrics["defenses"].items() if "adaptive" in b]
+    if notes:
+        caption += "\n" + "; ".join(notes) + ".\n"
     return caption + "\n" + wide.to_markdown(index=False) + "\n"
 
 

@@ -36,13 +36,14 @@ import numpy as np
 
 import tfcompat
 from attacks import PAPER_ATTACK_VECTORS, compile_attack, get_attack, resolve_config, run_attack
+from attacks.objective import pgd_objective
 from data.classset import load_split
 from data.fileio import atomic_path, read_json, write_json_atomic
 from data.knowledge import ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
-from defense.base import (GRAY_BOX, REJECTED, Defense, FitContext, ImageSet,
-                          model_predictions)
+from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, THREAT_MODELS, Defense,
+                          FitContext, ImageSet, model_predictions)
 from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.extractors import OracleExtractor
 from defense.metrics import accuracy, detection_set, evaluate_detection
@@ -76,6 +77,8 @@ class EvalConfig:
     defenses: Optional[Sequence[str]] = None   # None: none, unmask (+ at with adv_train)
     trajectory_table: bool = False       # also the seed-003 table of the trajectory detector
     detection_set: str = "original"      # "original" (the UnMask code) or "strict" (M(x) = y too)
+    threats: Sequence[str] = (GRAY_BOX,)  # add "adaptive" for defense-aware attacks
+    adaptive_steps: Optional[int] = None   # None: each vector's own steps (20 for the paper's)
     n_test: Optional[int] = None
     attack_batch: int = 50
     seed: int = 0
@@ -186,6 +189,9 @@ def _file_digest(path: str) -> str:
             h.update(block)
     return h.hexdigest()[:16]
 
+
+#: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed).
+ADAPTIVE_VERSION = 1
 
 #: Bumped when the content or meaning of a saved record changes, so old records are recomputed
 #: (3: one record per attacked model with its images; observations per defense).
@@ -328,6 +334,62 @@ class Bench:
                                   out["passes"]))
         return out
 
+    def adaptive(self, defense: Defense, name: str, eps: float) -> ImageSet:
+        """The test images attacked by ``defense``'s adaptive objective with vector (``name``,
+        ``eps``)'s norm, budget, steps and step size (cached npz per defense and vector)."""
+        key = ("adaptive", defense.label, name, float(eps))
+        if key in self._sets:
+            return self._sets[key]
+        benign = self.images("test")
+        acfg = resolve_config(name, eps)
+        steps = self.cfg.adaptive_steps or acfg.steps
+        step = acfg.step_size if acfg.step_size is not None else acfg.eps
+        rand_init = bool(dict(acfg.params).get("rand_init", False))
+        fp = dict(vector_fingerprint(self.cfg, dict(self.fp, model="m", split="test"), name,
+                                     eps), adaptive_version=ADAPTIVE_VERSION,
+                  defense=defense.fingerprint(), steps=steps)
+        path = os.path.join(self.vectors_dir, "adaptive", _safe(defense.label),
+                            "test-%s_%s.npz" % (name, eps_tag(eps)))
+        rec = _read_npz(path, fp)
+        if rec is None:
+            start = time.time()
+            x_adv = self._run_adaptive(defense, benign, acfg.norm, acfg.eps / 255.0,
+                                       step / 255.0, steps, rand_init)
+            rec = {"x_adv": x_adv, "pred_adv": model_predictions(self.models["m"], x_adv),
+                   "fingerprint": _canonical(fp), "seconds": round(time.time() - start, 1)}
+            _write_npz(path, rec)
+            self.log("adaptive %s on %s, eps=%g: M accuracy %.3f (%.0f s)" % (
+                name, defense.label, eps, float(np.mean(rec["pred_adv"] == benign.labels)),
+                rec["seconds"]))
+        else:
+            self.log("adaptive %s on %s, eps=%g: reusing %s" % (name, defense.label, eps, path))
+        self._sets[key] = ImageSet(
+            name="adaptive-%s/test-%s_%s" % (defense.label, name, eps_tag(eps)), split="test",
+            x=rec["x_adv"], keys=benign.keys, labels=benign.labels,
+            preds={"m": rec["pred_adv"]}, fingerprint=fp)
+        return self._sets[key]
+
+    def _run_adaptive(self, defense, benign, norm, eps, step, steps, rand_init):
+        objective = defense.adaptive_objective()
+        out = []
+        batch = self.cfg.attack_batch
+        for b, i in enumerate(range(0, len(benign), batch)):
+            xb, yb = benign.x[i:i + batch], benign.labels[i:i + batch]
+            keys = list(benign.keys[i:i + batch])
+
+            def decide(x, yb=yb, keys=keys):
+                """1 where the real pipeline's answer is wrong and not a rejection."""
+                probe = ImageSet(name="adaptive-probe", split="test", x=x, keys=keys,
+                                 labels=yb)
+                pred = defense.decide(defense.observe(probe)).pred
+                return ((pred != yb) & (pred != REJECTED)).astype(np.float64)
+
+            res = pgd_objective(lambda x, yb=yb: objective(x, yb), decide, xb, eps=eps,
+                                step_size=step, steps=steps, norm=norm, rand_init=rand_init,
+                                seed=self.cfg.seed * 1000003 + b)
+            out.append(res.x_adv)
+        return np.concatenate(out).astype(np.float32)
+
     # ---------------------------------------------------------------- observations
     def observe(self, defense: Defense, images: ImageSet) -> Dict[str, List]:
         """``defense.observe(images)``, cached under both fingerprints."""
@@ -397,21 +459,48 @@ def _defended(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean((pred == labels) | (pred == REJECTED)))
 
 
+def adaptive_vectors(vectors) -> List[Tuple[str, float]]:
+    """The vectors an adaptive attack is run for: the untargeted, per-image, norm-bounded ones
+    (a universal perturbation or a targeted attack has no defense-aware counterpart here)."""
+    out = []
+    for name, eps in vectors:
+        spec = get_attack(name)
+        if not spec.universal and getattr(spec, "targeting", "none") != "always":
+            out.append((name, eps))
+    return out
+
+
 def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
-    """One defense's block of ``metrics.json`` plus its ROC data per vector."""
+    """One defense's block of ``metrics.json`` plus its ROC data per vector: the gray-box rows
+    (in ``vectors`` order), then the adaptive rows when asked and the defense has an
+    adaptive attack, and the per-image worst case over every attack tried."""
     benign = bench.images("test")
     y = benign.labels
     model = defense.attacked_model()
     b_out = defense.decide(bench.observe(defense, benign))
     clean = accuracy(b_out.pred, y)
-    rows, curves = [], {}
-    for name, eps in vectors:
-        adv = bench.attacked(model, name, eps, "test")
+    rows, curves, defended = [], {}, []
+    runs = [(GRAY_BOX, name, eps) for name, eps in vectors]
+    adaptive_note = None
+    if ADAPTIVE in bench.cfg.threats:
+        if defense.adaptive_objective() is None:
+            adaptive_note = ("none: the gray-box attack already sees all of it (white-box on "
+                             "%s)" % ("the AT model" if model == "at" else "M"))
+        else:
+            runs += [(ADAPTIVE, name, eps) for name, eps in adaptive_vectors(vectors)]
+    for threat, name, eps in runs:
+        adv = (bench.attacked(model, name, eps, "test") if threat == GRAY_BOX
+               else bench.adaptive(defense, name, eps))
         a_out = defense.decide(bench.observe(defense, adv))
         acc = accuracy(a_out.pred, y)
-        row = {"attack": name, "eps": report.eps_value(eps), "threat_model": GRAY_BOX,
-               "acc": acc, "defended": _defended(a_out.pred, y),
-               "robustness": _robustness(acc, clean), "auc": None, "tpr": None, "fpr": None}
+        stopped = (a_out.pred == y) | (a_out.pred == REJECTED)
+        defended.append(stopped)
+        fooled = adv.preds[model] != y
+        evaded = fooled & ~a_out.flags if defense.detector else a_out.pred != y
+        row = {"attack": name, "eps": report.eps_value(eps), "threat_model": threat,
+               "acc": acc, "defended": float(np.mean(stopped)),
+               "evasion": float(np.mean(evaded)), "robustness": _robustness(acc, clean),
+               "auc": None, "tpr": None, "fpr": None}
         ds = detection_set(b_out.score if defense.detector else np.zeros(len(y)),
                            a_out.score if defense.detector else np.zeros(len(y)), y,
                            benign.preds[model], adv.preds[model],
@@ -421,12 +510,19 @@ def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
             det = evaluate_detection(ds, defense.threshold)
             row.update(auc=det.auc, tpr=det.tpr, fpr=det.fpr)
             if ds.n_successful:
-                curves[report.attack_label(name, eps)] = report.roc_curve_for(
-                    defense.label, ds.labels, ds.scores)
+                label = report.attack_label(name, eps) + (
+                    "" if threat == GRAY_BOX else " [%s]" % threat)
+                curves[label] = report.roc_curve_for(defense.label, ds.labels, ds.scores)
         rows.append(row)
     block = {"kind": "detector" if defense.detector else "classifier",
              "attacked_model": model, "params": defense.params(),
              "benign": {"acc": clean}, "attacks": rows}
+    if defended:
+        worst = np.all(np.stack(defended), axis=0)
+        block["worst_case"] = {"defended": float(np.mean(worst)), "attacks": len(defended),
+                               "threat_models": sorted({r["threat_model"] for r in rows})}
+    if adaptive_note:
+        block["adaptive"] = adaptive_note
     return {"block": block, "curves": curves, "benign_pred": b_out.pred}
 
 

@@ -52,8 +52,9 @@ ATTACK_KEYS = ("attack", "eps", "acc_none", "acc_at", "acc_um", "auc", "tpr", "f
 EXTRACTORS = ("k", "oracle")
 #: Keys of one defense's block (``defenses.<label>``) and of its per-vector rows.
 DEFENSE_KEYS = ("kind", "attacked_model", "params", "benign", "attacks")
-DEFENSE_ROW_KEYS = ("attack", "eps", "threat_model", "acc", "defended", "robustness", "auc",
-                    "tpr", "fpr", "n_attacked", "n_successful")
+DEFENSE_OPTIONAL_KEYS = ("worst_case", "adaptive")
+DEFENSE_ROW_KEYS = ("attack", "eps", "threat_model", "acc", "defended", "evasion",
+                    "robustness", "auc", "tpr", "fpr", "n_attacked", "n_successful")
 DEFENSE_KINDS = ("classifier", "detector")
 THREAT_MODELS = ("gray-box", "adaptive", "transfer")
 MODES = ("flagged", "all")
@@ -203,7 +204,7 @@ def _check_defenses(blocks: Any, vectors: set) -> None:
         _fail("defenses", "must be a non-empty object (defense label -> results)")
     for label, block in blocks.items():
         where = "defenses.%s" % label
-        _check_exact_keys(block, DEFENSE_KEYS, where)
+        _check_exact_keys(block, DEFENSE_KEYS, where, DEFENSE_OPTIONAL_KEYS)
         _check_str(block["kind"], where + ".kind", DEFENSE_KINDS)
         _check_str(block["attacked_model"], where + ".attacked_model")
         if not isinstance(block["params"], dict):
@@ -219,6 +220,7 @@ def _check_defenses(blocks: Any, vectors: set) -> None:
             _check_str(row["threat_model"], w + ".threat_model", THREAT_MODELS)
             _check_fraction(row["acc"], w + ".acc")
             _check_fraction(row["defended"], w + ".defended")
+            _check_fraction(row["evasion"], w + ".evasion")
             if row["defended"] + 1e-12 < row["acc"]:
                 _fail(w + ".defended", "cannot be below acc (right answers are defended)")
             if row["robustness"] is not None and (not _is_number(row["robustness"])

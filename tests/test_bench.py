@@ -217,7 +217,8 @@ def test_robustness_ratio():
 
 def _bench_metrics():
     rows = lambda acc, det: [{"attack": "pgd_linf", "eps": 8, "threat_model": "gray-box",
-                              "acc": acc, "defended": acc + (.1 if det else 0), "robustness": acc / 0.8, "auc": .9 if det else None,
+                              "acc": acc, "defended": acc + (.1 if det else 0), "evasion": 0.9 - acc,
+                              "robustness": acc / 0.8, "auc": .9 if det else None,
                               "tpr": .8 if det else None, "fpr": .1 if det else None,
                               "n_attacked": 10, "n_successful": 9}]
     defenses = {"none": {"kind": "classifier", "attacked_model": "m", "params": {},
@@ -349,3 +350,200 @@ def test_seed_table_has_the_four_configurations(context):
             assert vals and all(0.0 <= v <= 1.0 for v in vals)
     md = trajectory_table.table_markdown(table)
     assert "LSTM + M + cos" in md and "untargeted macro-AUC" in md
+
+
+# ----------------------------------------------------------------------------- adaptive
+
+def test_best_iterate_stays_in_the_ball_on_the_grid_and_in_range():
+    from attacks.objective import pgd_objective, quantize
+
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, (6, 8, 8, 3)) / 255.0).astype(np.float32)
+    y = np.zeros(6, np.int64)
+    for norm, eps in (("linf", 8 / 255), ("l2", 1.0)):
+        seen = []
+
+        def vg(z):
+            return np.zeros(len(z)), rng.normal(size=z.shape)   # a random walk
+
+        def decide(z):
+            seen.append(z.copy())
+            return rng.random(len(z))                            # arbitrary verdicts
+
+        res = pgd_objective(vg, decide, x, eps=eps, step_size=eps / 4, steps=12, norm=norm,
+                            rand_init=True, seed=1)
+        for z in seen + [res.x_adv]:
+            d = (z - x).reshape(len(x), -1)
+            n = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
+            assert np.all(n <= eps + 1e-6) and z.min() >= 0 and z.max() <= 1
+            assert np.allclose(np.round(z * 255), z * 255, atol=1e-4), "8-bit images only"
+        # the kept iterate is, per image, the first one with the best verdict
+        assert res.x_adv.shape == x.shape and np.all(res.best_step >= 0)
+    q = quantize(np.clip(x + 0.5 / 255 + 3.7 / 255, 0, 1), x)
+    assert np.all(np.abs(q - x) <= 4.2 / 255)
+
+
+def _toy_ce_objective(model):
+    from defense.adaptive import _value_and_grad, cross_entropy
+    return _value_and_grad(lambda x, y: cross_entropy(model(x, training=False), y))
+
+
+def test_adaptive_success_rises_with_eps_and_steps_and_nears_all(tiny_m):
+    """Tramer et al.'s sanity checks on a small model."""
+    from attacks.objective import pgd_objective
+
+    x, y = _images(40, 5)
+    x = (np.round(x * 255) / 255).astype(np.float32)
+    obj = _toy_ce_objective(tiny_m)
+
+    def decide(z):
+        return (tiny_m.predict(z, verbose=0).argmax(1) != y).astype(float)
+
+    def rate(eps, steps):
+        res = pgd_objective(lambda z: obj(z, y), decide, x, eps=eps / 255, step_size=
+                            max(eps / 255 / 8, 1 / 255), steps=steps, norm="linf")
+        return float(res.verdict.mean())
+
+    by_eps = [rate(e, 10) for e in (4, 32, 128)]
+    assert by_eps == sorted(by_eps) and by_eps[-1] >= 0.95
+    assert rate(32, 2) <= rate(32, 20)
+
+
+def test_eot_averages_over_the_given_number_of_samples(tiny_m):
+    from defense import adaptive
+    from defense.transforms import get_transform
+
+    calls = []
+
+    class Counting:
+        randomized = True
+        inner = get_transform("noise", amplitude=8)
+
+        def bpda(self, x, seed=0):
+            calls.append((int(x.shape[0]), seed))
+            return self.inner.bpda(x, seed=seed)
+
+    x, y = _images(3, 4)
+    obj = adaptive.eot_objective(tiny_m, Counting(), samples=7)
+    loss, grad = obj(x, y)
+    assert calls and all(c == (21, None) for c in calls), "3 images x 7 fresh draws"
+    assert loss.shape == (3,) and grad.shape == x.shape and np.all(np.isfinite(grad))
+    with pytest.raises(ValueError, match="at least one sample"):
+        adaptive.eot_objective(tiny_m, Counting(), samples=0)
+
+
+def _smooth_vs_checkerboard_task(seed=0, n=200):
+    """Images 0.5 + a*p1 + b*p2 (smooth patterns) + tiny noise; the class is sign(a).  M is
+    linear: z1 = u.(x - 0.5) with u = p1 + 40 c, c a unit checkerboard.  M is right on clean
+    images (they have no checkerboard), its gradient is almost all checkerboard -- which
+    down-sampling and PCA remove -- so the gray-box attack is undone by the transform while
+    BPDA, differentiating through it, attacks p1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, SIZE), np.linspace(-1, 1, SIZE), indexing="ij")
+    p1 = np.repeat((xx + 0.5 * yy)[..., None], 3, axis=2)
+    p2 = np.repeat((yy * yy - 0.3)[..., None], 3, axis=2)
+    c = np.repeat((((np.arange(SIZE)[:, None] + np.arange(SIZE)[None, :]) % 2) * 2 - 1.0)
+                  [..., None], 3, axis=2)
+    p1, p2, c = (v / np.linalg.norm(v) for v in (p1, p2, c))
+    a = rng.choice([-1, 1], n) * rng.uniform(0.5, 1.0, n)
+    b = rng.uniform(-1, 1, n)
+    x = 0.5 + 2.0 * (a[:, None, None, None] * p1 + b[:, None, None, None] * p2)
+    x = np.round(np.clip(x, 0, 1) * 255) / 255
+    y = (a > 0).astype(np.int64)
+    u = (p1 + 40 * c).reshape(-1)
+    inp = keras.Input((SIZE, SIZE, 3))
+    flat = keras.layers.Flatten()(keras.layers.Lambda(lambda t: t - 0.5)(inp))
+    dense = keras.layers.Dense(2, use_bias=False)
+    model = keras.Model(inp, dense(flat))
+    dense.set_weights([np.stack([np.zeros_like(u), u], axis=1).astype(np.float32)])
+    return x.astype(np.float32), y, model
+
+
+@pytest.mark.parametrize("name", ["downsample:0.5", "pca"])
+def test_bpda_through_a_linear_transform_beats_the_gray_box_attack(context, name):
+    from attacks import run_attack
+    from attacks.objective import pgd_objective
+
+    make, _, _, _ = context
+    x, y, model = _smooth_vs_checkerboard_task()
+    train = _image_set("benign-train", "train", x[:150], y[:150])
+    test = _image_set("benign-test", "test", x[150:], y[150:])
+    ctx = make()
+    ctx.models["m"] = model
+    ctx._images = lambda split: train if split == "train" else test
+    d = build_defense(name)
+    d.fit(ctx)
+    assert np.mean(d.predict(test) == test.labels) == 1.0
+    eps = 32 / 255
+    gray = run_attack(model, test.x, test.labels, "pgd_linf", eps=32, steps=10, seed=0)
+    assert gray.adv_accuracy == 0.0, "the gray-box attack fools M itself"
+    gray_acc = np.mean(d.predict(_image_set("g", "test", gray.x_adv, test.labels))
+                       == test.labels)
+    obj = d.adaptive_objective()
+    loss, grad = obj(test.x, test.labels)
+    assert loss.shape == (len(test),) and grad.shape == test.x.shape
+
+    def decide(z):
+        return (d.predict(_image_set("p", "test", z, test.labels)) != test.labels) * 1.0
+
+    res = pgd_objective(lambda z: obj(z, test.labels), decide, test.x, eps=eps,
+                        step_size=8 / 255, steps=10, norm="linf")
+    adaptive_acc = np.mean(d.predict(_image_set("a", "test", res.x_adv, test.labels))
+                           == test.labels)
+    assert gray_acc >= 0.9, "the transform undoes the gray-box perturbation"
+    assert adaptive_acc <= 0.1, "BPDA breaks it"
+
+
+@pytest.mark.parametrize("name", ["jpeg:30", "bitdepth:2", "noise:16"])
+def test_bpda_and_eot_on_the_other_transforms(context, name):
+    """Straight-through BPDA (jpeg, bitdepth) and EOT (noise): right shapes, and at least as
+    strong as the gray-box attack on the toy at a budget that breaks M."""
+    from attacks import run_attack
+    from attacks.objective import pgd_objective
+
+    make, sets, _, m = context
+    d = build_defense(name)
+    d.fit(make())
+    test = sets["test"]
+    x = (np.round(test.x * 255) / 255).astype(np.float32)
+    obj = d.adaptive_objective()
+    loss, grad = obj(x, test.labels)
+    assert loss.shape == (len(x),) and grad.shape == x.shape and np.all(np.isfinite(grad))
+
+    def decide(z):
+        return (d.predict(_image_set("p", "test", z, test.labels)) != test.labels) * 1.0
+
+    res = pgd_objective(lambda z: obj(z, test.labels), decide, x, eps=40 / 255,
+                        step_size=40 / 255 / 6, steps=12, norm="linf", rand_init=True)
+    gray = run_attack(m, x, test.labels, "pgd_linf", eps=40, steps=12, step_size=40 / 6,
+                      seed=0)
+    gray_acc = np.mean(d.predict(_image_set("g", "test", gray.x_adv, test.labels))
+                       == test.labels)
+    adaptive_acc = np.mean(d.predict(_image_set("a", "test", res.x_adv, test.labels))
+                           == test.labels)
+    assert adaptive_acc <= gray_acc + 1 / len(x) and adaptive_acc < 0.5
+
+
+def test_joint_attack_on_the_trajectory_detector_evades_more_than_gray_box(context):
+    from attacks import run_attack
+    from attacks.objective import pgd_objective
+
+    make, sets, _, m = context
+    d = build_defense("trajectory:centroid-l2-mlp")
+    d.fit(make())
+    test = sets["test"]
+    x = (np.round(test.x * 255) / 255).astype(np.float32)
+    y = test.labels
+
+    def evasion(z):
+        out = d.decide(d.observe(_image_set("e", "test", z, y)))
+        fooled = m.predict(z, verbose=0).argmax(1) != y
+        return (fooled & ~out.flags).astype(float)
+
+    eps = 96 / 255
+    gray = run_attack(m, x, y, "pgd_linf", eps=96, steps=20, step_size=8, seed=0)
+    obj = d.adaptive_objective()
+    res = pgd_objective(lambda z: obj(z, y), evasion, x, eps=eps, step_size=8 / 255,
+                        steps=20, norm="linf")
+    assert evasion(res.x_adv).mean() >= evasion(gray.x_adv).mean()
+    assert evasion(res.x_adv).mean() > 0

@@ -101,6 +101,7 @@ class TrajectoryDefense(Defense):
         self._m = None
         self._arch = None
         self._taps = None
+        self._taps_logits = None
         self._reps: List[np.ndarray] = []
         self._model = None
         self._info: Dict = {}
@@ -238,6 +239,16 @@ class TrajectoryDefense(Defense):
         """[N, L, K] trajectories of float images [N, H, W, 3] in [0, 1]."""
         return tj.embed(tap_features(self._m, self._arch, x, model=self._taps), self._reps,
                         self.options.metric)
+
+    def adaptive_objective(self):
+        """The seed's white-box attack: fool M while looking natural to the detector, through
+        the taps, the trajectory embedding and the LSTM."""
+        from defense import adaptive
+        if self._taps_logits is None:
+            self._taps_logits = tap_model(self._m, self._arch, with_logits=True)
+        reps, metric = self._reps, self.options.metric
+        return adaptive.detector_objective(
+            self._taps_logits, lambda taps: tj.embed_tensors(taps, reps, metric), self._model)
 
     def observe(self, images: ImageSet) -> Dict[str, List]:
         pred = images.preds.get("m")

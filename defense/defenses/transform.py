@@ -60,6 +60,13 @@ class TransformDefense(Defense):
         (identity) for the others (see :mod:`defense.transforms`)."""
         return self.transform.estimate_gradient(x, grad)
 
+    def adaptive_objective(self):
+        """BPDA through the transform (EOT over its randomness for a random transform)."""
+        from defense import adaptive
+        if self.transform.randomized:
+            return adaptive.eot_objective(self._m, self.transform)
+        return adaptive.bpda_objective(self._m, self.transform)
+
     def observe(self, images: ImageSet) -> Dict[str, List]:
         return {"pred": model_predictions(self._m, self.transformed(images)).tolist()}
 
