@@ -145,6 +145,7 @@ def main(argv=None):
     results["speedup_vs_art"] = art["median_s"] / ours["median_s"]
     results["speedup_per_round"] = [a / o for a, o in zip(art["times_s"], ours["times_s"])]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    results = _machine.relative_paths(results)  # repository-relative paths only
     write_json_atomic(args.out, results, indent=2)
     print("speed-up %.2fx (ratio of medians; per round %.2f-%.2f); written to %s"
           % (results["speedup_vs_art"], min(results["speedup_per_round"]),

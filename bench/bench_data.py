@@ -98,6 +98,7 @@ def main(argv=None) -> dict:
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    result = _machine.relative_paths(result, roots=(data_dir,))  # repository-relative paths
     write_json_atomic(args.out, result, indent=1)
     print("generated in %.1f s, %.1f MB in %d files; written to %s"
           % (result["data"]["wall_seconds"], result["data"]["bytes_on_disk"] / 1e6,

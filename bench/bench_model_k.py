@@ -79,6 +79,16 @@ def bench_extractor(extractor: PartExtractor, images: list, n_images: int, batch
             "rss_growth_mb_after_warmup": round(samples[-1]["rss_mb"] - first, 1)}
 
 
+def relative_eval_record(results_dir: str) -> None:
+    """Rewrite ``<results_dir>/eval_test.json`` (written by the evaluation) with paths
+    relative to the repository, as every record of the benchmark."""
+    path = os.path.join(results_dir, "eval_test.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        write_json_atomic(path, _machine.relative_paths(record), indent=1)
+
+
 def train_by_command(args) -> dict:
     """Run ``python main.py --model K --k-retrain`` and time it; returns the record and the
     evaluation metrics the command wrote."""
@@ -93,10 +103,10 @@ def train_by_command(args) -> dict:
     seconds = time.time() - start
     with open(os.path.join(results_dir, "eval_test.json"), encoding="utf-8") as f:
         metrics = json.load(f)
-    run_dir = os.path.dirname(metrics["checkpoint"])
+    run_dir = os.path.join(ROOT, os.path.dirname(metrics["checkpoint"]))  # the command's cwd
     with open(os.path.join(run_dir, "train_summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
-    record = {"command": " ".join(["python"] + cmd[1:]),
+    record = {"command": _machine.record_command(cmd),
               "command_minutes": round(seconds / 60, 2), "target_minutes": 20,
               "data_set_generated_by_the_command": not data_ready,
               "train_minutes": round(summary["seconds"] / 60, 2),
@@ -129,6 +139,7 @@ def main(argv=None) -> dict:
         metrics = cli.evaluate_model_k(
             args.data_dir, "synthetic", checkpoint, "test", args.log_dir, batch_size=args.batch,
             results_dir=os.path.join(os.path.dirname(args.out) or ".", "model_k"))
+    relative_eval_record(os.path.join(os.path.dirname(os.path.abspath(args.out)), "model_k"))
     report["eval"] = {k: metrics[k] for k in ("matterport_mAP50", "images", "images_per_second",
                                               "batch_size", "checkpoint")}
     report["eval"]["segm"] = {k: metrics["segm"][k] for k in ("mAP", "mAP50", "mAP75")}
@@ -141,6 +152,7 @@ def main(argv=None) -> dict:
     finally:
         extractor.close()
     report["load_average_after"] = _machine.load_average()
+    report = _machine.relative_paths(report)  # no absolute path of this machine is recorded
     write_json_atomic(args.out, report, indent=1)
     print(cli.format_metrics(metrics))
     if "command_minutes" in report:

@@ -64,13 +64,14 @@ def main(argv=None):
         load_before = _machine.load_average()
         seconds, metrics = run_timed(cmd + args.extra, root, cs)
     record = {
-        "command": "python main.py --model M --classset %s %s" % (cs.paper_name,
-                                                                  " ".join(args.extra)),
+        "command": _machine.record_command(["python", "main.py", "--model", "M", "--classset",
+                                            cs.paper_name] + list(args.extra)),
         "wall_seconds": round(seconds, 1), "target_seconds": 1200,
         "machine": _machine.machine_info(),
         "load_average_before": load_before, "load_average_after": _machine.load_average(),
         "metrics": metrics,
     }
+    record = _machine.relative_paths(record, roots=(root,))  # repository-relative paths only
     write_json_atomic(args.out, record, indent=2)
     print("%s: %.0f s (target <= 1200 s); written to %s" % (record["command"], seconds,
                                                              args.out))

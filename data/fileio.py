@@ -3,14 +3,44 @@
 Every result, checkpoint and annotation file of the project is written to a temporary file in
 the destination folder and renamed over the destination only once complete (``os.replace`` is
 atomic on POSIX and Windows when both paths are on one file system).
+
+Permissions: a finished file has the mode an ordinary ``open(path, "w")`` would give it,
+``0o666 & ~umask`` (plus any default ACL of the folder), so a data set or checkpoint shared
+with other users stays readable for them when the umask says so.  ``tempfile.mkstemp`` would
+create every file ``0o600`` whatever the umask; instead the temporary file is created with
+``os.open(..., O_CREAT | O_EXCL, 0o666)`` and the kernel applies the umask at creation, as for
+any other file.  The umask is therefore never read or changed here (``os.umask`` can only be
+read by setting it, which races with files created by other threads in the meantime).  A
+writer that truncates the temporary file (``h5py.File(tmp, "w")``, ``open(tmp, "wb")``) keeps
+that mode; the rename keeps it too.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from typing import Any, Iterator
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+_NEW_FILE_MODE = 0o666  # the kernel applies the umask: 0o644 with the usual umask 022
+
+
+def _create_temporary(folder: str, prefix: str, suffix: str) -> str:
+    """Create a new empty file ``<folder>/<prefix><random><suffix>``; returns its path.
+
+    ``O_EXCL`` makes the name ours (as ``tempfile.mkstemp`` does) and mode ``0o666`` lets the
+    umask decide the permissions (``mkstemp`` would force ``0o600``).
+    """
+    for _ in range(100):
+        path = os.path.join(folder, prefix + secrets.token_hex(6) + suffix)
+        try:
+            fd = os.open(path, _CREATE_FLAGS, _NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError("could not create a temporary file in %s (100 names taken)" % folder)
 
 
 @contextlib.contextmanager
@@ -20,12 +50,12 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     Use for writers that want a file name (``model.save_weights(tmp)``, ``fig.savefig(tmp)``).
     ``suffix`` keeps an extension that the writer may rely on (``".h5"``, ``".png"``).
     On an exception the temporary file is removed and ``path`` is left untouched.
+    The finished file gets mode ``0o666 & ~umask`` like any newly created file (see the
+    module docstring), not ``mkstemp``'s ``0o600``.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp",
-                               dir=folder)
-    os.close(fd)
+    tmp = _create_temporary(folder, "." + os.path.basename(path) + ".", suffix + ".tmp")
     try:
         yield tmp
         os.replace(tmp, path)

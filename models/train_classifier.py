@@ -7,11 +7,23 @@ equals PyTorch's L2-in-the-gradient form without momentum and differs only sligh
 Files in ``checkpoint_dir`` (all written atomically):
     best.h5      weights with the best validation accuracy so far (what evaluation loads)
     last.h5      weights after the last finished epoch (what an interrupted run resumes from)
-    state.json   {"epoch": finished epochs, "best_val_acc", "best_epoch", "epochs", "done"}
+    state.json   {"epoch": finished epochs, "best_val_acc", "best_epoch", "epochs", "done",
+                  "last_sha256", "best_sha256": SHA-256 of the two weight files}
 
 A run whose ``state.json`` says ``done`` for at least the requested epochs only loads
 ``best.h5``.  An interrupted run restarts from ``last.h5`` at the next epoch (the optimizer's
 momentum starts afresh there).
+
+Refusals (:class:`CheckpointError`, a ValueError naming the file and the way out): a folder
+is never silently retrained from scratch over existing weights nor resumed at a wrong epoch.
+A ``state.json`` that is not valid JSON, lacks a key, has a wrong type or inconsistent
+numbers, a missing weight file the state refers to, a weight file that does not match the
+SHA-256 recorded for it (flipped bytes, replaced file, a run killed between writing
+``last.h5`` and ``state.json``; files of older runs have no checksum and are not checked), a
+truncated or corrupted ``.h5`` and weights left without ``state.json`` all stop the run.
+Training stops with :class:`NonFiniteTraining` as soon as a batch loss is NaN or infinite,
+and the weights are checked before ``best.h5``/``last.h5`` are written, so a diverged model is
+never saved (the files of the earlier epochs stay as they were).
 
 ``perturb`` lets a caller transform each training batch before the gradient step, e.g. to
 replace it by adversarial examples (adversarial training lives in ``defense``, which may
@@ -20,15 +32,44 @@ import ``attacks``; this module may not).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
+import numbers
 import os
 from typing import Callable, Optional
 
 import numpy as np
 
 import tfcompat
-from data.fileio import atomic_path, read_json, write_json_atomic
+from data.fileio import atomic_path, write_json_atomic
 
 tf, keras = tfcompat.import_tf()
+
+
+#: Sanity bound of the learning rate (the recipe uses 0.001): a larger one can only diverge.
+MAX_LEARNING_RATE = 10.0
+STATE_FILE = "state.json"
+#: Keys of ``state.json`` and their types (``best_val_acc``: a number).
+STATE_KEYS = (("epoch", int), ("best_val_acc", float), ("best_epoch", int), ("epochs", int),
+              ("done", bool))
+
+
+class CheckpointError(ValueError):
+    """M's checkpoint folder is damaged or inconsistent (nothing is resumed or overwritten)."""
+
+
+class NonFiniteTraining(ValueError):
+    """M's loss or weights became NaN or infinite (nothing of the epoch is saved)."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite_number(value) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
 
 
 @dataclasses.dataclass
@@ -42,12 +83,26 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ValueError("--epochs must be >= 1, got %d" % self.epochs)
-        if self.batch_size < 1:
-            raise ValueError("--batch-size must be >= 1, got %d" % self.batch_size)
-        if not self.learning_rate > 0:
-            raise ValueError("--lr must be > 0, got %r" % self.learning_rate)
+        """Refuse settings that cannot train (ValueError naming the option).
+
+        The learning rate must be finite and in (0, MAX_LEARNING_RATE]: NaN, infinity or
+        1e30 would train a model full of NaN.  Momentum must be in [0, 1), weight decay a
+        finite number >= 0.
+        """
+        if not _is_int(self.epochs) or self.epochs < 1:
+            raise ValueError("--epochs must be an integer >= 1, got %r" % (self.epochs,))
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError("--batch-size must be an integer >= 1, got %r" % (self.batch_size,))
+        if not _finite_number(self.learning_rate) or not (
+                0 < self.learning_rate <= MAX_LEARNING_RATE):
+            raise ValueError("--lr must be a finite number > 0 and <= %g (the recipe uses "
+                             "0.001), got %r" % (MAX_LEARNING_RATE, self.learning_rate))
+        if not _finite_number(self.momentum) or not 0 <= self.momentum < 1:
+            raise ValueError("TrainConfig.momentum must be a finite number in [0, 1), got %r"
+                             % (self.momentum,))
+        if not _finite_number(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError("TrainConfig.weight_decay must be a finite number >= 0, got %r"
+                             % (self.weight_decay,))
 
 
 def predict_labels(model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
@@ -80,14 +135,101 @@ def _make_step(model, optimizer):
     return step
 
 
-def _save_weights(model, path: str) -> None:
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_weights(model, path: str) -> str:
+    """Write ``model``'s weights to ``path`` atomically; returns the file's SHA-256."""
     with atomic_path(path, suffix=".h5") as tmp:
         model.save_weights(tmp, save_format="h5")
+        digest = _sha256(tmp)
+    return digest
+
+
+def _recovery(checkpoint_dir: str) -> str:
+    return ("delete the folder %s to train M from scratch (the next run retrains it), or "
+            "train into another --checkpoint-dir" % checkpoint_dir)
+
+
+def _check_state(state, path: str, checkpoint_dir: str) -> dict:
+    """Validate the content of ``state.json`` (keys, types, consistent numbers)."""
+    def bad(problem):
+        return CheckpointError("M's training state %s is damaged: %s; it cannot tell which "
+                               "epoch the weights hold, so training is neither resumed nor "
+                               "restarted over them: %s" % (path, problem,
+                                                            _recovery(checkpoint_dir)))
+    if not isinstance(state, dict):
+        raise bad("it holds a JSON %s instead of an object" % type(state).__name__)
+    for key, kind in STATE_KEYS:
+        if key not in state:
+            raise bad("the key %r is missing" % key)
+        value = state[key]
+        ok = (isinstance(value, bool) if kind is bool else
+              _finite_number(value) if kind is float else _is_int(value))
+        if not ok:
+            raise bad("%r must be %s, got %r" % (key, {bool: "true or false", float: "a finite "
+                                                       "number", int: "an integer"}[kind], value))
+    for key in ("last_sha256", "best_sha256"):
+        value = state.get(key)
+        if value is not None and not (isinstance(value, str) and len(value) == 64):
+            raise bad("%r must be a SHA-256 hex digest, got %r" % (key, value))
+    epoch, epochs, best_epoch = state["epoch"], state["epochs"], state["best_epoch"]
+    if not 1 <= epoch <= epochs:
+        raise bad("'epoch' %d is not within 1..'epochs' (%d)" % (epoch, epochs))
+    if not 1 <= best_epoch <= epoch:
+        raise bad("'best_epoch' %d is not within 1..'epoch' (%d)" % (best_epoch, epoch))
+    if not 0 <= state["best_val_acc"] <= 1:
+        raise bad("'best_val_acc' %r is not an accuracy in [0, 1]" % (state["best_val_acc"],))
+    if state["done"] and epoch != epochs:
+        raise bad("'done' is true but 'epoch' %d differs from 'epochs' %d" % (epoch, epochs))
+    return state
 
 
 def _load_state(checkpoint_dir: str) -> dict:
-    path = os.path.join(checkpoint_dir, "state.json")
-    return read_json(path) if os.path.isfile(path) else {}
+    """``state.json`` of ``checkpoint_dir`` (validated), or {} when there is none."""
+    path = os.path.join(checkpoint_dir, STATE_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError("M's training state %s is damaged (not valid JSON: %s); it "
+                              "cannot tell which epoch the weights hold, so training is neither "
+                              "resumed nor restarted over them: %s"
+                              % (path, err, _recovery(checkpoint_dir))) from None
+    return _check_state(state, path, checkpoint_dir)
+
+
+def _load_checkpoint(model, path: str, digest: Optional[str], checkpoint_dir: str,
+                     role: str) -> None:
+    """Load ``best.h5``/``last.h5`` into ``model``, refusing a missing, mismatching or
+    damaged file (CheckpointError naming it)."""
+    if not os.path.isfile(path):
+        raise CheckpointError("%s is missing although %s records it as the %s: %s"
+                              % (path, os.path.join(checkpoint_dir, STATE_FILE), role,
+                                 _recovery(checkpoint_dir)))
+    if digest is not None and _sha256(path) != digest:
+        raise CheckpointError("%s is damaged: its SHA-256 differs from the one %s recorded for "
+                              "the %s (corrupted or replaced file, or a run killed between "
+                              "writing it and the state); %s"
+                              % (path, STATE_FILE, role, _recovery(checkpoint_dir)))
+    try:
+        model.load_weights(path)
+    except (OSError, KeyError, RuntimeError) as err:
+        raise CheckpointError("%s is damaged (truncated or corrupted HDF5 file: %s) and "
+                              "cannot be loaded as M's %s; %s"
+                              % (path, str(err).strip("'\""), role,
+                                 _recovery(checkpoint_dir))) from None
+    except ValueError as err:
+        raise CheckpointError("%s cannot be loaded into M (%s): was it trained with another "
+                              "--arch, --input-size or class set? %s"
+                              % (path, err, _recovery(checkpoint_dir))) from None
 
 
 def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
@@ -104,20 +246,44 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
             training batch (adversarial training).
     Returns:
         the final ``state.json`` content; ``model`` holds the best-validation weights.
+    Raises:
+        CheckpointError: a damaged or inconsistent ``checkpoint_dir`` (see the module
+            docstring); NonFiniteTraining: the loss or the weights became NaN or infinite.
     """
     cfg = config or TrainConfig()
     cfg.validate()
     best_path = os.path.join(checkpoint_dir, "best.h5")
     last_path = os.path.join(checkpoint_dir, "last.h5")
+    state_path = os.path.join(checkpoint_dir, STATE_FILE)
     state = _load_state(checkpoint_dir)
-    if state.get("done") and state.get("epochs", 0) >= cfg.epochs and os.path.isfile(best_path):
-        model.load_weights(best_path)
+    if not state:
+        stray = [p for p in (best_path, last_path) if os.path.isfile(p)]
+        if stray:
+            raise CheckpointError("%s holds %s but no %s, so the epoch of the weights is "
+                                  "unknown and M is neither resumed nor trained over them: %s"
+                                  % (checkpoint_dir, " and ".join(os.path.basename(p)
+                                                                  for p in stray),
+                                     STATE_FILE, _recovery(checkpoint_dir)))
+    finished = state and (state["done"] and state["epochs"] >= cfg.epochs
+                          or not state["done"] and state["epoch"] == cfg.epochs)
+    if finished:
+        _load_checkpoint(model, best_path, state.get("best_sha256"), checkpoint_dir,
+                         "best weights")
+        if not state["done"]:  # the last epoch was saved, the final state write was not
+            state.update(epochs=cfg.epochs, done=True)
+            write_json_atomic(state_path, state, indent=1)
         log("loaded trained model %s (val acc %.3f at epoch %d)"
             % (best_path, state["best_val_acc"], state["best_epoch"]))
         return state
     start = 0
-    if state and os.path.isfile(last_path) and state.get("epoch", 0) < cfg.epochs:
-        model.load_weights(last_path)
+    if state and state["epoch"] > cfg.epochs:
+        raise CheckpointError("%s holds %d epochs of an unfinished %d-epoch run, more than "
+                              "the %d asked for: ask for --epochs %d to finish it, or %s"
+                              % (checkpoint_dir, state["epoch"], state["epochs"], cfg.epochs,
+                                 state["epochs"], _recovery(checkpoint_dir)))
+    if state:
+        _load_checkpoint(model, last_path, state.get("last_sha256"), checkpoint_dir,
+                         "weights after epoch %d" % state["epoch"])
         start = int(state["epoch"])
         log("resuming training from %s after epoch %d" % (last_path, start))
     else:
@@ -127,9 +293,27 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     _run_epochs(model, train_images, train_labels, val_images, val_labels, checkpoint_dir,
                 cfg, perturb, log, progress, start, state)
     state["done"] = True
-    write_json_atomic(os.path.join(checkpoint_dir, "state.json"), state, indent=1)
-    model.load_weights(best_path)
+    write_json_atomic(state_path, state, indent=1)
+    _load_checkpoint(model, best_path, state.get("best_sha256"), checkpoint_dir, "best weights")
     return state
+
+
+def _non_finite(what: str, epoch: int, cfg: "TrainConfig", checkpoint_dir: str,
+                state: dict) -> NonFiniteTraining:
+    kept = ("best.h5 and last.h5 of epoch %d and before are kept as they were"
+            % state["epoch"] if state.get("epoch") else "no checkpoint was written")
+    return NonFiniteTraining(
+        "M's training diverged: %s in epoch %d (learning rate %g). Training stopped and "
+        "nothing of this epoch was saved in %s (%s). Lower --lr (now %g) or check the "
+        "training data and the batch transformation, then run again"
+        % (what, epoch, cfg.learning_rate, checkpoint_dir, kept, cfg.learning_rate))
+
+
+def _check_finite_weights(model, epoch, cfg, checkpoint_dir, state) -> None:
+    for var in model.weights:
+        if not np.all(np.isfinite(var.numpy())):
+            raise _non_finite("weight %s became non-finite" % var.name, epoch, cfg,
+                              checkpoint_dir, state)
 
 
 def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, progress,
@@ -154,15 +338,20 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             if perturb is not None:
                 x = perturb(x, y)
             loss, c = step(x, y)
+            if not np.isfinite(float(loss)):
+                raise _non_finite("the loss became %s at batch %d" % (float(loss),
+                                                                      i // cfg.batch_size + 1),
+                                  epoch + 1, cfg, checkpoint_dir, state)
             loss_sum += float(loss) * len(idx)
             correct += float(c)
             bar.set_postfix(loss="%.3f" % float(loss))
+        _check_finite_weights(model, epoch + 1, cfg, checkpoint_dir, state)  # before saving
         val_acc = accuracy(model, xval, yval)
         state["epoch"] = epoch + 1
-        _save_weights(model, os.path.join(checkpoint_dir, "last.h5"))
+        state["last_sha256"] = _save_weights(model, os.path.join(checkpoint_dir, "last.h5"))
         if val_acc > state["best_val_acc"]:
             state["best_val_acc"], state["best_epoch"] = val_acc, epoch + 1
-            _save_weights(model, os.path.join(checkpoint_dir, "best.h5"))
+            state["best_sha256"] = _save_weights(model, os.path.join(checkpoint_dir, "best.h5"))
         write_json_atomic(os.path.join(checkpoint_dir, "state.json"), state, indent=1)
         log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,

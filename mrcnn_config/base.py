@@ -9,6 +9,8 @@ ARCHITECTURE_KEYS = ("BACKBONE", "NUM_CLASSES", "IMAGE_CHANNEL_COUNT", "TOP_DOWN
                      "RPN_CONV_SIZE", "FPN_CLASSIF_FC_LAYERS_SIZE", "POOL_SIZE",
                      "MASK_HEAD_CONV_SIZE")
 SMALL_BACKBONE_KEYS = ("SMALL_BACKBONE_BLOCKS", "SMALL_BACKBONE_WIDTH")
+# Values the constructor derives from others (override IMAGES_PER_GPU, IMAGE_MAX_DIM, ...).
+DERIVED_KEYS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
 
 
 def _plain(value):
@@ -140,6 +142,10 @@ class Config:
     PROPOSALS_INCLUDE_GT = False
     # Momentum of the batch-norm moving statistics (Keras default 0.99).
     BN_MOMENTUM = 0.99
+    # Probability of flipping a training image left-right together with its masks (and so
+    # its boxes), drawn per image from the training run's seeded generator; used by
+    # models.mrcnn.cli.train_model_k in every stage (matterport's default: no augmentation).
+    TRAIN_HFLIP_PROB = 0.0
 
     def __init__(self):
         """Derive BATCH_SIZE, IMAGE_SHAPE and IMAGE_META_SIZE; ValueError on bad values."""
@@ -169,6 +175,36 @@ class Config:
             raise ValueError("Config.RPN_ANCHOR_SCALES needs one scale per backbone stride")
         if self.NUM_CLASSES < 2:
             raise ValueError("Config.NUM_CLASSES must count background plus >= 1 class")
+
+    def replace(self, **overrides) -> "Config":
+        """A new configuration equal to this one except for ``overrides``.
+
+        The copy is an instance of a sub-class of ``type(self)`` (so ``isinstance`` checks and
+        :func:`mrcnn_config.config_key` still see the original class) holding the overrides as
+        class attributes; values set on this instance after construction are carried over.
+        The derived values (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE``) are computed
+        anew and the result is validated.
+
+        Raises:
+            ValueError: naming an override that is not an upper-case attribute of the
+                configuration, or one of the derived values, or from :meth:`validate`.
+        """
+        for name in overrides:
+            if name in DERIVED_KEYS:
+                raise ValueError("Config.replace: %s is derived by the constructor and cannot "
+                                 "be overridden (change IMAGES_PER_GPU, GPU_COUNT, "
+                                 "IMAGE_MAX_DIM, IMAGE_MIN_DIM, IMAGE_RESIZE_MODE, "
+                                 "IMAGE_CHANNEL_COUNT or NUM_CLASSES instead)" % name)
+            if not name.isupper() or not hasattr(self, name):
+                raise ValueError("Config.replace: unknown configuration attribute %r "
+                                 "(not an upper-case attribute of %s)"
+                                 % (name, type(self).__name__))
+        attrs = {k: v for k, v in vars(self).items()
+                 if k.isupper() and k not in DERIVED_KEYS}
+        attrs.update(overrides)
+        if not attrs:
+            return type(self)()
+        return type(type(self).__name__, (type(self),), attrs)()
 
     def to_dict(self):
         """Upper-case attributes as a plain dict (numpy arrays converted to lists)."""

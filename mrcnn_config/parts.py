@@ -5,7 +5,13 @@ from mrcnn_config.base import Config
 
 
 class PartsConfig(Config):
-    """The original UnMask K: Mask R-CNN on 44 PASCAL-Part categories (matterport sizes)."""
+    """The original UnMask K: Mask R-CNN on 44 PASCAL-Part categories (matterport sizes).
+
+    Augmentation: the original trained every stage with ``imgaug.augmenters.Fliplr(0.5)``, so
+    ``TRAIN_HFLIP_PROB = 0.5`` flips half of the training images left-right with their masks
+    (boxes are taken from the flipped masks).  As in the original, class ids are kept: the
+    sided parts (vehicle_left/right, coach_left/right) are *not* swapped by a flip.
+    """
 
     # Checkpoints: mask_rcnn_parts_<epoch>.h5
     NAME = "parts"
@@ -16,6 +22,8 @@ class PartsConfig(Config):
     # UnMask used every detection (the extractor applies its own threshold).
     DETECTION_MIN_CONFIDENCE = 0
     BACKBONE = "resnet101"
+    # Random left-right flips of training images in every stage, as the original K.
+    TRAIN_HFLIP_PROB = 0.5
 
 
 class SyntheticPartsConfig(PartsConfig):
@@ -23,6 +31,12 @@ class SyntheticPartsConfig(PartsConfig):
 
     Same architecture and layer names as matterport, with a narrow ResNet ("resnet_small"),
     a 64-channel pyramid, anchors scaled to the 128-pixel image and fewer ROIs.
+
+    Augmentation: no image flips (``TRAIN_HFLIP_PROB = 0``).  The synthetic generator already
+    mirrors every object left-right with probability 0.5 when it draws the scene, so flipping
+    the whole image adds no layout the data lacks, while turning it on would change the
+    batches (and so every result) of the synthetic K trained so far; the default is kept as it
+    was.  Pass ``TRAIN_HFLIP_PROB=0.5`` to ``get_config``/``Config.replace`` to flip anyway.
     """
 
     IMAGES_PER_GPU = 4
@@ -53,6 +67,8 @@ class SyntheticPartsConfig(PartsConfig):
     PROPOSALS_INCLUDE_GT = True
     LEARNING_RATE = 0.02
     WEIGHT_DECAY = 0.0001
+    # No flips: see the class docstring.
+    TRAIN_HFLIP_PROB = 0.0
 
 
 class TinyTestConfig(SyntheticPartsConfig):
@@ -102,12 +118,5 @@ def get_config(name: str, **overrides) -> Config:
     key = str(name).lower()
     if key not in _CONFIGS:
         raise ValueError("unknown K config %r; choose one of %s" % (name, sorted(_CONFIGS)))
-    attrs = {}
-    for attr, value in overrides.items():
-        if not attr.isupper():
-            raise ValueError("config override %r must be an upper-case Config attribute" % attr)
-        if not hasattr(Config, attr):
-            raise ValueError("config override %r is not a Config attribute" % attr)
-        attrs[attr] = value
-    cls = type(_CONFIGS[key].__name__, (_CONFIGS[key],), attrs) if attrs else _CONFIGS[key]
-    return cls()
+    config = _CONFIGS[key]()
+    return config.replace(**overrides) if overrides else config

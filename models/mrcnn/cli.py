@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
 import os
 import time
 from typing import Dict, Optional, Sequence, Union
@@ -22,6 +24,10 @@ DEFAULT_RESULTS_DIR = "results/model_k"
 DEFAULT_EPOCHS = {"synthetic": (1, 1, 20, 6), "parts": (20, 10, 10, 0), "tiny": (1, 1, 1, 0)}
 COCO_WEIGHTS = "mask_rcnn_coco.h5"
 IMAGENET_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+#: Sanity bound of K's learning rate (matterport trains at 0.001-0.02): a larger one can only
+#: diverge, and a NaN/inf one trains a model full of NaN.
+MAX_LEARNING_RATE = 10.0
 
 CLI_DEFAULTS = {
     "data_dir": DEFAULT_DATA_DIR,
@@ -44,14 +50,94 @@ CLI_DEFAULTS = {
 }
 
 
+# ----------------------------------------------------------------------------- validation
+# Every number is checked where it enters (argparse types for main.py, validate_options for
+# run_model_k, the entry functions for direct calls) before any data set is generated or read.
+
+def check_count(flag: str, value, minimum: int = 1, what: str = "") -> Optional[int]:
+    """``value`` as an int >= ``minimum`` (None stays None: the default applies).
+
+    Raises:
+        ValueError: naming ``flag``; 0 is refused, never taken to mean "the default".
+    """
+    if value is None:
+        return None
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < minimum:
+        raise ValueError("%s must be an integer >= %d%s, got %r (leave it out for the default)"
+                         % (flag, minimum, " (%s)" % what if what else "", value))
+    return int(value)
+
+
+def check_positive(flag: str, value, maximum: Optional[float] = None,
+                   what: str = "") -> Optional[float]:
+    """``value`` as a finite float > 0 (and <= ``maximum``); None stays None.
+
+    Raises:
+        ValueError: naming ``flag`` for NaN, infinity, 0, negative values or values above
+        ``maximum``.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0 or (
+            maximum is not None and number > maximum):
+        bound = " and <= %g" % maximum if maximum is not None else ""
+        raise ValueError("%s must be a finite number > 0%s%s, got %r"
+                         % (flag, bound, " (%s)" % what if what else "", value))
+    return number
+
+
+def check_learning_rate(value, flag: str = "--k-lr") -> Optional[float]:
+    """A finite learning rate in (0, MAX_LEARNING_RATE] (None: the config's)."""
+    return check_positive(flag, value, MAX_LEARNING_RATE,
+                          "learning rate; a NaN, infinite or huge one trains a model full of NaN")
+
+
+def validate_options(opts: Dict) -> None:
+    """Check the numeric options of ``--model K`` (raises ValueError naming the flag)."""
+    check_count("--k-steps", opts.get("k_steps"), 1, "steps per epoch")
+    check_count("--k-batch", opts.get("k_batch"), 1, "inference batch size")
+    check_count("--k-eval-limit", opts.get("k_eval_limit"), 1, "images to evaluate")
+    check_positive("--k-max-minutes", opts.get("k_max_minutes"), what="training time limit")
+    check_learning_rate(opts.get("k_lr"))
+    if opts.get("k_epochs") is not None:
+        parse_epochs(opts["k_epochs"], None)
+
+
+def _argparse_type(check, flag: str, convert):
+    """An argparse ``type=`` running ``check`` on the converted value (error names the flag)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%s: invalid number %r" % (flag, text)) from None
+        try:
+            check(flag, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+    parse.__name__ = flag
+    return parse
+
+
+def _epochs_argument(text: str) -> str:
+    try:
+        parse_epochs(text, None)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def resolve_config(config: Union[str, Config, None], **overrides) -> Config:
     """A ``Config`` from a name ("synthetic", "parts", "tiny") or an instance."""
     if config is None:
         config = "synthetic"
     if isinstance(config, Config):
-        if overrides:
-            return type(type(config).__name__, (type(config),), overrides)()
-        return config
+        return config.replace(**overrides) if overrides else config
     return get_config(config, **overrides)
 
 
@@ -131,17 +217,29 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
     """Train K in matterport's stages (heads -> 4+ -> all [-> all at lr/10]).
 
     Epoch counts are per stage; the stages continue from a resumed checkpoint's epoch.
+    Every stage uses the configuration's augmentation (:func:`data_gen.default_augmentation`:
+    left-right flips with probability ``TRAIN_HFLIP_PROB``, 0.5 for "parts" as the original
+    K, none for "synthetic"), drawn from the generator seeded by ``seed``.
     Checkpoints go to ``<log_dir>/<name><timestamp>/mask_rcnn_<name>_<epoch>.h5``.
 
     Returns:
         dict with ``checkpoint`` (last written), ``history`` (per epoch), ``log_dir``,
         ``seconds`` and ``weights`` (what initialised the model).
+    Raises:
+        ValueError: a learning rate that is not finite, <= 0 or > MAX_LEARNING_RATE, steps
+        < 1 or a time limit <= 0 (named by their flag), before any data is read.
     """
+    steps_per_epoch = check_count("--k-steps", steps_per_epoch, 1, "steps per epoch")
+    max_minutes = check_positive("--k-max-minutes", max_minutes, what="training time limit")
+    learning_rate = check_learning_rate(learning_rate)
     import tfcompat  # noqa: F401
+    from models.mrcnn.data_gen import default_augmentation
     from models.mrcnn.model import MaskRCNN
     cfg = resolve_config(config)
+    augmentation = default_augmentation(cfg)
     stages = parse_epochs(epochs, cfg)
-    lr = float(learning_rate or cfg.LEARNING_RATE)
+    lr = learning_rate if learning_rate is not None else check_learning_rate(
+        cfg.LEARNING_RATE, "%s.LEARNING_RATE" % type(cfg).__name__)
     train_ds = train_dataset or load_parts_dataset(data_dir, "train")
     val_ds = val_dataset if val_dataset is not None else _maybe_dataset(data_dir, "val")
     model = MaskRCNN("training", cfg, log_dir, seed=seed)
@@ -161,11 +259,13 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
                 budget = max_minutes * 60 - (time.time() - start)
                 if budget <= 0:
                     break
-            history += model.train(train_ds, val_ds, stage_lr, target, layers, seed=seed,
+            history += model.train(train_ds, val_ds, stage_lr, target, layers,
+                                   augmentation=augmentation, seed=seed,
                                    progress=progress, max_seconds=budget,
                                    steps_per_epoch=steps_per_epoch)
         result = {"checkpoint": history[-1]["checkpoint"] if history else None,
                   "history": history, "log_dir": model.log_dir, "weights": loaded,
+                  "augmentation": repr(augmentation) if augmentation else "none",
                   "seconds": time.time() - start, "config": cfg.to_dict()}
         if history:
             write_json_atomic(os.path.join(model.log_dir, "train_summary.json"), result, indent=1)
@@ -195,6 +295,8 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
     Writes ``<results_dir>/eval_<split>.json`` and, with ``visualize``, PNGs of detected parts
     under ``<results_dir>/visualize_<split>/``.
     """
+    limit = check_count("--k-eval-limit", limit, 1, "images to evaluate")
+    batch_size = check_count("--k-batch", batch_size, 1, "inference batch size")
     import tfcompat  # noqa: F401
     from models.mrcnn.evaluate import evaluate_dataset
     from models.mrcnn.model import MaskRCNN, resolve_checkpoint
@@ -263,6 +365,7 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
     """
     opts = _options(args)
     opts.update({k: v for k, v in kwargs.items() if v is not None})
+    validate_options(opts)  # before any data set is generated or any model built
     from data.synthetic import ensure_dataset
     ensure_dataset(opts["data_dir"], seed=int(opts["seed"]))
     cfg = resolve_config(opts["k_config"])
@@ -302,20 +405,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model K (Mask R-CNN on parts)")
     g.add_argument("--k-config", default="synthetic", choices=["synthetic", "parts", "tiny"],
                    help="K configuration: synthetic (128-px CPU default), parts (original)")
-    g.add_argument("--k-epochs", default=None,
+    g.add_argument("--k-epochs", default=None, type=_epochs_argument,
                    help="epochs per stage heads,4+,all[,all at lr/10], e.g. 1,1,10,3")
-    g.add_argument("--k-steps", type=int, default=None, help="steps per epoch (config default)")
-    g.add_argument("--k-lr", type=float, default=None, help="learning rate (config default)")
-    g.add_argument("--k-max-minutes", type=float, default=None,
-                   help="stop training after this many minutes (a checkpoint is kept)")
+    g.add_argument("--k-steps", type=_argparse_type(check_count, "--k-steps", int),
+                   default=None, help="steps per epoch >= 1 (config default)")
+    g.add_argument("--k-lr", type=_argparse_type(lambda f, v: check_learning_rate(v, f),
+                                                 "--k-lr", float),
+                   default=None, help="learning rate, finite, > 0 and <= %g (config default)"
+                   % MAX_LEARNING_RATE)
+    g.add_argument("--k-max-minutes", type=_argparse_type(check_positive, "--k-max-minutes",
+                                                          float), default=None,
+                   help="stop training after this many minutes > 0 (a checkpoint is kept)")
     g.add_argument("--k-eval-only", action="store_true",
                    help="skip training; evaluate --weights PATH or the last checkpoint")
     g.add_argument("--k-retrain", action="store_true",
                    help="train K even when a trained K exists (by default a second "
                         "`--model K` evaluates the existing K)")
     g.add_argument("--k-eval-split", default="test", help="split to evaluate (default test)")
-    g.add_argument("--k-eval-limit", type=int, default=None, help="evaluate the first N images")
-    g.add_argument("--k-batch", type=int, default=None, help="inference batch size")
+    g.add_argument("--k-eval-limit", type=_argparse_type(check_count, "--k-eval-limit", int),
+                   default=None, help="evaluate the first N >= 1 images")
+    g.add_argument("--k-batch", type=_argparse_type(check_count, "--k-batch", int),
+                   default=None, help="inference batch size >= 1")
     g.add_argument("--visualize", action="store_true", help="write PNGs of detected parts")
     g.add_argument("--k-log-dir", default=DEFAULT_LOG_DIR,
                    help="K checkpoints and TensorBoard logs (default logs/model_k)")

@@ -15,9 +15,11 @@ def load_image_gt(dataset, config, image_id, rng: np.random.Generator = None,
                   augmentation=None):
     """Load, resize and pack the ground truth of one image.
 
+    Args:
+        rng: generator of the random crop (mode "crop") and of ``augmentation``.
+        augmentation: optional ``f(image, mask, rng) -> (image, mask)`` applied after
+            resizing (shape-preserving), e.g. :class:`HorizontalFlip`.
     Returns:
-        ``augmentation``: optional ``f(image, mask, rng) -> (image, mask)`` applied after
-        resizing (shape-preserving).
         ``(image uint8 [S, S, 3], image_meta [META], class_ids int32 [N], boxes int32 [N, 4],
         masks bool [h, w, N])`` where masks are mini masks when ``config.USE_MINI_MASK``.
     """
@@ -29,7 +31,8 @@ def load_image_gt(dataset, config, image_id, rng: np.random.Generator = None,
         max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
     mask = utils.resize_mask(mask, scale, padding, crop)
     if augmentation is not None:
-        image, mask = augmentation(image, mask, rng)
+        image, mask = augmentation(image, mask,
+                                   rng if rng is not None else np.random.default_rng(0))
     keep = np.where(np.sum(mask, axis=(0, 1)) > 0)[0]
     mask, class_ids = mask[:, :, keep], np.asarray(class_ids, np.int32)[keep]
     boxes = utils.extract_bboxes(mask)
@@ -40,46 +43,106 @@ def load_image_gt(dataset, config, image_id, rng: np.random.Generator = None,
     return image, meta, class_ids, boxes, mask
 
 
+class HorizontalFlip:
+    """Training augmentation: flip an image and its masks left-right with probability ``p``
+    (the original K's ``imgaug.augmenters.Fliplr(0.5)``).
+
+    Called as ``f(image, mask, rng) -> (image, mask)`` by :func:`load_image_gt` after
+    resizing; one ``rng.random()`` draw per image decides, so a seeded generator gives the
+    same flips again.  Boxes follow because they are extracted from the flipped masks; class
+    ids are unchanged.
+    """
+
+    def __init__(self, p: float = 0.5):
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError("flip probability must be in [0, 1], got %r" % (p,))
+        self.p = float(p)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+        if rng.random() < self.p:
+            return image[:, ::-1].copy(), mask[:, ::-1].copy()
+        return image, mask
+
+    def __repr__(self):
+        return "HorizontalFlip(p=%g)" % self.p
+
+
+def default_augmentation(config):
+    """The training augmentation a configuration asks for: :class:`HorizontalFlip` with
+    ``config.TRAIN_HFLIP_PROB`` when it is > 0, else None."""
+    p = float(getattr(config, "TRAIN_HFLIP_PROB", 0.0) or 0.0)
+    return HorizontalFlip(p) if p > 0 else None
+
+
 def build_rpn_targets(anchors: np.ndarray, gt_class_ids: np.ndarray, gt_boxes: np.ndarray,
                       config, rng: np.random.Generator):
-    """Anchor labels and box deltas for the RPN.
+    """Anchor labels and box deltas for the RPN, following the matterport code of the original
+    UnMask K.
+
+    1. Crowd boxes (negative class ids) are set aside; an anchor overlapping a crowd box
+       (IoU >= 0.001) is never negative.
+    2. Negative: the anchor's best IoU with a ground-truth box is < 0.3 (and no crowd).
+    3. Positive: for each ground-truth box, its single arg-max IoU anchor (``np.argmax`` over
+       the anchors, so the first of tied anchors, anchor 0 when the box overlaps none), then
+       every anchor with IoU >= 0.7.
+    4. Random positives are reset to neutral until at most RPN_TRAIN_ANCHORS_PER_IMAGE // 2
+       remain, then random negatives until positives + negatives <= RPN_TRAIN_ANCHORS_PER_IMAGE.
+    5. Each kept positive, in anchor order, gets the deltas to its best-IoU box
+       ``(dy / h, dx / w, log(gh / h), log(gw / w)) / RPN_BBOX_STD_DEV`` (float64 arithmetic).
+
+    Matterport never builds targets for an image without (non-crowd) boxes (its generator
+    skips such images); here every anchor not overlapping a crowd box is then negative before
+    the sampling of step 4.
 
     Args:
         anchors: pixel anchors ``[A, (y1, x1, y2, x2)]``.
         gt_class_ids: ``[N]``; negative ids mark crowd boxes (never positive).
         gt_boxes: pixel boxes ``[N, 4]``.
+        rng: generator of the random sub-sampling.
     Returns:
         ``rpn_match int32 [A]`` (1 positive, -1 negative, 0 neutral) and ``rpn_bbox
-        float [RPN_TRAIN_ANCHORS_PER_IMAGE, 4]`` deltas of the positives (normalized by
-        RPN_BBOX_STD_DEV, zero padded).
+        float32 [RPN_TRAIN_ANCHORS_PER_IMAGE, 4]`` deltas of the positives (zero padded).
     """
+    gt_class_ids = np.asarray(gt_class_ids)
+    gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
     rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
-    rpn_bbox = np.zeros((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), dtype=np.float32)
-    if gt_boxes.shape[0] == 0:
-        rpn_match[:] = -1
-        _subsample(rpn_match, -1, config.RPN_TRAIN_ANCHORS_PER_IMAGE, rng)
-        return rpn_match, rpn_bbox
+    rpn_bbox = np.zeros((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), dtype=np.float64)
     crowd = gt_class_ids < 0
     no_crowd = np.ones([anchors.shape[0]], dtype=bool)
     if crowd.any():
         crowd_overlaps = utils.compute_overlaps(anchors, gt_boxes[crowd])
         no_crowd = np.amax(crowd_overlaps, axis=1) < 0.001
-        gt_boxes = gt_boxes[~crowd]
+        gt_boxes = gt_boxes[gt_class_ids > 0]
+    if gt_boxes.shape[0] == 0:
+        rpn_match[no_crowd] = -1
+        _subsample(rpn_match, -1, config.RPN_TRAIN_ANCHORS_PER_IMAGE, rng)
+        return rpn_match, rpn_bbox.astype(np.float32)
     overlaps = utils.compute_overlaps(anchors, gt_boxes)
     best_gt = np.argmax(overlaps, axis=1)
     best_iou = overlaps[np.arange(overlaps.shape[0]), best_gt]
     rpn_match[(best_iou < 0.3) & no_crowd] = -1
-    best_anchor = np.argwhere(overlaps == np.max(overlaps, axis=0))[:, 0]
-    rpn_match[best_anchor] = 1
+    rpn_match[np.argmax(overlaps, axis=0)] = 1
     rpn_match[best_iou >= 0.7] = 1
-    half = config.RPN_TRAIN_ANCHORS_PER_IMAGE // 2
-    _subsample(rpn_match, 1, half, rng)
+    _subsample(rpn_match, 1, config.RPN_TRAIN_ANCHORS_PER_IMAGE // 2, rng)
     n_pos = int(np.sum(rpn_match == 1))
     _subsample(rpn_match, -1, config.RPN_TRAIN_ANCHORS_PER_IMAGE - n_pos, rng)
     pos = np.where(rpn_match == 1)[0]
-    deltas = utils.box_refinement(anchors[pos], gt_boxes[best_gt[pos]])
-    rpn_bbox[:len(pos)] = deltas / config.RPN_BBOX_STD_DEV
-    return rpn_match, rpn_bbox
+    rpn_bbox[:len(pos)] = (_anchor_deltas(anchors[pos], gt_boxes[best_gt[pos]])
+                           / np.asarray(config.RPN_BBOX_STD_DEV, np.float64))
+    return rpn_match, rpn_bbox.astype(np.float32)
+
+
+def _anchor_deltas(anchors: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """``[N, (dy, dx, log(dh), log(dw))]`` from anchors to boxes in float64 (matterport's RPN
+    target arithmetic; :func:`utils.box_refinement` works in float32)."""
+    a = np.asarray(anchors, np.float64)
+    b = np.asarray(boxes, np.float64)
+    ah, aw = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+    bh, bw = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    acy, acx = a[:, 0] + .5 * ah, a[:, 1] + .5 * aw
+    bcy, bcx = b[:, 0] + .5 * bh, b[:, 1] + .5 * bw
+    return np.stack([(bcy - acy) / ah, (bcx - acx) / aw, np.log(bh / ah), np.log(bw / aw)],
+                    axis=1)
 
 
 def _subsample(rpn_match: np.ndarray, value: int, limit: int, rng) -> None:
@@ -212,9 +275,39 @@ def mold_inputs(images, config):
     return np.stack(molded), np.stack(metas), np.array(windows)
 
 
+def unmold_boxes(detections: np.ndarray, original_image_shape, image_shape, window):
+    """Boxes, class ids and scores of one image's network detections, as matterport's
+    ``unmold_detections`` computes them (without the masks).
+
+    The detections up to the first row of class 0 (zero padding) are taken, their normalized
+    boxes are mapped from ``window`` of the molded input to ``int32`` pixels of the original
+    image, and detections whose box area ``(y2 - y1) * (x2 - x1)`` is <= 0 are dropped.
+
+    Returns:
+        ``(boxes int32 [n, 4], class_ids int32 [n], scores float32 [n], rows int [n])`` where
+        ``rows`` are the indices of the kept detections.
+    """
+    detections = np.asarray(detections)
+    zero = np.where(detections[:, 4] == 0)[0]
+    n = zero[0] if zero.shape[0] > 0 else detections.shape[0]
+    boxes = detections[:n, :4]
+    class_ids = detections[:n, 4].astype(np.int32)
+    scores = detections[:n, 5].astype(np.float32)
+    win = utils.norm_boxes(np.array(window), image_shape[:2])
+    wy1, wx1, wy2, wx2 = win
+    shift = np.array([wy1, wx1, wy1, wx1])
+    scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+    boxes = utils.denorm_boxes(np.divide(boxes - shift, scale), original_image_shape[:2])
+    rows = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
+    return boxes[rows], class_ids[rows], scores[rows], rows
+
+
 def unmold_detections(detections: np.ndarray, mrcnn_mask: np.ndarray, original_image_shape,
                       image_shape, window):
     """Convert one image's network detections to pixel boxes/masks of the original image.
+
+    Detections with a zero-area box (after mapping to the original image) are dropped, as in
+    matterport (see :func:`unmold_boxes`).
 
     Args:
         detections: ``[N, (y1, x1, y2, x2, class_id, score)]`` normalized, zero padded.
@@ -224,20 +317,11 @@ def unmold_detections(detections: np.ndarray, mrcnn_mask: np.ndarray, original_i
     Returns:
         ``(boxes int32 [n, 4], class_ids int32 [n], scores float32 [n], masks bool [H, W, n])``.
     """
-    zero = np.where(detections[:, 4] == 0)[0]
-    n = zero[0] if zero.shape[0] > 0 else detections.shape[0]
-    boxes = detections[:n, :4]
-    class_ids = detections[:n, 4].astype(np.int32)
-    scores = detections[:n, 5].astype(np.float32)
-    masks = mrcnn_mask[np.arange(n), :, :, class_ids]
-    win = utils.norm_boxes(np.array(window), image_shape[:2])
-    wy1, wx1, wy2, wx2 = win
-    shift = np.array([wy1, wx1, wy1, wx1])
-    scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-    boxes = utils.denorm_boxes(np.divide(boxes - shift, scale), original_image_shape[:2])
-    keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
-    boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
-    full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape) for i in range(len(keep))]
+    boxes, class_ids, scores, rows = unmold_boxes(detections, original_image_shape,
+                                                  image_shape, window)
+    masks = mrcnn_mask[rows, :, :, class_ids]
+    full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape)
+            for i in range(len(rows))]
     full = (np.stack(full, axis=-1) if full
             else np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool))
     return boxes, class_ids, scores, full

@@ -98,8 +98,11 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
     """COCO bbox/segm mAP and matterport mAP@.5 of an inference model on a dataset.
 
     Returns a dict: ``bbox`` and ``segm`` (mAP, mAP50, mAP75, summary), ``matterport_mAP50``
-    (mean over images of :func:`utils.compute_ap` with mask IoU), ``images``,
-    ``images_per_second`` (detection incl. molding/unmolding) and ``seconds``.
+    (mean of :func:`utils.compute_ap` with mask IoU over the images that have ground truth;
+    0.0 when none has), ``images_without_gt`` (images left out of that mean: their AP is
+    0.0 without predictions and NaN with some under matterport's arithmetic, so the original
+    ``np.mean`` over all images would be NaN as soon as one of them has a detection),
+    ``images``, ``images_per_second`` (detection incl. molding/unmolding) and ``seconds``.
     """
     ids = list(dataset.image_ids if image_ids is None else image_ids)
     if limit:
@@ -112,6 +115,8 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
     for image_id, r in zip(ids, results):
         coco_results += detections_to_coco(image_id, r)
         masks, class_ids = dataset.load_mask(image_id)
+        if masks.shape[-1] == 0:
+            continue
         ap, *_ = utils.compute_ap(utils.extract_bboxes(masks), class_ids, masks, r["rois"],
                                   r["class_ids"], r["scores"], r["masks"])
         aps.append(ap)
@@ -120,5 +125,6 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
         save_detection_pngs(dataset, ids, results, visualize_dir, class_names)
     return {"bbox": _coco_stats(coco_gt, coco_results, "bbox", ids),
             "segm": _coco_stats(coco_gt, coco_results, "segm", ids),
-            "matterport_mAP50": float(np.mean(aps)), "images": len(ids),
+            "matterport_mAP50": float(np.mean(aps)) if aps else 0.0,
+            "images_without_gt": len(ids) - len(aps), "images": len(ids),
             "images_per_second": len(ids) / max(seconds, 1e-9), "seconds": seconds}

@@ -3,6 +3,11 @@
 Matterport trained with Keras ``fit_generator``; this port runs the same optimisation as a
 graph train op fed by a prefetching NumPy batch generator, with a tqdm progress bar,
 TensorBoard scalars and one checkpoint per epoch (written atomically).
+
+A loss that becomes NaN or infinite stops training at once with :class:`NonFiniteTraining`
+(a ValueError naming the epoch, step, loss terms and learning rate); the weights are checked
+again before every checkpoint, so a diverged model is never saved and the checkpoints of the
+earlier epochs stay the newest ones.
 """
 from __future__ import annotations
 
@@ -55,6 +60,41 @@ def stage_updates(model, regex: str) -> list:
                     seen.add(id(update))
                     out.append(update)
     return out
+
+
+class NonFiniteTraining(ValueError):
+    """K's training produced a NaN or infinite loss or weight (nothing of the epoch is saved)."""
+
+
+def _non_finite_message(what: str, epoch: int, learning_rate: float, layers: str,
+                        model) -> str:
+    kept = ("the last one kept is epoch %d under %s" % (model.epoch, model.log_dir)
+            if model.epoch else "this run has no checkpoint yet")
+    return ("model K's training diverged: %s in epoch %d (layers %r, learning rate %g). "
+            "Training stopped and no checkpoint of this epoch was written; %s. Lower the "
+            "learning rate (--k-lr, now %g) or check the training data, then resume with "
+            "--weights last or train anew"
+            % (what, epoch, layers, learning_rate, kept, learning_rate))
+
+
+def check_finite_losses(losses: Dict[str, float], epoch: int, step: int, learning_rate: float,
+                        layers: str, model) -> None:
+    """Raise :class:`NonFiniteTraining` when any loss of a step is NaN or infinite."""
+    bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
+    if bad:
+        terms = ", ".join("%s=%s" % (k, v) for k, v in bad.items())
+        raise NonFiniteTraining(_non_finite_message(
+            "the loss became non-finite at step %d (%s)" % (step, terms), epoch, learning_rate,
+            layers, model))
+
+
+def check_finite_weights(model, epoch: int, learning_rate: float, layers: str) -> None:
+    """Raise :class:`NonFiniteTraining` when a weight of K is NaN or infinite."""
+    variables = model.keras_model.weights
+    for var, value in zip(variables, model.read_variables(variables)):
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteTraining(_non_finite_message(
+                "weight %s became non-finite" % var.name, epoch, learning_rate, layers, model))
 
 
 def _loss_tensors(model) -> Dict[str, "tf.Tensor"]:
@@ -218,7 +258,8 @@ def train_stage(model, train_dataset, val_dataset, learning_rate: float, epochs:
     try:
         for epoch in range(model.epoch, epochs):
             record = _run_epoch(model, entry, train_gen, val_gen, learning_rate, steps, epoch,
-                                epochs, progress)
+                                epochs, progress, layers)
+            check_finite_weights(model, epoch + 1, learning_rate, layers)  # before saving
             _write_scalars(writer, record["train"], (epoch + 1) * steps)
             if record["val"]:
                 _write_scalars(writer, record["val"], (epoch + 1) * steps, "val_")
@@ -251,14 +292,19 @@ def _batch_sources(model, train_dataset, val_dataset, augmentation, seed: int):
 
 
 def _run_epoch(model, entry, train_gen, val_gen, learning_rate, steps, epoch, epochs,
-               progress) -> dict:
-    """Steps of one epoch plus validation; returns mean train and val losses."""
+               progress, layers: str = "") -> dict:
+    """Steps of one epoch plus validation; returns mean train and val losses.
+
+    Raises:
+        NonFiniteTraining: at the first step whose loss is NaN or infinite.
+    """
     from tqdm import tqdm
     bar = tqdm(range(steps), desc="epoch %d/%d" % (epoch + 1, epochs), disable=not progress,
                leave=False, mininterval=2.0)
     train_losses = []
-    for _ in bar:
+    for step in bar:
         train_losses.append(train_step(model, entry, next(train_gen), learning_rate))
+        check_finite_losses(train_losses[-1], epoch + 1, step + 1, learning_rate, layers, model)
         bar.set_postfix(loss="%.3f" % train_losses[-1]["loss"], refresh=False)
     bar.close()
     val = [eval_losses(model, next(val_gen)) for _ in range(model.config.VALIDATION_STEPS)] \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.ndimage
 import skimage.transform
 
 
@@ -261,50 +262,67 @@ def resize_image(image: np.ndarray, min_dim=None, max_dim=None, min_scale=None,
 
 
 def resize_mask(mask: np.ndarray, scale: float, padding, crop=None) -> np.ndarray:
-    """Apply the scale/padding/crop of :func:`resize_image` to ``bool [H, W, N]`` masks."""
+    """Apply the scale/padding/crop of :func:`resize_image` to ``bool [H, W, N]`` masks.
+
+    As matterport: nearest-neighbour ``scipy.ndimage.zoom(mask, [scale, scale, 1],
+    order=0)`` (output size ``round(H * scale) x round(W * scale)``, output pixel ``i`` taken
+    from input pixel ``round(i * (H - 1) / (round(H * scale) - 1))``), then the crop or the
+    zero padding.
+    """
+    mask = np.asarray(mask)
     if scale != 1:
-        h, w = mask.shape[:2]
-        mask = _resize(mask.astype(np.uint8), (round(h * scale), round(w * scale)),
-                       order=0).astype(bool)
+        mask = scipy.ndimage.zoom(mask, zoom=[scale, scale, 1], order=0)
     if crop is not None:
         y, x, h, w = crop
         return mask[y:y + h, x:x + w]
     return np.pad(mask, padding, mode="constant", constant_values=0)
 
 
+def _resize_binary(mask: np.ndarray, shape) -> np.ndarray:
+    """Bilinear resize of a binary mask computed in float64 (as matterport's skimage call on
+    a bool mask), rounded half-to-even: a pixel is on when its interpolated value is
+    strictly above 0.5 (``np.around(0.5) == 0``)."""
+    out = _resize(mask.astype(bool).astype(np.float64), shape)
+    return np.around(out).astype(bool)
+
+
 def minimize_mask(bbox: np.ndarray, mask: np.ndarray, mini_shape) -> np.ndarray:
-    """Crop each mask to its box and resize to ``mini_shape``: ``bool [h, w, N]``."""
+    """Crop each mask to its box and resize to ``mini_shape``: ``bool [h, w, N]``.
+
+    Matterport's arithmetic: the crop is cast to bool, resized bilinearly in float64 and
+    rounded (on when > 0.5).  An empty box leaves an empty mini mask (matterport raises).
+    """
     mini = np.zeros(tuple(mini_shape) + (mask.shape[-1],), dtype=bool)
     for i in range(mask.shape[-1]):
         y1, x1, y2, x2 = bbox[i][:4]
         m = mask[y1:y2, x1:x2, i]
         if m.size == 0:
             continue
-        m = _resize(m.astype(np.float32), mini_shape)
-        mini[:, :, i] = np.around(m).astype(bool)
+        mini[:, :, i] = _resize_binary(m, mini_shape)
     return mini
 
 
 def expand_mask(bbox: np.ndarray, mini_mask: np.ndarray, image_shape) -> np.ndarray:
-    """Inverse of :func:`minimize_mask`: paste mini masks back at their boxes."""
+    """Inverse of :func:`minimize_mask`: paste mini masks back at their boxes (bilinear resize
+    in float64, on when > 0.5, as matterport)."""
     mask = np.zeros(tuple(image_shape[:2]) + (mini_mask.shape[-1],), dtype=bool)
     for i in range(mask.shape[-1]):
         y1, x1, y2, x2 = bbox[i][:4]
         if y2 <= y1 or x2 <= x1:
             continue
-        m = _resize(mini_mask[:, :, i].astype(np.float32), (y2 - y1, x2 - x1))
-        mask[y1:y2, x1:x2, i] = np.around(m).astype(bool)
+        mask[y1:y2, x1:x2, i] = _resize_binary(mini_mask[:, :, i], (y2 - y1, x2 - x1))
     return mask
 
 
 def unmold_mask(mask: np.ndarray, bbox, image_shape) -> np.ndarray:
-    """Paste a ``float [h, w]`` mask-head output into a ``bool [H, W]`` image mask."""
+    """Paste a ``float [h, w]`` mask-head output into a ``bool [H, W]`` image mask (bilinear
+    resize to the box in float64, on when >= 0.5, as matterport)."""
     threshold = 0.5
     y1, x1, y2, x2 = bbox
     full = np.zeros(tuple(image_shape[:2]), dtype=bool)
     if y2 <= y1 or x2 <= x1:
         return full
-    m = _resize(mask.astype(np.float32), (y2 - y1, x2 - x1))
+    m = _resize(mask.astype(np.float64), (y2 - y1, x2 - x1))
     full[y1:y2, x1:x2] = m >= threshold
     return full
 
@@ -374,16 +392,24 @@ def compute_ap(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pre
                pred_masks, iou_threshold=0.5):
     """Average precision at ``iou_threshold`` (matterport / VOC all-point interpolation).
 
+    The precision/recall arithmetic is matterport's, with no special case for empty inputs
+    (the original UnMask code's ``compute_ap``, whose ``compute_overlaps_masks`` returns an
+    empty ``[P, G]`` matrix when either side is empty):
+
+    * no ground truth and no prediction: AP 0.0 (precisions ``[0, 0]``, recalls ``[0, 1]``);
+    * no ground truth, ``P > 0`` predictions: every recall is 0/0, so AP is NaN;
+    * ground truth but no prediction: AP 0.0.
+
     Returns:
         ``(mAP, precisions, recalls, overlaps)``.
     """
     gt_match, pred_match, overlaps = compute_matches(
         gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pred_scores, pred_masks,
         iou_threshold)
-    if len(gt_match) == 0:
-        return (1.0 if len(pred_match) == 0 else 0.0), np.array([1.]), np.array([0.]), overlaps
-    precisions = np.cumsum(pred_match > -1) / (np.arange(len(pred_match)) + 1)
-    recalls = np.cumsum(pred_match > -1).astype(np.float32) / len(gt_match)
+    hits = np.cumsum(pred_match > -1)
+    precisions = hits / (np.arange(len(pred_match)) + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recalls = hits.astype(np.float32) / len(gt_match)
     precisions = np.concatenate([[0], precisions, [0]])
     recalls = np.concatenate([[0], recalls, [1]])
     for i in range(len(precisions) - 2, -1, -1):

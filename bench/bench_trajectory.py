@@ -1,0 +1,91 @@
+"""Benchmark of the trajectory detector's fit on the default M (synthetic CS5b).
+
+Times, from an empty cache, the three stages of ``TrajectoryDefense.fit``: class
+representatives (tap features of the training images, medoids), the training data (8 attacks
+on up to 600 training/validation images, tap features of the successful ones) and the
+detector's training (goal: <= 3 minutes on the 2-core CI machine), then scores the test
+images once.  M must be trained already (``python main.py`` trains it); the run's own
+``<m_dir>_trajectory`` cache is not touched (a temporary one is used).  Records machine,
+versions and load average in ``bench/results/trajectory.json``.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_trajectory.py [--classset CS5b] [--detector lstm]
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tfcompat  # noqa: E402,F401
+import _machine  # noqa: E402
+from data.fileio import write_json_atomic  # noqa: E402
+from data.knowledge import get_class_set  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "bench", "results", "trajectory.json")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classset", default="CS5b")
+    p.add_argument("--data-dir", default=os.path.join("data", "unmask"))
+    p.add_argument("--checkpoint-dir", default="checkpoints")
+    p.add_argument("--configuration", default="medoid-cosine-lstm",
+                   help="the trajectory defense's value, e.g. centroid-l2-mlp")
+    p.add_argument("--out", default=RESULTS, help="JSON output path")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    from defense import evaluate as ev
+    from defense.defenses import build_defense
+    from defense.defenses import trajectory as traj_module
+
+    cfg = ev.EvalConfig(class_set=get_class_set(args.classset), data_dir=args.data_dir,
+                        checkpoint_dir=args.checkpoint_dir, progress=False)
+    if not os.path.isfile(os.path.join(cfg.m_dir, "best.h5")):
+        p.error("no trained M in %s: run `python main.py` first" % cfg.m_dir)
+    stamps = []
+    log = lambda msg: (stamps.append((time.time(), msg)), print(msg))  # noqa: E731
+    data = ev.load_data(cfg, log)
+    m, _ = ev.get_models(cfg, data, log)
+    bench = ev.Bench(cfg, data, {"m": m}, log)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = bench.fit_context(lambda: None)
+        ctx.settings["m_dir"] = os.path.join(tmp, "m")
+        defense = build_defense("trajectory:" + args.configuration)
+        load_before = _machine.load_average()
+        start = time.time()
+        defense.fit(ctx)
+        fit_seconds = time.time() - start
+        t0 = time.time()
+        scores = defense.score(bench.images("test"))
+        score_seconds = time.time() - t0
+    params = defense.params()
+    record = {
+        "what": "TrajectoryDefense.fit on the default M, from an empty cache",
+        "class_set": cfg.class_set.paper_name, "arch": cfg.arch,
+        "configuration": args.configuration,
+        "fit_seconds": round(fit_seconds, 1),
+        "detector_train_seconds": params["train_seconds"], "detector_target_seconds": 180,
+        "test_scoring_seconds": round(score_seconds, 2),
+        "test_images": int(len(scores)),
+        "n_train_sequences": params["n_train"], "n_val_sequences": params["n_val"],
+        "val_macro_auc": params["val_macro_auc"], "best_epoch": params["best_epoch"],
+        "train_attacks": params["train_attacks"],
+        "max_sources": {k: traj_module.MAX_SOURCES[k] for k in ("train", "val")},
+        "log": [[round(t - start, 1), msg] for t, msg in stamps if t >= start],
+        "machine": _machine.machine_info(),
+        "load_average_before": load_before, "load_average_after": _machine.load_average(),
+    }
+    write_json_atomic(args.out, record, indent=2)
+    print("trajectory fit %.0f s (detector training %.0f s, target <= 180 s); written to %s"
+          % (fit_seconds, params["train_seconds"], os.path.relpath(args.out, ROOT)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
