@@ -99,3 +99,73 @@ def detector_objective(taps_with_logits, trajectory_fn, detector) -> ValueAndGra
         return (tf.minimum(cw_margin(logits, y), KAPPA)
                 - DETECTOR_WEIGHT * tf.nn.softplus(d))
     return _value_and_grad(loss)
+
+
+def _unit(g: np.ndarray) -> np.ndarray:
+    """Each image's gradient scaled to unit L2 norm (zero stays zero)."""
+    n = np.sqrt(np.sum(g.reshape(len(g), -1).astype(np.float64) ** 2, axis=1))
+    return (g / np.maximum(n, 1e-12)[:, None, None, None]).astype(np.float32)
+
+
+class UnMaskObjective:
+    """The joint attack on M and K toward a target class y' (SPEC §8).
+
+    ``start(x0, y)`` picks, per image, y' = the class other than the true one whose expected
+    parts best overlap K(x0) (ties: the first in class-set order).  Then each call returns
+
+        L = min(z_{y'} - max_{j != y'} z_j, κ_M)
+            - [λ⁺ Σ_{p ∈ V[y']} relu(κ - smax_r m_{r,p}) + λ⁻ Σ_{p ∉ V[y']} Σ_r relu(m_{r,p} + κ)]
+
+    (higher = better for the attacker): M toward y' (a CW margin) while the parts of y' appear
+    in K's ROI logits and every other part disappears.  Gradients come from two runtimes: M's
+    eagerly, K's from its own graph and session (:class:`~models.mrcnn.attack_interface.
+    PartScorer`, proposals held fixed within a step); each is scaled to unit norm and M's
+    counts only until M says y' (Tramer et al.'s mask: M's term first).
+    """
+
+    def __init__(self, model, scorer, class_parts_list, kappa_m: float = KAPPA,
+                 kappa: float = 1.0, lam_present: float = 1.0, lam_absent: float = 1.0,
+                 tau: float = 0.5):
+        self.model = model
+        self.scorer = scorer
+        self.class_parts = [frozenset(v) for v in class_parts_list]
+        index = {p: i for i, p in enumerate(scorer.part_names)}
+        self.masks = np.zeros((len(self.class_parts), scorer.num_parts), np.float32)
+        for c, parts in enumerate(self.class_parts):
+            for p in parts:
+                if p not in index:
+                    raise ValueError("part %r of class %d is not one of K's classes" % (p, c))
+                self.masks[c, index[p]] = 1.0
+        self.kappa_m, self.kappa, self.tau = kappa_m, kappa, tau
+        self.lam_present, self.lam_absent = lam_present, lam_absent
+        self.targets = None
+        self._m_grad = _value_and_grad(
+            lambda x, t: tf.minimum(-cw_margin(model(x, training=False), t), kappa_m))
+
+    def start(self, x0: np.ndarray, y: np.ndarray) -> None:
+        parts = self.scorer.detected_parts(x0)
+        targets = []
+        for found, label in zip(parts, np.asarray(y)):
+            best, best_sim = -1, -1.0
+            for c, expected in enumerate(self.class_parts):
+                if c == int(label):
+                    continue
+                union = len(found | expected)
+                sim = len(found & expected) / union if union else 0.0
+                if sim > best_sim:
+                    best, best_sim = c, sim
+            targets.append(best)
+        self.targets = np.asarray(targets, np.int64)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        if self.targets is None or len(self.targets) != len(x):
+            raise ValueError("UnMaskObjective: call start(x0, y) on the batch first")
+        t = self.targets
+        m_loss, m_grad = self._m_grad(x, t)        # min(targeted margin, κ_M), maximised
+        present = self.masks[t]
+        k_loss, k_grad = self.scorer.hinge_value_and_grad(
+            x, present, 1.0 - present, kappa=self.kappa, lam_present=self.lam_present,
+            lam_absent=self.lam_absent, tau=self.tau)
+        m_done = m_loss >= self.kappa_m - 1e-6     # M already says y' confidently
+        grad = _unit(m_grad) * (~m_done)[:, None, None, None] - _unit(k_grad)
+        return m_loss - k_loss, grad

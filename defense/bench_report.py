@@ -108,7 +108,55 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
              for label, b in metrics["defenses"].items() if "adaptive" in b]
     if notes:
         caption += "\n" + "; ".join(notes) + ".\n"
-    return caption + "\n" + wide.to_markdown(index=False) + "\n"
+    text = caption + "\n" + wide.to_markdown(index=False) + "\n"
+    sanity = sanity_text(metrics)
+    return text + ("\n" + sanity if sanity else "")
+
+
+def sanity_checks(metrics: Mapping[str, Any], tolerance: float = 0.02):
+    """Tramer et al.'s sanity checks on the results, as ``(ok, message)`` pairs:
+
+    * an attack's evasion rate does not fall when its ε grows (same defense, attack and
+      threat model; ``tolerance`` allows for the noise of a few images);
+    * the defense-aware attack is at least as strong as the gray-box one on the same vector
+      (else its gradients are broken), and a transfer attack never beats the white-box one.
+    """
+    out = []
+    for label, block in metrics["defenses"].items():
+        rows = block["attacks"]
+        by_family: Dict[tuple, list] = {}
+        for r in rows:
+            by_family.setdefault((r["attack"], r["threat_model"]), []).append(r)
+        for (attack, threat), group in by_family.items():
+            group = sorted(group, key=lambda r: float(r["eps"]))
+            for lo, hi in zip(group, group[1:]):
+                ok = hi["evasion"] + tolerance >= lo["evasion"]
+                out.append((ok, "%s, %s [%s]: evasion %.2f at eps %g -> %.2f at eps %g" % (
+                    label, attack, threat, lo["evasion"], lo["eps"], hi["evasion"], hi["eps"])))
+        index = {(r["attack"], float(r["eps"]), r["threat_model"]): r for r in rows}
+        for (attack, eps, threat), r in index.items():
+            gray = index.get((attack, eps, "gray-box"))
+            if threat == "adaptive" and gray is not None:
+                ok = r["evasion"] + tolerance >= gray["evasion"]
+                out.append((ok, "%s, %s eps %g: adaptive evasion %.2f vs gray-box %.2f" % (
+                    label, attack, eps, r["evasion"], gray["evasion"])))
+            white = index.get((attack, eps, "adaptive"))
+            if threat == "transfer" and white is not None:
+                ok = r["evasion"] <= white["evasion"] + tolerance
+                out.append((ok, "%s, %s eps %g: transfer evasion %.2f vs white-box %.2f" % (
+                    label, attack, eps, r["evasion"], white["evasion"])))
+    return out
+
+
+def sanity_text(metrics: Mapping[str, Any]) -> str:
+    checks = sanity_checks(metrics)
+    if not checks:
+        return ""
+    bad = [m for ok, m in checks if not ok]
+    head = ("Sanity checks (Tramer et al. 2020): %d of %d pass." % (len(checks) - len(bad),
+                                                                      len(checks)))
+    lines = [head] + ["- FAILED: " + m for m in bad]
+    return "\n".join(lines) + "\n"
 
 
 def _n_test(metrics: Mapping[str, Any]) -> int:

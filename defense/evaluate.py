@@ -347,7 +347,7 @@ class Bench:
         rand_init = bool(dict(acfg.params).get("rand_init", False))
         fp = dict(vector_fingerprint(self.cfg, dict(self.fp, model="m", split="test"), name,
                                      eps), adaptive_version=ADAPTIVE_VERSION,
-                  defense=defense.fingerprint(), steps=steps)
+                  defense=defense.fingerprint(), decision=defense.params(), steps=steps)
         path = os.path.join(self.vectors_dir, "adaptive", _safe(defense.label),
                             "test-%s_%s.npz" % (name, eps_tag(eps)))
         rec = _read_npz(path, fp)
@@ -384,6 +384,8 @@ class Bench:
                 pred = defense.decide(defense.observe(probe)).pred
                 return ((pred != yb) & (pred != REJECTED)).astype(np.float64)
 
+            if hasattr(objective, "start"):      # e.g. UnMask's target class per image
+                objective.start(xb, yb)
             res = pgd_objective(lambda x, yb=yb: objective(x, yb), decide, xb, eps=eps,
                                 step_size=step, steps=steps, norm=norm, rand_init=rand_init,
                                 seed=self.cfg.seed * 1000003 + b)
@@ -484,8 +486,9 @@ def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
     adaptive_note = None
     if ADAPTIVE in bench.cfg.threats:
         if defense.adaptive_objective() is None:
-            adaptive_note = ("none: the gray-box attack already sees all of it (white-box on "
-                             "%s)" % ("the AT model" if model == "at" else "M"))
+            adaptive_note = getattr(defense, "no_adaptive_reason", None) or (
+                "none: the gray-box attack already sees all of it (white-box on %s)"
+                % ("the AT model" if model == "at" else "M"))
         else:
             runs += [(ADAPTIVE, name, eps) for name, eps in adaptive_vectors(vectors)]
     for threat, name, eps in runs:

@@ -547,3 +547,20 @@ def test_joint_attack_on_the_trajectory_detector_evades_more_than_gray_box(conte
                         steps=20, norm="linf")
     assert evasion(res.x_adv).mean() >= evasion(gray.x_adv).mean()
     assert evasion(res.x_adv).mean() > 0
+
+
+def test_sanity_checks_flag_broken_attacks():
+    m = _bench_metrics()
+    rows = m["defenses"]["unmask"]["attacks"]
+    base = dict(rows[0])
+    rows.append(dict(base, threat_model="adaptive", evasion=base["evasion"] + 0.3))
+    checks = bench_report.sanity_checks(m)
+    assert checks and all(ok for ok, _ in checks)
+    rows[-1]["evasion"] = base["evasion"] - 0.3          # adaptive weaker than gray-box
+    bad = [msg for ok, msg in bench_report.sanity_checks(m) if not ok]
+    assert len(bad) == 1 and "adaptive evasion" in bad[0]
+    assert "FAILED" in bench_report.sanity_text(m)
+    rows[-1]["evasion"] = base["evasion"] + 0.3
+    rows.append(dict(base, eps=16, evasion=base["evasion"] - 0.5))   # stronger eps, less
+    bad = [msg for ok, msg in bench_report.sanity_checks(m) if not ok]
+    assert len(bad) == 1 and "at eps 8 ->" in bad[0]

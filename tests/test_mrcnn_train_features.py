@@ -1,5 +1,7 @@
 """Model K training features: layer selection, gradient clipping, weight decay, the
-extractor's default threshold and `--weights last` resume (tiny config, a few steps each)."""
+extractor's default threshold, `--weights last` resume, the Trainer's state across `train`
+calls and the one-way model -> trainer dependency (tiny config, a few steps each)."""
+import ast
 import json
 import os
 import re
@@ -10,9 +12,9 @@ import pytest
 from mrcnn_config import get_config
 from models.mrcnn import cli, data_gen
 from models.mrcnn.extractor import PartExtractor
-from models.mrcnn.model import LAYER_REGEX, MaskRCNN
+from models.mrcnn.constants import LAYER_REGEX
+from models.mrcnn.model import MaskRCNN
 from models.mrcnn.toy_data import TOY_CLASSES, ToyDataset
-from models.mrcnn.train import build_train_op, train_step
 
 TOY_NAMES = ["BG"] + list(TOY_CLASSES)
 BACKBONE_REGEX = r"conv1|bn_conv1|(res|bn)\d.*"
@@ -34,7 +36,7 @@ def _step(model, layers, lr, variables):
     """One train step of ``layers``; returns ``(losses, {name: (before, after)})``."""
     names = list(variables)
     before = model.read_variables([variables[n] for n in names])
-    losses = train_step(model, build_train_op(model, layers), _batch(model.config), lr)
+    losses = model.trainer.step(layers, _batch(model.config), lr)
     after = model.read_variables([variables[n] for n in names])
     return losses, {n: (b, a) for n, b, a in zip(names, before, after)}
 
@@ -95,7 +97,7 @@ def test_gradient_clipping_bounds_the_update_norm(clipped):
     """With a huge learning rate the global update norm is lr * GRADIENT_CLIP_NORM: without
     clipping it would be lr * |gradient|, orders of magnitude more."""
     lr = 100.0
-    trained = {v.name: v for v in build_train_op(clipped, "all")["variables"]}
+    trained = {v.name: v for v in clipped.trainer.train_op("all").variables}
     losses, pairs = _step(clipped, "all", lr, trained)
     assert np.isfinite(losses["loss"])
     norm = np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for b, a in pairs.values()))
@@ -115,7 +117,7 @@ def test_weight_decay_shrinks_weights_but_not_batch_norm_scales(tmp_path):
                                                           get_config("tiny").LOSS_WEIGHTS})
     model = MaskRCNN("training", cfg, str(tmp_path), seed=0)
     try:
-        trained = {v.name: v for v in build_train_op(model, "heads")["variables"]}
+        trained = {v.name: v for v in model.trainer.train_op("heads").variables}
         losses, pairs = _step(model, "heads", lr, trained)
     finally:
         model.close()
@@ -176,3 +178,104 @@ def test_weights_last_resumes_at_the_saved_epoch_in_the_same_run(tmp_path, monke
         recorded = json.load(f)
     assert recorded["NAME"] == "tiny" and recorded["SMALL_BACKBONE_WIDTH"] == 8
     assert evaluated == ["last", "last"]
+
+
+def _imports(tree):
+    """``(module, name)`` of every import in ``tree`` (function bodies included); ``name`` is
+    None for ``import module``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                yield node.module or "", alias.name
+
+
+def _private_accesses(tree, owners):
+    """Source of every ``x._name`` / ``getattr(x, "_name")`` whose ``x`` is a name or an
+    attribute spelled as one of ``owners`` (e.g. ``model``, ``self.model``)."""
+    def owned(node):
+        return (isinstance(node, ast.Name) and node.id in owners) or \
+            (isinstance(node, ast.Attribute) and node.attr in owners)
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__") and owned(node.value):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in ("getattr", "setattr", "hasattr") and len(node.args) >= 2 \
+                and owned(node.args[0]) and isinstance(node.args[1], ast.Constant) \
+                and str(node.args[1].value).startswith("_"):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_model_and_trainer_depend_in_one_direction():
+    """model.py -> trainer.py -> train.py -> constants.py, never back: model.py imports only
+    public names of the trainer and nothing of train.py; trainer.py, train.py and
+    constants.py import nothing of model.py and touch no private attribute of the model."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "models", "mrcnn")
+
+    def parse(name):
+        with open(os.path.join(root, name)) as f:
+            return ast.parse(f.read(), name)
+
+    model_tree = parse("model.py")
+    model_imports = list(_imports(model_tree))
+    for module, name in model_imports:
+        assert module != "models.mrcnn.train" and (module, name) != ("models.mrcnn", "train")
+        if module == "models.mrcnn.trainer":
+            assert name and not name.startswith("_"), name
+    assert ("models.mrcnn.trainer", "Trainer") in model_imports
+    assert not _private_accesses(model_tree, {"trainer", "_trainer", "Trainer"})
+    for name in ("trainer.py", "train.py", "constants.py"):
+        tree = parse(name)
+        for module, imported in _imports(tree):
+            assert module not in ("models.mrcnn.model", "model"), (name, module)
+            assert (module, imported) != ("models.mrcnn", "model"), name
+            if module.startswith("models.mrcnn."):
+                assert imported is None or not imported.startswith("_"), (name, imported)
+        assert not _private_accesses(tree, {"model"}), name
+    assert not list(_imports(parse("constants.py")))
+
+
+def test_trainer_state_survives_two_train_calls(tmp_path):
+    """The model's one Trainer keeps its optimizer, train ops and momentum slots between
+    `train` calls: the second stage adds (and initialises) only its new slots."""
+    cfg = get_config("tiny", IMAGES_PER_GPU=1, VALIDATION_STEPS=0)
+    ds = ToyDataset(2, 64, seed=0)
+    model = MaskRCNN("training", cfg, str(tmp_path), seed=0)
+    try:
+        first = model.train(ds, None, 0.01, 1, "heads", progress=False, steps_per_epoch=1)
+        trainer = model.trainer
+        optimizer, heads = trainer.optimizer, trainer.train_op("heads")
+        slots = trainer.slot_variables()
+        assert len(slots) == len(heads.variables) > 0  # one momentum slot per variable
+        momentum = model.read_variables(slots)
+        assert sum(np.count_nonzero(v) for v in momentum) > 0
+        stage4 = trainer.train_op("4+")
+        slots4 = trainer.slot_variables()
+        assert len(slots4) == len(stage4.variables) > len(slots)
+        assert {s.name for s in slots} < {s.name for s in slots4}
+        for slot, before, after in zip(slots, momentum, model.read_variables(slots)):
+            np.testing.assert_array_equal(after, before, err_msg=slot.name)
+        second = model.train(ds, None, 0.01, 2, "4+", progress=False, steps_per_epoch=1)
+        assert model.trainer is trainer and trainer.optimizer is optimizer
+        assert trainer.train_op("heads") is heads and trainer.train_op("4+") is stage4
+        assert [s.name for s in trainer.slot_variables()] == [s.name for s in slots4]
+        assert [h["epoch"] for h in first + second] == [1, 2] and model.epoch == 2
+        assert trainer.history == first + second and trainer.steps == 2
+    finally:
+        model.close()
+
+    inference = MaskRCNN("inference", get_config("tiny"), str(tmp_path))
+    try:
+        with pytest.raises(ValueError, match="mode='training'"):
+            inference.train(ds, None, 0.01, 1, "heads")
+        with pytest.raises(ValueError, match="mode='training'"):
+            inference.loss_tensors
+    finally:
+        inference.close()

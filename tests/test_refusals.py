@@ -345,7 +345,7 @@ def test_k_training_stops_at_a_non_finite_loss_and_keeps_the_earlier_epoch(tmp_p
     try:
         first = model.train(ds, None, 0.001, 1, "heads", progress=False, steps_per_epoch=1)
         before = _bytes(model.log_dir)
-        # past the CLI's check (train_stage takes any number): a diverging step size
+        # past the CLI's check (Trainer.train takes any number): a diverging step size
         with pytest.raises(ValueError, match=r"loss became non-finite at step \d+ .* epoch 2") \
                 as err:
             model.train(ds, None, 1e30, 2, "heads", progress=False, steps_per_epoch=4)

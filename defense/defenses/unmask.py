@@ -46,13 +46,15 @@ class UnMaskDefense(Defense):
         self._k_digest = None
         self._ums = {}
         self._um = None
+        self._scorer = None
+        self._m = None
         self._chosen = {}
 
     def fit(self, ctx) -> None:
         self.mode = ctx.settings.get("mode", "flagged")
         self.kind, ex_val, ex_test, self._k_digest = ctx.settings["extractors"]()
         self._extractor = {"val": ex_val, "test": ex_test}
-        m = ctx.models["m"]
+        m = self._m = ctx.models["m"]
         self._ums = {split: UnMask(m, ex, CLASS_PARTS, ctx.classes, threshold=0.5,
                                    mode=self.mode) for split, ex in self._extractor.items()}
         self._um = self._ums["val"]
@@ -89,6 +91,27 @@ class UnMaskDefense(Defense):
             pred = um.predict(images.x)
         parts = um.extract(images.x, keys=list(images.keys))
         return {"pred": np.asarray(pred, np.int64).tolist(), "parts": [sorted(p) for p in parts]}
+
+    @property
+    def no_adaptive_reason(self):
+        if self.kind == "oracle":
+            return ("none: the oracle's parts do not depend on the pixels, so only M can be "
+                    "attacked, as the gray-box attack does")
+        return None
+
+    def adaptive_objective(self):
+        """M and K attacked together toward a target class (:class:`defense.adaptive.
+        UnMaskObjective`); with the oracle extractor K's answers do not depend on the pixels,
+        so there is nothing to attack but M, which the gray-box attack already does."""
+        if self.kind != "k":
+            return None
+        from defense import adaptive
+        from models.mrcnn.attack_interface import PartScorer
+
+        if self._scorer is None:
+            size = int(self._m.input_shape[1])
+            self._scorer = PartScorer(self._extractor["test"], size)
+        return adaptive.UnMaskObjective(self._m, self._scorer, self._um.class_parts_list)
 
     def protect(self, observation: Mapping[str, List]):
         """The full :class:`~defense.unmask.ProtectResult` of an observation."""

@@ -27,8 +27,10 @@ the inference ``MaskRCNN``), for images of M's size, and answers with NumPy arra
     The margins as a TensorFlow op usable under ``tf.GradientTape`` (eager or ``tf.function``):
     forward is one session run, the backward pass another (the vector-Jacobian product with
     the forward's ROIs held fixed).  This is the ``model_fn``-style callable.
-``scorer.detected_parts(images, method="topn", quantize=None) -> list[frozenset[str]]``
+``scorer.detected_parts(images, method="detections", quantize=None) -> list[frozenset[str]]``
     The part set read from the same forward pass (see "Detected parts" below).
+``scorer.mold(images, quantize=None)`` / ``scorer.logits(images, rois=None, quantize=None)``
+    K's molded input ``[B, *IMAGE_SHAPE]`` and the raw class logits ``[B, R, C]`` (checks).
 
 Gradient semantics
     * The proposals are held constant within a call: ``tf.gradients(..., stop_gradients=[rois])``
@@ -36,15 +38,17 @@ Gradient semantics
       contract).  They are recomputed by K's RPN at every call unless ``rois`` (e.g. from a
       previous :meth:`part_margins`) is passed; passing them also skips the RPN/NMS, so a
       finite-difference check can hold them fixed.
-    * The gradient is taken in K's graph w.r.t. the pixels of M's size: the molding (8-bit
-      quantisation, resize from S to K's image size, clipping, padding, mean subtraction) is
-      built in the graph in front of the network, so TF differentiates through it exactly.
+    * The gradient is taken in K's graph w.r.t. the pixels of M's size: the molding that
+      ``PartExtractor.extract`` applies (8-bit quantisation, resize from S to K's image size
+      with clipping and zero padding, ``data_gen.mold_inputs``' mean subtraction) is built in
+      the graph in front of the network, so TF differentiates through it exactly.
     * 8-bit quantisation is treated as the identity on the backward pass (straight-through):
-      the forward rounds ``255 x`` to integers (as ``PartExtractor.extract``) and floors the
-      resized pixels (matterport's ``resize`` casts its float result back to ``uint8``), the
-      backward passes the gradient unchanged through both.  ``quantize=False`` removes both
-      roundings from the forward (what a finite-difference check needs); the final image of
-      an attack is always evaluated by the real pipeline, after quantisation.
+      the forward truncates ``255 x`` to integers (``extractor.to_uint8``, the original's
+      ``x.mul(255).byte()``) and floors the resized pixels (matterport's resize casts its
+      float result back to ``uint8``); the backward passes the gradient unchanged through
+      both.  ``quantize=False`` removes both roundings from the forward (what a
+      finite-difference check needs); the final image of an attack is always evaluated by
+      the real pipeline, after quantisation.
 
 The resize
     K's real ``detect()`` resizes with matterport's ``utils.resize_image`` -> skimage
@@ -57,22 +61,38 @@ The resize
     not use ``tf.image.resize``: it applies skimage's own linear operator as two matrices
     ``R_y [S', S]`` and ``R_x [S', S]`` (``out = R_y u R_x^T`` per channel, in float64), obtained
     by resizing identity matrices with the project's own ``utils._resize``, then the same
-    clip.  The forward therefore equals the real molding to float64 round-off (with
-    ``quantize=True`` the molded input matches ``data_gen.mold_inputs`` up to an occasional
-    one-level difference where round-off meets the floor), and its gradient is the exact
-    derivative of that piecewise-linear map (the clip passes no gradient where it is active).
+    clip, the zero padding to the square and the mean subtraction (``extract`` then molds the
+    square with ``data_gen.mold_inputs``, whose own resize is the identity and whose window is
+    the whole square; the interface uses that image meta).  The forward therefore equals the
+    real molding to round-off (with ``quantize=True`` the molded input matched
+    ``to_uint8`` + ``PartExtractor.resize`` + ``mold_inputs`` exactly, up to float32 round-off,
+    on every pixel tested: 48 -> 64 and 96 -> 128, random and synthetic images), and its
+    gradient is the exact derivative of that piecewise-linear map (the clip passes no
+    gradient where it is active).
 
 Detected parts
     Part p is in K's set iff at least one ROI's arg-max class is p, i.e. ``max_r m[r, p] > 0``,
-    up to the detection layer's per-class NMS and its top-``DETECTION_MAX_INSTANCES`` cut
-    (DETECTION_MIN_CONFIDENCE is 0; per-class NMS never removes a class, only the top-N cut
-    can).  ``method="margins"`` ignores the cut; ``method="topn"`` (default) keeps p when its
-    best ROI score (softmax probability) ranks among the top N of the per-class best scores,
-    which is exact unless boxes of one class that survive NMS push another class out (it can
-    only over-report then); ``method="detections"`` reads the real detection layer run on the
-    interface's forward pass (exact for that forward).  Differences from
-    ``PartExtractor.extract`` come from that approximation and from float round-off in the
-    molding; ``tests/test_k_gradients.py`` measures the agreement.
+    among the ROIs whose detection is kept: DETECTION_MIN_CONFIDENCE is 0 and the per-class
+    NMS never removes a class (the best box of each class survives); only the
+    top-``DETECTION_MAX_INSTANCES`` cut over the surviving boxes and ``extract``'s removal of
+    detections whose refined box has zero area in pixels can.  Methods:
+
+    * ``"detections"`` (default): the classes of the detections K's own detection layer keeps,
+      run on the interface's forward pass, after the zero-area filter of ``extract``
+      (``data_gen.unmold_boxes``); same logits, so this is ``{p : m[r, p] > 0`` for a kept
+      ``r}``, exact for the interface's forward pass.
+    * ``"margins"``: ``{p : max_r m[r, p] > 0}`` over all R ROIs, ignoring the cut and the
+      zero-area filter (SPEC §8's definition, what the margin losses act on); a superset of
+      "detections".
+    * ``"topn"``: "margins" with the cut approximated from the margins and ROI scores alone:
+      p kept when its best ROI score ranks within the top N of the classes' best scores,
+      i.e. assuming NMS removes every same-class duplicate (over-reports when it does not).
+
+    Differences from ``PartExtractor.extract`` therefore come only from the molding's float
+    round-off (and, for "margins"/"topn", from the cut and the zero-area filter);
+    ``tests/test_k_gradients.py`` measures the agreement.  A random K has degenerate boxes
+    (which all survive NMS and are then dropped by the zero-area filter), so there
+    "margins"/"topn" over-report; for a trained K they rarely differ.
 
 Batches of more than the graph's ``BATCH_SIZE`` images are cut into chunks (one session run
 per chunk); smaller batches are padded.  The callables run K's graph only; they do not touch
@@ -86,13 +106,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 import tfcompat
-from models.mrcnn import utils
+from models.mrcnn import data_gen, utils
 from models.mrcnn.keras_classes import keras_graph_scope
 from models.mrcnn.session_guard import make_callable
 
 tf, keras = tfcompat.import_tf()
 
-DETECTION_METHODS = ("topn", "margins", "detections")
+DETECTION_METHODS = ("detections", "margins", "topn")
 
 
 def part_margins_from_logits(logits):
@@ -123,8 +143,10 @@ def _image_hw(image_size) -> Tuple[int, int]:
 
 
 def molding_geometry(config, image_hw) -> dict:
-    """How ``data_gen.mold_inputs`` places an ``H x W`` image in K's input: the resized size,
-    padding, window and scale (from ``utils.resize_image`` itself, run on a blank image)."""
+    """How ``PartExtractor.extract`` places an ``H x W`` image in K's input: matterport's
+    ``utils.resize_image`` (run here on a blank image) gives the resized size, padding and
+    window; the square is then molded by ``data_gen.mold_inputs``, whose own resize must be
+    the identity, and whose image meta (window = the whole square) is returned as ``meta``."""
     h, w = image_hw
     if config.IMAGE_RESIZE_MODE == "crop":
         raise ValueError("IMAGE_RESIZE_MODE 'crop' is for training only")
@@ -133,12 +155,17 @@ def molding_geometry(config, image_hw) -> dict:
         blank, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
         max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
     if tuple(resized.shape) != tuple(config.IMAGE_SHAPE):
-        raise ValueError("an image of %dx%d molds to %s, but K's input is %s"
+        raise ValueError("an image of %dx%d resizes to %s, but K's input is %s"
                          % (h, w, resized.shape, tuple(config.IMAGE_SHAPE)))
+    molded, metas, _ = data_gen.mold_inputs([resized], config)
+    if molded.shape[1:] != tuple(config.IMAGE_SHAPE) or \
+            not np.allclose(molded[0], -np.asarray(config.MEAN_PIXEL, np.float32)):
+        raise ValueError("mold_inputs changes an already resized %s input" % (resized.shape,))
     y1, x1, y2, x2 = (int(v) for v in window)
     return {"inner": (y2 - y1, x2 - x1), "padding": [(int(a), int(b)) for a, b in padding[:2]],
-            "window": (y1, x1, y2, x2), "scale": float(scale),
-            "resized": (y2 - y1, x2 - x1) != (h, w)}
+            "scale": float(scale), "resized": (y2 - y1, x2 - x1) != (h, w),
+            "meta": metas[0].astype(np.float32),
+            "molded_window": tuple(int(v) for v in utils.parse_image_meta(metas)["window"][0])}
 
 
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -200,18 +227,19 @@ class PartScorer:
         self.image_size = _image_hw(image_size)
         self.quantize = bool(quantize)
         self.geometry = molding_geometry(self.config, self.image_size)
-        with keras_graph_scope(model.graph):
+        scope = getattr(model, "graph_scope", None)   # MaskRCNN's own scope when it has one
+        with (scope() if callable(scope) else keras_graph_scope(model.graph)):
             self._build_graph()
         self._fns = {}
 
     # ------------------------------------------------------------------ graph
     def _mold_graph(self, x, quantize):
         """Pixels in [0, 1] ``[B, H, W, 3]`` -> K's molded input ``[B, *IMAGE_SHAPE]``,
-        as ``PartExtractor.extract`` + ``data_gen.mold_inputs`` (straight-through roundings
-        scaled by ``quantize`` in {0, 1})."""
+        as ``PartExtractor.extract`` (``to_uint8``, ``resize``, then ``data_gen.mold_inputs``),
+        with straight-through roundings scaled by ``quantize`` in {0, 1})."""
         geo = self.geometry
-        u32 = x * 255.0  # float32, as extract() computes it before rounding
-        q32 = tf.clip_by_value(tf.round(u32), 0.0, 255.0)
+        u32 = x * 255.0  # float32, as extractor.to_uint8 computes it before truncating
+        q32 = tf.floor(tf.clip_by_value(u32, 0.0, 255.0))
         u = tf.cast(u32, tf.float64) + tf.cast(quantize, tf.float64) * tf.stop_gradient(
             tf.cast(q32, tf.float64) - tf.cast(u32, tf.float64))
         if geo["resized"]:
@@ -238,10 +266,8 @@ class PartScorer:
         self._x = ph(tf.float32, [bs, h, w, 3], name="part_scorer/images")
         self._q = tf.compat.v1.placeholder_with_default(1.0, [], name="part_scorer/quantize")
         molded = self._mold_graph(self._x, self._q)
-        meta = utils.compose_image_meta(0, (h, w, 3), tuple(cfg.IMAGE_SHAPE),
-                                        self.geometry["window"], self.geometry["scale"],
-                                        np.zeros([cfg.NUM_CLASSES], np.int32))
-        metas = tf.constant(np.tile(meta[None].astype(np.float32), [bs, 1]))
+        self._molded = molded
+        metas = tf.constant(np.tile(self.geometry["meta"][None], [bs, 1]))
         anchors = utils.get_anchors(cfg, cfg.IMAGE_SHAPE).astype(np.float32)
         anchors = tf.broadcast_to(tf.constant(anchors), (bs,) + anchors.shape)
         logits_t = km.get_layer("mrcnn_class_logits").output
@@ -339,6 +365,11 @@ class PartScorer:
                                   quantize)
         return margins.astype(np.float32), used.astype(np.float32)
 
+    def mold(self, images, quantize: Optional[bool] = None) -> np.ndarray:
+        """K's molded network input ``float32 [B, *IMAGE_SHAPE]`` as the interface computes
+        it (compare ``data_gen.mold_inputs``)."""
+        return self._run("mold", [self._molded], images, None, quantize)[0]
+
     def logits(self, images, rois=None, quantize: Optional[bool] = None):
         """Raw ROI-head class logits ``float32 [B, R, C]`` and the ROIs ``[B, R, 4]``."""
         return tuple(self._run("logits", [self._logits, self._rois], images, rois, quantize))
@@ -431,27 +462,30 @@ class PartScorer:
         return _op(tf.convert_to_tensor(x, tf.float32))
 
     # ------------------------------------------------------------------ part sets
-    def detected_parts(self, images, method: str = "topn",
+    def detected_parts(self, images, method: str = "detections",
                        quantize: Optional[bool] = None) -> List[frozenset]:
-        """K's part set of each image from one forward pass (see the module docstring for
-        ``method``: "topn" (default), "margins" or "detections")."""
+        """K's part set of each image from one forward pass (see "Detected parts" in the
+        module docstring): ``method`` "detections" (default), "margins" or "topn"."""
         if method not in DETECTION_METHODS:
             raise ValueError("method must be one of %s, got %r" % (DETECTION_METHODS, method))
         if method == "detections":
             (det,) = self._run("detections", [self._detections], images, None, quantize)
-            return [frozenset(self.class_names[int(c)] for c in d[:, 4] if int(c) > 0)
+            shape = tuple(self.config.IMAGE_SHAPE)
+            window = self.geometry["molded_window"]
+            # as PartExtractor.detect: boxes in pixels of the square, zero-area boxes dropped
+            return [frozenset(self.class_names[int(c)] for c in
+                              data_gen.unmold_boxes(d, shape, shape, window)[1] if int(c) > 0)
                     for d in det]
         margins, scores = self._run("sets", [self._margins, self._scores], images, None,
                                     quantize)
-        return [self._set_from_margins(m, s, method == "topn")
-                for m, s in zip(margins, scores)]
+        return [self._set_from_margins(m, s, method) for m, s in zip(margins, scores)]
 
-    def _set_from_margins(self, margins: np.ndarray, scores: np.ndarray, top_n: bool):
+    def _set_from_margins(self, margins: np.ndarray, scores: np.ndarray, method: str):
         """Part set of one image from its margins ``[R, P]`` and ROI scores ``[R]``."""
         positive = margins > 0                       # at most one True per row
-        best = np.where(positive, scores[:, None], -np.inf).max(axis=0)   # [P]
-        found = np.flatnonzero(np.isfinite(best))
-        if top_n and found.size > self.max_instances:
-            order = found[np.argsort(-best[found], kind="stable")]
-            found = order[:self.max_instances]
+        found = np.flatnonzero(positive.any(axis=0))
+        if method == "topn" and found.size > self.max_instances:
+            # one kept box per class (duplicates assumed suppressed by the per-class NMS)
+            best = np.where(positive, scores[:, None], -np.inf).max(axis=0)
+            found = found[np.argsort(-best[found], kind="stable")][:self.max_instances]
         return frozenset(self.part_names[p] for p in found)

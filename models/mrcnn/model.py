@@ -6,10 +6,11 @@ and every batch is a run of cached session callables, so model K coexists with e
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -19,29 +20,21 @@ from mrcnn_config import architecture_signature, config_key
 from models.mrcnn.keras_classes import keras_graph_scope
 from models.mrcnn import data_gen, losses, utils
 from models.mrcnn import weights as weights_io
+from models.mrcnn.constants import LOSS_NAMES
 from models.mrcnn.graph_utils import norm_boxes_graph, parse_image_meta_graph
 from models.mrcnn.layers import AnchorsLayer, DetectionLayer, DetectionTargetLayer, ProposalLayer
 from models.mrcnn.network import (build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph,
                                   fpn_graph, resnet_graph)
 from models.mrcnn.session_guard import install_session_close_guard, make_callable
+from models.mrcnn.trainer import Trainer
 
 tf, keras = tfcompat.import_tf()
 KL, KM = keras.layers, keras.models
 
 install_session_close_guard()
 
-# Matterport's layer-selection regular expressions for train(layers=...).
-LAYER_REGEX = {
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "all": ".*",
-}
 # Head layers whose shapes depend on NUM_CLASSES (exclude them when loading COCO weights).
 HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
-LOSS_NAMES = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
-              "mrcnn_mask_loss"]
 
 
 def _input(shape, name, config, dtype=tf.float32):
@@ -165,8 +158,15 @@ class MaskRCNN:
 
     Attributes:
         keras_model: the tf-keras functional model (built in ``self.graph``).
+        graph: the ``tf.Graph`` of the model; add ops to it only inside :meth:`graph_scope`.
         session: the ``tf.compat.v1.Session`` of ``self.graph``.
         epoch: epochs already trained (from the last loaded/saved checkpoint name).
+        log_dir, checkpoint_path: the run folder and the checkpoint file pattern
+            (``{epoch:04d}``) of this run (see :meth:`set_log_dir`).
+
+    Training (mode "training") is done by one :class:`models.mrcnn.trainer.Trainer`, created
+    on first use (:attr:`trainer`), which owns all training state and uses only the public
+    members of this class; :meth:`train` delegates to it.
     """
 
     def __init__(self, mode: str, config, model_dir: str, seed: int = 0):
@@ -177,11 +177,14 @@ class MaskRCNN:
         self.log_dir = self.checkpoint_path = None
         self.set_log_dir()
         self.graph = tf.Graph()
+        self._graph_scope_depth = 0
         self._callables = {}
-        self._train_ops = {}
-        with keras_graph_scope(self.graph):
+        self._trainer = None
+        with self.graph_scope():
             tf.compat.v1.set_random_seed(seed)
             self.keras_model = self.build(mode, config)
+            self._loss_tensors = ({name: tf.reduce_mean(self.keras_model.get_layer(name).output)
+                                   for name in LOSS_NAMES} if mode == "training" else None)
             self._build_assign_ops()
             self._init_op = tf.compat.v1.global_variables_initializer()
         self.session = tf.compat.v1.Session(graph=self.graph)
@@ -283,7 +286,83 @@ class MaskRCNN:
             ph = tf.compat.v1.placeholder(var.dtype.base_dtype, var.shape)
             self._assign[id(var)] = (ph, tf.compat.v1.assign(var, ph))
 
-    # ------------------------------------------------------------------ session helpers
+    # ------------------------------------------------------------------ graph and session
+    @contextlib.contextmanager
+    def graph_scope(self) -> Iterator[None]:
+        """Context in which to add ops to :attr:`graph` (the graph as default graph, tf-keras
+        on its v1 classes: see :func:`models.mrcnn.keras_classes.keras_graph_scope`).
+
+        Re-entrant: a nested ``graph_scope`` of the same model is a no-op, so the Keras
+        classes go back to v2 only when the outermost scope ends.
+        """
+        outermost = self._graph_scope_depth == 0
+        self._graph_scope_depth += 1
+        try:
+            if outermost:
+                with keras_graph_scope(self.graph):
+                    yield
+            else:
+                yield
+        finally:
+            self._graph_scope_depth -= 1
+
+    @property
+    def loss_tensors(self) -> Dict[str, "tf.Tensor"]:
+        """Training mode: ``{name: float32 scalar tensor}`` for the five ``LOSS_NAMES``
+        (in that order), each the batch mean of its loss layer's output; unweighted, without
+        weight decay.  The same tensors on every call (a new dict).
+
+        Raises:
+            ValueError: the model was built in inference mode (it has no loss layers).
+        """
+        if self._loss_tensors is None:
+            raise ValueError("loss tensors need a MaskRCNN built with mode='training'")
+        return dict(self._loss_tensors)
+
+    def trainable_weights_matching(self, regex: str) -> list:
+        """Trainable ``tf.Variable`` s of the layers whose name fully matches ``regex``
+        (layers of the nested ``rpn_model`` matched by their own names), in layer order."""
+        out = []
+        with self.graph_scope():
+            for layer in self.ancestor_layers():
+                if layer.trainable_weights and re.fullmatch(regex, layer.name):
+                    out.extend(layer.trainable_weights)
+        return out
+
+    def state_updates_matching(self, regex: str) -> list:
+        """State update ops (batch-norm moving statistics) of the layers whose name fully
+        matches ``regex``, each once.
+
+        Matterport freezes a stage's other layers with ``layer.trainable = False``, and a
+        frozen Keras layer contributes no updates, so a train op that runs only these updates
+        keeps the moving statistics of frozen batch-norm layers as they are (this matters only
+        with ``TRAIN_BN = True``, where batch norm runs in training mode).  A
+        ``TimeDistributed`` wrapper matches by its own name and brings the updates of the
+        layer it wraps.
+        """
+        out, seen = [], set()
+        with self.graph_scope():
+            for layer in self.ancestor_layers():
+                if re.fullmatch(regex, layer.name):
+                    for update in layer.updates:
+                        if id(update) not in seen:
+                            seen.add(id(update))
+                            out.append(update)
+        return out
+
+    def input_values(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """The arrays of ``batch`` (keyed by input name, e.g. a ``data_gen.build_batch``
+        dict) in the order of ``keras_model.inputs``, C-contiguous and cast to each input's
+        dtype.  Training mode: ``input_image [B, H, W, 3]`` float32, ``input_image_meta
+        [B, META]`` float32, ``input_rpn_match [B, A, 1]`` int32, ``input_rpn_bbox [B, R, 4]``
+        float32, ``input_gt_class_ids [B, G]`` int32, ``input_gt_boxes [B, G, 4]`` float32,
+        ``input_gt_masks [B, h, w, G]`` bool."""
+        out = []
+        for inp in self.keras_model.inputs:
+            name = inp.name.split(":")[0]
+            out.append(np.ascontiguousarray(batch[name], dtype=inp.dtype.as_numpy_dtype))
+        return out
+
     def get_callable(self, key, feeds, fetches, targets=()):
         """Cached session callable (created once per ``key``)."""
         if key not in self._callables:
@@ -327,6 +406,14 @@ class MaskRCNN:
     def save_weights(self, filepath: str) -> None:
         """Write all weights to ``filepath`` (Keras-2 HDF5 layout, atomic)."""
         weights_io.save_weights_h5(self.keras_model, self.read_variables, filepath)
+
+    def save_checkpoint(self, epoch: int) -> str:
+        """Save the weights as this run's checkpoint of ``epoch`` (``checkpoint_path``,
+        atomic) and set :attr:`epoch` to it; returns the file's path."""
+        path = self.checkpoint_path.format(epoch=epoch)
+        self.save_weights(path)
+        self.epoch = epoch
+        return path
 
     def find_last(self) -> str:
         """Path of the last checkpoint of the newest run directory of this config (runs
@@ -437,10 +524,29 @@ class MaskRCNN:
             out.extend(layer.layers if weights_io._is_model(layer) else [layer])
         return out
 
-    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
-              augmentation=None, **kwargs):
-        """Train up to epoch ``epochs`` (cumulative, as in matterport); see
-        :func:`models.mrcnn.train.train_stage`."""
-        from models.mrcnn.train import train_stage
-        return train_stage(self, train_dataset, val_dataset, learning_rate, epochs, layers,
-                           augmentation=augmentation, **kwargs)
+    # ------------------------------------------------------------------ training
+    @property
+    def trainer(self) -> Trainer:
+        """The :class:`models.mrcnn.trainer.Trainer` of this model (created on first use; the
+        same object afterwards, so optimizer state carries over between :meth:`train` calls).
+
+        Raises:
+            ValueError: the model was built in inference mode.
+        """
+        if self._trainer is None:
+            self._trainer = Trainer(self)
+        return self._trainer
+
+    def train(self, train_dataset, val_dataset, learning_rate: float, epochs: int,
+              layers: str, augmentation=None, seed: int = 0, progress: bool = True,
+              max_seconds: Optional[float] = None,
+              steps_per_epoch: Optional[int] = None) -> List[dict]:
+        """Train ``layers`` (a ``LAYER_REGEX`` key or a regex) up to epoch ``epochs``
+        (cumulative, as in matterport); see :meth:`models.mrcnn.trainer.Trainer.train`.
+
+        Returns:
+            One dict per epoch trained (epoch, checkpoint, losses, ``val_*`` losses ...).
+        """
+        return self.trainer.train(train_dataset, val_dataset, learning_rate, epochs, layers,
+                                  augmentation=augmentation, seed=seed, progress=progress,
+                                  max_seconds=max_seconds, steps_per_epoch=steps_per_epoch)
