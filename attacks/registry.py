@@ -93,10 +93,14 @@ class AttackSpec:
         universal: True for an image-agnostic attack: ``fit_fn`` fits one perturbation on a
             set of images, then ``fn`` applies it to every image.
         fit_fn: for a universal attack, ``fit_fn(model_fn, images, *, eps, norm, seed,
-            progress, **extra) -> (v, fooling_rate, passes, n_images)`` (``[0, 1]`` units).
+            progress, **extra) -> (v, fooling_rate, passes, n_images, pass_rates)`` (``[0, 1]``
+            units; ``pass_rates``: the fooling rate after each pass).
         targeting: ``'none'`` (untargeted only), ``'optional'`` (``fn`` takes ``targeted``:
             the user parameter ``targeted=True`` asks for random targets) or ``'always'``
             (``ga``: always towards random targets, no ``targeted`` parameter).
+        version: bumped when the attack's algorithm changes for the same configuration, so
+            results saved with the old code are recomputed (callers put it in their
+            fingerprints).
     """
 
     name: str
@@ -112,6 +116,7 @@ class AttackSpec:
     universal: bool = False
     fit_fn: object = None
     targeting: str = "none"
+    version: int = 1
 
     @property
     def has_ball(self):
@@ -220,11 +225,13 @@ ATTACKS = {
         AttackSpec("uap", apply_universal, _utils.LINF, "Universal adversarial perturbation, "
                    "L-inf (Moosavi-Dezfooli et al. 2017); fit first", 10.0, 1, None,
                    fixed_steps=True, extra_defaults=dict(_UAP_DEFAULTS),
-                   check_params=_check_uap_params, universal=True, fit_fn=fit_uap),
+                   check_params=_check_uap_params, universal=True, fit_fn=fit_uap,
+                   version=2),
         AttackSpec("uap_l2", apply_universal, _utils.L2, "Universal adversarial perturbation, "
                    "L2 (Moosavi-Dezfooli et al. 2017); fit first", 850.0, 1, None,
                    fixed_steps=True, extra_defaults=dict(_UAP_DEFAULTS),
-                   check_params=_check_uap_params, universal=True, fit_fn=fit_uap),
+                   check_params=_check_uap_params, universal=True, fit_fn=fit_uap,
+                   version=2),   # 2: the fitted v, never the zero start, when no pass improves
     )
 }
 

@@ -212,10 +212,15 @@ class CompiledAttack:
             progress: None/False, True (tqdm bar) or a callable ``(done, total)``.
 
         Returns:
-            :class:`UniversalPerturbation` (``v`` in ``[0, 1]`` units, ``eps`` on 0-255).
+            :class:`UniversalPerturbation` (``v`` in ``[0, 1]`` units, ``eps`` on 0-255;
+            ``fooling_rate`` is that of the returned ``v`` on the fit images, ``pass_rates``
+            the rate after each pass).  A fit that ends below the attack's ``fooling_target``
+            still returns its (non-zero) perturbation, with a warning giving the rates.
 
         Raises:
             ValueError: not a universal attack, or invalid images / seed.
+            RuntimeError: the fit produced no usable perturbation (NaN, or ``v`` exactly 0 with
+                ``eps > 0``); nothing is stored.
         """
         self._require_universal("fit()")
         images = _inputs.check_images(images)
@@ -223,14 +228,34 @@ class CompiledAttack:
         self._probe_model(images, None)
         report, close = _lazy_progress(progress, "fit %s" % self.config.name)
         try:
-            v, rate, passes, count = self.spec.fit_fn(
+            v, rate, passes, count, pass_rates = self.spec.fit_fn(
                 self.model_fn, images, eps=_utils.to_unit_scale(self.config.eps),
                 norm=self.config.norm, seed=seed, progress=report, **dict(self.config.params))
         finally:
             close()
+        eps = _utils.to_unit_scale(self.config.eps)
+        try:
+            v = _inputs.check_perturbation(v, self.config.norm, eps,
+                                           image_shape=images.shape[1:3])
+        except ValueError as error:
+            raise RuntimeError("%s fit returned an invalid perturbation: %s"
+                               % (self.config.name, error)) from error
+        if eps > 0 and not np.any(v):
+            raise RuntimeError("%s fit returned v = 0 for eps = %g: no perturbation was fitted "
+                               "(fooling rate %.3f after %d passes)"
+                               % (self.config.name, self.config.eps, rate, passes))
+        target = dict(self.config.params).get("fooling_target")
+        if eps > 0 and target is not None and rate < target:
+            warnings.warn(
+                "%s (eps=%g): the universal perturbation fools %.3f of the %d fit images, below "
+                "the target %.3f after %d passes (pass-end rates %s); returning the best "
+                "pass-end iterate" % (self.config.name, self.config.eps, rate, count, target,
+                                      passes, ", ".join("%.3f" % r for r in pass_rates)),
+                RuntimeWarning, stacklevel=2)
         self.perturbation = UniversalPerturbation(
-            v=np.asarray(v, np.float32), fooling_rate=float(rate), passes=int(passes),
-            n_images=int(count), norm=self.config.norm, eps=self.config.eps)
+            v=v, fooling_rate=float(rate), passes=int(passes), n_images=int(count),
+            norm=self.config.norm, eps=self.config.eps,
+            pass_rates=tuple(float(r) for r in pass_rates))
         return self.perturbation
 
     def set_perturbation(self, v):

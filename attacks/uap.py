@@ -28,11 +28,20 @@ added to ``v`` one after the other, in the shuffled order, with a projection aft
 paper's sequential update with ``v`` refreshed once per batch instead of once per image.
 
 Returned ``v``: the paper returns the last iterate; here the fooling rate is measured after
-every pass and the best pass-end iterate is returned (the same ``v`` whenever the target is
-reached, since the fit stops there).  It matters when the target is not reached: with few,
-symmetric classes (e.g. 3 classes that each brighten one colour channel) the DeepFool updates
-of the not-yet-fooled images pull ``v`` from one class to the next and the pass-end fooling
-rate swings between 0 and the best achievable.
+every pass and the best *pass-end* iterate is returned, ties going to the later pass (the same
+``v`` whenever the target is reached, since the fit stops there; the paper's last iterate
+whenever no pass beats an earlier one, e.g. when every pass-end rate is 0).  It matters when
+the target is not reached: with few, symmetric classes (e.g. 3 classes that each brighten one
+colour channel) the DeepFool updates of the not-yet-fooled images pull ``v`` from one class to
+the next and the pass-end fooling rate swings between 0 and the best achievable.  The starting
+point ``v = 0`` is never a candidate: an earlier version compared the pass-end rates to that of
+``v = 0`` with a strict ``>``, so a fit whose passes never fooled a single fit image (the
+project's trained MobileNetV2 at ``xi = 10``: pass-end rates 0.000, although ``v`` is at the
+bound) returned ``v = 0`` as if it were a result.  At least one pass always runs (also with
+``fooling_target = 0``); the fit raises rather than return a zero ``v`` for ``eps > 0`` (only
+possible when every DeepFool step is zero, e.g. zero input gradients) or a non-finite one
+(NaN logits/gradients).  The per-pass rates are returned (``pass_rates``) so a caller can report
+how the fit went; :meth:`attacks.runner.CompiledAttack.fit` warns when the target is missed.
 
 Defaults (SPEC section 7): L-inf ``xi = 10`` (0-255 scale), ``fooling_target = 1 - delta =
 0.8``, ``max_passes = 10``, ``overshoot = 0.02``, ``deepfool_steps = 10``.  L2 (``uap_l2``):
@@ -212,37 +221,60 @@ def fit_uap(model_fn, images, *, eps, norm, seed, progress=None, max_passes=10,
             see the module docstring.
 
     Returns:
-        ``(v, fooling_rate, passes, n_images)``: ``v`` float32 ``[H, W, 3]`` within the ball,
-        its fooling rate on the fit images, the passes run, and the number of fit images.
+        ``(v, fooling_rate, passes, n_images, pass_rates)``: ``v`` float32 ``[H, W, 3]`` within
+        the ball, its fooling rate on the fit images (measured, for exactly this ``v``), the
+        passes run, the number of fit images and the tuple of pass-end fooling rates.  ``v`` is
+        the best pass-end iterate (ties: the later one), never the starting ``v = 0``; with
+        ``eps = 0`` the result is ``(0, 0.0, 0, n_images, ())``.
+
+    Raises:
+        RuntimeError: a DeepFool step is NaN/infinite (the model's logits or gradients are not
+            finite), or ``eps > 0`` and every step was zero, so that ``v`` is still exactly 0
+            (e.g. the model's input gradients vanish): no perturbation was fitted.
     """
     rng = np.random.default_rng(seed)
     if images.shape[0] > max_fit_images:
         images = images[np.sort(rng.choice(images.shape[0], max_fit_images, replace=False))]
     count, height, width = images.shape[:3]
     eps = np.float32(eps)
+    v = np.zeros((height, width, 3), np.float32)
+    if eps <= 0:                          # the ball is {0}: nothing to fit
+        return v, 0.0, 0, int(count), ()
     predict, deepfool_batch = _compiled_functions(model_fn, height, width, deepfool_steps,
                                                   overshoot)
     clean = _predict_all(predict, images)
-    v = np.zeros((height, width, 3), np.float32)
 
     def fooling_rate(v):
         return float(np.mean(_predict_all(predict, np.clip(images + v, 0.0, 1.0)) != clean))
 
-    rate, passes = fooling_rate(v), 0
-    best_v, best_rate = v, rate
-    while best_rate < fooling_target and passes < max_passes and eps > 0:
+    # v = 0 fools nothing by construction (clean = the model's own predictions): it is not a
+    # candidate; the best pass-end iterate is, ties going to the later pass.
+    best_v, best_rate, pass_rates = None, 0.0, []
+    while len(pass_rates) < max_passes and (best_v is None or best_rate < fooling_target):
+        passes = len(pass_rates)
         order = rng.permutation(count)
         for begin in range(0, count, fit_batch_size):
             batch = order[begin:begin + fit_batch_size]
             steps = deepfool_batch(tf.constant(images[batch]), tf.constant(v),
                                    tf.constant(clean[batch])).numpy()
+            if not np.all(np.isfinite(steps)):
+                raise RuntimeError(
+                    "universal perturbation fit: DeepFool returned NaN/infinite steps in pass "
+                    "%d (the model's logits or input gradients are not finite); no "
+                    "perturbation was fitted" % (passes + 1))
             for step in steps:
                 if step.any():                   # zero: v already fooled this image
                     v = project_perturbation(v + step, norm, eps)
             if progress is not None:
                 progress(passes * count + begin + batch.size, max_passes * count)
-        passes += 1
         rate = fooling_rate(v)
-        if rate > best_rate:
+        pass_rates.append(rate)
+        if best_v is None or rate >= best_rate:
             best_v, best_rate = v, rate
-    return best_v, best_rate, passes, int(count)
+    if not best_v.any():
+        raise RuntimeError(
+            "universal perturbation fit: v is still exactly 0 after %d passes over %d images "
+            "(every DeepFool step was zero: the model's input gradients vanish?); refusing to "
+            "return a zero perturbation for eps = %.4g/255" % (len(pass_rates), count,
+                                                              float(eps) * 255.0))
+    return best_v, best_rate, len(pass_rates), int(count), tuple(pass_rates)

@@ -33,6 +33,9 @@ class UniversalPerturbation:
         n_images: number of fit images used (after the attack's cap; 0 when not fitted here).
         norm: ``'linf'`` or ``'l2'``.
         eps: ball radius on the 0-255 scale (the attack's config ``eps``).
+        pass_rates: the fooling rate on the fit images after each pass (empty when not fitted
+            here, or with ``eps = 0``); ``fooling_rate`` is the entry of the pass whose ``v``
+            was kept.
     """
 
     v: np.ndarray
@@ -41,6 +44,7 @@ class UniversalPerturbation:
     n_images: int
     norm: str
     eps: float
+    pass_rates: tuple = ()
 
     @property
     def shape(self):

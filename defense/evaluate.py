@@ -209,10 +209,13 @@ def fingerprint(cfg: EvalConfig, data: Dict) -> Dict:
 
 def vector_fingerprint(cfg: EvalConfig, fp: Dict, name: str, eps: float) -> Dict:
     """``fp`` plus what one attack vector's outcome depends on: its fully resolved
-    configuration (steps, step size, random start, ... as the registry fills them in) and the
-    attack batch size (random starts are seeded per batch)."""
+    configuration (steps, step size, random start, ... as the registry fills them in), the
+    version of the attack's code and the attack batch size (random starts are seeded per
+    batch)."""
+    version = get_attack(name).version
     return dict(fp, attack=name, eps=eps, attack_config=resolve_config(name, eps).as_dict(),
-                attack_batch=cfg.attack_batch)
+                attack_batch=cfg.attack_batch,
+                **({"attack_version": version} if version != 1 else {}))
 
 
 def eps_tag(eps: float) -> str:
@@ -286,7 +289,8 @@ class Bench:
         else:
             self.log("%s on %s, eps=%g (%s): reusing %s" % (name, model, eps, split, path))
         if get_attack(name).universal:
-            self.attack_info["%s_%s" % (name, eps_tag(eps))] = json.loads(str(rec["fit_info"]))
+            self.attack_info["%s/%s_%s" % (model, name, eps_tag(eps))] = json.loads(
+                str(rec["fit_info"]))
         self._sets[key] = ImageSet(
             name="%s/%s-%s_%s" % (model, split, name, eps_tag(eps)), split=split,
             x=rec["x_adv"],
@@ -326,6 +330,7 @@ class Bench:
         info = compiled.fit(self.images("train").x, seed=self.cfg.seed,
                             progress=self.cfg.progress)
         out = {"fooling_rate": float(info.fooling_rate), "passes": int(info.passes),
+               "pass_rates": [float(r) for r in getattr(info, "pass_rates", ())],
                "n_images": int(info.n_images), "split": "train"}
         _write_npz(fit_path, {"v": np.asarray(info.v, np.float32), "info": json.dumps(out),
                               "fingerprint": _canonical(vfp)})

@@ -151,6 +151,7 @@ def test_run_attack_fits_on_fit_images(toy, fitted):
             fit_images=x_train[:8])
 
 
+@pytest.mark.filterwarnings("ignore:.*below the target:RuntimeWarning")
 def test_uap_caps_fit_images_and_reports_progress(toy):
     model, x_train, _, _ = toy
     calls = []
@@ -225,6 +226,57 @@ def test_uap_config_resolves_and_validates():
     _raises("steps", resolve_config, "uap", 10, steps=5)
     _raises("step_size", resolve_config, "uap", 10, step_size=1)
     _raises("unknown parameter", resolve_config, "uap", 10, delta=0.2)
+
+
+def _linear_model(kernel_scale, bias, seed=0):
+    """8x8 -> 3 logits, ``Dense`` with a random kernel (``kernel_scale`` std) and ``bias``."""
+    model = keras.Sequential([keras.layers.Flatten(input_shape=(8, 8, 3)),
+                              keras.layers.Dense(3)])
+    rng = np.random.default_rng(seed)
+    model.layers[1].set_weights([
+        (kernel_scale * rng.normal(size=(8 * 8 * 3, 3))).astype(np.float32),
+        np.asarray(bias, np.float32)])
+    return model
+
+
+def test_uap_out_of_reach_target_returns_the_fitted_v_not_zero():
+    """Regression: a fit whose passes never fool a single image (the project's trained
+    MobileNetV2 at xi = 10: pass-end rates 0.000) used to return ``v = 0`` -- the best
+    "iterate" started at v = 0 and only a strictly higher pass-end rate replaced it -- and
+    report it as a fitted perturbation.  Here a 10-logit margin is far beyond what xi = 10/255
+    can change (|w| ~ 0.01), while DeepFool's steps are non-zero: the fit must return its
+    non-zero last iterate, with the rate it really has (0), and warn that the target was
+    missed."""
+    model = _linear_model(0.01, [10.0, 0.0, 0.0])
+    images = np.random.default_rng(5).uniform(0.4, 0.6, (24, 8, 8, 3)).astype(np.float32)
+    compiled = attacks.compile_attack(model, "uap", 10, max_passes=3, fit_batch_size=8)
+    with pytest.warns(RuntimeWarning, match="below the target"):
+        info = compiled.fit(images, seed=0)
+    xi = 10 / 255.0
+    assert info.passes == 3 and info.pass_rates == (0.0, 0.0, 0.0)
+    assert np.any(info.v != 0)                                  # old behaviour: v == 0
+    assert np.abs(info.v).max() == pytest.approx(xi)            # at the bound, inside the ball
+    assert np.abs(info.v).max() <= xi + 1e-7
+    recomputed = np.mean(_predict(model, np.clip(images + info.v, 0.0, 1.0))
+                         != _predict(model, images))
+    assert info.fooling_rate == recomputed == 0.0
+    # fooling_target = 0 is met by v = 0 but still fits (one pass), never returning v = 0.
+    once = attacks.compile_attack(model, "uap_l2", 300, fooling_target=0.0).fit(images)
+    assert once.passes == 1 and once.pass_rates == (0.0,) and np.any(once.v != 0)
+    # eps = 0: the ball is {0}, so zero is the (only) honest answer, without a fit.
+    zero = attacks.compile_attack(model, "uap", 0).fit(images)
+    assert zero.passes == 0 and not np.any(zero.v) and zero.pass_rates == ()
+
+
+def test_uap_refuses_to_return_zero_when_deepfool_cannot_move():
+    """Zero input gradients (a constant model): every DeepFool step is zero, ``v`` never
+    leaves 0.  The fit raises instead of returning ``v = 0`` as a result (the old behaviour)."""
+    model = _linear_model(0.0, [2.0, 0.0, 0.0])
+    images = np.random.default_rng(6).uniform(0.0, 1.0, (16, 8, 8, 3)).astype(np.float32)
+    compiled = attacks.compile_attack(model, "uap", 10, max_passes=2, fit_batch_size=8)
+    with pytest.raises(RuntimeError, match="exactly 0"):
+        compiled.fit(images, seed=0)
+    assert compiled.perturbation is None
 
 
 # -------------------------------------------------------------------------------- GA

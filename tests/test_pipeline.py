@@ -438,3 +438,18 @@ def test_replaced_test_images_are_noticed(tiny_data, tmp_path):
     data["x_test"][0, 0, 0, 0] ^= 1               # one pixel of one image changes
     assert ev.fingerprint(cfg, data)["test_images"] != base["test_images"]
     assert ev.fingerprint(cfg, data)["test_keys"] == base["test_keys"]
+
+
+def test_a_new_attack_version_recomputes_its_saved_records(tiny_data, tmp_path, monkeypatch):
+    """Code changes that keep an attack's configuration (e.g. the UAP fit's returned v) must
+    not reuse records saved by the old code; version 1 adds nothing, so old records stay."""
+    import attacks.registry as registry
+
+    cfg = _config(tiny_data, tmp_path)
+    base = ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0)
+    assert "attack_version" not in base
+    spec = registry.ATTACKS["pgd_linf"]
+    import dataclasses
+    monkeypatch.setitem(registry.ATTACKS, "pgd_linf", dataclasses.replace(spec, version=2))
+    assert ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0) != base
+    assert registry.ATTACKS["uap"].version >= 2

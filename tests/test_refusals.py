@@ -459,12 +459,11 @@ def test_benchmark_records_hold_no_absolute_path():
 
 
 def test_bench_scripts_record_paths_relative_to_the_repository():
-    import sys
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    try:
-        import _machine
-    finally:
-        sys.path.remove(os.path.join(ROOT, "bench"))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bench_machine", os.path.join(ROOT, "bench", "_machine.py"))
+    _machine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_machine)
     results = os.path.join(ROOT, "bench", "results", "model_k")
     assert _machine.repo_relative(results) == "bench/results/model_k"
     assert _machine.repo_relative("logs/model_k") == "logs/model_k"
