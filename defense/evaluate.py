@@ -38,11 +38,11 @@ import tfcompat
 from attacks import PAPER_ATTACK_VECTORS, compile_attack, get_attack, resolve_config, run_attack
 from attacks.objective import pgd_objective
 from data.classset import load_split
-from data.fileio import atomic_path, read_json, write_json_atomic
+from data.fileio import atomic_path, file_digest, read_json, write_json_atomic
 from data.knowledge import ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
-from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, THREAT_MODELS, Defense,
+from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, Defense,
                           FitContext, ImageSet, model_predictions)
 from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.extractors import OracleExtractor
@@ -183,11 +183,7 @@ def _array_digest(*arrays: np.ndarray) -> str:
 
 
 def _file_digest(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_digest(path, "sha1")[:16]
 
 
 #: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed).

@@ -18,7 +18,6 @@ Pipeline (the :class:`defense.base.Defense` wrapper around it lives elsewhere):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 import tfcompat
+from data import fileio
 from data.fileio import atomic_path
 from models.taps import tap_names
 
@@ -204,11 +204,7 @@ def embed_tensors(features: Sequence["tf.Tensor"], reps: Sequence[np.ndarray],
 # --------------------------------------------------------------------------- caching
 def file_digest(path: str) -> str:
     """SHA-256 (hex) of a file's bytes, e.g. M's weights."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return fileio.file_digest(path, "sha256")
 
 
 def representatives_fingerprint(weights_path: str, arch: str, kind: str,

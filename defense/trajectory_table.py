@@ -11,7 +11,7 @@ macro-AUC is the plain mean over the three families, as in the seed.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import numpy as np
 import pandas as pd

@@ -32,7 +32,6 @@ import ``attacks``; this module may not).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import numbers
@@ -42,7 +41,7 @@ from typing import Callable, Optional
 import numpy as np
 
 import tfcompat
-from data.fileio import atomic_path, write_json_atomic
+from data.fileio import file_digest, atomic_path, write_json_atomic
 
 tf, keras = tfcompat.import_tf()
 
@@ -136,11 +135,7 @@ def _make_step(model, optimizer):
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _save_weights(model, path: str) -> str:

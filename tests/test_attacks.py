@@ -22,6 +22,8 @@ from attacks.registry import resolve_config
 
 tf, keras = tfcompat.import_tf()
 
+from toys import pattern_task  # noqa: E402
+
 NUM_CLASSES = 3
 SIZE = 16
 TOL = 1e-5                     # float tolerance on the ball constraint, [0, 1] units
@@ -60,34 +62,11 @@ def toy():
     return model, x_test, y_test
 
 
-PATTERN_CLASSES = 10
-
-
-def _make_pattern_data(rng, patterns, count):
-    """Grey noise images plus 0.05 (13/255) times their class's +-1 pattern, and the labels."""
-    labels = rng.integers(0, PATTERN_CLASSES, count)
-    images = 0.5 + rng.normal(0.0, 0.1, (count, SIZE, SIZE, 3)) + 0.05 * patterns[labels]
-    return np.clip(images, 0.0, 1.0).astype(np.float32), labels.astype(np.int64)
-
-
 @pytest.fixture(scope="module")
 def pattern_toy():
-    """(model, test images [32], test labels [32], training images [768]) of the pattern task."""
-    rng = np.random.default_rng(0)
-    keras.utils.set_random_seed(0)
-    patterns = rng.choice([-1.0, 1.0], (PATTERN_CLASSES, SIZE, SIZE, 3))
-    x_train, y_train = _make_pattern_data(rng, patterns, 768)
-    x_test, y_test = _make_pattern_data(rng, patterns, 32)
-    model = keras.Sequential([
-        keras.layers.Conv2D(8, 3, activation="relu", input_shape=(SIZE, SIZE, 3)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(PATTERN_CLASSES),
-    ])
-    model.compile(keras.optimizers.Adam(learning_rate=0.003),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
-    accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
-    assert accuracy >= 0.9, "pattern toy model failed to train (accuracy %.2f)" % accuracy
+    """(model, test images [32], test labels [32], training images [768]) of the 10-class
+    pattern task (tests/toys.py): room for a universal perturbation."""
+    model, x_train, x_test, y_test = pattern_task(32)
     return model, x_test, y_test, x_train
 
 

@@ -24,6 +24,8 @@ from attacks.registry import resolve_config
 
 tf, keras = tfcompat.import_tf()
 
+from toys import pattern_task  # noqa: E402
+
 NUM_CLASSES = 10
 SIZE = 16
 BATCH = 16                          # 48 test images -> 3 batches
@@ -32,30 +34,10 @@ UAP_EPS = {"uap": 32.0, "uap_l2": 600.0}
 FIT_IMAGES = 256                    # = the default max_fit_images: no subsampling
 
 
-def _make_data(rng, patterns, count):
-    labels = rng.integers(0, NUM_CLASSES, count)
-    images = 0.5 + rng.normal(0.0, 0.1, (count, SIZE, SIZE, 3)) + 0.05 * patterns[labels]
-    return np.clip(images, 0.0, 1.0).astype(np.float32), labels.astype(np.int64)
-
-
 @pytest.fixture(scope="module")
 def toy():
     """(model, train images [768], test images [48], test labels [48])."""
-    rng = np.random.default_rng(0)
-    keras.utils.set_random_seed(0)
-    patterns = rng.choice([-1.0, 1.0], (NUM_CLASSES, SIZE, SIZE, 3))
-    x_train, y_train = _make_data(rng, patterns, 768)
-    x_test, y_test = _make_data(rng, patterns, 48)
-    model = keras.Sequential([
-        keras.layers.Conv2D(8, 3, activation="relu", input_shape=(SIZE, SIZE, 3)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(NUM_CLASSES),
-    ])
-    model.compile(keras.optimizers.Adam(learning_rate=0.003),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
-    accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
-    assert accuracy >= 0.9, "toy model failed to train (accuracy %.2f)" % accuracy
+    model, x_train, x_test, y_test = pattern_task(48)
     return model, x_train, x_test, y_test
 
 

@@ -359,7 +359,6 @@ def test_best_iterate_stays_in_the_ball_on_the_grid_and_in_range():
 
     rng = np.random.default_rng(0)
     x = (rng.integers(0, 256, (6, 8, 8, 3)) / 255.0).astype(np.float32)
-    y = np.zeros(6, np.int64)
     for norm, eps in (("linf", 8 / 255), ("l2", 1.0)):
         seen = []
 

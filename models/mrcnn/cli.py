@@ -7,7 +7,6 @@ functions behind it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import numbers
 import os

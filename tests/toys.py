@@ -1,0 +1,41 @@
+"""Small, seeded, quickly trained tasks shared by the attack tests."""
+import numpy as np
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+PATTERN_CLASSES = 10
+PATTERN_SIZE = 16
+
+
+def _pattern_images(rng, patterns, count):
+    labels = rng.integers(0, PATTERN_CLASSES, count)
+    images = (0.5 + rng.normal(0.0, 0.1, (count, PATTERN_SIZE, PATTERN_SIZE, 3))
+              + 0.05 * patterns[labels])
+    return np.clip(images, 0.0, 1.0).astype(np.float32), labels.astype(np.int64)
+
+
+def pattern_task(n_test: int, n_train: int = 768, seed: int = 0):
+    """10 classes, each a faint random +-1 pattern over all pixels of 16x16 noise images, and
+    a small conv net trained on them (>= 90% test accuracy).  A universal or targeted attack
+    has room here (9 other classes) that the 3-class channel toy of test_attacks lacks.
+
+    Returns ``(model, x_train [n_train], x_test [n_test], y_test [n_test])``."""
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    patterns = rng.choice([-1.0, 1.0], (PATTERN_CLASSES, PATTERN_SIZE, PATTERN_SIZE, 3))
+    x_train, y_train = _pattern_images(rng, patterns, n_train)
+    x_test, y_test = _pattern_images(rng, patterns, n_test)
+    model = keras.Sequential([
+        keras.layers.Conv2D(8, 3, activation="relu",
+                            input_shape=(PATTERN_SIZE, PATTERN_SIZE, 3)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(PATTERN_CLASSES),
+    ])
+    model.compile(keras.optimizers.Adam(learning_rate=0.003),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
+    accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
+    assert accuracy >= 0.9, "toy model failed to train (accuracy %.2f)" % accuracy
+    return model, x_train, x_test, y_test
