@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threat models to evaluate, comma list of gray-box (the paper's: the "
                         "attacks see M only) and adaptive (defense-aware attacks: BPDA/EOT "
                         "through transforms, the detector through its LSTM, M and K together "
-                        "for UnMask)")
+                        "for UnMask) and transfer (UnMask's adaptive attack through a "
+                        "surrogate K, --k-transfer)")
+    m.add_argument("--k-transfer",
+                   help="surrogate K checkpoint (.h5) for --threat transfer: the adaptive "
+                        "attack on UnMask through a K trained with another seed, judged on the "
+                        "real K")
     m.add_argument("--adaptive-steps", type=int,
                    help="iterations of every adaptive attack (default: the vector's own, 20 "
                         "for the paper's)")
@@ -197,13 +202,21 @@ def _eval_config(args):
     train.validate()
     threats = []
     for item in filter(None, (t.strip().lower() for t in args.threat.split(","))):
-        if item not in ("gray-box", "adaptive"):
-            raise ValueError("--threat: unknown threat model %r; valid: gray-box, adaptive"
-                             % item)
+        if item not in ("gray-box", "adaptive", "transfer"):
+            raise ValueError("--threat: unknown threat model %r; valid: gray-box, adaptive, "
+                             "transfer" % item)
         if item not in threats:
             threats.append(item)
     if not threats:
-        raise ValueError("--threat: give gray-box, adaptive or both")
+        raise ValueError("--threat: give gray-box, adaptive, transfer or several")
+    if "transfer" in threats:
+        import os
+        if not args.k_transfer:
+            raise ValueError("--threat transfer needs --k-transfer PATH: a K checkpoint trained "
+                             "with another seed (`python main.py --model K --seed 1 "
+                             "--k-log-dir logs/model_k_seed1`)")
+        if not os.path.isfile(args.k_transfer):
+            raise ValueError("--k-transfer %s: no such checkpoint file" % args.k_transfer)
     if args.adaptive_steps is not None and args.adaptive_steps < 1:
         raise ValueError("--adaptive-steps must be >= 1, got %d" % args.adaptive_steps)
     defenses = None
@@ -218,6 +231,7 @@ def _eval_config(args):
         vectors=parse_vectors(args.attacks), defenses=defenses,
         trajectory_table=args.trajectory_table, detection_set=args.detection_set,
         threats=tuple(threats), adaptive_steps=args.adaptive_steps,
+        k_transfer=args.k_transfer,
         n_test=args.n_test,
         seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,

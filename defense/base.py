@@ -33,7 +33,10 @@ REJECTED = -1
 #: not the defense) and the defense-aware one (sees everything; :mod:`defense.adaptive`).
 GRAY_BOX = "gray-box"
 ADAPTIVE = "adaptive"
-THREAT_MODELS = (GRAY_BOX, ADAPTIVE)
+#: The adaptive attack through a surrogate of the defense (UnMask: a K trained with another
+#: seed), judged on the real one: the attacker knows the architecture and data, not the weights.
+TRANSFER = "transfer"
+THREAT_MODELS = (GRAY_BOX, ADAPTIVE, TRANSFER)
 
 
 @dataclasses.dataclass
@@ -123,10 +126,11 @@ class Defense:
         """Key of the model the gray-box attacker attacks (``"m"``, or ``"at"`` for AT)."""
         return "m"
 
-    def adaptive_objective(self):
+    def adaptive_objective(self, threat: str = ADAPTIVE):
         """The defense-aware attacker's objective, ``(x, y) -> (loss [B], grad [B, H, W, 3])``
         (higher = better for the attacker; :mod:`defense.adaptive`), or None when the gray-box
-        attack already sees everything the defense does."""
+        attack already sees everything the defense does.  ``threat`` :data:`TRANSFER` asks for
+        the same objective through a surrogate of the defense (None where there is none)."""
         return None
 
     def observe(self, images: ImageSet) -> Dict[str, List]:

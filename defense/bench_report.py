@@ -70,6 +70,11 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
     table = {}
     for label, group in df.groupby("defense", sort=False):
         row = {"defense": label, "clean": report.fmt2(group["clean_acc"].iloc[0])}
+        if detectors:
+            aucs = group.loc[(group["attack"] != "none") & (group["threat_model"] == "gray-box"),
+                             "auc"].dropna()
+            row["macro-AUC (gray-box)"] = ("%.3f" % aucs.mean() if label in detectors
+                                           and len(aucs) else report.MISSING)
         worst = metrics["defenses"][label].get("worst_case")
         if any("worst_case" in b for b in metrics["defenses"].values()):
             row["worst case: defended"] = (report.fmt2(worst["defended"]) if worst

@@ -42,7 +42,7 @@ from data.fileio import atomic_path, file_digest, read_json, write_json_atomic
 from data.knowledge import ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
-from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, Defense,
+from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, TRANSFER, Defense,
                           FitContext, ImageSet, model_predictions)
 from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.extractors import OracleExtractor
@@ -79,6 +79,7 @@ class EvalConfig:
     detection_set: str = "original"      # "original" (the UnMask code) or "strict" (M(x) = y too)
     threats: Sequence[str] = (GRAY_BOX,)  # add "adaptive" for defense-aware attacks
     adaptive_steps: Optional[int] = None   # None: each vector's own steps (20 for the paper's)
+    k_transfer: Optional[str] = None       # surrogate K checkpoint for threat "transfer"
     n_test: Optional[int] = None
     attack_batch: int = 50
     seed: int = 0
@@ -335,10 +336,12 @@ class Bench:
                                   out["passes"]))
         return out
 
-    def adaptive(self, defense: Defense, name: str, eps: float) -> ImageSet:
-        """The test images attacked by ``defense``'s adaptive objective with vector (``name``,
-        ``eps``)'s norm, budget, steps and step size (cached npz per defense and vector)."""
-        key = ("adaptive", defense.label, name, float(eps))
+    def adaptive(self, defense: Defense, name: str, eps: float,
+                 threat: str = ADAPTIVE) -> ImageSet:
+        """The test images attacked by ``defense``'s adaptive objective (``threat``
+        ``"transfer"``: through its surrogate) with vector (``name``, ``eps``)'s norm, budget,
+        steps and step size (cached npz per defense, threat and vector)."""
+        key = (threat, defense.label, name, float(eps))
         if key in self._sets:
             return self._sets[key]
         benign = self.images("test")
@@ -348,30 +351,33 @@ class Bench:
         rand_init = bool(dict(acfg.params).get("rand_init", False))
         fp = dict(vector_fingerprint(self.cfg, dict(self.fp, model="m", split="test"), name,
                                      eps), adaptive_version=ADAPTIVE_VERSION,
-                  defense=defense.fingerprint(), decision=defense.params(), steps=steps)
-        path = os.path.join(self.vectors_dir, "adaptive", _safe(defense.label),
+                  defense=defense.fingerprint(), decision=defense.params(), steps=steps,
+                  threat=threat, surrogate=(_file_digest(self.cfg.k_transfer)
+                                            if threat == TRANSFER else None))
+        path = os.path.join(self.vectors_dir, threat, _safe(defense.label),
                             "test-%s_%s.npz" % (name, eps_tag(eps)))
         rec = _read_npz(path, fp)
         if rec is None:
             start = time.time()
-            x_adv = self._run_adaptive(defense, benign, acfg.norm, acfg.eps / 255.0,
-                                       step / 255.0, steps, rand_init)
+            x_adv = self._run_adaptive(defense.adaptive_objective(threat), defense, benign,
+                                       acfg.norm, acfg.eps / 255.0, step / 255.0, steps,
+                                       rand_init)
             rec = {"x_adv": x_adv, "pred_adv": model_predictions(self.models["m"], x_adv),
                    "fingerprint": _canonical(fp), "seconds": round(time.time() - start, 1)}
             _write_npz(path, rec)
-            self.log("adaptive %s on %s, eps=%g: M accuracy %.3f (%.0f s)" % (
-                name, defense.label, eps, float(np.mean(rec["pred_adv"] == benign.labels)),
+            self.log("%s %s on %s, eps=%g: M accuracy %.3f (%.0f s)" % (
+                threat, name, defense.label, eps, float(np.mean(rec["pred_adv"] == benign.labels)),
                 rec["seconds"]))
         else:
-            self.log("adaptive %s on %s, eps=%g: reusing %s" % (name, defense.label, eps, path))
+            self.log("%s %s on %s, eps=%g: reusing %s" % (threat, name, defense.label, eps,
+                                                           path))
         self._sets[key] = ImageSet(
-            name="adaptive-%s/test-%s_%s" % (defense.label, name, eps_tag(eps)), split="test",
+            name="%s-%s/test-%s_%s" % (threat, defense.label, name, eps_tag(eps)), split="test",
             x=rec["x_adv"], keys=benign.keys, labels=benign.labels,
             preds={"m": rec["pred_adv"]}, fingerprint=fp)
         return self._sets[key]
 
-    def _run_adaptive(self, defense, benign, norm, eps, step, steps, rand_init):
-        objective = defense.adaptive_objective()
+    def _run_adaptive(self, objective, defense, benign, norm, eps, step, steps, rand_init):
         out = []
         batch = self.cfg.attack_batch
         for b, i in enumerate(range(0, len(benign), batch)):
@@ -387,7 +393,10 @@ class Bench:
 
             if hasattr(objective, "start"):      # e.g. UnMask's target class per image
                 objective.start(xb, yb)
-            res = pgd_objective(lambda x, yb=yb: objective(x, yb), decide, xb, eps=eps,
+            judge = decide
+            if hasattr(objective, "verdict"):    # transfer: the attacker judges by its surrogate
+                judge = lambda x, yb=yb: objective.verdict(x, yb)   # noqa: E731
+            res = pgd_objective(lambda x, yb=yb: objective(x, yb), judge, xb, eps=eps,
                                 step_size=step, steps=steps, norm=norm, rand_init=rand_init,
                                 seed=self.cfg.seed * 1000003 + b)
             out.append(res.x_adv)
@@ -423,7 +432,14 @@ class Bench:
             settings={"mode": cfg.mode, "extractors": make_extractors_fn, "arch": cfg.arch,
                       "m_dir": cfg.m_dir, "m_digest": self.fp["m"],
                       "at": ({"eps": cfg.at_eps, "checkpoint_digest": self.digests.get("at")}
-                             if "at" in self.models else {})})
+                             if "at" in self.models else {}),
+                      "transfer_k": self._transfer_k if cfg.k_transfer else None})
+
+    def _transfer_k(self):
+        """The surrogate K of the transfer threat (built when first needed)."""
+        from models.mrcnn import PartExtractor
+        return PartExtractor.from_checkpoint(self.cfg.k_transfer, get_config(self.cfg.k_config),
+                                             model_dir=self.cfg.k_log_dir)
 
 
 def _read_npz(path: str, fp: Dict) -> Optional[Dict]:
@@ -485,16 +501,19 @@ def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
     rows, curves, defended = [], {}, []
     runs = [(GRAY_BOX, name, eps) for name, eps in vectors]
     adaptive_note = None
-    if ADAPTIVE in bench.cfg.threats:
-        if defense.adaptive_objective() is None:
-            adaptive_note = getattr(defense, "no_adaptive_reason", None) or (
-                "none: the gray-box attack already sees all of it (white-box on %s)"
-                % ("the AT model" if model == "at" else "M"))
+    for threat in (ADAPTIVE, TRANSFER):
+        if threat not in bench.cfg.threats:
+            continue
+        if defense.adaptive_objective(threat) is None:
+            if threat == ADAPTIVE:
+                adaptive_note = getattr(defense, "no_adaptive_reason", None) or (
+                    "none: the gray-box attack already sees all of it (white-box on %s)"
+                    % ("the AT model" if model == "at" else "M"))
         else:
-            runs += [(ADAPTIVE, name, eps) for name, eps in adaptive_vectors(vectors)]
+            runs += [(threat, name, eps) for name, eps in adaptive_vectors(vectors)]
     for threat, name, eps in runs:
         adv = (bench.attacked(model, name, eps, "test") if threat == GRAY_BOX
-               else bench.adaptive(defense, name, eps))
+               else bench.adaptive(defense, name, eps, threat))
         a_out = defense.decide(bench.observe(defense, adv))
         acc = accuracy(a_out.pred, y)
         stopped = (a_out.pred == y) | (a_out.pred == REJECTED)

@@ -239,6 +239,7 @@ def test_bench_tables_and_figure(tmp_path):
     assert df.loc[1, "robustness"] == pytest.approx(0.125)
     md = bench_report.bench_markdown(m)
     assert "| none" in md and ".10 (0.12)" in md and ".80 · 0.900 / .80" in md
+    assert "macro-AUC (gray-box)" in md and "0.900" in md
     paths = bench_report.write_bench(str(tmp_path), m)
     for p in paths.values():
         assert os.path.getsize(p) > 0

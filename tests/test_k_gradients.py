@@ -290,3 +290,24 @@ def test_joint_attack_on_m_and_k_evades_more_than_the_gray_box_attack(k_model, s
     joint, gray_rate = evasion(res.x_adv).mean(), evasion(gray.x_adv).mean()
     print("evasion: joint %.2f, gray-box %.2f" % (joint, gray_rate))
     assert joint > gray_rate
+
+    # the transfer variant: the same attack through a K with other weights, judged on the
+    # real K -- it never beats the white-box attack (else the gradients are broken)
+    other = MaskRCNN("inference", k_model.config, k_model.model_dir)
+    try:
+        seed_weights(other, 8)
+        surrogate_scorer = PartScorer(other, S, class_names=["BG"] + list(TOY_CLASSES))
+        surrogate = UnMaskObjective(m, surrogate_scorer, v)
+        surrogate.start(x, y)
+
+        def surrogate_evasion(z):        # the attacker never consults the real K
+            pred = m.predict(z, verbose=0).argmax(1)
+            d = distances(surrogate_scorer.detected_parts(z), pred, v)
+            return ((pred != y) & (d < t)).astype(float)
+
+        transfer = pgd_objective(lambda z: surrogate(z, y), surrogate_evasion, x, eps=eps,
+                                 step_size=4 / 255, steps=30, norm="linf")
+    finally:
+        other.close()
+    print("evasion: transfer %.2f" % evasion(transfer.x_adv).mean())
+    assert evasion(transfer.x_adv).mean() <= joint

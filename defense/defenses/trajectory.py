@@ -240,10 +240,12 @@ class TrajectoryDefense(Defense):
         return tj.embed(tap_features(self._m, self._arch, x, model=self._taps), self._reps,
                         self.options.metric)
 
-    def adaptive_objective(self):
+    def adaptive_objective(self, threat: str = "adaptive"):
         """The seed's white-box attack: fool M while looking natural to the detector, through
         the taps, the trajectory embedding and the LSTM."""
         from defense import adaptive
+        if threat != "adaptive":
+            return None
         if self._taps_logits is None:
             self._taps_logits = tap_model(self._m, self._arch, with_logits=True)
         reps, metric = self._reps, self.options.metric

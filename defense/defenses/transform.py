@@ -60,9 +60,11 @@ class TransformDefense(Defense):
         (identity) for the others (see :mod:`defense.transforms`)."""
         return self.transform.estimate_gradient(x, grad)
 
-    def adaptive_objective(self):
+    def adaptive_objective(self, threat: str = "adaptive"):
         """BPDA through the transform (EOT over its randomness for a random transform)."""
         from defense import adaptive
+        if threat != "adaptive":
+            return None
         if self.transform.randomized:
             return adaptive.eot_objective(self._m, self.transform)
         return adaptive.bpda_objective(self._m, self.transform)

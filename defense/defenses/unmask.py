@@ -47,11 +47,14 @@ class UnMaskDefense(Defense):
         self._ums = {}
         self._um = None
         self._scorer = None
+        self._transfer_scorer = None
+        self._transfer_k = None
         self._m = None
         self._chosen = {}
 
     def fit(self, ctx) -> None:
         self.mode = ctx.settings.get("mode", "flagged")
+        self._transfer_k = ctx.settings.get("transfer_k")
         self.kind, ex_val, ex_test, self._k_digest = ctx.settings["extractors"]()
         self._extractor = {"val": ex_val, "test": ex_test}
         m = self._m = ctx.models["m"]
@@ -99,19 +102,40 @@ class UnMaskDefense(Defense):
                     "attacked, as the gray-box attack does")
         return None
 
-    def adaptive_objective(self):
+    def adaptive_objective(self, threat: str = "adaptive"):
         """M and K attacked together toward a target class (:class:`defense.adaptive.
-        UnMaskObjective`); with the oracle extractor K's answers do not depend on the pixels,
-        so there is nothing to attack but M, which the gray-box attack already does."""
+        UnMaskObjective`); ``threat="transfer"``: through the surrogate K of
+        ``ctx.settings["transfer_k"]`` (another seed), judged on the real K.  With the oracle
+        extractor K's answers do not depend on the pixels, so there is nothing to attack but
+        M, which the gray-box attack already does."""
         if self.kind != "k":
             return None
         from defense import adaptive
         from models.mrcnn.attack_interface import PartScorer
 
-        if self._scorer is None:
-            size = int(self._m.input_shape[1])
-            self._scorer = PartScorer(self._extractor["test"], size)
-        return adaptive.UnMaskObjective(self._m, self._scorer, self._um.class_parts_list)
+        size = int(self._m.input_shape[1])
+        if threat == "transfer":
+            if self._transfer_k is None:
+                return None
+            if self._transfer_scorer is None:
+                self._transfer_scorer = PartScorer(self._transfer_k(), size)
+            objective = adaptive.UnMaskObjective(self._m, self._transfer_scorer,
+                                                 self._um.class_parts_list)
+            um, scorer = self._um, self._transfer_scorer
+
+            def verdict(x, y):
+                """The attacker's own judgement: Algorithm 1 with the *surrogate's* parts
+                (the real K is never consulted before the final evaluation)."""
+                pred = np.argmax(self._m.predict(x, verbose=0), axis=1)
+                final = um.decide(pred, scorer.detected_parts(x)).final
+                return ((final != y) & (final != -1)).astype(np.float64)
+            objective.verdict = verdict
+            return objective
+        else:
+            if self._scorer is None:
+                self._scorer = PartScorer(self._extractor["test"], size)
+            scorer = self._scorer
+        return adaptive.UnMaskObjective(self._m, scorer, self._um.class_parts_list)
 
     def protect(self, observation: Mapping[str, List]):
         """The full :class:`~defense.unmask.ProtectResult` of an observation."""
