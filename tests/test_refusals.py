@@ -508,3 +508,17 @@ def test_extractor_errors_name_the_input(tiny_k):
                                  config=types.SimpleNamespace(BATCH_SIZE=0, NUM_CLASSES=4))
     with pytest.raises(ValueError, match=r"BATCH_SIZE=0 .*IMAGES_PER_GPU >= 1"):
         PartExtractor(zero, NAMES)
+
+
+def test_k_seed_sets_the_training_seed_apart_from_the_data_seed():
+    """A surrogate K for the transfer threat trains on the same data with other weights."""
+    from models.mrcnn import cli
+
+    assert cli._training_seed({"seed": 3, "k_seed": None}) == 3
+    assert cli._training_seed({"seed": 3, "k_seed": 1}) == 1
+    import argparse
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    assert p.parse_args(["--k-seed", "2"]).k_seed == 2
+    with pytest.raises(SystemExit):
+        p.parse_args(["--k-seed", "-1"])

@@ -45,8 +45,15 @@ CLI_DEFAULTS = {
     "visualize": False,
     "k_max_minutes": None,
     "seed": 0,
+    "k_seed": None,
     "no_progress": False,
 }
+
+
+def _training_seed(opts) -> int:
+    """K's training seed (initial weights, data order, augmentation, ROI sampling):
+    ``--k-seed`` when given, else ``--seed`` (which also names the synthetic data set)."""
+    return int(opts["seed"] if opts.get("k_seed") is None else opts["k_seed"])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -376,7 +383,7 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
     if not opts["k_eval_only"]:
         out["train"] = train_model_k(
             opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["k_log_dir"],
-            opts["k_lr"], opts["k_steps"], int(opts["seed"]), opts["k_max_minutes"],
+            opts["k_lr"], opts["k_steps"], _training_seed(opts), opts["k_max_minutes"],
             progress=not opts["no_progress"])
         print("K trained in %.1f min; last checkpoint %s"
               % (out["train"]["seconds"] / 60, out["train"]["checkpoint"]))
@@ -412,6 +419,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                  "--k-lr", float),
                    default=None, help="learning rate, finite, > 0 and <= %g (config default)"
                    % MAX_LEARNING_RATE)
+    g.add_argument("--k-seed", type=_argparse_type(
+                       lambda flag, v: check_count(flag, v, minimum=0), "--k-seed", int),
+                   help="training seed of K (weights, data order, augmentation) when it "
+                        "should differ from --seed, which also picks the synthetic data set: "
+                        "e.g. --k-seed 1 --k-log-dir logs/model_k_seed1 trains the surrogate K "
+                        "of --threat transfer on the same data")
     g.add_argument("--k-max-minutes", type=_argparse_type(check_positive, "--k-max-minutes",
                                                           float), default=None,
                    help="stop training after this many minutes > 0 (a checkpoint is kept)")
