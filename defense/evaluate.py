@@ -263,10 +263,16 @@ class Bench:
             if split != "train":
                 preds = {m: model_predictions(model, x, 32 if m == "m" else 128)
                          for m, model in self.models.items()}
+            if split == "test":
+                fp = dict(self.fp, images="benign", split=split)
+            else:   # what the training / validation images are, whatever the test subset
+                fp = {k: v for k, v in self.fp.items() if not k.startswith("test_")}
+                fp.update(images="benign", split=split, contents=_array_digest(
+                    self.data["x_" + split], self.data["y_" + split]))
             self._sets[key] = ImageSet(
                 name="benign-" + split, split=split, x=x,
                 keys=list(self.data["splits"][split].keys), labels=self.data["y_" + split],
-                preds=preds, fingerprint=dict(self.fp, images="benign", split=split))
+                preds=preds, fingerprint=fp)
         return self._sets[key]
 
     def attacked(self, model: str, name: str, eps: float, split: str = "test") -> ImageSet:

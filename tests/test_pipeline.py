@@ -453,3 +453,20 @@ def test_a_new_attack_version_recomputes_its_saved_records(tiny_data, tmp_path, 
     monkeypatch.setitem(registry.ATTACKS, "pgd_linf", dataclasses.replace(spec, version=2))
     assert ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0) != base
     assert registry.ATTACKS["uap"].version >= 2
+
+
+def test_training_and_validation_records_do_not_depend_on_the_test_subset(tiny_data, tmp_path):
+    """Another --n-test must not recompute what depends only on the training / validation
+    images (the trajectory detector's representatives and training attacks, thresholds)."""
+    prints = {}
+    for n in (9, 6):
+        cfg = _config(tiny_data, tmp_path, n_test=n)
+        data = ev.load_data(cfg, log=lambda s: None)
+        os.makedirs(cfg.m_dir, exist_ok=True)
+        with open(os.path.join(cfg.m_dir, "best.h5"), "wb") as f:
+            f.write(b"weights")
+        bench = ev.Bench(cfg, data, {"m": lambda x: np.zeros((len(x), 3), np.float32)},
+                         log=lambda s: None)
+        prints[n] = {s: bench.images(s).fingerprint for s in ("train", "val", "test")}
+    assert prints[9]["train"] == prints[6]["train"] and prints[9]["val"] == prints[6]["val"]
+    assert prints[9]["test"] != prints[6]["test"]
