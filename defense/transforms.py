@@ -360,7 +360,6 @@ class PCATransform(Preprocessor):
         self.image_shape: Optional[tuple] = None         # (H, W, 3)
         self.explained_variance: Optional[float] = None  # kept fraction actually reached
         self.n_train: Optional[int] = None
-        self._tf_cache = None
 
     def init_params(self) -> Dict[str, Any]:
         return {"variance": self.variance, "seed": self.seed}
@@ -404,7 +403,6 @@ class PCATransform(Preprocessor):
                                                         dtype=np.float64)))
         self.image_shape = tuple(int(s) for s in x.shape[1:])
         self.n_train = int(n)
-        self._tf_cache = None
         return self
 
     def _check_shape(self, x: np.ndarray) -> None:
@@ -424,9 +422,9 @@ class PCATransform(Preprocessor):
 
     def _differentiable(self, x, seed_tf):
         tf = _tf()
-        if self._tf_cache is None:
-            self._tf_cache = (tf.constant(self.mean_), tf.constant(self.components_))
-        mean, comps = self._tf_cache
+        # constants made per call: a tensor cached from one tf.function's graph cannot be
+        # used in another's (each adaptive attack traces its own)
+        mean, comps = tf.constant(self.mean_), tf.constant(self.components_)
         if x.shape.rank is not None and None not in x.shape[1:] \
                 and tuple(x.shape[1:]) != self.image_shape:
             raise ValueError("x_tf must have the size the PCA was fitted on, [N, %d, %d, %d], "

@@ -319,3 +319,16 @@ def test_bad_seed_and_grad():
     # tiny float excursions are tolerated and clipped
     y = T.get_transform("bitdepth", bits=8)(np.full((1, 4, 4, 3), 1 + 1e-7, np.float32))
     assert y.max() == 1.0
+
+
+def test_differentiable_pca_works_in_two_separate_tf_functions():
+    """Each adaptive attack traces its own tf.function: the PCA's TF form must not reuse a
+    tensor made inside another function's graph."""
+    import tfcompat
+    tf = tfcompat.import_tf()[0]
+    rng = np.random.default_rng(0)
+    t = T.get_transform("pca", variance=0.9).fit(rng.random((20, 4, 4, 3)).astype(np.float32))
+    x = tf.constant(rng.random((2, 4, 4, 3)).astype(np.float32))
+    outs = [tf.function(lambda z: t.differentiable(z))(x) for _ in range(2)]
+    np.testing.assert_allclose(outs[0].numpy(), outs[1].numpy())
+    np.testing.assert_allclose(outs[0].numpy(), t.differentiable(x).numpy(), atol=1e-5)
