@@ -202,7 +202,7 @@ class TrajectoryDefense(Defense):
             res = run_attack(self._m, x, images.labels[src], name, eps=eps, batch_size=50,
                              seed=ctx.seed, **kw)
             x = res.x_adv[res.success]
-            ctx.log("trajectory training data: %s on %d %s images, %d successful (%.0f s)"
+            ctx.log("trajectory data: %s on %d %s images, %d successful (%.0f s)"
                     % (group, len(src), images.split, len(x), res.seconds))
         feats = tap_features(self._m, self._arch, x, model=self._taps)
         _save_features(path, fp, feats)
