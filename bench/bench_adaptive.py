@@ -90,8 +90,8 @@ def main(argv=None):
         "gray_box_images_per_second": round(n / gray_s, 2),
         "adaptive_images_per_second": round(n / adaptive_s, 3),
         "slowdown": round(adaptive_s / gray_s, 1), "goal_slowdown": 5,
-        "gray_box_evasion_of_m": float(np.mean(gray.pred_adv != y)),
-        "adaptive_unmask_evasion": float(np.mean(res.verdict)),
+        "gray_box_m_wrong": float(np.mean(gray.pred_adv != y)),
+        "adaptive_unmask_wrong": float(np.mean(res.verdict)),   # UnMask wrong, not rejected
         "machine": _machine.machine_info(), "load_average_before": load_before,
         "load_average_after": _machine.load_average(),
     }
