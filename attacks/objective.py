@@ -99,7 +99,7 @@ def pgd_objective(value_and_grad: Callable[[np.ndarray], Tuple[np.ndarray, np.nd
     rng = np.random.default_rng(seed)
     cur = _random_start(x, norm, eps, rng) if rand_init and eps > 0 else x.copy()
     best = quantize(cur, x)
-    best_verdict = np.asarray(decide(best), np.float64)
+    best_verdict = np.array(decide(best), np.float64)      # a copy: updated in place below
     best_step = np.zeros(len(x), np.int64)
     losses = []
     for step in range(1, int(steps) + 1):

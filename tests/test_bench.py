@@ -250,18 +250,13 @@ def test_metrics_with_defenses_validate_and_old_files_still_do():
     m = _bench_metrics()
     old = {k: v for k, v in m.items() if k != "defenses"}
     report.validate_metrics(old)
-    bad = json.loads(json.dumps(m))
-    bad["defenses"]["none"]["attacks"][0]["auc"] = 0.5
-    with pytest.raises(ValueError, match="not a detector"):
-        report.validate_metrics(bad)
-    bad = json.loads(json.dumps(m))
-    bad["defenses"]["none"]["attacks"][0]["threat_model"] = "black-box"
-    with pytest.raises(ValueError, match="threat_model"):
-        report.validate_metrics(bad)
-    bad = json.loads(json.dumps(m))
-    bad["defenses"]["none"]["attacks"][0]["eps"] = 16
-    with pytest.raises(ValueError, match="not among the run's attacks"):
-        report.validate_metrics(bad)
+    for key, value, message in (("auc", 0.5, "not a detector"),
+                                ("threat_model", "black-box", "threat_model"),
+                                ("eps", 16, "not among the run's attacks")):
+        bad = json.loads(json.dumps(m))
+        bad["defenses"]["none"]["attacks"][0][key] = value
+        with pytest.raises(ValueError, match=message):
+            report.validate_metrics(bad)
     # without UnMask the Table IV fields of UnMask are null, everywhere
     no_um = json.loads(json.dumps(old))
     no_um.update(extractor=None, threshold=None)
@@ -361,14 +356,15 @@ def test_best_iterate_stays_in_the_ball_on_the_grid_and_in_range():
     rng = np.random.default_rng(0)
     x = (rng.integers(0, 256, (6, 8, 8, 3)) / 255.0).astype(np.float32)
     for norm, eps in (("linf", 8 / 255), ("l2", 1.0)):
-        seen = []
+        seen, verdicts = [], []
 
         def vg(z):
             return np.zeros(len(z)), rng.normal(size=z.shape)   # a random walk
 
         def decide(z):
             seen.append(z.copy())
-            return rng.random(len(z))                            # arbitrary verdicts
+            verdicts.append(rng.integers(0, 3, len(z)).astype(float))  # ties on purpose
+            return verdicts[-1]
 
         res = pgd_objective(vg, decide, x, eps=eps, step_size=eps / 4, steps=12, norm=norm,
                             rand_init=True, seed=1)
@@ -379,6 +375,12 @@ def test_best_iterate_stays_in_the_ball_on_the_grid_and_in_range():
             assert np.allclose(np.round(z * 255), z * 255, atol=1e-4), "8-bit images only"
         # the kept iterate is, per image, the first one with the best verdict
         assert res.x_adv.shape == x.shape and np.all(res.best_step >= 0)
+        v = np.stack(verdicts)                          # [steps + 1, B], step 0 = the start
+        first_best = np.argmax(v == v.max(axis=0), axis=0)
+        assert np.array_equal(res.best_step, first_best)
+        assert np.array_equal(res.verdict, v.max(axis=0))
+        for i, step in enumerate(res.best_step):
+            assert np.array_equal(res.x_adv[i], seen[step][i])
     q = quantize(np.clip(x + 0.5 / 255 + 3.7 / 255, 0, 1), x)
     assert np.all(np.abs(q - x) <= 4.2 / 255)
 
