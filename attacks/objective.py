@@ -13,6 +13,12 @@ graph and session -- so the loop here is plain Python over two callables:
   image, the iterate with the best verdict is kept (the first one on ties, so an image the
   attack cannot improve stays as benign as possible); nothing is judged on surrogate values.
 
+With ``evaluate(x) -> (loss, grad, verdict)`` instead, one call gives the objective, its
+gradient and the verdict at the same (quantised) candidate -- for a defense whose verdict and
+gradient come from the same forward pass (UnMask's K), this halves the work per step.  The
+next step's gradient is then taken at the quantised candidate rather than at the continuous
+iterate (they differ by less than 1/255 per pixel); ``decide`` judges only the last one.
+
 Every candidate is **quantised to 8 bits** before it is judged and returned: the perturbation
 is truncated toward zero on the 1/255 grid (``x`` itself must lie on that grid, as decoded
 images do), which never leaves the ε-ball (L∞ or L2) nor [0, 1]; on the backward pass the
@@ -81,34 +87,50 @@ def _random_start(x, norm, eps, rng):
     return _project(x + d * r[:, None, None, None], x, norm, eps)
 
 
-def pgd_objective(value_and_grad: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]],
+def pgd_objective(value_and_grad: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]],
                   decide: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, eps: float,
                   step_size: float, steps: int, norm: str = LINF, rand_init: bool = False,
                   seed: int = 0,
-                  step_callback: Optional[Callable[[int, np.ndarray], None]] = None
+                  step_callback: Optional[Callable[[int, np.ndarray], None]] = None,
+                  evaluate: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray]]] = None
                   ) -> ObjectiveResult:
     """Maximise ``value_and_grad``'s objective by projected (sign / L2-normalised) gradient
     steps inside the ``eps``-ball around ``x`` (float [B, H, W, C] on the 1/255 grid), keeping
-    per image the iterate ``decide`` rates best.  See the module docstring."""
+    per image the iterate ``decide`` rates best.  With ``evaluate`` (objective, gradient and
+    verdict of one candidate), ``value_and_grad`` is not used and may be None, and each step
+    costs one ``evaluate``.  See the module docstring."""
     if norm not in (LINF, L2):
         raise ValueError("norm must be 'linf' or 'l2', got %r" % (norm,))
     if not (eps >= 0 and step_size > 0 and int(steps) >= 0):
         raise ValueError("need eps >= 0, step_size > 0 and steps >= 0 (got %r, %r, %r)"
                          % (eps, step_size, steps))
+    if value_and_grad is None and evaluate is None:
+        raise ValueError("pass value_and_grad or evaluate")
     x = np.asarray(x, np.float32)
+    steps = int(steps)
     rng = np.random.default_rng(seed)
     cur = _random_start(x, norm, eps, rng) if rand_init and eps > 0 else x.copy()
     best = quantize(cur, x)
-    best_verdict = np.array(decide(best), np.float64)      # a copy: updated in place below
+    if evaluate is not None and steps > 0:
+        loss, grad, verdict = evaluate(best)
+        best_verdict = np.array(verdict, np.float64)       # a copy: updated in place below
+    else:
+        best_verdict = np.array(decide(best), np.float64)
     best_step = np.zeros(len(x), np.int64)
     losses = []
-    for step in range(1, int(steps) + 1):
-        loss, grad = value_and_grad(cur)
+    for step in range(1, steps + 1):
+        if evaluate is None:
+            loss, grad = value_and_grad(cur)
         losses.append(np.asarray(loss, np.float64))
         cur = _project(cur + step_size * _direction(np.asarray(grad, np.float64), norm), x,
                        norm, eps)
         cand = quantize(cur, x)
-        verdict = np.asarray(decide(cand), np.float64)
+        if evaluate is not None and step < steps:
+            loss, grad, verdict = evaluate(cand)           # the next step's gradient too
+        else:
+            verdict = decide(cand)
+        verdict = np.asarray(verdict, np.float64)
         better = verdict > best_verdict
         best[better], best_verdict[better], best_step[better] = (
             cand[better], verdict[better], step)

@@ -56,6 +56,26 @@ def _value_and_grad(loss_fn) -> ValueAndGrad:
     return run
 
 
+def _value_grad_pred(model, loss_of_logits):
+    """Numpy ``(x, y) -> (loss [B], grad [B, H, W, C], argmax of M's logits [B])`` of
+    ``loss_of_logits(model(x), y)``: the objective, its gradient and M's answer from one
+    forward pass."""
+    @tf.function(reduce_retracing=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = model(x, training=False)
+            loss = loss_of_logits(logits, y)
+            total = tf.reduce_sum(loss)
+        return loss, tape.gradient(total, x), tf.argmax(logits, axis=1)
+
+    def run(x, y):
+        loss, grad, pred = step(tf.convert_to_tensor(x, tf.float32),
+                                tf.convert_to_tensor(y, tf.int64))
+        return loss.numpy(), grad.numpy(), pred.numpy()
+    return run
+
+
 def cross_entropy(logits, y):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
 
@@ -121,11 +141,17 @@ class UnMaskObjective:
     eagerly, K's from its own graph and session (:class:`~models.mrcnn.attack_interface.
     PartScorer`, proposals held fixed within a step); each is scaled to unit norm and M's
     counts only until M says y' (Tramer et al.'s mask: M's term first).
+
+    ``decision(preds [B], part_sets) -> final [B]`` (the defense's rule: Algorithm 1's
+    rectified class, or -1 for a rejection) enables :meth:`evaluate`, which returns the
+    objective, its gradient and the attacker's verdict (final answer wrong and not rejected)
+    from one pass of M and one of K -- the part sets are read from the same session run as
+    K's gradient (:meth:`PartScorer.hinge_value_and_grad` ``return_parts``).
     """
 
     def __init__(self, model, scorer, class_parts_list, kappa_m: float = KAPPA,
                  kappa: float = 1.0, lam_present: float = 1.0, lam_absent: float = 1.0,
-                 tau: float = 0.5):
+                 tau: float = 0.5, decision=None):
         self.model = model
         self.scorer = scorer
         self.class_parts = [frozenset(v) for v in class_parts_list]
@@ -139,8 +165,9 @@ class UnMaskObjective:
         self.kappa_m, self.kappa, self.tau = kappa_m, kappa, tau
         self.lam_present, self.lam_absent = lam_present, lam_absent
         self.targets = None
-        self._m_grad = _value_and_grad(
-            lambda x, t: tf.minimum(-cw_margin(model(x, training=False), t), kappa_m))
+        self.decision = decision
+        self._m_step = _value_grad_pred(
+            model, lambda logits, t: tf.minimum(-cw_margin(logits, t), kappa_m))
 
     def start(self, x0: np.ndarray, y: np.ndarray) -> None:
         parts = self.scorer.detected_parts(x0)
@@ -157,15 +184,33 @@ class UnMaskObjective:
             targets.append(best)
         self.targets = np.asarray(targets, np.int64)
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def _joint(self, x: np.ndarray, with_parts: bool):
         if self.targets is None or len(self.targets) != len(x):
             raise ValueError("UnMaskObjective: call start(x0, y) on the batch first")
         t = self.targets
-        m_loss, m_grad = self._m_grad(x, t)        # min(targeted margin, κ_M), maximised
+        m_loss, m_grad, pred = self._m_step(x, t)  # min(targeted margin, κ_M), maximised
         present = self.masks[t]
-        k_loss, k_grad = self.scorer.hinge_value_and_grad(
+        k_out = self.scorer.hinge_value_and_grad(
             x, present, 1.0 - present, kappa=self.kappa, lam_present=self.lam_present,
-            lam_absent=self.lam_absent, tau=self.tau)
+            lam_absent=self.lam_absent, tau=self.tau, return_parts=with_parts)
+        k_loss, k_grad = k_out[0], k_out[1]
         m_done = m_loss >= self.kappa_m - 1e-6     # M already says y' confidently
         grad = _unit(m_grad) * (~m_done)[:, None, None, None] - _unit(k_grad)
-        return m_loss - k_loss, grad
+        return m_loss - k_loss, grad, pred, (k_out[2] if with_parts else None)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        loss, grad, _, _ = self._joint(x, False)
+        return loss, grad
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(loss [B], grad [B, H, W, 3], verdict [B])`` at ``x``; the verdict is 1 where
+        ``decision`` on M's answer and K's part sets (both of ``x``, from the passes that give
+        the gradient) is wrong and not a rejection."""
+        if self.decision is None:
+            raise ValueError("UnMaskObjective.evaluate needs decision=(preds, part_sets) -> "
+                             "final classes")
+        loss, grad, pred, parts = self._joint(x, True)
+        final = np.asarray(self.decision(pred.astype(np.int64), parts), np.int64)
+        y = np.asarray(y, np.int64)
+        return loss, grad, ((final != y) & (final != -1)).astype(np.float64)

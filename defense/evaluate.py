@@ -188,7 +188,7 @@ def _file_digest(path: str) -> str:
 
 
 #: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed).
-ADAPTIVE_VERSION = 1
+ADAPTIVE_VERSION = 2
 
 #: Bumped when the content or meaning of a saved record changes, so old records are recomputed
 #: (3: one record per attacked model with its images; observations per defense).
@@ -402,9 +402,12 @@ class Bench:
             judge = decide
             if hasattr(objective, "verdict"):    # transfer: the attacker judges by its surrogate
                 judge = lambda x, yb=yb: objective.verdict(x, yb)   # noqa: E731
+            evaluate = None
+            if getattr(objective, "evaluate", None) is not None:   # gradient + verdict at once
+                evaluate = lambda x, yb=yb: objective.evaluate(x, yb)   # noqa: E731
             res = pgd_objective(lambda x, yb=yb: objective(x, yb), judge, xb, eps=eps,
                                 step_size=step, steps=steps, norm=norm, rand_init=rand_init,
-                                seed=self.cfg.seed * 1000003 + b)
+                                seed=self.cfg.seed * 1000003 + b, evaluate=evaluate)
             out.append(res.x_adv)
         return np.concatenate(out).astype(np.float32)
 

@@ -385,6 +385,48 @@ def test_best_iterate_stays_in_the_ball_on_the_grid_and_in_range():
     assert np.all(np.abs(q - x) <= 4.2 / 255)
 
 
+def test_one_call_per_step_path_equals_the_two_callable_path():
+    """With ``evaluate`` (objective, gradient and verdict of one candidate) each step costs
+    one call, on 8-bit candidates, and ``decide`` judges only the last one; for an objective
+    whose gradient does not depend on the point both paths take the same steps and keep the
+    same iterates."""
+    from attacks.objective import pgd_objective
+
+    rng = np.random.default_rng(3)
+    x = (rng.integers(0, 256, (5, 6, 6, 3)) / 255.0).astype(np.float32)
+    g = rng.normal(size=x.shape)
+    w = rng.normal(size=x.shape)
+    verdict_of = lambda z: np.floor(4 * np.tanh((z * w).reshape(len(z), -1).sum(1)))  # noqa
+
+    for norm, eps, steps in (("linf", 8 / 255, 7), ("l2", 0.5, 5), ("linf", 8 / 255, 0)):
+        calls = {"evaluate": 0, "decide": 0, "vg": 0}
+
+        def vg(z):
+            calls["vg"] += 1
+            return (z * g).reshape(len(z), -1).sum(1), g
+
+        def decide(z):
+            calls["decide"] += 1
+            return verdict_of(z)
+
+        def evaluate(z):
+            calls["evaluate"] += 1
+            assert np.allclose(np.round(z * 255), z * 255, atol=1e-4), "8-bit candidates"
+            return (z * g).reshape(len(z), -1).sum(1), g, verdict_of(z)
+
+        kw = dict(eps=eps, step_size=eps / 3, steps=steps, norm=norm, rand_init=True, seed=2)
+        two = pgd_objective(vg, decide, x, **kw)
+        n_decide = calls["decide"]
+        calls.update(decide=0)
+        one = pgd_objective(None, decide, x, evaluate=evaluate, **kw)
+        assert calls["evaluate"] == steps and calls["decide"] == 1 and n_decide == steps + 1
+        np.testing.assert_array_equal(one.x_adv, two.x_adv)
+        np.testing.assert_array_equal(one.verdict, two.verdict)
+        np.testing.assert_array_equal(one.best_step, two.best_step)
+    with pytest.raises(ValueError, match="value_and_grad or evaluate"):
+        pgd_objective(None, decide, x, eps=0.1, step_size=0.1, steps=1)
+
+
 def _toy_ce_objective(model):
     from defense.adaptive import _value_and_grad, cross_entropy
     return _value_and_grad(lambda x, y: cross_entropy(model(x, training=False), y))

@@ -245,6 +245,28 @@ def test_detected_parts_agree_with_part_extractor(k_model, scorer):
         assert parts == frozenset(n for n, v in zip(scorer.part_names, m.max(0)) if v > 0)
 
 
+def test_hinge_with_parts_is_one_pass_of_both(scorer):
+    """``return_parts`` adds K's detected sets of the same forward: equal to
+    :meth:`detected_parts`, with the loss and gradient unchanged."""
+    x = np.concatenate([_synthetic_images(3, seed=12), _random_images(2, seed=13)])
+    rng = np.random.default_rng(5)
+    present = (rng.random((5, scorer.num_parts)) < 0.5).astype(np.float32)
+    kw = dict(kappa=1.0, tau=0.5)
+    loss, grad = scorer.hinge_value_and_grad(x, present, 1 - present, **kw)
+    loss2, grad2, parts = scorer.hinge_value_and_grad(x, present, 1 - present,
+                                                      return_parts=True, **kw)
+    np.testing.assert_allclose(loss2, loss, rtol=1e-5, atol=1e-5)
+    # in norm: two session runs of a random-weight K can move a near-tied activation across
+    # a ReLU kink (see test_hinge_loss_and_tape_interface)
+    print("relative difference of the gradients: %.3g" % _rel_norm(grad2, grad))
+    assert _rel_norm(grad2, grad) < 0.3
+    assert parts == scorer.detected_parts(x)
+    assert all(isinstance(p, frozenset) and p <= set(scorer.part_names) for p in parts)
+    _, rois = scorer.part_margins(x)
+    with pytest.raises(ValueError, match="return_parts needs K's own proposals"):
+        scorer.hinge_value_and_grad(x, present, 1 - present, rois=rois, return_parts=True)
+
+
 def test_interface_after_eager_m(k_model):
     """M (eager tf-keras) first, then K's graph is extended by a new scorer: both work."""
     from models.classifier import build_classifier
@@ -293,8 +315,22 @@ def test_joint_attack_on_m_and_k_evades_more_than_the_gray_box_attack(k_model, s
     objective = UnMaskObjective(m, scorer, v)
     objective.start(x, y)
     assert np.all(objective.targets != y)
+    with pytest.raises(ValueError, match="needs decision"):
+        objective.evaluate(x, y)
+
+    def decision(pred, parts):      # "rectify" is the identity here; flagged -> rejected
+        return np.where(distances(parts, pred, v) < t, pred, -1)
+
+    # evaluate = __call__'s loss and gradient + the verdict of M's and K's answers, one pass
+    objective.decision = decision
+    loss, grad = objective(x, y)
+    loss2, grad2, verdict = objective.evaluate(x, y)
+    np.testing.assert_allclose(loss2, loss, rtol=1e-5, atol=1e-5)
+    assert _rel_norm(grad2, grad) < 0.3                  # in norm, as above
+    assert np.array_equal(verdict, evasion(x))
     res = pgd_objective(lambda z: objective(z, y), evasion, x, eps=eps, step_size=4 / 255,
-                        steps=30, norm="linf")
+                        steps=30, norm="linf", evaluate=lambda z: objective.evaluate(z, y))
+    assert np.array_equal(res.verdict, evasion(res.x_adv))
     delta = np.abs(res.x_adv - x).max()
     assert delta <= eps + 1e-6 and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     joint, gray_rate = evasion(res.x_adv).mean(), evasion(gray.x_adv).mean()

@@ -120,14 +120,15 @@ class UnMaskDefense(Defense):
             if self._transfer_scorer is None:
                 self._transfer_scorer = PartScorer(self._transfer_k(), size)
             objective = adaptive.UnMaskObjective(self._m, self._transfer_scorer,
-                                                 self._um.class_parts_list)
+                                                 self._um.class_parts_list,
+                                                 decision=self._final)
             um, scorer = self._um, self._transfer_scorer
 
             def verdict(x, y):
                 """The attacker's own judgement: Algorithm 1 with the *surrogate's* parts
                 (the real K is never consulted before the final evaluation)."""
                 pred = np.argmax(self._m.predict(x, verbose=0), axis=1)
-                final = um.decide(pred, scorer.detected_parts(x)).final
+                final = self._final(pred, scorer.detected_parts(x))
                 return ((final != y) & (final != -1)).astype(np.float64)
             objective.verdict = verdict
             return objective
@@ -135,13 +136,21 @@ class UnMaskDefense(Defense):
             if self._scorer is None:
                 self._scorer = PartScorer(self._extractor["test"], size)
             scorer = self._scorer
-        return adaptive.UnMaskObjective(self._m, scorer, self._um.class_parts_list)
+        return adaptive.UnMaskObjective(self._m, scorer, self._um.class_parts_list,
+                                        decision=self._final)
 
     def protect(self, observation: Mapping[str, List]):
         """The full :class:`~defense.unmask.ProtectResult` of an observation."""
         return self._um.decide(observation["pred"], observation["parts"])
 
+    def _answer(self, res) -> np.ndarray:
+        """The defended answer of a ProtectResult: rectified class, or -1 when rejecting."""
+        pred = res.final if self.response == "rectify" else np.where(res.flags, -1, res.preds)
+        return np.asarray(pred, np.int64)
+
+    def _final(self, preds, part_sets) -> np.ndarray:
+        return self._answer(self._um.decide(preds, part_sets))
+
     def decide(self, observation: Mapping[str, List]) -> Outcome:
         res = self.protect(observation)
-        pred = res.final if self.response == "rectify" else np.where(res.flags, -1, res.preds)
-        return Outcome(pred=np.asarray(pred, np.int64), score=res.distances, flags=res.flags)
+        return Outcome(pred=self._answer(res), score=res.distances, flags=res.flags)

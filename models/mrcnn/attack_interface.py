@@ -23,6 +23,8 @@ the inference ``MaskRCNN``), for images of M's size, and answers with NumPy arra
     + lam_absent * sum_p absent[b, p] * sum_r relu(m[b, r, p] + kappa)`` with the smooth
     maximum ``smax_r = tau * logsumexp_r(m / tau)`` (``present``/``absent`` are ``[B, P]``
     0/1 masks).  Minimising it makes the ``present`` parts detected and the ``absent`` ones not.
+    ``return_parts=True`` adds K's detected part sets from the same session run (one K pass
+    per attack step gives the gradient and the real detector's verdict).
 ``scorer.margins_tf(x) -> tf.Tensor [B, R, P]``
     The margins as a TensorFlow op usable under ``tf.GradientTape`` (eager or ``tf.function``):
     forward is one session run, the backward pass another (the vector-Jacobian product with
@@ -402,7 +404,7 @@ class PartScorer:
     def hinge_value_and_grad(self, images, present, absent, *, kappa: float = 0.0,
                              lam_present: float = 1.0, lam_absent: float = 1.0,
                              tau: float = 1.0, rois=None, quantize: Optional[bool] = None,
-                             return_margins: bool = False):
+                             return_margins: bool = False, return_parts: bool = False):
         """SPEC §8's part-set loss (to minimise) and its input gradient.
 
         ``loss[b] = lam_present * sum_p present[b,p] * relu(kappa - tau * logsumexp_r(m[b,r,p] / tau))
@@ -413,8 +415,13 @@ class PartScorer:
                 detected; 0 = ignore), in ``self.part_names`` order.
             kappa: confidence margin; tau > 0: temperature of the smooth max over ROIs
                 (small: close to the max, which is what decides detection).
+            return_parts: also return K's detected part sets of these images, read from the
+                same forward pass (:meth:`detected_parts` "detections"; K's own proposals
+                only, so ``rois`` must be None): an attack gets the gradient and the real
+                detector's answer for the same images from one session run.
         Returns:
-            ``(loss float32 [B], grad float32 [B, H, W, 3])`` (+ margins, rois).
+            ``(loss float32 [B], grad float32 [B, H, W, 3])`` (+ margins, rois) (+ a list of
+            B frozensets of part names).
         """
         n = np.shape(images)[0]
         present = np.asarray(present, np.float32)
@@ -425,12 +432,18 @@ class PartScorer:
                                  % (name, n, self.num_parts, v.shape))
         if not tau > 0:
             raise ValueError("tau must be > 0, got %r" % (tau,))
+        if return_parts and rois is not None:
+            raise ValueError("return_parts needs K's own proposals; pass rois=None")
         fetches = [self._hinge, self._hinge_grad] + (
-            [self._margins, self._rois] if return_margins else [])
-        outs = self._run("hinge%d" % return_margins, fetches, images, rois, quantize,
-                         batched=[(self._present, present), (self._absent, absent)],
+            [self._margins, self._rois] if return_margins else []) + (
+            [self._detections] if return_parts else [])
+        outs = self._run("hinge%d%d" % (return_margins, return_parts), fetches, images, rois,
+                         quantize, batched=[(self._present, present), (self._absent, absent)],
                          scalars=[(self._kappa, kappa), (self._lam_p, lam_present),
                                   (self._lam_a, lam_absent), (self._tau, tau)])
+        if return_parts:
+            return tuple(o.astype(np.float32) for o in outs[:-1]) + (
+                self._parts_from_detections(outs[-1]),)
         return tuple(o.astype(np.float32) for o in outs)
 
     # ------------------------------------------------------------------ tape interface
@@ -470,15 +483,19 @@ class PartScorer:
             raise ValueError("method must be one of %s, got %r" % (DETECTION_METHODS, method))
         if method == "detections":
             (det,) = self._run("detections", [self._detections], images, None, quantize)
-            shape = tuple(self.config.IMAGE_SHAPE)
-            window = self.geometry["molded_window"]
-            # as PartExtractor.detect: boxes in pixels of the square, zero-area boxes dropped
-            return [frozenset(self.class_names[int(c)] for c in
-                              data_gen.unmold_boxes(d, shape, shape, window)[1] if int(c) > 0)
-                    for d in det]
+            return self._parts_from_detections(det)
         margins, scores = self._run("sets", [self._margins, self._scores], images, None,
                                     quantize)
         return [self._set_from_margins(m, s, method) for m, s in zip(margins, scores)]
+
+    def _parts_from_detections(self, det: np.ndarray) -> List[frozenset]:
+        """Part sets from the detection layer's output ``[B, N, 6]``."""
+        shape = tuple(self.config.IMAGE_SHAPE)
+        window = self.geometry["molded_window"]
+        # as PartExtractor.detect: boxes in pixels of the square, zero-area boxes dropped
+        return [frozenset(self.class_names[int(c)] for c in
+                          data_gen.unmold_boxes(d, shape, shape, window)[1] if int(c) > 0)
+                for d in det]
 
     def _set_from_margins(self, margins: np.ndarray, scores: np.ndarray, method: str):
         """Part set of one image from its margins ``[R, P]`` and ROI scores ``[R]``."""
