@@ -13,6 +13,7 @@ attack names) and turned into objects before anything runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import tfcompat  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -181,6 +182,40 @@ def parse_vectors(text: str):
     return vectors
 
 
+#: Largest --input-size: 1024 px images of the paper's ~10,000 training images would already
+#: take 30 GB as uint8 arrays.
+MAX_INPUT_SIZE = 1024
+
+
+def _check_l2_budgets(vectors, input_size: int) -> None:
+    """An L2 budget larger than the distance between an all-black and an all-white image of
+    M's size means nothing."""
+    from attacks import resolve_config
+
+    limit = 255.0 * (3.0 * input_size * input_size) ** 0.5
+    for name, eps in vectors:
+        if resolve_config(name, eps).norm == "l2" and eps > limit:
+            raise ValueError("--attacks: %s eps=%g exceeds the largest L2 distance between "
+                             "two %dx%d images (%.0f on the 0-255 scale); give eps on that "
+                             "scale, e.g. %s:300" % (name, eps, input_size, input_size, limit,
+                                                     name))
+
+
+def check_folders(args) -> None:
+    """Every folder the command will read or write, checked before any work (a clear error
+    naming the option instead of a traceback after minutes of training)."""
+    from data.fileio import check_folder
+
+    check_folder(args.data_dir, "--data-dir", write=not os.path.isdir(args.data_dir))
+    if args.model == "M":
+        check_folder(args.results_dir, "--results-dir")
+        check_folder(args.checkpoint_dir, "--checkpoint-dir")
+        check_folder(args.k_log_dir, "--k-log-dir", write=False)
+    elif args.model == "K":
+        check_folder(args.k_log_dir, "--k-log-dir")
+        check_folder(args.k_results_dir, "--k-results-dir")
+
+
 def _eval_config(args):
     from defense.evaluate import EvalConfig
     from defense.thresholds import check_target_fpr
@@ -195,8 +230,15 @@ def _eval_config(args):
         raise ValueError("--threshold must be in [0, 1], got %r" % args.threshold)
     if args.n_test is not None and args.n_test < 1:
         raise ValueError("--n-test must be >= 1, got %r" % args.n_test)
-    if args.threshold is None:
-        check_target_fpr(args.target_fpr)
+    check_target_fpr(args.target_fpr)      # even with --threshold: a wrong value is a mistake
+    arch = get_architecture(args.arch)
+    if not arch.min_size <= args.input_size <= MAX_INPUT_SIZE:
+        raise ValueError("--input-size must be in [%d, %d] for --arch %s (the paper uses "
+                         "150, the synthetic default 96), got %d"
+                         % (arch.min_size, MAX_INPUT_SIZE, arch.name, args.input_size))
+    if not 0 < args.at_eps <= 255:
+        raise ValueError("--at-eps must be in (0, 255] (the 0-255 scale, e.g. 4), got %r"
+                         % args.at_eps)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
     train.validate()
@@ -219,16 +261,18 @@ def _eval_config(args):
             raise ValueError("--k-transfer %s: no such checkpoint file" % args.k_transfer)
     if args.adaptive_steps is not None and args.adaptive_steps < 1:
         raise ValueError("--adaptive-steps must be >= 1, got %d" % args.adaptive_steps)
+    vectors = parse_vectors(args.attacks)
+    _check_l2_budgets(vectors, args.input_size)
     defenses = None
     if args.defenses is not None:
         from defense.defenses import parse_defenses
         defenses = parse_defenses(args.defenses)
     return EvalConfig(
         class_set=args.classset, data_dir=args.data_dir,
-        arch=get_architecture(args.arch).name, input_size=args.input_size, weights=weights,
+        arch=arch.name, input_size=args.input_size, weights=weights,
         train=train, adv_train=args.adv_train, at_eps=args.at_eps, extractor=args.extractor,
         threshold=args.threshold, target_fpr=args.target_fpr, mode=args.mode,
-        vectors=parse_vectors(args.attacks), defenses=defenses,
+        vectors=vectors, defenses=defenses,
         trajectory_table=args.trajectory_table, detection_set=args.detection_set,
         threats=tuple(threats), adaptive_steps=args.adaptive_steps,
         k_transfer=args.k_transfer,
@@ -282,8 +326,9 @@ def main(argv=None) -> int:
     try:
         if args.model:
             tfcompat.import_tf()  # quiet TensorFlow start-up before any package imports it
-        # every name and number is checked here, before any data is generated or read
+        # every name, number and folder is checked here, before any data is generated or read
         eval_cfg = _eval_config(args) if args.model == "M" else None
+        check_folders(args)
         manifest = _prepare(args)
         if args.prepare_data:
             print(summary(manifest))

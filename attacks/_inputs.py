@@ -27,12 +27,16 @@ def check_images(images):
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise ValueError("images must be a numeric array, got dtype %s" % arr.dtype)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("images contains NaN or infinite values")
+    finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+    if not finite.all():
+        raise ValueError("images[%d] contains NaN or infinite values (%d image(s) in all)"
+                         % (int(np.argmin(finite)), int((~finite).sum())))
     low, high = float(arr.min()), float(arr.max())
     if low < 0.0 or high > 1.0:
-        raise ValueError("images must have pixels in [0, 1], got range [%g, %g]; divide uint8 "
-                         "images by 255" % (low, high))
+        flat = arr.reshape(len(arr), -1)
+        bad = int(np.argmax((flat.min(axis=1) < 0) | (flat.max(axis=1) > 1)))
+        raise ValueError("images must have pixels in [0, 1], got range [%g, %g] (first: "
+                         "images[%d]); divide uint8 images by 255" % (low, high, bad))
     return arr
 
 

@@ -274,6 +274,10 @@ def _resolve_eps(spec, eps):
     if eps < 0:
         raise ValueError("eps=%r for attack %r: eps must be >= 0 (0-255 pixel scale, e.g. 8 "
                          "for 8/255)" % (eps, spec.name))
+    if spec.norm == "linf" and eps > 255:
+        raise ValueError("eps=%r for attack %r: an L-inf budget beyond 255 (the whole pixel "
+                         "range) means nothing; give eps on the 0-255 scale, e.g. 8"
+                         % (eps, spec.name))
     return eps
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from typing import Any, Iterator
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -96,3 +97,59 @@ def read_json(path: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError("%s is not valid JSON (%s); delete it and regenerate it, or fix it"
                          % (path, e)) from None
+
+
+def check_folder(path: str, what: str, write: bool = True) -> None:
+    """Refuse, before any work, a folder a run cannot use: ValueError naming ``what`` (e.g.
+    ``"--results-dir"``) and ``path``.
+
+    A folder that does not exist yet is fine when its nearest existing ancestor is a folder
+    one can create it in.  Refused: a plain file (or a file among the ancestors), a symlink
+    loop or another path that cannot be resolved, and -- with ``write`` -- a folder in which
+    no file can be created (read-only, no permission, a read-only file system).  Writability
+    is probed by creating and removing a file, since ``os.access`` answers "yes" to root even
+    on a read-only mount.
+    """
+    probe_dir = path
+    while True:
+        try:
+            mode = os.stat(probe_dir).st_mode
+        except FileNotFoundError:
+            if os.path.islink(probe_dir):
+                raise ValueError("%s %s: %s is a symbolic link to a missing target; pass "
+                                 "another folder" % (what, path, probe_dir)) from None
+            parent = os.path.dirname(os.path.abspath(probe_dir))
+            if parent == os.path.abspath(probe_dir):
+                raise ValueError("%s %s: no existing folder to create it in" % (what, path))
+            probe_dir = parent
+            continue
+        except NotADirectoryError:     # a file among the ancestors
+            probe_dir = os.path.dirname(os.path.abspath(probe_dir))
+            continue
+        except OSError as e:           # ELOOP (symlink loop), ENAMETOOLONG, EACCES, ...
+            raise ValueError("%s %s cannot be used: %s (%s); pass another folder"
+                             % (what, path, e.strerror or e, probe_dir)) from None
+        break
+    if not stat.S_ISDIR(mode):
+        where = "is a file" if probe_dir == path else "lies under the file %s" % probe_dir
+        raise ValueError("%s %s %s, not a folder; pass a folder" % (what, path, where))
+    if not write:
+        return
+    try:
+        tmp = _create_temporary(probe_dir, ".write-probe.", ".tmp")
+        os.remove(tmp)
+    except OSError as e:
+        raise ValueError("%s %s cannot be written (%s in %s); pass a folder you can write to"
+                         % (what, path, e.strerror or e, probe_dir)) from None
+
+
+def read_cached_json(path: str, log=print) -> Any:
+    """A cache file's JSON content, or None (logged, naming the file) when it is missing,
+    unreadable or not valid JSON: the caller recomputes it and writes it anew."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as e:
+        log("cache file %s is damaged (%s): recomputed" % (path, e))
+        return None

@@ -7,6 +7,7 @@ not rejected; corrupt or truncated files raise ``ImageError`` (a ValueError) nam
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -42,9 +43,15 @@ def read_image(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError("image file not found: %s" % path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            arr = _to_rgb(img)
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                arr = _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError("image %s is too large to decode safely (%s): a decompression bomb "
+                         "or a wrongly exported file; replace or delete it" % (path, e)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError("cannot read image %s (corrupt, truncated or not an image: %s); "
                          "replace or delete the file" % (path, e)) from None

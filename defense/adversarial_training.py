@@ -10,7 +10,6 @@ the ``perturb`` hook it plugs into.
 """
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Callable, Dict, Sequence
 
@@ -32,16 +31,16 @@ LINE_SEARCH_EPS = (1, 2, 4, 6, 8, 16)
 
 def pgd_perturb(model, eps: float = AT_EPS, steps: int = AT_STEPS,
                 step_size: float = AT_STEP_SIZE, seed: int = 0) -> Callable:
-    """``perturb(x, y) -> x_adv`` for ``train_classifier``: PGD-L-inf against ``model``'s
-    current weights (eps and step on the 0-255 scale).  The attack is compiled once; every
-    batch gets its own random start (seeded by the batch counter)."""
+    """``perturb(x, y, batch_index) -> x_adv`` for ``train_classifier``: PGD-L-inf against
+    ``model``'s current weights (eps and step on the 0-255 scale).  The attack is compiled
+    once; every batch gets its own random start, seeded by (``seed``, its index from the start
+    of training), so a resumed run draws the same starts."""
     attack = compile_attack(model, "pgd_linf", eps=eps, steps=steps,
                             step_size=min(step_size, eps))
-    counter = itertools.count()
 
-    def perturb(x, y):
+    def perturb(x, y, batch_index):
         x_adv = attack.attack_batch(np.asarray(x), np.asarray(y), seed=seed,
-                                    batch_index=next(counter))
+                                    batch_index=int(batch_index))
         return tf.convert_to_tensor(x_adv)
     return perturb
 

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,7 +39,7 @@ import tfcompat
 from attacks import PAPER_ATTACK_VECTORS, compile_attack, get_attack, resolve_config, run_attack
 from attacks.objective import pgd_objective
 from data.classset import load_split
-from data.fileio import atomic_path, file_digest, read_json, write_json_atomic
+from data.fileio import atomic_path, file_digest, read_cached_json, write_json_atomic
 from data.knowledge import ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
@@ -102,8 +103,13 @@ class EvalConfig:
 
     @property
     def m_dir(self) -> str:
+        """M's folder: class set, architecture, input size and every training setting that
+        differs from the original recipe (``TrainConfig.folder_suffix``), so M trained with
+        another ``--lr`` or ``--seed`` never reuses (or overwrites) another setting's."""
         return os.path.join(self.checkpoint_dir, "model_m", self.class_set.code_name,
-                            "%s_%d" % (self.arch, self.input_size))
+                            "%s_%d%s%s" % (self.arch, self.input_size,
+                                           self.train.folder_suffix(),
+                                           "_imagenet" if self.weights else ""))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -286,7 +292,7 @@ class Bench:
                                  name, eps)
         path = os.path.join(self.vectors_dir, "attacks", model,
                             "%s-%s_%s.npz" % (split, name, eps_tag(eps)))
-        rec = _read_npz(path, vfp)
+        rec = _read_npz(path, vfp, self.log, {"x_adv": 4, "pred_adv": 1}, len(benign))
         if rec is None:
             rec = self._run_attack(model, name, eps, benign, vfp, path)
         else:
@@ -326,7 +332,7 @@ class Bench:
         """Fit (or reload) a universal perturbation on the training images; returns its info
         and leaves it set in ``compiled``."""
         fit_path = path[:-len(".npz")] + ".fit.npz"
-        rec = _read_npz(fit_path, vfp)
+        rec = _read_npz(fit_path, vfp, self.log, {"v": 3})
         if rec is not None:
             compiled.set_perturbation(rec["v"])
             return json.loads(str(rec["info"]))
@@ -362,7 +368,7 @@ class Bench:
                                             if threat == TRANSFER else None))
         path = os.path.join(self.vectors_dir, threat, _safe(defense.label),
                             "test-%s_%s.npz" % (name, eps_tag(eps)))
-        rec = _read_npz(path, fp)
+        rec = _read_npz(path, fp, self.log, {"x_adv": 4, "pred_adv": 1}, len(benign))
         if rec is None:
             start = time.time()
             x_adv = self._run_adaptive(defense.adaptive_objective(threat), defense, benign,
@@ -423,7 +429,7 @@ class Bench:
                             _safe(images.name.replace("/", "__")) + ".json")
         obs = None
         if os.path.isfile(path):
-            rec = read_json(path)
+            rec = read_cached_json(path, self.log)
             if isinstance(rec, dict) and rec.get("fingerprint") == json.loads(_canonical(fp)):
                 obs = rec.get("observation")
         if obs is None:
@@ -451,18 +457,41 @@ class Bench:
                                              model_dir=self.cfg.k_log_dir)
 
 
-def _read_npz(path: str, fp: Dict) -> Optional[Dict]:
-    """The arrays of a saved record when its fingerprint matches ``fp``, else None."""
+def _read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
+              expect: Optional[Dict[str, int]] = None, n: Optional[int] = None
+              ) -> Optional[Dict]:
+    """The arrays of a saved record when its fingerprint matches ``fp``, else None.
+
+    A damaged record -- unreadable, without a fingerprint, missing a key of ``expect``
+    (key -> number of dimensions) or with another rank, or whose arrays in ``expect`` do not
+    hold ``n`` rows -- is named in the log and treated as missing: the caller recomputes it
+    and writes it anew (it is a cache of a deterministic computation, so nothing is lost).
+    """
     if not os.path.isfile(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
             if json.loads(str(f["fingerprint"])) != json.loads(_canonical(fp)):
                 return None
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError("saved record %s is damaged (%s); delete it and run again to "
-                         "recompute it" % (path, e)) from None
+            rec = {k: f[k] for k in f.files}
+        problem = _record_problem(rec, expect or {}, n)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        problem = str(e).strip("'\"") or type(e).__name__
+    if problem is None:
+        return rec
+    (log or print)("saved record %s is damaged (%s): recomputed" % (path, problem))
+    return None
+
+
+def _record_problem(rec: Dict, expect: Dict[str, int], n: Optional[int]) -> Optional[str]:
+    for key, ndim in expect.items():
+        if key not in rec:
+            return "no array %r" % key
+        if rec[key].ndim != ndim:
+            return "%r has %d dimensions, not %d" % (key, rec[key].ndim, ndim)
+        if n is not None and len(rec[key]) != n:
+            return "%r holds %d rows for %d images" % (key, len(rec[key]), n)
+    return None
 
 
 def _write_npz(path: str, arrays: Dict) -> None:

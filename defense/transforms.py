@@ -97,8 +97,11 @@ def check_images(images: Any, name: str = "images") -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if arr.size == 0:
         return arr.copy()
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("%s contains NaN or infinite values" % name)
+    finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1) if arr.ndim else \
+        np.isfinite(arr).reshape(1)
+    if not finite.all():
+        raise ValueError("%s[%d] contains NaN or infinite values"
+                         % (name, int(np.argmin(finite))))
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
         raise ValueError("%s must be in [0, 1] (float images, i.e. uint8 / 255), got range "

@@ -119,11 +119,21 @@ def build_classifier(arch: str, num_classes: int, input_size: int = 128,
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = UnitToBackbone(spec.mode, name="preprocess")(inputs)
-    backbone = spec.build(include_top=False, weights=weights,
-                          input_shape=(input_size, input_size, 3), pooling="avg")
+    try:
+        backbone = spec.build(include_top=False, weights=weights,
+                              input_shape=(input_size, input_size, 3), pooling="avg")
+    except Exception as err:  # keras' get_file raises a bare Exception when a download fails
+        if weights != "imagenet":
+            raise
+        raise ValueError("weights='imagenet' for %s: the ImageNet weights are neither in "
+                         "~/.keras/models nor downloadable here (%s); copy the file there from "
+                         "a machine with network access, or start from random weights "
+                         "(weights=None, main.py --weights none)" % (spec.name, err)) from err
     if weights is None:
         _faster_batchnorm_statistics(backbone)
     x = backbone(x)
-    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    # a tf.random.Generator (force_generator) rather than a stateful op: its state can be
+    # saved with the optimizer's, so a resumed training run draws the same masks
+    x = keras.layers.Dropout(dropout, seed=seed, force_generator=True, name="head_dropout")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, logits, name="M_%s" % spec.name)

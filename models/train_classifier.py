@@ -4,15 +4,32 @@ Recipe (original code): SGD, learning rate 0.001, momentum 0.9, weight decay 2e-
 tf-keras' ``SGD(weight_decay=...)`` decays the weights directly (``w -= lr * wd * w``), which
 equals PyTorch's L2-in-the-gradient form without momentum and differs only slightly with it.
 
-Files in ``checkpoint_dir`` (all written atomically):
+Files in ``checkpoint_dir``:
     best.h5      weights with the best validation accuracy so far (what evaluation loads)
     last.h5      weights after the last finished epoch (what an interrupted run resumes from)
+    resume.npz   everything else the next epoch depends on: the optimizer's variables
+                 (iteration count, momentum slots) and the state of every random generator
+                 of the model (M's dropout)
     state.json   {"epoch": finished epochs, "best_val_acc", "best_epoch", "epochs", "done",
-                  "last_sha256", "best_sha256": SHA-256 of the two weight files}
+                  "last_sha256", "best_sha256", "resume_sha256": SHA-256 of those files,
+                  "recipe": the training settings but the epoch count, "data_sha256": digest
+                  of the training and validation images and labels}
 
 A run whose ``state.json`` says ``done`` for at least the requested epochs only loads
-``best.h5``.  An interrupted run restarts from ``last.h5`` at the next epoch (the optimizer's
-momentum starts afresh there).
+``best.h5``.  An interrupted run restarts at the next epoch from ``last.h5`` and
+``resume.npz``, and every epoch's randomness is a function of (seed, epoch, batch) -- the data
+order, the dropout masks, the ``perturb`` hook's random starts -- so a run killed at any point
+and restarted ends with **the same weights, bit for bit**, as one that was never interrupted.
+
+Saving an epoch is a transaction: the new files are written as ``<name>.next``, then
+``state.json`` (atomically, with their digests), then renamed over the old ones.  A run
+killed before ``state.json`` was written leaves ``.next`` files whose digests the state does
+not know: the next run discards them and redoes the epoch; killed after it, the next run
+finishes the renames.
+
+A folder trained with other settings (``recipe``) or other images (``data_sha256``) is
+refused rather than reused or resumed; folders of older versions without these keys are
+accepted (and their resume restarts the optimizer's momentum, which the log says).
 
 Refusals (:class:`CheckpointError`, a ValueError naming the file and the way out): a folder
 is never silently retrained from scratch over existing weights nor resumed at a wrong epoch.
@@ -32,10 +49,12 @@ import ``attacks``; this module may not).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import numbers
 import os
+import zipfile
 from typing import Callable, Optional
 
 import numpy as np
@@ -49,6 +68,12 @@ tf, keras = tfcompat.import_tf()
 #: Sanity bound of the learning rate (the recipe uses 0.001): a larger one can only diverge.
 MAX_LEARNING_RATE = 10.0
 STATE_FILE = "state.json"
+RESUME_FILE = "resume.npz"
+#: Suffix of the files of an epoch whose save is not yet committed (see the module docstring).
+PENDING = ".next"
+#: The files an epoch writes and the ``state.json`` key holding each one's SHA-256.
+EPOCH_FILES = (("last.h5", "last_sha256"), ("best.h5", "best_sha256"),
+               (RESUME_FILE, "resume_sha256"))
 #: Keys of ``state.json`` and their types (``best_val_acc``: a number).
 STATE_KEYS = (("epoch", int), ("best_val_acc", float), ("best_epoch", int), ("epochs", int),
               ("done", bool))
@@ -80,6 +105,21 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     seed: int = 0
+
+    def recipe(self) -> dict:
+        """The settings a trained M depends on, all but ``epochs`` (a run may be extended)."""
+        return {"batch_size": int(self.batch_size), "learning_rate": float(self.learning_rate),
+                "momentum": float(self.momentum), "weight_decay": float(self.weight_decay),
+                "seed": int(self.seed)}
+
+    def folder_suffix(self) -> str:
+        """``""`` for the original recipe, else the settings that differ from it, e.g.
+        ``"_lr0.01_seed1"``: M trained otherwise goes to a folder of its own."""
+        default = TrainConfig().recipe()
+        short = {"batch_size": "bs", "learning_rate": "lr", "momentum": "mom",
+                 "weight_decay": "wd", "seed": "seed"}
+        return "".join("_%s%s" % (short[k], repr(v) if isinstance(v, float) else v)
+                       for k, v in self.recipe().items() if v != default[k])
 
     def validate(self) -> None:
         """Refuse settings that cannot train (ValueError naming the option).
@@ -201,6 +241,53 @@ def _load_state(checkpoint_dir: str) -> dict:
     return _check_state(state, path, checkpoint_dir)
 
 
+def _settle(checkpoint_dir: str, state: dict, log: Callable[[str], None]) -> None:
+    """Finish (roll forward) or undo (roll back) an epoch save a kill interrupted: a
+    ``<name>.next`` whose digest ``state.json`` records replaces ``<name>``; any other
+    ``.next`` belongs to an epoch whose state was never written and is removed."""
+    for name, key in EPOCH_FILES:
+        pending = os.path.join(checkpoint_dir, name + PENDING)
+        if not os.path.isfile(pending):
+            continue
+        if state.get(key) is not None and _sha256(pending) == state[key]:
+            os.replace(pending, os.path.join(checkpoint_dir, name))
+            log("finished the interrupted save of %s (epoch %d)" % (name, state["epoch"]))
+        else:
+            os.remove(pending)
+            log("removed %s: its epoch was interrupted before %s recorded it, so that epoch "
+                "is trained again" % (pending, STATE_FILE))
+
+
+def data_digest(*arrays) -> str:
+    """SHA-256 over the shapes, dtypes and bytes of ``arrays`` (M's training data)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(("%s%s" % (a.dtype.str, a.shape)).encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _check_same_training(state: dict, cfg: "TrainConfig", digest: str,
+                         checkpoint_dir: str) -> None:
+    """Refuse a folder trained with other settings or images (older folders lack the keys)."""
+    recipe = state.get("recipe")
+    if recipe is not None and recipe != cfg.recipe():
+        diff = ", ".join("%s %r there, %r now" % (k, recipe.get(k), v)
+                         for k, v in cfg.recipe().items() if recipe.get(k) != v)
+        raise CheckpointError("%s holds M trained with other settings (%s); it is neither "
+                              "reused nor resumed with the new ones: use another "
+                              "--checkpoint-dir (main.py names M's folder after settings that "
+                              "differ from the recipe), or %s"
+                              % (checkpoint_dir, diff, _recovery(checkpoint_dir)))
+    if state.get("data_sha256") not in (None, digest):
+        raise CheckpointError("%s holds M trained on other images (the digest of the training "
+                              "and validation data differs: the data folder was regenerated "
+                              "or replaced); it is neither reused nor resumed: use another "
+                              "--checkpoint-dir, or %s"
+                              % (checkpoint_dir, _recovery(checkpoint_dir)))
+
+
 def _load_checkpoint(model, path: str, digest: Optional[str], checkpoint_dir: str,
                      role: str) -> None:
     """Load ``best.h5``/``last.h5`` into ``model``, refusing a missing, mismatching or
@@ -237,8 +324,10 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     Args:
         train_images, val_images: uint8 [N, S, S, 3] (scaled to [0, 1] batch by batch).
         train_labels, val_labels: int [N] in the class set's order.
-        perturb: optional ``f(x float32 [B,S,S,3], y int64 [B]) -> x'`` applied to every
-            training batch (adversarial training).
+        perturb: optional ``f(x float32 [B,S,S,3], y int64 [B], batch_index) -> x'`` applied
+            to every training batch (adversarial training); ``batch_index`` counts batches
+            from the start of training (epoch * batches per epoch + batch), so a random
+            perturbation seeded by it is the same after a resume.
     Returns:
         the final ``state.json`` content; ``model`` holds the best-validation weights.
     Raises:
@@ -251,6 +340,10 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     last_path = os.path.join(checkpoint_dir, "last.h5")
     state_path = os.path.join(checkpoint_dir, STATE_FILE)
     state = _load_state(checkpoint_dir)
+    digest = data_digest(train_images, train_labels, val_images, val_labels)
+    if state:
+        _check_same_training(state, cfg, digest, checkpoint_dir)
+    _settle(checkpoint_dir, state, log)
     if not state:
         stray = [p for p in (best_path, last_path) if os.path.isfile(p)]
         if stray:
@@ -285,6 +378,7 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
         state = {"epoch": 0, "best_val_acc": -1.0, "best_epoch": 0}
     state["epochs"] = cfg.epochs
     state["done"] = False
+    state["recipe"], state["data_sha256"] = cfg.recipe(), digest
     _run_epochs(model, train_images, train_labels, val_images, val_labels, checkpoint_dir,
                 cfg, perturb, log, progress, start, state)
     state["done"] = True
@@ -311,6 +405,98 @@ def _check_finite_weights(model, epoch, cfg, checkpoint_dir, state) -> None:
                               checkpoint_dir, state)
 
 
+def _random_layers(model) -> list:
+    """Layers of ``model`` that draw random numbers (dropout, noise), as keras layers with a
+    ``_random_generator``."""
+    return [m for m in model.submodules
+            if isinstance(m, keras.layers.Layer) and getattr(m, "_random_generator", None)
+            is not None]
+
+
+def _generator(layer):
+    """The ``tf.random.Generator`` of a layer built with ``force_generator=True`` (created
+    now if the layer has not drawn yet), or None for other random layers."""
+    rng = layer._random_generator
+    if getattr(rng, "_rng_type", None) != "stateful":
+        return None
+    rng._maybe_init()
+    return rng._generator
+
+
+def _resume_arrays(optimizer, model) -> dict:
+    """The optimizer's variables and the random generators' states, as numpy arrays."""
+    arrays = {"optimizer/%04d" % i: v.numpy() for i, v in enumerate(optimizer.variables)}
+    # by position, not name: keras numbers unnamed layers per process (dropout_3, ...)
+    for i, layer in enumerate(_random_layers(model)):
+        gen = _generator(layer)
+        if gen is not None:
+            arrays["rng/%04d" % i] = gen.state.numpy()
+    return arrays
+
+
+def _save_arrays(arrays: dict, path: str) -> str:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:       # a file object: np.savez would append ".npz"
+            np.savez(f, **arrays)
+        digest = _sha256(tmp)
+    return digest
+
+
+def _restore_resume(optimizer, model, path: str, digest: Optional[str],
+                    checkpoint_dir: str, log: Callable[[str], None]) -> None:
+    """Load ``resume.npz`` into the (built) optimizer and the random generators, refusing a
+    missing, mismatching or damaged file; folders of older versions have none (log)."""
+    if digest is None:
+        log("%s has no optimizer state (an older version's folder): the optimizer's momentum "
+            "restarts at this epoch, so the result will differ slightly from an uninterrupted "
+            "run's" % checkpoint_dir)
+        return
+    if not os.path.isfile(path):
+        raise CheckpointError("%s is missing although %s records it: %s"
+                              % (path, STATE_FILE, _recovery(checkpoint_dir)))
+    if _sha256(path) != digest:
+        raise CheckpointError("%s is damaged: its SHA-256 differs from the one %s recorded; %s"
+                              % (path, STATE_FILE, _recovery(checkpoint_dir)))
+    want = _resume_arrays(optimizer, model)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            got = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError("%s is damaged (%s); %s"
+                              % (path, err, _recovery(checkpoint_dir))) from None
+    if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
+        differ = sorted(set(got) ^ set(want)) or [k for k in sorted(want)
+                                                  if got[k].shape != want[k].shape]
+        raise CheckpointError("%s does not fit this model and optimizer (%d arrays there, %d "
+                              "here; differing: %s): was it written for another --arch? %s"
+                              % (path, len(got), len(want), ", ".join(differ[:5]),
+                                 _recovery(checkpoint_dir)))
+    for i, v in enumerate(optimizer.variables):
+        v.assign(got["optimizer/%04d" % i])
+    for i, layer in enumerate(_random_layers(model)):
+        gen = _generator(layer)
+        if gen is not None:
+            gen.state.assign(got["rng/%04d" % i])
+
+
+def _commit_epoch(model, optimizer, checkpoint_dir: str, state: dict, new_best: bool) -> None:
+    """Save an epoch as one transaction (module docstring): ``.next`` files, the state, the
+    renames."""
+    written = []
+    for name, key in EPOCH_FILES:
+        if name == "best.h5" and not new_best:
+            continue
+        pending = os.path.join(checkpoint_dir, name + PENDING)
+        if name == RESUME_FILE:
+            state[key] = _save_arrays(_resume_arrays(optimizer, model), pending)
+        else:
+            state[key] = _save_weights(model, pending)
+        written.append((pending, os.path.join(checkpoint_dir, name)))
+    write_json_atomic(os.path.join(checkpoint_dir, STATE_FILE), state, indent=1)
+    for pending, final in written:
+        os.replace(pending, final)
+
+
 def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, progress,
                 start, state):
     from tqdm import tqdm
@@ -318,8 +504,18 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
     tf.random.set_seed(cfg.seed)
     optimizer = keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
+    optimizer.build(model.trainable_variables)
+    inexact = [layer.name for layer in _random_layers(model) if _generator(layer) is None]
+    if inexact:
+        log("note: the random layers %s do not use a tf.random.Generator (build them with "
+            "force_generator=True), so a resumed run is not bit-for-bit an uninterrupted one"
+            % inexact)
+    if start:
+        _restore_resume(optimizer, model, os.path.join(checkpoint_dir, RESUME_FILE),
+                        state.get("resume_sha256"), checkpoint_dir, log)
     step = _make_step(model, optimizer)
     ytr = np.asarray(ytr, np.int64)
+    n_batches = -(-len(xtr) // cfg.batch_size)
     for epoch in range(start, cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(xtr))
         batches = range(0, len(order), cfg.batch_size)
@@ -331,7 +527,7 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             x = tf.convert_to_tensor(xtr[idx].astype(np.float32) / 255.0)
             y = tf.convert_to_tensor(ytr[idx])
             if perturb is not None:
-                x = perturb(x, y)
+                x = perturb(x, y, epoch * n_batches + i // cfg.batch_size)
             loss, c = step(x, y)
             if not np.isfinite(float(loss)):
                 raise _non_finite("the loss became %s at batch %d" % (float(loss),
@@ -343,11 +539,10 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
         _check_finite_weights(model, epoch + 1, cfg, checkpoint_dir, state)  # before saving
         val_acc = accuracy(model, xval, yval)
         state["epoch"] = epoch + 1
-        state["last_sha256"] = _save_weights(model, os.path.join(checkpoint_dir, "last.h5"))
-        if val_acc > state["best_val_acc"]:
+        new_best = val_acc > state["best_val_acc"]
+        if new_best:
             state["best_val_acc"], state["best_epoch"] = val_acc, epoch + 1
-            state["best_sha256"] = _save_weights(model, os.path.join(checkpoint_dir, "best.h5"))
-        write_json_atomic(os.path.join(checkpoint_dir, "state.json"), state, indent=1)
+        _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
         log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,
-               " (best)" if state["best_epoch"] == epoch + 1 else ""))
+               " (best)" if new_best else ""))

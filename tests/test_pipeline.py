@@ -114,29 +114,123 @@ def test_training_writes_best_checkpoint_and_reuses_it(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_interrupted_training_resumes_from_last_epoch(tmp_path):
-    x, y = _separable()
-    cfg = TrainConfig(epochs=3, batch_size=32)
-    calls = {"n": 0}
+def _weights(path):
+    model = build_classifier("mobilenetv2_050", 2, SIZE, seed=9)
+    model.load_weights(str(path))
+    return model.get_weights()
 
-    def crash_in_second_epoch(xb, yb):
+
+def _assert_same_weights(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_interrupted_training_resumes_from_last_epoch_bit_for_bit(tmp_path):
+    """Killed in epoch 2 and restarted: epochs 2 and 3 only, and the same weights, bit for
+    bit, as a run that was never interrupted (momentum, dropout masks and data order are
+    restored, not restarted)."""
+    x, y = _separable()
+    cfg = TrainConfig(epochs=3, batch_size=32, learning_rate=0.01)
+    calls = {"n": 0, "index": []}
+
+    def crash_in_second_epoch(xb, yb, batch_index):
         calls["n"] += 1
+        calls["index"].append(batch_index)
         if calls["n"] > 2:  # 64 images / 32 = 2 batches per epoch
             raise KeyboardInterrupt
         return xb
 
     model = build_classifier("mobilenetv2_050", 2, SIZE)
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(model, x, y, x, y, str(tmp_path), cfg, perturb=crash_in_second_epoch,
-                         progress=False, log=lambda s: None)
-    state = json.loads((tmp_path / "state.json").read_text())
+        train_classifier(model, x, y, x, y, str(tmp_path / "b"), cfg,
+                         perturb=crash_in_second_epoch, progress=False, log=lambda s: None)
+    assert calls["index"] == [0, 1, 2], "batch_index counts from the start of training"
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
     assert state["epoch"] == 1 and not state["done"]
+    assert state["recipe"] == cfg.recipe() and len(state["resume_sha256"]) == 64
     logs = []
-    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y, str(tmp_path),
-                     cfg, progress=False, log=logs.append)
+    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
+                     str(tmp_path / "b"), cfg, progress=False, log=logs.append)
     assert any("resuming training" in m and "epoch 1" in m for m in logs)
     assert sum("epoch " in m and "/3:" in m for m in logs) == 2  # epochs 2 and 3 only
-    assert json.loads((tmp_path / "state.json").read_text())["done"]
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["done"]
+
+    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
+                     str(tmp_path / "a"), cfg, progress=False, log=lambda s: None)
+    for name in ("last.h5", "best.h5"):
+        _assert_same_weights(_weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name))
+    a, b = (json.loads((tmp_path / d / "state.json").read_text()) for d in "ab")
+    assert a == b
+
+
+@pytest.mark.parametrize("stop", ["before the state", "before the renames"])
+def test_a_kill_inside_an_epoch_save_is_undone_or_finished(tmp_path, monkeypatch, stop):
+    """Saving an epoch is a transaction: killed before ``state.json`` is written, the next
+    run discards the epoch's files and trains it again; killed after, it finishes the
+    renames.  Either way the result is the uninterrupted run's, bit for bit."""
+    import models.train_classifier as tc
+
+    x, y = _separable(n=32)
+    cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=0.01)
+    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
+                     str(tmp_path / "a"), cfg, progress=False, log=lambda s: None)
+
+    real_write, real_replace = tc.write_json_atomic, os.replace
+    seen = {"states": 0}
+
+    def write_state(path, obj, **kw):
+        seen["states"] += 1
+        if seen["states"] == 2 and stop == "before the state":
+            raise KeyboardInterrupt            # epoch 2's files written, its state not
+        return real_write(path, obj, **kw)
+
+    def replace(src, dst):
+        if seen["states"] == 2 and stop == "before the renames" and src.endswith(".next"):
+            raise KeyboardInterrupt            # epoch 2's state written, no file renamed
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(tc, "write_json_atomic", write_state)
+    monkeypatch.setattr(tc.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
+                         str(tmp_path / "b"), cfg, progress=False, log=lambda s: None)
+    monkeypatch.undo()
+    assert any(f.endswith(".next") for f in os.listdir(tmp_path / "b"))
+    logs = []
+    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
+                     str(tmp_path / "b"), cfg, progress=False, log=logs.append)
+    expected = ("removed" if stop == "before the state" else "finished the interrupted save")
+    assert any(expected in m for m in logs), logs
+    assert not any(f.endswith(".next") for f in os.listdir(tmp_path / "b"))
+    for name in ("last.h5", "best.h5"):
+        _assert_same_weights(_weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name))
+
+
+def test_a_folder_trained_otherwise_is_refused_not_reused(tmp_path):
+    """M's folder remembers its training settings and images: another --lr or other images
+    are refused with the folder named (main.py gives other settings a folder of their own)."""
+    from models.train_classifier import CheckpointError
+
+    x, y = _separable(n=32)
+    cfg = TrainConfig(epochs=1, batch_size=16, learning_rate=0.01)
+    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y, str(tmp_path),
+                     cfg, progress=False, log=lambda s: None)
+    before = (tmp_path / "best.h5").read_bytes()
+    other = TrainConfig(epochs=1, batch_size=16, learning_rate=0.02)
+    with pytest.raises(CheckpointError, match=r"other settings \(learning_rate 0.01 there, "
+                                              r"0.02 now\)"):
+        train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
+                         str(tmp_path), other, progress=False, log=lambda s: None)
+    x2 = x.copy()
+    x2[0, 0, 0, 0] ^= 1
+    with pytest.raises(CheckpointError, match="other images"):
+        train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x2, y, x, y,
+                         str(tmp_path), cfg, progress=False, log=lambda s: None)
+    assert (tmp_path / "best.h5").read_bytes() == before
+    assert TrainConfig().folder_suffix() == ""
+    assert other.folder_suffix() == "_bs16_lr0.02"
+    assert TrainConfig(seed=1, batch_size=64).folder_suffix() == "_bs64_seed1"
 
 
 def test_bad_training_config():
@@ -151,7 +245,7 @@ def test_adversarial_perturbation_stays_in_ball_and_training_step_updates(tmp_pa
     model = build_classifier("mobilenetv2_050", 2, SIZE)
     perturb = pgd_perturb(model, eps=4, steps=3, step_size=2)
     xf = tf.convert_to_tensor(x.astype(np.float32) / 255.0)
-    adv = perturb(xf, tf.convert_to_tensor(y)).numpy()
+    adv = perturb(xf, tf.convert_to_tensor(y), 0).numpy()
     assert np.max(np.abs(adv - xf.numpy())) <= 4 / 255 + 1e-5
     assert adv.min() >= 0 and adv.max() <= 1
     assert np.max(np.abs(adv - xf.numpy())) > 1 / 255  # it did move the images

@@ -56,7 +56,10 @@ def parse_defense(spec: str) -> Tuple[str, Optional[str]]:
 def build_defense(spec: str) -> Defense:
     """A defense object from ``"name"`` or ``"name:value"`` (validated before any work)."""
     key, value = parse_defense(spec)
-    defense = DEFENSES[key](value)
+    try:
+        defense = DEFENSES[key](value)
+    except ValueError as e:
+        raise ValueError("defense %r: %s" % (spec, e)) from None
     defense.label = key if value is None else "%s:%s" % (key, value)
     return defense
 

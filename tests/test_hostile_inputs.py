@@ -1,0 +1,468 @@
+"""Hostile inputs, tried as a new user would: every one must end in a clear message that
+names the argument or file and the way out -- before any work starts -- and nothing written
+earlier may change.
+
+Four groups: the command line (run in-process through ``main.main``, each against a
+workspace whose files are compared before and after), the data layer, checkpoints and
+saved records, and the Python API.  Interruptions are covered here (leftovers of a killed
+save) and, end to end with ``kill -9``, in ``test_resume_exact.py``.
+"""
+import hashlib
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import main
+import tfcompat
+from data.fileio import check_folder
+from data.images import ImageError, read_image
+from data.synthetic import (DatasetExistsError, SyntheticConfig, ensure_dataset,
+                            generate_dataset)
+
+tf, keras = tfcompat.import_tf()
+
+TINY = SyntheticConfig(image_size=64, k_images=(2, 1, 1), m_images_per_class=(8, 4, 4))
+
+
+# ----------------------------------------------------------------------------- workspace
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A data set, results, checkpoints and K logs with files in them, plus odd paths."""
+    root = tmp_path_factory.mktemp("hostile")
+    generate_dataset(str(root / "data"), seed=0, config=TINY, workers=1, log=lambda s: None)
+    for sub in ("results/cs5-2/mobilenetv2_050", "ckpt/model_m/cs5-2/mobilenetv2_050_96",
+                "klogs/parts1"):
+        (root / sub).mkdir(parents=True)
+    (root / "results/cs5-2/mobilenetv2_050/metrics.json").write_text('{"earlier": "run"}')
+    (root / "ckpt/model_m/cs5-2/mobilenetv2_050_96/state.json").write_text('{"epoch": 3}')
+    (root / "klogs/parts1/mask_rcnn_parts_0001.h5").write_bytes(b"\x89HDF earlier weights")
+    (root / "a_file").write_text("not a folder")
+    os.symlink(str(root / "loop_b"), str(root / "loop_a"))
+    os.symlink(str(root / "loop_a"), str(root / "loop_b"))
+    os.symlink(str(root / "nowhere"), str(root / "dangling"))
+    return root
+
+
+def _snapshot(root):
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def _base(root):
+    return ["--data-dir", str(root / "data"), "--results-dir", str(root / "results"),
+            "--checkpoint-dir", str(root / "ckpt"), "--k-log-dir", str(root / "klogs"),
+            "--no-progress"]
+
+
+# (extra arguments with {root} for the workspace, expected message pattern)
+CLI_CASES = [
+    # numbers of M's training
+    (["--epochs", "0"], r"--epochs must be an integer >= 1"),
+    (["--epochs", "-3"], r"--epochs must be an integer >= 1"),
+    (["--epochs", "two"], r"--epochs: invalid int value"),
+    (["--lr", "0"], r"--lr must be a finite number > 0"),
+    (["--lr", "-0.1"], r"--lr must be a finite number > 0"),
+    (["--lr", "nan"], r"--lr must be a finite number"),
+    (["--lr", "inf"], r"--lr must be a finite number"),
+    (["--lr", "1e30"], r"--lr must be .*<= 10"),
+    (["--batch-size", "0"], r"--batch-size must be an integer >= 1"),
+    (["--batch-size", "-8"], r"--batch-size must be an integer >= 1"),
+    (["--seed", "-1"], r"--seed: must be a non-negative integer"),
+    (["--seed", "x"], r"--seed: must be a non-negative integer"),
+    # M's input
+    (["--input-size", "0"], r"--input-size must be in \[32, 1024\]"),
+    (["--input-size", "-5"], r"--input-size must be in \[32, 1024\]"),
+    (["--input-size", "100000"], r"--input-size must be in \[32, 1024\]"),
+    (["--input-size", "8"], r"--input-size must be in \[32, 1024\] for --arch mobilenetv2_050"),
+    (["--arch", "resnet9000"], r"resnet9000"),
+    (["--weights", "foo"], r"--weights for --model M must be none or imagenet"),
+    (["--classset", "CS9"], r"--classset: .*CS9"),
+    # attack vectors
+    (["--attacks", "pgd_linf:1e9"], r"L-inf budget beyond 255"),
+    (["--attacks", "pgd_linf:256"], r"L-inf budget beyond 255"),
+    (["--attacks", "pgd_l2:1e9"], r"exceeds the largest L2 distance between two 96x96"),
+    (["--attacks", "pgd_linf:-1"], r"eps must be >= 0"),
+    (["--attacks", "pgd_linf:0"], r"needs an eps > 0"),
+    (["--attacks", "pgd_linf:abc"], r"eps of 'pgd_linf:abc' must be a number"),
+    (["--attacks", "pgd_linf:nan"], r"expected a finite number"),
+    (["--attacks", "pgd_linf:inf"], r"expected a finite number"),
+    (["--attacks", "nosuch:8"], r"nosuch"),
+    (["--attacks", "pgd_linf:8,pgd_linf:8"], r"pgd_linf eps=8 is given twice"),
+    (["--attacks", "pgd_linf:8,pgd_linf:8.0000001"], r"differ only past the reports' precision"),
+    (["--attacks", ","], r"--attacks: give 'paper' or name:eps pairs"),
+    (["--attacks", "paper,paper"], r"is given twice"),
+    # the decision
+    (["--threshold", "1.5"], r"--threshold must be in \[0, 1\]"),
+    (["--threshold", "-0.1"], r"--threshold must be in \[0, 1\]"),
+    (["--target-fpr", "0"], r"target.fpr"),
+    (["--target-fpr", "1.5"], r"target.fpr"),
+    (["--target-fpr", "nan"], r"target.fpr"),
+    (["--target-fpr", "2", "--threshold", "0.5"], r"target.fpr"),
+    (["--mode", "sometimes"], r"--mode: invalid choice"),
+    (["--detection-set", "loose"], r"--detection-set: invalid choice"),
+    (["--n-test", "0"], r"--n-test must be >= 1"),
+    (["--n-test", "-1"], r"--n-test must be >= 1"),
+    # defenses and threat models
+    (["--defenses", "nosuch"], r"nosuch"),
+    (["--defenses", "unmask,unmask"], r"unmask"),
+    (["--defenses", "pca:abc"], r"pca"),
+    (["--threat", "white"], r"--threat: unknown threat model 'white'"),
+    (["--threat", ","], r"--threat: give gray-box, adaptive, transfer"),
+    (["--threat", "transfer"], r"--threat transfer needs --k-transfer PATH"),
+    (["--threat", "transfer", "--k-transfer", "{root}/missing.h5"], r"no such checkpoint file"),
+    (["--threat", "transfer", "--k-transfer", "{root}/klogs"], r"no such checkpoint file"),
+    (["--adaptive-steps", "0"], r"--adaptive-steps must be >= 1"),
+    (["--at-eps", "0"], r"--at-eps must be in \(0, 255\]"),
+    (["--at-eps", "300"], r"--at-eps must be in \(0, 255\]"),
+    # folders
+    (["--results-dir", "{root}/a_file"], r"--results-dir .*a_file is a file, not a folder"),
+    (["--results-dir", "{root}/a_file/sub"], r"--results-dir .*lies under the file"),
+    (["--checkpoint-dir", "{root}/a_file"], r"--checkpoint-dir .*is a file, not a folder"),
+    (["--data-dir", "{root}/a_file"], r"--data-dir .*is a file, not a folder"),
+    (["--data-dir", "{root}/loop_a"], r"--data-dir .*loop_a cannot be used: Too many levels "
+                                      r"of symbolic links"),
+    (["--results-dir", "{root}/loop_a/x"], r"--results-dir .*cannot be used"),
+    (["--data-dir", "{root}/dangling"], r"--data-dir .*symbolic link to a missing target"),
+    (["--k-log-dir", "{root}/a_file"], r"--k-log-dir .*is a file, not a folder"),
+    # commands
+    (["--prepare-data", "--model", "M"], r"give one command at a time"),
+    (["--model", "X"], r"--model: invalid choice"),
+    # model K's numbers and folders
+    (["--model", "K", "--k-steps", "0"], r"--k-steps"),
+    (["--model", "K", "--k-batch", "0"], r"--k-batch"),
+    (["--model", "K", "--k-eval-limit", "-1"], r"--k-eval-limit"),
+    (["--model", "K", "--k-max-minutes", "-1"], r"--k-max-minutes"),
+    (["--model", "K", "--k-lr", "0"], r"--k-lr"),
+    (["--model", "K", "--k-config", "huge"], r"--k-config: invalid choice"),
+    (["--model", "K", "--k-log-dir", "{root}/a_file"], r"--k-log-dir .*is a file"),
+    (["--model", "K", "--k-results-dir", "{root}/a_file"], r"--k-results-dir .*is a file"),
+]
+
+
+@pytest.mark.parametrize("extra,pattern", CLI_CASES,
+                         ids=[" ".join(c[0]) for c in CLI_CASES])
+def test_cli_refuses_before_any_work_and_loses_nothing(workspace, extra, pattern, capsys):
+    before = _snapshot(workspace)
+    argv = _base(workspace) + [a.replace("{root}", str(workspace)) for a in extra]
+    try:
+        code = main.main(argv)
+    except SystemExit as e:       # argparse's usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert __import__("re").search(pattern, err), err
+    assert "Traceback" not in err
+    assert _snapshot(workspace) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_cli_refuses_a_read_only_results_folder(workspace, capsys):
+    ro = workspace / "read_only"
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o500)
+    try:
+        assert main.main(_base(workspace) + ["--results-dir", str(ro)]) == 2
+        assert "--results-dir %s cannot be written" % ro in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_unwritable_folder_probe_does_not_trust_os_access(tmp_path, monkeypatch):
+    """The probe creates a file: a folder where that fails is refused even when os.access
+    says yes (root on a read-only mount)."""
+    import data.fileio as fio
+
+    def fail(*a, **k):
+        raise PermissionError(30, "Read-only file system")
+    monkeypatch.setattr(fio, "_create_temporary", fail)
+    with pytest.raises(ValueError, match="--results-dir .* cannot be written \\(Read-only "
+                                         "file system"):
+        check_folder(str(tmp_path / "new" / "deeper"), "--results-dir")
+    check_folder(str(tmp_path), "--data-dir", write=False)      # reading needs no probe
+
+
+# ----------------------------------------------------------------------------- data layer
+
+def _png(path, size=(8, 8)):
+    Image.new("RGB", size, (10, 20, 30)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("content,pattern", [
+    (b"", r"cannot read image"),
+    (b"this is text, not a picture", r"cannot read image"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"cannot read image"),
+], ids=["empty", "text", "truncated-header"])
+def test_unreadable_images_are_named(tmp_path, content, pattern):
+    path = tmp_path / "img.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=pattern + ".*img.png"):
+        read_image(str(path))
+    assert path.read_bytes() == content
+
+
+def test_truncated_image_is_named(tmp_path):
+    path = _png(str(tmp_path / "big.png"), (64, 64))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+    with pytest.raises(ImageError, match="big.png"):
+        read_image(path)
+
+
+def test_missing_image_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        read_image(str(tmp_path / "gone.png"))
+
+
+@pytest.mark.parametrize("pixels", [4000, 7000], ids=["over-limit", "over-twice-limit"])
+def test_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch, pixels):
+    """Both PIL's warning band (limit..2x) and its error band are refused."""
+    path = _png(str(tmp_path / "bomb.png"), (64, 64))            # 4096 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels if pixels < 4096 else 2000)
+    with pytest.raises(ImageError, match="bomb.png is too large to decode safely"):
+        read_image(path)
+
+
+def test_ensure_dataset_refuses_other_seed_foreign_folder_and_file(tmp_path, workspace):
+    before = _snapshot(workspace / "data")
+    with pytest.raises(DatasetExistsError, match="not the requested"):
+        ensure_dataset(str(workspace / "data"), seed=5, config=TINY, log=lambda s: None)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetExistsError, match="neither the UnMask layout"):
+        ensure_dataset(str(foreign), config=TINY, log=lambda s: None)
+    with pytest.raises(DatasetExistsError, match="is a file, not a folder"):
+        ensure_dataset(str(workspace / "a_file"), config=TINY, log=lambda s: None)
+    assert _snapshot(workspace / "data") == before
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_generator_of_the_same_folder_waits_and_reuses(tmp_path):
+    """Two runs that generate one new data folder at once: the second waits for the first
+    (the lock beside the folder) and reuses its result instead of failing at the rename."""
+    import fcntl
+
+    target = str(tmp_path / "shared")
+    logs, result = [], {}
+    with open(target + ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)           # "the first process" is generating
+        worker = threading.Thread(target=lambda: result.update(m=ensure_dataset(
+            target, seed=0, config=TINY, workers=1, log=logs.append)))
+        worker.start()
+        for _ in range(200):
+            if any("waiting" in m for m in logs):
+                break
+            threading.Event().wait(0.05)
+        assert any("another process is generating" in m for m in logs), logs
+        generate_dataset(target, seed=0, config=TINY, workers=1, log=lambda s: None)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(120)
+    assert result["m"]["seed"] == 0
+    assert any("generated by another process meanwhile" in m for m in logs), logs
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@pytest.fixture
+def trained_m(tmp_path):
+    from models.train_classifier import TrainConfig, train_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    y = (x.mean(axis=(1, 2, 3)) > 127).astype(np.int64)
+
+    def model():
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((8, 8, 3))
+        h = keras.layers.Dropout(0.1, seed=0, force_generator=True)(
+            keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp)))
+        return keras.Model(inp, keras.layers.Dense(2)(h))
+
+    cfg = TrainConfig(epochs=2, batch_size=8, learning_rate=0.01)
+    folder = str(tmp_path / "m")
+    train_classifier(model(), x, y, x, y, folder, TrainConfig(epochs=1, batch_size=8,
+                                                              learning_rate=0.01),
+                     progress=False, log=lambda s: None)
+
+    def run(**kw):
+        return train_classifier(model(), kw.get("x", x), y, x, y, folder, kw.get("cfg", cfg),
+                                progress=False, log=lambda s: None)
+    return folder, run
+
+
+def _damage(path, how):
+    if how == "flip":
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        open(path, "wb").write(bytes(data))
+    elif how == "truncate":
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) // 3])
+    elif how == "delete":
+        os.remove(path)
+
+
+@pytest.mark.parametrize("name,how,pattern", [
+    ("resume.npz", "flip", r"resume.npz is damaged"),
+    ("resume.npz", "truncate", r"resume.npz is damaged"),
+    ("resume.npz", "delete", r"resume.npz is missing"),
+    ("last.h5", "flip", r"last.h5 is damaged"),
+    ("last.h5", "delete", r"last.h5 is missing"),
+    ("state.json", "truncate", r"state.json is damaged"),
+])
+def test_damaged_training_files_are_named_and_kept(trained_m, name, how, pattern):
+    from models.train_classifier import CheckpointError
+
+    folder, run = trained_m
+    _damage(os.path.join(folder, name), how)
+    before = _snapshot(folder)
+    with pytest.raises(CheckpointError, match=pattern):
+        run()
+    assert _snapshot(folder) == before
+
+
+def test_resume_state_of_another_model_is_refused(trained_m):
+    from models.train_classifier import CheckpointError
+
+    folder, run = trained_m
+    path = os.path.join(folder, "resume.npz")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["optimizer/0001"] = np.zeros((5, 5), np.float32)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    state_path = os.path.join(folder, "state.json")
+    state = json.load(open(state_path))
+    state["resume_sha256"] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    json.dump(state, open(state_path, "w"))
+    with pytest.raises(CheckpointError, match="does not fit this model and optimizer"):
+        run()
+
+
+def test_other_settings_or_images_are_refused_not_resumed(trained_m):
+    from models.train_classifier import CheckpointError, TrainConfig
+
+    folder, run = trained_m
+    before = _snapshot(folder)
+    with pytest.raises(CheckpointError, match="other settings"):
+        run(cfg=TrainConfig(epochs=2, batch_size=8, learning_rate=0.02))
+    with pytest.raises(CheckpointError, match="other settings.*momentum"):
+        run(cfg=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01, momentum=0.5))
+    x = np.zeros((16, 8, 8, 3), np.uint8)
+    with pytest.raises(CheckpointError, match="other images"):
+        run(x=x)
+    assert _snapshot(folder) == before
+
+
+def test_leftovers_of_a_killed_save_are_removed_not_trusted(trained_m):
+    """Garbage ``.next`` files (a kill while writing them) are discarded; training goes on."""
+    folder, run = trained_m
+    for name in ("last.h5", "best.h5", "resume.npz"):
+        with open(os.path.join(folder, name + ".next"), "wb") as f:
+            f.write(b"half written")
+    state = run()
+    assert state["done"] and state["epoch"] == 2
+    assert not [f for f in os.listdir(folder) if f.endswith(".next")]
+
+
+# ----------------------------------------------------------------------------- saved records
+
+@pytest.mark.parametrize("damage", ["garbage", "missing key", "wrong shape"])
+def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage):
+    from defense import evaluate as ev
+
+    path = str(tmp_path / "rec.npz")
+    fp = {"what": "test"}
+    if damage == "garbage":
+        open(path, "wb").write(b"PK\x03\x04 not really a zip")
+    else:
+        rec = {"x_adv": np.zeros((2, 4, 4, 3), np.float32), "pred_adv": np.zeros(2, np.int64),
+               "fingerprint": ev._canonical(fp)}
+        if damage == "missing key":
+            del rec["pred_adv"]
+        else:
+            rec["pred_adv"] = np.zeros((2, 3), np.int64)
+        with open(path, "wb") as f:
+            np.savez(f, **rec)
+    logs = []
+    assert ev._read_npz(path, fp, log=logs.append,
+                        expect={"x_adv": 4, "pred_adv": 1}) is None
+    assert any("rec.npz" in m and "recomputed" in m for m in logs), logs
+
+
+def test_damaged_observation_cache_is_named_and_recomputed(tmp_path):
+    from data.fileio import read_cached_json
+
+    path = tmp_path / "obs.json"
+    path.write_text('{"fingerprint": {"a": 1}, "observation": ')
+    logs = []
+    assert read_cached_json(str(path), log=logs.append) is None
+    assert any("obs.json" in m and "recomputed" in m for m in logs), logs
+
+
+# ----------------------------------------------------------------------------- Python API
+
+def test_api_errors_name_the_input():
+    from attacks import run_attack
+    from attacks.objective import pgd_objective
+    from data.knowledge import get_class_set
+    from defense.defenses import parse_defenses
+    from defense.unmask import UnMask, scores
+    from models.classifier import build_classifier
+    from models.train_classifier import TrainConfig
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                          keras.layers.Dense(2)])
+    x = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    y = np.array([0, 1, 0])
+    bad = x.copy()
+    bad[2, 1, 1, 0] = np.nan
+    cases = [
+        (lambda: run_attack(m, bad, y, "pgd_linf", eps=8), r"images\[2\]"),
+        (lambda: run_attack(m, x, y, "pgd_linf", eps=8, step_size=0), r"step_size"),
+        (lambda: run_attack(m, x[:0], y[:0], "pgd_linf", eps=8), r"empty|no images"),
+        (lambda: run_attack(m, x, y[:2], "pgd_linf", eps=8), r"labels|y"),
+        (lambda: pgd_objective(None, None, x, eps=-1, step_size=0.1, steps=1,
+                               evaluate=lambda z: None), r"eps >= 0"),
+        (lambda: scores([{"a"}], [0, 1], [{"a"}, {"b"}]), r"preds must be a 1-D array"),
+        (lambda: get_class_set("nosuch"), r"nosuch"),
+        (lambda: parse_defenses("pca:-1"), r"pca"),
+        (lambda: build_classifier("mobilenetv2_050", 1, 32), r"num_classes must be >= 2"),
+        (lambda: build_classifier("mobilenetv2_050", 3, 32, weights="foo"),
+         r"weights must be None or 'imagenet'"),
+        (lambda: TrainConfig(momentum=1.0).validate(), r"momentum"),
+        (lambda: UnMask(m, object(), {"a": {"x"}}, ["a"], 0.5), r"extract"),
+        (lambda: UnMask("not a model", object(), {"a": {"x"}}, ["a"], 0.5),
+         r"model must be callable"),
+    ]
+    for fn, pattern in cases:
+        with pytest.raises((ValueError, TypeError, KeyError), match=pattern):
+            fn()
+
+
+def test_imagenet_weights_without_network_say_what_to_do(monkeypatch):
+    from models import classifier
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+    import dataclasses
+    spec = dataclasses.replace(classifier.get_architecture("mobilenetv2_050"), build=offline)
+    monkeypatch.setattr(classifier, "get_architecture", lambda name: spec)
+    with pytest.raises(ValueError, match="ImageNet weights are neither in ~/.keras/models nor "
+                                         "downloadable here.*--weights none"):
+        classifier.build_classifier("mobilenetv2_050", 3, 32, weights="imagenet")
