@@ -63,11 +63,19 @@ def import_tf():
     import logging
 
     global _IMPORTED
-    if not _IMPORTED:
+    first = not _IMPORTED
+    if first:
         _quiet_import()
         _IMPORTED = True
     import tensorflow as tf
     import tf_keras as keras
+
+    if first:
+        # Same seed, same numbers: without this, multi-threaded CPU kernels (e.g. the gradient
+        # sums in K's ROI heads) add in a varying order and two trainings of K with one seed
+        # end with different weights.  It costs ~15% of a K training step on this CPU, and
+        # makes TensorFlow refuse a random op that has no seed, which the project never uses.
+        tf.config.experimental.enable_op_determinism()
 
     tf.get_logger().setLevel(logging.ERROR)
     if not tf.keras.__name__.startswith("tf_keras") and not tf.keras.__version__.startswith("2."):

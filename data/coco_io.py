@@ -296,8 +296,10 @@ def _annotation_problem(ann: Mapping[str, Any], img: Mapping[str, Any]) -> str:
     if "area" in ann and not (_is_number(ann["area"]) and ann["area"] > 0):
         return "area must be a positive number, got %r (an empty part)" % (ann["area"],)
     bbox = ann["bbox"]
-    if not isinstance(bbox, list) or len(bbox) != 4:
-        return "bbox must be [x, y, w, h], got %r" % (bbox,)
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return "bbox must be [x, y, w, h] (4 numbers), got %r" % (bbox,)
+    if bbox[2] < 0 or bbox[3] < 0:
+        return "bbox width and height must be >= 0, got %r" % (bbox,)
     return ""
 
 

@@ -31,7 +31,7 @@ import os
 import re
 import time
 import zipfile
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from attacks import PAPER_ATTACK_VECTORS, compile_attack, get_attack, resolve_co
 from attacks.objective import pgd_objective
 from data.classset import load_split
 from data.fileio import atomic_path, file_digest, read_cached_json, write_json_atomic
-from data.knowledge import ClassSet
+from data.knowledge import PART_IDS, ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
 from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, TRANSFER, Defense,
@@ -432,6 +432,10 @@ class Bench:
             rec = read_cached_json(path, self.log)
             if isinstance(rec, dict) and rec.get("fingerprint") == json.loads(_canonical(fp)):
                 obs = rec.get("observation")
+                problem = _observation_problem(obs, len(images))
+                if problem:
+                    self.log("cache file %s is damaged (%s): recomputed" % (path, problem))
+                    obs = None
         if obs is None:
             obs = defense.observe(images)
             write_json_atomic(path, {"fingerprint": fp, "observation": obs})
@@ -480,6 +484,23 @@ def _read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
     if problem is None:
         return rec
     (log or print)("saved record %s is damaged (%s): recomputed" % (path, problem))
+    return None
+
+
+def _observation_problem(obs: Any, n: int) -> Optional[str]:
+    """Why a cached observation cannot be used (None when it can): it must map names to
+    lists of one entry per image, and part sets may hold only the 44 part names."""
+    if not isinstance(obs, dict):
+        return "not an object"
+    for key, values in obs.items():
+        if not isinstance(values, list) or len(values) != n:
+            return "%r does not hold one entry per image (%d)" % (key, n)
+    for i, parts in enumerate(obs.get("parts", [])):
+        if not isinstance(parts, list):
+            return "parts[%d] is not a list" % i
+        unknown = [p for p in parts if p not in PART_IDS]
+        if unknown:
+            return "parts[%d] holds unknown part names %s" % (i, unknown[:3])
     return None
 
 

@@ -22,6 +22,7 @@ from typing import (Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Pro
 
 import numpy as np
 
+from data.coco_io import validate_coco
 from data.fileio import read_json
 
 
@@ -108,7 +109,7 @@ class OracleExtractor:
         Images without annotations map to the empty set.  Raises FileNotFoundError if the file
         is missing and ValueError naming the file for a malformed structure.
         """
-        obj = read_json(json_path)
+        obj = validate_coco(read_json(json_path), json_path)   # the 44 parts, sound geometry
         return cls(coco_parts_by_file(obj, json_path), source=json_path)
 
 

@@ -48,6 +48,7 @@ import ``attacks``; this module may not).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -159,18 +160,56 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predict_labels(model, images) == labels))
 
 
-def _make_step(model, optimizer):
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+def _make_step(model, optimizer, strategy=None):
+    """``step(x [B,S,S,3], y [B]) -> (mean loss, correct count)``: one SGD step on a batch.
 
-    @tf.function
-    def step(x, y):
+    With a strategy, replica ``r`` of ``n`` takes rows ``[r B / n, (r + 1) B / n)`` of the
+    global batch (every worker holds the same batch), its loss is summed over its rows and
+    divided by ``B``, and the optimizer sums the replicas' gradients: the mean-loss gradient
+    of the whole batch, as on one device.
+    """
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if strategy is None:
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = loss_fn(y, logits)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.float32))
+            return loss, correct
+        return step
+
+    per_example = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=keras.losses.Reduction.NONE)
+
+    def replica_step(x, y, global_size):
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
-            loss = loss_fn(y, logits)
+            loss = tf.reduce_sum(per_example(y, logits)) / global_size
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.float32))
-        return loss, correct
+        return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.float32))
+
+    @tf.function
+    def distributed(x, y, global_size):
+        loss, correct = strategy.run(replica_step, args=(x, y, global_size))
+        total = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(total, loss, axis=None), strategy.reduce(total, correct,
+                                                                        axis=None)
+
+    def step(x, y):
+        b, n = int(x.shape[0]), strategy.num_replicas_in_sync
+        if b < n:
+            raise ValueError("a batch of %d images cannot be split over %d replicas" % (b, n))
+        bounds = np.linspace(0, b, n + 1).astype(int)
+
+        def shard(t):
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx: t[bounds[ctx.replica_id_in_sync_group]:
+                              bounds[ctx.replica_id_in_sync_group + 1]])
+        return distributed(shard(x), shard(y), tf.constant(float(b)))
     return step
 
 
@@ -318,8 +357,13 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
                      val_images: np.ndarray, val_labels: np.ndarray, checkpoint_dir: str,
                      config: Optional[TrainConfig] = None,
                      perturb: Optional[Callable] = None, log: Callable[[str], None] = print,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, strategy=None) -> dict:
     """Train ``model`` (logits output) or load it from ``checkpoint_dir`` when already trained.
+
+    With a ``tf.distribute`` ``strategy`` (:mod:`models.distribute`; ``model`` must have been
+    built in its ``scope()``) each step is split across its replicas; under a multi-worker
+    strategy only the chief writes ``checkpoint_dir`` (a folder all workers share) and the
+    others keep the best weights in memory.
 
     Args:
         train_images, val_images: uint8 [N, S, S, 3] (scaled to [0, 1] batch by batch).
@@ -343,7 +387,14 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     digest = data_digest(train_images, train_labels, val_images, val_labels)
     if state:
         _check_same_training(state, cfg, digest, checkpoint_dir)
-    _settle(checkpoint_dir, state, log)
+    from models.distribute import is_chief, num_replicas
+    chief = is_chief(strategy)
+    if cfg.batch_size < num_replicas(strategy):
+        raise ValueError("--batch-size %d is smaller than the %d replicas of the distribution "
+                         "strategy: every replica needs a share of each batch"
+                         % (cfg.batch_size, num_replicas(strategy)))
+    if chief:
+        _settle(checkpoint_dir, state, log)
     if not state:
         stray = [p for p in (best_path, last_path) if os.path.isfile(p)]
         if stray:
@@ -357,7 +408,7 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     if finished:
         _load_checkpoint(model, best_path, state.get("best_sha256"), checkpoint_dir,
                          "best weights")
-        if not state["done"]:  # the last epoch was saved, the final state write was not
+        if not state["done"] and chief:  # the last epoch was saved, its final state was not
             state.update(epochs=cfg.epochs, done=True)
             write_json_atomic(state_path, state, indent=1)
         log("loaded trained model %s (val acc %.3f at epoch %d)"
@@ -379,11 +430,16 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     state["epochs"] = cfg.epochs
     state["done"] = False
     state["recipe"], state["data_sha256"] = cfg.recipe(), digest
-    _run_epochs(model, train_images, train_labels, val_images, val_labels, checkpoint_dir,
-                cfg, perturb, log, progress, start, state)
+    best = _run_epochs(model, train_images, train_labels, val_images, val_labels,
+                       checkpoint_dir, cfg, perturb, log, progress, start, state, strategy, chief)
     state["done"] = True
-    write_json_atomic(state_path, state, indent=1)
-    _load_checkpoint(model, best_path, state.get("best_sha256"), checkpoint_dir, "best weights")
+    if chief or best is None:
+        if chief:
+            write_json_atomic(state_path, state, indent=1)
+        _load_checkpoint(model, best_path, state.get("best_sha256"), checkpoint_dir,
+                         "best weights")
+    else:                     # a worker of a multi-worker run: the chief's file may be late
+        model.set_weights(best)
     return state
 
 
@@ -498,13 +554,16 @@ def _commit_epoch(model, optimizer, checkpoint_dir: str, state: dict, new_best: 
 
 
 def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, progress,
-                start, state):
+                start, state, strategy=None, chief=True):
+    """The epochs ``start..cfg.epochs``; returns the best epoch's weights of this run (None
+    when no epoch of it was the best)."""
     from tqdm import tqdm
 
     tf.random.set_seed(cfg.seed)
-    optimizer = keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
-    optimizer.build(model.trainable_variables)
+    with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+        optimizer = keras.optimizers.SGD(learning_rate=cfg.learning_rate,
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer.build(model.trainable_variables)
     inexact = [layer.name for layer in _random_layers(model) if _generator(layer) is None]
     if inexact:
         log("note: the random layers %s do not use a tf.random.Generator (build them with "
@@ -513,8 +572,10 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
     if start:
         _restore_resume(optimizer, model, os.path.join(checkpoint_dir, RESUME_FILE),
                         state.get("resume_sha256"), checkpoint_dir, log)
-    step = _make_step(model, optimizer)
+    step = _make_step(model, optimizer, strategy)
+    n_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
     ytr = np.asarray(ytr, np.int64)
+    best = None
     n_batches = -(-len(xtr) // cfg.batch_size)
     for epoch in range(start, cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(xtr))
@@ -524,6 +585,8 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
         loss_sum, correct = 0.0, 0.0
         for i in bar:
             idx = order[i:i + cfg.batch_size]
+            if len(idx) < n_replicas:     # a last batch too small to give every replica a row
+                continue
             x = tf.convert_to_tensor(xtr[idx].astype(np.float32) / 255.0)
             y = tf.convert_to_tensor(ytr[idx])
             if perturb is not None:
@@ -542,7 +605,10 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
         new_best = val_acc > state["best_val_acc"]
         if new_best:
             state["best_val_acc"], state["best_epoch"] = val_acc, epoch + 1
-        _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
+            best = model.get_weights()
+        if chief:
+            _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
         log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,
                " (best)" if new_best else ""))
+    return best

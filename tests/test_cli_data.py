@@ -250,6 +250,7 @@ def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(SyntheticConfig, **TINY))
     monkeypatch.setattr(tfcompat, "import_tf", lambda: None)
     monkeypatch.setattr(main, "_eval_config", lambda args: "eval config")
+    monkeypatch.setattr(main, "_k_missing", lambda args: False)    # K: see the next test
     monkeypatch.setattr(main, "run_model_m", command)
     monkeypatch.setattr(models.mrcnn.cli, "run_model_k", command)
     assert main.main(argv + ["--data-dir", data_dir, "--seed", "3"]) == 0
@@ -259,3 +260,36 @@ def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsy
     assert os.path.isfile(os.path.join(data_dir, "VOC2010", "train.json"))
     if argv == ["--prepare-data"]:
         assert "synthetic UnMask data set" in capsys.readouterr().out
+
+
+def test_default_job_trains_k_first_when_none_is_trained(tmp_path, monkeypatch, capsys):
+    """`python main.py` runs the real system: with no K trained for --k-config it trains K
+    (as `--model K` would, from random weights) before M's evaluation, which then uses K;
+    the oracle runs only when asked for, and a trained K is reused."""
+    import main
+    import models.mrcnn.cli
+    from data import synthetic
+    from data.knowledge import get_class_set
+    from defense.evaluate import EvalConfig
+
+    calls = []
+    monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(SyntheticConfig, **TINY))
+    monkeypatch.setattr(main, "_eval_config", lambda args: EvalConfig(
+        class_set=get_class_set("CS5b"), extractor=args.extractor))
+    monkeypatch.setattr(models.mrcnn.cli, "run_model_k",
+                        lambda args, **kw: calls.append(("K", kw)) or 0)
+    monkeypatch.setattr(main, "run_model_m",
+                        lambda cfg, line_search=False: calls.append(("M", cfg.extractor)) or 0)
+    argv = ["--data-dir", str(tmp_path / "unmask"), "--k-log-dir", str(tmp_path / "no_k")]
+    assert main.main(argv) == 0
+    assert calls == [("K", {"weights": "none"}), ("M", "k")]
+    out = capsys.readouterr().out
+    assert "no trained K (--k-config synthetic)" in out and "--extractor oracle" in out
+    for extractor in ("oracle", "k"):
+        calls.clear()
+        assert main.main(argv + ["--extractor", extractor]) == 0
+        assert calls == [("M", extractor)]
+    calls.clear()
+    monkeypatch.setattr(main, "_k_missing", lambda args: False)     # a trained K exists
+    assert main.main(argv) == 0
+    assert calls == [("M", None)]

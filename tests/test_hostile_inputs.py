@@ -466,3 +466,53 @@ def test_imagenet_weights_without_network_say_what_to_do(monkeypatch):
     with pytest.raises(ValueError, match="ImageNet weights are neither in ~/.keras/models nor "
                                          "downloadable here.*--weights none"):
         classifier.build_classifier("mobilenetv2_050", 3, 32, weights="imagenet")
+
+
+def _parts_file(tmp_path, **changes):
+    """A one-image COCO parts file (the oracle's format) with ``changes`` to its annotation
+    or category."""
+    from pycocotools import mask as mask_utils
+
+    m = np.zeros((8, 8), np.uint8, order="F")
+    m[2:5, 2:5] = 1
+    rle = mask_utils.encode(m)
+    rle["counts"] = rle["counts"].decode()
+    ann = {"id": 1, "image_id": 1, "category_id": 0, "segmentation": rle, "area": 9,
+           "bbox": [2, 2, 3, 3], "iscrowd": 0}
+    cat = {"id": 0, "name": "plant"}
+    ann.update(changes.get("ann", {}))
+    cat.update(changes.get("cat", {}))
+    obj = {"images": [{"id": 1, "file_name": "a/a_0.jpg", "height": 8, "width": 8}],
+           "annotations": [ann], "categories": [cat]}
+    path = tmp_path / "test_parts.json"
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    ({"cat": {"name": "wingz"}}, r"name 'wingz' does not match PARTS\[0\]"),
+    ({"cat": {"id": 99}, "ann": {"category_id": 99}}, r"category ids must be integers in 0..43"),
+    ({"ann": {"bbox": [2, 2, -3, 3]}}, r"bbox width and height must be >= 0"),
+    ({"ann": {"bbox": [2, 2, "w", 3]}}, r"bbox must be \[x, y, w, h\]"),
+    ({"ann": {"segmentation": [[1, 1, 2, 2, 3]]}}, r"polygon must be a list of >= 6"),
+], ids=["unknown-part-name", "category-out-of-range", "negative-bbox", "bbox-not-numbers",
+        "odd-polygon"])
+def test_oracle_parts_file_with_unknown_parts_or_bad_geometry_is_refused(tmp_path, changes,
+                                                                        pattern):
+    from defense.extractors import OracleExtractor
+
+    path = _parts_file(tmp_path, **changes)
+    with pytest.raises(ValueError, match="test_parts.json.*" + pattern):
+        OracleExtractor.from_coco(path)
+    assert OracleExtractor.from_coco(_parts_file(tmp_path)).parts_of("a/a_0.jpg") == {"plant"}
+
+
+def test_saved_observation_with_unknown_parts_or_wrong_length_is_not_used():
+    from defense.evaluate import _observation_problem
+
+    good = {"pred": [0, 1], "parts": [["wheel"], []]}
+    assert _observation_problem(good, 2) is None
+    assert "unknown part names ['wingz']" in _observation_problem(
+        {"pred": [0, 1], "parts": [["wheel", "wingz"], []]}, 2)
+    assert "one entry per image" in _observation_problem({"pred": [0]}, 2)
+    assert "not an object" in _observation_problem([1, 2], 2)

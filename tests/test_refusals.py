@@ -322,7 +322,7 @@ def test_meaningless_learning_rates_are_refused_up_front(lr, tmp_path):
 def test_m_training_stops_at_a_nan_loss_and_keeps_the_earlier_epoch(m_copy):
     before = _bytes(m_copy)
     with pytest.raises(ValueError, match=r"loss became nan at batch 1 in epoch 2") as e:
-        _train_m(m_copy, 2, perturb=lambda x, y: x * np.float32("nan"))
+        _train_m(m_copy, 2, perturb=lambda x, y, i: x * np.float32("nan"))
     assert isinstance(e.value, m_train.NonFiniteTraining)
     assert "--lr" in str(e.value) and m_copy in str(e.value)
     assert _bytes(m_copy) == before  # best.h5, last.h5 and state.json of epoch 1 kept

@@ -181,6 +181,9 @@ class MaskRCNN:
         self._callables = {}
         self._trainer = None
         with self.graph_scope():
+            # tf-keras draws the seeds of unseeded initializers from Python's `random`:
+            # seeding only the graph would leave the initial weights different in every build
+            keras.utils.set_random_seed(seed)
             tf.compat.v1.set_random_seed(seed)
             self.keras_model = self.build(mode, config)
             self._loss_tensors = ({name: tf.reduce_mean(self.keras_model.get_layer(name).output)

@@ -1,0 +1,110 @@
+"""tf.distribute strategies for training M, adversarial training and the trajectory detector.
+
+``make_strategy(kind)`` (``main.py --distribute``):
+
+``"none"``
+    the default: one device, no strategy object (``None``).
+``"mirrored"``
+    :class:`tf.distribute.MirroredStrategy` over the local GPUs (one replica per GPU, memory
+    growth switched on so several processes can share a GPU); on a machine without a GPU over
+    the logical CPU devices, which is what the tests use (``split_cpu(2)`` first).
+``"multi-worker"``
+    :class:`tf.distribute.MultiWorkerMirroredStrategy` over the hosts listed in the
+    ``TF_CONFIG`` environment variable (``{"cluster": {"worker": ["host1:port", ...]},
+    "task": {"type": "worker", "index": i}}``): every host runs the same command with its own
+    ``task.index``; worker 0 (the chief) writes the checkpoints, the others read them.
+
+How a step is distributed (:mod:`models.train_classifier`): every worker draws the same
+global batch (the data order is a function of seed and epoch), each replica takes its slice
+of it by its global replica id, the loss is averaged over the *global* batch and the
+gradients are summed across replicas, so a step equals the single-device step on the same
+batch up to float summation order (BatchNorm statistics are per replica, as Keras does).
+
+Model K cannot be distributed this way (SPEC §9): it lives in its own TF1 graph and session.
+K scales by one process per GPU instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+KINDS = ("none", "mirrored", "multi-worker")
+
+
+def split_cpu(n: int) -> None:
+    """Make ``n`` logical CPU devices of the physical CPU (before TensorFlow's runtime starts:
+    the first thing a process does), so MirroredStrategy can be exercised without GPUs."""
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(int(n))])
+
+
+def _gpu_memory_growth() -> list:
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:     # the runtime is already initialised: leave it as it is
+            pass
+    return gpus
+
+
+def make_strategy(kind: str = "none") -> Optional["tf.distribute.Strategy"]:
+    """The strategy of ``kind`` (see the module docstring); None for ``"none"``.
+
+    Raises:
+        ValueError: an unknown kind, or ``"multi-worker"`` without a usable ``TF_CONFIG``.
+    """
+    if kind not in KINDS:
+        raise ValueError("distribution strategy must be one of %s, got %r" % (KINDS, kind))
+    if kind == "none":
+        return None
+    gpus = _gpu_memory_growth()
+    if kind == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy(devices=[d.name for d in cpus])
+    check_tf_config(os.environ.get("TF_CONFIG"))
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def check_tf_config(text: Optional[str]) -> dict:
+    """Parse and check ``TF_CONFIG`` for the multi-worker strategy (ValueError saying what
+    is missing)."""
+    if not text:
+        raise ValueError("the multi-worker strategy needs the TF_CONFIG environment variable, "
+                         "e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
+                         "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' "
+                         "on the first host (index 1 on the second)")
+    try:
+        cfg = json.loads(text)
+        workers = cfg["cluster"]["worker"]
+        index = int(cfg["task"]["index"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError("TF_CONFIG is not usable (%s): it needs cluster.worker (a list of "
+                         "host:port) and task.index" % (e,)) from None
+    if not isinstance(workers, list) or not workers or not 0 <= index < len(workers):
+        raise ValueError("TF_CONFIG: task.index %r is not an index of cluster.worker %r"
+                         % (index, workers))
+    return cfg
+
+
+def is_chief(strategy) -> bool:
+    """True unless ``strategy`` is multi-worker and this process is not worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None):
+        return True
+    if not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (resolver.task_type == "worker"
+                                                     and resolver.task_id == 0)
+
+
+def num_replicas(strategy) -> int:
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)

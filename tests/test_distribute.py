@@ -1,0 +1,94 @@
+"""M's training under tf.distribute, on the CPU: MirroredStrategy over two logical CPU
+devices, and MultiWorkerMirroredStrategy with two worker processes talking over localhost,
+each reaching the single-device accuracy on a small problem.  Every run is a fresh process
+(``tests/_distribute_worker.py``): TensorFlow fixes its devices and cluster at start-up."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from models.distribute import check_tf_config, make_strategy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "_distribute_worker.py")
+TIMEOUT = 600
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _run(kind, ckpt, out, env=None):
+    return subprocess.Popen([sys.executable, WORKER, kind, str(ckpt), str(out)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _result(proc, out):
+    log, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, log[-3000:]
+    with open(out) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("single")
+    return _result(_run("none", tmp / "ckpt", tmp / "out.json"), tmp / "out.json")
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_logical_cpus_matches_one_device(single, tmp_path):
+    res = _result(_run("mirrored", tmp_path / "ckpt", tmp_path / "out.json"),
+                  tmp_path / "out.json")
+    print("single device %.3f, mirrored (2 replicas) %.3f" % (single["val_acc"],
+                                                               res["val_acc"]))
+    assert single["replicas"] == 1 and res["replicas"] == 2
+    assert single["val_acc"] >= 0.9
+    assert abs(res["val_acc"] - single["val_acc"]) <= 0.1
+    assert os.path.isfile(tmp_path / "ckpt" / "best.h5")
+
+
+@pytest.mark.slow
+def test_multi_worker_over_localhost_matches_one_device(single, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": ["localhost:%d" % p for p in ports]}
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                     "task": {"type": "worker", "index": i}}))
+        procs.append(_run("multi-worker", tmp_path / "ckpt", tmp_path / ("w%d.json" % i),
+                          env))
+    res = [_result(p, tmp_path / ("w%d.json" % i)) for i, p in enumerate(procs)]
+    print("single device %.3f, workers %s" % (single["val_acc"],
+                                              [r["val_acc"] for r in res]))
+    assert [r["replicas"] for r in res] == [2, 2]
+    assert [r["chief"] for r in res] == [True, False]
+    assert res[0]["val_acc"] == res[1]["val_acc"], "the workers hold different models"
+    assert abs(res[0]["val_acc"] - single["val_acc"]) <= 0.1
+    files = sorted(os.listdir(tmp_path / "ckpt"))        # written by the chief only, once
+    assert files == ["best.h5", "last.h5", "resume.npz", "state.json"]
+
+
+def test_strategy_names_and_tf_config_are_checked():
+    assert make_strategy("none") is None
+    with pytest.raises(ValueError, match="must be one of"):
+        make_strategy("horovod")
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        check_tf_config(None)
+    with pytest.raises(ValueError, match="TF_CONFIG is not usable"):
+        check_tf_config('{"cluster": {}}')
+    with pytest.raises(ValueError, match="task.index 3 is not an index"):
+        check_tf_config('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", '
+                        '"index": 3}}')
+    cfg = check_tf_config('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1}}')
+    assert cfg["task"]["index"] == 1
