@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint-dir", default="checkpoints",
                    help="where M's and AT's checkpoints are written")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    m.add_argument("--distribute", default="none", choices=["none", "mirrored", "multi-worker"],
+                   help="tf.distribute strategy of M's and AT's training: mirrored = the "
+                        "local GPUs (or logical CPUs); multi-worker = the hosts of the "
+                        "TF_CONFIG environment variable, the same command on each (worker 0 "
+                        "evaluates); K is not distributed (one process per GPU)")
     from models.mrcnn.cli import add_arguments as add_k_arguments
     add_k_arguments(p)
     return p
@@ -252,7 +257,6 @@ def _eval_config(args):
     if not threats:
         raise ValueError("--threat: give gray-box, adaptive, transfer or several")
     if "transfer" in threats:
-        import os
         if not args.k_transfer:
             raise ValueError("--threat transfer needs --k-transfer PATH: a K checkpoint trained "
                              "with another seed (`python main.py --model K --seed 1 "
@@ -261,6 +265,9 @@ def _eval_config(args):
             raise ValueError("--k-transfer %s: no such checkpoint file" % args.k_transfer)
     if args.adaptive_steps is not None and args.adaptive_steps < 1:
         raise ValueError("--adaptive-steps must be >= 1, got %d" % args.adaptive_steps)
+    if args.distribute == "multi-worker":
+        from models.distribute import check_tf_config
+        check_tf_config(os.environ.get("TF_CONFIG"))
     vectors = parse_vectors(args.attacks)
     _check_l2_budgets(vectors, args.input_size)
     defenses = None
@@ -279,7 +286,8 @@ def _eval_config(args):
         n_test=args.n_test,
         seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
-        k_log_dir=args.k_log_dir, k_config=args.k_config, progress=not args.no_progress)
+        k_log_dir=args.k_log_dir, k_config=args.k_config, progress=not args.no_progress,
+        distribute=args.distribute)
 
 
 def _k_missing(args) -> bool:
@@ -313,11 +321,14 @@ def train_k_first(args, eval_cfg):
 
 
 def run_model_m(cfg, line_search: bool = False) -> int:
-    from defense.evaluate import run_evaluation
+    from defense.evaluate import WorkerDone, run_evaluation
 
     if line_search:
         return _line_search(cfg)
-    run_evaluation(cfg)
+    try:
+        run_evaluation(cfg)
+    except WorkerDone as done:          # a non-chief worker of --distribute multi-worker
+        print(done)
     return 0
 
 

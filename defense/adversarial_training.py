@@ -10,6 +10,7 @@ the ``perturb`` hook it plugs into.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, Dict, Sequence
 
@@ -52,17 +53,20 @@ def at_checkpoint_dir(base_dir: str, eps: float) -> str:
 
 def train_adversarial(arch: str, num_classes: int, input_size: int, data: Dict,
                       checkpoint_dir: str, config: TrainConfig, eps: float = AT_EPS,
-                      steps: int = AT_STEPS, log: Callable = print, progress: bool = True):
+                      steps: int = AT_STEPS, log: Callable = print, progress: bool = True,
+                      strategy=None):
     """Build a fresh M and train it adversarially (or load it when already trained).
 
     ``data`` holds uint8 arrays ``x_train, y_train, x_val, y_val``.  Returns the model.
     """
-    model = build_classifier(arch, num_classes, input_size, seed=config.seed)
+    with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+        model = build_classifier(arch, num_classes, input_size, seed=config.seed)
     perturb = pgd_perturb(model, eps=eps, steps=steps, seed=config.seed)
     log("adversarial training: PGD-Linf eps=%g/255, %d steps -> %s" % (eps, steps,
                                                                          checkpoint_dir))
     train_classifier(model, data["x_train"], data["y_train"], data["x_val"], data["y_val"],
-                     checkpoint_dir, config, perturb=perturb, log=log, progress=progress)
+                     checkpoint_dir, config, perturb=perturb, log=log, progress=progress,
+                     strategy=strategy)
     return model
 
 

@@ -24,6 +24,7 @@ interrupted run resumes):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -50,6 +51,7 @@ from defense.extractors import OracleExtractor
 from defense.metrics import accuracy, detection_set, evaluate_detection
 from models import DEFAULT_ARCH
 from models.classifier import build_classifier
+from models.distribute import is_chief, make_strategy
 from models.train_classifier import TrainConfig, train_classifier
 from mrcnn_config import get_config
 
@@ -87,6 +89,7 @@ class EvalConfig:
     results_dir: str = "results"
     checkpoint_dir: str = "checkpoints"
     progress: bool = True
+    distribute: str = "none"             # M's and AT's training: none, mirrored, multi-worker
 
     def __post_init__(self):
         if self.defenses is None:
@@ -128,18 +131,30 @@ def load_data(cfg: EvalConfig, log: Callable) -> Dict:
     return data
 
 
+class WorkerDone(Exception):
+    """Raised on a non-chief worker of a multi-worker run once training is done."""
+
+
 def get_models(cfg: EvalConfig, data: Dict, log: Callable):
     """M (trained or loaded) and the AT model (or None)."""
     n = len(cfg.class_set.classes)
-    m = build_classifier(cfg.arch, n, cfg.input_size, weights=cfg.weights, seed=cfg.seed)
-    log("model M: %s -> %s" % (cfg.arch, cfg.m_dir))
+    strategy = make_strategy(cfg.distribute)
+    with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+        m = build_classifier(cfg.arch, n, cfg.input_size, weights=cfg.weights, seed=cfg.seed)
+    log("model M: %s -> %s%s" % (cfg.arch, cfg.m_dir, "" if strategy is None else
+                                 " (%s, %d replicas)" % (cfg.distribute,
+                                                         strategy.num_replicas_in_sync)))
     train_classifier(m, data["x_train"], data["y_train"], data["x_val"], data["y_val"],
-                     cfg.m_dir, cfg.train, log=log, progress=cfg.progress)
+                     cfg.m_dir, cfg.train, log=log, progress=cfg.progress, strategy=strategy)
     at = None
     if cfg.adv_train:
         at = train_adversarial(cfg.arch, n, cfg.input_size, data,
                                at_checkpoint_dir(cfg.m_dir, cfg.at_eps), cfg.train,
-                               eps=cfg.at_eps, log=log, progress=cfg.progress)
+                               eps=cfg.at_eps, log=log, progress=cfg.progress,
+                               strategy=strategy)
+    if not is_chief(strategy):
+        raise WorkerDone("this worker's share of the training is done; the chief (worker 0) "
+                         "evaluates and writes the results")
     return m, at
 
 

@@ -55,6 +55,8 @@ import json
 import math
 import numbers
 import os
+import shutil
+import tempfile
 import zipfile
 from typing import Callable, Optional
 
@@ -572,6 +574,7 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
     if start:
         _restore_resume(optimizer, model, os.path.join(checkpoint_dir, RESUME_FILE),
                         state.get("resume_sha256"), checkpoint_dir, log)
+    scratch = None if chief else tempfile.mkdtemp(prefix="unmask-worker-")
     step = _make_step(model, optimizer, strategy)
     n_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
     ytr = np.asarray(ytr, np.int64)
@@ -608,7 +611,11 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             best = model.get_weights()
         if chief:
             _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
+        else:   # reading mirrored weights is a collective: every worker saves, into its own
+            _commit_epoch(model, optimizer, scratch, dict(state), new_best)   # scratch folder
         log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,
                " (best)" if new_best else ""))
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     return best

@@ -136,6 +136,9 @@ CLI_CASES = [
     (["--results-dir", "{root}/loop_a/x"], r"--results-dir .*cannot be used"),
     (["--data-dir", "{root}/dangling"], r"--data-dir .*symbolic link to a missing target"),
     (["--k-log-dir", "{root}/a_file"], r"--k-log-dir .*is a file, not a folder"),
+    # distribution
+    (["--distribute", "horovod"], r"--distribute: invalid choice"),
+    (["--distribute", "multi-worker"], r"needs the TF_CONFIG environment variable"),
     # commands
     (["--prepare-data", "--model", "M"], r"give one command at a time"),
     (["--model", "X"], r"--model: invalid choice"),
@@ -153,7 +156,9 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("extra,pattern", CLI_CASES,
                          ids=[" ".join(c[0]) for c in CLI_CASES])
-def test_cli_refuses_before_any_work_and_loses_nothing(workspace, extra, pattern, capsys):
+def test_cli_refuses_before_any_work_and_loses_nothing(workspace, extra, pattern, capsys,
+                                                       monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     before = _snapshot(workspace)
     argv = _base(workspace) + [a.replace("{root}", str(workspace)) for a in extra]
     try:
