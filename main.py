@@ -135,9 +135,83 @@ def build_parser() -> argparse.ArgumentParser:
                         "local GPUs (or logical CPUs); multi-worker = the hosts of the "
                         "TF_CONFIG environment variable, the same command on each (worker 0 "
                         "evaluates); K is not distributed (one process per GPU)")
+    grid = p.add_argument_group("the paper's grid and running past one machine (--model M)")
+    grid.add_argument("--grid", action="store_true",
+                      help="evaluate every (architecture, class set) pair of --archs x "
+                           "--classsets (resumable work units) and write one Table IV, bench "
+                           "table and Fig. 4 across them in RESULTS_DIR/grid/")
+    grid.add_argument("--archs", default=None,
+                      help="comma list of architectures for --grid (default: --arch)")
+    grid.add_argument("--classsets", default=None,
+                      help="comma list of class sets for --grid, or 'all' (default: "
+                           "--classset)")
+    grid.add_argument("--workers", type=int, default=None,
+                      help="run the grid's units on a local Ray cluster of N worker processes "
+                           "(default: in this process)")
+    grid.add_argument("--ray-address", default=None,
+                      help="HOST:PORT of a running Ray cluster to run the grid's units on")
     from models.mrcnn.cli import add_arguments as add_k_arguments
     add_k_arguments(p)
     return p
+
+
+def parse_grid(args):
+    """(architectures, class set code names) of --grid, validated; ValueError otherwise."""
+    from data.knowledge import CLASS_SETS
+    from models.classifier import get_architecture
+
+    if not args.grid:
+        if args.archs or args.classsets or args.workers is not None or args.ray_address:
+            raise ValueError("--archs, --classsets, --workers and --ray-address go with --grid")
+        return None
+    if args.model == "K":
+        raise ValueError("--grid evaluates M's pairs; train K with `--model K` first")
+    archs = []
+    for name in filter(None, (a.strip() for a in (args.archs or args.arch).split(","))):
+        try:
+            spec = get_architecture(name)
+        except ValueError as e:
+            raise ValueError("--archs: %s" % e) from None
+        if not spec.min_size <= args.input_size:
+            raise ValueError("--archs: %s needs --input-size >= %d" % (spec.name,
+                                                                      spec.min_size))
+        if spec.name not in archs:
+            archs.append(spec.name)
+    text = args.classsets or args.classset.code_name
+    if text.strip().lower() == "all":
+        sets = [cs.code_name for cs in CLASS_SETS]
+    else:
+        sets = []
+        for name in filter(None, (c.strip() for c in text.split(","))):
+            try:
+                code = get_class_set(name).code_name
+            except ValueError as e:
+                raise ValueError("--classsets: %s" % e) from None
+            if code not in sets:
+                sets.append(code)
+    if not archs or not sets:
+        raise ValueError("--grid needs at least one architecture and one class set")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be >= 1, got %d" % args.workers)
+    if args.workers is not None and args.ray_address:
+        raise ValueError("give --workers N (a local Ray cluster) or --ray-address (a running "
+                         "one), not both")
+    return archs, sets
+
+
+def run_grid(cfg, archs, class_sets, args) -> int:
+    from defense.grid import InProcess, RayExecutor, run_grid as grid
+
+    if args.workers is None and not args.ray_address:
+        executor = InProcess()
+    else:
+        executor = RayExecutor(workers=args.workers, address=args.ray_address)
+    try:
+        grid(cfg, archs, class_sets, executor)
+    finally:
+        if hasattr(executor, "shutdown"):
+            executor.shutdown()
+    return 0
 
 
 def _defense_names():
@@ -369,6 +443,7 @@ def main(argv=None) -> int:
             tfcompat.import_tf()  # quiet TensorFlow start-up before any package imports it
         # every name, number and folder is checked here, before any data is generated or read
         eval_cfg = _eval_config(args) if args.model == "M" else None
+        grid = parse_grid(args)
         check_folders(args)
         manifest = _prepare(args)
         if args.prepare_data:
@@ -379,6 +454,8 @@ def main(argv=None) -> int:
             return run_model_k(args)
         if not args.at_line_search and _k_missing(args):
             eval_cfg = train_k_first(args, eval_cfg)
+        if grid is not None:
+            return run_grid(eval_cfg, grid[0], grid[1], args)
         return run_model_m(eval_cfg, args.at_line_search)
     except DatasetExistsError as e:
         print("error: %s" % e, file=sys.stderr)

@@ -1,0 +1,215 @@
+"""The paper's grid -- architectures x class sets (Table IV) -- as independent work units.
+
+``run_grid(base, archs, class_sets, executor)`` evaluates every (architecture, class set)
+pair with the settings of ``base`` (an :class:`~defense.evaluate.EvalConfig`) and writes,
+under ``<results_dir>/grid/``, one Table IV with a row per pair (``table_iv.md``), one bench
+table across them (``bench.csv`` / ``bench.md``), one Fig. 4 across them (``fig4.png/.pdf``)
+and ``grid.json`` (the per-pair ``metrics.json`` files, merged).
+
+Work units, in three stages (a stage starts when the one before is done):
+
+1. ``train``: M (and AT) of one pair;
+2. ``attack``: one attack vector on one pair's test images (the attack record the evaluation
+   reuses);
+3. ``evaluate``: the pair's defenses on those records, which writes its ``metrics.json``.
+
+Each unit is a pure function of its configuration -- every seed is the run's ``--seed``, the
+attack batches are seeded by their index -- and records its completion in
+``grid/units/<unit>.json`` (written atomically, with the digest of what it produced) only
+after its output is written; a unit whose record is there is skipped.  A unit killed halfway
+leaves no record and runs again; one that ran twice (a retried worker) wrote the same bytes
+twice.  The merge reads the per-pair files sorted by (architecture, class set), so a grid run
+by any number of workers, in any order, gives the same ``grid.json`` as one run in-process.
+
+Executors: :class:`InProcess` (the default) and :class:`RayExecutor` (``main.py --workers N``
+starts a local Ray cluster of N workers, ``--ray-address HOST:PORT`` joins a running one).
+Each Ray task is one unit in a worker process that imports TensorFlow itself, asks for one GPU
+when the cluster has GPUs (memory growth on) and is retried when its worker dies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from data.fileio import file_digest, read_cached_json, write_json_atomic
+from data.knowledge import get_class_set
+
+UNIT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One work unit: ``kind`` in train / attack / evaluate, for (``arch``, ``class_set``
+    code name) and, for an attack, one ``vector`` (attack name, eps)."""
+    kind: str
+    arch: str
+    class_set: str
+    vector: Optional[Tuple[str, float]] = None
+
+    @property
+    def name(self) -> str:
+        tail = "" if self.vector is None else "-%s_%s" % (self.vector[0],
+                                                          _eps_tag(self.vector[1]))
+        return "%s-%s-%s%s" % (self.kind, self.class_set, self.arch, tail)
+
+
+def _eps_tag(eps: float) -> str:
+    from defense.evaluate import eps_tag
+    return eps_tag(eps)
+
+
+def pair_config(base, arch: str, class_set: str):
+    """``base`` with the pair's architecture and class set (everything else unchanged)."""
+    return dataclasses.replace(base, arch=arch, class_set=get_class_set(class_set))
+
+
+def plan(base, archs: Sequence[str], class_sets: Sequence[str]) -> List[List[Unit]]:
+    """The units of the grid in their three stages (pairs sorted, vectors in ``base``'s
+    order)."""
+    pairs = [(a, c) for a in sorted(archs) for c in sorted(class_sets)]
+    return [[Unit("train", a, c) for a, c in pairs],
+            [Unit("attack", a, c, tuple(v)) for a, c in pairs for v in base.vectors],
+            [Unit("evaluate", a, c) for a, c in pairs]]
+
+
+def unit_record_path(base, unit: Unit) -> str:
+    return os.path.join(base.results_dir, "grid", "units", unit.name + ".json")
+
+
+def _done(base, unit: Unit) -> bool:
+    rec = read_cached_json(unit_record_path(base, unit), log=lambda s: None)
+    if not isinstance(rec, dict) or rec.get("version") != UNIT_VERSION:
+        return False
+    out = rec.get("output")
+    return bool(out) and os.path.isfile(out) and file_digest(out) == rec.get("sha256")
+
+
+def run_unit(base, unit: Unit, log: Callable[[str], None] = print) -> str:
+    """Run ``unit`` (skipped when its record shows it done); returns its record's path."""
+    from defense import evaluate as ev
+
+    record = unit_record_path(base, unit)
+    if _done(base, unit):
+        return record
+    cfg = pair_config(base, unit.arch, unit.class_set)
+    if unit.kind == "evaluate":
+        ev.run_evaluation(cfg, log)
+        out = os.path.join(cfg.out_dir, "metrics.json")
+    else:
+        data = ev.load_data(cfg, log)
+        m, at = ev.get_models(cfg, data, log)
+        out = os.path.join(cfg.m_dir, "best.h5")
+        if unit.kind == "attack":
+            models = {"m": m, **({"at": at} if at is not None else {})}
+            bench = ev.Bench(cfg, data, models, log)
+            for model in sorted(models):
+                bench.attacked(model, unit.vector[0], unit.vector[1], "test")
+            out = bench.record_path("m", unit.vector[0], unit.vector[1], "test")
+    write_json_atomic(record, {"version": UNIT_VERSION, "unit": dataclasses.asdict(unit),
+                               "output": out, "sha256": file_digest(out)}, indent=1)
+    return record
+
+
+class InProcess:
+    """Runs the units one after the other in this process."""
+    workers = 1
+
+    def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
+        return [run_unit(base, u, log) for u in units]
+
+
+def _ray_unit(base, unit: Unit) -> str:
+    """A unit in a Ray worker: TensorFlow is imported here, in the worker, with memory
+    growth on its GPU (if it got one)."""
+    import tfcompat
+    tf, _ = tfcompat.import_tf()
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return run_unit(base, unit, log=lambda s: print("[%s] %s" % (unit.name, s)))
+
+
+class RayExecutor:
+    """Runs the units of a stage as Ray tasks: a local cluster of ``workers`` processes, or
+    the running cluster at ``address``."""
+
+    def __init__(self, workers: Optional[int] = None, address: Optional[str] = None,
+                 max_retries: int = 3):
+        import ray
+
+        self.ray = ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=True)
+            else:
+                ray.init(num_cpus=int(workers), include_dashboard=False, log_to_driver=True)
+        self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self._remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0,
+                                  max_retries=max_retries)(_ray_unit)
+
+    def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
+        pending = [u for u in units if not _done(base, u)]
+        log("grid: %d of %d units to run on %d Ray workers"
+            % (len(pending), len(units), self.workers))
+        refs = {u: self._remote.remote(base, u) for u in pending}
+        for u, path in zip(refs, self.ray.get(list(refs.values()))):
+            log("grid: %s done (%s)" % (u.name, path))
+        return [unit_record_path(base, u) for u in units]
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
+
+def run_grid(base, archs: Sequence[str], class_sets: Sequence[str], executor=None,
+             log: Callable[[str], None] = print) -> Dict:
+    """Run (or resume) the grid and write its merged reports; returns ``grid.json``'s
+    content."""
+    executor = executor or InProcess()
+    stages = plan(base, archs, class_sets)
+    for stage in stages:
+        executor.map(base, stage, log)
+    return merge(base, [(u.arch, u.class_set) for u in stages[-1]], log)
+
+
+def merge(base, pairs: Sequence[Tuple[str, str]], log: Callable[[str], None] = print) -> Dict:
+    """Read every pair's ``metrics.json`` (sorted by architecture, class set) and write the
+    grid's Table IV, bench table and Fig. 4 beside ``grid.json``."""
+    import pandas as pd
+
+    from defense import bench_report, report
+
+    metrics = []
+    for arch, cs in sorted(pairs):
+        path = os.path.join(pair_config(base, arch, cs).out_dir, "metrics.json")
+        with open(path, encoding="utf-8") as f:
+            metrics.append(report.validate_metrics(json.load(f)))
+    out_dir = os.path.join(base.results_dir, "grid")
+    merged = {"pairs": [[a, c] for a, c in sorted(pairs)], "metrics": metrics}
+    paths = {"grid": os.path.join(out_dir, "grid.json")}
+    write_json_atomic(paths["grid"], merged, indent=1)
+    if all(m.get("benign", {}).get("acc_um") is not None for m in metrics):
+        paths["table_iv"] = report.write_table_iv(os.path.join(out_dir, "table_iv.md"),
+                                                  metrics)
+    frames = []
+    for m in metrics:
+        frame = bench_report.bench_frame(m)
+        frame.insert(0, "class_set", m["class_set"])
+        frame.insert(0, "arch", m["arch"])
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    paths["bench_csv"] = os.path.join(out_dir, "bench.csv")
+    from data.fileio import write_text_atomic
+    write_text_atomic(paths["bench_csv"], table.to_csv(index=False))
+    paths["bench_md"] = os.path.join(out_dir, "bench.md")
+    write_text_atomic(paths["bench_md"], "\n\n".join(
+        "## %s, %s\n\n%s" % (report.arch_label(m["arch"]), m["class_set"],
+                             bench_report.bench_markdown(m)) for m in metrics) + "\n")
+    if all(m.get("benign", {}).get("acc_um") is not None for m in metrics):
+        groups = report.fig4_groups_by_class_set(metrics)
+        fig = report.fig4_figure(groups, title="UnMask across the grid")
+        paths["fig4_png"], paths["fig4_pdf"] = report.save_figure(
+            fig, os.path.join(out_dir, "fig4"))
+    log("grid: wrote %s" % ", ".join(sorted(paths.values())))
+    return merged

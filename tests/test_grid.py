@@ -1,0 +1,103 @@
+"""The paper's grid as work units: planning, resumability, and the same merged numbers from
+one process and from a Ray cluster of two workers (a tiny configuration)."""
+import json
+import os
+
+import pytest
+
+from data.knowledge import get_class_set
+from data.synthetic import SyntheticConfig, generate_dataset
+from defense import evaluate as ev
+from defense import grid
+from models.train_classifier import TrainConfig
+
+ARCHS = ["mobilenetv2_050", "mobilenetv2"]
+SETS = ["cs3-1", "cs3-2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("grid") / "unmask")
+    generate_dataset(path, seed=0, config=SyntheticConfig(
+        image_size=64, k_images=(2, 1, 1), m_images_per_class=(12, 4, 4)), workers=1,
+        log=lambda s: None)
+    return path
+
+
+def _base(data_dir, root, **kw):
+    base = dict(class_set=get_class_set("CS3a"), data_dir=data_dir, input_size=32,
+                train=TrainConfig(epochs=1, batch_size=16, learning_rate=0.01),
+                vectors=(("pgd_linf", 8), ("fgsm", 8)), n_test=6, attack_batch=8,
+                results_dir=str(root / "results"), checkpoint_dir=str(root / "ckpt"),
+                progress=False, extractor="oracle")
+    base.update(kw)
+    return ev.EvalConfig(**base)
+
+
+def test_plan_has_three_stages_of_sorted_units():
+    base = ev.EvalConfig(class_set=get_class_set("CS5b"), vectors=(("pgd_linf", 8),
+                                                                   ("fgsm", 8)))
+    train, attack, evaluate = grid.plan(base, ["resnet50", "mobilenetv2_050"],
+                                        ["cs5-2", "cs3-1"])
+    assert [u.name for u in train] == ["train-cs3-1-mobilenetv2_050",
+                                       "train-cs5-2-mobilenetv2_050",
+                                       "train-cs3-1-resnet50", "train-cs5-2-resnet50"]
+    assert len(attack) == 8 and attack[0].name == "attack-cs3-1-mobilenetv2_050-pgd_linf_8"
+    assert [u.kind for u in evaluate] == ["evaluate"] * 4
+    assert len({u.name for s in (train, attack, evaluate) for u in s}) == 16
+
+
+def _grid_json(base):
+    with open(os.path.join(base.results_dir, "grid", "grid.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def single(tiny_data, tmp_path_factory):
+    """The grid run in this process: (its base config, grid.json's content)."""
+    base = _base(tiny_data, tmp_path_factory.mktemp("single"))
+    return base, grid.run_grid(base, ARCHS, SETS, log=lambda s: None)
+
+
+@pytest.mark.slow
+def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
+    base, merged = single
+    assert merged["pairs"] == [[a, c] for a in sorted(ARCHS) for c in sorted(SETS)]
+    assert merged == _grid_json(base)
+    out = os.path.join(base.results_dir, "grid")
+    for name in ("grid.json", "table_iv.md", "bench.csv", "bench.md", "fig4.png", "fig4.pdf"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    table = open(os.path.join(out, "table_iv.md")).read()
+    from defense.report import arch_label
+    for arch in ARCHS:
+        assert arch_label(arch) in table
+    assert [(m["arch"], m["class_set"]) for m in merged["metrics"]] == [
+        tuple(p) for p in merged["pairs"]]
+    n_pairs, n_vectors = len(ARCHS) * len(SETS), len(base.vectors)
+    assert len(os.listdir(os.path.join(out, "units"))) == n_pairs * (2 + n_vectors)
+
+    # a unit whose record is gone (killed before it finished) runs again, alone, and the
+    # merged numbers do not move
+    gone = grid.Unit("attack", ARCHS[-1], SETS[-1], tuple(base.vectors[-1]))
+    os.remove(grid.unit_record_path(base, gone))
+    ran = []
+    for stage in grid.plan(base, ARCHS, SETS):
+        for unit in stage:
+            if not grid._done(base, unit):
+                ran.append(unit.name)
+            grid.run_unit(base, unit, lambda s: None)
+    assert ran == [gone.name]
+    assert grid.merge(base, [(a, c) for a in ARCHS for c in SETS], log=lambda s: None) == merged
+
+
+@pytest.mark.slow
+def test_two_ray_workers_give_the_in_process_numbers(single, tiny_data, tmp_path):
+    pytest.importorskip("ray")
+    base, merged = single
+    sharded = _base(tiny_data, tmp_path / "ray")
+    executor = grid.RayExecutor(workers=2)
+    try:
+        grid.run_grid(sharded, ARCHS, SETS, executor, log=lambda s: None)
+    finally:
+        executor.shutdown()
+    assert _grid_json(sharded) == merged
