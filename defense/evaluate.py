@@ -52,6 +52,7 @@ from defense.metrics import accuracy, detection_set, evaluate_detection
 from models import DEFAULT_ARCH
 from models.classifier import build_classifier
 from models.distribute import is_chief, make_strategy
+from models.progress import Eta
 from models.train_classifier import TrainConfig, train_classifier
 from mrcnn_config import get_config
 
@@ -296,6 +297,11 @@ class Bench:
                 preds=preds, fingerprint=fp)
         return self._sets[key]
 
+    def record_path(self, model: str, name: str, eps: float, split: str = "test") -> str:
+        """File of the attack record of (``model``, vector, ``split``)."""
+        return os.path.join(self.vectors_dir, "attacks", model,
+                            "%s-%s_%s.npz" % (split, name, eps_tag(eps)))
+
     def attacked(self, model: str, name: str, eps: float, split: str = "test") -> ImageSet:
         """``split``'s images attacked on ``model`` by ``name`` at ``eps`` (cached npz)."""
         key = (model, name, float(eps), split)
@@ -305,8 +311,7 @@ class Bench:
         vfp = vector_fingerprint(self.cfg, dict(self.fp, model=model,
                                                 model_digest=self.digests[model], split=split),
                                  name, eps)
-        path = os.path.join(self.vectors_dir, "attacks", model,
-                            "%s-%s_%s.npz" % (split, name, eps_tag(eps)))
+        path = self.record_path(model, name, eps, split)
         rec = _read_npz(path, vfp, self.log, {"x_adv": 4, "pred_adv": 1}, len(benign))
         if rec is None:
             rec = self._run_attack(model, name, eps, benign, vfp, path)
@@ -682,6 +687,11 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
         d.fit(ctx)
         log("defense %s: %s" % (d.label, _short_params(d.params())))
     vectors = list(cfg.vectors)
+    eta = Eta(len(vectors) * len(models))
+    for name, eps in vectors:                 # every defense's gray-box attacks, once
+        for model in sorted(models):
+            bench.attacked(model, name, eps, "test")
+            log("attacks: %d of %d done (%s)" % (eta.done + 1, eta.total, eta.step()))
     results = {d.label: defense_results(bench, d, vectors) for d in defenses}
     benign, entries = table_iv_fields(bench, results, vectors)
     um = results.get("unmask", {}).get("block", {}).get("params", {})

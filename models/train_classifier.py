@@ -64,6 +64,7 @@ import numpy as np
 
 import tfcompat
 from data.fileio import file_digest, atomic_path, write_json_atomic
+from models.progress import Eta
 
 tf, keras = tfcompat.import_tf()
 
@@ -577,6 +578,7 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
     scratch = None if chief else tempfile.mkdtemp(prefix="unmask-worker-")
     step = _make_step(model, optimizer, strategy)
     n_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+    eta = Eta(cfg.epochs, done=start)
     ytr = np.asarray(ytr, np.int64)
     best = None
     n_batches = -(-len(xtr) // cfg.batch_size)
@@ -613,9 +615,9 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
         else:   # reading mirrored weights is a collective: every worker saves, into its own
             _commit_epoch(model, optimizer, scratch, dict(state), new_best)   # scratch folder
-        log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s"
+        log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s (%s)"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,
-               " (best)" if new_best else ""))
+               " (best)" if new_best else "", eta.step()))
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
     return best

@@ -2,8 +2,6 @@
 pipeline (metrics schema, resume after interruption) on a tiny synthetic data set."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -114,8 +112,8 @@ def test_training_writes_best_checkpoint_and_reuses_it(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def _weights(path):
-    model = build_classifier("mobilenetv2_050", 2, SIZE, seed=9)
+def _weights(path, build=None):
+    model = build() if build else build_classifier("mobilenetv2_050", 2, SIZE, seed=9)
     model.load_weights(str(path))
     return model.get_weights()
 
@@ -173,8 +171,8 @@ def test_a_kill_inside_an_epoch_save_is_undone_or_finished(tmp_path, monkeypatch
 
     x, y = _separable(n=32)
     cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=0.01)
-    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
-                     str(tmp_path / "a"), cfg, progress=False, log=lambda s: None)
+    train_classifier(_small_m(), x, y, x, y, str(tmp_path / "a"), cfg, progress=False,
+                     log=lambda s: None)
 
     real_write, real_replace = tc.write_json_atomic, os.replace
     seen = {"states": 0}
@@ -193,18 +191,29 @@ def test_a_kill_inside_an_epoch_save_is_undone_or_finished(tmp_path, monkeypatch
     monkeypatch.setattr(tc, "write_json_atomic", write_state)
     monkeypatch.setattr(tc.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
-                         str(tmp_path / "b"), cfg, progress=False, log=lambda s: None)
+        train_classifier(_small_m(), x, y, x, y, str(tmp_path / "b"), cfg, progress=False,
+                         log=lambda s: None)
     monkeypatch.undo()
     assert any(f.endswith(".next") for f in os.listdir(tmp_path / "b"))
     logs = []
-    train_classifier(build_classifier("mobilenetv2_050", 2, SIZE), x, y, x, y,
-                     str(tmp_path / "b"), cfg, progress=False, log=logs.append)
+    train_classifier(_small_m(), x, y, x, y, str(tmp_path / "b"), cfg, progress=False,
+                     log=logs.append)
     expected = ("removed" if stop == "before the state" else "finished the interrupted save")
     assert any(expected in m for m in logs), logs
     assert not any(f.endswith(".next") for f in os.listdir(tmp_path / "b"))
     for name in ("last.h5", "best.h5"):
-        _assert_same_weights(_weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name))
+        _assert_same_weights(_weights(tmp_path / "a" / name, _small_m),
+                             _weights(tmp_path / "b" / name, _small_m))
+
+
+def _small_m():
+    """A small M with M's kinds of layers (batch norm, dropout drawing from a generator)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, strides=2)(inp))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+    h = keras.layers.Dropout(0.2, seed=0, force_generator=True)(h)
+    return keras.Model(inp, keras.layers.Dense(2)(h))
 
 
 def test_a_folder_trained_otherwise_is_refused_not_reused(tmp_path):
@@ -435,11 +444,6 @@ def test_oracle_without_parts_file_says_how_to_fix(tiny_data, tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 
-def _main(*args):
-    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.mark.parametrize("args, message", [
     (("--model", "M", "--classset", "CS9z"), "valid names: CS3a"),
     (("--model", "M", "--attacks", "deepfool:8"), "pgd_linf"),
@@ -449,11 +453,16 @@ def _main(*args):
     (("--model", "M", "--attacks", "pgd_linf:-8"), "eps must be >= 0"),
     (("--model", "M", "--attacks", "cw_l2"), "needs an eps > 0"),
 ])
-def test_cli_rejects_bad_model_m_arguments(tiny_data, args, message):
-    res = _main(*args, "--data-dir", tiny_data)
-    assert res.returncode != 0
-    assert message in res.stderr
-    assert "Traceback" not in res.stderr
+def test_cli_rejects_bad_model_m_arguments(tiny_data, args, message, capsys):
+    import main
+    try:
+        code = main.main(list(args) + ["--data-dir", tiny_data])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err
 
 
 def test_parse_vectors_canonical_names_defaults_and_duplicates():
@@ -564,3 +573,18 @@ def test_training_and_validation_records_do_not_depend_on_the_test_subset(tiny_d
         prints[n] = {s: bench.images(s).fingerprint for s in ("train", "val", "test")}
     assert prints[9]["train"] == prints[6]["train"] and prints[9]["val"] == prints[6]["val"]
     assert prints[9]["test"] != prints[6]["test"]
+
+
+def test_eta_counts_items_and_estimates_what_is_left():
+    from models.progress import Eta, format_seconds
+
+    now = [100.0]
+    eta = Eta(4, done=1, clock=lambda: now[0])
+    now[0] += 30
+    assert eta.step() == "30 s elapsed, ~1 min 00 s left"      # 30 s per item, 2 to go
+    now[0] += 90
+    assert eta.step() == "2 min 00 s elapsed, ~1 min 00 s left"
+    assert eta.done == 3
+    assert format_seconds(7500) == "2 h 05 min"
+    with pytest.raises(ValueError, match="0 <= done <= total"):
+        Eta(3, done=4)

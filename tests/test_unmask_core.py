@@ -269,14 +269,25 @@ def _write_coco(tmp_path, obj):
     return str(path)
 
 
+def _full_coco(images, parts_per_image):
+    """A valid COCO parts file (the oracle validates geometry and the 44 part names):
+    ``images`` file names, ``parts_per_image`` {image index: [part names]}."""
+    from data.knowledge import PART_IDS
+    square = [[1.0, 1.0, 3.0, 1.0, 3.0, 3.0, 1.0, 3.0]]
+    anns = [{"id": len_ + 1, "image_id": i + 1, "category_id": PART_IDS[p],
+             "segmentation": square, "area": 4, "bbox": [1, 1, 2, 2], "iscrowd": 0}
+            for len_, (i, p) in enumerate((i, p) for i, ps in sorted(parts_per_image.items())
+                                          for p in ps)]
+    names = sorted({p for ps in parts_per_image.values() for p in ps})
+    return {"images": [{"id": i + 1, "file_name": f, "height": 4, "width": 4}
+                       for i, f in enumerate(images)],
+            "annotations": anns,
+            "categories": [{"id": PART_IDS[n], "name": n} for n in names]}
+
+
 def test_oracle_from_coco(tmp_path):
-    coco = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"},
-                       {"id": 3, "file_name": "sub/c.jpg"}],
-            "annotations": [{"image_id": 1, "category_id": 5}, {"image_id": 1, "category_id": 5},
-                            {"image_id": 1, "category_id": 27}, {"image_id": 3,
-                                                                  "category_id": 11}],
-            "categories": [{"id": 5, "name": "tail"}, {"id": 27, "name": "beak"},
-                           {"id": 11, "name": "wheel"}]}
+    coco = _full_coco(["a.jpg", "b.jpg", "sub/c.jpg"],
+                      {0: ["tail", "tail", "beak"], 2: ["wheel"]})
     path = _write_coco(tmp_path, coco)
     ex = OracleExtractor.from_coco(path)
     assert ex.kind == "oracle" and len(ex) == 3

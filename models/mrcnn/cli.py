@@ -14,6 +14,7 @@ import time
 from typing import Dict, Optional, Sequence, Union
 
 from data.fileio import write_json_atomic
+from models.progress import Eta
 from mrcnn_config import Config, config_key, get_config
 
 DEFAULT_LOG_DIR = "logs/model_k"
@@ -255,6 +256,12 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
         loaded = load_initial_weights(model, weights, log_dir)
         plan = [("heads", stages[0], lr), ("4+", stages[1], lr), ("all", stages[2], lr),
                 ("all", stages[3], lr / 10.0)]
+        eta = Eta(sum(n for _, n, _ in plan), done=min(model.epoch, sum(stages)))
+
+        def on_epoch(rec):
+            print("K epoch %d/%d (%s): loss %.3f%s (%s)" % (
+                rec["epoch"], eta.total, rec["layers"], rec["loss"],
+                ", val loss %.3f" % rec["val_loss"] if "val_loss" in rec else "", eta.step()))
         target = 0
         for layers, n, stage_lr in plan:
             target += n
@@ -268,7 +275,7 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
             history += model.train(train_ds, val_ds, stage_lr, target, layers,
                                    augmentation=augmentation, seed=seed,
                                    progress=progress, max_seconds=budget,
-                                   steps_per_epoch=steps_per_epoch)
+                                   steps_per_epoch=steps_per_epoch, on_epoch=on_epoch)
         result = {"checkpoint": history[-1]["checkpoint"] if history else None,
                   "history": history, "log_dir": model.log_dir, "weights": loaded,
                   "augmentation": repr(augmentation) if augmentation else "none",

@@ -174,7 +174,8 @@ class Trainer:
     def train(self, train_dataset, val_dataset, learning_rate: float, epochs: int,
               layers: str, augmentation: Optional[Callable] = None, seed: int = 0,
               progress: bool = True, max_seconds: Optional[float] = None,
-              steps_per_epoch: Optional[int] = None) -> List[dict]:
+              steps_per_epoch: Optional[int] = None,
+              on_epoch: Optional[Callable[[dict], None]] = None) -> List[dict]:
         """Train ``layers`` from ``model.epoch`` up to epoch ``epochs`` (matterport semantics).
 
         Each epoch runs ``STEPS_PER_EPOCH`` steps (or ``steps_per_epoch``),
@@ -182,7 +183,8 @@ class Trainer:
         TensorBoard scalars to ``model.log_dir`` and saves the epoch's checkpoint atomically
         (``model.save_checkpoint``, which advances ``model.epoch``); the run's configuration
         is recorded as ``<log_dir>/config.json`` (``model.write_run_config``).
-        ``max_seconds`` stops early (after saving).
+        ``max_seconds`` stops early (after saving); ``on_epoch(record)`` is called after each
+        saved epoch (progress lines).
 
         Returns:
             One dict per epoch: epoch, layers, mean training losses, ``val_*`` losses,
@@ -215,6 +217,8 @@ class Trainer:
                                     seconds=time.time() - start, **record["train"],
                                     **{"val_" + k: v for k, v in record["val"].items()}))
                 self.history.append(history[-1])
+                if on_epoch is not None:
+                    on_epoch(history[-1])
                 if max_seconds is not None and time.time() - start > max_seconds:
                     break
         finally:
