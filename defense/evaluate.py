@@ -691,7 +691,9 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
     for name, eps in vectors:                 # every defense's gray-box attacks, once
         for model in sorted(models):
             bench.attacked(model, name, eps, "test")
-            log("attacks: %d of %d done (%s)" % (eta.done + 1, eta.total, eta.step()))
+            timing = eta.step()
+            if cfg.progress:
+                log("attacks: %d of %d done (%s)" % (eta.done, eta.total, timing))
     results = {d.label: defense_results(bench, d, vectors) for d in defenses}
     benign, entries = table_iv_fields(bench, results, vectors)
     um = results.get("unmask", {}).get("block", {}).get("params", {})

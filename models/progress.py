@@ -3,7 +3,7 @@
 ``Eta(total)`` is started when a stage starts; ``eta.step()`` after each of its ``total``
 items returns e.g. ``"1 min 05 s elapsed, ~6 min 30 s left"`` (the mean time per item so far
 times the items left).  Used by M's and K's training (per epoch) and the evaluation (per attack
-vector); the log lines stay with ``--no-progress``, which only hides the progress bars.
+vector); ``--no-progress`` leaves these estimates out, with the progress bars.
 """
 from __future__ import annotations
 

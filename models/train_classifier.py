@@ -615,9 +615,10 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
         else:   # reading mirrored weights is a collective: every worker saves, into its own
             _commit_epoch(model, optimizer, scratch, dict(state), new_best)   # scratch folder
-        log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s (%s)"
+        timing = eta.step()
+        log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s%s"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,
-               " (best)" if new_best else "", eta.step()))
+               " (best)" if new_best else "", " (%s)" % timing if progress else ""))
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
     return best

@@ -90,14 +90,46 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     assert grid.merge(base, [(a, c) for a in ARCHS for c in SETS], log=lambda s: None) == merged
 
 
+def _kill_one_busy_worker(stop, killed):
+    """SIGKILL the first Ray worker seen running a unit (its process title is
+    ``ray::_ray_unit``), once."""
+    import signal
+    import subprocess
+    import time
+
+    while not stop.is_set():
+        out = subprocess.run(["pgrep", "-f", "ray::_ray_unit"], capture_output=True, text=True)
+        pids = [int(p) for p in out.stdout.split()]
+        if pids:
+            time.sleep(1.0)                     # let it get into the unit's work
+            try:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            except ProcessLookupError:
+                continue
+            return
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_two_ray_workers_give_the_in_process_numbers(single, tiny_data, tmp_path):
+def test_two_ray_workers_give_the_in_process_numbers_even_when_one_is_killed(
+        single, tiny_data, tmp_path):
+    """``--workers 2`` on the same grid: the merged numbers are the in-process ones, and a
+    worker killed with SIGKILL in the middle of a unit loses nothing (Ray retries the unit,
+    which writes its files anew)."""
+    import threading
+
     pytest.importorskip("ray")
     base, merged = single
     sharded = _base(tiny_data, tmp_path / "ray")
     executor = grid.RayExecutor(workers=2)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_one_busy_worker, args=(stop, killed), daemon=True)
+    killer.start()
     try:
         grid.run_grid(sharded, ARCHS, SETS, executor, log=lambda s: None)
     finally:
+        stop.set()
         executor.shutdown()
+    assert killed, "no worker was killed: the test did not test the retry"
     assert _grid_json(sharded) == merged

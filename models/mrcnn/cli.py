@@ -259,6 +259,8 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
         eta = Eta(sum(n for _, n, _ in plan), done=min(model.epoch, sum(stages)))
 
         def on_epoch(rec):
+            if not progress:
+                return
             print("K epoch %d/%d (%s): loss %.3f%s (%s)" % (
                 rec["epoch"], eta.total, rec["layers"], rec["loss"],
                 ", val loss %.3f" % rec["val_loss"] if "val_loss" in rec else "", eta.step()))
