@@ -191,6 +191,9 @@ def parse_grid(args):
                 sets.append(code)
     if not archs or not sets:
         raise ValueError("--grid needs at least one architecture and one class set")
+    if args.distribute != "none":
+        raise ValueError("--grid runs its units in separate processes (--workers); "
+                         "--distribute applies to a single run, not to the grid")
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be >= 1, got %d" % args.workers)
     if args.workers is not None and args.ray_address:
@@ -290,6 +293,13 @@ def check_folders(args) -> None:
         check_folder(args.results_dir, "--results-dir")
         check_folder(args.checkpoint_dir, "--checkpoint-dir")
         check_folder(args.k_log_dir, "--k-log-dir", write=False)
+        if not args.at_line_search and _k_missing(args):     # K will be trained first
+            check_folder(args.k_log_dir, "--k-log-dir")
+            check_folder(args.k_results_dir, "--k-results-dir")
+            if args.distribute == "multi-worker":
+                raise ValueError("no trained K in --k-log-dir %s: train it first with "
+                                 "`python main.py --model K` (on one host); --distribute "
+                                 "multi-worker distributes M's training only" % args.k_log_dir)
     elif args.model == "K":
         check_folder(args.k_log_dir, "--k-log-dir")
         check_folder(args.k_results_dir, "--k-results-dir")

@@ -312,7 +312,8 @@ class Bench:
                                                 model_digest=self.digests[model], split=split),
                                  name, eps)
         path = self.record_path(model, name, eps, split)
-        rec = _read_npz(path, vfp, self.log, {"x_adv": 4, "pred_adv": 1}, len(benign))
+        rec = _read_npz(path, vfp, self.log, {"x_adv": 4, "pred_adv": 1, "fit_info": 0},
+                        len(benign))
         if rec is None:
             rec = self._run_attack(model, name, eps, benign, vfp, path)
         else:
@@ -530,7 +531,7 @@ def _record_problem(rec: Dict, expect: Dict[str, int], n: Optional[int]) -> Opti
             return "no array %r" % key
         if rec[key].ndim != ndim:
             return "%r has %d dimensions, not %d" % (key, rec[key].ndim, ndim)
-        if n is not None and len(rec[key]) != n:
+        if n is not None and ndim > 0 and len(rec[key]) != n:
             return "%r holds %d rows for %d images" % (key, len(rec[key]), n)
     return None
 

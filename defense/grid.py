@@ -15,8 +15,10 @@ Work units, in three stages (a stage starts when the one before is done):
 
 Each unit is a pure function of its configuration -- every seed is the run's ``--seed``, the
 attack batches are seeded by their index -- and records its completion in
-``grid/units/<unit>.json`` (written atomically, with the digest of what it produced) only
-after its output is written; a unit whose record is there is skipped.  A unit killed halfway
+``grid/units/<unit>.json`` (written atomically, with the digests of what it produced and of
+the pair's whole configuration) only after its output is written; a unit whose record is
+there, for the same configuration, is skipped (another ``--epochs`` or attack list makes
+every unit of the grid stale).  A unit killed halfway
 leaves no record and runs again; one that ran twice (a retried worker) wrote the same bytes
 twice.  The merge reads the per-pair files sorted by (architecture, class set), so a grid run
 by any number of workers, in any order, gives the same ``grid.json`` as one run in-process.
@@ -24,11 +26,14 @@ by any number of workers, in any order, gives the same ``grid.json`` as one run 
 Executors: :class:`InProcess` (the default) and :class:`RayExecutor` (``main.py --workers N``
 starts a local Ray cluster of N workers, ``--ray-address HOST:PORT`` joins a running one).
 Each Ray task is one unit in a worker process that imports TensorFlow itself, asks for one GPU
-when the cluster has GPUs (memory growth on) and is retried when its worker dies.
+when the cluster has GPUs (memory growth on) and is retried when its worker dies.  The
+tasks get absolute paths: on a multi-machine cluster the data, results and checkpoint
+folders must be on a file system every node shares.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -78,9 +83,23 @@ def unit_record_path(base, unit: Unit) -> str:
     return os.path.join(base.results_dir, "grid", "units", unit.name + ".json")
 
 
+def config_fingerprint(base, unit: Unit) -> str:
+    """Digest of everything the unit's result depends on: the pair's whole configuration
+    (all but the progress display) and the unit itself."""
+    cfg = dataclasses.asdict(pair_config(base, unit.arch, unit.class_set))
+    cfg.pop("progress", None)
+    text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _done(base, unit: Unit) -> bool:
+    """True when the unit's record is there, made with this configuration, and its output
+    still holds what the unit wrote."""
     rec = read_cached_json(unit_record_path(base, unit), log=lambda s: None)
     if not isinstance(rec, dict) or rec.get("version") != UNIT_VERSION:
+        return False
+    if rec.get("config") != config_fingerprint(base, unit):
         return False
     out = rec.get("output")
     return bool(out) and os.path.isfile(out) and file_digest(out) == rec.get("sha256")
@@ -108,7 +127,8 @@ def run_unit(base, unit: Unit, log: Callable[[str], None] = print) -> str:
                 bench.attacked(model, unit.vector[0], unit.vector[1], "test")
             out = bench.record_path("m", unit.vector[0], unit.vector[1], "test")
     write_json_atomic(record, {"version": UNIT_VERSION, "unit": dataclasses.asdict(unit),
-                               "output": out, "sha256": file_digest(out)}, indent=1)
+                               "config": config_fingerprint(base, unit), "output": out,
+                               "sha256": file_digest(out)}, indent=1)
     return record
 
 
@@ -150,6 +170,9 @@ class RayExecutor:
                                   max_retries=max_retries)(_ray_unit)
 
     def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
+        # the workers may run elsewhere (--ray-address): send absolute paths, which must name
+        # a file system every node shares
+        base = absolute_paths(base)
         pending = [u for u in units if not _done(base, u)]
         log("grid: %d of %d units to run on %d Ray workers"
             % (len(pending), len(units), self.workers))
@@ -160,6 +183,16 @@ class RayExecutor:
 
     def shutdown(self) -> None:
         self.ray.shutdown()
+
+
+def absolute_paths(base):
+    """``base`` with its folders made absolute (the same folders, named from anywhere)."""
+    return dataclasses.replace(
+        base, data_dir=os.path.abspath(base.data_dir),
+        results_dir=os.path.abspath(base.results_dir),
+        checkpoint_dir=os.path.abspath(base.checkpoint_dir),
+        k_log_dir=os.path.abspath(base.k_log_dir),
+        k_transfer=os.path.abspath(base.k_transfer) if base.k_transfer else None)
 
 
 def run_grid(base, archs: Sequence[str], class_sets: Sequence[str], executor=None,

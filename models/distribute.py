@@ -100,10 +100,24 @@ def is_chief(strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "cluster_spec", None):
         return True
-    if not resolver.cluster_spec().as_dict():
+    jobs = resolver.cluster_spec().as_dict()
+    if not jobs:
         return True
-    return resolver.task_type in (None, "chief") or (resolver.task_type == "worker"
-                                                     and resolver.task_id == 0)
+    if "chief" in jobs:                  # TensorFlow's rule: a "chief" job is the chief
+        return resolver.task_type == "chief"
+    return resolver.task_type in (None, "worker") and resolver.task_id in (None, 0)
+
+
+def all_agree(strategy, value: int) -> bool:
+    """True when ``value`` is the same on every replica of ``strategy`` (every worker); a
+    collective, so it is also a barrier between the workers.  True without a strategy."""
+    if strategy is None:
+        return True
+    v = float(value)
+    per_replica = strategy.run(lambda: tf.constant([v, v * v], tf.float64))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+    n = float(strategy.num_replicas_in_sync)
+    return abs(total[1] / n - (total[0] / n) ** 2) < 1e-9
 
 
 def num_replicas(strategy) -> int:

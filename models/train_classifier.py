@@ -251,10 +251,13 @@ def _check_state(state, path: str, checkpoint_dir: str) -> dict:
         if not ok:
             raise bad("%r must be %s, got %r" % (key, {bool: "true or false", float: "a finite "
                                                        "number", int: "an integer"}[kind], value))
-    for key in ("last_sha256", "best_sha256"):
+    for key in ("last_sha256", "best_sha256", "resume_sha256", "data_sha256"):
         value = state.get(key)
         if value is not None and not (isinstance(value, str) and len(value) == 64):
             raise bad("%r must be a SHA-256 hex digest, got %r" % (key, value))
+    if "recipe" in state and not isinstance(state["recipe"], dict):
+        raise bad("'recipe' must be an object of training settings, got %r"
+                  % (state["recipe"],))
     epoch, epochs, best_epoch = state["epoch"], state["epochs"], state["best_epoch"]
     if not 1 <= epoch <= epochs:
         raise bad("'epoch' %d is not within 1..'epochs' (%d)" % (epoch, epochs))
@@ -386,18 +389,30 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     best_path = os.path.join(checkpoint_dir, "best.h5")
     last_path = os.path.join(checkpoint_dir, "last.h5")
     state_path = os.path.join(checkpoint_dir, STATE_FILE)
-    state = _load_state(checkpoint_dir)
-    digest = data_digest(train_images, train_labels, val_images, val_labels)
-    if state:
-        _check_same_training(state, cfg, digest, checkpoint_dir)
-    from models.distribute import is_chief, num_replicas
+    from models.distribute import all_agree, is_chief, num_replicas
     chief = is_chief(strategy)
     if cfg.batch_size < num_replicas(strategy):
         raise ValueError("--batch-size %d is smaller than the %d replicas of the distribution "
                          "strategy: every replica needs a share of each batch"
                          % (cfg.batch_size, num_replicas(strategy)))
+    digest = data_digest(train_images, train_labels, val_images, val_labels)
+    state = _load_state(checkpoint_dir) if chief else {}
+    if chief and state:
+        _check_same_training(state, cfg, digest, checkpoint_dir)
     if chief:
         _settle(checkpoint_dir, state, log)
+    if strategy is not None:
+        # the other workers read the folder once the chief has finished an interrupted save
+        # (the collective is a barrier), and all must start from the same epoch
+        all_agree(strategy, 0)
+        if not chief:
+            state = _load_state(checkpoint_dir)
+            if state:
+                _check_same_training(state, cfg, digest, checkpoint_dir)
+        if not all_agree(strategy, int(state.get("epoch", 0)) * 2 + bool(state.get("done"))):
+            raise CheckpointError("the workers found different training states in %s: every "
+                                  "worker must see the chief's checkpoint folder (a shared "
+                                  "file system)" % checkpoint_dir)
     if not state:
         stray = [p for p in (best_path, last_path) if os.path.isfile(p)]
         if stray:

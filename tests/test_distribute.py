@@ -92,3 +92,25 @@ def test_strategy_names_and_tf_config_are_checked():
                         '"index": 3}}')
     cfg = check_tf_config('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1}}')
     assert cfg["task"]["index"] == 1
+
+
+def test_the_chief_follows_tensorflows_rule():
+    """Worker 0 is the chief unless the cluster has a "chief" job, which then is."""
+    import types
+
+    from models.distribute import is_chief
+
+    def strategy(jobs, task_type, task_id):
+        spec = types.SimpleNamespace(as_dict=lambda: jobs)
+        resolver = types.SimpleNamespace(cluster_spec=lambda: spec, task_type=task_type,
+                                         task_id=task_id)
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    workers = {"worker": ["a:1", "b:1"]}
+    assert is_chief(None)
+    assert is_chief(strategy(workers, "worker", 0))
+    assert not is_chief(strategy(workers, "worker", 1))
+    with_chief = dict(workers, chief=["c:1"])
+    assert is_chief(strategy(with_chief, "chief", 0))
+    assert not is_chief(strategy(with_chief, "worker", 0))
+    assert is_chief(strategy({}, None, None))

@@ -76,18 +76,29 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     n_pairs, n_vectors = len(ARCHS) * len(SETS), len(base.vectors)
     assert len(os.listdir(os.path.join(out, "units"))) == n_pairs * (2 + n_vectors)
 
-    # a unit whose record is gone (killed before it finished) runs again, alone, and the
-    # merged numbers do not move
-    gone = grid.Unit("attack", ARCHS[-1], SETS[-1], tuple(base.vectors[-1]))
-    os.remove(grid.unit_record_path(base, gone))
+    # units killed before they finished (no record, no output) run again, alone, and the
+    # merged numbers come out the same
+    gone = [grid.Unit("attack", ARCHS[-1], SETS[-1], tuple(base.vectors[-1])),
+            grid.Unit("evaluate", ARCHS[-1], SETS[-1])]
+    for unit in gone:
+        with open(grid.unit_record_path(base, unit)) as f:
+            os.remove(json.load(f)["output"])
+        os.remove(grid.unit_record_path(base, unit))
     ran = []
     for stage in grid.plan(base, ARCHS, SETS):
         for unit in stage:
             if not grid._done(base, unit):
                 ran.append(unit.name)
             grid.run_unit(base, unit, lambda s: None)
-    assert ran == [gone.name]
+    assert ran == [u.name for u in gone]
+    assert all(grid._done(base, u) for u in gone)
     assert grid.merge(base, [(a, c) for a in ARCHS for c in SETS], log=lambda s: None) == merged
+
+    # another setting (here the epochs, which name no folder) makes every unit stale
+    import dataclasses
+    other = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=2))
+    assert not any(grid._done(other, u) for stage in grid.plan(other, ARCHS, SETS)
+                   for u in stage)
 
 
 def _kill_one_busy_worker(stop, killed):

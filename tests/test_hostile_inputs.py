@@ -139,6 +139,13 @@ CLI_CASES = [
     # distribution
     (["--distribute", "horovod"], r"--distribute: invalid choice"),
     (["--distribute", "multi-worker"], r"needs the TF_CONFIG environment variable"),
+    (["--grid", "--distribute", "mirrored"], r"--distribute applies to a single run"),
+    (["--grid", "--archs", "resnet9000"], r"--archs: .*resnet9000"),
+    (["--grid", "--classsets", "CS3a,CS9"], r"--classsets: .*CS9"),
+    (["--grid", "--workers", "0"], r"--workers must be >= 1"),
+    (["--grid", "--workers", "2", "--ray-address", "h:1"], r"not both"),
+    (["--workers", "2"], r"go with --grid"),
+    (["--archs", "resnet50"], r"go with --grid"),
     # commands
     (["--prepare-data", "--model", "M"], r"give one command at a time"),
     (["--model", "X"], r"--model: invalid choice"),
