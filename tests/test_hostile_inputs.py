@@ -19,6 +19,7 @@ from PIL import Image
 import main
 import tfcompat
 from data.fileio import check_folder
+from mrcnn_config import get_config as get_k_config
 from data.images import ImageError, read_image
 from data.synthetic import (DatasetExistsError, SyntheticConfig, ensure_dataset,
                             generate_dataset)
@@ -528,3 +529,15 @@ def test_saved_observation_with_unknown_parts_or_wrong_length_is_not_used():
         {"pred": [0, 1], "parts": [["wheel", "wingz"], []]}, 2)
     assert "one entry per image" in _observation_problem({"pred": [0]}, 2)
     assert "not an object" in _observation_problem([1, 2], 2)
+
+
+def test_k_config_with_another_class_count_than_the_data_is_refused():
+    import types
+
+    from models.mrcnn.cli import check_class_count
+
+    cfg = get_k_config("synthetic")
+    check_class_count(cfg, types.SimpleNamespace(num_classes=cfg.NUM_CLASSES), "data/x")
+    with pytest.raises(ValueError, match=r"NUM_CLASSES=45, but the part annotations in "
+                                         r"data/x have 4 classes"):
+        check_class_count(cfg, types.SimpleNamespace(num_classes=4), "data/x")

@@ -170,6 +170,18 @@ def parse_epochs(epochs, config: Config) -> tuple:
     return epochs + (0,) * (4 - len(epochs))
 
 
+def check_class_count(cfg, dataset, data_dir: str) -> None:
+    """Refuse a K configuration whose class count is not the data's (background + the
+    annotation file's categories) before any model is built."""
+    n = int(getattr(dataset, "num_classes", cfg.NUM_CLASSES))
+    if n != int(cfg.NUM_CLASSES):
+        raise ValueError("the K configuration %s has NUM_CLASSES=%d, but the part annotations "
+                         "in %s have %d classes (background + %d categories): choose the "
+                         "--k-config made for this data (synthetic or parts), or fix the "
+                         "annotations' category list" % (type(cfg).__name__, cfg.NUM_CLASSES,
+                                                         data_dir, n, n - 1))
+
+
 def load_parts_dataset(data_dir: str, split: str):
     """The prepared ``PartsDataset`` of ``<data_dir>/VOC2010/<split>.json``."""
     from data.coco_parts import PartsDataset
@@ -249,6 +261,7 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
         cfg.LEARNING_RATE, "%s.LEARNING_RATE" % type(cfg).__name__)
     train_ds = train_dataset or load_parts_dataset(data_dir, "train")
     val_ds = val_dataset if val_dataset is not None else _maybe_dataset(data_dir, "val")
+    check_class_count(cfg, train_ds, data_dir)
     model = MaskRCNN("training", cfg, log_dir, seed=seed)
     start = time.time()
     history = []
