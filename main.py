@@ -283,17 +283,20 @@ def _check_l2_budgets(vectors, input_size: int) -> None:
                                                      name))
 
 
-def check_folders(args) -> None:
+def check_folders(args) -> bool:
     """Every folder the command will read or write, checked before any work (a clear error
-    naming the option instead of a traceback after minutes of training)."""
+    naming the option instead of a traceback after minutes of training).  Returns whether
+    ``--model M`` must train K first (no trained K and no --extractor)."""
     from data.fileio import check_folder
 
     check_folder(args.data_dir, "--data-dir", write=not os.path.isdir(args.data_dir))
+    k_first = False
     if args.model == "M":
         check_folder(args.results_dir, "--results-dir")
         check_folder(args.checkpoint_dir, "--checkpoint-dir")
         check_folder(args.k_log_dir, "--k-log-dir", write=False)
-        if not args.at_line_search and _k_missing(args):     # K will be trained first
+        k_first = not args.at_line_search and _k_missing(args)
+        if k_first:
             check_folder(args.k_log_dir, "--k-log-dir")
             check_folder(args.k_results_dir, "--k-results-dir")
             if args.distribute == "multi-worker":
@@ -303,6 +306,7 @@ def check_folders(args) -> None:
     elif args.model == "K":
         check_folder(args.k_log_dir, "--k-log-dir")
         check_folder(args.k_results_dir, "--k-results-dir")
+    return k_first
 
 
 def _eval_config(args):
@@ -454,7 +458,7 @@ def main(argv=None) -> int:
         # every name, number and folder is checked here, before any data is generated or read
         eval_cfg = _eval_config(args) if args.model == "M" else None
         grid = parse_grid(args)
-        check_folders(args)
+        k_first = check_folders(args)
         manifest = _prepare(args)
         if args.prepare_data:
             print(summary(manifest))
@@ -462,7 +466,7 @@ def main(argv=None) -> int:
         if args.model == "K":
             from models.mrcnn.cli import run_model_k
             return run_model_k(args)
-        if not args.at_line_search and _k_missing(args):
+        if k_first:
             eval_cfg = train_k_first(args, eval_cfg)
         if grid is not None:
             return run_grid(eval_cfg, grid[0], grid[1], args)

@@ -6,10 +6,10 @@ import os
 import pytest
 
 from data.knowledge import get_class_set
-from data.synthetic import SyntheticConfig, generate_dataset
 from defense import evaluate as ev
 from defense import grid
 from models.train_classifier import TrainConfig
+from toys import tiny_unmask
 
 ARCHS = ["mobilenetv2_050", "vgg16"]
 SETS = ["cs3-1", "cs3-2"]
@@ -17,11 +17,7 @@ SETS = ["cs3-1", "cs3-2"]
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("grid") / "unmask")
-    generate_dataset(path, seed=0, config=SyntheticConfig(
-        image_size=64, k_images=(2, 1, 1), m_images_per_class=(12, 4, 4)), workers=1,
-        log=lambda s: None)
-    return path
+    return tiny_unmask(str(tmp_path_factory.mktemp("grid") / "unmask"))
 
 
 def _base(data_dir, root, **kw):

@@ -11,25 +11,21 @@ import tfcompat
 tf, keras = tfcompat.import_tf()
 
 from data.knowledge import get_class_set  # noqa: E402
-from data.synthetic import SyntheticConfig, generate_dataset  # noqa: E402
 from defense import evaluate as ev  # noqa: E402
 from defense.adversarial_training import pgd_perturb, train_adversarial  # noqa: E402
 from defense.report import validate_metrics  # noqa: E402
 from models.classifier import ARCHITECTURES, UnitToBackbone, build_classifier, \
     get_architecture  # noqa: E402
 from models.train_classifier import TrainConfig, accuracy, train_classifier  # noqa: E402
+from toys import tiny_unmask  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("pipeline") / "unmask")
-    generate_dataset(path, seed=3, config=SyntheticConfig(
-        image_size=64, k_images=(2, 1, 1), m_images_per_class=(16, 6, 6)), workers=1,
-        log=lambda s: None)
-    return path
+    return tiny_unmask(str(tmp_path_factory.mktemp("pipeline") / "unmask"), seed=3,
+                       per_class=(16, 6, 6))
 
 
 def _separable(n=64, size=SIZE, seed=0):

@@ -39,3 +39,13 @@ def pattern_task(n_test: int, n_train: int = 768, seed: int = 0):
     accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
     assert accuracy >= 0.9, "toy model failed to train (accuracy %.2f)" % accuracy
     return model, x_train, x_test, y_test
+
+
+def tiny_unmask(path: str, seed: int = 0, per_class=(12, 4, 4)) -> str:
+    """A tiny synthetic UnMask data set at ``path`` (64-px images, a handful of K images,
+    ``per_class`` train/val/test images per class of M); returns ``path``."""
+    from data.synthetic import SyntheticConfig, generate_dataset
+    generate_dataset(path, seed=seed, config=SyntheticConfig(
+        image_size=64, k_images=(2, 1, 1), m_images_per_class=tuple(per_class)), workers=1,
+        log=lambda s: None)
+    return path
