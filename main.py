@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: in this process)")
     grid.add_argument("--ray-address", default=None,
                       help="HOST:PORT of a running Ray cluster to run the grid's units on")
+    grid.add_argument("--shards", type=int, default=None,
+                      help="split every per-image attack vector of --grid into N image shards "
+                           "(work units cut at attack-batch boundaries; the merged numbers "
+                           "are those of one shard) (default: 1)")
     from models.mrcnn.cli import add_arguments as add_k_arguments
     add_k_arguments(p)
     return p
@@ -161,8 +165,10 @@ def parse_grid(args):
     from models.classifier import get_architecture
 
     if not args.grid:
-        if args.archs or args.classsets or args.workers is not None or args.ray_address:
-            raise ValueError("--archs, --classsets, --workers and --ray-address go with --grid")
+        if (args.archs or args.classsets or args.workers is not None or args.ray_address
+                or args.shards is not None):
+            raise ValueError("--archs, --classsets, --workers, --ray-address and --shards go "
+                             "with --grid")
         return None
     if args.model == "K":
         raise ValueError("--grid evaluates M's pairs; train K with `--model K` first")
@@ -196,6 +202,8 @@ def parse_grid(args):
                          "--distribute applies to a single run, not to the grid")
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be >= 1, got %d" % args.workers)
+    if args.shards is not None and args.shards < 1:
+        raise ValueError("--shards must be >= 1, got %d" % args.shards)
     if args.workers is not None and args.ray_address:
         raise ValueError("give --workers N (a local Ray cluster) or --ray-address (a running "
                          "one), not both")
@@ -375,7 +383,7 @@ def _eval_config(args):
         seed=args.seed,
         results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
         k_log_dir=args.k_log_dir, k_config=args.k_config, progress=not args.no_progress,
-        distribute=args.distribute)
+        distribute=args.distribute, shards=args.shards or 1)
 
 
 def _k_missing(args) -> bool:
@@ -401,7 +409,7 @@ def train_k_first(args, eval_cfg):
     from models.mrcnn.cli import run_model_k
 
     print("no trained K (--k-config %s) in %s: training it first, as `python main.py --model K` "
-          "would (about 8 minutes on 2 CPU cores); UnMask is then evaluated with it. Pass "
+          "would (about 6 minutes on 2 CPU cores); UnMask is then evaluated with it. Pass "
           "--extractor oracle to evaluate with the ground-truth parts instead (the ceiling of "
           "a perfect K)" % (args.k_config, args.k_log_dir))
     run_model_k(args, weights="none")

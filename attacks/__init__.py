@@ -41,13 +41,18 @@ per attack (``pgd``, ``mim``, ``fgsm``, ``bim`` (L-inf and L2), ``cw``, ``ga``, 
 ``universal`` (the fitted perturbation record and its application), ``registry``, ``runner``.
 This package imports nothing from the project except ``tfcompat``.
 """
-import tfcompat  # noqa: F401
+import tfcompat
 
-from attacks.registry import (ATTACKS, PAPER_ATTACK_VECTORS, AttackConfig, AttackSpec,
+# TensorFlow's first import in the process, with its start-up noise quieted and the project's
+# settings (the attack modules then import the already loaded module).
+tfcompat.import_tf()
+
+from attacks.registry import (ATTACKS, PAPER_ATTACK_VECTORS, AttackConfig,  # noqa: E402
+                              AttackSpec,
                               get_attack, list_attacks, resolve_config)
-from attacks.ga import ga_targets
-from attacks.runner import AttackResult, CompiledAttack, compile_attack, run_attack
-from attacks.universal import UniversalPerturbation
+from attacks.ga import ga_targets  # noqa: E402
+from attacks.runner import AttackResult, CompiledAttack, compile_attack, run_attack  # noqa: E402
+from attacks.universal import UniversalPerturbation  # noqa: E402
 
 __all__ = [
     "ATTACKS", "PAPER_ATTACK_VECTORS", "AttackConfig", "AttackSpec", "AttackResult",

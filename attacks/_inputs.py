@@ -78,10 +78,11 @@ def check_positive_int(value, arg):
     return int(value)
 
 
-def check_seed(seed):
-    """Return ``seed`` as int if it is a non-negative integer, else raise ValueError."""
+def check_seed(seed, name="seed"):
+    """Return ``seed`` (or another argument ``name``) as int if it is a non-negative integer,
+    else raise ValueError."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError("seed must be a non-negative integer, got %r" % (seed,))
+        raise ValueError("%s must be a non-negative integer, got %r" % (name, seed))
     return int(seed)
 
 

@@ -309,7 +309,8 @@ class CompiledAttack:
             self._num_classes = int(logits.shape[1])
         _inputs.check_label_range(labels, self._num_classes)
 
-    def run(self, images, labels=None, *, batch_size=32, seed=0, progress=None):
+    def run(self, images, labels=None, *, batch_size=32, seed=0, progress=None,
+            first_batch=0):
         """Attack ``images`` in batches; returns an :class:`AttackResult`.
 
         Args:
@@ -321,6 +322,10 @@ class CompiledAttack:
                 the targets of a targeted run are drawn from it).
             progress: None/False (silent), True (tqdm bar) or a callable ``(done, total)``
                 called after each batch with image counts.
+            first_batch: index of the first batch in a larger run: batch ``i`` of this call
+                uses the seed ``(seed, first_batch + i)``.  A run split into shards at batch
+                boundaries (each shard's images and its first batch index) gives, concatenated,
+                exactly the whole run's result.
 
         A universal attack applies its stored perturbation (``clip(x + v)``); without one
         (see :meth:`fit`, :meth:`set_perturbation`) it raises ValueError, unless ``eps = 0``.
@@ -329,10 +334,11 @@ class CompiledAttack:
         labels = _inputs.check_labels(labels, images.shape[0])
         batch_size = _inputs.check_positive_int(batch_size, "batch_size")
         seed = _inputs.check_seed(seed)
+        first_batch = _inputs.check_seed(first_batch, "first_batch")
         self._probe_model(images, labels)
         attacked = np.full(images.shape[0], -1, np.int64) if labels is None else labels
         start = time.perf_counter()
-        parts = _run_batches(self, images, attacked, batch_size, seed, progress)
+        parts = _run_batches(self, images, attacked, batch_size, seed, progress, first_batch)
         seconds = time.perf_counter() - start
         x_adv, pred_clean, pred_adv, targets = (np.concatenate(p) for p in zip(*parts))
         used = pred_clean.astype(np.int64) if labels is None else labels
@@ -384,15 +390,17 @@ def _lazy_progress(progress, desc):
                      % (progress,))
 
 
-def _run_batches(compiled, images, labels, batch_size, seed, progress):
-    """Run ``compiled`` over ``images`` in slices; returns a list of per-batch output tuples."""
+def _run_batches(compiled, images, labels, batch_size, seed, progress, first_batch=0):
+    """Run ``compiled`` over ``images`` in slices; returns a list of per-batch output tuples
+    (batch ``i`` seeded ``(seed, first_batch + i)``)."""
     total = images.shape[0]
     update, close = _progress_reporter(progress, total)
     parts = []
     try:
         for index, begin in enumerate(range(0, total, batch_size)):
             end = min(begin + batch_size, total)
-            parts.append(compiled._call(images[begin:end], labels[begin:end], (seed, index)))
+            parts.append(compiled._call(images[begin:end], labels[begin:end],
+                                        (seed, first_batch + index)))
             update(end)
     finally:
         close()

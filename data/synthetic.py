@@ -229,6 +229,8 @@ def generate_dataset(data_dir: str, seed: int = 0, config: Optional[SyntheticCon
     run, pool = _runner(workers)
     try:
         k_counts = _write_k(tmp, cfg, seed, run)
+        elapsed = time.time() - start     # K's part is about half of the work
+        log("data: K's part images written (%.0f s elapsed, ~%.0f s left)" % (elapsed, elapsed))
         m_counts = _write_m(tmp, cfg, seed, run)
         manifest = {"generator": "unmask-synthetic", "version": GENERATOR_VERSION, "seed": seed,
                     "config": cfg.as_dict(), "k": k_counts, "m": m_counts}

@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from models.inference import inference_fn
+
 #: Label meaning "rejected by a detector / no class" (UnMask's NO_CLASS is the same value).
 REJECTED = -1
 
@@ -209,9 +211,9 @@ class FitContext:
 def model_predictions(model: Callable, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Arg-max predictions int64 [N] of ``model`` on float images [N, H, W, 3] in [0, 1],
     batched as :meth:`defense.unmask.UnMask.predict` does (so the numbers are the same)."""
-    out = []
+    forward, out = inference_fn(model), []
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
+        logits = forward(x[i:i + batch_size])
         logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
         out.append(np.argmax(logits, axis=1))
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)

@@ -90,7 +90,10 @@ class EvalConfig:
     results_dir: str = "results"
     checkpoint_dir: str = "checkpoints"
     progress: bool = True
-    distribute: str = "none"             # M's and AT's training: none, mirrored, multi-worker
+    distribute: str = "none"             # M's, AT's and the trajectory detector's training:
+    #                                      none, mirrored, multi-worker
+    shards: int = 1                      # image shards per attack vector (grid work units);
+    #                                      the merged records equal the unsharded ones
 
     def __post_init__(self):
         if self.defenses is None:
@@ -100,6 +103,8 @@ class EvalConfig:
             self.adv_train = True
         elif self.adv_train:
             self.defenses = self.defenses + ("at",)
+        if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
+            raise ValueError("shards must be an integer >= 1, got %r" % (self.shards,))
 
     @property
     def out_dir(self) -> str:
@@ -274,6 +279,9 @@ class Bench:
         self.attack_info: Dict[str, Dict] = {}
         self._sets: Dict[Tuple, ImageSet] = {}
         self._obs: Dict[Tuple, Dict] = {}
+        #: the observation and adaptive-attack files this bench wrote or reused (a defense
+        #: work unit's outputs; the gray-box attack records are the attack units')
+        self.touched: set = set()
 
     # ---------------------------------------------------------------- image sets
     def images(self, split: str) -> ImageSet:
@@ -308,12 +316,12 @@ class Bench:
         if key in self._sets:
             return self._sets[key]
         benign = self.images(split)
-        vfp = vector_fingerprint(self.cfg, dict(self.fp, model=model,
-                                                model_digest=self.digests[model], split=split),
-                                 name, eps)
+        vfp = self._vector_fp(model, name, eps, split)
         path = self.record_path(model, name, eps, split)
         rec = _read_npz(path, vfp, self.log, {"x_adv": 4, "pred_adv": 1, "fit_info": 0},
                         len(benign))
+        if rec is None and self.cfg.shards > 1 and not get_attack(name).universal:
+            rec = self._merge_shards(model, name, eps, split, benign, vfp, path)
         if rec is None:
             rec = self._run_attack(model, name, eps, benign, vfp, path)
         else:
@@ -327,6 +335,86 @@ class Bench:
             keys=benign.keys, labels=benign.labels, preds={model: rec["pred_adv"]},
             fingerprint=vfp)
         return self._sets[key]
+
+    # ---------------------------------------------------------------- image shards
+    def shard_path(self, model: str, name: str, eps: float, shard: int, shards: int,
+                   split: str = "test") -> str:
+        """File of shard ``shard`` (0-based) of ``shards`` of an attack record."""
+        return (self.record_path(model, name, eps, split)[:-len(".npz")]
+                + ".shard-%dof%d.npz" % (shard + 1, shards))
+
+    def attack_shard(self, model: str, name: str, eps: float, shard: int, shards: int,
+                     split: str = "test") -> str:
+        """Attack shard ``shard`` of ``shards`` of ``split``'s images (cached npz); returns
+        its file.
+
+        The images are split at attack-batch boundaries (:func:`shard_bounds`) and every
+        batch keeps the seed it has in the whole run, so the shards, merged by
+        :meth:`attacked`, equal the unsharded record bit for bit.  Universal attacks are not
+        sharded (their perturbation is fitted once on the training images).
+        """
+        if get_attack(name).universal:
+            raise ValueError("%s is a universal attack: it runs as one unit, not in shards"
+                             % name)
+        benign = self.images(split)
+        first, begin, end = shard_bounds(len(benign), self.cfg.attack_batch, shard, shards)
+        vfp = self._vector_fp(model, name, eps, split)
+        sfp = dict(vfp, shard=[shard, shards])
+        path = self.shard_path(model, name, eps, shard, shards, split)
+        if _read_npz(path, sfp, self.log, {"x_adv": 4, "pred_adv": 1, "keys": 1},
+                     end - begin) is not None:
+            return path
+        start = time.time()
+        if end > begin:
+            res = compile_attack(self.models[model], name, eps).run(
+                benign.x[begin:end], benign.labels[begin:end],
+                batch_size=self.cfg.attack_batch, seed=self.cfg.seed,
+                progress=self.cfg.progress, first_batch=first)
+            x_adv, pred_adv, pred_clean = res.x_adv, res.pred_adv, res.pred_clean
+        else:       # more shards than attack batches: this one holds no image
+            x_adv = np.zeros((0,) + benign.x.shape[1:], np.float32)
+            pred_adv = pred_clean = np.zeros(0, np.int64)
+        _write_npz(path, {"x_adv": x_adv, "pred_adv": pred_adv, "pred_clean": pred_clean,
+                          "keys": np.asarray(benign.keys[begin:end], dtype=str),
+                          "fingerprint": _canonical(sfp),
+                          "seconds": round(time.time() - start, 1)})
+        self.log("%s on %s, eps=%g (%s), shard %d of %d (images %d-%d): %.0f s" % (
+            name, model, eps, split, shard + 1, shards, begin, end - 1, time.time() - start))
+        return path
+
+    def _vector_fp(self, model: str, name: str, eps: float, split: str) -> Dict:
+        return vector_fingerprint(self.cfg, dict(self.fp, model=model,
+                                                 model_digest=self.digests[model], split=split),
+                                  name, eps)
+
+    def _merge_shards(self, model, name, eps, split, benign, vfp, path) -> Optional[Dict]:
+        """The whole record from its ``cfg.shards`` shards (None when one is missing): rows
+        put in the image set's order by image id, every id exactly once, written as the
+        unsharded run would have written it."""
+        shards, parts = self.cfg.shards, []
+        for shard in range(shards):
+            _, begin, end = shard_bounds(len(benign), self.cfg.attack_batch, shard, shards)
+            part = _read_npz(self.shard_path(model, name, eps, shard, shards, split),
+                             dict(vfp, shard=[shard, shards]), self.log,
+                             {"x_adv": 4, "pred_adv": 1, "keys": 1}, end - begin)
+            if part is None:
+                return None
+            parts.append(part)
+        keys = [str(k) for p in parts for k in p["keys"]]
+        row = {k: i for i, k in enumerate(keys)}
+        if len(row) != len(keys) or sorted(row) != sorted(benign.keys):
+            raise ValueError("the shards of %s do not hold each image of %s exactly once: "
+                             "delete them to attack again" % (path, benign.name))
+        order = np.array([row[k] for k in benign.keys])
+        rec = {"x_adv": np.concatenate([p["x_adv"] for p in parts])[order],
+               "pred_adv": np.concatenate([p["pred_adv"] for p in parts])[order],
+               "pred_clean": np.concatenate([p["pred_clean"] for p in parts])[order],
+               "fingerprint": _canonical(vfp), "fit_info": "null",
+               "seconds": round(sum(float(p["seconds"]) for p in parts), 1)}
+        _write_npz(path, rec)
+        self.log("%s on %s, eps=%g (%s): merged %d shards -> %s" % (name, model, eps, split,
+                                                                    shards, path))
+        return rec
 
     def _run_attack(self, model, name, eps, benign, vfp, path) -> Dict:
         start = time.time()
@@ -389,6 +477,7 @@ class Bench:
                                             if threat == TRANSFER else None))
         path = os.path.join(self.vectors_dir, threat, _safe(defense.label),
                             "test-%s_%s.npz" % (name, eps_tag(eps)))
+        self.touched.add(path)
         rec = _read_npz(path, fp, self.log, {"x_adv": 4, "pred_adv": 1}, len(benign))
         if rec is None:
             start = time.time()
@@ -448,6 +537,7 @@ class Bench:
             return cached[1]
         path = os.path.join(self.vectors_dir, "defenses", _safe(defense.label),
                             _safe(images.name.replace("/", "__")) + ".json")
+        self.touched.add(path)
         obs = None
         if os.path.isfile(path):
             rec = read_cached_json(path, self.log)
@@ -473,13 +563,29 @@ class Bench:
                       "m_dir": cfg.m_dir, "m_digest": self.fp["m"],
                       "at": ({"eps": cfg.at_eps, "checkpoint_digest": self.digests.get("at")}
                              if "at" in self.models else {}),
-                      "transfer_k": self._transfer_k if cfg.k_transfer else None})
+                      "transfer_k": self._transfer_k if cfg.k_transfer else None,
+                      # the trajectory detector trains under --distribute mirrored; with
+                      # multi-worker only the chief is still here, so it trains on one device
+                      "strategy": (make_strategy(cfg.distribute)
+                                   if cfg.distribute == "mirrored" else None)})
 
     def _transfer_k(self):
         """The surrogate K of the transfer threat (built when first needed)."""
         from models.mrcnn import PartExtractor
         return PartExtractor.from_checkpoint(self.cfg.k_transfer, get_config(self.cfg.k_config),
                                              model_dir=self.cfg.k_log_dir)
+
+
+def shard_bounds(n: int, batch: int, shard: int, shards: int) -> Tuple[int, int, int]:
+    """``(first batch index, first image, end image)`` of shard ``shard`` (0-based) of
+    ``shards`` over ``n`` images attacked in batches of ``batch``: the ``ceil(n / batch)``
+    batches are split into ``shards`` contiguous runs as even as possible (a shard may be
+    empty when there are fewer batches than shards)."""
+    if not 0 <= shard < shards:
+        raise ValueError("shard %d is not one of 0..%d" % (shard, shards - 1))
+    batches = -(-n // batch)
+    first, last = batches * shard // shards, batches * (shard + 1) // shards
+    return first, min(first * batch, n), min(last * batch, n)
 
 
 def _read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
@@ -591,10 +697,19 @@ def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
                     % ("the AT model" if model == "at" else "M"))
         else:
             runs += [(threat, name, eps) for name, eps in adaptive_vectors(vectors)]
+    eta = Eta(len(runs) + 1, done=1)
+
+    def judged(what):
+        timing = eta.step()
+        if bench.cfg.progress:
+            bench.log("%s: %d of %d image sets judged, %s (%s)" % (
+                defense.label, eta.done, eta.total, what, timing))
+
     for threat, name, eps in runs:
         adv = (bench.attacked(model, name, eps, "test") if threat == GRAY_BOX
                else bench.adaptive(defense, name, eps, threat))
         a_out = defense.decide(bench.observe(defense, adv))
+        judged(adv.name)
         acc = accuracy(a_out.pred, y)
         stopped = (a_out.pred == y) | (a_out.pred == REJECTED)
         defended.append(stopped)
@@ -657,11 +772,18 @@ def table_iv_fields(bench: Bench, results: Dict[str, Dict], vectors) -> Tuple[Di
 
 # ----------------------------------------------------------------------------- run
 
-def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
-    """Run the whole bench; returns the metrics (also written to ``cfg.out_dir``)."""
-    start = time.time()
+def open_bench(cfg: EvalConfig, log: Callable[[str], None] = print,
+               labels: Optional[Sequence[str]] = None):
+    """Data, models (trained or loaded), the :class:`Bench` and the fitted defenses of a run
+    (``labels``: the defenses to fit, default ``cfg.defenses``).
+
+    Returns:
+        ``(bench, ctx, defenses, extractor_kind)``; ``extractor_kind["kind"]`` names the
+        part extractor once an UnMask defense made it.
+    """
     tf.random.set_seed(cfg.seed)
-    defenses = [build_defense(label) for label in cfg.defenses]
+    defenses = [build_defense(label) for label in (cfg.defenses if labels is None
+                                                   else labels)]
     data = load_data(cfg, log)
     m, at = get_models(cfg, data, log)
     models = {"m": m}
@@ -687,6 +809,24 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
     for d in defenses:
         d.fit(ctx)
         log("defense %s: %s" % (d.label, _short_params(d.params())))
+    return bench, ctx, defenses, extractor_kind
+
+
+def run_defense(cfg: EvalConfig, label: str, log: Callable[[str], None] = print) -> List[str]:
+    """One defense of a run on its own (a grid work unit): fit it, attack it (its adaptive
+    attacks) and record its observations of the benign and attacked test images in the
+    run's caches, which :func:`run_evaluation` then reuses.  Returns those files (written
+    now or reused), sorted."""
+    bench, _, defenses, _ = open_bench(cfg, log, [label])
+    defense_results(bench, defenses[0], list(cfg.vectors))
+    return sorted(bench.touched)
+
+
+def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
+    """Run the whole bench; returns the metrics (also written to ``cfg.out_dir``)."""
+    start = time.time()
+    bench, ctx, defenses, extractor_kind = open_bench(cfg, log)
+    models = bench.models
     vectors = list(cfg.vectors)
     eta = Eta(len(vectors) * len(models))
     for name, eps in vectors:                 # every defense's gray-box attacks, once

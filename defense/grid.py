@@ -6,22 +6,27 @@ under ``<results_dir>/grid/``, one Table IV with a row per pair (``table_iv.md``
 table across them (``bench.csv`` / ``bench.md``), one Fig. 4 across them (``fig4.png/.pdf``)
 and ``grid.json`` (the per-pair ``metrics.json`` files, merged).
 
-Work units, in three stages (a stage starts when the one before is done):
+Work units, in four stages (a stage starts when the one before is done):
 
 1. ``train``: M (and AT) of one pair;
-2. ``attack``: one attack vector on one pair's test images (the attack record the evaluation
-   reuses);
-3. ``evaluate``: the pair's defenses on those records, which writes its ``metrics.json``.
+2. ``attack``: one attack vector on one pair's test images -- or, with ``shards > 1``, on one
+   image shard of them (shards are cut at attack-batch boundaries and every batch keeps its
+   seed, so the merged shards equal the unsharded record; universal attacks stay one unit);
+3. ``defense``: one defense of one pair: its fit, its adaptive attacks and its observations
+   of the benign and attacked images (the records the evaluation reuses);
+4. ``evaluate``: the pair's defenses on those records, which writes its ``metrics.json``
+   (merging the attack shards by image id first).
 
 Each unit is a pure function of its configuration -- every seed is the run's ``--seed``, the
 attack batches are seeded by their index -- and records its completion in
-``grid/units/<unit>.json`` (written atomically, with the digests of what it produced and of
-the pair's whole configuration) only after its output is written; a unit whose record is
-there, for the same configuration, is skipped (another ``--epochs`` or attack list makes
-every unit of the grid stale).  A unit killed halfway
-leaves no record and runs again; one that ran twice (a retried worker) wrote the same bytes
-twice.  The merge reads the per-pair files sorted by (architecture, class set), so a grid run
-by any number of workers, in any order, gives the same ``grid.json`` as one run in-process.
+``grid/units/<unit>.json`` (written atomically, with the digests of the files it produced and
+of the pair's whole configuration) only after its outputs are written; a unit whose record is
+there, for the same configuration and with its files unchanged, is skipped (another
+``--epochs`` or attack list makes every unit of the grid stale; another number of shards only
+adds the new shard units).  A unit killed halfway leaves no record and runs again; one that
+ran twice (a retried worker) wrote the same contents twice.  The merge reads the per-pair
+files sorted by (architecture, class set), so a grid run by any number of workers, in any
+order, with any number of shards, gives the same ``grid.json`` as one run in-process.
 
 Executors: :class:`InProcess` (the default) and :class:`RayExecutor` (``main.py --workers N``
 starts a local Ray cluster of N workers, ``--ray-address HOST:PORT`` joins a running one).
@@ -41,22 +46,29 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from data.fileio import file_digest, read_cached_json, write_json_atomic
 from data.knowledge import get_class_set
 
-UNIT_VERSION = 1
+UNIT_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One work unit: ``kind`` in train / attack / evaluate, for (``arch``, ``class_set``
-    code name) and, for an attack, one ``vector`` (attack name, eps)."""
+    """One work unit: ``kind`` in train / attack / defense / evaluate, for (``arch``,
+    ``class_set`` code name); an attack names its ``vector`` (attack name, eps) and, when
+    sharded, its ``shard`` (index, count); a defense unit its ``defense`` label."""
     kind: str
     arch: str
     class_set: str
     vector: Optional[Tuple[str, float]] = None
+    shard: Optional[Tuple[int, int]] = None
+    defense: Optional[str] = None
 
     @property
     def name(self) -> str:
         tail = "" if self.vector is None else "-%s_%s" % (self.vector[0],
                                                           _eps_tag(self.vector[1]))
+        if self.shard is not None:
+            tail += "-shard%dof%d" % (self.shard[0] + 1, self.shard[1])
+        if self.defense is not None:
+            tail += "-" + self.defense
         return "%s-%s-%s%s" % (self.kind, self.class_set, self.arch, tail)
 
 
@@ -71,11 +83,21 @@ def pair_config(base, arch: str, class_set: str):
 
 
 def plan(base, archs: Sequence[str], class_sets: Sequence[str]) -> List[List[Unit]]:
-    """The units of the grid in their three stages (pairs sorted, vectors in ``base``'s
-    order)."""
+    """The units of the grid in their four stages (pairs sorted, vectors and defenses in
+    ``base``'s order, ``base.shards`` shards per per-image attack vector)."""
+    from attacks import get_attack
+
     pairs = [(a, c) for a in sorted(archs) for c in sorted(class_sets)]
-    return [[Unit("train", a, c) for a, c in pairs],
-            [Unit("attack", a, c, tuple(v)) for a, c in pairs for v in base.vectors],
+    attacks = []
+    for a, c in pairs:
+        for v in base.vectors:
+            if base.shards == 1 or get_attack(v[0]).universal:
+                attacks.append(Unit("attack", a, c, tuple(v)))
+            else:
+                attacks += [Unit("attack", a, c, tuple(v), (i, base.shards))
+                            for i in range(base.shards)]
+    return [[Unit("train", a, c) for a, c in pairs], attacks,
+            [Unit("defense", a, c, defense=d) for a, c in pairs for d in base.defenses],
             [Unit("evaluate", a, c) for a, c in pairs]]
 
 
@@ -88,47 +110,62 @@ def config_fingerprint(base, unit: Unit) -> str:
     (all but the progress display) and the unit itself."""
     cfg = dataclasses.asdict(pair_config(base, unit.arch, unit.class_set))
     cfg.pop("progress", None)
+    cfg.pop("shards", None)        # the shards' merged records are the unsharded ones
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _done(base, unit: Unit) -> bool:
-    """True when the unit's record is there, made with this configuration, and its output
-    still holds what the unit wrote."""
+    """True when the unit's record is there, made with this configuration, and its outputs
+    still hold what the unit wrote."""
     rec = read_cached_json(unit_record_path(base, unit), log=lambda s: None)
     if not isinstance(rec, dict) or rec.get("version") != UNIT_VERSION:
         return False
     if rec.get("config") != config_fingerprint(base, unit):
         return False
-    out = rec.get("output")
-    return bool(out) and os.path.isfile(out) and file_digest(out) == rec.get("sha256")
+    outputs = rec.get("outputs")
+    return (isinstance(outputs, dict) and bool(outputs)
+            and all(os.path.isfile(path) and file_digest(path) == digest
+                    for path, digest in outputs.items()))
+
+
+def _unit_outputs(cfg, unit: Unit, log: Callable[[str], None]) -> List[str]:
+    """Do ``unit``'s work; returns the files it produced."""
+    from defense import evaluate as ev
+
+    if unit.kind == "evaluate":
+        ev.run_evaluation(cfg, log)
+        return [os.path.join(cfg.out_dir, "metrics.json")]
+    if unit.kind == "defense":
+        return ev.run_defense(cfg, unit.defense, log)
+    data = ev.load_data(cfg, log)
+    m, at = ev.get_models(cfg, data, log)
+    if unit.kind == "train":
+        return [os.path.join(cfg.m_dir, "best.h5")]
+    if unit.kind != "attack":
+        raise ValueError("unknown work unit kind %r" % unit.kind)
+    models = {"m": m, **({"at": at} if at is not None else {})}
+    bench = ev.Bench(cfg, data, models, log)
+    name, eps = unit.vector
+    if unit.shard is None:
+        for model in sorted(models):
+            bench.attacked(model, name, eps, "test")
+        return [bench.record_path(model, name, eps, "test") for model in sorted(models)]
+    return [bench.attack_shard(model, name, eps, unit.shard[0], unit.shard[1], "test")
+            for model in sorted(models)]
 
 
 def run_unit(base, unit: Unit, log: Callable[[str], None] = print) -> str:
     """Run ``unit`` (skipped when its record shows it done); returns its record's path."""
-    from defense import evaluate as ev
-
     record = unit_record_path(base, unit)
     if _done(base, unit):
         return record
-    cfg = pair_config(base, unit.arch, unit.class_set)
-    if unit.kind == "evaluate":
-        ev.run_evaluation(cfg, log)
-        out = os.path.join(cfg.out_dir, "metrics.json")
-    else:
-        data = ev.load_data(cfg, log)
-        m, at = ev.get_models(cfg, data, log)
-        out = os.path.join(cfg.m_dir, "best.h5")
-        if unit.kind == "attack":
-            models = {"m": m, **({"at": at} if at is not None else {})}
-            bench = ev.Bench(cfg, data, models, log)
-            for model in sorted(models):
-                bench.attacked(model, unit.vector[0], unit.vector[1], "test")
-            out = bench.record_path("m", unit.vector[0], unit.vector[1], "test")
+    outputs = _unit_outputs(pair_config(base, unit.arch, unit.class_set), unit, log)
     write_json_atomic(record, {"version": UNIT_VERSION, "unit": dataclasses.asdict(unit),
-                               "config": config_fingerprint(base, unit), "output": out,
-                               "sha256": file_digest(out)}, indent=1)
+                               "config": config_fingerprint(base, unit),
+                               "outputs": {path: file_digest(path)
+                                           for path in sorted(set(outputs))}}, indent=1)
     return record
 
 

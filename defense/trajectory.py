@@ -18,6 +18,7 @@ Pipeline (the :class:`defense.base.Defense` wrapper around it lives elsewhere):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -363,12 +364,41 @@ def _balanced_epoch(group_members: List[np.ndarray], per_group: int,
     return rng.permutation(np.concatenate(parts))
 
 
+def _detector_step(model, optimizer, strategy):
+    """``step(x [B, L, K], y [B, 1]) -> mean loss``: one Adam step of binary cross-entropy
+    on the logit, on one device or split over ``strategy``'s replicas."""
+    if strategy is None:
+        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+        @tf.function(reduce_retracing=True)
+        def step(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = bce(yb, model(xb, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+        return step
+    from models.distribute import global_batch_step
+
+    per_example = keras.losses.BinaryCrossentropy(from_logits=True,
+                                                  reduction=keras.losses.Reduction.NONE)
+
+    def replica_step(xb, yb, global_size):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(per_example(yb, model(xb, training=True))) / global_size
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return global_batch_step(strategy, replica_step)
+
+
 def train_detector(x_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndarray,
                    x_val: Optional[np.ndarray] = None, y_val: Optional[np.ndarray] = None,
                    groups_val: Optional[np.ndarray] = None, kind: str = "lstm",
                    epochs: int = DEFAULT_EPOCHS, batch_size: int = 128,
                    learning_rate: float = 1e-3, hidden: int = 100, seed: int = 0,
-                   log: Optional[Callable[[str], None]] = None
+                   log: Optional[Callable[[str], None]] = None, strategy=None
                    ) -> Tuple["keras.Model", Dict[str, Any]]:
     """Train a detector on trajectories ``[N, L, K]``.
 
@@ -384,6 +414,12 @@ def train_detector(x_train: np.ndarray, y_train: np.ndarray, groups_train: np.nd
             the logit).
         seed: weights' initialisation and the sampling order (same seed -> same model).
         log: called with one line per epoch.
+        strategy: a ``tf.distribute`` strategy (:func:`models.distribute.make_strategy`) or
+            None: the model and optimizer are made in its scope and each mini-batch is split
+            over its replicas (:func:`models.distribute.global_batch_step`; the loss is the
+            mean over the whole mini-batch, as on one device; a last mini-batch with fewer
+            rows than replicas is skipped).  Every worker of a multi-worker strategy must
+            call this with the same data.
 
     Returns:
         ``(model, history)``; history holds per-epoch ``loss``, ``val_macro_auc``,
@@ -413,18 +449,12 @@ def train_detector(x_train: np.ndarray, y_train: np.ndarray, groups_train: np.nd
     members = [np.flatnonzero(groups_train == g) for g in present]
     per_group = int(math.ceil(len(x_train) / len(members)))
 
-    model = build_detector(x_train.shape[1], x_train.shape[2], kind, hidden, seed)
-    model.get_layer("standardise").adapt(x_train, batch_size=max(len(x_train), 1))
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    bce = keras.losses.BinaryCrossentropy(from_logits=True)
-
-    @tf.function(reduce_retracing=True)
-    def step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = bce(yb, model(xb, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+    with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+        model = build_detector(x_train.shape[1], x_train.shape[2], kind, hidden, seed)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        model.get_layer("standardise").adapt(x_train, batch_size=max(len(x_train), 1))
+    step = _detector_step(model, optimizer, strategy)
+    replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
     rng = np.random.default_rng(seed)
     y_float = y_train.astype(np.float32)[:, None]
@@ -436,6 +466,8 @@ def train_detector(x_train: np.ndarray, y_train: np.ndarray, groups_train: np.nd
         losses = []
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
+            if len(idx) < replicas:      # too few rows to give every replica one: skipped
+                continue
             losses.append(float(step(x_train[idx], y_float[idx])))
         history["loss"].append(float(np.mean(losses)))
         line = "epoch %d/%d loss %.4f" % (epoch, epochs, history["loss"][-1])

@@ -43,6 +43,8 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opt
 
 import numpy as np
 
+from models.inference import inference_fn
+
 #: Rectified class meaning "no class has any part in common with the extracted parts".
 NO_CLASS = -1
 
@@ -370,7 +372,7 @@ class UnMask:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        out = self.model(batch)
+        out = inference_fn(self.model)(batch)
         out = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
         if out.ndim != 2 or out.shape != (len(batch), len(self.classes)):
             raise ValueError("model output must have shape [B, C] = [%d, %d] (C = len(classes)),"

@@ -29,6 +29,8 @@ import json
 import os
 from typing import Optional
 
+import numpy as np
+
 import tfcompat
 
 tf, keras = tfcompat.import_tf()
@@ -54,8 +56,13 @@ def _gpu_memory_growth() -> list:
     return gpus
 
 
+_STRATEGIES = {}
+
+
 def make_strategy(kind: str = "none") -> Optional["tf.distribute.Strategy"]:
-    """The strategy of ``kind`` (see the module docstring); None for ``"none"``.
+    """The strategy of ``kind`` (see the module docstring); None for ``"none"``.  One per
+    process and kind: M, AT and the trajectory detector of a run share it (a process can
+    only join one multi-worker cluster).
 
     Raises:
         ValueError: an unknown kind, or ``"multi-worker"`` without a usable ``TF_CONFIG``.
@@ -64,14 +71,50 @@ def make_strategy(kind: str = "none") -> Optional["tf.distribute.Strategy"]:
         raise ValueError("distribution strategy must be one of %s, got %r" % (KINDS, kind))
     if kind == "none":
         return None
-    gpus = _gpu_memory_growth()
-    if kind == "mirrored":
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        cpus = tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy(devices=[d.name for d in cpus])
-    check_tf_config(os.environ.get("TF_CONFIG"))
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind not in _STRATEGIES:
+        gpus = _gpu_memory_growth()
+        if kind == "mirrored":
+            devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+            _STRATEGIES[kind] = tf.distribute.MirroredStrategy(devices=devices)
+        else:
+            check_tf_config(os.environ.get("TF_CONFIG"))
+            _STRATEGIES[kind] = tf.distribute.MultiWorkerMirroredStrategy()
+    return _STRATEGIES[kind]
+
+
+def global_batch_step(strategy, replica_fn):
+    """``step(*tensors)`` running ``replica_fn`` on one *global* batch under ``strategy``.
+
+    Every worker holds the same batch (``tensors``, rows = examples); replica ``r`` of ``n``
+    takes rows ``[r B / n, (r + 1) B / n)`` by its global replica id and calls
+    ``replica_fn(*its_rows, global_size)`` with ``global_size = B`` (float32 scalar), which
+    should return sums over its rows divided as it likes by ``B`` (a loss averaged over the
+    global batch, a count) and apply its own gradients (the optimizer sums them across
+    replicas).  ``step`` returns the outputs summed over all replicas.
+
+    Raises:
+        ValueError: a batch with fewer rows than replicas.
+    """
+    total = tf.distribute.ReduceOp.SUM
+
+    @tf.function
+    def distributed(*args):
+        out = strategy.run(replica_fn, args=args)
+        return tf.nest.map_structure(lambda t: strategy.reduce(total, t, axis=None), out)
+
+    def step(*tensors):
+        b, n = int(tensors[0].shape[0]), strategy.num_replicas_in_sync
+        if b < n:
+            raise ValueError("a batch of %d examples cannot be split over %d replicas"
+                             % (b, n))
+        bounds = [int(v) for v in np.linspace(0, b, n + 1).astype(int)]
+
+        def shard(t):
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx: t[bounds[ctx.replica_id_in_sync_group]:
+                              bounds[ctx.replica_id_in_sync_group + 1]])
+        return distributed(*[shard(t) for t in tensors], tf.constant(float(b)))
+    return step
 
 
 def check_tf_config(text: Optional[str]) -> dict:

@@ -64,6 +64,7 @@ import numpy as np
 
 import tfcompat
 from data.fileio import file_digest, atomic_path, write_json_atomic
+from models.inference import inference_fn
 from models.progress import Eta
 
 tf, keras = tfcompat.import_tf()
@@ -150,11 +151,11 @@ class TrainConfig:
 
 def predict_labels(model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Arg-max predictions int64 [N] for uint8 or [0, 1]-float images [N, H, W, 3]."""
-    out = []
+    forward, out = inference_fn(model), []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        out.append(np.argmax(model(x, training=False).numpy(), axis=1))
+        out.append(np.argmax(forward(x).numpy(), axis=1))
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
@@ -169,8 +170,10 @@ def _make_step(model, optimizer, strategy=None):
     With a strategy, replica ``r`` of ``n`` takes rows ``[r B / n, (r + 1) B / n)`` of the
     global batch (every worker holds the same batch), its loss is summed over its rows and
     divided by ``B``, and the optimizer sums the replicas' gradients: the mean-loss gradient
-    of the whole batch, as on one device.
+    of the whole batch, as on one device (:func:`models.distribute.global_batch_step`).
     """
+    from models.distribute import global_batch_step
+
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if strategy is None:
         @tf.function
@@ -195,25 +198,7 @@ def _make_step(model, optimizer, strategy=None):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.float32))
 
-    @tf.function
-    def distributed(x, y, global_size):
-        loss, correct = strategy.run(replica_step, args=(x, y, global_size))
-        total = tf.distribute.ReduceOp.SUM
-        return strategy.reduce(total, loss, axis=None), strategy.reduce(total, correct,
-                                                                        axis=None)
-
-    def step(x, y):
-        b, n = int(x.shape[0]), strategy.num_replicas_in_sync
-        if b < n:
-            raise ValueError("a batch of %d images cannot be split over %d replicas" % (b, n))
-        bounds = np.linspace(0, b, n + 1).astype(int)
-
-        def shard(t):
-            return strategy.experimental_distribute_values_from_function(
-                lambda ctx: t[bounds[ctx.replica_id_in_sync_group]:
-                              bounds[ctx.replica_id_in_sync_group + 1]])
-        return distributed(shard(x), shard(y), tf.constant(float(b)))
-    return step
+    return global_batch_step(strategy, replica_step)
 
 
 def _sha256(path: str) -> str:

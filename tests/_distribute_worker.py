@@ -1,6 +1,8 @@
 """Run by tests/test_distribute.py in a fresh process (TensorFlow's devices and cluster are
 fixed when its runtime starts): train M's recipe on two separable classes with a strategy
-and write the validation accuracy and replica count as JSON.
+and the trajectory detector (an LSTM on two separable groups of trajectories) with a strategy,
+and write the validation accuracy, the detector's validation macro-AUC and the replica count
+as JSON.
 
     python tests/_distribute_worker.py KIND CHECKPOINT_DIR OUT_JSON
 """
@@ -36,6 +38,23 @@ def small_model():
     return keras.Model(inp, keras.layers.Dense(2, name="logits")(h))
 
 
+def trajectories(n, seed):
+    """``n`` trajectories [n, 4 taps, 3 classes]: natural (group 0) and shifted adversarial
+    ones (group 1) that overlap, so the AUC is high but not 1."""
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 4, 3)) + 1.2 * groups[:, None, None] * np.linspace(0, 1, 4)[:, None]
+    return x.astype(np.float32), groups.astype(np.int64), groups.astype(np.int64)
+
+
+def train_trajectory_detector(strategy):
+    from defense.trajectory import train_detector
+
+    return train_detector(*trajectories(301, 2), *trajectories(120, 3), kind="lstm",
+                          epochs=4, batch_size=32, learning_rate=1e-2, hidden=8, seed=0,
+                          strategy=strategy)
+
+
 def main(kind, checkpoint_dir, out):
     from models import distribute
     from models.train_classifier import TrainConfig, accuracy, train_classifier
@@ -51,9 +70,12 @@ def main(kind, checkpoint_dir, out):
     cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=0.05)
     state = train_classifier(model, x, y, xv, yv, checkpoint_dir, cfg, progress=False,
                              log=lambda s: None, strategy=strategy)
+    detector, history = train_trajectory_detector(strategy)
     record = {"replicas": distribute.num_replicas(strategy), "chief":
               distribute.is_chief(strategy), "val_acc": accuracy(model, xv, yv),
-              "best_val_acc": state["best_val_acc"]}
+              "best_val_acc": state["best_val_acc"],
+              "detector_val_auc": history["best_val_macro_auc"],
+              "detector_weights": float(sum(np.abs(w).sum() for w in detector.get_weights()))}
     with open(out, "w") as f:
         json.dump(record, f)
 

@@ -218,6 +218,26 @@ def test_random_start_depends_on_seed_only(toy):
     assert not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("name", ["pgd_l2", "ga"])
+def test_a_run_split_at_batch_boundaries_equals_the_whole_run(name, toy):
+    """Shards with their first batch index (random starts / random targets keyed by
+    (seed, batch index)) concatenate to the whole run bit for bit; the wrong index does
+    not."""
+    model, images, labels = toy
+    compiled = attacks.compile_attack(model, name, steps=2)
+    whole = compiled.run(images, labels, batch_size=BATCH, seed=1)
+    head = compiled.run(images[:BATCH], labels[:BATCH], batch_size=BATCH, seed=1)
+    tail = compiled.run(images[BATCH:], labels[BATCH:], batch_size=BATCH, seed=1,
+                        first_batch=1)
+    for key in ("x_adv", "pred_adv", "targets"):
+        np.testing.assert_array_equal(
+            np.concatenate([getattr(head, key), getattr(tail, key)]), getattr(whole, key))
+    shifted = compiled.run(images[BATCH:], labels[BATCH:], batch_size=BATCH, seed=1)
+    assert not np.array_equal(shifted.x_adv, tail.x_adv)
+    with pytest.raises(ValueError, match="first_batch must be a non-negative integer"):
+        compiled.run(images, labels, first_batch=-1)
+
+
 def test_labels_none_attacks_clean_predictions(toy):
     model, images, _ = toy
     result = attacks.run_attack(model, images, None, "fgsm", eps=32, batch_size=BATCH)

@@ -1,6 +1,7 @@
-"""M's training under tf.distribute, on the CPU: MirroredStrategy over two logical CPU
-devices, and MultiWorkerMirroredStrategy with two worker processes talking over localhost,
-each reaching the single-device accuracy on a small problem.  Every run is a fresh process
+"""M's and the trajectory detector's training under tf.distribute, on the CPU:
+MirroredStrategy over two logical CPU devices, and MultiWorkerMirroredStrategy with two worker
+processes talking over localhost, each reaching the single-device accuracy (M) and validation
+AUC (detector) on a small problem.  Every run is a fresh process
 (``tests/_distribute_worker.py``): TensorFlow fixes its devices and cluster at start-up."""
 import json
 import os
@@ -56,6 +57,15 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(single, tmp_path):
     assert single["val_acc"] >= 0.9
     assert abs(res["val_acc"] - single["val_acc"]) <= 0.1
     assert os.path.isfile(tmp_path / "ckpt" / "best.h5")
+    _detector_matches(single, res)
+
+
+def _detector_matches(single, res):
+    """The detector trained over the replicas reaches the single-device validation AUC."""
+    print("detector val macro-AUC: single %.3f, distributed %.3f"
+          % (single["detector_val_auc"], res["detector_val_auc"]))
+    assert 0.75 <= single["detector_val_auc"] < 1.0
+    assert abs(res["detector_val_auc"] - single["detector_val_auc"]) <= 0.05
 
 
 @pytest.mark.slow
@@ -75,6 +85,9 @@ def test_multi_worker_over_localhost_matches_one_device(single, tmp_path):
     assert [r["chief"] for r in res] == [True, False]
     assert res[0]["val_acc"] == res[1]["val_acc"], "the workers hold different models"
     assert abs(res[0]["val_acc"] - single["val_acc"]) <= 0.1
+    assert res[0]["detector_weights"] == res[1]["detector_weights"], \
+        "the workers hold different detectors"
+    _detector_matches(single, res[0])
     files = sorted(os.listdir(tmp_path / "ckpt"))        # written by the chief only, once
     assert files == ["best.h5", "last.h5", "resume.npz", "state.json"]
 
@@ -114,3 +127,40 @@ def test_the_chief_follows_tensorflows_rule():
     assert is_chief(strategy(with_chief, "chief", 0))
     assert not is_chief(strategy(with_chief, "worker", 0))
     assert is_chief(strategy({}, None, None))
+
+
+@pytest.mark.slow
+def test_main_multi_worker_end_to_end(tmp_path):
+    """``main.py --distribute multi-worker`` on two processes over localhost: both train M
+    (each step split over the two workers), the chief then evaluates and writes the report;
+    the other worker stops after training and writes nothing of its own."""
+    from toys import tiny_unmask
+
+    data = tiny_unmask(str(tmp_path / "data"))
+    cluster = {"worker": ["localhost:%d" % p for p in _free_ports(2)]}
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                     "task": {"type": "worker", "index": i}}))
+        args = ["--model", "M", "--classset", "CS3a", "--data-dir", data, "--input-size", "32",
+                "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--attacks", "fgsm:8",
+                "--n-test", "6", "--extractor", "oracle", "--defenses", "none,unmask",
+                "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress",
+                "--results-dir", str(tmp_path / ("results%d" % i)),
+                "--distribute", "multi-worker"]
+        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py")] + args,
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    assert "(multi-worker, 2 replicas)" in logs[0] and "(multi-worker, 2 replicas)" in logs[1]
+    assert "the chief (worker 0) evaluates" in logs[1]
+    with open(tmp_path / "results0" / "cs3-1" / "mobilenetv2_050" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["extractor"] == "oracle" and metrics["attacks"][0]["attack"] == "fgsm"
+    assert not os.path.exists(tmp_path / "results1")          # the other worker: nothing
+    m_dirs = os.listdir(tmp_path / "ckpt" / "model_m" / "cs3-1")
+    assert len(m_dirs) == 1
+    assert sorted(os.listdir(tmp_path / "ckpt" / "model_m" / "cs3-1" / m_dirs[0])) == [
+        "best.h5", "last.h5", "resume.npz", "state.json"]

@@ -23,24 +23,51 @@ def tiny_data(tmp_path_factory):
 def _base(data_dir, root, **kw):
     base = dict(class_set=get_class_set("CS3a"), data_dir=data_dir, input_size=32,
                 train=TrainConfig(epochs=1, batch_size=16, learning_rate=0.01),
-                vectors=(("fgsm", 8),), n_test=6, attack_batch=8,
+                vectors=(("fgsm", 8),), n_test=6, attack_batch=2,
                 results_dir=str(root / "results"), checkpoint_dir=str(root / "ckpt"),
                 progress=False, extractor="oracle")
     base.update(kw)
     return ev.EvalConfig(**base)
 
 
-def test_plan_has_three_stages_of_sorted_units():
+def test_plan_has_four_stages_of_sorted_units():
     base = ev.EvalConfig(class_set=get_class_set("CS5b"), vectors=(("pgd_linf", 8),
                                                                    ("fgsm", 8)))
-    train, attack, evaluate = grid.plan(base, ["resnet50", "mobilenetv2_050"],
-                                        ["cs5-2", "cs3-1"])
+    train, attack, defense, evaluate = grid.plan(base, ["resnet50", "mobilenetv2_050"],
+                                                 ["cs5-2", "cs3-1"])
     assert [u.name for u in train] == ["train-cs3-1-mobilenetv2_050",
                                        "train-cs5-2-mobilenetv2_050",
                                        "train-cs3-1-resnet50", "train-cs5-2-resnet50"]
     assert len(attack) == 8 and attack[0].name == "attack-cs3-1-mobilenetv2_050-pgd_linf_8"
+    assert [u.name for u in defense[:2]] == ["defense-cs3-1-mobilenetv2_050-none",
+                                             "defense-cs3-1-mobilenetv2_050-unmask"]
     assert [u.kind for u in evaluate] == ["evaluate"] * 4
-    assert len({u.name for s in (train, attack, evaluate) for u in s}) == 16
+    assert len({u.name for s in (train, attack, defense, evaluate) for u in s}) == 24
+
+
+def test_shards_split_the_per_image_vectors_at_batch_boundaries():
+    import dataclasses
+    base = ev.EvalConfig(class_set=get_class_set("CS5b"), shards=3,
+                         vectors=(("pgd_linf", 8), ("uap", 10)))
+    attack = grid.plan(base, ["mobilenetv2_050"], ["cs5-2"])[1]
+    assert [u.name for u in attack] == [
+        "attack-cs5-2-mobilenetv2_050-pgd_linf_8-shard%dof3" % i for i in (1, 2, 3)] + [
+        "attack-cs5-2-mobilenetv2_050-uap_10"]          # a universal attack stays whole
+    # shards cover the batches once, in order, cut at batch boundaries
+    for n, batch, shards in [(300, 50, 3), (301, 50, 4), (7, 2, 2), (3, 4, 3), (0, 5, 2)]:
+        bounds = [ev.shard_bounds(n, batch, i, shards) for i in range(shards)]
+        assert bounds[0][1] == 0 and bounds[-1][2] == n
+        assert all(prev[2] == nxt[1] for prev, nxt in zip(bounds, bounds[1:]))  # contiguous
+        for first, begin, end in bounds:
+            assert begin == min(first * batch, n) and end >= begin      # at batch boundaries
+    with pytest.raises(ValueError, match="shard 3 is not one of 0..2"):
+        ev.shard_bounds(10, 2, 3, 3)
+    with pytest.raises(ValueError, match="shards must be an integer >= 1"):
+        dataclasses.replace(base, shards=0)
+    # another number of shards is not another configuration: the merged records are equal
+    unit = grid.Unit("evaluate", "mobilenetv2_050", "cs5-2")
+    assert grid.config_fingerprint(base, unit) == grid.config_fingerprint(
+        dataclasses.replace(base, shards=1), unit)
 
 
 def _grid_json(base):
@@ -70,7 +97,9 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     assert [(m["arch"], m["class_set"]) for m in merged["metrics"]] == [
         tuple(p) for p in merged["pairs"]]
     n_pairs, n_vectors = len(ARCHS) * len(SETS), len(base.vectors)
-    assert len(os.listdir(os.path.join(out, "units"))) == n_pairs * (2 + n_vectors)
+    n_defenses = len(base.defenses)
+    assert len(os.listdir(os.path.join(out, "units"))) == n_pairs * (2 + n_vectors
+                                                                     + n_defenses)
 
     # units killed before they finished (no record, no output) run again, alone, and the
     # merged numbers come out the same
@@ -78,7 +107,8 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
             grid.Unit("evaluate", ARCHS[-1], SETS[-1])]
     for unit in gone:
         with open(grid.unit_record_path(base, unit)) as f:
-            os.remove(json.load(f)["output"])
+            for path in json.load(f)["outputs"]:
+                os.remove(path)
         os.remove(grid.unit_record_path(base, unit))
     ran = []
     for stage in grid.plan(base, ARCHS, SETS):
@@ -119,16 +149,49 @@ def _kill_one_busy_worker(stop, killed):
 
 
 @pytest.mark.slow
+def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path):
+    """Two shards of one vector (3 attack batches: 1 + 2), attacked apart and merged by image
+    id, give the unsharded run's record bit for bit."""
+    import numpy as np
+
+    base, _ = single
+    pair = grid.pair_config(base, ARCHS[0], SETS[0])
+    import dataclasses
+    cfg = dataclasses.replace(pair, results_dir=str(tmp_path / "results"), shards=2)
+    data = ev.load_data(cfg, lambda s: None)
+    m, _ = ev.get_models(cfg, data, lambda s: None)       # the single run's trained M
+    bench = ev.Bench(cfg, data, {"m": m}, lambda s: None)
+    name, eps = base.vectors[0]
+    for shard in (1, 0):                                     # any order
+        bench.attack_shard("m", name, eps, shard, 2)
+    merged = bench.attacked("m", name, eps)
+    whole = np.load(ev.Bench(pair, data, {"m": m}, lambda s: None).record_path("m", name, eps))
+    mine = np.load(bench.record_path("m", name, eps))
+    for key in ("x_adv", "pred_adv", "pred_clean", "fingerprint"):
+        np.testing.assert_array_equal(mine[key], whole[key], err_msg=key)
+    np.testing.assert_array_equal(merged.x, whole["x_adv"])
+    # a shard holding an image twice is refused, not merged
+    with np.load(bench.shard_path("m", name, eps, 0, 2)) as f:
+        rec = {k: f[k] for k in f.files}
+    rec["keys"] = np.array([str(bench.images("test").keys[-1])] * len(rec["keys"]))
+    ev._write_npz(bench.shard_path("m", name, eps, 0, 2), rec)
+    os.remove(bench.record_path("m", name, eps))
+    fresh = ev.Bench(cfg, data, {"m": m}, lambda s: None)
+    with pytest.raises(ValueError, match="exactly once"):
+        fresh.attacked("m", name, eps)
+
+
+@pytest.mark.slow
 def test_two_ray_workers_give_the_in_process_numbers_even_when_one_is_killed(
         single, tiny_data, tmp_path):
-    """``--workers 2`` on the same grid: the merged numbers are the in-process ones, and a
-    worker killed with SIGKILL in the middle of a unit loses nothing (Ray retries the unit,
-    which writes its files anew)."""
+    """``--workers 2`` on the same grid, its attack vectors in two image shards: the merged
+    numbers are the unsharded in-process ones, and a worker killed with SIGKILL in the middle
+    of a unit loses nothing (Ray retries the unit, which writes its files anew)."""
     import threading
 
     pytest.importorskip("ray")
     base, merged = single
-    sharded = _base(tiny_data, tmp_path / "ray")
+    sharded = _base(tiny_data, tmp_path / "ray", shards=2)
     executor = grid.RayExecutor(workers=2)
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_busy_worker, args=(stop, killed), daemon=True)
@@ -140,3 +203,5 @@ def test_two_ray_workers_give_the_in_process_numbers_even_when_one_is_killed(
         executor.shutdown()
     assert killed, "no worker was killed: the test did not test the retry"
     assert _grid_json(sharded) == merged
+    units = os.listdir(os.path.join(sharded.results_dir, "grid", "units"))
+    assert sum("-shard" in u for u in units) == 2 * len(ARCHS) * len(SETS)

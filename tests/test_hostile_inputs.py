@@ -146,6 +146,8 @@ CLI_CASES = [
     (["--grid", "--workers", "0"], r"--workers must be >= 1"),
     (["--grid", "--workers", "2", "--ray-address", "h:1"], r"not both"),
     (["--workers", "2"], r"go with --grid"),
+    (["--grid", "--shards", "0"], r"--shards must be >= 1"),
+    (["--shards", "2"], r"go with --grid"),
     (["--archs", "resnet50"], r"go with --grid"),
     # commands
     (["--prepare-data", "--model", "M"], r"give one command at a time"),

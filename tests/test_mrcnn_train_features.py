@@ -279,3 +279,46 @@ def test_trainer_state_survives_two_train_calls(tmp_path):
             inference.loss_tensors
     finally:
         inference.close()
+
+
+def _uncached_batches(ds, config, rng, count, augmentation=None):
+    """The batches batch_iterator yields, built without the ground-truth cache."""
+    ids = [i for i in ds.image_ids if data_gen._has_instances(ds, i)]
+    order, pos, out = np.array(ids), len(ids), []
+    for _ in range(count):
+        batch = []
+        while len(batch) < config.BATCH_SIZE:
+            if pos >= len(order):
+                order, pos = rng.permutation(ids), 0
+            batch.append(int(order[pos]))
+            pos += 1
+        out.append(data_gen.build_batch(ds, config, batch, rng, augmentation))
+    return out
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_ground_truth_cache_gives_the_uncached_batches(flip):
+    """Three passes over a 6-image set (cached from the second pass on): every batch equals
+    the uncached one bit for bit; with a flip augmentation nothing is cached."""
+    config = get_config("tiny")
+    ds = ToyDataset(6, 64, seed=3)
+    aug = data_gen.HorizontalFlip(0.5) if flip else None
+    it = data_gen.batch_iterator(ds, config, np.random.default_rng(7), True, aug)
+    got = [next(it) for _ in range(9)]
+    want = _uncached_batches(ds, config, np.random.default_rng(7), 9, aug)
+    for a, b in zip(got, want):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    cache = data_gen.GroundTruthCache(ds, config, aug)
+    assert cache.enabled is (not flip)
+    if not flip:
+        item = cache.load(0, np.random.default_rng(0))
+        assert cache.load(0, np.random.default_rng(1)) is item
+        with pytest.raises(ValueError):
+            item[0][0, 0, 0] = 1          # read-only: a consumer cannot corrupt later batches
+
+
+def test_ground_truth_cache_stays_off_beyond_its_memory_bound(monkeypatch):
+    monkeypatch.setattr(data_gen, "GT_CACHE_BYTES", 1000)
+    assert not data_gen.GroundTruthCache(ToyDataset(6, 64, seed=3), get_config("tiny")).enabled

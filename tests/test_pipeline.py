@@ -492,8 +492,13 @@ def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_
         calls.append(name), real_run_attack(model, x, y, name, **kw))[1])
     logs = []
     more = ev.run_evaluation(_config(tiny_data, tmp_path, defenses=(
-        "none", "unmask", "bitdepth", "downsample:0.75")), log=logs.append)
+        "none", "unmask", "bitdepth", "downsample:0.75"), progress=True), log=logs.append)
     assert calls == [], "the saved attacks must serve every defense"
+    # progress with time left, per stage: the attack vectors, each defense's image sets
+    assert any(m.startswith("attacks: 2 of 2 done (") and "left" in m for m in logs)
+    judged = [m for m in logs if m.startswith("bitdepth: ")]
+    assert [m.split(",")[0] for m in judged] == ["bitdepth: 2 of 3 image sets judged",
+                                                 "bitdepth: 3 of 3 image sets judged"]
     assert not any("observ" in m and "unmask" in m for m in logs)
     for key in ("benign", "attacks", "threshold"):
         assert more[key] == first[key], "adding defenses must not change UnMask's numbers"

@@ -509,6 +509,38 @@ def test_protect_with_a_tf_keras_model(oracle):
     assert res.preds.dtype == np.int64 and res.flags[2] and res.final[2] == NO_CLASS
 
 
+def test_inference_fn_is_the_models_forward_pass_traced_once():
+    """tf-keras models are predicted through one graph per model (batch dimension free:
+    one trace for every batch size), with the eager outputs; other callables as they are;
+    the cache does not keep a model alive."""
+    import gc
+    import weakref
+
+    import tfcompat
+    from models.inference import inference_fn
+
+    tf, keras = tfcompat.import_tf()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.BatchNormalization(), keras.layers.Flatten(),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(3)])
+    fn = inference_fn(model)
+    assert inference_fn(model) is fn
+    for n in (5, 2, 7):
+        x = np.random.default_rng(n).random((n, 8, 8, 3)).astype(np.float32)
+        np.testing.assert_allclose(fn(x).numpy(), model(x, training=False).numpy(),
+                                   rtol=1e-6, atol=1e-6)   # dropout off, BN statistics
+    assert fn.experimental_get_tracing_count() == 1
+
+    def plain(x):
+        return x
+    assert inference_fn(plain) is plain
+    ref = weakref.ref(model)
+    del model, fn
+    gc.collect()
+    assert ref() is None          # the cache holds the model weakly
+
+
 def test_mode_all_breaks_ties_like_the_original_code():
     """The original re-classified every image with a strict '>' scan over the class set, so
     the first best class wins whatever M said; mode 'flagged' keeps the project's rule."""

@@ -119,7 +119,8 @@ class TrajectoryDefense(Defense):
         data = {split: self._training_data(ctx, cache, images)
                 for split, images in (("train", train), ("val", val))}
         self._model, history = tj.train_detector(
-            *data["train"], *data["val"], kind=self.options.detector, seed=ctx.seed)
+            *data["train"], *data["val"], kind=self.options.detector, seed=ctx.seed,
+            strategy=s.get("strategy"))
         self._info = {"best_epoch": history["best_epoch"],
                       "val_macro_auc": history["best_val_macro_auc"],
                       "train_seconds": round(history["seconds"], 1),

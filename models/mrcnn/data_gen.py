@@ -152,8 +152,46 @@ def _subsample(rpn_match: np.ndarray, value: int, limit: int, rng) -> None:
         rpn_match[rng.choice(idx, size=len(idx) - limit, replace=False)] = 0
 
 
+#: Upper bound of the memory :class:`GroundTruthCache` may hold for one dataset (bytes).
+GT_CACHE_BYTES = 512 * 2 ** 20
+
+
+class GroundTruthCache:
+    """Memo of :func:`load_image_gt` for training runs where it is a pure function of the
+    image id: no augmentation and a resize mode without a random crop.
+
+    The synthetic K spends ~70% of its batch preparation decoding masks and making mini masks
+    that are the same every epoch; the cached arrays are read-only (a consumer that writes
+    into them fails loudly instead of corrupting later batches) and the random generator is
+    not touched, so the batches are exactly those of the uncached path.  Nothing is cached
+    when the dataset's ground truth would exceed :data:`GT_CACHE_BYTES` (e.g. the original
+    1024-pixel K), or for a random crop or an augmentation.
+    """
+
+    def __init__(self, dataset, config, augmentation=None):
+        self.dataset, self.config = dataset, config
+        per_image = (int(np.prod(config.IMAGE_SHAPE))
+                     + int(np.prod(config.MINI_MASK_SHAPE if config.USE_MINI_MASK
+                                   else config.IMAGE_SHAPE[:2])) * config.MAX_GT_INSTANCES)
+        self.enabled = (augmentation is None and config.IMAGE_RESIZE_MODE != "crop"
+                        and per_image * len(dataset.image_ids) <= GT_CACHE_BYTES)
+        self._items = {}
+
+    def load(self, image_id, rng: np.random.Generator, augmentation=None):
+        """:func:`load_image_gt` of ``image_id`` (cached when enabled)."""
+        if not self.enabled:
+            return load_image_gt(self.dataset, self.config, image_id, rng, augmentation)
+        item = self._items.get(image_id)
+        if item is None:
+            item = load_image_gt(self.dataset, self.config, image_id, rng, None)
+            for array in item:
+                array.flags.writeable = False
+            self._items[image_id] = item
+        return item
+
+
 def build_batch(dataset, config, image_ids, rng: np.random.Generator,
-                augmentation=None) -> dict:
+                augmentation=None, cache: GroundTruthCache = None) -> dict:
     """Training inputs for ``image_ids`` (one batch), keyed by the model's input names.
 
     Returns a dict: input_image ``float [B, S, S, 3]`` (molded), input_image_meta,
@@ -174,8 +212,9 @@ def build_batch(dataset, config, image_ids, rng: np.random.Generator,
         "input_gt_masks": np.zeros((b,) + mask_shape + (g,), bool),
     }
     for i, image_id in enumerate(image_ids):
-        image, meta, class_ids, boxes, masks = load_image_gt(dataset, config, image_id, rng,
-                                                            augmentation)
+        image, meta, class_ids, boxes, masks = (
+            cache.load(image_id, rng, augmentation) if cache is not None
+            else load_image_gt(dataset, config, image_id, rng, augmentation))
         if boxes.shape[0] > g:
             keep = rng.choice(np.arange(boxes.shape[0]), g, replace=False)
             class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
@@ -195,8 +234,10 @@ def batch_iterator(dataset, config, rng: np.random.Generator, shuffle: bool = Tr
                    augmentation=None):
     """Endless generator of training batches (dicts of :func:`build_batch`).
 
-    Images without any instance are skipped, as matterport does.
+    Images without any instance are skipped, as matterport does.  The ground truth of each
+    image is loaded once when that gives the same batches (:class:`GroundTruthCache`).
     """
+    cache = GroundTruthCache(dataset, config, augmentation)
     ids = [i for i in dataset.image_ids if _has_instances(dataset, i)]
     if not ids:
         raise ValueError("the training dataset has no image with annotated parts")
@@ -210,7 +251,7 @@ def batch_iterator(dataset, config, rng: np.random.Generator, shuffle: bool = Tr
                 pos = 0
             batch.append(int(order[pos]))
             pos += 1
-        yield build_batch(dataset, config, batch, rng, augmentation)
+        yield build_batch(dataset, config, batch, rng, augmentation, cache)
 
 
 def _has_instances(dataset, image_id) -> bool:

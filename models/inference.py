@@ -1,0 +1,36 @@
+"""M's forward pass in inference mode as one graph (no TensorFlow import of its own).
+
+A tf-keras model called eagerly runs layer by layer from Python: MobileNetV2 (width 0.5,
+96 px) took 1.33 s for 300 images in batches of 32 eagerly and 0.27 s through a
+``tf.function``, with the same logits up to 4e-17 (2-core CPU).  M's predictions -- the
+validation accuracy of every training epoch, the bench's labels, UnMask's ``predict`` -- go
+through :func:`inference_fn`.
+
+This module imports TensorFlow only when it is already loaded (a tf-keras model exists), so
+:mod:`defense.unmask` stays usable with any callable and without TensorFlow.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Callable
+
+_INFERENCE = weakref.WeakKeyDictionary()
+
+
+def inference_fn(model: Callable) -> Callable:
+    """``model``'s forward pass ``x [B, ...] -> logits`` in inference mode: for a tf-keras
+    model with one input, a ``tf.function`` with a free batch dimension (traced once per
+    model, kept while the model lives); any other callable as it is."""
+    keras = sys.modules.get("tf_keras")
+    if keras is None or not isinstance(model, keras.Model) or len(model.inputs) != 1:
+        return model
+    fn = _INFERENCE.get(model)
+    if fn is None:
+        import tensorflow as tf   # loaded already: tf_keras imports it
+
+        spec = tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype)
+        ref = weakref.ref(model)
+        fn = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+        _INFERENCE[model] = fn
+    return fn
