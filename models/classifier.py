@@ -137,4 +137,3 @@ def build_classifier(arch: str, num_classes: int, input_size: int = 128,
     x = keras.layers.Dropout(dropout, seed=seed, force_generator=True, name="head_dropout")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, logits, name="M_%s" % spec.name)
-
