@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--shards", type=int, default=None,
                       help="split every per-image attack vector of --grid into N image shards "
                            "(work units cut at attack-batch boundaries; the merged numbers "
-                           "are those of one shard) (default: 1)")
+                           "equal the unsharded run's) (default: 1)")
     from models.mrcnn.cli import add_arguments as add_k_arguments
     add_k_arguments(p)
     return p

@@ -158,10 +158,24 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
                                at_checkpoint_dir(cfg.m_dir, cfg.at_eps), cfg.train,
                                eps=cfg.at_eps, log=log, progress=cfg.progress,
                                strategy=strategy)
+    if strategy is not None:
+        # the evaluation runs in this process alone (under multi-worker the other workers stop
+        # below): plain copies, whose predictions wait on no other replica or worker.
+        # Reading the mirrored weights is a collective, so every worker makes its copies.
+        m = _single_device_copy(cfg, m, n)
+        at = None if at is None else _single_device_copy(cfg, at, n)
     if not is_chief(strategy):
         raise WorkerDone("this worker's share of the training is done; the chief (worker 0) "
                          "evaluates and writes the results")
     return m, at
+
+
+def _single_device_copy(cfg: EvalConfig, model, n: int):
+    """``model`` (trained under a tf.distribute strategy) rebuilt outside it with the same
+    weights."""
+    copy = build_classifier(cfg.arch, n, cfg.input_size, weights=None, seed=cfg.seed)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
@@ -365,7 +379,12 @@ class Bench:
                      end - begin) is not None:
             return path
         start = time.time()
-        if end > begin:
+        whole = _read_npz(self.record_path(model, name, eps, split), vfp, self.log,
+                          {"x_adv": 4, "pred_adv": 1}, len(benign))
+        if whole is not None:       # the unsharded record exists: its rows are the shard
+            x_adv, pred_adv, pred_clean = (whole[k][begin:end]
+                                           for k in ("x_adv", "pred_adv", "pred_clean"))
+        elif end > begin:
             res = compile_attack(self.models[model], name, eps).run(
                 benign.x[begin:end], benign.labels[begin:end],
                 batch_size=self.cfg.attack_batch, seed=self.cfg.seed,
@@ -547,6 +566,9 @@ class Bench:
                 if problem:
                     self.log("cache file %s is damaged (%s): recomputed" % (path, problem))
                     obs = None
+            elif isinstance(rec, dict):
+                self.log("%s was made by another %s (its settings or fitted state differ): "
+                         "recomputed" % (path, defense.label))
         if obs is None:
             obs = defense.observe(images)
             write_json_atomic(path, {"fingerprint": fp, "observation": obs})

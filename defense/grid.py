@@ -19,9 +19,10 @@ Work units, in four stages (a stage starts when the one before is done):
 
 Each unit is a pure function of its configuration -- every seed is the run's ``--seed``, the
 attack batches are seeded by their index -- and records its completion in
-``grid/units/<unit>.json`` (written atomically, with the digests of the files it produced and
-of the pair's whole configuration) only after its outputs are written; a unit whose record is
-there, for the same configuration and with its files unchanged, is skipped (another
+``grid/units/<unit>.json`` (written atomically, with the digests of the files it produced, of
+the pair's whole configuration, of its image listing and of the trained models it used) only
+after its outputs are written; a unit whose record is there, for the same configuration, data
+and models and with its files unchanged, is skipped (another
 ``--epochs`` or attack list makes every unit of the grid stale; another number of shards only
 adds the new shard units).  A unit killed halfway leaves no record and runs again; one that
 ran twice (a retried worker) wrote the same contents twice.  The merge reads the per-pair
@@ -116,13 +117,52 @@ def config_fingerprint(base, unit: Unit) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def data_stamp(cfg) -> str:
+    """Digest of the listing (path, size, modification time) of the pair's class-set images:
+    replaced or added images make every unit of the pair stale.  (The images themselves are
+    digested where they are used -- M's training state, the attack records -- this is the
+    cheap check the grid can make for every unit.)"""
+    root = os.path.join(cfg.data_dir, cfg.class_set.code_name)
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(folder, name))
+            h.update(("%s %d %d\n" % (os.path.relpath(os.path.join(folder, name), root),
+                                       st.st_size, st.st_mtime_ns)).encode())
+    return h.hexdigest()
+
+
+def _model_files(cfg) -> List[str]:
+    """The pair's trained models: M's best weights (and AT's with adversarial training)."""
+    from defense.adversarial_training import at_checkpoint_dir
+
+    files = [os.path.join(cfg.m_dir, "best.h5")]
+    if cfg.adv_train:
+        files.append(os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5"))
+    return files
+
+
+def unit_inputs(base, unit: Unit) -> Dict[str, str]:
+    """What a unit's result depends on beyond its configuration: the data listing and, for
+    every unit after training, the digests of the trained models it used."""
+    cfg = pair_config(base, unit.arch, unit.class_set)
+    inputs = {"data": data_stamp(cfg)}
+    if unit.kind != "train":
+        for path in _model_files(cfg):
+            inputs[path] = file_digest(path) if os.path.isfile(path) else None
+    return inputs
+
+
 def _done(base, unit: Unit) -> bool:
-    """True when the unit's record is there, made with this configuration, and its outputs
-    still hold what the unit wrote."""
+    """True when the unit's record is there, made with this configuration from the same data
+    and models, and its outputs still hold what the unit wrote."""
     rec = read_cached_json(unit_record_path(base, unit), log=lambda s: None)
     if not isinstance(rec, dict) or rec.get("version") != UNIT_VERSION:
         return False
     if rec.get("config") != config_fingerprint(base, unit):
+        return False
+    if rec.get("inputs") != unit_inputs(base, unit):
         return False
     outputs = rec.get("outputs")
     return (isinstance(outputs, dict) and bool(outputs)
@@ -142,7 +182,7 @@ def _unit_outputs(cfg, unit: Unit, log: Callable[[str], None]) -> List[str]:
     data = ev.load_data(cfg, log)
     m, at = ev.get_models(cfg, data, log)
     if unit.kind == "train":
-        return [os.path.join(cfg.m_dir, "best.h5")]
+        return _model_files(cfg)
     if unit.kind != "attack":
         raise ValueError("unknown work unit kind %r" % unit.kind)
     models = {"m": m, **({"at": at} if at is not None else {})}
@@ -164,6 +204,7 @@ def run_unit(base, unit: Unit, log: Callable[[str], None] = print) -> str:
     outputs = _unit_outputs(pair_config(base, unit.arch, unit.class_set), unit, log)
     write_json_atomic(record, {"version": UNIT_VERSION, "unit": dataclasses.asdict(unit),
                                "config": config_fingerprint(base, unit),
+                               "inputs": unit_inputs(base, unit),
                                "outputs": {path: file_digest(path)
                                            for path in sorted(set(outputs))}}, indent=1)
     return record

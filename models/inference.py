@@ -21,9 +21,11 @@ _INFERENCE = weakref.WeakKeyDictionary()
 def inference_fn(model: Callable) -> Callable:
     """``model``'s forward pass ``x [B, ...] -> logits`` in inference mode: for a tf-keras
     model with one input, a ``tf.function`` with a free batch dimension (traced once per
-    model, kept while the model lives); any other callable as it is."""
+    model, kept while the model lives); any other callable (a subclassed or unbuilt model
+    too) as it is."""
     keras = sys.modules.get("tf_keras")
-    if keras is None or not isinstance(model, keras.Model) or len(model.inputs) != 1:
+    inputs = getattr(model, "inputs", None)   # None: a subclassed or not yet built model
+    if keras is None or not isinstance(model, keras.Model) or not inputs or len(inputs) != 1:
         return model
     fn = _INFERENCE.get(model)
     if fn is None:

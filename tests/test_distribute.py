@@ -134,9 +134,11 @@ def test_main_multi_worker_end_to_end(tmp_path):
     """``main.py --distribute multi-worker`` on two processes over localhost: both train M
     (each step split over the two workers), the chief then evaluates and writes the report;
     the other worker stops after training and writes nothing of its own."""
+    from data.synthetic import MANIFEST
     from toys import tiny_unmask
 
     data = tiny_unmask(str(tmp_path / "data"))
+    os.remove(os.path.join(data, MANIFEST))    # read as a real data set in the original layout
     cluster = {"worker": ["localhost:%d" % p for p in _free_ports(2)]}
     procs = []
     for i in range(2):

@@ -25,7 +25,7 @@ def _base(data_dir, root, **kw):
                 train=TrainConfig(epochs=1, batch_size=16, learning_rate=0.01),
                 vectors=(("fgsm", 8),), n_test=6, attack_batch=2,
                 results_dir=str(root / "results"), checkpoint_dir=str(root / "ckpt"),
-                progress=False, extractor="oracle")
+                progress=False, extractor="oracle", defenses=("unmask",))
     base.update(kw)
     return ev.EvalConfig(**base)
 
@@ -120,6 +120,21 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     assert all(grid._done(base, u) for u in gone)
     assert grid.merge(base, [(a, c) for a in ARCHS for c in SETS], log=lambda s: None) == merged
 
+    # replaced images (here: one image's modification time) make every unit of the grid stale
+    # until they are run again
+    image = next(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(
+        base.data_dir, SETS[0])) for f in sorted(fs))
+    st = os.stat(image)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    try:
+        stale = [u for stage in grid.plan(base, ARCHS, SETS) for u in stage
+                 if not grid._done(base, u)]
+        assert {u.class_set for u in stale} == {SETS[0]}
+        assert len(stale) == len(ARCHS) * (2 + n_vectors + n_defenses)
+    finally:
+        os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert all(grid._done(base, u) for stage in grid.plan(base, ARCHS, SETS) for u in stage)
+
     # another setting (here the epochs, which name no folder) makes every unit stale
     import dataclasses
     other = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=2))
@@ -149,7 +164,7 @@ def _kill_one_busy_worker(stop, killed):
 
 
 @pytest.mark.slow
-def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path):
+def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path, monkeypatch):
     """Two shards of one vector (3 attack batches: 1 + 2), attacked apart and merged by image
     id, give the unsharded run's record bit for bit."""
     import numpy as np
@@ -170,6 +185,19 @@ def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path):
     for key in ("x_adv", "pred_adv", "pred_clean", "fingerprint"):
         np.testing.assert_array_equal(mine[key], whole[key], err_msg=key)
     np.testing.assert_array_equal(merged.x, whole["x_adv"])
+    # with the whole record there, a (new) shard is cut from it instead of attacked again
+    first = bench.shard_path("m", name, eps, 0, 2)
+    with np.load(first) as f:
+        before = {k: f[k] for k in ("x_adv", "pred_adv", "keys")}
+    os.remove(first)
+    calls = []
+    real = ev.compile_attack
+    monkeypatch.setattr(ev, "compile_attack", lambda *a, **k: calls.append(a) or real(*a, **k))
+    bench.attack_shard("m", name, eps, 0, 2)
+    assert calls == []
+    with np.load(first) as f:
+        for key, value in before.items():
+            np.testing.assert_array_equal(f[key], value, err_msg=key)
     # a shard holding an image twice is refused, not merged
     with np.load(bench.shard_path("m", name, eps, 0, 2)) as f:
         rec = {k: f[k] for k in f.files}

@@ -319,6 +319,18 @@ def test_ground_truth_cache_gives_the_uncached_batches(flip):
             item[0][0, 0, 0] = 1          # read-only: a consumer cannot corrupt later batches
 
 
-def test_ground_truth_cache_stays_off_beyond_its_memory_bound(monkeypatch):
+def test_ground_truth_cache_stays_within_its_memory_bound(monkeypatch):
+    ds, config = ToyDataset(6, 64, seed=3), get_config("tiny")
     monkeypatch.setattr(data_gen, "GT_CACHE_BYTES", 1000)
-    assert not data_gen.GroundTruthCache(ToyDataset(6, 64, seed=3), get_config("tiny")).enabled
+    assert not data_gen.GroundTruthCache(ds, config).enabled
+    # the estimate allows it, the real items do not all fit: caching stops at the bound
+    one = sum(a.nbytes for a in data_gen.load_image_gt(ds, config, 0))
+    monkeypatch.setattr(data_gen, "GT_CACHE_BYTES", int(2.5 * one))
+    monkeypatch.setattr(config, "MAX_GT_INSTANCES", 0)
+    cache = data_gen.GroundTruthCache(ds, config)
+    assert cache.enabled
+    rng = np.random.default_rng(0)
+    for image_id in ds.image_ids:
+        item = cache.load(image_id, rng)
+        np.testing.assert_array_equal(item[0], data_gen.load_image_gt(ds, config, image_id)[0])
+    assert 0 < cache.bytes <= data_gen.GT_CACHE_BYTES and len(cache._items) < len(ds.image_ids)

@@ -535,6 +535,16 @@ def test_inference_fn_is_the_models_forward_pass_traced_once():
     def plain(x):
         return x
     assert inference_fn(plain) is plain
+
+    class Subclassed(keras.Model):          # no symbolic inputs: called as it is
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(keras.layers.Flatten()(x))
+    sub = Subclassed()
+    assert inference_fn(sub) is sub
     ref = weakref.ref(model)
     del model, fn
     gc.collect()

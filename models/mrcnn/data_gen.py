@@ -165,7 +165,8 @@ class GroundTruthCache:
     into them fails loudly instead of corrupting later batches) and the random generator is
     not touched, so the batches are exactly those of the uncached path.  Nothing is cached
     when the dataset's ground truth would exceed :data:`GT_CACHE_BYTES` (e.g. the original
-    1024-pixel K), or for a random crop or an augmentation.
+    1024-pixel K), or for a random crop or an augmentation; images with more instances than
+    estimated stop the caching once the bytes actually held reach the bound.
     """
 
     def __init__(self, dataset, config, augmentation=None):
@@ -175,7 +176,7 @@ class GroundTruthCache:
                                    else config.IMAGE_SHAPE[:2])) * config.MAX_GT_INSTANCES)
         self.enabled = (augmentation is None and config.IMAGE_RESIZE_MODE != "crop"
                         and per_image * len(dataset.image_ids) <= GT_CACHE_BYTES)
-        self._items = {}
+        self._items, self.bytes = {}, 0
 
     def load(self, image_id, rng: np.random.Generator, augmentation=None):
         """:func:`load_image_gt` of ``image_id`` (cached when enabled)."""
@@ -184,9 +185,12 @@ class GroundTruthCache:
         item = self._items.get(image_id)
         if item is None:
             item = load_image_gt(self.dataset, self.config, image_id, rng, None)
-            for array in item:
-                array.flags.writeable = False
-            self._items[image_id] = item
+            size = sum(int(array.nbytes) for array in item)
+            if self.bytes + size <= GT_CACHE_BYTES:
+                for array in item:
+                    array.flags.writeable = False
+                self._items[image_id] = item
+                self.bytes += size
         return item
 
 
