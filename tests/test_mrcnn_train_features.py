@@ -323,10 +323,11 @@ def test_ground_truth_cache_stays_within_its_memory_bound(monkeypatch):
     ds, config = ToyDataset(6, 64, seed=3), get_config("tiny")
     monkeypatch.setattr(data_gen, "GT_CACHE_BYTES", 1000)
     assert not data_gen.GroundTruthCache(ds, config).enabled
-    # the estimate allows it, the real items do not all fit: caching stops at the bound
-    one = sum(a.nbytes for a in data_gen.load_image_gt(ds, config, 0))
-    monkeypatch.setattr(data_gen, "GT_CACHE_BYTES", int(2.5 * one))
+    # the estimate (here: images only) allows it, the real items (with their masks) do not
+    # all fit: caching stops at the bound
     monkeypatch.setattr(config, "MAX_GT_INSTANCES", 0)
+    monkeypatch.setattr(data_gen, "GT_CACHE_BYTES",
+                        int(np.prod(config.IMAGE_SHAPE)) * len(ds.image_ids))
     cache = data_gen.GroundTruthCache(ds, config)
     assert cache.enabled
     rng = np.random.default_rng(0)
