@@ -417,6 +417,9 @@ class Bench:
                              dict(vfp, shard=[shard, shards]), self.log,
                              {"x_adv": 4, "pred_adv": 1, "keys": 1}, end - begin)
             if part is None:
+                self.log("%s on %s, eps=%g (%s): shard %d of %d is missing, so this process "
+                         "attacks every image itself (the grid's attack units make the shards)"
+                         % (name, model, eps, split, shard + 1, shards))
                 return None
             parts.append(part)
         keys = [str(k) for p in parts for k in p["keys"]]
