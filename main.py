@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where M's and AT's checkpoints are written")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     m.add_argument("--distribute", default="none", choices=["none", "mirrored", "multi-worker"],
-                   help="tf.distribute strategy of M's and AT's training: mirrored = the "
-                        "local GPUs (or logical CPUs); multi-worker = the hosts of the "
-                        "TF_CONFIG environment variable, the same command on each (worker 0 "
-                        "evaluates); K is not distributed (one process per GPU)")
+                   help="tf.distribute strategy of M's and AT's training (and, with "
+                        "mirrored, the trajectory detector's): mirrored = the local GPUs (or "
+                        "logical CPUs); multi-worker = the hosts of the TF_CONFIG environment "
+                        "variable, the same command on each (worker 0 evaluates); K is not "
+                        "distributed (one process per GPU)")
     grid = p.add_argument_group("the paper's grid and running past one machine (--model M)")
     grid.add_argument("--grid", action="store_true",
                       help="evaluate every (architecture, class set) pair of --archs x "

@@ -373,10 +373,8 @@ class Bench:
         benign = self.images(split)
         first, begin, end = shard_bounds(len(benign), self.cfg.attack_batch, shard, shards)
         vfp = self._vector_fp(model, name, eps, split)
-        sfp = dict(vfp, shard=[shard, shards])
         path = self.shard_path(model, name, eps, shard, shards, split)
-        if _read_npz(path, sfp, self.log, {"x_adv": 4, "pred_adv": 1, "keys": 1},
-                     end - begin) is not None:
+        if self._read_shard(path, vfp, shard, shards, end - begin) is not None:
             return path
         start = time.time()
         whole = _read_npz(self.record_path(model, name, eps, split), vfp, self.log,
@@ -395,7 +393,7 @@ class Bench:
             pred_adv = pred_clean = np.zeros(0, np.int64)
         _write_npz(path, {"x_adv": x_adv, "pred_adv": pred_adv, "pred_clean": pred_clean,
                           "keys": np.asarray(benign.keys[begin:end], dtype=str),
-                          "fingerprint": _canonical(sfp),
+                          "fingerprint": _canonical(dict(vfp, shard=[shard, shards])),
                           "seconds": round(time.time() - start, 1)})
         self.log("%s on %s, eps=%g (%s), shard %d of %d (images %d-%d): %.0f s" % (
             name, model, eps, split, shard + 1, shards, begin, end - 1, time.time() - start))
@@ -406,6 +404,12 @@ class Bench:
                                                  model_digest=self.digests[model], split=split),
                                   name, eps)
 
+    def _read_shard(self, path: str, vfp: Dict, shard: int, shards: int,
+                    n: int) -> Optional[Dict]:
+        """Shard ``shard`` of ``shards`` of the vector ``vfp`` when saved whole, else None."""
+        return _read_npz(path, dict(vfp, shard=[shard, shards]), self.log,
+                         {"x_adv": 4, "pred_adv": 1, "keys": 1}, n)
+
     def _merge_shards(self, model, name, eps, split, benign, vfp, path) -> Optional[Dict]:
         """The whole record from its ``cfg.shards`` shards (None when one is missing): rows
         put in the image set's order by image id, every id exactly once, written as the
@@ -413,9 +417,8 @@ class Bench:
         shards, parts = self.cfg.shards, []
         for shard in range(shards):
             _, begin, end = shard_bounds(len(benign), self.cfg.attack_batch, shard, shards)
-            part = _read_npz(self.shard_path(model, name, eps, shard, shards, split),
-                             dict(vfp, shard=[shard, shards]), self.log,
-                             {"x_adv": 4, "pred_adv": 1, "keys": 1}, end - begin)
+            part = self._read_shard(self.shard_path(model, name, eps, shard, shards, split),
+                                    vfp, shard, shards, end - begin)
             if part is None:
                 self.log("%s on %s, eps=%g (%s): shard %d of %d is missing, so this process "
                          "attacks every image itself (the grid's attack units make the shards)"

@@ -1,8 +1,10 @@
 """The paper's grid as work units: planning, resumability, and the same merged numbers from
 one process and from a Ray cluster of two workers (a tiny configuration)."""
+import dataclasses
 import json
 import os
 
+import numpy as np
 import pytest
 
 from data.knowledge import get_class_set
@@ -46,7 +48,6 @@ def test_plan_has_four_stages_of_sorted_units():
 
 
 def test_shards_split_the_per_image_vectors_at_batch_boundaries():
-    import dataclasses
     base = ev.EvalConfig(class_set=get_class_set("CS5b"), shards=3,
                          vectors=(("pgd_linf", 8), ("uap", 10)))
     attack = grid.plan(base, ["mobilenetv2_050"], ["cs5-2"])[1]
@@ -136,7 +137,6 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     assert all(grid._done(base, u) for stage in grid.plan(base, ARCHS, SETS) for u in stage)
 
     # another setting (here the epochs, which name no folder) makes every unit stale
-    import dataclasses
     other = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=2))
     assert not any(grid._done(other, u) for stage in grid.plan(other, ARCHS, SETS)
                    for u in stage)
@@ -167,11 +167,8 @@ def _kill_one_busy_worker(stop, killed):
 def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path, monkeypatch):
     """Two shards of one vector (3 attack batches: 1 + 2), attacked apart and merged by image
     id, give the unsharded run's record bit for bit."""
-    import numpy as np
-
     base, _ = single
     pair = grid.pair_config(base, ARCHS[0], SETS[0])
-    import dataclasses
     cfg = dataclasses.replace(pair, results_dir=str(tmp_path / "results"), shards=2)
     data = ev.load_data(cfg, lambda s: None)
     m, _ = ev.get_models(cfg, data, lambda s: None)       # the single run's trained M
