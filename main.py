@@ -103,18 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "bitdepth:3, pca:0.95). Default: none,unmask (plus at with "
                         "--adv-train)")
     m.add_argument("--threat", default="gray-box",
-                   help="threat models to evaluate, comma list of gray-box (the paper's: the "
-                        "attacks see M only) and adaptive (defense-aware attacks: BPDA/EOT "
-                        "through transforms, the detector through its LSTM, M and K together "
-                        "for UnMask) and transfer (UnMask's adaptive attack through a "
-                        "surrogate K, --k-transfer)")
+                   help="threat models to evaluate, comma list of %s: gray-box (the paper's: "
+                        "the attacks see M only), adaptive (defense-aware attacks run by the "
+                        "adaptive engine: BPDA/EOT through transforms, the detector through "
+                        "its LSTM, M and K together for UnMask; every target class, restarts, "
+                        "both goals) and transfer (UnMask's adaptive attack through a "
+                        "surrogate K, --k-transfer)" % ", ".join(_threat_names()))
     m.add_argument("--k-transfer",
                    help="surrogate K checkpoint (.h5) for --threat transfer: the adaptive "
                         "attack on UnMask through a K trained with another seed, judged on the "
                         "real K")
-    m.add_argument("--adaptive-steps", type=int,
-                   help="iterations of every adaptive attack (default: the vector's own, 20 "
-                        "for the paper's)")
+    m.add_argument("--adaptive-steps", type=int, default=100,
+                   help="iterations of each run of a defense-aware attack (SPEC: >= 100; the "
+                        "convergence trace reports 10, 20, 50, 100, 200)")
+    m.add_argument("--adaptive-restarts", type=int, default=2,
+                   help="restart rounds of each defense-aware attack (later rounds start at a "
+                        "random point of the ball)")
+    m.add_argument("--adaptive-targets", type=int, default=None,
+                   help="target classes tried per image where the attack needs them (UnMask: "
+                        "the classes whose parts K is made to see, by part overlap; APGD-T); "
+                        "default: all C - 1")
+    m.add_argument("--adaptive-gradient", default=None, type=str.lower,
+                   choices=("two-phase", "joint", "orthogonal"),
+                   help="how a detector's adaptive attack combines M's and the detector's "
+                        "gradients: two-phase (M's until M says the target, then the "
+                        "detector's; UnMask's default), joint (both; the trajectory "
+                        "detector's default, its seed's) or orthogonal (Bryniarski et al. "
+                        "2022)")
     m.add_argument("--detection-set", choices=("original", "strict"), default="original",
                    type=str.lower,
                    help="images of a detection evaluation (Table III, ROC/AUC, TPR/FPR): "
@@ -224,6 +239,11 @@ def run_grid(cfg, archs, class_sets, args) -> int:
         if hasattr(executor, "shutdown"):
             executor.shutdown()
     return 0
+
+
+def _threat_names():
+    from defense.threats import NAMES  # light: no TensorFlow at import time
+    return NAMES
 
 
 def _defense_names():
@@ -344,15 +364,17 @@ def _eval_config(args):
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
     train.validate()
+    from defense.threats import Threat
     threats = []
-    for item in filter(None, (t.strip().lower() for t in args.threat.split(","))):
-        if item not in ("gray-box", "adaptive", "transfer"):
-            raise ValueError("--threat: unknown threat model %r; valid: gray-box, adaptive, "
-                             "transfer" % item)
-        if item not in threats:
-            threats.append(item)
+    for item in filter(None, (t.strip() for t in args.threat.split(","))):
+        try:
+            threat = Threat.parse(item)
+        except ValueError as e:
+            raise ValueError("--threat: %s" % e) from None
+        if threat not in threats:
+            threats.append(threat)
     if not threats:
-        raise ValueError("--threat: give gray-box, adaptive, transfer or several")
+        raise ValueError("--threat: give one or several of %s" % ", ".join(_threat_names()))
     if "transfer" in threats:
         if not args.k_transfer:
             raise ValueError("--threat transfer needs --k-transfer PATH: a K checkpoint trained "
@@ -360,8 +382,11 @@ def _eval_config(args):
                              "--k-log-dir logs/model_k_seed1`)")
         if not os.path.isfile(args.k_transfer):
             raise ValueError("--k-transfer %s: no such checkpoint file" % args.k_transfer)
-    if args.adaptive_steps is not None and args.adaptive_steps < 1:
-        raise ValueError("--adaptive-steps must be >= 1, got %d" % args.adaptive_steps)
+    for flag, value, low in (("--adaptive-steps", args.adaptive_steps, 1),
+                             ("--adaptive-restarts", args.adaptive_restarts, 1),
+                             ("--adaptive-targets", args.adaptive_targets, 1)):
+        if value is not None and value < low:
+            raise ValueError("%s must be an integer >= %d, got %d" % (flag, low, value))
     if args.distribute == "multi-worker":
         from models.distribute import check_tf_config
         check_tf_config(os.environ.get("TF_CONFIG"))
@@ -379,6 +404,8 @@ def _eval_config(args):
         vectors=vectors, defenses=defenses,
         trajectory_table=args.trajectory_table, detection_set=args.detection_set,
         threats=tuple(threats), adaptive_steps=args.adaptive_steps,
+        adaptive_restarts=args.adaptive_restarts, adaptive_targets=args.adaptive_targets,
+        adaptive_gradient=args.adaptive_gradient,
         k_transfer=args.k_transfer,
         n_test=args.n_test,
         seed=args.seed,

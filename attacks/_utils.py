@@ -35,7 +35,7 @@ import tfcompat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is im
 
 import numpy as np
 import tensorflow as tf
-from cleverhans.tf2.utils import clip_eta, compute_gradient
+from cleverhans.tf2.utils import clip_eta, compute_gradient, optimize_linear
 
 #: The two norms the package knows, by their public names.
 LINF = "linf"
@@ -165,17 +165,42 @@ def random_targets(y, num_classes, seed):
     return (y + offset) % num_classes
 
 
-def attack_targets(model_fn, x, y, seed):
+def attack_targets(target, x, y, seed):
     """The random targets ``[B]`` of a targeted attack on the batch ``(x, y)``.
 
-    :func:`random_targets` with the class count of ``model_fn`` (one forward pass on ``x``)
-    and the batch seed ``seed`` (int tensor ``[2]``; required: a targeted attack called
-    directly needs one, the runner gives ``(seed, batch_index)``).
+    :func:`random_targets` with the class count of ``target`` (an
+    :class:`~attacks.target.AttackTarget`; for a model, one forward pass on ``x``) and the
+    batch seed ``seed`` (int tensor ``[2]``; required: a targeted attack called directly needs
+    one, the runner gives ``(seed, batch_index)``).
     """
     if seed is None:
         raise ValueError("targeted=True draws a random target per image from the batch seed; "
                          "pass seed=(run_seed, batch_index) (an int tensor of shape [2])")
-    return random_targets(y, tf.shape(model_fn(x))[1], seed)
+    return random_targets(y, target.num_classes(x), seed)
+
+
+def goal_targets(target, x, y, seed, targeted, targets):
+    """The target classes an attack steps toward: ``targets`` when given (int ``[B]``, e.g.
+    the engine's ranked targets), random ones when ``targeted`` (:func:`attack_targets`),
+    else None (untargeted)."""
+    if targets is not None:
+        return tf.cast(targets, tf.int64)
+    return attack_targets(target, x, y, seed) if targeted else None
+
+
+def gradient_step(x_adv, grad, step_size, norm):
+    """``clip_[0,1](x_adv + step * d(grad))`` with ``d`` the sign (L-inf) or the L2-normalised
+    gradient (L2): cleverhans' ``fast_gradient_method`` step (``optimize_linear`` and the
+    clip), taken from a given gradient."""
+    return clip_pixels(x_adv + optimize_linear(grad, step_size, cleverhans_ord(norm)))
+
+
+def start_point(x, norm, eps, seed, rand_init, start):
+    """An iterative attack's first iterate: ``start`` when given (the engine's restarts),
+    else a random point of the ball (``rand_init``, :func:`random_start`) or ``x``."""
+    if start is not None:
+        return tf.cast(start, x.dtype)
+    return random_start(x, norm, eps, seed) if rand_init else x
 
 
 def iterate(steps, step_fn, state):

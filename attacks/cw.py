@@ -29,6 +29,7 @@ import tfcompat  # noqa: F401
 import tensorflow as tf
 
 from attacks import _utils
+from attacks.target import as_target
 
 _TANH_SHRINK = 0.999999   # keeps atanh finite at pixels exactly 0 or 1
 _ADAM_BETA1 = 0.9
@@ -66,22 +67,33 @@ def _squared_l2(a, b):
     return tf.reduce_sum(tf.square(a - b), axis=[1, 2, 3])
 
 
-def _search_round(model_fn, x, y, const, best, steps, learning_rate, confidence, targeted):
+def _search_round(target, x, y, goal, const, best, steps, learning_rate, confidence):
     """One Adam run of ``steps`` iterations at fixed per-sample constants ``const`` ``[B]``.
 
-    ``best`` is the tuple ``(best_l2 [B], best_adv [B, H, W, C])``, updated whenever an
-    iterate is adversarial and closer to ``x``.  Returns ``(best, found [B] bool)``.
+    ``goal`` is None (untargeted) or the targets ``[B]``.  The target gives the gradient of
+    ``-const * relu(margin)`` at ``x'`` (the attacker's loss, higher = better); the distance
+    term's gradient ``2 (x' - x)`` is added and both are pulled back through ``x' = (tanh(w)
+    + 1) / 2`` as TensorFlow's own gradient of that expression would (``TanhGrad`` of half
+    the sum).  ``best`` is the tuple ``(best_l2 [B], best_adv [B, H, W, C])``, updated whenever
+    an iterate is adversarial and closer to ``x``.  Returns ``(best, found [B] bool)``.
     """
     w0 = _to_tanh_space(x)
+    targeted = goal is not None
+
+    def hinge(logits, y_, t_):
+        return -(const * tf.maximum(_margin(logits, y_ if t_ is None else t_, confidence,
+                                            targeted), 0.0))
+
+    hinge.per_image = True      # holds the batch's constants: evaluated on every row
 
     def body(i, delta, m, v, best_l2, best_adv, found):
-        with tf.GradientTape() as tape:
-            tape.watch(delta)
-            x_new = _from_tanh_space(w0 + delta)
-            margin = _margin(model_fn(x_new), y, confidence, targeted)
-            dist = _squared_l2(x_new, x)
-            loss = tf.reduce_sum(dist + const * tf.maximum(margin, 0.0))
-        grad = tape.gradient(loss, delta)
+        tanh_w = tf.tanh(w0 + delta)
+        x_new = (tanh_w + 1.0) / 2.0
+        out = target.evaluate(x_new, y, goal, hinge)
+        margin = _margin(out.logits, y if goal is None else goal, confidence, targeted)
+        dist = _squared_l2(x_new, x)
+        grad_x = (x_new - x) * 2.0 - out.grad
+        grad = tf.raw_ops.TanhGrad(y=tanh_w, dy=grad_x / 2.0)
         is_adv = margin < 0.0
         better = tf.logical_and(is_adv, dist < best_l2)
         best_l2 = tf.where(better, dist, best_l2)
@@ -109,13 +121,14 @@ def _update_constants(const, lower, upper, found):
     return const, lower, upper
 
 
-def cw_l2(model_fn, x, y, *, eps=None, step_size=None, steps=100, norm=_utils.L2, seed=None,
+def cw_l2(target, x, y, *, eps=None, step_size=None, steps=100, norm=_utils.L2, seed=None,
           binary_search_steps=5, initial_const=0.1, learning_rate=0.01, confidence=0.0,
-          targeted=False):
+          targeted=False, targets=None, start=None):
     """Carlini-Wagner L2 on a batch, untargeted (default) or towards random targets.
 
     Args:
-        model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
+        target: an :class:`~attacks.target.AttackTarget` or a model (``[B, H, W, C]`` in
+            ``[0, 1]`` -> logits ``[B, K]``).
         x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
         y: int tensor ``[B]``, the labels to move away from (targeted: the targets are drawn
             among the other classes).
@@ -131,22 +144,25 @@ def cw_l2(model_fn, x, y, *, eps=None, step_size=None, steps=100, norm=_utils.L2
         confidence: ``kappa``, required logit margin of the adversarial class.
         targeted: reach a random target ``!= y`` per image
             (:func:`attacks._utils.attack_targets` from ``seed``) with the targeted objective.
+        targets: int ``[B]`` targets (overrides ``targeted``).
+        start: ignored: CW starts at ``x`` in tanh space and is deterministic (accepted for a
+            uniform signature).
 
     Returns:
         float32 ``[B, H, W, C]`` in ``[0, 1]``.
     """
-    del step_size, norm
+    del step_size, norm, start
+    target = as_target(target)
     y = tf.cast(y, tf.int64)
-    if targeted:
-        y = _utils.attack_targets(model_fn, x, y, seed)
+    goal = _utils.goal_targets(target, x, y, seed, targeted, targets)
     batch = tf.shape(x)[0]
     const = tf.fill([batch], tf.cast(initial_const, x.dtype))
     lower = tf.zeros([batch], x.dtype)
     upper = tf.fill([batch], tf.cast(_NO_UPPER, x.dtype))
     best = (tf.fill([batch], tf.cast(float("inf"), x.dtype)), x)
     for _ in range(binary_search_steps):
-        best, found = _search_round(model_fn, x, y, const, best, steps, learning_rate,
-                                    confidence, targeted)
+        best, found = _search_round(target, x, y, goal, const, best, steps, learning_rate,
+                                    confidence)
         const, lower, upper = _update_constants(const, lower, upper, found)
     x_adv = best[1]
     if eps is not None:

@@ -28,6 +28,8 @@ import tensorflow as tf
 from cleverhans.tf2.utils import optimize_linear
 
 from attacks import _utils
+from attacks.losses import cross_entropy
+from attacks.target import as_target
 
 
 #: The random targets of ``ga`` (and of every attack run with ``targeted=True``): see
@@ -35,11 +37,13 @@ from attacks import _utils
 ga_targets = _utils.random_targets
 
 
-def ga(model_fn, x, y, *, eps, step_size, steps, norm=_utils.LINF, seed, stop_prob=0.99):
+def ga(target, x, y, *, eps, step_size, steps, norm=_utils.LINF, seed, stop_prob=0.99,
+       targets=None, start=None):
     """Targeted gradient ascent on a batch, with a per-image early stop.
 
     Args:
-        model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
+        target: an :class:`~attacks.target.AttackTarget` or a model (``[B, H, W, C]`` in
+            ``[0, 1]`` -> logits ``[B, K]``).
         x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
         y: int tensor ``[B]``, true labels (the targets are drawn among the other classes).
         eps: ball radius in ``[0, 1]`` units.
@@ -50,25 +54,26 @@ def ga(model_fn, x, y, *, eps, step_size, steps, norm=_utils.LINF, seed, stop_pr
         seed: int tensor ``[2]`` keying the targets (:func:`ga_targets`).
         stop_prob: an image stops moving once the softmax probability of its target is
             ``>= stop_prob``.
+        targets: int ``[B]`` targets to use instead of random ones (the engine's).
+        start: first iterate (default ``x``).
 
     Returns:
         float32 ``[B, H, W, C]`` in ``[0, 1]`` and within ``eps`` of ``x``.
     """
+    target = as_target(target)
     order = _utils.cleverhans_ord(norm)
-    targets = _utils.attack_targets(model_fn, x, y, seed)
+    goal = _utils.goal_targets(target, x, y, seed, True, targets)
 
     def step(state):
         x_adv, done = state
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            logits = model_fn(x_adv)
-            loss = tf.reduce_sum(_utils.cross_entropy_loss(targets, logits))
-        grad = tape.gradient(loss, x_adv)
-        p_target = tf.gather(tf.nn.softmax(logits), targets, axis=1, batch_dims=1)
+        out = target.evaluate(x_adv, y, goal, cross_entropy)     # ascends -CE(target)
+        p_target = tf.gather(tf.nn.softmax(out.logits), goal, axis=1, batch_dims=1)
         done = tf.logical_or(done, p_target >= stop_prob)
-        moved = _utils.project(x_adv + optimize_linear(-grad, step_size, order), x, norm, eps)
+        moved = _utils.project(x_adv + optimize_linear(out.grad, step_size, order), x, norm,
+                               eps)
         keep = tf.reshape(done, [-1, 1, 1, 1])
         return tf.where(keep, x_adv, moved), done
 
     not_done = tf.zeros(tf.shape(x)[:1], tf.bool)
-    return _utils.iterate(steps, step, (x, not_done))[0]
+    first = _utils.start_point(x, norm, eps, seed, False, start)
+    return _utils.iterate(steps, step, (first, not_done))[0]

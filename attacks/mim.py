@@ -8,7 +8,8 @@ with ``d`` the sign (L-inf) or L2 normalisation (L2).  The paper uses ``mu = 1``
 the *negated* cross-entropy of ``t`` (cleverhans' ``targeted=True``), so the steps lower it.
 
 Follows cleverhans 4.0.0's ``momentum_iterative_method`` step for step and uses its pieces
-(``compute_gradient``, ``optimize_linear``, ``clip_eta``).  Checked in cleverhans: its gradient
+(``optimize_linear``, ``clip_eta``); the gradient comes from an
+:class:`~attacks.target.AttackTarget` (for a model, cleverhans' ``compute_gradient``'s).  Checked in cleverhans: its gradient
 normalisation (mean absolute value over axes 1..3, ``keepdims``), its L2 step
 (``optimize_linear``) and its L2 projection (``clip_eta``) are all per sample, so batches are
 handled correctly; dividing by the *mean* instead of the L1 *sum* of Dong et al. rescales every
@@ -27,6 +28,8 @@ import tensorflow as tf
 from cleverhans.tf2.utils import optimize_linear
 
 from attacks import _utils
+from attacks.losses import get_loss
+from attacks.target import as_target
 
 
 def _normalise_l1(grad):
@@ -35,14 +38,15 @@ def _normalise_l1(grad):
     return grad / tf.maximum(scale, tf.cast(1e-12, grad.dtype))
 
 
-def mim(model_fn, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0, targeted=False):
-    """MI-FGSM on a batch, untargeted (default) or towards random targets.
+def mim(target, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0, targeted=False,
+        targets=None, start=None, loss="ce"):
+    """MI-FGSM on a batch, untargeted (default) or toward target classes.
 
     Args:
-        model_fn: callable, float32 ``[B, H, W, C]`` in ``[0, 1]`` -> logits ``[B, K]``.
+        target: an :class:`~attacks.target.AttackTarget` or a model (``[B, H, W, C]`` in
+            ``[0, 1]`` -> logits ``[B, K]``).
         x: float32 tensor ``[B, H, W, C]``, pixels in ``[0, 1]``.
-        y: int tensor ``[B]``, the labels (untargeted: their cross-entropy is maximised;
-            targeted: the targets are drawn among the other classes).
+        y: int tensor ``[B]``, the labels.
         eps: ball radius in ``[0, 1]`` units.
         step_size: step length ``alpha`` in ``[0, 1]`` units.
         steps: number of iterations ``T`` (Python int).
@@ -50,20 +54,25 @@ def mim(model_fn, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0, ta
         seed: int tensor ``[2]`` keying the random targets; unused (may be None) when
             untargeted: the untargeted method is deterministic.
         decay: momentum decay factor ``mu``.
-        targeted: minimise the cross-entropy of a random target ``!= y`` per image
-            (:func:`attacks._utils.attack_targets` from ``seed``).
+        targeted: step toward a random target ``!= y`` per image (drawn from ``seed``).
+        targets: int ``[B]`` target classes (overrides ``targeted``).
+        start: first iterate (default ``x``; the engine's restarts start elsewhere).
+        loss: the attacker's loss (:data:`attacks.losses.LOSSES`, default ``'ce'``).
 
     Returns:
         float32 ``[B, H, W, C]`` in ``[0, 1]`` and within ``eps`` of ``x``.
     """
+    target = as_target(target)
+    loss_fn = get_loss(loss)
     order = _utils.cleverhans_ord(norm)
-    goal = _utils.attack_targets(model_fn, x, y, seed) if targeted else y
+    goal = _utils.goal_targets(target, x, y, seed, targeted, targets)
 
     def step(state):
         x_adv, momentum = state
-        grad = _utils.loss_gradient(model_fn, x_adv, goal, targeted)
+        grad = target.evaluate(x_adv, y, goal, loss_fn).grad
         momentum = decay * momentum + _normalise_l1(grad)
         x_adv = x_adv + optimize_linear(momentum, step_size, order)
         return _utils.project(x_adv, x, norm, eps), momentum
 
-    return _utils.iterate(steps, step, (x, tf.zeros_like(x)))[0]
+    first = _utils.start_point(x, norm, eps, seed, False, start)
+    return _utils.iterate(steps, step, (first, tf.zeros_like(x)))[0]

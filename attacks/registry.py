@@ -55,11 +55,13 @@ than the ball, so every step jumped to the ball's boundary and MIA ignored the p
 alpha = eps/T) -- a bug that is *not* reproduced here.  Every default is overridable.
 """
 import dataclasses
+import functools
 import math
 
 import numpy as np
 
 from attacks import _utils
+from attacks.apgd import apgd, apgd_targets
 from attacks.bim import bim
 from attacks.cw import cw_l2
 from attacks.fgsm import fgsm
@@ -77,8 +79,10 @@ class AttackSpec:
 
     Attributes:
         name: registry name, e.g. ``'pgd_linf'``.
-        fn: batch function ``fn(model_fn, x, y, *, eps, step_size, steps, norm, seed, **extra)``
-            working in ``[0, 1]`` units.  A universal attack's ``fn`` also takes
+        fn: batch function ``fn(target, x, y, *, eps, step_size, steps, norm, seed, **extra)``
+            working in ``[0, 1]`` units, ``target`` an :class:`~attacks.target.AttackTarget`
+            (or a model); the per-image attacks also take ``targets`` (int ``[B]`` classes to
+            step toward) and ``start`` (the first iterate).  A universal attack's ``fn`` also takes
             ``perturbation`` (float32 ``[H, W, 3]``, the fitted ``v``) and applies it.
         norm: ``'linf'`` or ``'l2'``.
         description: one line for listings.
@@ -101,6 +105,9 @@ class AttackSpec:
         version: bumped when the attack's algorithm changes for the same configuration, so
             results saved with the old code are recomputed (callers put it in their
             fingerprints).
+        stages: None, or for a *composite* attack (AutoAttack) ``(config, num_classes) ->
+            [AttackConfig, ...]``: the attacks run one after the other, each on the images no
+            earlier one fooled, the first success kept per image (``fn`` is then None).
     """
 
     name: str
@@ -117,6 +124,7 @@ class AttackSpec:
     fit_fn: object = None
     targeting: str = "none"
     version: int = 1
+    stages: object = None
 
     @property
     def has_ball(self):
@@ -191,6 +199,39 @@ def _check_ga_params(params):
                          "seed's 0.99)" % (stop,))
 
 
+def _check_int(params, name, low):
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError("%s=%r: expected an integer >= %d" % (name, value, low))
+
+
+def _check_apgd_params(params):
+    _check_int(params, "restarts", 1)
+    for name, low in (("n_targets", 1), ("first_target", 0)):
+        if name in params:
+            _check_int(params, name, low)
+
+
+def _autoattack_stages(config, num_classes):
+    """AutoAttack's "standard" version without FAB-T and Square: APGD-CE, then APGD-T toward
+    each of the min(n_targets, C - 1) classes with the highest clean logits."""
+    params = dict(config.params)
+    suffix = "" if config.norm == _utils.LINF else "_l2"
+    common = dict(steps=config.steps, restarts=params["restarts"],
+                  rand_init=params["rand_init"])
+    stages = [resolve_config("apgd_ce" + suffix, config.eps, **common)]
+    for k in range(min(params["n_targets"], num_classes - 1)):
+        stages.append(resolve_config("apgd_t" + suffix, config.eps, first_target=k,
+                                     n_targets=1, **common))
+    return stages
+
+
+#: What AutoAttack's "standard" version runs that this one does not (said in every report).
+AUTOATTACK_NOT_RUN = ("fab_t", "square")
+
+_APGD_DEFAULTS = {"restarts": 1, "rand_init": True}
+_APGD_T_DEFAULTS = {"restarts": 1, "rand_init": True, "n_targets": 9, "first_target": 0}
+
 _UAP_DEFAULTS = {"max_passes": 10, "fooling_target": 0.8, "overshoot": 0.02,
                  "deepfool_steps": 10, "max_fit_images": 256, "fit_batch_size": 32}
 
@@ -232,6 +273,30 @@ ATTACKS = {
                    fixed_steps=True, extra_defaults=dict(_UAP_DEFAULTS),
                    check_params=_check_uap_params, universal=True, fit_fn=fit_uap,
                    version=2),   # 2: the fitted v, never the zero start, when no pass improves
+    ) + tuple(
+        AttackSpec("apgd_%s%s" % (loss, suffix), functools.partial(apgd, loss=loss), norm,
+                   "Auto-PGD, %s loss, %s (Croce & Hein 2020)" % (label, norm_label), eps,
+                   100, None, extra_defaults=dict(_APGD_DEFAULTS),
+                   check_params=_check_apgd_params)
+        for suffix, norm, norm_label, eps in (("", _utils.LINF, "L-inf", 8.0),
+                                              ("_l2", _utils.L2, "L2", 300.0))
+        for loss, label in (("ce", "cross-entropy"), ("dlr", "DLR"))
+    ) + tuple(
+        AttackSpec("apgd_t%s" % suffix, apgd_targets, norm,
+                   "Auto-PGD-T: targeted DLR toward the n_targets best other classes, %s"
+                   % norm_label, eps, 100, None, extra_defaults=dict(_APGD_T_DEFAULTS),
+                   check_params=_check_apgd_params)
+        for suffix, norm, norm_label, eps in (("", _utils.LINF, "L-inf", 8.0),
+                                              ("_l2", _utils.L2, "L2", 300.0))
+    ) + tuple(
+        AttackSpec("autoattack%s" % suffix, None, norm,
+                   "AutoAttack (standard, %s): APGD-CE then APGD-T over min(9, C - 1) "
+                   "targets, each on the images still robust (FAB-T and Square not run)"
+                   % norm_label, eps, 100, None,
+                   extra_defaults={"restarts": 1, "rand_init": True, "n_targets": 9},
+                   check_params=_check_apgd_params, stages=_autoattack_stages)
+        for suffix, norm, norm_label, eps in (("", _utils.LINF, "L-inf", 8.0),
+                                              ("_l2", _utils.L2, "L2", 300.0))
     )
 }
 

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from attacks import _inputs, _utils
 from attacks.registry import ATTACKS, AttackConfig, get_attack, resolve_config
+from attacks.target import ModelTarget
 from attacks.universal import UniversalPerturbation
 
 
@@ -124,11 +125,13 @@ class CompiledAttack:
         self.model_fn = model_fn
         self.config = config
         self.spec = get_attack(config.name)
-        self.tracing_count = 0
+        self._traces = 0
         self.probe_count = 0
         self._num_classes = None
         self._functions = {}
         self.perturbation = None
+        self._stages = None
+        self.stage_counts = None
 
     def _attack_graph(self, x, y, seed, perturbation=None):
         """Body of the compiled function: returns ``(x_adv, pred_clean, pred_adv, targets)``.
@@ -137,7 +140,7 @@ class CompiledAttack:
         draws them: :func:`attacks._utils.random_targets` of the attacked labels with the batch
         seed), -1 otherwise.  ``perturbation`` (``[H, W, 3]``) is given to universal attacks
         only."""
-        self.tracing_count += 1
+        self._traces += 1
         logits = self.model_fn(x)
         pred_clean = tf.argmax(logits, axis=1)
         y = tf.where(y < 0, pred_clean, y)
@@ -150,14 +153,24 @@ class CompiledAttack:
             x_adv = tf.identity(x)
         else:
             params = dict(cfg.params)
+            params.pop("targeted", None)
+            if cfg.targeted:
+                params["targets"] = targets       # the same draw as the attack's own
             if self.spec.universal:
                 params["perturbation"] = perturbation
             x_adv = self.spec.fn(
-                self.model_fn, x, y, eps=_utils.to_unit_scale(cfg.eps),
+                ModelTarget(self.model_fn), x, y, eps=_utils.to_unit_scale(cfg.eps),
                 step_size=_utils.to_unit_scale(cfg.step_size), steps=cfg.steps,
                 norm=cfg.norm, seed=seed, **params)
             x_adv = tf.cast(x_adv, tf.float32)
         return x_adv, pred_clean, _utils.predict_labels(self.model_fn, x_adv), targets
+
+    @property
+    def tracing_count(self):
+        """Python traces of the batch function (a composite attack: the most of any stage)."""
+        if self.spec.stages is not None:
+            return max((s.tracing_count for s in self._stages or ()), default=0)
+        return self._traces
 
     def _function_for(self, height, width):
         key = (int(height), int(width))
@@ -172,6 +185,8 @@ class CompiledAttack:
         return self._functions[key]
 
     def _call(self, x, y, seed_pair):
+        if self.spec.stages is not None:
+            return self._call_stages(x, y, seed_pair)
         fn = self._function_for(x.shape[1], x.shape[2])
         inputs = [tf.convert_to_tensor(x), tf.convert_to_tensor(y),
                   tf.constant(seed_pair, dtype=tf.int64)]
@@ -179,6 +194,53 @@ class CompiledAttack:
             inputs.append(tf.constant(self._perturbation_for(x.shape[1], x.shape[2])))
         out = fn(*inputs)
         return tuple(t.numpy() for t in out)
+
+    # ------------------------------------------------------------------ composite attacks
+    def _stage_attacks(self):
+        """The compiled stages of a composite attack (built once; needs the class count)."""
+        if self._stages is None:
+            if self._num_classes is None:
+                raise ValueError("run the composite attack %r through run() or run_attack(): "
+                                 "its stages depend on the model's class count"
+                                 % self.config.name)
+            self._stages = [CompiledAttack(self.model_fn, cfg)
+                            for cfg in self.spec.stages(self.config, self._num_classes)]
+            self.stage_counts = [{"attack": c.config.name,
+                                  "params": dict(c.config.params), "images": 0, "fooled": 0}
+                                 for c in self._stages]
+        return self._stages
+
+    def _call_stages(self, x, y, seed_pair):
+        """One batch of a composite attack: each stage on the images no earlier stage fooled
+        (stage ``s`` seeded ``(seed + s * 1000003, batch)``); per image the first success,
+        else the first stage's result."""
+        stages = self._stage_attacks()
+        x_adv = pred_clean = pred_adv = None
+        fooled = np.zeros(len(x), bool)
+        for s, stage in enumerate(stages):
+            todo = np.flatnonzero(~fooled)
+            if todo.size == 0:
+                break
+            labels = y if s == 0 else np.where(y < 0, pred_clean, y)
+            out = stage._call(x[todo], labels[todo], (seed_pair[0] + s * 1000003, seed_pair[1]))
+            if s == 0:
+                x_adv, pred_clean, pred_adv = out[0].copy(), out[1], out[2].copy()
+                labels = np.where(y < 0, pred_clean, y)
+            hit = out[2] != labels[todo]
+            x_adv[todo[hit]], pred_adv[todo[hit]] = out[0][hit], out[2][hit]
+            fooled[todo[hit]] = True
+            self.stage_counts[s]["images"] += int(todo.size)
+            self.stage_counts[s]["fooled"] += int(hit.sum())
+        return x_adv, pred_clean, pred_adv, np.full(len(x), -1, np.int64)
+
+    def stage_report(self):
+        """A composite attack's parts: which ran on how many images and fooled how many, and
+        what AutoAttack's standard version has that was not run (None for other attacks)."""
+        if self.spec.stages is None:
+            return None
+        from attacks.registry import AUTOATTACK_NOT_RUN
+        return {"stages": [dict(c) for c in (self.stage_counts or [])],
+                "not_run": list(AUTOATTACK_NOT_RUN)}
 
     # ------------------------------------------------------------------ universal attacks
 
@@ -288,6 +350,8 @@ class CompiledAttack:
         x = _inputs.check_images(x)
         y = _inputs.check_labels(y, x.shape[0])
         y = np.full(x.shape[0], -1, np.int64) if y is None else y
+        if self.spec.stages is not None:
+            self._probe_model(x, None)
         return self._call(x, y, (_inputs.check_seed(seed), int(batch_index)))[0]
 
     def _probe_model(self, images, labels):

@@ -1,159 +1,246 @@
-"""Defense-aware ("adaptive") attack objectives of the bench (SPEC §8).
+"""Defense-aware ("adaptive") attack targets of the bench (SPEC §8, §11).
 
 The paper evaluates UnMask gray-box only: the attacker never sees the defense.  A defense is
 only as good as its result against an attacker who knows it (Carlini & Wagner 2017, Athalye
 et al. 2018, Tramer et al. 2020), so each defense that hides something from the gray-box
-attacker gives an objective for :func:`attacks.objective.pgd_objective`:
+attacker gives an :class:`~attacks.target.AttackTarget` on which every attack of the registry
+runs through :class:`attacks.engine.AdaptiveEngine` (restarts, several target classes, 8-bit
+iterates, the best iterate by the real decision, convergence traces):
 
-* input transforms: **BPDA** -- M applied to the transform, whose backward pass is its own
-  linear form (PCA, down-sampling) or the identity (JPEG, bit depth); the random noise defense
-  gets **EOT** instead: the loss is ``-log E_noise[p_y]`` over :data:`EOT_SAMPLES` fresh noise
-  draws per step;
-* the trajectory detector: ``min(CW margin of M, κ) - w · BCE(D(x'), natural)`` through the
-  taps, the trajectory embedding and the LSTM (the seed's own white-box attack, SPEC §6);
-* UnMask: M and K together (see :mod:`defense.defenses.unmask`).
+* input transforms (:class:`TransformTarget`): **BPDA** -- M applied to the transform, whose
+  backward pass is its own linear form (PCA, down-sampling) or the identity (JPEG, bit depth);
+  a random transform (the noise defense) gets **EOT**: the loss and its gradient averaged over
+  :data:`EOT_SAMPLES` fresh draws per step;
+* the trajectory detector (:class:`TrajectoryTarget`): M's loss and the detector's
+  "looks natural" term ``-softplus(D(x))`` through the taps, the trajectory embedding and the
+  LSTM;
+* UnMask (:class:`UnMaskTarget`): M and K together toward a target class ``y'`` (its parts
+  forged in K's ROI logits, the others erased); K's gradient and part sets come from its own
+  graph and session (:class:`~models.mrcnn.attack_interface.PartScorer`).
 
-``none`` and ``at`` have none: their gray-box attack already sees everything there is (AT's is
-white-box on its own model).  Every objective is "higher = better for the attacker" and
-returns numpy ``(loss [B], grad [B, H, W, 3])`` for images float [B, H, W, 3] in [0, 1].
+A detector target has two terms, M's (the attack's loss) and the detector's, combined by one
+of :data:`GRADIENT_MODES` (each term's gradient scaled to unit L2 norm per image):
+
+* ``two-phase`` -- M's term until M says what the attacker wants (``y'``, or not ``y``), then
+  the detector's (Tramer et al. 2020's mask);
+* ``joint`` -- both at once, M's only until M says it (the seed-003 attack's sum);
+* ``orthogonal`` -- Bryniarski et al. 2022: each phase's gradient projected orthogonally to the
+  other term's, so a step for one term does not undo the other to first order.
+
+Every target's ``success`` is the real pipeline's verdict for the attack's goal
+(:class:`~defense.threats.Goal`), computed by the defense (``judge``) from the same forward
+passes that give the gradient.  ``none`` and ``at`` have no adaptive target: their gray-box
+attack already sees everything there is.
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 
 import tfcompat
+from attacks.target import AttackTarget, Evaluation, rank_by_score
 
 tf, keras = tfcompat.import_tf()
 
-#: Noise draws averaged per step by the EOT objective (the issue asks for >= 20).
+#: Draws averaged per step by EOT (the issue asks for >= 20).
 EOT_SAMPLES = 20
-#: CW margin cap of the detector objectives: once M is fooled by this much, the rest of the
-#: step goes to hiding from the detector.
-KAPPA = 2.0
-#: Weight of the detector term (the seed used 1000 with an L2 CW objective; with sign steps
-#: only the direction matters, and w = 1 balances logits of a few units).
-DETECTOR_WEIGHT = 1.0
-
-ValueAndGrad = Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]
+#: How a detector target combines its two gradients (see the module docstring).
+GRADIENT_MODES = ("two-phase", "joint", "orthogonal")
+#: Default gradient mode per detector target: UnMask two-phase (SPEC §11), the trajectory
+#: detector its seed's own joint sum.
+DEFAULT_GRADIENT = {"unmask": "two-phase", "trajectory": "joint"}
 
 
-def _value_and_grad(loss_fn) -> ValueAndGrad:
-    """Wrap ``loss_fn(x_tf, y_tf) -> [B]`` as a numpy ``(x, y) -> (loss, grad)``."""
-    @tf.function(reduce_retracing=True)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = loss_fn(x, y)
-            total = tf.reduce_sum(loss)
-        return loss, tape.gradient(total, x)
-
-    def run(x, y):
-        loss, grad = step(tf.convert_to_tensor(x, tf.float32),
-                          tf.convert_to_tensor(y, tf.int64))
-        return loss.numpy(), grad.numpy()
-    return run
+def check_gradient_mode(mode: str) -> str:
+    if mode not in GRADIENT_MODES:
+        raise ValueError("gradient mode %r: use one of %s" % (mode, ", ".join(GRADIENT_MODES)))
+    return mode
 
 
-def _value_grad_pred(model, loss_of_logits):
-    """Numpy ``(x, y) -> (loss [B], grad [B, H, W, C], argmax of M's logits [B])`` of
-    ``loss_of_logits(model(x), y)``: the objective, its gradient and M's answer from one
-    forward pass."""
-    @tf.function(reduce_retracing=True)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = model(x, training=False)
-            loss = loss_of_logits(logits, y)
-            total = tf.reduce_sum(loss)
-        return loss, tape.gradient(total, x), tf.argmax(logits, axis=1)
-
-    def run(x, y):
-        loss, grad, pred = step(tf.convert_to_tensor(x, tf.float32),
-                                tf.convert_to_tensor(y, tf.int64))
-        return loss.numpy(), grad.numpy(), pred.numpy()
-    return run
+def unit(g):
+    """Each image's gradient ``[B, H, W, 3]`` scaled to unit L2 norm (zero stays zero)."""
+    n = tf.sqrt(tf.reduce_sum(tf.square(g), axis=[1, 2, 3], keepdims=True))
+    return g / tf.maximum(n, 1e-12)
 
 
-def cross_entropy(logits, y):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+def _orthogonal(a, b):
+    """``a`` minus its projection on ``b`` (per image; both unit or zero)."""
+    dot = tf.reduce_sum(a * b, axis=[1, 2, 3], keepdims=True)
+    return a - dot * b
 
 
-def cw_margin(logits, y):
-    """``max_{j != y} z_j - z_y`` per image (> 0 iff M is fooled)."""
-    onehot = tf.one_hot(y, tf.shape(logits)[1], dtype=logits.dtype)
-    other = tf.reduce_max(logits - 1e9 * onehot, axis=1)
-    return other - tf.reduce_sum(logits * onehot, axis=1)
+def combine(m_grad, d_grad, m_done, mode: str):
+    """The step direction of a detector target from the gradient raising M's loss
+    (``m_grad``), the one raising the detector term (``d_grad``) and ``m_done`` (bool
+    ``[B]``: M already says what the attacker wants); see the module docstring."""
+    um, ud = unit(m_grad), unit(d_grad)
+    done = tf.reshape(tf.cast(m_done, um.dtype), [-1, 1, 1, 1])
+    if mode == "joint":
+        return um * (1.0 - done) + ud
+    if mode == "two-phase":
+        return um * (1.0 - done) + ud * done
+    return _orthogonal(um, ud) * (1.0 - done) + _orthogonal(ud, um) * done
 
 
-def bpda_objective(model, transform) -> ValueAndGrad:
-    """Cross-entropy of M on ``transform(x)``, backward through the transform's BPDA pass."""
-    return _value_and_grad(lambda x, y: cross_entropy(model(transform.bpda(x, seed=0),
-                                                            training=False), y))
+def _m_wants(logits, y, t):
+    """bool ``[B]``: M says ``t`` (targeted) or not ``y`` (untargeted)."""
+    pred = tf.argmax(logits, axis=1)
+    if t is None:
+        return tf.not_equal(pred, tf.cast(y, tf.int64))
+    return tf.equal(pred, tf.cast(t, tf.int64))
 
 
-def eot_objective(model, transform, samples: int = EOT_SAMPLES) -> ValueAndGrad:
-    """``-log`` of M's probability of the true class averaged over ``samples`` fresh draws of
-    a random transform (Expectation over Transformation)."""
-    if samples < 1:
-        raise ValueError("EOT needs at least one sample, got %r" % (samples,))
-
-    def loss(x, y):
-        b = tf.shape(x)[0]
-        reps = tf.repeat(x, samples, axis=0)                     # [B*S, H, W, 3]
-        probs = tf.nn.softmax(model(transform.bpda(reps, seed=None), training=False))
-        mean = tf.reduce_mean(tf.reshape(probs, [b, samples, -1]), axis=1)   # [B, C]
-        p_true = tf.gather(mean, y, axis=1, batch_dims=1)
-        return -tf.math.log(tf.maximum(p_true, 1e-12))
-    return _value_and_grad(loss)
+def _numpy(x):
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def detector_objective(taps_with_logits, trajectory_fn, detector) -> ValueAndGrad:
-    """``min(CW margin, κ) - w · softplus(D(x))``: fool M, look natural to the detector
-    (``softplus(d)`` is the BCE of logit ``d`` toward the label "natural")."""
-    def loss(x, y):
-        outs = taps_with_logits(x, training=False)
-        taps, logits = outs[:-1], outs[-1]
-        d = tf.reshape(detector(trajectory_fn(taps), training=False), [-1])
-        return (tf.minimum(cw_margin(logits, y), KAPPA)
-                - DETECTOR_WEIGHT * tf.nn.softplus(d))
-    return _value_and_grad(loss)
+class TransformTarget(AttackTarget):
+    """M behind an input transform, attacked through BPDA (EOT for a random transform).
 
-
-def _unit(g: np.ndarray) -> np.ndarray:
-    """Each image's gradient scaled to unit L2 norm (zero stays zero)."""
-    n = np.sqrt(np.sum(g.reshape(len(g), -1).astype(np.float64) ** 2, axis=1))
-    return (g / np.maximum(n, 1e-12)[:, None, None, None]).astype(np.float32)
-
-
-class UnMaskObjective:
-    """The joint attack on M and K toward a target class y' (SPEC §8).
-
-    ``start(x0, y)`` picks, per image, y' = the class other than the true one whose expected
-    parts best overlap K(x0) (ties: the first in class-set order).  Then each call returns
-
-        L = min(z_{y'} - max_{j != y'} z_j, κ_M)
-            - [λ⁺ Σ_{p ∈ V[y']} relu(κ - smax_r m_{r,p}) + λ⁻ Σ_{p ∉ V[y']} Σ_r relu(m_{r,p} + κ)]
-
-    (higher = better for the attacker): M toward y' (a CW margin) while the parts of y' appear
-    in K's ROI logits and every other part disappears.  Gradients come from two runtimes: M's
-    eagerly, K's from its own graph and session (:class:`~models.mrcnn.attack_interface.
-    PartScorer`, proposals held fixed within a step); each is scaled to unit norm and M's
-    counts only until M says y' (Tramer et al.'s mask: M's term first).
-
-    ``decision(preds [B], part_sets) -> final [B]`` (the defense's rule: Algorithm 1's
-    rectified class, or -1 for a rejection) enables :meth:`evaluate`, which returns the
-    objective, its gradient and the attacker's verdict (final answer wrong and not rejected)
-    from one pass of M and one of K -- the part sets are read from the same session run as
-    K's gradient (:meth:`PartScorer.hinge_value_and_grad` ``return_parts``).
+    Args:
+        model: M (float32 ``[B, H, W, 3]`` in [0, 1] -> logits).
+        transform: a :class:`~defense.transforms.Preprocessor` (its ``bpda`` gives the
+            forward value and the BPDA backward pass).
+        judge: ``(x [B, H, W, 3] numpy, y [B]) -> bool [B]``: the defense's real answer is
+            wrong and not a rejection (a random transform's verdict is instead the answer of
+            M's probabilities averaged over the evaluation's EOT draws: one draw's answer
+            says little about the next).
+        samples: EOT draws per step (random transforms only).
+        seed: base of the EOT draws (each evaluation draws with ``seed + its count``, so a
+            run is reproducible).
     """
+    traceable = False
 
-    def __init__(self, model, scorer, class_parts_list, kappa_m: float = KAPPA,
-                 kappa: float = 1.0, lam_present: float = 1.0, lam_absent: float = 1.0,
-                 tau: float = 0.5, decision=None):
-        self.model = model
-        self.scorer = scorer
+    def __init__(self, model, transform, judge: Callable, samples: int = EOT_SAMPLES,
+                 seed: int = 0):
+        if samples < 1:
+            raise ValueError("EOT needs at least one sample, got %r" % (samples,))
+        self.model, self.transform, self.judge = model, transform, judge
+        self.samples = int(samples) if transform.randomized else 1
+        self.seed, self.calls = int(seed), 0
+
+    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
+        s = self.samples
+        self.calls += 1
+        x = tf.convert_to_tensor(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            reps = tf.repeat(x, s, axis=0) if s > 1 else x
+            seed = (self.seed + self.calls) % (2 ** 31) if self.transform.randomized else 0
+            logits_all = self.model(self.transform.bpda(reps, seed=seed), training=False)
+            rep = (lambda v: None if v is None else tf.repeat(v, s, axis=0)) if s > 1 else (
+                lambda v: v)
+            loss_all = loss_fn(logits_all, rep(y), rep(t))
+            loss = tf.reduce_mean(tf.reshape(loss_all, [-1, s]), axis=1)
+        grad = tape.gradient(loss, x)
+        logits = tf.reduce_mean(tf.reshape(logits_all, [-1, s, tf.shape(logits_all)[1]]),
+                                axis=1)
+        if self.transform.randomized:
+            # one draw's answer says little about the next: the verdict is the answer of M's
+            # probabilities averaged over this evaluation's draws (no extra pass)
+            probs = tf.reduce_mean(tf.reshape(tf.nn.softmax(logits_all),
+                                              [-1, s, tf.shape(logits_all)[1]]), axis=1)
+            success = tf.not_equal(tf.argmax(probs, axis=1), tf.cast(y, tf.int64))
+        else:
+            success = tf.constant(np.asarray(self.judge(_numpy(x), _numpy(y)), bool))
+        return Evaluation(loss, grad, logits, success)
+
+    def ranked_targets(self, x, y):
+        return rank_by_score(self.model(self.transform.bpda(x, seed=self.seed),
+                                        training=False), y)
+
+    def num_classes(self, x):
+        return tf.shape(self.model(x[:1], training=False))[1]
+
+
+class TrajectoryTarget(AttackTarget):
+    """The seed-003 detector: M's loss and ``-w softplus(D(x))`` (the BCE of the detector's
+    logit toward "natural", to lower) through the taps, the embedding and the LSTM.
+
+    Args:
+        taps_with_logits: model ``x -> [taps..., logits]`` (:func:`models.taps.tap_model`).
+        embed: ``taps -> trajectory tensor [B, L, K]``.
+        detector: ``trajectory -> logit [B, 1]``.
+        threshold: the detector's operating threshold on its probability.
+        mode: one of :data:`GRADIENT_MODES`.
+        weight: ``w`` of the detector term in the loss value.
+    """
+    traceable = True
+
+    def __init__(self, taps_with_logits, embed, detector, threshold: float,
+                 mode: str = "joint", weight: float = 1.0):
+        self.taps, self.embed, self.detector = taps_with_logits, embed, detector
+        self.threshold = float(threshold)
+        self.mode = check_gradient_mode(mode)
+        self.weight = float(weight)
+        self._steps = {}
+
+    def _step(self, loss_fn, targeted: bool):
+        key = (loss_fn, targeted)
+        if key not in self._steps:
+            def step(x, y, t):
+                with tf.GradientTape(persistent=True) as tape:
+                    tape.watch(x)
+                    outs = self.taps(x, training=False)
+                    logits = outs[-1]
+                    d = tf.reshape(self.detector(self.embed(outs[:-1]), training=False), [-1])
+                    m_loss = loss_fn(logits, y, t if targeted else None)
+                    hide = -tf.nn.softplus(d)
+                m_grad, d_grad = tape.gradient(m_loss, x), tape.gradient(hide, x)
+                del tape
+                wants = _m_wants(logits, y, t if targeted else None)
+                grad = combine(m_grad, d_grad, wants, self.mode)
+                flagged = tf.sigmoid(d) >= self.threshold
+                fooled = tf.not_equal(tf.argmax(logits, axis=1), tf.cast(y, tf.int64))
+                success = tf.logical_and(fooled, tf.logical_not(flagged))
+                return m_loss + self.weight * hide, grad, logits, success
+            self._steps[key] = tf.function(step, reduce_retracing=True)
+        return self._steps[key]
+
+    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
+        x = tf.convert_to_tensor(x, tf.float32)
+        y = tf.cast(y, tf.int64)
+        t_in = tf.cast(t, tf.int64) if t is not None else tf.zeros_like(y)
+        return Evaluation(*self._step(loss_fn, t is not None)(x, y, t_in))
+
+    def ranked_targets(self, x, y):
+        return rank_by_score(self.taps(x, training=False)[-1], y)
+
+    def num_classes(self, x):
+        return tf.shape(self.taps(x[:1], training=False)[-1])[1]
+
+
+class UnMaskTarget(AttackTarget):
+    """UnMask's M and K attacked together toward a target class ``y'`` per image (SPEC §8).
+
+    The loss value is ``L_M - L_K``: ``L_M`` the attack's loss of M toward ``y'`` and ``L_K``
+    the part-set hinge of :meth:`PartScorer.hinge_value_and_grad` (``lam_present`` ×
+    Σ_{p ∈ V[y']} relu(κ − smax_r m_{r,p}) + ``lam_absent`` × Σ_{p ∉ V[y']} Σ_r relu(m_{r,p} +
+    κ), to lower: the parts of ``y'`` appear in K's ROI logits, every other part disappears).
+    The direction combines the two gradients by ``mode`` (:func:`combine`).  One evaluation
+    costs one forward and backward pass of M and one session run of K, which also gives K's
+    part sets: ``judge(pred [B], parts, y [B]) -> bool [B]`` turns them and M's answer into
+    the verdict of the attack's goal (the defense's Algorithm 1, at its threshold).
+
+    Args:
+        model: M.
+        scorer: a :class:`~models.mrcnn.attack_interface.PartScorer` of K (the real K, or a
+            surrogate for the transfer threat, whose part sets then also make the verdict:
+            the attacker cannot query the real K).
+        class_parts_list: ``V``, the expected part set of each class in M's output order.
+        judge: see above.
+        mode: one of :data:`GRADIENT_MODES`.
+        kappa, lam_present, lam_absent, tau: the part hinge's settings.
+    """
+    traceable = False
+    requires_targets = True
+
+    def __init__(self, model, scorer, class_parts_list, judge: Callable,
+                 mode: str = "two-phase", kappa: float = 1.0, lam_present: float = 1.0,
+                 lam_absent: float = 1.0, tau: float = 0.5):
+        self.model, self.scorer, self.judge = model, scorer, judge
+        self.mode = check_gradient_mode(mode)
         self.class_parts = [frozenset(v) for v in class_parts_list]
         index = {p: i for i, p in enumerate(scorer.part_names)}
         self.masks = np.zeros((len(self.class_parts), scorer.num_parts), np.float32)
@@ -162,55 +249,45 @@ class UnMaskObjective:
                 if p not in index:
                     raise ValueError("part %r of class %d is not one of K's classes" % (p, c))
                 self.masks[c, index[p]] = 1.0
-        self.kappa_m, self.kappa, self.tau = kappa_m, kappa, tau
-        self.lam_present, self.lam_absent = lam_present, lam_absent
-        self.targets = None
-        self.decision = decision
-        self._m_step = _value_grad_pred(
-            model, lambda logits, t: tf.minimum(-cw_margin(logits, t), kappa_m))
+        self.hinge = dict(kappa=kappa, lam_present=lam_present, lam_absent=lam_absent, tau=tau)
+        self._steps = {}
 
-    def start(self, x0: np.ndarray, y: np.ndarray) -> None:
-        parts = self.scorer.detected_parts(x0)
-        targets = []
-        for found, label in zip(parts, np.asarray(y)):
-            best, best_sim = -1, -1.0
+    def _m_step(self, loss_fn):
+        if loss_fn not in self._steps:
+            def step(x, y, t):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    logits = self.model(x, training=False)
+                    loss = loss_fn(logits, y, t)
+                return loss, tape.gradient(loss, x), logits
+            self._steps[loss_fn] = tf.function(step, reduce_retracing=True)
+        return self._steps[loss_fn]
+
+    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
+        if t is None:
+            raise ValueError("UnMask's adaptive target needs a target class y' per image (the "
+                             "class whose parts K is made to see); the engine gives them")
+        x = tf.convert_to_tensor(x, tf.float32)
+        y, t = tf.cast(y, tf.int64), tf.cast(t, tf.int64)
+        m_loss, m_grad, logits = self._m_step(loss_fn)(x, y, t)
+        present = self.masks[_numpy(t)]
+        k_loss, k_grad, parts = self.scorer.hinge_value_and_grad(
+            _numpy(x), present, 1.0 - present, return_parts=True, **self.hinge)
+        pred = np.argmax(_numpy(logits), axis=1)
+        success = np.asarray(self.judge(pred, parts, _numpy(y)), bool)
+        grad = combine(m_grad, -tf.constant(k_grad), _m_wants(logits, y, t), self.mode)
+        return Evaluation(m_loss - tf.constant(k_loss), grad, logits, tf.constant(success))
+
+    def ranked_targets(self, x, y):
+        """Classes other than ``y`` by the Jaccard overlap of their expected parts with K's
+        part set of ``x`` (highest first; ties: class-set order)."""
+        found = self.scorer.detected_parts(_numpy(x))
+        overlap = np.zeros((len(found), len(self.class_parts)), np.float32)
+        for i, parts in enumerate(found):
             for c, expected in enumerate(self.class_parts):
-                if c == int(label):
-                    continue
-                union = len(found | expected)
-                sim = len(found & expected) / union if union else 0.0
-                if sim > best_sim:
-                    best, best_sim = c, sim
-            targets.append(best)
-        self.targets = np.asarray(targets, np.int64)
+                union = len(parts | expected)
+                overlap[i, c] = len(parts & expected) / union if union else 0.0
+        return rank_by_score(overlap, y)
 
-    def _joint(self, x: np.ndarray, with_parts: bool):
-        if self.targets is None or len(self.targets) != len(x):
-            raise ValueError("UnMaskObjective: call start(x0, y) on the batch first")
-        t = self.targets
-        m_loss, m_grad, pred = self._m_step(x, t)  # min(targeted margin, κ_M), maximised
-        present = self.masks[t]
-        k_out = self.scorer.hinge_value_and_grad(
-            x, present, 1.0 - present, kappa=self.kappa, lam_present=self.lam_present,
-            lam_absent=self.lam_absent, tau=self.tau, return_parts=with_parts)
-        k_loss, k_grad = k_out[0], k_out[1]
-        m_done = m_loss >= self.kappa_m - 1e-6     # M already says y' confidently
-        grad = _unit(m_grad) * (~m_done)[:, None, None, None] - _unit(k_grad)
-        return m_loss - k_loss, grad, pred, (k_out[2] if with_parts else None)
-
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        loss, grad, _, _ = self._joint(x, False)
-        return loss, grad
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray
-                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(loss [B], grad [B, H, W, 3], verdict [B])`` at ``x``; the verdict is 1 where
-        ``decision`` on M's answer and K's part sets (both of ``x``, from the passes that give
-        the gradient) is wrong and not a rejection."""
-        if self.decision is None:
-            raise ValueError("UnMaskObjective.evaluate needs decision=(preds, part_sets) -> "
-                             "final classes")
-        loss, grad, pred, parts = self._joint(x, True)
-        final = np.asarray(self.decision(pred.astype(np.int64), parts), np.int64)
-        y = np.asarray(y, np.int64)
-        return loss, grad, ((final != y) & (final != -1)).astype(np.float64)
+    def num_classes(self, x):
+        return len(self.class_parts)

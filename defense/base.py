@@ -22,23 +22,34 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from defense.threats import Goal, Threat
 from models.inference import inference_fn
 
 #: Label meaning "rejected by a detector / no class" (UnMask's NO_CLASS is the same value).
 REJECTED = -1
 
-#: Threat models a result row can carry: the paper's gray-box attacker (sees the classifier,
-#: not the defense) and the defense-aware one (sees everything; :mod:`defense.adaptive`).
-GRAY_BOX = "gray-box"
-ADAPTIVE = "adaptive"
-#: The adaptive attack through a surrogate of the defense (UnMask: a K trained with another
-#: seed), judged on the real one: the attacker knows the architecture and data, not the weights.
-TRANSFER = "transfer"
-THREAT_MODELS = (GRAY_BOX, ADAPTIVE, TRANSFER)
+#: Threat models a result row can carry (:class:`~defense.threats.Threat`): the paper's
+#: gray-box attacker (sees the classifier, not the defense), the defense-aware one (sees
+#: everything; :mod:`defense.adaptive`) and the same through a surrogate of the defense.
+GRAY_BOX, ADAPTIVE, TRANSFER = Threat.GRAY_BOX, Threat.ADAPTIVE, Threat.TRANSFER
+THREAT_MODELS = tuple(Threat)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveOptions:
+    """How defense-aware targets are built (the run's ``--adaptive-*`` options).
+
+    Attributes:
+        gradient: how a detector target combines its gradients
+            (:data:`defense.adaptive.GRADIENT_MODES`); None: each defense's default.
+        eot_samples: draws averaged per step through a random transform (>= 20 asked).
+    """
+    gradient: Optional[str] = None
+    eot_samples: int = 20
 
 
 @dataclasses.dataclass
@@ -128,11 +139,30 @@ class Defense:
         """Key of the model the gray-box attacker attacks (``"m"``, or ``"at"`` for AT)."""
         return "m"
 
-    def adaptive_objective(self, threat: str = ADAPTIVE):
-        """The defense-aware attacker's objective, ``(x, y) -> (loss [B], grad [B, H, W, 3])``
-        (higher = better for the attacker; :mod:`defense.adaptive`), or None when the gray-box
-        attack already sees everything the defense does.  ``threat`` :data:`TRANSFER` asks for
-        the same objective through a surrogate of the defense (None where there is none)."""
+    #: The threat models this defense can be evaluated under (gray-box always; a defense
+    #: with something hidden from the gray-box attacker adds ``adaptive``, and ``transfer``
+    #: when it has a surrogate).
+    threats: Tuple[Threat, ...] = (Threat.GRAY_BOX,)
+
+    def adaptive_goals(self) -> Tuple[Goal, ...]:
+        """The goals whose adaptive attacks differ (:class:`~defense.threats.Goal`): one
+        run serves both where "wrong answer" and "undetected" are the same event (a
+        classifier; a detector that rejects what it flags)."""
+        return (Goal.WRONG,)
+
+    def no_adaptive_reason(self, threat: Threat) -> Optional[str]:
+        """Why there is no defense-aware attack of ``threat`` (None when there is one)."""
+        if threat in self.threats:
+            return None
+        if threat == Threat.ADAPTIVE:
+            return ("none needed: the gray-box attack already sees all of it (white-box on %s)"
+                    % ("the AT model" if self.attacked_model() == "at" else "M"))
+        return "none: %s has no surrogate to attack through" % self.name
+
+    def attack_target(self, threat: Threat, goal: Goal, options: AdaptiveOptions):
+        """The defense-aware attacker's :class:`~attacks.target.AttackTarget` for ``goal``
+        (:mod:`defense.adaptive`), or None (see :meth:`no_adaptive_reason`).  ``threat``
+        ``transfer`` asks for the same attack through a surrogate of the defense."""
         return None
 
     def observe(self, images: ImageSet) -> Dict[str, List]:
@@ -144,6 +174,14 @@ class Defense:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- composed
+    def wrong_answers(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """bool [B]: the defense's real answer on images ``x`` (float [B, H, W, 3] in [0, 1])
+        is wrong and not a rejection -- an adaptive attack's "wrong answer" verdict."""
+        probe = ImageSet(name="adaptive-probe", split="test", x=np.asarray(x, np.float32),
+                         keys=[""] * len(x), labels=np.asarray(y, np.int64))
+        pred = self.decide(self.observe(probe)).pred
+        return (pred != probe.labels) & (pred != REJECTED)
+
     def predict(self, images: ImageSet) -> np.ndarray:
         """int64 [N] class indices, -1 where rejected."""
         return self.decide(self.observe(images)).pred

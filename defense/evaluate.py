@@ -38,17 +38,19 @@ import numpy as np
 
 import tfcompat
 from attacks import PAPER_ATTACK_VECTORS, compile_attack, get_attack, resolve_config, run_attack
-from attacks.objective import pgd_objective
+from attacks.engine import AdaptiveEngine, EngineResult, EngineSettings, convergence
 from data.classset import load_split
 from data.fileio import atomic_path, file_digest, read_cached_json, write_json_atomic
 from data.knowledge import PART_IDS, ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
-from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, TRANSFER, Defense,
+from defense.adaptive import check_gradient_mode
+from defense.base import (ADAPTIVE, GRAY_BOX, REJECTED, TRANSFER, AdaptiveOptions, Defense,
                           FitContext, ImageSet, model_predictions)
 from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.extractors import OracleExtractor
-from defense.metrics import accuracy, detection_set, evaluate_detection
+from defense.metrics import accuracy, detection_set, evaluate_detection, tpr_at_fpr
+from defense.threats import DEFENSE_AWARE, Goal, Threat
 from models import DEFAULT_ARCH
 from models.classifier import build_classifier
 from models.distribute import is_chief, make_strategy
@@ -82,7 +84,14 @@ class EvalConfig:
     trajectory_table: bool = False       # also the seed-003 table of the trajectory detector
     detection_set: str = "original"      # "original" (the UnMask code) or "strict" (M(x) = y too)
     threats: Sequence[str] = (GRAY_BOX,)  # add "adaptive" for defense-aware attacks
-    adaptive_steps: Optional[int] = None   # None: each vector's own steps (20 for the paper's)
+    # the defense-aware attacks (SPEC §11): steps of each run, restart rounds, target classes
+    # tried where the attack needs them (None: all C - 1), how a detector's two gradients
+    # combine (None: each defense's default) and EOT draws through a random transform
+    adaptive_steps: int = 100
+    adaptive_restarts: int = 2
+    adaptive_targets: Optional[int] = None
+    adaptive_gradient: Optional[str] = None
+    eot_samples: int = 20
     k_transfer: Optional[str] = None       # surrogate K checkpoint for threat "transfer"
     n_test: Optional[int] = None
     attack_batch: int = 50
@@ -105,6 +114,18 @@ class EvalConfig:
             self.defenses = self.defenses + ("at",)
         if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
             raise ValueError("shards must be an integer >= 1, got %r" % (self.shards,))
+        self.threats = tuple(Threat.parse(t) for t in self.threats)
+        self.engine_settings()                   # validates the adaptive settings
+        if self.adaptive_gradient is not None:
+            check_gradient_mode(self.adaptive_gradient)
+
+    def engine_settings(self) -> EngineSettings:
+        """How the adaptive engine runs the defense-aware attacks."""
+        return EngineSettings(steps=self.adaptive_steps, restarts=self.adaptive_restarts,
+                              max_targets=self.adaptive_targets)
+
+    def adaptive_options(self) -> AdaptiveOptions:
+        return AdaptiveOptions(gradient=self.adaptive_gradient, eot_samples=self.eot_samples)
 
     @property
     def out_dir(self) -> str:
@@ -228,8 +249,9 @@ def _file_digest(path: str) -> str:
     return file_digest(path, "sha1")[:16]
 
 
-#: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed).
-ADAPTIVE_VERSION = 2
+#: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed;
+#: 3: the adaptive engine -- every registry attack, restarts, target classes, two goals).
+ADAPTIVE_VERSION = 3
 
 #: Bumped when the content or meaning of a saved record changes, so old records are recomputed
 #: (3: one record per attacked model with its images; observations per defense).
@@ -291,6 +313,9 @@ class Bench:
                 os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5"))
         self.vectors_dir = os.path.join(cfg.out_dir, "vectors")
         self.attack_info: Dict[str, Dict] = {}
+        #: (threat, goal, defense, attack, eps) -> convergence, cost and per-image success of
+        #: an adaptive record (the attacker's own verdicts)
+        self.adaptive_info: Dict[Tuple, Dict] = {}
         self._sets: Dict[Tuple, ImageSet] = {}
         self._obs: Dict[Tuple, Dict] = {}
         #: the observation and adaptive-attack files this bench wrote or reused (a defense
@@ -340,9 +365,9 @@ class Bench:
             rec = self._run_attack(model, name, eps, benign, vfp, path)
         else:
             self.log("%s on %s, eps=%g (%s): reusing %s" % (name, model, eps, split, path))
-        if get_attack(name).universal:
-            self.attack_info["%s/%s_%s" % (model, name, eps_tag(eps))] = json.loads(
-                str(rec["fit_info"]))
+        info = json.loads(str(rec["fit_info"])) if "fit_info" in rec else None
+        if info is not None:        # a universal perturbation's fit, a composite's stages
+            self.attack_info["%s/%s_%s" % (model, name, eps_tag(eps))] = info
         self._sets[key] = ImageSet(
             name="%s/%s-%s_%s" % (model, split, name, eps_tag(eps)), split=split,
             x=rec["x_adv"],
@@ -452,6 +477,11 @@ class Bench:
             fit_info = json.dumps(uap)
             res = compiled.run(benign.x, benign.labels, batch_size=kw["batch_size"],
                                seed=kw["seed"], progress=kw["progress"])
+        elif get_attack(name).stages is not None:       # a composite: its parts are kept
+            compiled = compile_attack(self.models[model], name, eps)
+            res = compiled.run(benign.x, benign.labels, batch_size=kw["batch_size"],
+                               seed=kw["seed"], progress=kw["progress"])
+            fit_info = json.dumps(compiled.stage_report())
         else:
             res = run_attack(self.models[model], benign.x, benign.labels, name, **kw)
         rec = {"x_adv": res.x_adv, "pred_adv": res.pred_adv, "pred_clean": res.pred_clean,
@@ -482,75 +512,100 @@ class Bench:
                                   out["passes"]))
         return out
 
-    def adaptive(self, defense: Defense, name: str, eps: float,
-                 threat: str = ADAPTIVE) -> ImageSet:
-        """The test images attacked by ``defense``'s adaptive objective (``threat``
-        ``"transfer"``: through its surrogate) with vector (``name``, ``eps``)'s norm, budget,
-        steps and step size (cached npz per defense, threat and vector)."""
-        key = (threat, defense.label, name, float(eps))
+    def adaptive(self, defense: Defense, name: str, eps: float, threat: Threat = ADAPTIVE,
+                 goal: Goal = Goal.WRONG) -> ImageSet:
+        """The test images attacked by ``defense``'s adaptive target (``threat`` transfer:
+        through its surrogate) for ``goal``, with vector (``name``, ``eps``)'s attack run by
+        the adaptive engine (:mod:`attacks.engine`; cached npz per defense, threat, vector and
+        goal, and per image batch while it runs, so an interrupted run resumes where it
+        stopped with the same numbers)."""
+        key = (threat, goal, defense.label, name, float(eps))
         if key in self._sets:
             return self._sets[key]
         benign = self.images("test")
-        acfg = resolve_config(name, eps)
-        steps = self.cfg.adaptive_steps or acfg.steps
-        step = acfg.step_size if acfg.step_size is not None else acfg.eps
-        rand_init = bool(dict(acfg.params).get("rand_init", False))
-        fp = dict(vector_fingerprint(self.cfg, dict(self.fp, model="m", split="test"), name,
-                                     eps), adaptive_version=ADAPTIVE_VERSION,
-                  defense=defense.fingerprint(), decision=defense.params(), steps=steps,
-                  threat=threat, surrogate=(_file_digest(self.cfg.k_transfer)
-                                            if threat == TRANSFER else None))
-        path = os.path.join(self.vectors_dir, threat, _safe(defense.label),
-                            "test-%s_%s.npz" % (name, eps_tag(eps)))
+        fp = self._adaptive_fp(defense, name, eps, threat, goal)
+        path = os.path.join(self.vectors_dir, str(threat), _safe(defense.label),
+                            "test-%s_%s.%s.npz" % (name, eps_tag(eps), goal))
         self.touched.add(path)
-        rec = _read_npz(path, fp, self.log, {"x_adv": 4, "pred_adv": 1}, len(benign))
+        rec = _read_npz(path, fp, self.log, {"x_adv": 4, "pred_adv": 1, "success": 1,
+                                             "first_step": 2}, len(benign))
         if rec is None:
-            start = time.time()
-            x_adv = self._run_adaptive(defense.adaptive_objective(threat), defense, benign,
-                                       acfg.norm, acfg.eps / 255.0, step / 255.0, steps,
-                                       rand_init)
-            rec = {"x_adv": x_adv, "pred_adv": model_predictions(self.models["m"], x_adv),
-                   "fingerprint": _canonical(fp), "seconds": round(time.time() - start, 1)}
-            _write_npz(path, rec)
-            self.log("%s %s on %s, eps=%g: M accuracy %.3f (%.0f s)" % (
-                threat, name, defense.label, eps, float(np.mean(rec["pred_adv"] == benign.labels)),
-                rec["seconds"]))
+            rec = self._run_adaptive(defense, name, eps, threat, goal, benign, fp, path)
         else:
-            self.log("%s %s on %s, eps=%g: reusing %s" % (threat, name, defense.label, eps,
-                                                           path))
+            self.log("%s %s on %s, eps=%g [%s]: reusing %s" % (threat, name, defense.label, eps,
+                                                               goal, path))
         self._sets[key] = ImageSet(
-            name="%s-%s/test-%s_%s" % (threat, defense.label, name, eps_tag(eps)), split="test",
-            x=rec["x_adv"], keys=benign.keys, labels=benign.labels,
+            name="%s-%s/test-%s_%s.%s" % (threat, defense.label, name, eps_tag(eps), goal),
+            split="test", x=rec["x_adv"], keys=benign.keys, labels=benign.labels,
             preds={"m": rec["pred_adv"]}, fingerprint=fp)
+        self.adaptive_info[key] = {k: json.loads(str(rec[k])) for k in ("convergence", "cost")}
+        self.adaptive_info[key]["success"] = rec["success"]
         return self._sets[key]
 
-    def _run_adaptive(self, objective, defense, benign, norm, eps, step, steps, rand_init):
-        out = []
-        batch = self.cfg.attack_batch
-        for b, i in enumerate(range(0, len(benign), batch)):
-            xb, yb = benign.x[i:i + batch], benign.labels[i:i + batch]
-            keys = list(benign.keys[i:i + batch])
+    def _adaptive_fp(self, defense: Defense, name: str, eps: float, threat: Threat,
+                     goal: Goal) -> Dict:
+        cfg = self.cfg
+        return dict(vector_fingerprint(cfg, dict(self.fp, model="m", split="test"), name, eps),
+                    adaptive_version=ADAPTIVE_VERSION, defense=defense.fingerprint(),
+                    decision=defense.params(), threat=str(threat), goal=str(goal),
+                    engine=dataclasses.asdict(cfg.engine_settings()),
+                    options=dataclasses.asdict(cfg.adaptive_options()),
+                    surrogate=(_file_digest(cfg.k_transfer) if threat == TRANSFER else None))
 
-            def decide(x, yb=yb, keys=keys):
-                """1 where the real pipeline's answer is wrong and not a rejection."""
-                probe = ImageSet(name="adaptive-probe", split="test", x=x, keys=keys,
-                                 labels=yb)
-                pred = defense.decide(defense.observe(probe)).pred
-                return ((pred != yb) & (pred != REJECTED)).astype(np.float64)
+    def _run_adaptive(self, defense, name, eps, threat, goal, benign, fp, path) -> Dict:
+        cfg = self.cfg
+        start = time.time()
+        target = defense.attack_target(threat, goal, cfg.adaptive_options())
+        engine = AdaptiveEngine(resolve_config(name, eps), target, cfg.engine_settings(),
+                                seed=cfg.seed)
+        batches = -(-len(benign) // cfg.attack_batch)
+        done = self._adaptive_batches(path, fp, batches)
+        eta = Eta(batches, done=len(done))
 
-            if hasattr(objective, "start"):      # e.g. UnMask's target class per image
-                objective.start(xb, yb)
-            judge = decide
-            if hasattr(objective, "verdict"):    # transfer: the attacker judges by its surrogate
-                judge = lambda x, yb=yb: objective.verdict(x, yb)   # noqa: E731
-            evaluate = None
-            if getattr(objective, "evaluate", None) is not None:   # gradient + verdict at once
-                evaluate = lambda x, yb=yb: objective.evaluate(x, yb)   # noqa: E731
-            res = pgd_objective(lambda x, yb=yb: objective(x, yb), judge, xb, eps=eps,
-                                step_size=step, steps=steps, norm=norm, rand_init=rand_init,
-                                seed=self.cfg.seed * 1000003 + b, evaluate=evaluate)
-            out.append(res.x_adv)
-        return np.concatenate(out).astype(np.float32)
+        def save(i, part: EngineResult):
+            _write_npz(_batch_path(path, i), dict(_engine_arrays(part), fingerprint=_canonical(
+                dict(fp, batch=i))))
+            timing = eta.step()
+            if cfg.progress:
+                self.log("%s %s on %s, eps=%g [%s]: batch %d of %d, goal reached on %d of %d "
+                         "(%s)" % (threat, name, defense.label, eps, goal, i + 1, batches,
+                                   int(part.success.sum()), len(part.success), timing))
+
+        res = engine.run(benign.x, benign.labels, batch_size=cfg.attack_batch, done=done,
+                         on_batch=save)
+        settings = cfg.engine_settings()
+        conv = convergence(res.first_step, settings.steps)
+        cost = {"evaluations_per_image": float(np.mean(res.evaluations)),
+                "seconds": round(time.time() - start, 1), "runs": _run_summary(res.runs)}
+        rec = dict(_engine_arrays(res), pred_adv=model_predictions(self.models["m"], res.x_adv),
+                   fingerprint=_canonical(fp), seconds=cost["seconds"],
+                   convergence=json.dumps(conv), cost=json.dumps(cost))
+        _write_npz(path, rec)
+        for i in range(batches):
+            if os.path.isfile(_batch_path(path, i)):
+                os.remove(_batch_path(path, i))
+        self.log("%s %s on %s, eps=%g [%s]: goal reached on %.3f of the images, %s (%.0f s, "
+                 "%.0f evaluations per image)" % (
+                     threat, name, defense.label, eps, goal, float(np.mean(res.success)),
+                     "converged" if conv["converged"] else "NOT CONVERGED: " + conv["why"],
+                     cost["seconds"], cost["evaluations_per_image"]))
+        return rec
+
+    def _adaptive_batches(self, path: str, fp: Dict, batches: int) -> Dict[int, EngineResult]:
+        """The image batches of an interrupted adaptive run already saved (same fingerprint)."""
+        done = {}
+        for i in range(batches):
+            rec = _read_npz(_batch_path(path, i), dict(fp, batch=i), self.log,
+                            {"x_adv": 4, "success": 1, "first_step": 2})
+            if rec is not None:
+                done[i] = EngineResult(x_adv=rec["x_adv"], success=rec["success"],
+                                       first_step=rec["first_step"],
+                                       evaluations=rec["evaluations"],
+                                       runs=json.loads(str(rec["runs"])),
+                                       seconds=float(rec["seconds"]))
+        if done:
+            self.log("%s: resuming after %d of %d batches" % (path, len(done), batches))
+        return done
 
     # ---------------------------------------------------------------- observations
     def observe(self, defense: Defense, images: ImageSet) -> Dict[str, List]:
@@ -602,6 +657,32 @@ class Bench:
         from models.mrcnn import PartExtractor
         return PartExtractor.from_checkpoint(self.cfg.k_transfer, get_config(self.cfg.k_config),
                                              model_dir=self.cfg.k_log_dir)
+
+
+def _batch_path(path: str, batch: int) -> str:
+    """File of one image batch of an adaptive record while it is being computed."""
+    return path[:-len(".npz")] + ".batch-%04d.npz" % batch
+
+
+def _engine_arrays(res: EngineResult) -> Dict:
+    return {"x_adv": res.x_adv, "success": res.success, "first_step": res.first_step,
+            "evaluations": res.evaluations, "runs": json.dumps(res.runs),
+            "seconds": round(res.seconds, 1)}
+
+
+def _run_summary(runs: Sequence[Dict]) -> List[Dict]:
+    """What the engine ran, summed over batches: per (restart, stage attack, target rank) the
+    images attacked and those reaching the goal."""
+    out: Dict[Tuple, Dict] = {}
+    for r in runs:
+        key = (r["restart"], r["stage"], r["attack"], r["target_rank"])
+        row = out.setdefault(key, {"restart": r["restart"], "stage": r["stage"],
+                                   "attack": r["attack"], "target_rank": r["target_rank"],
+                                   "images": 0, "reached": 0})
+        row["images"] += r["images"]
+        row["reached"] += r["reached"]
+    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], -1 if k[3] is None
+                                                       else k[3]))]
 
 
 def shard_bounds(n: int, batch: int, shard: int, shards: int) -> Tuple[int, int, int]:
@@ -685,81 +766,103 @@ def _robustness(adv: Optional[float], clean: Optional[float]) -> Optional[float]
     return float(adv) / float(clean)
 
 
-def _defended(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of attacked images the attack did not get through: classified right *or*
-    rejected (-1) -- a detector that flags an adversarial image has stopped it."""
-    pred = np.asarray(pred)
-    return float(np.mean((pred == labels) | (pred == REJECTED)))
-
-
-def adaptive_vectors(vectors) -> List[Tuple[str, float]]:
-    """The vectors an adaptive attack is run for: the untargeted, per-image, norm-bounded ones
-    (a universal perturbation or a targeted attack has no defense-aware counterpart here)."""
-    out = []
+def adaptive_vectors(vectors) -> Tuple[List[Tuple[str, float]], Dict[str, str]]:
+    """The vectors the adaptive engine runs (per-image attacks), and why the others are not
+    run adaptively (vector label -> reason): a universal perturbation is one image-agnostic
+    ``v`` fitted on M, and ``ga`` attacks random classes by design (the engine picks its
+    targets itself) -- each is refused by the engine with that reason, never replaced by
+    another attack."""
+    run, skipped = [], {}
     for name, eps in vectors:
         spec = get_attack(name)
-        if not spec.universal and getattr(spec, "targeting", "none") != "always":
-            out.append((name, eps))
+        if spec.universal:
+            skipped["%s_%s" % (name, eps_tag(eps))] = (
+                "a universal perturbation is one image-agnostic v fitted on M; there is no "
+                "per-image attack through the defense to adapt")
+        elif spec.targeting == "always":
+            skipped["%s_%s" % (name, eps_tag(eps))] = (
+                "attacks random target classes by design; the adaptive engine chooses its own "
+                "targets (see the pgd/apgd rows)")
+        else:
+            run.append((name, eps))
+    return run, skipped
+
+
+def _runs_of(bench: Bench, defense: Defense, vectors) -> Tuple[List[Tuple], Dict]:
+    """(threat, goal, attack, eps) of every row of ``defense``, and the notes on the
+    defense-aware threats it has no attack for."""
+    runs = [(GRAY_BOX, None, name, eps) for name, eps in vectors]
+    notes: Dict[str, Any] = {}
+    adaptive, skipped = adaptive_vectors(vectors)
+    for threat in DEFENSE_AWARE:
+        if threat not in bench.cfg.threats:
+            continue
+        reason = defense.no_adaptive_reason(threat)
+        if reason is not None:
+            notes[str(threat)] = reason
+            continue
+        if skipped:
+            notes["skipped"] = skipped
+        runs += [(threat, goal, name, eps) for name, eps in adaptive
+                 for goal in defense.adaptive_goals()]
+    return runs, notes
+
+
+def _detector_rates(ds, threshold: float) -> Dict:
+    """AUC and TPR at the operating threshold and at 5% / 10% benign FPR of a detection
+    set (None where it holds no successful attack)."""
+    det = evaluate_detection(ds, threshold)
+    out = {"auc": det.auc, "tpr": det.tpr, "fpr": det.fpr, "tpr_at_5fpr": None,
+           "tpr_at_10fpr": None}
+    if ds.n_successful:
+        out["tpr_at_5fpr"] = tpr_at_fpr(ds.labels, ds.scores, 0.05)
+        out["tpr_at_10fpr"] = tpr_at_fpr(ds.labels, ds.scores, 0.10)
     return out
+
+
+def _adaptive_fields(bench: Bench, defense: Defense, threat, goal, name, eps,
+                     a_out) -> Dict:
+    """Convergence, cost and agreement of an adaptive row: the engine's trace and whether the
+    real evaluation agrees with the attacker's verdicts (the transfer attacker judges by its
+    surrogate, so only the adaptive threat must agree)."""
+    info = bench.adaptive_info[(threat, goal, defense.label, name, float(eps))]
+    y = bench.images("test").labels
+    if goal == Goal.WRONG:
+        real = (a_out.pred != y) & (a_out.pred != REJECTED)
+    else:
+        real = (bench.adaptive(defense, name, eps, threat, goal).preds["m"] != y) & ~a_out.flags
+    agree = float(np.mean(real == info["success"]))
+    if threat == ADAPTIVE and agree < 0.98:
+        bench.log("WARNING: %s %s eps=%g [%s]: the real evaluation agrees with the attack's own "
+                  "verdicts on only %.1f%% of the images (K's or M's answers differ between "
+                  "the attack and the evaluation)" % (defense.label, name, eps, goal,
+                                                      100 * agree))
+    return {"convergence": info["convergence"], "cost": info["cost"], "agreement": agree}
 
 
 def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
     """One defense's block of ``metrics.json`` plus its ROC data per vector: the gray-box rows
-    (in ``vectors`` order), then the adaptive rows when asked and the defense has an
-    adaptive attack, and the per-image worst case over every attack tried."""
+    (in ``vectors`` order), then the defense-aware rows (adaptive, transfer) per vector and
+    goal where the defense has an attack for them, and the per-image worst case over every
+    attack tried."""
     benign = bench.images("test")
     y = benign.labels
     model = defense.attacked_model()
     b_out = defense.decide(bench.observe(defense, benign))
     clean = accuracy(b_out.pred, y)
     rows, curves, defended = [], {}, []
-    runs = [(GRAY_BOX, name, eps) for name, eps in vectors]
-    adaptive_note = None
-    for threat in (ADAPTIVE, TRANSFER):
-        if threat not in bench.cfg.threats:
-            continue
-        if defense.adaptive_objective(threat) is None:
-            if threat == ADAPTIVE:
-                adaptive_note = getattr(defense, "no_adaptive_reason", None) or (
-                    "none: the gray-box attack already sees all of it (white-box on %s)"
-                    % ("the AT model" if model == "at" else "M"))
-        else:
-            runs += [(threat, name, eps) for name, eps in adaptive_vectors(vectors)]
+    runs, notes = _runs_of(bench, defense, vectors)
     eta = Eta(len(runs) + 1, done=1)
-
-    def judged(what):
+    for threat, goal, name, eps in runs:
+        adv = (bench.attacked(model, name, eps, "test") if threat == GRAY_BOX
+               else bench.adaptive(defense, name, eps, threat, goal))
+        a_out = defense.decide(bench.observe(defense, adv))
         timing = eta.step()
         if bench.cfg.progress:
             bench.log("%s: %d of %d image sets judged, %s (%s)" % (
-                defense.label, eta.done, eta.total, what, timing))
-
-    for threat, name, eps in runs:
-        adv = (bench.attacked(model, name, eps, "test") if threat == GRAY_BOX
-               else bench.adaptive(defense, name, eps, threat))
-        a_out = defense.decide(bench.observe(defense, adv))
-        judged(adv.name)
-        acc = accuracy(a_out.pred, y)
-        stopped = (a_out.pred == y) | (a_out.pred == REJECTED)
-        defended.append(stopped)
-        fooled = adv.preds[model] != y
-        evaded = fooled & ~a_out.flags if defense.detector else a_out.pred != y
-        row = {"attack": name, "eps": report.eps_value(eps), "threat_model": threat,
-               "acc": acc, "defended": float(np.mean(stopped)),
-               "evasion": float(np.mean(evaded)), "robustness": _robustness(acc, clean),
-               "auc": None, "tpr": None, "fpr": None}
-        ds = detection_set(b_out.score if defense.detector else np.zeros(len(y)),
-                           a_out.score if defense.detector else np.zeros(len(y)), y,
-                           benign.preds[model], adv.preds[model],
-                           require_benign_correct=bench.cfg.detection_set == "strict")
-        row.update(n_attacked=ds.n_attacked, n_successful=ds.n_successful)
-        if defense.detector:
-            det = evaluate_detection(ds, defense.threshold)
-            row.update(auc=det.auc, tpr=det.tpr, fpr=det.fpr)
-            if ds.n_successful:
-                label = report.attack_label(name, eps) + (
-                    "" if threat == GRAY_BOX else " [%s]" % threat)
-                curves[label] = report.roc_curve_for(defense.label, ds.labels, ds.scores)
-        rows.append(row)
+                defense.label, eta.done, eta.total, adv.name, timing))
+        rows.append(_row(bench, defense, threat, goal, name, eps, adv, a_out, b_out, curves))
+        defended.append((a_out.pred == y) | (a_out.pred == REJECTED))
     block = {"kind": "detector" if defense.detector else "classifier",
              "attacked_model": model, "params": defense.params(),
              "benign": {"acc": clean}, "attacks": rows}
@@ -767,9 +870,39 @@ def defense_results(bench: Bench, defense: Defense, vectors) -> Dict:
         worst = np.all(np.stack(defended), axis=0)
         block["worst_case"] = {"defended": float(np.mean(worst)), "attacks": len(defended),
                                "threat_models": sorted({r["threat_model"] for r in rows})}
-    if adaptive_note:
-        block["adaptive"] = adaptive_note
+    if notes:
+        block["adaptive"] = notes
     return {"block": block, "curves": curves, "benign_pred": b_out.pred}
+
+
+def _row(bench, defense, threat, goal, name, eps, adv, a_out, b_out, curves) -> Dict:
+    """One result row of a defense (see ``metrics.json`` in the README)."""
+    y = bench.images("test").labels
+    model = defense.attacked_model()
+    acc = accuracy(a_out.pred, y)
+    stopped = (a_out.pred == y) | (a_out.pred == REJECTED)
+    fooled = adv.preds[model] != y
+    evaded = fooled & ~a_out.flags if defense.detector else a_out.pred != y
+    clean = accuracy(b_out.pred, y)
+    row = {"attack": name, "eps": report.eps_value(eps), "threat_model": str(threat),
+           "goal": None if goal is None else str(goal), "acc": acc,
+           "defended": float(np.mean(stopped)), "evasion": float(np.mean(evaded)),
+           "robustness": _robustness(acc, clean), "auc": None, "tpr": None, "fpr": None,
+           "tpr_at_5fpr": None, "tpr_at_10fpr": None}
+    ds = detection_set(b_out.score if defense.detector else np.zeros(len(y)),
+                       a_out.score if defense.detector else np.zeros(len(y)), y,
+                       bench.images("test").preds[model], adv.preds[model],
+                       require_benign_correct=bench.cfg.detection_set == "strict")
+    row.update(n_attacked=ds.n_attacked, n_successful=ds.n_successful)
+    if defense.detector:
+        row.update(_detector_rates(ds, defense.threshold))
+        if ds.n_successful:
+            label = report.attack_label(name, eps) + ("" if threat == GRAY_BOX else
+                                                      " [%s, %s]" % (threat, goal))
+            curves[label] = report.roc_curve_for(defense.label, ds.labels, ds.scores)
+    if threat != GRAY_BOX:
+        row.update(_adaptive_fields(bench, defense, threat, goal, name, eps, a_out))
+    return row
 
 
 def table_iv_fields(bench: Bench, results: Dict[str, Dict], vectors) -> Tuple[Dict, List]:
@@ -870,7 +1003,8 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
         cfg.class_set.code_name, cfg.arch, extractor_kind.get("kind"), um.get("threshold"),
         um.get("mode", cfg.mode), cfg.seed, benign, entries,
         defenses={label: r["block"] for label, r in results.items()},
-        attack_info=bench.attack_info or None, detection_set=cfg.detection_set)
+        attack_info=bench.attack_info or None, detection_set=cfg.detection_set,
+        adaptive_settings=_adaptive_settings(cfg))
     curves: Dict[str, List] = {}
     for r in results.values():
         for vector, curve in r["curves"].items():
@@ -886,6 +1020,14 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
     log(report.summary_text(metrics))
     log("wrote %s (%.0f s)" % (", ".join(sorted(paths.values())), time.time() - start))
     return metrics
+
+
+def _adaptive_settings(cfg: EvalConfig) -> Optional[Dict]:
+    """How the defense-aware attacks of a run were made (None when none was asked for)."""
+    if not any(t in cfg.threats for t in DEFENSE_AWARE):
+        return None
+    return dict(dataclasses.asdict(cfg.engine_settings()),
+                **dataclasses.asdict(cfg.adaptive_options()))
 
 
 def _short_params(params: Dict) -> str:

@@ -101,6 +101,16 @@ def rates_at_threshold(labels: Any, scores: Any, threshold: float) -> Tuple[floa
     return tpr, fpr
 
 
+def tpr_at_fpr(labels: Any, scores: Any, max_fpr: float) -> float:
+    """The detection rate at a benign false-positive rate of at most ``max_fpr``: the highest
+    TPR of a rule ``score >= t`` whose FPR on the benign images (label 0) is ``<= max_fpr``
+    (a point of the full ROC curve, no interpolation; the literature's "TPR at 5% FPR")."""
+    if not 0.0 <= float(max_fpr) <= 1.0:
+        raise ValueError("max_fpr must be in [0, 1], got %r" % (max_fpr,))
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(np.max(tpr[fpr <= float(max_fpr) + 1e-12]))
+
+
 def accuracy(pred: Any, labels: Any) -> float:
     """Fraction of ``pred == labels`` (int [N] each); -1 ("no class") never equals a label."""
     p = np.asarray(pred)

@@ -39,11 +39,13 @@ from matplotlib.figure import Figure
 from data.fileio import atomic_path, write_json_atomic, write_text_atomic
 from data.knowledge import CLASS_SETS, get_class_set
 from defense.metrics import DETECTION_SETS, auc, roc_curve
+from defense.threats import GOALS
+from defense.threats import NAMES as THREAT_NAMES
 
 TOP_KEYS = ("class_set", "arch", "extractor", "threshold", "seed", "versions", "benign",
             "attacks")
 #: Written by this project, optional when reading (a file in the issue's shape has no mode).
-OPTIONAL_TOP_KEYS = ("mode", "defenses", "attack_info", "detection_set")
+OPTIONAL_TOP_KEYS = ("mode", "defenses", "attack_info", "detection_set", "adaptive_settings")
 DETECTION_SET_UNSTATED = "not stated"
 MODE_UNSTATED = "not stated"
 BENIGN_KEYS = ("acc_none", "acc_at", "acc_um")
@@ -55,8 +57,15 @@ DEFENSE_KEYS = ("kind", "attacked_model", "params", "benign", "attacks")
 DEFENSE_OPTIONAL_KEYS = ("worst_case", "adaptive")
 DEFENSE_ROW_KEYS = ("attack", "eps", "threat_model", "acc", "defended", "evasion",
                     "robustness", "auc", "tpr", "fpr", "n_attacked", "n_successful")
+#: Written by this project since the adaptive engine (optional when reading older files):
+#: the goal of a defense-aware row (null for gray-box), the detector's TPR at 5% / 10% benign
+#: FPR, and for defense-aware rows the convergence trace, the cost and the agreement of the
+#: attack's own verdicts with the real evaluation.
+DEFENSE_ROW_OPTIONAL_KEYS = ("goal", "tpr_at_5fpr", "tpr_at_10fpr", "convergence", "cost",
+                             "agreement")
 DEFENSE_KINDS = ("classifier", "detector")
-THREAT_MODELS = ("gray-box", "adaptive", "transfer")
+THREAT_MODELS = THREAT_NAMES
+CONVERGENCE_KEYS = ("steps", "restarts", "converged", "why")
 MODES = ("flagged", "all")
 
 #: Attack names used in metrics files and their display labels.
@@ -216,8 +225,9 @@ def _check_defenses(blocks: Any, vectors: set) -> None:
         rows = set()
         for i, row in enumerate(block["attacks"]):
             w = "%s.attacks[%d]" % (where, i)
-            _check_exact_keys(row, DEFENSE_ROW_KEYS, w)
+            _check_exact_keys(row, DEFENSE_ROW_KEYS, w, DEFENSE_ROW_OPTIONAL_KEYS)
             _check_str(row["threat_model"], w + ".threat_model", THREAT_MODELS)
+            _check_row_extras(row, w, block["kind"])
             _check_fraction(row["acc"], w + ".acc")
             _check_fraction(row["defended"], w + ".defended")
             _check_fraction(row["evasion"], w + ".evasion")
@@ -232,12 +242,36 @@ def _check_defenses(blocks: Any, vectors: set) -> None:
                 _check_fraction(row[k], w + "." + k, nullable=True)
                 if block["kind"] != "detector" and row[k] is not None:
                     _fail(w + "." + k, "must be null for a defense that is not a detector")
-            key = (row["attack"], float(row["eps"]), row["threat_model"])
+            key = (row["attack"], float(row["eps"]), row["threat_model"], row.get("goal"))
             if key in rows:
-                _fail(w, "repeats attack %r eps %g (%s)" % key)
+                _fail(w, "repeats attack %r eps %g (%s, goal %s)" % key)
             rows.add(key)
             if key[:2] not in vectors:
                 _fail(w, "attack %r eps %g is not among the run's attacks" % key[:2])
+
+
+def _check_row_extras(row: Mapping[str, Any], where: str, kind: str) -> None:
+    """The optional fields of a defense row: a goal only on defense-aware rows, TPRs at
+    fixed FPRs only for detectors, a convergence trace with rates in [0, 1]."""
+    goal = row.get("goal")
+    if row["threat_model"] == "gray-box" and goal is not None:
+        _fail(where + ".goal", "must be null for a gray-box row")
+    if goal is not None:
+        _check_str(goal, where + ".goal", GOALS)
+    for k in ("tpr_at_5fpr", "tpr_at_10fpr"):
+        _check_fraction(row.get(k), where + "." + k, nullable=True)
+        if kind != "detector" and row.get(k) is not None:
+            _fail(where + "." + k, "must be null for a defense that is not a detector")
+    conv = row.get("convergence")
+    if conv is None:
+        return
+    _check_exact_keys(conv, CONVERGENCE_KEYS, where + ".convergence")
+    if not isinstance(conv["steps"], dict) or not conv["steps"]:
+        _fail(where + ".convergence.steps", "must be a non-empty object (steps -> rate)")
+    for rate in list(conv["steps"].values()) + list(conv["restarts"]):
+        _check_fraction(rate, where + ".convergence")
+    if not isinstance(conv["converged"], bool):
+        _fail(where + ".convergence.converged", "must be true or false")
 
 
 def _num(x: Any) -> Any:
@@ -282,7 +316,8 @@ def make_metrics(class_set: str, arch: str, extractor: Optional[str],
                  versions: Optional[Mapping[str, str]] = None,
                  defenses: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  attack_info: Optional[Mapping[str, Any]] = None,
-                 detection_set: Optional[str] = None) -> Dict[str, Any]:
+                 detection_set: Optional[str] = None,
+                 adaptive_settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Assemble and validate a metrics object (class set names are converted to code names).
 
     ``extractor`` and ``threshold`` are UnMask's (None when UnMask was not among the
@@ -300,6 +335,8 @@ def make_metrics(class_set: str, arch: str, extractor: Optional[str],
         obj["defenses"] = json.loads(json.dumps(_plain(defenses)))
     if attack_info is not None:
         obj["attack_info"] = json.loads(json.dumps(_plain(attack_info)))
+    if adaptive_settings is not None:
+        obj["adaptive_settings"] = json.loads(json.dumps(_plain(adaptive_settings)))
     return validate_metrics(obj)
 
 
@@ -608,7 +645,8 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
 #: Every report file a run may write into its output folder (caches in vectors/ excluded).
 REPORT_FILES = ("metrics.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
                 "roc.png", "roc.pdf", "bench.md", "bench.csv", "bench.png", "bench.pdf",
-                "summary.txt", "trajectory_table.md", "trajectory_table.json")
+                "convergence.png", "convergence.pdf", "summary.txt", "trajectory_table.md",
+                "trajectory_table.json")
 
 
 def remove_stale_reports(out_dir: str, written: Iterable[str]) -> List[str]:

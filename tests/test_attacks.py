@@ -112,7 +112,9 @@ def _max_norm(x_adv, images, norm):
 
 def test_registry_lists_all_attacks_with_norms():
     assert attacks.list_attacks() == ["pgd_linf", "pgd_l2", "mia_linf", "mia_l2", "fgsm", "bim",
-                                      "bim_l2", "cw_l2", "ga", "uap", "uap_l2"]
+                                      "bim_l2", "cw_l2", "ga", "uap", "uap_l2", "apgd_ce",
+                                      "apgd_dlr", "apgd_ce_l2", "apgd_dlr_l2", "apgd_t",
+                                      "apgd_t_l2", "autoattack", "autoattack_l2"]
     for name in attacks.list_attacks():
         spec = attacks.get_attack(name)
         assert spec.name == name and spec.norm in _utils.NORMS

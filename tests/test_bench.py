@@ -350,103 +350,25 @@ def test_seed_table_has_the_four_configurations(context):
 
 # ----------------------------------------------------------------------------- adaptive
 
-def test_best_iterate_stays_in_the_ball_on_the_grid_and_in_range():
-    from attacks.objective import pgd_objective, quantize
-
-    rng = np.random.default_rng(0)
-    x = (rng.integers(0, 256, (6, 8, 8, 3)) / 255.0).astype(np.float32)
-    for norm, eps in (("linf", 8 / 255), ("l2", 1.0)):
-        seen, verdicts = [], []
-
-        def vg(z):
-            return np.zeros(len(z)), rng.normal(size=z.shape)   # a random walk
-
-        def decide(z):
-            seen.append(z.copy())
-            verdicts.append(rng.integers(0, 3, len(z)).astype(float))  # ties on purpose
-            return verdicts[-1]
-
-        res = pgd_objective(vg, decide, x, eps=eps, step_size=eps / 4, steps=12, norm=norm,
-                            rand_init=True, seed=1)
-        for z in seen + [res.x_adv]:
-            d = (z - x).reshape(len(x), -1)
-            n = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
-            assert np.all(n <= eps + 1e-6) and z.min() >= 0 and z.max() <= 1
-            assert np.allclose(np.round(z * 255), z * 255, atol=1e-4), "8-bit images only"
-        # the kept iterate is, per image, the first one with the best verdict
-        assert res.x_adv.shape == x.shape and np.all(res.best_step >= 0)
-        v = np.stack(verdicts)                          # [steps + 1, B], step 0 = the start
-        first_best = np.argmax(v == v.max(axis=0), axis=0)
-        assert np.array_equal(res.best_step, first_best)
-        assert np.array_equal(res.verdict, v.max(axis=0))
-        for i, step in enumerate(res.best_step):
-            assert np.array_equal(res.x_adv[i], seen[step][i])
-    q = quantize(np.clip(x + 0.5 / 255 + 3.7 / 255, 0, 1), x)
-    assert np.all(np.abs(q - x) <= 4.2 / 255)
-
-
-def test_one_call_per_step_path_equals_the_two_callable_path():
-    """With ``evaluate`` (objective, gradient and verdict of one candidate) each step costs
-    one call, on 8-bit candidates, and ``decide`` judges only the last one; for an objective
-    whose gradient does not depend on the point both paths take the same steps and keep the
-    same iterates."""
-    from attacks.objective import pgd_objective
-
-    rng = np.random.default_rng(3)
-    x = (rng.integers(0, 256, (5, 6, 6, 3)) / 255.0).astype(np.float32)
-    g = rng.normal(size=x.shape)
-    w = rng.normal(size=x.shape)
-    verdict_of = lambda z: np.floor(4 * np.tanh((z * w).reshape(len(z), -1).sum(1)))  # noqa
-
-    for norm, eps, steps in (("linf", 8 / 255, 7), ("l2", 0.5, 5), ("linf", 8 / 255, 0)):
-        calls = {"evaluate": 0, "decide": 0, "vg": 0}
-
-        def vg(z):
-            calls["vg"] += 1
-            return (z * g).reshape(len(z), -1).sum(1), g
-
-        def decide(z):
-            calls["decide"] += 1
-            return verdict_of(z)
-
-        def evaluate(z):
-            calls["evaluate"] += 1
-            assert np.allclose(np.round(z * 255), z * 255, atol=1e-4), "8-bit candidates"
-            return (z * g).reshape(len(z), -1).sum(1), g, verdict_of(z)
-
-        kw = dict(eps=eps, step_size=eps / 3, steps=steps, norm=norm, rand_init=True, seed=2)
-        two = pgd_objective(vg, decide, x, **kw)
-        n_decide = calls["decide"]
-        calls.update(decide=0)
-        one = pgd_objective(None, decide, x, evaluate=evaluate, **kw)
-        assert calls["evaluate"] == steps and calls["decide"] == 1 and n_decide == steps + 1
-        np.testing.assert_array_equal(one.x_adv, two.x_adv)
-        np.testing.assert_array_equal(one.verdict, two.verdict)
-        np.testing.assert_array_equal(one.best_step, two.best_step)
-    with pytest.raises(ValueError, match="value_and_grad or evaluate"):
-        pgd_objective(None, decide, x, eps=0.1, step_size=0.1, steps=1)
-
-
-def _toy_ce_objective(model):
-    from defense.adaptive import _value_and_grad, cross_entropy
-    return _value_and_grad(lambda x, y: cross_entropy(model(x, training=False), y))
+def _engine(target, x, y, name, eps, steps, restarts=1, **params):
+    """The adaptive engine's result for attack ``name`` at ``eps`` (0-255 scale)."""
+    from attacks import resolve_config
+    from attacks.engine import AdaptiveEngine, EngineSettings
+    engine = AdaptiveEngine(resolve_config(name, eps, **params), target,
+                            EngineSettings(steps=steps, restarts=restarts), seed=0)
+    return engine.run(x, y, batch_size=len(x))
 
 
 def test_adaptive_success_rises_with_eps_and_steps_and_nears_all(tiny_m):
-    """Tramer et al.'s sanity checks on a small model."""
-    from attacks.objective import pgd_objective
+    """Tramer et al.'s sanity checks on a small model, through the engine."""
+    from attacks.target import ModelTarget
 
     x, y = _images(40, 5)
     x = (np.round(x * 255) / 255).astype(np.float32)
-    obj = _toy_ce_objective(tiny_m)
-
-    def decide(z):
-        return (tiny_m.predict(z, verbose=0).argmax(1) != y).astype(float)
 
     def rate(eps, steps):
-        res = pgd_objective(lambda z: obj(z, y), decide, x, eps=eps / 255, step_size=
-                            max(eps / 255 / 8, 1 / 255), steps=steps, norm="linf")
-        return float(res.verdict.mean())
+        return float(_engine(ModelTarget(tiny_m), x, y, "pgd_linf", eps, steps,
+                             step_size=max(eps / 8, 1)).success.mean())
 
     by_eps = [rate(e, 10) for e in (4, 32, 128)]
     assert by_eps == sorted(by_eps) and by_eps[-1] >= 0.95
@@ -454,6 +376,7 @@ def test_adaptive_success_rises_with_eps_and_steps_and_nears_all(tiny_m):
 
 
 def test_eot_averages_over_the_given_number_of_samples(tiny_m):
+    from attacks.losses import cross_entropy
     from defense import adaptive
     from defense.transforms import get_transform
 
@@ -468,12 +391,20 @@ def test_eot_averages_over_the_given_number_of_samples(tiny_m):
             return self.inner.bpda(x, seed=seed)
 
     x, y = _images(3, 4)
-    obj = adaptive.eot_objective(tiny_m, Counting(), samples=7)
-    loss, grad = obj(x, y)
-    assert calls and all(c == (21, None) for c in calls), "3 images x 7 fresh draws"
-    assert loss.shape == (3,) and grad.shape == x.shape and np.all(np.isfinite(grad))
+    target = adaptive.TransformTarget(tiny_m, Counting(), lambda z, yy: np.zeros(len(z), bool),
+                                      samples=7, seed=5)
+    out = target.evaluate(tf.constant(x), tf.constant(y), None, cross_entropy)
+    again = target.evaluate(tf.constant(x), tf.constant(y), None, cross_entropy)
+    assert [c[0] for c in calls] == [21, 21], "3 images x 7 draws per evaluation"
+    assert calls[0][1] != calls[1][1], "fresh (seeded) draws at every evaluation"
+    assert out.loss.shape == (3,) and out.grad.shape == x.shape
+    assert np.all(np.isfinite(out.grad)) and not np.allclose(out.grad, again.grad)
+    # the loss is the mean over the draws of each draw's loss
+    noisy = np.concatenate([Counting.inner(np.repeat(x, 7, axis=0), seed=calls[0][1])])
+    per_draw = cross_entropy(tiny_m(noisy, training=False), tf.repeat(y, 7), None).numpy()
+    np.testing.assert_allclose(out.loss.numpy(), per_draw.reshape(3, 7).mean(1), rtol=1e-5)
     with pytest.raises(ValueError, match="at least one sample"):
-        adaptive.eot_objective(tiny_m, Counting(), samples=0)
+        adaptive.TransformTarget(tiny_m, Counting(), None, samples=0)
 
 
 def _smooth_vs_checkerboard_task(seed=0, n=200):
@@ -503,10 +434,15 @@ def _smooth_vs_checkerboard_task(seed=0, n=200):
     return x.astype(np.float32), y, model
 
 
+def _adaptive_target(d):
+    from defense.base import AdaptiveOptions
+    from defense.threats import Goal, Threat
+    return d.attack_target(Threat.ADAPTIVE, Goal.WRONG, AdaptiveOptions())
+
+
 @pytest.mark.parametrize("name", ["downsample:0.5", "pca"])
 def test_bpda_through_a_linear_transform_beats_the_gray_box_attack(context, name):
     from attacks import run_attack
-    from attacks.objective import pgd_objective
 
     make, _, _, _ = context
     x, y, model = _smooth_vs_checkerboard_task()
@@ -518,47 +454,31 @@ def test_bpda_through_a_linear_transform_beats_the_gray_box_attack(context, name
     d = build_defense(name)
     d.fit(ctx)
     assert np.mean(d.predict(test) == test.labels) == 1.0
-    eps = 32 / 255
     gray = run_attack(model, test.x, test.labels, "pgd_linf", eps=32, steps=10, seed=0)
     assert gray.adv_accuracy == 0.0, "the gray-box attack fools M itself"
     gray_acc = np.mean(d.predict(_image_set("g", "test", gray.x_adv, test.labels))
                        == test.labels)
-    obj = d.adaptive_objective()
-    loss, grad = obj(test.x, test.labels)
-    assert loss.shape == (len(test),) and grad.shape == test.x.shape
-
-    def decide(z):
-        return (d.predict(_image_set("p", "test", z, test.labels)) != test.labels) * 1.0
-
-    res = pgd_objective(lambda z: obj(z, test.labels), decide, test.x, eps=eps,
-                        step_size=8 / 255, steps=10, norm="linf")
+    res = _engine(_adaptive_target(d), test.x, test.labels, "pgd_linf", 32, 10, step_size=8)
     adaptive_acc = np.mean(d.predict(_image_set("a", "test", res.x_adv, test.labels))
                            == test.labels)
+    np.testing.assert_array_equal(res.success, d.wrong_answers(res.x_adv, test.labels))
     assert gray_acc >= 0.9, "the transform undoes the gray-box perturbation"
     assert adaptive_acc <= 0.1, "BPDA breaks it"
 
 
 @pytest.mark.parametrize("name", ["jpeg:30", "bitdepth:2", "noise:16"])
 def test_bpda_and_eot_on_the_other_transforms(context, name):
-    """Straight-through BPDA (jpeg, bitdepth) and EOT (noise): right shapes, and at least as
+    """Straight-through BPDA (jpeg, bitdepth) and EOT (noise) through the engine: at least as
     strong as the gray-box attack on the toy at a budget that breaks M."""
     from attacks import run_attack
-    from attacks.objective import pgd_objective
 
     make, sets, _, m = context
     d = build_defense(name)
     d.fit(make())
     test = sets["test"]
     x = (np.round(test.x * 255) / 255).astype(np.float32)
-    obj = d.adaptive_objective()
-    loss, grad = obj(x, test.labels)
-    assert loss.shape == (len(x),) and grad.shape == x.shape and np.all(np.isfinite(grad))
-
-    def decide(z):
-        return (d.predict(_image_set("p", "test", z, test.labels)) != test.labels) * 1.0
-
-    res = pgd_objective(lambda z: obj(z, test.labels), decide, x, eps=40 / 255,
-                        step_size=40 / 255 / 6, steps=12, norm="linf", rand_init=True)
+    res = _engine(_adaptive_target(d), x, test.labels, "pgd_linf", 40, 12,
+                  step_size=40 / 6)
     gray = run_attack(m, x, test.labels, "pgd_linf", eps=40, steps=12, step_size=40 / 6,
                       seed=0)
     gray_acc = np.mean(d.predict(_image_set("g", "test", gray.x_adv, test.labels))
@@ -572,7 +492,6 @@ def test_bpda_and_eot_on_the_other_transforms(context, name):
 
 def test_joint_attack_on_the_trajectory_detector_evades_more_than_gray_box(context):
     from attacks import run_attack
-    from attacks.objective import pgd_objective
 
     make, sets, _, m = context
     d = build_defense("trajectory:centroid-l2-mlp")
@@ -584,13 +503,11 @@ def test_joint_attack_on_the_trajectory_detector_evades_more_than_gray_box(conte
     def evasion(z):
         out = d.decide(d.observe(_image_set("e", "test", z, y)))
         fooled = m.predict(z, verbose=0).argmax(1) != y
-        return (fooled & ~out.flags).astype(float)
+        return fooled & ~out.flags
 
-    eps = 96 / 255
     gray = run_attack(m, x, y, "pgd_linf", eps=96, steps=20, step_size=8, seed=0)
-    obj = d.adaptive_objective()
-    res = pgd_objective(lambda z: obj(z, y), evasion, x, eps=eps, step_size=8 / 255,
-                        steps=20, norm="linf")
+    res = _engine(_adaptive_target(d), x, y, "pgd_linf", 96, 20, step_size=8)
+    np.testing.assert_array_equal(res.success, evasion(res.x_adv))
     assert evasion(res.x_adv).mean() >= evasion(gray.x_adv).mean()
     assert evasion(res.x_adv).mean() > 0
 
@@ -599,7 +516,8 @@ def test_sanity_checks_flag_broken_attacks():
     m = _bench_metrics()
     rows = m["defenses"]["unmask"]["attacks"]
     base = dict(rows[0])
-    rows.append(dict(base, threat_model="adaptive", evasion=base["evasion"] + 0.3))
+    rows.append(dict(base, threat_model="adaptive", goal="wrong",
+                     evasion=base["evasion"] + 0.3))
     checks = bench_report.sanity_checks(m)
     assert checks and all(ok for ok, _ in checks)
     rows[-1]["evasion"] = base["evasion"] - 0.3          # adaptive weaker than gray-box

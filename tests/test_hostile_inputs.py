@@ -432,7 +432,7 @@ def test_damaged_observation_cache_is_named_and_recomputed(tmp_path):
 
 def test_api_errors_name_the_input():
     from attacks import run_attack
-    from attacks.objective import pgd_objective
+    from attacks.engine import EngineSettings
     from data.knowledge import get_class_set
     from defense.defenses import parse_defenses
     from defense.unmask import UnMask, scores
@@ -451,8 +451,8 @@ def test_api_errors_name_the_input():
         (lambda: run_attack(m, x, y, "pgd_linf", eps=8, step_size=0), r"step_size"),
         (lambda: run_attack(m, x[:0], y[:0], "pgd_linf", eps=8), r"empty|no images"),
         (lambda: run_attack(m, x, y[:2], "pgd_linf", eps=8), r"labels|y"),
-        (lambda: pgd_objective(None, None, x, eps=-1, step_size=0.1, steps=1,
-                               evaluate=lambda z: None), r"eps >= 0"),
+        (lambda: EngineSettings(steps=0), r"steps must be an integer >= 1"),
+        (lambda: EngineSettings(restarts=2, max_targets=0), r"max_targets"),
         (lambda: scores([{"a"}], [0, 1], [{"a"}, {"b"}]), r"preds must be a 1-D array"),
         (lambda: get_class_set("nosuch"), r"nosuch"),
         (lambda: parse_defenses("pca:-1"), r"pca"),

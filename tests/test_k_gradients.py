@@ -289,12 +289,14 @@ def test_interface_after_eager_m(k_model):
 
 
 def test_joint_attack_on_m_and_k_evades_more_than_the_gray_box_attack(k_model, scorer):
-    """On a tiny M and K, the joint attack (M toward y', K's parts toward V[y']) raises the
-    evasion rate -- M fooled and not flagged by Algorithm 1 -- above the gray-box attack's at
-    the same eps; every image it returns is 8-bit, in the ball and in [0, 1]."""
-    from attacks import run_attack
-    from attacks.objective import pgd_objective
-    from defense.adaptive import UnMaskObjective
+    """On a tiny M and K, the joint attack through the adaptive engine (M toward y', K's parts
+    toward V[y'], every target class) raises the evasion rate -- M fooled and not flagged by
+    Algorithm 1 -- above the gray-box attack's at the same eps; every image it returns is
+    8-bit, in the ball and in [0, 1], and its verdicts are the real pipeline's."""
+    from attacks import resolve_config, run_attack
+    from attacks.engine import AdaptiveEngine, EngineSettings
+    from attacks.losses import cross_entropy
+    from defense.adaptive import UnMaskTarget
     from defense.unmask import distances
 
     v = [frozenset({"square"}), frozenset({"disc"}), frozenset({"bar"})]
@@ -308,51 +310,44 @@ def test_joint_attack_on_m_and_k_evades_more_than_the_gray_box_attack(k_model, s
     def evasion(z):
         pred = m.predict(z, verbose=0).argmax(1)
         d = distances(scorer.detected_parts(z), pred, v)
-        return ((pred != y) & (d < t)).astype(float)
+        return (pred != y) & (d < t)
 
-    eps = 32 / 255
+    def judge_with(sc):
+        return lambda pred, parts, yy: (pred != yy) & (distances(parts, pred, v) < t)
+
     gray = run_attack(m, x, y, "pgd_linf", eps=32, steps=30, step_size=4, seed=0)
-    objective = UnMaskObjective(m, scorer, v)
-    objective.start(x, y)
-    assert np.all(objective.targets != y)
-    with pytest.raises(ValueError, match="needs decision"):
-        objective.evaluate(x, y)
+    target = UnMaskTarget(m, scorer, v, judge_with(scorer))
+    ranked = target.ranked_targets(x, y).numpy()
+    assert ranked.shape == (8, 2) and np.all(ranked != y[:, None])
+    with pytest.raises(ValueError, match="target class"):
+        target.evaluate(tf.constant(x), tf.constant(y), None, cross_entropy)
+    out = target.evaluate(tf.constant(x), tf.constant(y), tf.constant(ranked[:, 0]),
+                          cross_entropy)
+    np.testing.assert_array_equal(out.success.numpy(), evasion(x))
+    assert out.grad.shape == x.shape and np.isfinite(out.grad.numpy()).all()
 
-    def decision(pred, parts):      # "rectify" is the identity here; flagged -> rejected
-        return np.where(distances(parts, pred, v) < t, pred, -1)
+    def attack(tgt):
+        engine = AdaptiveEngine(resolve_config("pgd_linf", 32, step_size=4), tgt,
+                                EngineSettings(steps=30, restarts=1), seed=0)
+        return engine.run(x, y, batch_size=8)
 
-    # evaluate = __call__'s loss and gradient + the verdict of M's and K's answers, one pass
-    objective.decision = decision
-    loss, grad = objective(x, y)
-    loss2, grad2, verdict = objective.evaluate(x, y)
-    np.testing.assert_allclose(loss2, loss, rtol=1e-5, atol=1e-5)
-    assert _rel_norm(grad2, grad) < 0.3                  # in norm, as above
-    assert np.array_equal(verdict, evasion(x))
-    res = pgd_objective(lambda z: objective(z, y), evasion, x, eps=eps, step_size=4 / 255,
-                        steps=30, norm="linf", evaluate=lambda z: objective.evaluate(z, y))
-    assert np.array_equal(res.verdict, evasion(res.x_adv))
+    res = attack(target)
+    np.testing.assert_array_equal(res.success, evasion(res.x_adv))
     delta = np.abs(res.x_adv - x).max()
-    assert delta <= eps + 1e-6 and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert delta <= 32 / 255 + 1e-6 and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert np.allclose(np.round(res.x_adv * 255), res.x_adv * 255, atol=1e-4)
     joint, gray_rate = evasion(res.x_adv).mean(), evasion(gray.x_adv).mean()
     print("evasion: joint %.2f, gray-box %.2f" % (joint, gray_rate))
     assert joint > gray_rate
 
-    # the transfer variant: the same attack through a K with other weights, judged on the
-    # real K -- it never beats the white-box attack (else the gradients are broken)
+    # the transfer variant: the same attack through a K with other weights (which also
+    # makes the attacker's verdicts), judged on the real K -- it never beats the white-box
+    # attack (else the gradients are broken)
     other = MaskRCNN("inference", k_model.config, k_model.model_dir)
     try:
         seed_weights(other, 8)
         surrogate_scorer = PartScorer(other, S, class_names=["BG"] + list(TOY_CLASSES))
-        surrogate = UnMaskObjective(m, surrogate_scorer, v)
-        surrogate.start(x, y)
-
-        def surrogate_evasion(z):        # the attacker never consults the real K
-            pred = m.predict(z, verbose=0).argmax(1)
-            d = distances(surrogate_scorer.detected_parts(z), pred, v)
-            return ((pred != y) & (d < t)).astype(float)
-
-        transfer = pgd_objective(lambda z: surrogate(z, y), surrogate_evasion, x, eps=eps,
-                                 step_size=4 / 255, steps=30, norm="linf")
+        transfer = attack(UnMaskTarget(m, surrogate_scorer, v, judge_with(surrogate_scorer)))
     finally:
         other.close()
     print("evasion: transfer %.2f" % evasion(transfer.x_adv).mean())

@@ -38,6 +38,7 @@ from attacks import resolve_config, run_attack
 from data.fileio import atomic_path
 from defense import trajectory as tj
 from defense.base import REJECTED, Defense, ImageSet, Outcome, model_predictions
+from defense.threats import Threat
 from defense.thresholds import choose_threshold
 from models.taps import tap_features, tap_model, tap_names
 
@@ -241,17 +242,21 @@ class TrajectoryDefense(Defense):
         return tj.embed(tap_features(self._m, self._arch, x, model=self._taps), self._reps,
                         self.options.metric)
 
-    def adaptive_objective(self, threat: str = "adaptive"):
+    threats = (Threat.GRAY_BOX, Threat.ADAPTIVE)
+
+    def attack_target(self, threat, goal, options):
         """The seed's white-box attack: fool M while looking natural to the detector, through
-        the taps, the trajectory embedding and the LSTM."""
+        the taps, the trajectory embedding and the LSTM (:class:`defense.adaptive.
+        TrajectoryTarget`), judged at the detector's operating threshold."""
         from defense import adaptive
-        if threat != "adaptive":
+        if threat != Threat.ADAPTIVE:
             return None
         if self._taps_logits is None:
             self._taps_logits = tap_model(self._m, self._arch, with_logits=True)
         reps, metric = self._reps, self.options.metric
-        return adaptive.detector_objective(
-            self._taps_logits, lambda taps: tj.embed_tensors(taps, reps, metric), self._model)
+        return adaptive.TrajectoryTarget(
+            self._taps_logits, lambda taps: tj.embed_tensors(taps, reps, metric), self._model,
+            self.threshold, mode=options.gradient or adaptive.DEFAULT_GRADIENT["trajectory"])
 
     def observe(self, images: ImageSet) -> Dict[str, List]:
         pred = images.preds.get("m")

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from defense.base import Defense, ImageSet, Outcome, model_predictions
+from defense.threats import Threat
 from defense.transforms import get_transform
 
 
@@ -60,14 +61,16 @@ class TransformDefense(Defense):
         (identity) for the others (see :mod:`defense.transforms`)."""
         return self.transform.estimate_gradient(x, grad)
 
-    def adaptive_objective(self, threat: str = "adaptive"):
-        """BPDA through the transform (EOT over its randomness for a random transform)."""
-        from defense import adaptive
-        if threat != "adaptive":
+    threats = (Threat.GRAY_BOX, Threat.ADAPTIVE)
+
+    def attack_target(self, threat, goal, options):
+        """BPDA through the transform (EOT over its randomness for a random transform),
+        judged by the real transform and M."""
+        from defense.adaptive import TransformTarget
+        if threat != Threat.ADAPTIVE:
             return None
-        if self.transform.randomized:
-            return adaptive.eot_objective(self._m, self.transform)
-        return adaptive.bpda_objective(self._m, self.transform)
+        return TransformTarget(self._m, self.transform, self.wrong_answers,
+                               samples=options.eot_samples, seed=self._seed)
 
     def observe(self, images: ImageSet) -> Dict[str, List]:
         return {"pred": model_predictions(self._m, self.transformed(images)).tolist()}

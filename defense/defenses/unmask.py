@@ -21,6 +21,7 @@ import numpy as np
 
 from data.knowledge import CLASS_PARTS
 from defense.base import Defense, ImageSet, Outcome
+from defense.threats import Goal, Threat
 from defense.thresholds import choose_threshold
 from defense.unmask import UnMask
 
@@ -95,49 +96,59 @@ class UnMaskDefense(Defense):
         parts = um.extract(images.x, keys=list(images.keys))
         return {"pred": np.asarray(pred, np.int64).tolist(), "parts": [sorted(p) for p in parts]}
 
-    @property
-    def no_adaptive_reason(self):
+    threats = (Threat.GRAY_BOX, Threat.ADAPTIVE, Threat.TRANSFER)
+
+    def adaptive_goals(self):
+        """Rectifying UnMask: "wrong answer" (the rectified answer wrong, not "no class") and
+        "undetected" (M fooled, not flagged) are different events, each with its own run.
+        Rejecting UnMask: the same event (a flagged image is rejected), one run."""
+        return (Goal.WRONG, Goal.UNDETECTED) if self.response == "rectify" else (Goal.WRONG,)
+
+    def no_adaptive_reason(self, threat):
         if self.kind == "oracle":
             return ("none: the oracle's parts do not depend on the pixels, so only M can be "
                     "attacked, as the gray-box attack does")
-        return None
+        if threat == Threat.TRANSFER and self._transfer_k is None:
+            return "none: no surrogate K (--k-transfer) was given"
+        return super().no_adaptive_reason(threat)
 
-    def adaptive_objective(self, threat: str = "adaptive"):
-        """M and K attacked together toward a target class (:class:`defense.adaptive.
-        UnMaskObjective`); ``threat="transfer"``: through the surrogate K of
-        ``ctx.settings["transfer_k"]`` (another seed), judged on the real K.  With the oracle
-        extractor K's answers do not depend on the pixels, so there is nothing to attack but
-        M, which the gray-box attack already does."""
-        if self.kind != "k":
-            return None
+    def attack_target(self, threat, goal, options):
+        """M and K attacked together toward target classes (:class:`defense.adaptive.
+        UnMaskTarget`); ``threat`` transfer: through the surrogate K of
+        ``ctx.settings["transfer_k"]`` (another seed), whose part sets also make the
+        attacker's verdict -- the real K is only consulted by the final evaluation.  With
+        the oracle extractor K's answers do not depend on the pixels: None."""
         from defense import adaptive
-        from models.mrcnn.attack_interface import PartScorer
+        if self.no_adaptive_reason(threat) is not None:
+            return None
+        scorer = self._part_scorer(threat)
+        judge = self._judge(goal)
+        return adaptive.UnMaskTarget(
+            self._m, scorer, self._um.class_parts_list, judge,
+            mode=options.gradient or adaptive.DEFAULT_GRADIENT["unmask"])
 
+    def _part_scorer(self, threat):
+        """K's differentiable interface (the surrogate's for the transfer threat), built once."""
+        from models.mrcnn.attack_interface import PartScorer
         size = int(self._m.input_shape[1])
-        if threat == "transfer":
-            if self._transfer_k is None:
-                return None
+        if threat == Threat.TRANSFER:
             if self._transfer_scorer is None:
                 self._transfer_scorer = PartScorer(self._transfer_k(), size)
-            objective = adaptive.UnMaskObjective(self._m, self._transfer_scorer,
-                                                 self._um.class_parts_list,
-                                                 decision=self._final)
-            um, scorer = self._um, self._transfer_scorer
+            return self._transfer_scorer
+        if self._scorer is None:
+            self._scorer = PartScorer(self._extractor["test"], size)
+        return self._scorer
 
-            def verdict(x, y):
-                """The attacker's own judgement: Algorithm 1 with the *surrogate's* parts
-                (the real K is never consulted before the final evaluation)."""
-                pred = np.argmax(self._m.predict(x, verbose=0), axis=1)
-                final = self._final(pred, scorer.detected_parts(x))
-                return ((final != y) & (final != -1)).astype(np.float64)
-            objective.verdict = verdict
-            return objective
-        else:
-            if self._scorer is None:
-                self._scorer = PartScorer(self._extractor["test"], size)
-            scorer = self._scorer
-        return adaptive.UnMaskObjective(self._m, scorer, self._um.class_parts_list,
-                                        decision=self._final)
+    def _judge(self, goal):
+        """``(pred [B], part sets, y [B]) -> bool [B]``: the goal reached, by Algorithm 1 at
+        the run's threshold on M's answer and the part sets."""
+        def wrong(pred, parts, y):
+            final = self._final(pred, parts)
+            return (final != y) & (final != -1)
+
+        def undetected(pred, parts, y):
+            return (np.asarray(pred) != y) & ~self._um.decide(pred, parts).flags
+        return wrong if goal == Goal.WRONG else undetected
 
     def protect(self, observation: Mapping[str, List]):
         """The full :class:`~defense.unmask.ProtectResult` of an observation."""

@@ -1,0 +1,358 @@
+"""The attack engine: attacks on attack targets, APGD / AutoAttack, and the adaptive engine
+(8-bit iterates, the best iterate by the target's verdict, restarts, target classes,
+convergence traces)."""
+import numpy as np
+import pytest
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+import attacks  # noqa: E402
+from attacks import _utils, resolve_config  # noqa: E402
+from attacks.apgd import checkpoints  # noqa: E402
+from attacks.engine import (AdaptiveEngine, EngineSettings, convergence,  # noqa: E402
+                            quantize)
+from attacks.losses import cross_entropy, dlr, margin  # noqa: E402
+from attacks.target import AttackTarget, Evaluation, ModelTarget  # noqa: E402
+from toys import pattern_task  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pattern():
+    """(model, x [48], y [48]) of the 10-class pattern toy, images on the 1/255 grid."""
+    model, _, x, y = pattern_task(48)
+    return model, (np.round(x * 255) / 255).astype(np.float32), y
+
+
+def _engine(target, x, y, name, eps, steps=20, restarts=1, quantise=True, max_targets=None,
+            seed=0, **params):
+    engine = AdaptiveEngine(resolve_config(name, eps, **params), target,
+                            EngineSettings(steps=steps, restarts=restarts,
+                                           max_targets=max_targets, quantize=quantise),
+                            seed=seed)
+    return engine.run(x, y, batch_size=16)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def test_losses_on_hand_made_logits():
+    z = tf.constant([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.5]])
+    y = tf.constant([0, 0])
+    t = tf.constant([2, 1])
+    np.testing.assert_allclose(margin(z, y).numpy(), [1.0 - 3.0, 2.0 - 0.0])
+    np.testing.assert_allclose(margin(z, y, t).numpy(), [0.0 - 3.0, 2.0 - 1.0])
+    # DLR: -(z_y - max_other) / (z_pi1 - z_pi3); targeted: -(z_y - z_t) / (pi1 - (pi3+pi4)/2)
+    np.testing.assert_allclose(dlr(z, y).numpy(), [-(3 - 1) / (3 - 0), -(0 - 2) / (2 - 0.5)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(dlr(z, y, t).numpy(),
+                               [-(3 - 0) / (3 - (0 - 1) / 2), -(0 - 2) / (2 - (0.5 + 0) / 2)],
+                               rtol=1e-6)
+    # DLR is scale invariant, CE is not
+    np.testing.assert_allclose(dlr(5 * z, y).numpy(), dlr(z, y).numpy(), rtol=1e-6)
+    ce = cross_entropy(z, y).numpy()
+    assert np.all(ce > 0) and np.all(cross_entropy(z, y, t).numpy() < 0)
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        dlr(tf.zeros([1, 2]), tf.constant([0]))
+
+
+# ----------------------------------------------------------------------------- gray-box
+
+def _reference_pgd(model, x, y, eps, step, steps, norm, seed):
+    """PGD as the project ran it before the attack targets: cleverhans 4.0.0's
+    ``fast_gradient_method`` from the model, projected with ``clip_eta``."""
+    from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
+
+    order = _utils.cleverhans_ord(norm)
+
+    @tf.function
+    def run(x, y, seed):
+        def body(i, x_adv):
+            x_adv = fast_gradient_method(model, x_adv, step, order,
+                                         loss_fn=_utils.cross_entropy_loss, clip_min=0.0,
+                                         clip_max=1.0, y=y, targeted=False,
+                                         sanity_checks=False)
+            return i + 1, _utils.project(x_adv, x, norm, eps)
+        start = _utils.random_start(x, norm, eps, seed)
+        return tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), start))[1]
+    return run(tf.constant(x), tf.constant(y), tf.constant(seed, tf.int64)).numpy()
+
+
+def _reference_mim(model, x, y, eps, step, steps, norm):
+    """MI-FGSM as before: cleverhans' ``compute_gradient`` of the model, decay 1."""
+    from cleverhans.tf2.utils import compute_gradient, optimize_linear
+
+    order = _utils.cleverhans_ord(norm)
+
+    @tf.function
+    def run(x, y):
+        def body(i, x_adv, m):
+            g = compute_gradient(model, _utils.cross_entropy_loss, x_adv, y, False)
+            m = m + g / tf.maximum(tf.reduce_mean(tf.abs(g), axis=[1, 2, 3], keepdims=True),
+                                   1e-12)
+            return i + 1, _utils.project(x_adv + optimize_linear(m, step, order), x, norm,
+                                         eps), m
+        return tf.while_loop(lambda i, *_: i < steps, body,
+                             (tf.constant(0), x, tf.zeros_like(x)))[1]
+    return run(tf.constant(x), tf.constant(y)).numpy()
+
+
+@pytest.mark.parametrize("name, eps", [("pgd_linf", 8), ("pgd_l2", 300), ("mia_linf", 8),
+                                        ("mia_l2", 300)])
+def test_gray_box_records_are_the_model_attacks_of_before_bit_for_bit(pattern, name, eps):
+    """The registry's attacks now run on a ModelTarget; the records must not move."""
+    model, x, y = pattern
+    res = attacks.run_attack(model, x, y, name, eps=eps, batch_size=16, seed=3)
+    cfg = res.config
+    expected = []
+    for b, i in enumerate(range(0, len(x), 16)):
+        xb, yb = x[i:i + 16], y[i:i + 16]
+        if name.startswith("pgd"):
+            expected.append(_reference_pgd(model, xb, yb, eps / 255, cfg.step_size / 255,
+                                           cfg.steps, cfg.norm, [3, b]))
+        else:
+            expected.append(_reference_mim(model, xb, yb, eps / 255, cfg.step_size / 255,
+                                           cfg.steps, cfg.norm))
+    np.testing.assert_array_equal(res.x_adv, np.concatenate(expected))
+
+
+# ----------------------------------------------------------------------------- APGD
+
+def test_apgd_checkpoints_follow_the_schedule():
+    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("norm, eps, pgd", [("linf", 8, "pgd_linf"), ("l2", 150, "pgd_l2")])
+def test_apgd_reaches_at_least_pgd_success_at_equal_iterations(pattern, norm, eps, pgd):
+    model, x, y = pattern
+    suffix = "" if norm == "linf" else "_l2"
+    p = attacks.run_attack(model, x, y, pgd, eps=eps, steps=50, batch_size=16, seed=1)
+    a = attacks.run_attack(model, x, y, "apgd_ce" + suffix, eps=eps, steps=50, batch_size=16,
+                           seed=1)
+    d = attacks.run_attack(model, x, y, "apgd_dlr" + suffix, eps=eps, steps=50,
+                           batch_size=16, seed=1)
+    for r in (a, d):
+        delta = (r.x_adv - x).reshape(len(x), -1)
+        size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+        assert np.all(size <= eps / 255 + 1e-5) and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    print("success: pgd %.2f, apgd-ce %.2f, apgd-dlr %.2f" % (p.success_rate, a.success_rate,
+                                                               d.success_rate))
+    assert 0 < p.success_rate < 1, "the budget must leave room to compare"
+    assert a.success_rate >= p.success_rate and d.success_rate >= p.success_rate
+
+
+def test_autoattack_runs_apgd_ce_then_apgd_t_on_what_is_left(pattern):
+    model, x, y = pattern
+    ce = attacks.compile_attack(model, "apgd_ce", 5, steps=20)
+    first = ce.run(x, y, batch_size=16, seed=2)
+    aa = attacks.compile_attack(model, "autoattack", 5, steps=20, n_targets=3)
+    res = aa.run(x, y, batch_size=16, seed=2)
+    # stage 0 is APGD-CE with the same seeds: where it succeeded, its image is kept
+    np.testing.assert_array_equal(res.x_adv[first.success], first.x_adv[first.success])
+    assert res.success_rate >= first.success_rate
+    report = aa.stage_report()
+    stages = report["stages"]
+    assert [s["attack"] for s in stages] == ["apgd_ce", "apgd_t", "apgd_t", "apgd_t"]
+    assert stages[0]["images"] == len(x) and stages[0]["fooled"] == first.success.sum()
+    # each later stage attacks only the images no earlier one fooled
+    left = len(x) - stages[0]["fooled"]
+    for s in stages[1:]:
+        assert s["images"] == left
+        left -= s["fooled"]
+    assert report["not_run"] == ["fab_t", "square"]
+    assert res.success.sum() == sum(s["fooled"] for s in stages)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+class _Scripted(AttackTarget):
+    """A target whose verdicts and gradients are scripted; records every evaluated batch."""
+
+    def __init__(self, verdict, gradient=None, classes=5, needs_targets=False):
+        self.verdict, self.gradient = verdict, gradient
+        self.classes, self.requires_targets = classes, needs_targets
+        self.seen, self.calls = [], 0
+
+    def evaluate(self, x, y, t, loss_fn):
+        self.calls += 1
+        x = np.asarray(x)
+        self.seen.append((x.copy(), None if t is None else np.asarray(t)))
+        grad = (self.gradient(x, self.calls) if self.gradient is not None
+                else np.random.default_rng(self.calls).normal(size=x.shape))
+        success = np.asarray(self.verdict(x, np.asarray(y), None if t is None
+                                          else np.asarray(t)), bool)
+        loss = -np.abs(x).reshape(len(x), -1).sum(1)
+        return Evaluation(tf.constant(loss, tf.float32), tf.constant(grad, tf.float32),
+                          tf.zeros([len(x), self.classes]), tf.constant(success))
+
+    def ranked_targets(self, x, y):
+        n = len(np.asarray(y))
+        return tf.constant(np.tile(np.arange(1, self.classes), (n, 1)), tf.int64)
+
+    def num_classes(self, x):
+        return self.classes
+
+
+def _grid_images(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, 8, 8, 3)) / 255.0).astype(np.float32), np.zeros(n,
+                                                                                      np.int64)
+
+
+@pytest.mark.parametrize("name, eps", [("pgd_linf", 8), ("pgd_l2", 60), ("apgd_ce", 8)])
+def test_engine_evaluates_8bit_points_in_the_ball_and_keeps_the_first_success(name, eps):
+    x, y = _grid_images()
+    rng = np.random.default_rng(1)
+    verdicts = []
+
+    def verdict(z, yy, t):
+        v = rng.random(len(z)) < 0.15
+        verdicts.append(v)
+        return v
+
+    target = _Scripted(verdict)
+    res = _engine(target, x, y, name, eps, steps=8, restarts=2)
+    norm = attacks.get_attack(name).norm
+    for z, _ in target.seen:
+        assert np.allclose(np.round(z * 255), z * 255, atol=1e-4), "8-bit images only"
+        assert z.min() >= 0 and z.max() <= 1
+    for z in [res.x_adv]:
+        d = (z - x).reshape(len(x), -1)
+        size = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
+        assert np.all(size <= eps / 255 + 1e-6)
+    # an image that reached the goal keeps that iterate and is never evaluated again
+    first_hit = {}
+    row_of = []
+    active = np.ones(len(x), bool)
+    for (z, _), v in zip(target.seen, verdicts):
+        rows = np.flatnonzero(active)
+        assert len(z) == len(rows), "only the images not at the goal are evaluated"
+        for j, i in enumerate(rows):
+            if v[j] and i not in first_hit:
+                first_hit[i] = z[j]
+        active[rows[v]] = False
+        row_of.append(rows)
+    assert set(first_hit) == set(np.flatnonzero(res.success))
+    for i, z in first_hit.items():
+        np.testing.assert_array_equal(res.x_adv[i], z)
+    assert np.all(res.evaluations <= 2 * (8 + 2) + 1)
+
+
+def test_engine_cost_is_one_evaluation_per_step_and_run():
+    x, y = _grid_images()
+    target = _Scripted(lambda z, yy, t: np.zeros(len(z), bool))
+    res = _engine(target, x, y, "pgd_linf", 8, steps=7, restarts=3)
+    # per run: one evaluation per step plus one of the returned image
+    assert target.calls == 3 * (7 + 1)
+    assert np.all(res.evaluations == 3 * (7 + 1)) and not res.success.any()
+    assert [r["restart"] for r in res.runs] == [0, 1, 2]
+
+
+def test_adaptive_mia_keeps_its_momentum():
+    """Gradient +1 then -1 on half the pixels: with MI-FGSM's momentum (decay 1) those pixels
+    do not move back at the second step; BIM (no momentum) moves them back."""
+    x, y = _grid_images(2)
+    x = np.full_like(x, 128 / 255)
+
+    def gradient(z, call):
+        g = np.ones_like(z)
+        if call >= 2:
+            g[..., :4, :] = -1.0      # the left half flips
+        return g
+
+    def moves(name):
+        target = _Scripted(lambda z, yy, t: np.zeros(len(z), bool), gradient)
+        _engine(target, x, y, name, 16, steps=3, step_size=2)
+        return [np.round((z - x) * 255)[0] for z, _ in target.seen]
+
+    mia, bim = moves("mia_linf"), moves("bim")
+    # after step 1 both moved +2; at step 2 the flipped pixels keep +2 (momentum 0 there)
+    assert np.all(mia[1] == 2) and np.all(bim[1] == 2)
+    assert np.all(mia[2][:, :4] == 2) and np.all(mia[2][:, 4:] == 4)
+    assert np.all(bim[2][:, :4] == 0) and np.all(bim[2][:, 4:] == 4)
+
+
+def test_multi_target_beats_single_target_when_the_best_target_is_not_first():
+    x, y = _grid_images()
+
+    def verdict(z, yy, t):                     # only the third-ranked class can be reached
+        return (t == 3) & (np.abs(z - x[:len(z)]).max(axis=(1, 2, 3)) > 0)
+
+    def run(max_targets):
+        target = _Scripted(verdict, classes=5, needs_targets=True)
+        res = _engine(target, x, y, "pgd_linf", 8, steps=3, max_targets=max_targets)
+        return res, target
+
+    one, _ = run(1)
+    every, target = run(None)
+    assert one.success.mean() == 0.0 and every.success.mean() == 1.0
+    tried = [int(t[0]) for _, t in target.seen]
+    assert tried[0] == 1 and 3 in tried and 4 not in tried, "ranked order, stop at success"
+
+
+def test_convergence_flags_a_number_that_was_still_moving():
+    # every image first reaches the goal at step 5 of restart 1: settled
+    first = np.full((10, 2), -1)
+    first[:, 0] = 5
+    settled = convergence(first, 100)
+    assert settled["converged"] and settled["steps"][10] == 1.0
+    assert settled["restarts"] == [1.0, 1.0]
+    assert settled["steps"][50] == settled["steps"][100]
+    # half the images need 80 steps: doubling 50 -> 100 still changed the rate
+    late = np.full((10, 1), 5)
+    late[5:] = 80
+    moving = convergence(late, 100)
+    assert not moving["converged"] and "50 to 100" in moving["why"]
+    assert moving["steps"] == {10: 0.5, 20: 0.5, 50: 0.5, 100: 1.0}
+    # the second restart round found more
+    restart = np.full((10, 2), -1)
+    restart[:6, 0] = 3
+    restart[6:8, 1] = 3
+    flagged = convergence(restart, 100)
+    assert flagged["restarts"] == [0.6, 0.8] and not flagged["converged"]
+    assert "restart" in flagged["why"]
+
+
+def test_a_toy_attack_that_needs_more_steps_is_flagged_and_one_that_does_not_is_not():
+    x, y = _grid_images()
+
+    def far(threshold):
+        return lambda z, yy, t: np.abs(z - x[:len(z)]).max(axis=(1, 2, 3)) >= threshold / 255
+
+    def moving_up(z, call):
+        return np.ones_like(z)
+
+    quick = _engine(_Scripted(far(3), moving_up), x, y, "bim", 64, steps=40, step_size=1)
+    slow = _engine(_Scripted(far(30), moving_up), x, y, "bim", 64, steps=40, step_size=1)
+    assert convergence(quick.first_step, 40)["converged"]
+    assert not convergence(slow.first_step, 40)["converged"]
+    assert quick.success.all() and slow.success.all()
+
+
+def test_a_resumed_engine_run_equals_the_uninterrupted_one(pattern):
+    model, x, y = pattern
+    engine = AdaptiveEngine(resolve_config("pgd_linf", 4), ModelTarget(model),
+                            EngineSettings(steps=5, restarts=2), seed=4)
+    whole = engine.run(x, y, batch_size=16)
+    saved = {}
+    engine.run(x[:32], y[:32], batch_size=16, on_batch=saved.__setitem__)
+    resumed = engine.run(x, y, batch_size=16, done={0: saved[0]})
+    for field in ("x_adv", "success", "first_step", "evaluations"):
+        np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field))
+
+
+def test_engine_refuses_attacks_without_a_per_image_adaptive_form():
+    target = _Scripted(lambda z, yy, t: np.zeros(len(z), bool))
+    with pytest.raises(ValueError, match="universal"):
+        AdaptiveEngine(resolve_config("uap", 10), target, EngineSettings())
+    with pytest.raises(ValueError, match="random target classes"):
+        AdaptiveEngine(resolve_config("ga", 3), target, EngineSettings())
+
+
+def test_quantize_stays_on_the_segment_toward_x():
+    x, _ = _grid_images()
+    q = quantize(np.clip(x + 3.7 / 255, 0, 1), x)
+    assert np.allclose(np.round(q * 255), q * 255, atol=1e-4)
+    assert np.all(np.abs(q - x) <= 3.7 / 255 + 1e-6) and q.min() >= 0 and q.max() <= 1
