@@ -18,31 +18,9 @@ from models.mrcnn.extractor import PartExtractor, to_uint8  # noqa: E402
 from models.mrcnn.keras_classes import restore_v2_keras_classes  # noqa: E402
 from models.mrcnn.model import MaskRCNN  # noqa: E402
 from models.mrcnn.toy_data import TOY_CLASSES, ToyDataset  # noqa: E402
+from toys import seed_weights  # noqa: E402
 
 S = 48  # M's image size here; K's tiny config works at 64
-
-
-def seed_weights(model, seed: int) -> None:
-    """Overwrite every weight from ``seed`` (Glorot-uniform kernels, zero biases, identity
-    batch norms) so the random K is the same in every process.  The RPN's box deltas are
-    scaled down so the proposals stay near their anchors (a random RPN otherwise stretches
-    most boxes to the image border)."""
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for var in model.keras_model.weights:
-        shape, name = tuple(var.shape), var.name
-        if "gamma" in name or "moving_variance" in name:
-            value = np.ones(shape)
-        elif len(shape) >= 2:
-            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-            limit = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
-            value = rng.uniform(-limit, limit, shape)
-            if "rpn_bbox_pred" in name:
-                value *= 0.05
-        else:
-            value = np.zeros(shape)
-        pairs.append((var, value.astype(np.float32)))
-    model.assign_variables(pairs)
 
 
 @pytest.fixture(scope="module")

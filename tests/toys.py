@@ -1,4 +1,6 @@
 """Small, seeded, quickly trained tasks shared by the attack tests."""
+import os
+
 import numpy as np
 
 import tfcompat
@@ -48,4 +50,43 @@ def tiny_unmask(path: str, seed: int = 0, per_class=(12, 4, 4)) -> str:
     generate_dataset(path, seed=seed, config=SyntheticConfig(
         image_size=64, k_images=(2, 1, 1), m_images_per_class=tuple(per_class)), workers=1,
         log=lambda s: None)
+    return path
+
+
+def seed_weights(model, seed: int) -> None:
+    """Overwrite every weight from ``seed`` (Glorot-uniform kernels, zero biases, identity
+    batch norms) so the random K is the same in every process.  The RPN's box deltas are
+    scaled down so the proposals stay near their anchors (a random RPN otherwise stretches
+    most boxes to the image border)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for var in model.keras_model.weights:
+        shape, name = tuple(var.shape), var.name
+        if "gamma" in name or "moving_variance" in name:
+            value = np.ones(shape)
+        elif len(shape) >= 2:
+            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+            limit = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
+            value = rng.uniform(-limit, limit, shape)
+            if "rpn_bbox_pred" in name:
+                value *= 0.05
+        else:
+            value = np.zeros(shape)
+        pairs.append((var, value.astype(np.float32)))
+    model.assign_variables(pairs)
+
+
+def random_k_checkpoint(path: str, seed: int = 7) -> str:
+    """A K of the synthetic parts configuration with seeded random weights saved at ``path``
+    (Keras-2 HDF5, loadable by name): the real graph and session, no training."""
+    from mrcnn_config import get_config
+    from models.mrcnn.model import MaskRCNN
+
+    model = MaskRCNN("inference", get_config("synthetic", IMAGES_PER_GPU=1),
+                     os.path.dirname(path))
+    try:
+        seed_weights(model, seed)
+        model.save_weights(path)
+    finally:
+        model.close()
     return path

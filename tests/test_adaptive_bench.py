@@ -1,0 +1,134 @@
+"""The bench's defense-aware rows end to end: the adaptive engine on the transforms and on
+UnMask with a real K (random weights, the real graph and session), both goals, convergence
+evidence in metrics.json and the figure, and an interrupted adaptive attack resumed to the
+same numbers."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+from attacks import engine as engine_module  # noqa: E402
+from data.knowledge import get_class_set  # noqa: E402
+from defense import evaluate as ev  # noqa: E402
+from defense.report import validate_metrics  # noqa: E402
+from models.train_classifier import TrainConfig  # noqa: E402
+from toys import random_k_checkpoint, tiny_unmask  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adaptive")
+    data = tiny_unmask(str(root / "unmask"), seed=5, per_class=(10, 4, 4))
+    k = random_k_checkpoint(str(root / "k.h5"))
+    return data, k, root
+
+
+def _config(setup, out, **kw):
+    data, k, root = setup
+    base = dict(class_set=get_class_set("CS3a"), data_dir=data, input_size=32,
+                train=TrainConfig(epochs=2, batch_size=16, learning_rate=0.01),
+                vectors=(("pgd_linf", 16), ("ga", 3)), n_test=9, attack_batch=4,
+                results_dir=str(out / "results"), checkpoint_dir=str(root / "ckpt"),
+                progress=False, extractor="k", k_weights=k, k_log_dir=str(root / "klogs"),
+                defenses=("none", "bitdepth:3", "unmask", "unmask:reject"),
+                threats=("gray-box", "adaptive"), adaptive_steps=4, adaptive_restarts=2,
+                target_fpr=0.3)
+    base.update(kw)
+    return ev.EvalConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def whole(setup, tmp_path_factory):
+    """(config, metrics) of one uninterrupted run."""
+    cfg = _config(setup, tmp_path_factory.mktemp("whole"))
+    return cfg, ev.run_evaluation(cfg, log=lambda s: None)
+
+
+def _rows(metrics, label):
+    return {(r["attack"], r["threat_model"], r["goal"]): r
+            for r in metrics["defenses"][label]["attacks"]}
+
+
+def test_adaptive_rows_goals_and_convergence(whole):
+    cfg, metrics = whole
+    validate_metrics(metrics)
+    assert metrics["adaptive_settings"]["steps"] == 4
+    assert metrics["adaptive_settings"]["restarts"] == 2
+    # rectifying UnMask: one run per goal; the rejecting detector and the transform: one
+    um = _rows(metrics, "unmask")
+    assert set(um) == {("pgd_linf", "gray-box", None), ("ga", "gray-box", None),
+                       ("pgd_linf", "adaptive", "wrong"),
+                       ("pgd_linf", "adaptive", "undetected")}
+    assert set(_rows(metrics, "unmask:reject")) == {
+        ("pgd_linf", "gray-box", None), ("ga", "gray-box", None),
+        ("pgd_linf", "adaptive", "wrong")}
+    assert ("pgd_linf", "adaptive", "wrong") in _rows(metrics, "bitdepth:3")
+    # ga has no per-image adaptive form: refused with the reason, never replaced
+    notes = metrics["defenses"]["unmask"]["adaptive"]
+    assert "ga_3" in notes["skipped"] and "random target" in notes["skipped"]["ga_3"]
+    assert "none needed" in metrics["defenses"]["none"]["adaptive"]["adaptive"]
+    for label in ("unmask", "unmask:reject", "bitdepth:3"):
+        for (attack, threat, goal), r in _rows(metrics, label).items():
+            if threat == "gray-box":
+                assert "convergence" not in r
+                continue
+            conv = r["convergence"]
+            assert set(conv["steps"]) == {"4"} and len(conv["restarts"]) == 2
+            assert conv["restarts"] == sorted(conv["restarts"])
+            assert isinstance(conv["converged"], bool) and conv["why"]
+            assert r["agreement"] >= 0.98, "the attack's verdicts are the real pipeline's"
+            assert r["cost"]["evaluations_per_image"] > 0
+    # the detector's rates at fixed benign FPRs, for the gray-box and the adaptive images
+    for r in _rows(metrics, "unmask").values():
+        if r["n_successful"]:
+            assert r["tpr_at_5fpr"] <= r["tpr_at_10fpr"] <= 1.0
+    # the two goals keep different iterates: "wrong" counts wrong final answers, the
+    # "undetected" run is the evasion number
+    wrong, hidden = um[("pgd_linf", "adaptive", "wrong")], um[("pgd_linf", "adaptive",
+                                                                 "undetected")]
+    assert 1.0 - wrong["defended"] >= 0 and hidden["evasion"] >= 0
+    out = cfg.out_dir
+    assert os.path.getsize(os.path.join(out, "convergence.png")) > 0
+    bench = open(os.path.join(out, "bench.md")).read()
+    assert "[adaptive, wrong]" in bench and "[adaptive, undetected]" in bench
+    csv = open(os.path.join(out, "bench.csv")).read().splitlines()[0].split(",")
+    assert {"goal", "tpr_at_5fpr", "tpr_at_10fpr", "converged"} <= set(csv)
+    worst = metrics["defenses"]["unmask"]["worst_case"]
+    assert worst["attacks"] == 4 and worst["defended"] <= min(
+        r["defended"] for r in um.values()) + 1e-12
+
+
+def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole, tmp_path,
+                                                                     monkeypatch):
+    cfg = _config(setup, tmp_path / "cut")
+    real = engine_module.AdaptiveEngine.run_batch
+    calls = {"n": 0}
+
+    def flaky(self, x, y, batch_index):
+        calls["n"] += 1
+        if calls["n"] == 5:                # the second batch of the second adaptive record
+            raise KeyboardInterrupt        # in the middle of an adaptive record
+        return real(self, x, y, batch_index)
+
+    monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        ev.run_evaluation(cfg, log=lambda s: None)
+    saved = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
+    assert saved, "the finished batches of the interrupted record are on disk"
+    monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", real)
+    logs = []
+    resumed = ev.run_evaluation(cfg, log=logs.append)
+    assert any("resuming after" in m for m in logs)
+    for label in whole[1]["defenses"]:
+        a, b = whole[1]["defenses"][label], resumed["defenses"][label]
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "cost"} for r in rows]  # noqa
+        assert strip(a["attacks"]) == strip(b["attacks"]), label
+    left = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
+    assert not left, "batch files are removed once the record is whole"
