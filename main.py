@@ -292,30 +292,79 @@ def _check_l2_budgets(vectors, input_size: int) -> None:
                                                      name))
 
 
-def check_folders(args) -> bool:
+def check_folders(args, eval_cfg=None, grid=None) -> bool:
     """Every folder the command will read or write, checked before any work (a clear error
-    naming the option instead of a traceback after minutes of training).  Returns whether
-    ``--model M`` must train K first (no trained K and no --extractor)."""
+    naming the option instead of a traceback after minutes of training).  A folder is probed
+    for writing only where the command writes: trained models on a read-only share (M and AT
+    in --checkpoint-dir, K in --k-log-dir) are evaluated from there, with every output in the
+    results folders.  Returns whether ``--model M`` must train K first (no trained K and no
+    --extractor)."""
     from data.fileio import check_folder
 
     check_folder(args.data_dir, "--data-dir", write=not os.path.isdir(args.data_dir))
     k_first = False
     if args.model == "M":
         check_folder(args.results_dir, "--results-dir")
-        check_folder(args.checkpoint_dir, "--checkpoint-dir")
+        check_folder(args.checkpoint_dir, "--checkpoint-dir", write=False)
         check_folder(args.k_log_dir, "--k-log-dir", write=False)
+        _check_checkpoint_dir(args, _checkpoint_writes(args, eval_cfg, grid))
         k_first = not args.at_line_search and _k_missing(args)
         if k_first:
-            check_folder(args.k_log_dir, "--k-log-dir")
+            check_folder(args.k_log_dir, "--k-log-dir", why="no K is trained there for "
+                         "--k-config %s, so the run trains one there first" % args.k_config)
             check_folder(args.k_results_dir, "--k-results-dir")
             if args.distribute == "multi-worker":
                 raise ValueError("no trained K in --k-log-dir %s: train it first with "
                                  "`python main.py --model K` (on one host); --distribute "
                                  "multi-worker distributes M's training only" % args.k_log_dir)
     elif args.model == "K":
-        check_folder(args.k_log_dir, "--k-log-dir")
+        from models.mrcnn.cli import log_dir_writes
+        check_folder(args.k_log_dir, "--k-log-dir", write=False)
+        why = log_dir_writes(args)
+        if why is not None:
+            check_folder(args.k_log_dir, "--k-log-dir", why="%s (evaluating a K trained "
+                         "there only reads it, so a read-only --k-log-dir works for that)" % why)
         check_folder(args.k_results_dir, "--k-results-dir")
     return k_first
+
+
+def _checkpoint_writes(args, eval_cfg, grid) -> list:
+    """``(folder, why)`` for each model folder under --checkpoint-dir the run writes in
+    (None for a folder holding M or AT trained for the run's settings: it is only read)."""
+    from defense.adversarial_training import at_checkpoint_dir
+    from defense.grid import pair_config
+    from models.train_classifier import training_writes
+
+    if args.at_line_search:
+        return [(eval_cfg.m_dir, "--at-line-search trains AT for each eps beside M's folder "
+                                 "and records the search there")]
+    cfgs = [eval_cfg] if grid is None else [pair_config(eval_cfg, a, c)
+                                            for a in grid[0] for c in grid[1]]
+    out = []
+    for cfg in cfgs:
+        folders = [("M", cfg.m_dir)]
+        if cfg.adv_train:
+            folders.append(("AT", at_checkpoint_dir(cfg.m_dir, cfg.at_eps)))
+        for model, folder in folders:
+            why = training_writes(folder, cfg.train)
+            if why is not None:
+                out.append((folder, "%s would be trained in %s (%s)" % (model, folder, why)))
+    return out
+
+
+def _check_checkpoint_dir(args, writes) -> None:
+    """--checkpoint-dir must be writable where ``writes`` says the run writes."""
+    from data.fileio import write_problem
+
+    for folder, why in writes:
+        problem = write_problem(folder, "--checkpoint-dir")
+        if problem is not None:
+            raise ValueError(
+                "--checkpoint-dir %s cannot be written (%s), and %s. Evaluating trained M and "
+                "AT only reads them, so a read-only --checkpoint-dir works once they are "
+                "trained in it; to train, pass a --checkpoint-dir you can write to (copy %s "
+                "there to keep what it holds)" % (args.checkpoint_dir, problem, why,
+                                                  args.checkpoint_dir))
 
 
 def _eval_config(args):
@@ -467,7 +516,7 @@ def main(argv=None) -> int:
         # every name, number and folder is checked here, before any data is generated or read
         eval_cfg = _eval_config(args) if args.model == "M" else None
         grid = parse_grid(args)
-        k_first = check_folders(args)
+        k_first = check_folders(args, eval_cfg, grid)
         manifest = _prepare(args)
         if args.prepare_data:
             print(summary(manifest))

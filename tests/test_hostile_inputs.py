@@ -4,12 +4,14 @@ earlier may change.
 
 Four groups: the command line (run in-process through ``main.main``, each against a
 workspace whose files are compared before and after), the data layer, checkpoints and
-saved records, and the Python API.  Interruptions are covered here (leftovers of a killed
+saved records, and the Python API; then the kinds of issue 21 (shared, read-only and
+half-broken set-ups), one test or more per kind.  Interruptions are covered here (leftovers of a killed
 save) and, end to end with ``kill -9``, in ``test_resume_exact.py``.
 """
 import hashlib
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -543,3 +545,170 @@ def test_k_config_with_another_class_count_than_the_data_is_refused():
     with pytest.raises(ValueError, match=r"NUM_CLASSES=45, but the part annotations in "
                                          r"data/x have 4 classes"):
         check_class_count(cfg, types.SimpleNamespace(num_classes=4), "data/x")
+
+
+# ----------------------------------------------------------------------------- issue 21
+# Shared, read-only and half-broken set-ups.  Root ignores permission bits (chmod cannot make
+# a folder read-only for the test), so read-only folders are simulated where the project
+# writes: its writability probe and every atomic write create their file through
+# ``data.fileio._create_temporary``, which fails under a read-only folder as on a read-only
+# mount; the folders' contents are also compared before and after.
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)`` makes ``folder`` (and everything under it) read-only for the
+    project, as a read-only mount would."""
+    import errno
+
+    import data.fileio as fio
+
+    roots = []
+    real = fio._create_temporary
+
+    def create(folder, prefix, suffix):
+        path = os.path.abspath(folder)
+        if any(path == r or path.startswith(r + os.sep) for r in roots):
+            raise OSError(errno.EROFS, "Read-only file system", folder)
+        return real(folder, prefix, suffix)
+    monkeypatch.setattr(fio, "_create_temporary", create)
+    return lambda folder: roots.append(os.path.abspath(str(folder)))
+
+
+def _tree(root):
+    """Every folder and file (with its digest) under ``root``: what a read-only folder must
+    still hold after a run."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        out[os.path.relpath(folder, root) + os.sep] = None
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                out[os.path.relpath(os.path.join(folder, name), root)] = hashlib.sha256(
+                    f.read()).hexdigest()
+    return out
+
+
+def _tiny_synthetic(monkeypatch):
+    """Commands read the workspace's tiny data set as theirs (it was made with TINY)."""
+    import functools
+
+    from data import synthetic
+    monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(
+        SyntheticConfig, **TINY.as_dict()))
+
+
+def _run(argv, capsys):
+    try:
+        code = main.main(argv)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err
+
+
+# kind: a team's trained models on a read-only share
+
+@pytest.mark.slow
+def test_trained_m_and_at_on_a_read_only_share_are_evaluated_only_training_is_refused(
+        workspace, tmp_path, read_only, monkeypatch, capsys):
+    """Kind: trained models on a read-only share.  Evaluating M and AT trained in a folder
+    that cannot be written reads them and writes only to --results-dir; a run that would
+    train there is refused before any work, saying so and how to point --checkpoint-dir
+    elsewhere."""
+    _tiny_synthetic(monkeypatch)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    ckpt = tmp_path / "share"
+    argv = ["--data-dir", str(workspace / "data"), "--checkpoint-dir", str(ckpt),
+            "--k-log-dir", str(tmp_path / "klogs"), "--no-progress", "--classset", "CS3a",
+            "--input-size", "32", "--batch-size", "16", "--epochs", "1", "--attacks",
+            "fgsm:8", "--n-test", "6", "--extractor", "oracle", "--adv-train"]
+    assert _run(argv + ["--results-dir", str(tmp_path / "team")], capsys)[0] == 0
+    read_only(ckpt)
+    shared = _tree(ckpt)
+    mine = tmp_path / "mine"
+    assert _run(argv + ["--results-dir", str(mine)], capsys)[0] == 0
+    metrics = json.loads((mine / "cs3-1" / "mobilenetv2_050" / "metrics.json").read_text())
+    assert metrics["benign"]["acc_at"] is not None          # AT read from the share too
+    assert _tree(ckpt) == shared
+    code, err = _run(argv + ["--epochs", "2", "--results-dir", str(tmp_path / "more")], capsys)
+    assert code == 2
+    assert re.search(r"error: --checkpoint-dir %s cannot be written \(Read-only file system"
+                     r".*M would be trained in .*\(it holds 1 of the 2 epochs asked for.*"
+                     r"pass a --checkpoint-dir you can write to" % re.escape(str(ckpt)), err), err
+    assert _tree(ckpt) == shared and not (tmp_path / "more").exists()
+
+
+def test_trained_k_in_a_read_only_log_folder_is_evaluated_only_training_is_refused(
+        workspace, tmp_path, read_only, monkeypatch, capsys):
+    """The same kind for K: --model K evaluates the K trained in a read-only --k-log-dir
+    (writing --k-results-dir only) and refuses --k-retrain before any work."""
+    from models.mrcnn.model import MaskRCNN
+
+    _tiny_synthetic(monkeypatch)
+    logs = tmp_path / "k_share"
+    k = MaskRCNN("inference", get_k_config("tiny"), str(logs))
+    k.save_weights(str(logs / "tiny20250101T0000" / "mask_rcnn_tiny_0001.h5"))
+    k.close()
+    read_only(logs)
+    shared = _tree(logs)
+    argv = ["--model", "K", "--k-config", "tiny", "--data-dir", str(workspace / "data"),
+            "--k-log-dir", str(logs), "--k-eval-limit", "1", "--no-progress"]
+    assert _run(argv + ["--k-results-dir", str(tmp_path / "kres")], capsys)[0] == 0
+    assert json.loads((tmp_path / "kres" / "eval_test.json").read_text())["images"] == 1
+    code, err = _run(argv + ["--k-retrain", "--k-results-dir", str(tmp_path / "k2")], capsys)
+    assert code == 2
+    assert re.search(r"--k-log-dir %s cannot be written \(Read-only file system.*--k-retrain "
+                     r"trains K again there.*pass a folder you can write to"
+                     % re.escape(str(logs)), err), err
+    assert _tree(logs) == shared and not (tmp_path / "k2").exists()
+
+
+def test_a_trained_m_in_a_read_only_folder_is_loaded_and_never_written(trained_m, read_only):
+    """The library below the CLI: train_classifier only reads a finished M in a folder that
+    cannot be written (an abandoned .next file stays), refuses an interrupted save it would
+    have to finish there, and refuses more epochs before training any."""
+    from models.train_classifier import CheckpointError, TrainConfig, training_writes
+
+    folder, run = trained_m
+    one = TrainConfig(epochs=1, batch_size=8, learning_rate=0.01)
+    assert training_writes(folder, one) is None
+    assert "1 of the 2 epochs" in training_writes(folder, TrainConfig(
+        epochs=2, batch_size=8, learning_rate=0.01))
+    with open(os.path.join(folder, "last.h5.next"), "wb") as f:
+        f.write(b"abandoned by a killed save")
+    read_only(folder)
+    before = _tree(folder)
+    assert run(cfg=one)["epoch"] == 1
+    with pytest.raises(CheckpointError, match=r"checkpoint_dir .* cannot be written \(Read-only "
+                                              r"file system.*M must be trained there \(epochs "
+                                              r"2\.\.2\)"):
+        run()
+    assert _tree(folder) == before                # the abandoned .next file included
+    state_path = os.path.join(folder, "state.json")
+    state = json.load(open(state_path))
+    pending = os.path.join(folder, "best.h5.next")
+    with open(pending, "wb") as f:
+        f.write(b"recorded")
+    state["best_sha256"] = hashlib.sha256(b"recorded").hexdigest()
+    with open(state_path, "w") as f:            # the state a kill after it was written left
+        json.dump(state, f)
+    before = _tree(folder)
+    with pytest.raises(CheckpointError, match=r"cannot be written .*an interrupted save of "
+                                              r"best\.h5 must be finished there"):
+        run(cfg=one)
+    assert _tree(folder) == before
+
+
+def test_the_trajectory_cache_goes_to_the_results_when_m_folder_is_read_only(tmp_path,
+                                                                             read_only):
+    from data.knowledge import get_class_set
+    from defense.evaluate import EvalConfig, trajectory_cache
+
+    cfg = EvalConfig(class_set=get_class_set("CS3a"), checkpoint_dir=str(tmp_path / "ckpt"),
+                     results_dir=str(tmp_path / "res"))
+    beside_m = cfg.m_dir + "_trajectory"
+    assert trajectory_cache(cfg) == (beside_m,)
+    os.makedirs(cfg.m_dir)                          # M trained there, then shared read-only
+    read_only(tmp_path / "ckpt")
+    assert trajectory_cache(cfg) == (os.path.join(cfg.out_dir, "vectors", "trajectory"),
+                                     beside_m)

@@ -121,6 +121,24 @@ def validate_options(opts: Dict) -> None:
         parse_epochs(opts["k_epochs"], None)
 
 
+def log_dir_writes(args=None, **kwargs) -> Optional[str]:
+    """Why ``run_model_k`` would write in ``--k-log-dir`` (K's training), or None when it
+    only evaluates the K trained there (a read-only folder then works)."""
+    opts = _options(args)
+    opts.update({k: v for k, v in kwargs.items() if v is not None})
+    weights = str(opts["weights"]).strip().lower()
+    if opts["k_eval_only"] or _already_trained(opts, resolve_config(opts["k_config"])):
+        return None
+    if opts["k_retrain"]:
+        return "--k-retrain trains K again there"
+    if weights == "last":
+        return "--weights last resumes K's training there"
+    if weights != "none":
+        return "--weights %s starts K's training there" % opts["weights"]
+    return "no K is trained there for --k-config %s yet, so it is trained there" % (
+        opts["k_config"])
+
+
 def _argparse_type(check, flag: str, convert):
     """An argparse ``type=`` running ``check`` on the converted value (error names the flag)."""
     def parse(text: str):
