@@ -301,7 +301,7 @@ def check_folders(args, eval_cfg=None, grid=None) -> bool:
     --extractor)."""
     from data.fileio import check_folder
 
-    check_folder(args.data_dir, "--data-dir", write=not os.path.isdir(args.data_dir))
+    _check_data_dir(args.data_dir)
     k_first = False
     if args.model == "M":
         check_folder(args.results_dir, "--results-dir")
@@ -326,6 +326,29 @@ def check_folders(args, eval_cfg=None, grid=None) -> bool:
                          "there only reads it, so a read-only --k-log-dir works for that)" % why)
         check_folder(args.k_results_dir, "--k-results-dir")
     return k_first
+
+
+def _check_data_dir(data_dir: str) -> None:
+    """--data-dir is read; a missing (or empty) one is generated first, in a temporary folder
+    beside it that is renamed into place (with a lock file beside it too), so its parent
+    folder is the one that must be writable."""
+    from data.fileio import check_folder, write_problem
+
+    check_folder(data_dir, "--data-dir", write=False)
+    try:
+        holds_data = os.path.isdir(data_dir) and bool(os.listdir(data_dir))
+    except OSError as e:
+        raise ValueError("--data-dir %s cannot be read (%s); pass a folder you can read"
+                         % (data_dir, e.strerror or e)) from None
+    if holds_data:
+        return
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    problem = write_problem(parent, "--data-dir")
+    if problem is not None:
+        raise ValueError("--data-dir %s cannot be generated: the data set is written beside "
+                         "it and renamed into place, and %s cannot be written (%s); pass a "
+                         "--data-dir in a folder you can write to, or one that holds the data "
+                         "set" % (data_dir, parent, problem))
 
 
 def _checkpoint_writes(args, eval_cfg, grid) -> list:

@@ -86,7 +86,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy.io.matlab import MatReadError
 
 from data import coco_io
-from data.fileio import atomic_path
+from data.fileio import atomic_path, check_folder
 from data.knowledge import CLASS_PARTS, PART_IDS
 from data.synthetic import MANIFEST as SYNTHETIC_MANIFEST
 
@@ -433,8 +433,10 @@ def _split_paths(out_dir: str) -> Dict[str, str]:
 
 
 def _check_output(out_dir: str, overwrite: bool) -> None:
-    """Refuse to write into a synthetic data set, or over existing split files unless
-    ``overwrite``."""
+    """Refuse, before any work, an ``out_dir`` that cannot be written (a file, a read-only
+    folder), a synthetic data set, or existing split files unless ``overwrite``."""
+    check_folder(out_dir, "out_dir")
+    check_folder(os.path.join(out_dir, "VOC2010"), "out_dir")
     manifest = os.path.join(out_dir, SYNTHETIC_MANIFEST)
     if os.path.isfile(manifest):
         raise ValueError(
@@ -521,6 +523,18 @@ def convert_pascal_part(annotations_dir: str, images_dir: Optional[str], out_dir
     }
 
 
+def _check_cli_paths(args) -> None:
+    """The command line's folders, named by their flags, before any work: the inputs must be
+    folders, --out (and its VOC2010/) a folder that can be written."""
+    for flag, path, what in (("--annotations", args.annotations, "PASCAL-Part's "
+                              "Annotations_Part"), ("--images", args.images, "VOC2010's "
+                                                                            "JPEGImages")):
+        if path is not None and not os.path.isdir(path):
+            raise ValueError("%s %s is not a folder; point it at %s" % (flag, path, what))
+    check_folder(args.out, "--out")
+    check_folder(os.path.join(args.out, "VOC2010"), "--out")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Command line: ``python -m data.pascal_part --annotations .../Annotations_Part
     --images .../VOC2010/JPEGImages --out data/unmask [--seed 0] [--skip-bad] [--overwrite]``.
@@ -541,6 +555,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        _check_cli_paths(args)
         summary = convert_pascal_part(args.annotations, args.images, args.out, seed=args.seed,
                                       on_error="skip" if args.skip_bad else "raise",
                                       image_mode=args.image_mode,

@@ -712,3 +712,51 @@ def test_the_trajectory_cache_goes_to_the_results_when_m_folder_is_read_only(tmp
     read_only(tmp_path / "ckpt")
     assert trajectory_cache(cfg) == (os.path.join(cfg.out_dir, "vectors", "trajectory"),
                                      beside_m)
+
+
+# kind: unwritable places found late
+
+def test_data_dir_generated_in_an_unwritable_folder_is_refused_before_any_work(
+        tmp_path, read_only, capsys):
+    """Kind: unwritable places found late.  A missing or empty --data-dir is generated beside
+    it (a temporary folder renamed into place): its parent is probed before any work."""
+    empty = tmp_path / "share" / "empty"
+    empty.mkdir(parents=True)
+    read_only(tmp_path / "share")
+    for data_dir in (empty, tmp_path / "share" / "missing"):
+        code, err = _run(["--prepare-data", "--data-dir", str(data_dir)], capsys)
+        assert code == 2
+        assert re.search(r"error: --data-dir %s cannot be generated: .*%s cannot be written "
+                         r"\(Read-only file system.*pass a --data-dir in a folder you can "
+                         r"write to" % (re.escape(str(data_dir)),
+                                        re.escape(str(tmp_path / "share"))), err), err
+    assert sorted(os.listdir(tmp_path / "share")) == ["empty"] and not os.listdir(empty)
+
+
+def test_converter_probes_out_before_any_work(tmp_path, read_only, capsys):
+    """The PASCAL-Part converter: --out naming a file or a folder that cannot be written, and
+    inputs that are no folders, end in `error: ...` naming the option before any work."""
+    from data import pascal_part
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "share").mkdir()
+    read_only(tmp_path / "share")
+    cases = [
+        (["--out", str(tmp_path / "a_file")], r"error: --out .*a_file is a file, not a folder"),
+        (["--out", str(tmp_path / "a_file" / "x")], r"error: --out .*lies under the file"),
+        (["--out", str(tmp_path / "share")], r"error: --out .*share cannot be written "
+                                              r"\(Read-only file system"),
+        (["--out", str(tmp_path / "o"), "--images", str(tmp_path / "nope")],
+         r"error: --images .*nope is not a folder; point it at VOC2010's JPEGImages"),
+    ]
+    for extra, pattern in cases:
+        with pytest.raises(SystemExit) as exit_:
+            pascal_part.main(["--annotations", str(ann)] + extra)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and re.search(pattern, err), err
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "ann", "share"]
+    assert (tmp_path / "a_file").read_text() == "mine" and not os.listdir(tmp_path / "share")
+    with pytest.raises(ValueError, match=r"out_dir .*a_file is a file"):
+        pascal_part.convert_pascal_part(str(ann), None, str(tmp_path / "a_file"))
