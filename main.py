@@ -13,25 +13,17 @@ attack names) and turned into objects before anything runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 import tfcompat  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from data.knowledge import class_set_names, describe_class_sets, get_class_set
+from data.options import seed_argument
 from data.synthetic import DEFAULT_DATA_DIR, DatasetExistsError, ensure_dataset, summary
 from models import DEFAULT_ARCH
 
 DEFAULT_CLASS_SET = "CS5b"
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a non-negative integer, got %r" % text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be a non-negative integer, got %d" % value)
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="UnMask data folder (original layout: VOC2010/, cs3-1/, ...); the "
                         "synthetic data set is generated here when it is missing")
-    g.add_argument("--seed", type=_seed, default=0,
+    g.add_argument("--seed", type=seed_argument("--seed"), default=0,
                    help="seed of the synthetic data set and of every random choice of a run")
     g.add_argument("--classset", default=DEFAULT_CLASS_SET,
                    help="class set for --model M: " + ", ".join(class_set_names())
@@ -160,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _option(flag: str, value):
+    """Errors of the library checks run for ``flag`` name the flag and its value (the
+    library phrases them with its argument names; the command line's names are flags)."""
+    try:
+        yield
+    except ValueError as e:
+        text = str(e)
+        if text.startswith(flag):
+            raise
+        if str(value) in text:
+            raise ValueError("%s: %s" % (flag, text)) from None
+        raise ValueError("%s %s: %s" % (flag, value, text)) from None
+
+
 def parse_grid(args):
     """(architectures, class set code names) of --grid, validated; ValueError otherwise."""
     from data.knowledge import CLASS_SETS
@@ -197,7 +204,8 @@ def parse_grid(args):
             if code not in sets:
                 sets.append(code)
     if not archs or not sets:
-        raise ValueError("--grid needs at least one architecture and one class set")
+        raise ValueError("--grid needs at least one architecture and one class set, got "
+                         "--archs %r and --classsets %r" % (args.archs or args.arch, text))
     if args.distribute != "none":
         raise ValueError("--grid runs its units in separate processes (--workers); "
                          "--distribute applies to a single run, not to the grid")
@@ -255,7 +263,8 @@ def parse_vectors(text: str):
             eps = float(eps_text) if sep else None
         except ValueError:
             raise ValueError("--attacks: eps of %r must be a number" % item) from None
-        config = resolve_config(name, eps)
+        with _option("--attacks", item):
+            config = resolve_config(name, eps)
         if config.eps is None or not config.eps > 0:
             raise ValueError("--attacks: %r needs an eps > 0 on the 0-255 scale for the "
                              "evaluation, e.g. %s:300" % (item, config.name))
@@ -404,8 +413,10 @@ def _eval_config(args):
         raise ValueError("--threshold must be in [0, 1], got %r" % args.threshold)
     if args.n_test is not None and args.n_test < 1:
         raise ValueError("--n-test must be >= 1, got %r" % args.n_test)
-    check_target_fpr(args.target_fpr)      # even with --threshold: a wrong value is a mistake
-    arch = get_architecture(args.arch)
+    with _option("--target-fpr", args.target_fpr):
+        check_target_fpr(args.target_fpr)  # even with --threshold: a wrong value is a mistake
+    with _option("--arch", args.arch):
+        arch = get_architecture(args.arch)
     if not arch.min_size <= args.input_size <= MAX_INPUT_SIZE:
         raise ValueError("--input-size must be in [%d, %d] for --arch %s (the paper uses "
                          "150, the synthetic default 96), got %d"
@@ -442,7 +453,8 @@ def _eval_config(args):
     defenses = None
     if args.defenses is not None:
         from defense.defenses import parse_defenses
-        defenses = parse_defenses(args.defenses)
+        with _option("--defenses", args.defenses):
+            defenses = parse_defenses(args.defenses)
     return EvalConfig(
         class_set=args.classset, data_dir=args.data_dir,
         arch=arch.name, input_size=args.input_size, weights=weights,
@@ -539,6 +551,9 @@ def main(argv=None) -> int:
         # every name, number and folder is checked here, before any data is generated or read
         eval_cfg = _eval_config(args) if args.model == "M" else None
         grid = parse_grid(args)
+        if args.model == "K":
+            from models.mrcnn.cli import validate_options
+            validate_options(vars(args))
         k_first = check_folders(args, eval_cfg, grid)
         manifest = _prepare(args)
         if args.prepare_data:

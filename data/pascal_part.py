@@ -88,6 +88,7 @@ from scipy.io.matlab import MatReadError
 from data import coco_io
 from data.fileio import atomic_path, check_folder
 from data.knowledge import CLASS_PARTS, PART_IDS
+from data.options import check_seed, seed_argument
 from data.synthetic import MANIFEST as SYNTHETIC_MANIFEST
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,8 @@ def _convert_one(mat_path: str, stem: str, images_dir: Optional[str], stats: _St
 
 
 def _check_args(annotations_dir: str, images_dir: Optional[str], on_error: str,
-                image_mode: str) -> None:
+                image_mode: str, seed) -> None:
+    check_seed("seed", seed)
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip', got %r" % (on_error,))
     if image_mode not in ("copy", "hardlink", "symlink"):
@@ -494,7 +496,7 @@ def convert_pascal_part(annotations_dir: str, images_dir: Optional[str], out_dir
         ValueError: bad arguments or file (naming it); ``out_dir`` holds a synthetic data set,
             or split files already exist and ``overwrite`` is False (naming them).
     """
-    _check_args(annotations_dir, images_dir, on_error, image_mode)
+    _check_args(annotations_dir, images_dir, on_error, image_mode, seed)
     _check_output(out_dir, overwrite)
     mat_paths = _list_annotations(annotations_dir)
     root = os.path.join(out_dir, "VOC2010")
@@ -544,7 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--annotations", required=True, help="PASCAL-Part Annotations_Part")
     parser.add_argument("--images", default=None, help="VOC2010 JPEGImages (omit: JSON only)")
     parser.add_argument("--out", required=True, help="data root, e.g. data/unmask")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument("--seed"), default=0,
+                        help="seed of the 80/10/10 split")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable/incomplete files instead of stopping")
     parser.add_argument("--image-mode", choices=("copy", "hardlink", "symlink"), default="copy")

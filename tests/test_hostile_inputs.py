@@ -163,6 +163,22 @@ CLI_CASES = [
     (["--model", "K", "--k-config", "huge"], r"--k-config: invalid choice"),
     (["--model", "K", "--k-log-dir", "{root}/a_file"], r"--k-log-dir .*is a file"),
     (["--model", "K", "--k-results-dir", "{root}/a_file"], r"--k-results-dir .*is a file"),
+    # every rejected option names itself, its value and the accepted range (issue 21)
+    (["--seed", "4294967296"], r"--seed: must be a non-negative integer <= 4294967295, got "
+                               r"'4294967296'"),
+    (["--target-fpr", "-0.5"], r"--target-fpr: target_fpr must be in \(0, 1\).*got -0.5"),
+    (["--arch", "vgg9"], r"--arch: unknown architecture 'vgg9'; valid: resnet50"),
+    (["--defenses", "jpeg:200"], r"--defenses: defense 'jpeg:200': quality must be an integer "
+                                 r"1..95.*got 200"),
+    (["--defenses", "pca:x"], r"--defenses: defense pca:x: variance must be a number"),
+    (["--attacks", "fgsm:-2"], r"--attacks fgsm:-2: .*eps must be >= 0"),
+    (["--attacks", "uap:300"], r"--attacks uap:300: .*L-inf budget beyond 255"),
+    (["--grid", "--archs", ","], r"--grid needs at least one architecture .*got --archs ','"),
+    (["--model", "K", "--k-seed", "4294967296"], r"--k-seed: must be a non-negative integer "
+                                                 r"<= 4294967295"),
+    (["--model", "K", "--k-eval-split", "dev"], r"--k-eval-split: invalid choice: 'dev'"),
+    (["--model", "K", "--weights", "{root}/missing.h5"], r"--weights .*missing.h5: no such "
+                                                         r"file; give none, last, coco"),
 ]
 
 
@@ -760,3 +776,24 @@ def test_converter_probes_out_before_any_work(tmp_path, read_only, capsys):
     assert (tmp_path / "a_file").read_text() == "mine" and not os.listdir(tmp_path / "share")
     with pytest.raises(ValueError, match=r"out_dir .*a_file is a file"):
         pascal_part.convert_pascal_part(str(ann), None, str(tmp_path / "a_file"))
+
+
+# kind: errors that do not name the input (the command line's cases are in CLI_CASES)
+
+def test_converter_options_name_their_value_and_range(tmp_path, capsys):
+    from data import pascal_part
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for seed in ("-1", "4294967296", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            pascal_part.main(["--annotations", str(ann), "--out", str(tmp_path / "o"),
+                              "--seed", seed])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        assert "argument --seed: must be a non-negative integer <= 4294967295, got '%s'" % seed \
+            in err, err
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer <= 4294967295, "
+                                         r"got -1"):
+        pascal_part.convert_pascal_part(str(ann), None, str(tmp_path / "o"), seed=-1)
+    assert sorted(os.listdir(tmp_path)) == ["ann"]
