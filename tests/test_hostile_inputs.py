@@ -797,3 +797,131 @@ def test_converter_options_name_their_value_and_range(tmp_path, capsys):
                                          r"got -1"):
         pascal_part.convert_pascal_part(str(ann), None, str(tmp_path / "o"), seed=-1)
     assert sorted(os.listdir(tmp_path)) == ["ann"]
+
+
+# kind: the Python API below the CLI's checks
+
+def _tiny_classifier(size=8):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((size, size, 3)), keras.layers.Flatten(),
+                             keras.layers.Dense(2)])
+
+
+def test_api_refuses_images_that_do_not_fit_the_model():
+    """Kind: the Python API below the CLI's checks.  Images of another size than M's input
+    are refused by name at every entry that runs M (UnMask, run_attack, the defenses),
+    instead of failing inside a compiled graph."""
+    from attacks import run_attack
+    from defense.unmask import UnMask
+
+    m = _tiny_classifier(8)
+    x = np.random.default_rng(0).random((3, 16, 16, 3)).astype(np.float32)
+    y = np.array([0, 1, 0])
+
+    class Parts:
+        kind = "test"
+
+        def extract(self, images, keys):
+            return [frozenset({"x"})] * len(images)
+    um = UnMask(m, Parts(), {"a": {"x"}, "b": {"y"}}, ["a", "b"], 0.5)
+    pattern = r"images of shape \[[BN], 16, 16, 3\] do not fit the model, whose input is " \
+              r"\[B, 8, 8, 3\]: resize them to the model's input size \(8x8\)"
+    for call in (lambda: um.protect(x), lambda: um.predict(x),
+                 lambda: run_attack(m, x, y, "fgsm", eps=8),
+                 lambda: _fitted("none", m).predict(_set(x, y))):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+def _set(x, y, **kw):
+    from defense.base import ImageSet
+    return ImageSet(name="s", split="test", x=x, keys=["k%d" % i for i in range(len(y))],
+                    labels=y, **kw)
+
+
+def _fitted(name, m):
+    from data.knowledge import get_class_set
+    from defense.base import FitContext
+    from defense.defenses import build_defense
+
+    d = build_defense(name)
+    d.fit(FitContext(models={"m": m}, class_set=get_class_set("CS3a"), seed=0,
+                     target_fpr=0.1, threshold=None, log=lambda s: None, images=None,
+                     attacked=None, observe=None))
+    return d
+
+
+def test_defenses_refuse_unfitted_use_and_image_sets_that_do_not_add_up():
+    from data.knowledge import get_class_set
+    from defense.base import FitContext
+    from defense.defenses import build_defense
+
+    m = _tiny_classifier(8)
+    x = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    y = np.array([0, 1, 0])
+    ctx = dict(class_set=get_class_set("CS3a"), seed=0, target_fpr=0.1, threshold=None,
+               log=lambda s: None, images=None, attacked=None, observe=None)
+    cases = [
+        (lambda: build_defense("none").predict(_set(x, y)), r"defense 'none' is not fitted: "
+                                                             r"call fit\(ctx\)"),
+        (lambda: build_defense("jpeg").fit("ctx"), r"fit\(ctx\) takes a defense.base."
+                                                   r"FitContext"),
+        (lambda: _fitted("none", m).predict(x), r"predict\(\) takes an ImageSet"),
+        (lambda: _set(x, y[:2]), r"ImageSet.labels must be a 1-D array of 3 class indices"),
+        (lambda: _set(x, y + 0.5), r"ImageSet.labels must hold integer class indices"),
+        (lambda: _set(x, y - 2), r"ImageSet.labels must be class indices >= 0"),
+        (lambda: _set((x * 255).astype(np.uint8), y), r"ImageSet.x must be float pixels"),
+        (lambda: _set(x * 255, y), r"ImageSet.x must be finite pixels in \[0, 1\]"),
+        (lambda: _set(x[0], y), r"ImageSet.x must have shape \[B, H, W, 3\]"),
+        (lambda: _set(x, y, preds={"m": [0, 1]}), r"ImageSet.preds\['m'\] must be a 1-D "
+                                                  r"array of 3"),
+        (lambda: FitContext(models={}, **ctx), r"models must map 'm' to M"),
+        (lambda: FitContext(models={"m": m}, **dict(ctx, target_fpr=0)), r"target_fpr must "
+                                                                          r"be in \(0, 1\)"),
+        (lambda: FitContext(models={"m": m}, **dict(ctx, threshold=2)), r"threshold must be "
+                                                                        r"in \[0, 1\]"),
+        (lambda: FitContext(models={"m": m}, **dict(ctx, seed=-1)), r"seed must be an "
+                                                                    r"integer >= 0"),
+    ]
+    for fn, pattern in cases:
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            fn()
+    assert _fitted("none", m).predict(_set(x, y)).shape == (3,)
+
+
+def test_k_refuses_pixels_outside_its_range_and_inputs_that_are_no_batch(tmp_path):
+    """MaskRCNN.detect and PartExtractor take 0..255 pixels (extract: [0, 1]); negative or
+    larger values, complex numbers, a lone image or None are refused by name."""
+    from models.mrcnn.extractor import PartExtractor
+    from models.mrcnn.model import MaskRCNN
+
+    k = MaskRCNN("inference", get_k_config("tiny"), str(tmp_path))
+    try:
+        good = np.full((64, 64, 3), 100, np.uint8)
+        ext = PartExtractor(k, ["BG", "a", "b", "c"])
+        cases = [
+            (lambda: k.detect([good, np.full((64, 64, 3), -50.0)]),
+             r"images\[1\] must hold pixels in 0..255, got range -50..-50"),
+            (lambda: k.detect([np.full((64, 64, 3), 1000.0), good]),
+             r"images\[0\] must hold pixels in 0..255, got range 1000..1000"),
+            (lambda: k.detect([good, good.astype(np.complex64)]), r"images\[1\] must hold "
+                                                                  r"real numbers"),
+            (lambda: k.detect(good), r"images must be a batch \[B, H, W, 3\]; got one image"),
+            (lambda: k.detect(None), r"images must be a batch"),
+            (lambda: ext.detect([good - 200.0]), r"images\[0\] must hold pixels in 0..255"),
+            (lambda: ext.extract(np.full((2, 64, 64, 3), 0.5), keys="ab"),
+             r"keys must be a sequence of one key per image, got the string 'ab'"),
+            (lambda: PartExtractor(None), r"PartExtractor needs a MaskRCNN built with "
+                                          r"mode='inference'"),
+            (lambda: PartExtractor.from_checkpoint("last", "tiny", model_dir=str(tmp_path),
+                                                   threshold=float("nan")),
+             r"threshold must be a detection score in \[0, 1\]"),
+            (lambda: PartExtractor.from_checkpoint("last", object()), r"config must be a "
+                                                                      r"mrcnn_config.Config"),
+        ]
+        for fn, pattern in cases:
+            with pytest.raises(ValueError, match=pattern):
+                fn()
+        assert len(k.detect(np.stack([good, good]))) == 2     # a [B, H, W, 3] array is a batch
+    finally:
+        k.close()
