@@ -13,25 +13,17 @@ attack names) and turned into objects before anything runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 import tfcompat  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from data.knowledge import class_set_names, describe_class_sets, get_class_set
+from data.options import seed_argument
 from data.synthetic import DEFAULT_DATA_DIR, DatasetExistsError, ensure_dataset, summary
 from models import DEFAULT_ARCH
 
 DEFAULT_CLASS_SET = "CS5b"
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a non-negative integer, got %r" % text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be a non-negative integer, got %d" % value)
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="UnMask data folder (original layout: VOC2010/, cs3-1/, ...); the "
                         "synthetic data set is generated here when it is missing")
-    g.add_argument("--seed", type=_seed, default=0,
+    g.add_argument("--seed", type=seed_argument("--seed"), default=0,
                    help="seed of the synthetic data set and of every random choice of a run")
     g.add_argument("--classset", default=DEFAULT_CLASS_SET,
                    help="class set for --model M: " + ", ".join(class_set_names())
@@ -175,6 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _option(flag: str, value):
+    """Errors of the library checks run for ``flag`` name the flag and its value (the
+    library phrases them with its argument names; the command line's names are flags)."""
+    try:
+        yield
+    except ValueError as e:
+        text = str(e)
+        if text.startswith(flag):
+            raise
+        if str(value) in text:
+            raise ValueError("%s: %s" % (flag, text)) from None
+        raise ValueError("%s %s: %s" % (flag, value, text)) from None
+
+
 def parse_grid(args):
     """(architectures, class set code names) of --grid, validated; ValueError otherwise."""
     from data.knowledge import CLASS_SETS
@@ -212,7 +219,8 @@ def parse_grid(args):
             if code not in sets:
                 sets.append(code)
     if not archs or not sets:
-        raise ValueError("--grid needs at least one architecture and one class set")
+        raise ValueError("--grid needs at least one architecture and one class set, got "
+                         "--archs %r and --classsets %r" % (args.archs or args.arch, text))
     if args.distribute != "none":
         raise ValueError("--grid runs its units in separate processes (--workers); "
                          "--distribute applies to a single run, not to the grid")
@@ -275,7 +283,8 @@ def parse_vectors(text: str):
             eps = float(eps_text) if sep else None
         except ValueError:
             raise ValueError("--attacks: eps of %r must be a number" % item) from None
-        config = resolve_config(name, eps)
+        with _option("--attacks", item):
+            config = resolve_config(name, eps)
         if config.eps is None or not config.eps > 0:
             raise ValueError("--attacks: %r needs an eps > 0 on the 0-255 scale for the "
                              "evaluation, e.g. %s:300" % (item, config.name))
@@ -312,30 +321,102 @@ def _check_l2_budgets(vectors, input_size: int) -> None:
                                                      name))
 
 
-def check_folders(args) -> bool:
+def check_folders(args, eval_cfg=None, grid=None) -> bool:
     """Every folder the command will read or write, checked before any work (a clear error
-    naming the option instead of a traceback after minutes of training).  Returns whether
-    ``--model M`` must train K first (no trained K and no --extractor)."""
+    naming the option instead of a traceback after minutes of training).  A folder is probed
+    for writing only where the command writes: trained models on a read-only share (M and AT
+    in --checkpoint-dir, K in --k-log-dir) are evaluated from there, with every output in the
+    results folders.  Returns whether ``--model M`` must train K first (no trained K and no
+    --extractor)."""
     from data.fileio import check_folder
 
-    check_folder(args.data_dir, "--data-dir", write=not os.path.isdir(args.data_dir))
+    _check_data_dir(args.data_dir)
     k_first = False
     if args.model == "M":
         check_folder(args.results_dir, "--results-dir")
-        check_folder(args.checkpoint_dir, "--checkpoint-dir")
+        check_folder(args.checkpoint_dir, "--checkpoint-dir", write=False)
         check_folder(args.k_log_dir, "--k-log-dir", write=False)
+        _check_checkpoint_dir(args, _checkpoint_writes(args, eval_cfg, grid))
         k_first = not args.at_line_search and _k_missing(args)
         if k_first:
-            check_folder(args.k_log_dir, "--k-log-dir")
+            check_folder(args.k_log_dir, "--k-log-dir", why="no K is trained there for "
+                         "--k-config %s, so the run trains one there first" % args.k_config)
             check_folder(args.k_results_dir, "--k-results-dir")
             if args.distribute == "multi-worker":
                 raise ValueError("no trained K in --k-log-dir %s: train it first with "
                                  "`python main.py --model K` (on one host); --distribute "
                                  "multi-worker distributes M's training only" % args.k_log_dir)
     elif args.model == "K":
-        check_folder(args.k_log_dir, "--k-log-dir")
+        from models.mrcnn.cli import log_dir_writes
+        check_folder(args.k_log_dir, "--k-log-dir", write=False)
+        why = log_dir_writes(args)
+        if why is not None:
+            check_folder(args.k_log_dir, "--k-log-dir", why="%s (evaluating a K trained "
+                         "there only reads it, so a read-only --k-log-dir works for that)" % why)
         check_folder(args.k_results_dir, "--k-results-dir")
     return k_first
+
+
+def _check_data_dir(data_dir: str) -> None:
+    """--data-dir is read; a missing (or empty) one is generated first, in a temporary folder
+    beside it that is renamed into place (with a lock file beside it too), so its parent
+    folder is the one that must be writable."""
+    from data.fileio import check_folder, write_problem
+
+    check_folder(data_dir, "--data-dir", write=False)
+    try:
+        holds_data = os.path.isdir(data_dir) and bool(os.listdir(data_dir))
+    except OSError as e:
+        raise ValueError("--data-dir %s cannot be read (%s); pass a folder you can read"
+                         % (data_dir, e.strerror or e)) from None
+    if holds_data:
+        return
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    problem = write_problem(parent, "--data-dir")
+    if problem is not None:
+        raise ValueError("--data-dir %s cannot be generated: the data set is written beside "
+                         "it and renamed into place, and %s cannot be written (%s); pass a "
+                         "--data-dir in a folder you can write to, or one that holds the data "
+                         "set" % (data_dir, parent, problem))
+
+
+def _checkpoint_writes(args, eval_cfg, grid) -> list:
+    """``(folder, why)`` for each model folder under --checkpoint-dir the run writes in
+    (None for a folder holding M or AT trained for the run's settings: it is only read)."""
+    from defense.adversarial_training import at_checkpoint_dir
+    from defense.grid import pair_config
+    from models.train_classifier import training_writes
+
+    if args.at_line_search:
+        return [(eval_cfg.m_dir, "--at-line-search trains AT for each eps beside M's folder "
+                                 "and records the search there")]
+    cfgs = [eval_cfg] if grid is None else [pair_config(eval_cfg, a, c)
+                                            for a in grid[0] for c in grid[1]]
+    out = []
+    for cfg in cfgs:
+        folders = [("M", cfg.m_dir)]
+        if cfg.adv_train:
+            folders.append(("AT", at_checkpoint_dir(cfg.m_dir, cfg.at_eps)))
+        for model, folder in folders:
+            why = training_writes(folder, cfg.train)
+            if why is not None:
+                out.append((folder, "%s would be trained in %s (%s)" % (model, folder, why)))
+    return out
+
+
+def _check_checkpoint_dir(args, writes) -> None:
+    """--checkpoint-dir must be writable where ``writes`` says the run writes."""
+    from data.fileio import write_problem
+
+    for folder, why in writes:
+        problem = write_problem(folder, "--checkpoint-dir")
+        if problem is not None:
+            raise ValueError(
+                "--checkpoint-dir %s cannot be written (%s), and %s. Evaluating trained M and "
+                "AT only reads them, so a read-only --checkpoint-dir works once they are "
+                "trained in it; to train, pass a --checkpoint-dir you can write to (copy %s "
+                "there to keep what it holds)" % (args.checkpoint_dir, problem, why,
+                                                  args.checkpoint_dir))
 
 
 def _eval_config(args):
@@ -352,8 +433,10 @@ def _eval_config(args):
         raise ValueError("--threshold must be in [0, 1], got %r" % args.threshold)
     if args.n_test is not None and args.n_test < 1:
         raise ValueError("--n-test must be >= 1, got %r" % args.n_test)
-    check_target_fpr(args.target_fpr)      # even with --threshold: a wrong value is a mistake
-    arch = get_architecture(args.arch)
+    with _option("--target-fpr", args.target_fpr):
+        check_target_fpr(args.target_fpr)  # even with --threshold: a wrong value is a mistake
+    with _option("--arch", args.arch):
+        arch = get_architecture(args.arch)
     if not arch.min_size <= args.input_size <= MAX_INPUT_SIZE:
         raise ValueError("--input-size must be in [%d, %d] for --arch %s (the paper uses "
                          "150, the synthetic default 96), got %d"
@@ -395,7 +478,8 @@ def _eval_config(args):
     defenses = None
     if args.defenses is not None:
         from defense.defenses import parse_defenses
-        defenses = parse_defenses(args.defenses)
+        with _option("--defenses", args.defenses):
+            defenses = parse_defenses(args.defenses)
     return EvalConfig(
         class_set=args.classset, data_dir=args.data_dir,
         arch=arch.name, input_size=args.input_size, weights=weights,
@@ -494,7 +578,10 @@ def main(argv=None) -> int:
         # every name, number and folder is checked here, before any data is generated or read
         eval_cfg = _eval_config(args) if args.model == "M" else None
         grid = parse_grid(args)
-        k_first = check_folders(args)
+        if args.model == "K":
+            from models.mrcnn.cli import validate_options
+            validate_options(vars(args))
+        k_first = check_folders(args, eval_cfg, grid)
         manifest = _prepare(args)
         if args.prepare_data:
             print(summary(manifest))

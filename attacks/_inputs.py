@@ -40,6 +40,27 @@ def check_images(images):
     return arr
 
 
+def check_model_input(model_fn, images_shape):
+    """Refuse images whose size is not the input size ``model_fn`` declares (a Keras model's
+    ``inputs[0]``; other callables declare none and are not checked), before the attack is
+    traced.
+
+    Raises:
+        ValueError: both shapes and the fix.
+    """
+    inputs = getattr(model_fn, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return
+    want = tuple(inputs[0].shape[1:])
+    got = tuple(images_shape[1:])
+    if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+        size = "x".join("?" if w is None else str(w) for w in want[:2])
+        raise ValueError("images of shape [N, %s] do not fit the model, whose input is "
+                         "[B, %s]: resize them to the model's input size (%s)"
+                         % (", ".join(str(g) for g in got),
+                            ", ".join("?" if w is None else str(w) for w in want), size))
+
+
 def check_labels(labels, num_images):
     """Return ``labels`` as int64 ``[N]``; None passes through (the runner then uses predictions).
 

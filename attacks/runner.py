@@ -175,6 +175,7 @@ class CompiledAttack:
     def _function_for(self, height, width):
         key = (int(height), int(width))
         if key not in self._functions:
+            _inputs.check_model_input(self.model_fn, (None,) + key + (3,))
             signature = [tf.TensorSpec([None, key[0], key[1], 3], tf.float32, name="x"),
                          tf.TensorSpec([None], tf.int64, name="y"),
                          tf.TensorSpec([2], tf.int64, name="seed")]
@@ -361,6 +362,7 @@ class CompiledAttack:
         cannot change while it is bound to this attack, and an eager call of a deep Keras
         model costs a noticeable share of a batch's attack time.
         """
+        _inputs.check_model_input(self.model_fn, images.shape)
         if self._num_classes is None:
             self.probe_count += 1
             logits = np.asarray(self.model_fn(tf.convert_to_tensor(images[:1])))

@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import stat
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 _NEW_FILE_MODE = 0o666  # the kernel applies the umask: 0o644 with the usual umask 022
@@ -99,17 +99,10 @@ def read_json(path: str) -> Any:
                          % (path, e)) from None
 
 
-def check_folder(path: str, what: str, write: bool = True) -> None:
-    """Refuse, before any work, a folder a run cannot use: ValueError naming ``what`` (e.g.
-    ``"--results-dir"``) and ``path``.
-
-    A folder that does not exist yet is fine when its nearest existing ancestor is a folder
-    one can create it in.  Refused: a plain file (or a file among the ancestors), a symlink
-    loop or another path that cannot be resolved, and -- with ``write`` -- a folder in which
-    no file can be created (read-only, no permission, a read-only file system).  Writability
-    is probed by creating and removing a file, since ``os.access`` answers "yes" to root even
-    on a read-only mount.
-    """
+def _existing_folder(path: str, what: str) -> str:
+    """The folder ``path`` is or would be created in: ``path`` itself when it exists, else its
+    nearest existing ancestor.  ValueError naming ``what`` and ``path`` for a plain file (or a
+    file among the ancestors), a symlink loop or another path that cannot be resolved."""
     probe_dir = path
     while True:
         try:
@@ -133,14 +126,47 @@ def check_folder(path: str, what: str, write: bool = True) -> None:
     if not stat.S_ISDIR(mode):
         where = "is a file" if probe_dir == path else "lies under the file %s" % probe_dir
         raise ValueError("%s %s %s, not a folder; pass a folder" % (what, path, where))
-    if not write:
-        return
+    return probe_dir
+
+
+def _probe_write(folder: str) -> None:
+    """Create and remove a file in the existing ``folder``; OSError when that fails.  The one
+    writability probe of the project (``os.access`` answers "yes" to root even on a
+    read-only mount)."""
+    os.remove(_create_temporary(folder, ".write-probe.", ".tmp"))
+
+
+def write_problem(path: str, what: str = "path") -> Optional[str]:
+    """None when files can be written in the folder ``path`` (or, when it does not exist yet,
+    created in its nearest existing ancestor); otherwise why not, e.g. ``"Read-only file
+    system in /mnt/share"``.  ValueError (naming ``what``) when ``path`` is no folder at all
+    (see :func:`check_folder`)."""
+    folder = _existing_folder(path, what)
     try:
-        tmp = _create_temporary(probe_dir, ".write-probe.", ".tmp")
-        os.remove(tmp)
+        _probe_write(folder)
     except OSError as e:
-        raise ValueError("%s %s cannot be written (%s in %s); pass a folder you can write to"
-                         % (what, path, e.strerror or e, probe_dir)) from None
+        return "%s in %s" % (e.strerror or e, folder)
+    return None
+
+
+def check_folder(path: str, what: str, write: bool = True, why: str = "") -> None:
+    """Refuse, before any work, a folder a run cannot use: ValueError naming ``what`` (e.g.
+    ``"--results-dir"``) and ``path``.
+
+    A folder that does not exist yet is fine when its nearest existing ancestor is a folder
+    one can create it in.  Refused: a plain file (or a file among the ancestors), a symlink
+    loop or another path that cannot be resolved, and -- with ``write`` -- a folder in which
+    no file can be created (read-only, no permission, a read-only file system), probed by
+    creating and removing a file (:func:`write_problem`).  ``why`` says what would be written
+    there (it ends the message, before the way out).
+    """
+    if not write:
+        _existing_folder(path, what)
+        return
+    problem = write_problem(path, what)
+    if problem is not None:
+        raise ValueError("%s %s cannot be written (%s)%s; pass a folder you can write to"
+                         % (what, path, problem, ": " + why if why else ""))
 
 
 def read_cached_json(path: str, log=print) -> Any:

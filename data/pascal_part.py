@@ -86,8 +86,9 @@ from PIL import Image, UnidentifiedImageError
 from scipy.io.matlab import MatReadError
 
 from data import coco_io
-from data.fileio import atomic_path
+from data.fileio import atomic_path, check_folder
 from data.knowledge import CLASS_PARTS, PART_IDS
+from data.options import check_seed, seed_argument
 from data.synthetic import MANIFEST as SYNTHETIC_MANIFEST
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,8 @@ def _convert_one(mat_path: str, stem: str, images_dir: Optional[str], stats: _St
 
 
 def _check_args(annotations_dir: str, images_dir: Optional[str], on_error: str,
-                image_mode: str) -> None:
+                image_mode: str, seed) -> None:
+    check_seed("seed", seed)
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip', got %r" % (on_error,))
     if image_mode not in ("copy", "hardlink", "symlink"):
@@ -433,8 +435,10 @@ def _split_paths(out_dir: str) -> Dict[str, str]:
 
 
 def _check_output(out_dir: str, overwrite: bool) -> None:
-    """Refuse to write into a synthetic data set, or over existing split files unless
-    ``overwrite``."""
+    """Refuse, before any work, an ``out_dir`` that cannot be written (a file, a read-only
+    folder), a synthetic data set, or existing split files unless ``overwrite``."""
+    check_folder(out_dir, "out_dir")
+    check_folder(os.path.join(out_dir, "VOC2010"), "out_dir")
     manifest = os.path.join(out_dir, SYNTHETIC_MANIFEST)
     if os.path.isfile(manifest):
         raise ValueError(
@@ -492,7 +496,7 @@ def convert_pascal_part(annotations_dir: str, images_dir: Optional[str], out_dir
         ValueError: bad arguments or file (naming it); ``out_dir`` holds a synthetic data set,
             or split files already exist and ``overwrite`` is False (naming them).
     """
-    _check_args(annotations_dir, images_dir, on_error, image_mode)
+    _check_args(annotations_dir, images_dir, on_error, image_mode, seed)
     _check_output(out_dir, overwrite)
     mat_paths = _list_annotations(annotations_dir)
     root = os.path.join(out_dir, "VOC2010")
@@ -521,6 +525,18 @@ def convert_pascal_part(annotations_dir: str, images_dir: Optional[str], out_dir
     }
 
 
+def _check_cli_paths(args) -> None:
+    """The command line's folders, named by their flags, before any work: the inputs must be
+    folders, --out (and its VOC2010/) a folder that can be written."""
+    for flag, path, what in (("--annotations", args.annotations, "PASCAL-Part's "
+                              "Annotations_Part"), ("--images", args.images, "VOC2010's "
+                                                                            "JPEGImages")):
+        if path is not None and not os.path.isdir(path):
+            raise ValueError("%s %s is not a folder; point it at %s" % (flag, path, what))
+    check_folder(args.out, "--out")
+    check_folder(os.path.join(args.out, "VOC2010"), "--out")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Command line: ``python -m data.pascal_part --annotations .../Annotations_Part
     --images .../VOC2010/JPEGImages --out data/unmask [--seed 0] [--skip-bad] [--overwrite]``.
@@ -530,7 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--annotations", required=True, help="PASCAL-Part Annotations_Part")
     parser.add_argument("--images", default=None, help="VOC2010 JPEGImages (omit: JSON only)")
     parser.add_argument("--out", required=True, help="data root, e.g. data/unmask")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument("--seed"), default=0,
+                        help="seed of the 80/10/10 split")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable/incomplete files instead of stopping")
     parser.add_argument("--image-mode", choices=("copy", "hardlink", "symlink"), default="copy")
@@ -541,6 +558,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        _check_cli_paths(args)
         summary = convert_pascal_part(args.annotations, args.images, args.out, seed=args.seed,
                                       on_error="skip" if args.skip_bad else "raise",
                                       image_mode=args.image_mode,

@@ -255,6 +255,10 @@ def _looks_like_data(data_dir: str) -> bool:
     return "VOC2010" in names or any(cs.code_name in names for cs in CLASS_SETS)
 
 
+def _empty_folder(path: str) -> bool:
+    return os.path.isdir(path) and not os.listdir(path)
+
+
 @contextlib.contextmanager
 def _generation_lock(data_dir: str, log: Callable[[str], None]):
     """Exclusive lock on ``<data_dir>.lock`` (beside the folder) while a data set is
@@ -264,8 +268,10 @@ def _generation_lock(data_dir: str, log: Callable[[str], None]):
         os.makedirs(parent, exist_ok=True)
         handle = open(os.path.abspath(data_dir).rstrip(os.sep) + ".lock", "a")
     except OSError as e:
-        raise DatasetExistsError("--data-dir %s cannot be created (%s): choose a folder you "
-                                 "can write to" % (data_dir, e.strerror or e)) from None
+        raise DatasetExistsError("--data-dir %s cannot be generated: the data set is written "
+                                 "beside it, in %s, which cannot be written (%s); choose a "
+                                 "folder you can write to" % (data_dir, parent,
+                                                              e.strerror or e)) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -292,10 +298,10 @@ def ensure_dataset(data_dir: str = DEFAULT_DATA_DIR, seed: int = 0,
     Returns the manifest (``{"generator": "real"}`` for real data).
     """
     cfg = config or SyntheticConfig()
-    if os.path.isdir(data_dir) and not os.listdir(data_dir):
-        os.rmdir(data_dir)
-    if not os.path.exists(data_dir):
+    if not os.path.exists(data_dir) or _empty_folder(data_dir):
         with _generation_lock(data_dir, log):
+            if _empty_folder(data_dir):        # generated beside it, renamed into place
+                os.rmdir(data_dir)
             if not os.path.exists(data_dir):   # else another process made it meanwhile
                 log("no data set at %s: generating the synthetic UnMask data set (seed %d)"
                     % (data_dir, seed))

@@ -21,12 +21,16 @@ M for every defense that protects the unchanged M, the adversarially trained mod
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
 import zlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from defense.threats import Goal, Threat
+from defense.thresholds import check_target_fpr
+from defense.unmask import check_images, check_threshold
 from models.inference import inference_fn
 
 #: Label meaning "rejected by a detector / no class" (UnMask's NO_CLASS is the same value).
@@ -77,6 +81,19 @@ class ImageSet:
     preds: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     fingerprint: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        check_images(self.x, "ImageSet.x")
+        self.x = np.asarray(self.x)
+        n = len(self.x)
+        self.labels = _class_indices(self.labels, n, "ImageSet.labels")
+        if isinstance(self.keys, (str, bytes)) or len(self.keys) != n:
+            raise ValueError("ImageSet.keys must be a sequence of %d image keys (one per image "
+                             "of x), got %s" % (n, "the string %r" % (self.keys,)
+                                                if isinstance(self.keys, (str, bytes))
+                                                else "%d keys" % len(self.keys)))
+        self.preds = {model: _class_indices(p, n, "ImageSet.preds[%r]" % model)
+                      for model, p in dict(self.preds).items()}
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
@@ -84,6 +101,22 @@ class ImageSet:
     def seed(self) -> int:
         """A 31-bit seed derived from ``name`` (stable across processes, unlike ``hash``)."""
         return zlib.crc32(self.name.encode("utf-8")) & 0x7FFFFFFF
+
+
+def _class_indices(values: Any, n: int, name: str) -> np.ndarray:
+    """``values`` as int64 [n] (class indices, -1 for "rejected"); ValueError naming
+    ``name`` otherwise."""
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise ValueError("%s must be a 1-D array of %d class indices (one per image), got "
+                         "shape %s" % (name, n, arr.shape))
+    if n and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError("%s must hold integer class indices, got dtype %s" % (name, arr.dtype))
+    arr = arr.astype(np.int64, copy=False)
+    if n and arr.min() < REJECTED:
+        raise ValueError("%s must be class indices >= 0 (or %d, rejected), got minimum %d"
+                         % (name, REJECTED, arr.min()))
+    return arr
 
 
 @dataclasses.dataclass
@@ -112,6 +145,14 @@ class Defense:
     name: str = "?"
     detector: bool = False
     threshold: Optional[float] = None
+    _fitted: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass's ``fit`` checks its context and records that it ran (see
+        :meth:`_check_ready`)."""
+        super().__init_subclass__(**kwargs)
+        if "fit" in cls.__dict__:
+            cls.fit = _checked_fit(cls.__dict__["fit"])
 
     @property
     def label(self) -> str:
@@ -184,22 +225,48 @@ class Defense:
 
     def predict(self, images: ImageSet) -> np.ndarray:
         """int64 [N] class indices, -1 where rejected."""
+        self._check_ready("predict", images)
         return self.decide(self.observe(images)).pred
 
     def score(self, images: ImageSet) -> np.ndarray:
         """float64 [N], higher = more suspicious (detectors only)."""
         self._need_detector("score")
+        self._check_ready("score", images)
         return self.decide(self.observe(images)).score
 
     def flag(self, images: ImageSet) -> np.ndarray:
         """bool [N] at the chosen operating threshold (detectors only)."""
         self._need_detector("flag")
+        self._check_ready("flag", images)
         return self.decide(self.observe(images)).flags
+
+    def _check_ready(self, what: str, images: Any) -> None:
+        """A fitted defense and an :class:`ImageSet` (ValueError/TypeError saying which)."""
+        if type(self).fit is not Defense.fit and not self._fitted:
+            raise ValueError("defense %r is not fitted: call fit(ctx) (a FitContext) before "
+                             "%s()" % (self.label, what))
+        if not isinstance(images, ImageSet):
+            raise TypeError("%s() takes an ImageSet (defense.base.ImageSet(name, split, x, "
+                            "keys, labels), x float [N, H, W, 3] in [0, 1]), got %s"
+                            % (what, type(images).__name__))
 
     def _need_detector(self, what: str) -> None:
         if not self.detector:
             raise ValueError("defense %r is not a detector: it has no %s(); use predict()"
                              % (self.name, what))
+
+
+def _checked_fit(fit: Callable) -> Callable:
+    """``fit`` refusing anything but a :class:`FitContext`, marking the defense fitted."""
+    @functools.wraps(fit)
+    def checked(self, ctx, *args, **kwargs):
+        if not isinstance(ctx, FitContext):
+            raise TypeError("%s.fit(ctx) takes a defense.base.FitContext (the evaluation "
+                            "builds one: Bench.fit_context), got %s"
+                            % (type(self).__name__, type(ctx).__name__))
+        fit(self, ctx, *args, **kwargs)
+        self._fitted = True
+    return checked
 
 
 class FitContext:
@@ -221,11 +288,21 @@ class FitContext:
                  observe: Callable[[Defense, ImageSet], Dict[str, List]],
                  settings: Optional[Mapping[str, Any]] = None):
         self.models = dict(models)
+        if not callable(self.models.get("m")):
+            raise ValueError("FitContext: models must map 'm' to M (a callable, float32 [B, "
+                             "H, W, 3] in [0, 1] -> logits [B, C]); got keys %s"
+                             % sorted(self.models))
+        for key, model in self.models.items():
+            if not callable(model):
+                raise ValueError("FitContext: models[%r] must be callable, got %s"
+                                 % (key, type(model).__name__))
         self.class_set = class_set
         self.classes = tuple(class_set.classes)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError("FitContext: seed must be an integer >= 0, got %r" % (seed,))
         self.seed = int(seed)
-        self.target_fpr = target_fpr
-        self.threshold = threshold
+        self.target_fpr = check_target_fpr(target_fpr)
+        self.threshold = None if threshold is None else check_threshold(threshold)
         self.log = log
         self._images = images
         self._attacked = attacked

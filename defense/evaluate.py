@@ -40,7 +40,8 @@ import tfcompat
 from attacks import PAPER_ATTACK_VECTORS, compile_attack, get_attack, resolve_config, run_attack
 from attacks.engine import AdaptiveEngine, EngineResult, EngineSettings, convergence
 from data.classset import load_split
-from data.fileio import atomic_path, file_digest, read_cached_json, write_json_atomic
+from data.fileio import (atomic_path, file_digest, read_cached_json, write_json_atomic,
+                         write_problem)
 from data.knowledge import PART_IDS, ClassSet
 from defense import report
 from defense.adversarial_training import AT_EPS, at_checkpoint_dir, train_adversarial
@@ -644,6 +645,7 @@ class Bench:
             images=self.images, attacked=self.attacked, observe=self.observe,
             settings={"mode": cfg.mode, "extractors": make_extractors_fn, "arch": cfg.arch,
                       "m_dir": cfg.m_dir, "m_digest": self.fp["m"],
+                      "trajectory_cache": trajectory_cache(cfg),
                       "at": ({"eps": cfg.at_eps, "checkpoint_digest": self.digests.get("at")}
                              if "at" in self.models else {}),
                       "transfer_k": self._transfer_k if cfg.k_transfer else None,
@@ -683,6 +685,16 @@ def _run_summary(runs: Sequence[Dict]) -> List[Dict]:
         row["reached"] += r["reached"]
     return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], -1 if k[3] is None
                                                        else k[3]))]
+
+
+def trajectory_cache(cfg: EvalConfig) -> Tuple[str, ...]:
+    """Folders of the trajectory detector's cache, the one it writes first: beside M's
+    checkpoint, or -- when the checkpoint folder cannot be written (trained models on a
+    read-only share) -- in the run's results, still reading what is cached beside M."""
+    beside_m = cfg.m_dir.rstrip(os.sep) + "_trajectory"
+    if write_problem(beside_m, "--checkpoint-dir") is None:
+        return (beside_m,)
+    return (os.path.join(cfg.out_dir, "vectors", "trajectory"), beside_m)
 
 
 def shard_bounds(n: int, batch: int, shard: int, shards: int) -> Tuple[int, int, int]:

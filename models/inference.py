@@ -15,6 +15,8 @@ import sys
 import weakref
 from typing import Callable
 
+import numpy as np
+
 _INFERENCE = weakref.WeakKeyDictionary()
 
 
@@ -31,8 +33,27 @@ def inference_fn(model: Callable) -> Callable:
     if fn is None:
         import tensorflow as tf   # loaded already: tf_keras imports it
 
-        spec = tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype)
+        shape = tuple(model.inputs[0].shape[1:])
+        spec = tf.TensorSpec((None,) + shape, model.inputs[0].dtype)
         ref = weakref.ref(model)
-        fn = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+        graph = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+
+        def fn(x):
+            check_input_shape(x, shape)
+            return graph(x)
         _INFERENCE[model] = fn
     return fn
+
+
+def check_input_shape(images, shape, name: str = "images") -> None:
+    """Refuse a batch whose per-image shape is not ``shape`` (the model's input, ``None`` for
+    a free size): ValueError with both shapes and the fix, instead of an error from inside
+    the compiled graph."""
+    got = tuple(np.shape(images))[1:]
+    want = tuple(shape)
+    if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+        raise ValueError("%s of shape [B, %s] do not fit the model, whose input is [B, %s]: "
+                         "resize them to the model's input size (%s)"
+                         % (name, ", ".join(str(g) for g in got),
+                            ", ".join("?" if w is None else str(w) for w in want),
+                            "x".join("?" if w is None else str(w) for w in want[:2])))

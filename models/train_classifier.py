@@ -42,6 +42,12 @@ Training stops with :class:`NonFiniteTraining` as soon as a batch loss is NaN or
 and the weights are checked before ``best.h5``/``last.h5`` are written, so a diverged model is
 never saved (the files of the earlier epochs stay as they were).
 
+A folder holding M trained for the requested epochs is only read (nothing is written there,
+not even the clean-up of an abandoned ``.next`` file when the folder cannot be written), so
+trained models on a read-only share can be evaluated; when training, resuming or finishing an
+interrupted save would have to write in a folder that cannot be written, CheckpointError says
+so before any epoch is trained (:func:`training_writes` tells beforehand).
+
 ``perturb`` lets a caller transform each training batch before the gradient step, e.g. to
 replace it by adversarial examples (adversarial training lives in ``defense``, which may
 import ``attacks``; this module may not).
@@ -58,12 +64,12 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
 import tfcompat
-from data.fileio import file_digest, atomic_path, write_json_atomic
+from data.fileio import file_digest, atomic_path, write_json_atomic, write_problem
 from models.inference import inference_fn
 from models.progress import Eta
 
@@ -274,18 +280,75 @@ def _load_state(checkpoint_dir: str) -> dict:
 def _settle(checkpoint_dir: str, state: dict, log: Callable[[str], None]) -> None:
     """Finish (roll forward) or undo (roll back) an epoch save a kill interrupted: a
     ``<name>.next`` whose digest ``state.json`` records replaces ``<name>``; any other
-    ``.next`` belongs to an epoch whose state was never written and is removed."""
+    ``.next`` belongs to an epoch whose state was never written and is removed -- or, in a
+    folder that cannot be written (a read-only share), left there and ignored."""
+    recorded = _interrupted_saves(checkpoint_dir, state)
+    if recorded:
+        _check_writable(checkpoint_dir, "an interrupted save of %s must be finished there "
+                                        "first" % ", ".join(recorded))
     for name, key in EPOCH_FILES:
         pending = os.path.join(checkpoint_dir, name + PENDING)
-        if not os.path.isfile(pending):
-            continue
-        if state.get(key) is not None and _sha256(pending) == state[key]:
+        if name in recorded:
             os.replace(pending, os.path.join(checkpoint_dir, name))
             log("finished the interrupted save of %s (epoch %d)" % (name, state["epoch"]))
-        else:
-            os.remove(pending)
-            log("removed %s: its epoch was interrupted before %s recorded it, so that epoch "
-                "is trained again" % (pending, STATE_FILE))
+        elif os.path.isfile(pending):
+            problem = write_problem(checkpoint_dir, "checkpoint_dir")
+            if problem is None:
+                os.remove(pending)
+            log("%s %s: its epoch was interrupted before %s recorded it, so that epoch is "
+                "trained again%s" % ("removed" if problem is None else "ignored", pending,
+                                     STATE_FILE, "" if problem is None else
+                                     " (not removed: %s)" % problem))
+
+
+def _interrupted_saves(checkpoint_dir: str, state: dict) -> List[str]:
+    """The files whose ``.next`` version ``state.json`` records: an epoch save to finish."""
+    out = []
+    for name, key in EPOCH_FILES:
+        pending = os.path.join(checkpoint_dir, name + PENDING)
+        if state.get(key) is not None and os.path.isfile(pending) \
+                and _sha256(pending) == state[key]:
+            out.append(name)
+    return out
+
+
+def _check_writable(checkpoint_dir: str, why: str) -> None:
+    """CheckpointError when ``checkpoint_dir`` cannot be written although ``why`` says it
+    must be (found before any training, not at the first epoch's save)."""
+    problem = write_problem(checkpoint_dir, "checkpoint_dir")
+    if problem is not None:
+        raise CheckpointError(
+            "checkpoint_dir %s cannot be written (%s), and %s. A trained M is only read, so a "
+            "read-only folder works for evaluation once M is trained in it; to train, pass a "
+            "checkpoint folder you can write to (copy this one there to keep what it holds)"
+            % (checkpoint_dir, problem, why))
+
+
+def _finished(state: dict, cfg: "TrainConfig") -> bool:
+    """True when ``state`` holds M trained for ``cfg.epochs`` epochs (done, or its last
+    epoch saved but not yet marked done)."""
+    return bool(state) and (state["done"] and state["epochs"] >= cfg.epochs
+                            or not state["done"] and state["epoch"] == cfg.epochs)
+
+
+def training_writes(checkpoint_dir: str, config: "TrainConfig") -> Optional[str]:
+    """What :func:`train_classifier` would write in ``checkpoint_dir`` for ``config``, or None
+    when the folder holds M trained for it and is only read (models trained by a team and
+    kept on a read-only share are evaluated from there).
+
+    Raises:
+        CheckpointError: a damaged ``state.json`` (as :func:`train_classifier` would).
+    """
+    state = _load_state(checkpoint_dir)
+    if not state:
+        return "M is not trained there yet"
+    if not _finished(state, config):
+        return ("it holds %d of the %d epochs asked for, so training would go on there"
+                % (state["epoch"], config.epochs))
+    recorded = _interrupted_saves(checkpoint_dir, state)
+    if recorded:
+        return "an interrupted save of %s would be finished there" % ", ".join(recorded)
+    return None
 
 
 def data_digest(*arrays) -> str:
@@ -406,23 +469,18 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
                                   % (checkpoint_dir, " and ".join(os.path.basename(p)
                                                                   for p in stray),
                                      STATE_FILE, _recovery(checkpoint_dir)))
-    finished = state and (state["done"] and state["epochs"] >= cfg.epochs
-                          or not state["done"] and state["epoch"] == cfg.epochs)
-    if finished:
-        _load_checkpoint(model, best_path, state.get("best_sha256"), checkpoint_dir,
-                         "best weights")
-        if not state["done"] and chief:  # the last epoch was saved, its final state was not
-            state.update(epochs=cfg.epochs, done=True)
-            write_json_atomic(state_path, state, indent=1)
-        log("loaded trained model %s (val acc %.3f at epoch %d)"
-            % (best_path, state["best_val_acc"], state["best_epoch"]))
-        return state
+    if _finished(state, cfg):
+        return _load_finished(model, checkpoint_dir, state, cfg, chief, log)
     start = 0
     if state and state["epoch"] > cfg.epochs:
         raise CheckpointError("%s holds %d epochs of an unfinished %d-epoch run, more than "
                               "the %d asked for: ask for --epochs %d to finish it, or %s"
                               % (checkpoint_dir, state["epoch"], state["epochs"], cfg.epochs,
                                  state["epochs"], _recovery(checkpoint_dir)))
+    if chief:
+        _check_writable(checkpoint_dir, "M must be trained there (%s)"
+                        % ("epochs %d..%d" % (state["epoch"] + 1, cfg.epochs) if state
+                           else "from scratch"))
     if state:
         _load_checkpoint(model, last_path, state.get("last_sha256"), checkpoint_dir,
                          "weights after epoch %d" % state["epoch"])
@@ -443,6 +501,21 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
                          "best weights")
     else:                     # a worker of a multi-worker run: the chief's file may be late
         model.set_weights(best)
+    return state
+
+
+def _load_finished(model, checkpoint_dir: str, state: dict, cfg: "TrainConfig", chief: bool,
+                   log: Callable[[str], None]) -> dict:
+    """Load M trained for ``cfg`` (its best weights); a state whose last epoch was saved but
+    not marked done is marked so when the folder can be written, else left as it is."""
+    best_path = os.path.join(checkpoint_dir, "best.h5")
+    _load_checkpoint(model, best_path, state.get("best_sha256"), checkpoint_dir,
+                     "best weights")
+    if not state["done"] and chief and write_problem(checkpoint_dir) is None:
+        state.update(epochs=cfg.epochs, done=True)      # the last epoch's final state
+        write_json_atomic(os.path.join(checkpoint_dir, STATE_FILE), state, indent=1)
+    log("loaded trained model %s (val acc %.3f at epoch %d)"
+        % (best_path, state["best_val_acc"], state["best_epoch"]))
     return state
 
 

@@ -250,9 +250,11 @@ def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(SyntheticConfig, **TINY))
     monkeypatch.setattr(tfcompat, "import_tf", lambda: None)
     monkeypatch.setattr(main, "_eval_config", lambda args: "eval config")
+    monkeypatch.setattr(main, "_checkpoint_writes", lambda args, cfg, grid: [])  # M: not here
     monkeypatch.setattr(main, "_k_missing", lambda args: False)    # K: see the next test
     monkeypatch.setattr(main, "run_model_m", command)
     monkeypatch.setattr(models.mrcnn.cli, "run_model_k", command)
+    monkeypatch.setattr(models.mrcnn.cli, "log_dir_writes", lambda args: None)  # reads TF
     assert main.main(argv + ["--data-dir", data_dir, "--seed", "3"]) == 0
     manifest = read_json(os.path.join(data_dir, "synthetic.json"))
     assert manifest["seed"] == 3 and manifest["config"] == SyntheticConfig(**TINY).as_dict()

@@ -4,12 +4,14 @@ earlier may change.
 
 Four groups: the command line (run in-process through ``main.main``, each against a
 workspace whose files are compared before and after), the data layer, checkpoints and
-saved records, and the Python API.  Interruptions are covered here (leftovers of a killed
+saved records, and the Python API; then the kinds of issue 21 (shared, read-only and
+half-broken set-ups), one test or more per kind.  Interruptions are covered here (leftovers of a killed
 save) and, end to end with ``kill -9``, in ``test_resume_exact.py``.
 """
 import hashlib
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -161,6 +163,22 @@ CLI_CASES = [
     (["--model", "K", "--k-config", "huge"], r"--k-config: invalid choice"),
     (["--model", "K", "--k-log-dir", "{root}/a_file"], r"--k-log-dir .*is a file"),
     (["--model", "K", "--k-results-dir", "{root}/a_file"], r"--k-results-dir .*is a file"),
+    # every rejected option names itself, its value and the accepted range (issue 21)
+    (["--seed", "4294967296"], r"--seed: must be a non-negative integer <= 4294967295, got "
+                               r"'4294967296'"),
+    (["--target-fpr", "-0.5"], r"--target-fpr: target_fpr must be in \(0, 1\).*got -0.5"),
+    (["--arch", "vgg9"], r"--arch: unknown architecture 'vgg9'; valid: resnet50"),
+    (["--defenses", "jpeg:200"], r"--defenses: defense 'jpeg:200': quality must be an integer "
+                                 r"1..95.*got 200"),
+    (["--defenses", "pca:x"], r"--defenses: defense pca:x: variance must be a number"),
+    (["--attacks", "fgsm:-2"], r"--attacks fgsm:-2: .*eps must be >= 0"),
+    (["--attacks", "uap:300"], r"--attacks uap:300: .*L-inf budget beyond 255"),
+    (["--grid", "--archs", ","], r"--grid needs at least one architecture .*got --archs ','"),
+    (["--model", "K", "--k-seed", "4294967296"], r"--k-seed: must be a non-negative integer "
+                                                 r"<= 4294967295"),
+    (["--model", "K", "--k-eval-split", "dev"], r"--k-eval-split: invalid choice: 'dev'"),
+    (["--model", "K", "--weights", "{root}/missing.h5"], r"--weights .*missing.h5: no such "
+                                                         r"file; give none, last, coco"),
 ]
 
 
@@ -543,3 +561,367 @@ def test_k_config_with_another_class_count_than_the_data_is_refused():
     with pytest.raises(ValueError, match=r"NUM_CLASSES=45, but the part annotations in "
                                          r"data/x have 4 classes"):
         check_class_count(cfg, types.SimpleNamespace(num_classes=4), "data/x")
+
+
+# ----------------------------------------------------------------------------- issue 21
+# Shared, read-only and half-broken set-ups.  Root ignores permission bits (chmod cannot make
+# a folder read-only for the test), so read-only folders are simulated where the project
+# writes: its writability probe and every atomic write create their file through
+# ``data.fileio._create_temporary``, which fails under a read-only folder as on a read-only
+# mount; the folders' contents are also compared before and after.
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)`` makes ``folder`` (and everything under it) read-only for the
+    project, as a read-only mount would."""
+    import errno
+
+    import data.fileio as fio
+
+    roots = []
+    real = fio._create_temporary
+
+    def create(folder, prefix, suffix):
+        path = os.path.abspath(folder)
+        if any(path == r or path.startswith(r + os.sep) for r in roots):
+            raise OSError(errno.EROFS, "Read-only file system", folder)
+        return real(folder, prefix, suffix)
+    monkeypatch.setattr(fio, "_create_temporary", create)
+    return lambda folder: roots.append(os.path.abspath(str(folder)))
+
+
+def _tree(root):
+    """Every folder and file (with its digest) under ``root``: what a read-only folder must
+    still hold after a run."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        out[os.path.relpath(folder, root) + os.sep] = None
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                out[os.path.relpath(os.path.join(folder, name), root)] = hashlib.sha256(
+                    f.read()).hexdigest()
+    return out
+
+
+def _tiny_synthetic(monkeypatch):
+    """Commands read the workspace's tiny data set as theirs (it was made with TINY)."""
+    import functools
+
+    from data import synthetic
+    monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(
+        SyntheticConfig, **TINY.as_dict()))
+
+
+def _run(argv, capsys):
+    try:
+        code = main.main(argv)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err
+
+
+# kind: a team's trained models on a read-only share
+
+@pytest.mark.slow
+def test_trained_m_and_at_on_a_read_only_share_are_evaluated_only_training_is_refused(
+        workspace, tmp_path, read_only, monkeypatch, capsys):
+    """Kind: trained models on a read-only share.  Evaluating M and AT trained in a folder
+    that cannot be written reads them and writes only to --results-dir; a run that would
+    train there is refused before any work, saying so and how to point --checkpoint-dir
+    elsewhere."""
+    _tiny_synthetic(monkeypatch)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    ckpt = tmp_path / "share"
+    argv = ["--data-dir", str(workspace / "data"), "--checkpoint-dir", str(ckpt),
+            "--k-log-dir", str(tmp_path / "klogs"), "--no-progress", "--classset", "CS3a",
+            "--input-size", "32", "--batch-size", "16", "--epochs", "1", "--attacks",
+            "fgsm:8", "--n-test", "6", "--extractor", "oracle", "--adv-train"]
+    assert _run(argv + ["--results-dir", str(tmp_path / "team")], capsys)[0] == 0
+    read_only(ckpt)
+    shared = _tree(ckpt)
+    mine = tmp_path / "mine"
+    assert _run(argv + ["--results-dir", str(mine)], capsys)[0] == 0
+    metrics = json.loads((mine / "cs3-1" / "mobilenetv2_050" / "metrics.json").read_text())
+    assert metrics["benign"]["acc_at"] is not None          # AT read from the share too
+    assert _tree(ckpt) == shared
+    code, err = _run(argv + ["--epochs", "2", "--results-dir", str(tmp_path / "more")], capsys)
+    assert code == 2
+    assert re.search(r"error: --checkpoint-dir %s cannot be written \(Read-only file system"
+                     r".*M would be trained in .*\(it holds 1 of the 2 epochs asked for.*"
+                     r"pass a --checkpoint-dir you can write to" % re.escape(str(ckpt)), err), err
+    assert _tree(ckpt) == shared and not (tmp_path / "more").exists()
+
+
+def test_trained_k_in_a_read_only_log_folder_is_evaluated_only_training_is_refused(
+        workspace, tmp_path, read_only, monkeypatch, capsys):
+    """The same kind for K: --model K evaluates the K trained in a read-only --k-log-dir
+    (writing --k-results-dir only) and refuses --k-retrain before any work."""
+    from models.mrcnn.model import MaskRCNN
+
+    _tiny_synthetic(monkeypatch)
+    logs = tmp_path / "k_share"
+    k = MaskRCNN("inference", get_k_config("tiny"), str(logs))
+    k.save_weights(str(logs / "tiny20250101T0000" / "mask_rcnn_tiny_0001.h5"))
+    k.close()
+    read_only(logs)
+    shared = _tree(logs)
+    argv = ["--model", "K", "--k-config", "tiny", "--data-dir", str(workspace / "data"),
+            "--k-log-dir", str(logs), "--k-eval-limit", "1", "--no-progress"]
+    assert _run(argv + ["--k-results-dir", str(tmp_path / "kres")], capsys)[0] == 0
+    assert json.loads((tmp_path / "kres" / "eval_test.json").read_text())["images"] == 1
+    code, err = _run(argv + ["--k-retrain", "--k-results-dir", str(tmp_path / "k2")], capsys)
+    assert code == 2
+    assert re.search(r"--k-log-dir %s cannot be written \(Read-only file system.*--k-retrain "
+                     r"trains K again there.*pass a folder you can write to"
+                     % re.escape(str(logs)), err), err
+    assert _tree(logs) == shared and not (tmp_path / "k2").exists()
+
+
+def test_a_trained_m_in_a_read_only_folder_is_loaded_and_never_written(trained_m, read_only):
+    """The library below the CLI: train_classifier only reads a finished M in a folder that
+    cannot be written (an abandoned .next file stays), refuses an interrupted save it would
+    have to finish there, and refuses more epochs before training any."""
+    from models.train_classifier import CheckpointError, TrainConfig, training_writes
+
+    folder, run = trained_m
+    one = TrainConfig(epochs=1, batch_size=8, learning_rate=0.01)
+    assert training_writes(folder, one) is None
+    assert "1 of the 2 epochs" in training_writes(folder, TrainConfig(
+        epochs=2, batch_size=8, learning_rate=0.01))
+    with open(os.path.join(folder, "last.h5.next"), "wb") as f:
+        f.write(b"abandoned by a killed save")
+    read_only(folder)
+    before = _tree(folder)
+    assert run(cfg=one)["epoch"] == 1
+    with pytest.raises(CheckpointError, match=r"checkpoint_dir .* cannot be written \(Read-only "
+                                              r"file system.*M must be trained there \(epochs "
+                                              r"2\.\.2\)"):
+        run()
+    assert _tree(folder) == before                # the abandoned .next file included
+    state_path = os.path.join(folder, "state.json")
+    state = json.load(open(state_path))
+    pending = os.path.join(folder, "best.h5.next")
+    with open(pending, "wb") as f:
+        f.write(b"recorded")
+    state["best_sha256"] = hashlib.sha256(b"recorded").hexdigest()
+    with open(state_path, "w") as f:            # the state a kill after it was written left
+        json.dump(state, f)
+    before = _tree(folder)
+    with pytest.raises(CheckpointError, match=r"cannot be written .*an interrupted save of "
+                                              r"best\.h5 must be finished there"):
+        run(cfg=one)
+    assert _tree(folder) == before
+
+
+def test_the_trajectory_cache_goes_to_the_results_when_m_folder_is_read_only(tmp_path,
+                                                                             read_only):
+    from data.knowledge import get_class_set
+    from defense.evaluate import EvalConfig, trajectory_cache
+
+    cfg = EvalConfig(class_set=get_class_set("CS3a"), checkpoint_dir=str(tmp_path / "ckpt"),
+                     results_dir=str(tmp_path / "res"))
+    beside_m = cfg.m_dir + "_trajectory"
+    assert trajectory_cache(cfg) == (beside_m,)
+    os.makedirs(cfg.m_dir)                          # M trained there, then shared read-only
+    read_only(tmp_path / "ckpt")
+    assert trajectory_cache(cfg) == (os.path.join(cfg.out_dir, "vectors", "trajectory"),
+                                     beside_m)
+
+
+# kind: unwritable places found late
+
+def test_data_dir_generated_in_an_unwritable_folder_is_refused_before_any_work(
+        tmp_path, read_only, capsys):
+    """Kind: unwritable places found late.  A missing or empty --data-dir is generated beside
+    it (a temporary folder renamed into place): its parent is probed before any work."""
+    empty = tmp_path / "share" / "empty"
+    empty.mkdir(parents=True)
+    read_only(tmp_path / "share")
+    for data_dir in (empty, tmp_path / "share" / "missing"):
+        code, err = _run(["--prepare-data", "--data-dir", str(data_dir)], capsys)
+        assert code == 2
+        assert re.search(r"error: --data-dir %s cannot be generated: .*%s cannot be written "
+                         r"\(Read-only file system.*pass a --data-dir in a folder you can "
+                         r"write to" % (re.escape(str(data_dir)),
+                                        re.escape(str(tmp_path / "share"))), err), err
+    assert sorted(os.listdir(tmp_path / "share")) == ["empty"] and not os.listdir(empty)
+
+
+def test_converter_probes_out_before_any_work(tmp_path, read_only, capsys):
+    """The PASCAL-Part converter: --out naming a file or a folder that cannot be written, and
+    inputs that are no folders, end in `error: ...` naming the option before any work."""
+    from data import pascal_part
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "share").mkdir()
+    read_only(tmp_path / "share")
+    cases = [
+        (["--out", str(tmp_path / "a_file")], r"error: --out .*a_file is a file, not a folder"),
+        (["--out", str(tmp_path / "a_file" / "x")], r"error: --out .*lies under the file"),
+        (["--out", str(tmp_path / "share")], r"error: --out .*share cannot be written "
+                                              r"\(Read-only file system"),
+        (["--out", str(tmp_path / "o"), "--images", str(tmp_path / "nope")],
+         r"error: --images .*nope is not a folder; point it at VOC2010's JPEGImages"),
+    ]
+    for extra, pattern in cases:
+        with pytest.raises(SystemExit) as exit_:
+            pascal_part.main(["--annotations", str(ann)] + extra)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and re.search(pattern, err), err
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "ann", "share"]
+    assert (tmp_path / "a_file").read_text() == "mine" and not os.listdir(tmp_path / "share")
+    with pytest.raises(ValueError, match=r"out_dir .*a_file is a file"):
+        pascal_part.convert_pascal_part(str(ann), None, str(tmp_path / "a_file"))
+
+
+# kind: errors that do not name the input (the command line's cases are in CLI_CASES)
+
+def test_converter_options_name_their_value_and_range(tmp_path, capsys):
+    from data import pascal_part
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for seed in ("-1", "4294967296", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            pascal_part.main(["--annotations", str(ann), "--out", str(tmp_path / "o"),
+                              "--seed", seed])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        assert "argument --seed: must be a non-negative integer <= 4294967295, got '%s'" % seed \
+            in err, err
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer <= 4294967295, "
+                                         r"got -1"):
+        pascal_part.convert_pascal_part(str(ann), None, str(tmp_path / "o"), seed=-1)
+    assert sorted(os.listdir(tmp_path)) == ["ann"]
+
+
+# kind: the Python API below the CLI's checks
+
+def _tiny_classifier(size=8):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((size, size, 3)), keras.layers.Flatten(),
+                             keras.layers.Dense(2)])
+
+
+def test_api_refuses_images_that_do_not_fit_the_model():
+    """Kind: the Python API below the CLI's checks.  Images of another size than M's input
+    are refused by name at every entry that runs M (UnMask, run_attack, the defenses),
+    instead of failing inside a compiled graph."""
+    from attacks import run_attack
+    from defense.unmask import UnMask
+
+    m = _tiny_classifier(8)
+    x = np.random.default_rng(0).random((3, 16, 16, 3)).astype(np.float32)
+    y = np.array([0, 1, 0])
+
+    class Parts:
+        kind = "test"
+
+        def extract(self, images, keys):
+            return [frozenset({"x"})] * len(images)
+    um = UnMask(m, Parts(), {"a": {"x"}, "b": {"y"}}, ["a", "b"], 0.5)
+    pattern = r"images of shape \[[BN], 16, 16, 3\] do not fit the model, whose input is " \
+              r"\[B, 8, 8, 3\]: resize them to the model's input size \(8x8\)"
+    for call in (lambda: um.protect(x), lambda: um.predict(x),
+                 lambda: run_attack(m, x, y, "fgsm", eps=8),
+                 lambda: _fitted("none", m).predict(_set(x, y))):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+def _set(x, y, **kw):
+    from defense.base import ImageSet
+    return ImageSet(name="s", split="test", x=x, keys=["k%d" % i for i in range(len(y))],
+                    labels=y, **kw)
+
+
+def _fitted(name, m):
+    from data.knowledge import get_class_set
+    from defense.base import FitContext
+    from defense.defenses import build_defense
+
+    d = build_defense(name)
+    d.fit(FitContext(models={"m": m}, class_set=get_class_set("CS3a"), seed=0,
+                     target_fpr=0.1, threshold=None, log=lambda s: None, images=None,
+                     attacked=None, observe=None))
+    return d
+
+
+def test_defenses_refuse_unfitted_use_and_image_sets_that_do_not_add_up():
+    from data.knowledge import get_class_set
+    from defense.base import FitContext
+    from defense.defenses import build_defense
+
+    m = _tiny_classifier(8)
+    x = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    y = np.array([0, 1, 0])
+    ctx = dict(class_set=get_class_set("CS3a"), seed=0, target_fpr=0.1, threshold=None,
+               log=lambda s: None, images=None, attacked=None, observe=None)
+    cases = [
+        (lambda: build_defense("none").predict(_set(x, y)), r"defense 'none' is not fitted: "
+                                                             r"call fit\(ctx\)"),
+        (lambda: build_defense("jpeg").fit("ctx"), r"fit\(ctx\) takes a defense.base."
+                                                   r"FitContext"),
+        (lambda: _fitted("none", m).predict(x), r"predict\(\) takes an ImageSet"),
+        (lambda: _set(x, y[:2]), r"ImageSet.labels must be a 1-D array of 3 class indices"),
+        (lambda: _set(x, y + 0.5), r"ImageSet.labels must hold integer class indices"),
+        (lambda: _set(x, y - 2), r"ImageSet.labels must be class indices >= 0"),
+        (lambda: _set((x * 255).astype(np.uint8), y), r"ImageSet.x must be float pixels"),
+        (lambda: _set(x * 255, y), r"ImageSet.x must be finite pixels in \[0, 1\]"),
+        (lambda: _set(x[0], y), r"ImageSet.x must have shape \[B, H, W, 3\]"),
+        (lambda: _set(x, y, preds={"m": [0, 1]}), r"ImageSet.preds\['m'\] must be a 1-D "
+                                                  r"array of 3"),
+        (lambda: FitContext(models={}, **ctx), r"models must map 'm' to M"),
+        (lambda: FitContext(models={"m": m}, **dict(ctx, target_fpr=0)), r"target_fpr must "
+                                                                          r"be in \(0, 1\)"),
+        (lambda: FitContext(models={"m": m}, **dict(ctx, threshold=2)), r"threshold must be "
+                                                                        r"in \[0, 1\]"),
+        (lambda: FitContext(models={"m": m}, **dict(ctx, seed=-1)), r"seed must be an "
+                                                                    r"integer >= 0"),
+    ]
+    for fn, pattern in cases:
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            fn()
+    assert _fitted("none", m).predict(_set(x, y)).shape == (3,)
+
+
+def test_k_refuses_pixels_outside_its_range_and_inputs_that_are_no_batch(tmp_path):
+    """MaskRCNN.detect and PartExtractor take 0..255 pixels (extract: [0, 1]); negative or
+    larger values, complex numbers, a lone image or None are refused by name."""
+    from models.mrcnn.extractor import PartExtractor
+    from models.mrcnn.model import MaskRCNN
+
+    k = MaskRCNN("inference", get_k_config("tiny"), str(tmp_path))
+    try:
+        good = np.full((64, 64, 3), 100, np.uint8)
+        ext = PartExtractor(k, ["BG", "a", "b", "c"])
+        cases = [
+            (lambda: k.detect([good, np.full((64, 64, 3), -50.0)]),
+             r"images\[1\] must hold pixels in 0..255, got range -50..-50"),
+            (lambda: k.detect([np.full((64, 64, 3), 1000.0), good]),
+             r"images\[0\] must hold pixels in 0..255, got range 1000..1000"),
+            (lambda: k.detect([good, good.astype(np.complex64)]), r"images\[1\] must hold "
+                                                                  r"real numbers"),
+            (lambda: k.detect(good), r"images must be a batch \[B, H, W, 3\]; got one image"),
+            (lambda: k.detect(None), r"images must be a batch"),
+            (lambda: ext.detect([good - 200.0]), r"images\[0\] must hold pixels in 0..255"),
+            (lambda: ext.extract(np.full((2, 64, 64, 3), 0.5), keys="ab"),
+             r"keys must be a sequence of one key per image, got the string 'ab'"),
+            (lambda: PartExtractor(None), r"PartExtractor needs a MaskRCNN built with "
+                                          r"mode='inference'"),
+            (lambda: PartExtractor.from_checkpoint("last", "tiny", model_dir=str(tmp_path),
+                                                   threshold=float("nan")),
+             r"threshold must be a detection score in \[0, 1\]"),
+            (lambda: PartExtractor.from_checkpoint("last", object()), r"config must be a "
+                                                                      r"mrcnn_config.Config"),
+        ]
+        for fn, pattern in cases:
+            with pytest.raises(ValueError, match=pattern):
+                fn()
+        assert len(k.detect(np.stack([good, good]))) == 2     # a [B, H, W, 3] array is a batch
+    finally:
+        k.close()

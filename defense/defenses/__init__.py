@@ -59,6 +59,8 @@ def build_defense(spec: str) -> Defense:
     try:
         defense = DEFENSES[key](value)
     except ValueError as e:
+        if str(e).startswith("defense "):       # already names the defense and its value
+            raise
         raise ValueError("defense %r: %s" % (spec, e)) from None
     defense.label = key if value is None else "%s:%s" % (key, value)
     return defense

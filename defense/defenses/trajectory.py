@@ -1,7 +1,9 @@
 """``trajectory``: the seed-003 detector (Massoli et al. 2020, SPEC §6) -- the path an image
 takes through M's layers, read by an LSTM -- as a bench defense beside UnMask.
 
-Fit (all cached beside M's checkpoint in ``<m_dir>_trajectory/``, fingerprinted by M's weights):
+Fit (all cached beside M's checkpoint in ``<m_dir>_trajectory/`` -- or in the run's results
+when M's folder cannot be written, reading what is cached beside M -- fingerprinted by M's
+weights):
 
 1. **Representatives** per tap and class (medoid or centroid) from the *training* images M
    classifies correctly.
@@ -114,7 +116,8 @@ class TrajectoryDefense(Defense):
         self._m, self._arch = ctx.models["m"], s["arch"]
         self._digest = s["m_digest"]
         self._taps = tap_model(self._m, self._arch)
-        cache = self._cache = s["m_dir"].rstrip(os.sep) + "_trajectory"
+        cache = self._cache = tuple(s.get("trajectory_cache")
+                                    or (s["m_dir"].rstrip(os.sep) + "_trajectory",))
         train, val = ctx.images("train"), ctx.images("val")
         self._reps = self._representatives(ctx, cache, train)
         data = {split: self._training_data(ctx, cache, images)
@@ -132,12 +135,13 @@ class TrajectoryDefense(Defense):
                                             len(data["train"][0])))
         self._choose_threshold(ctx, val)
 
-    def _representatives(self, ctx, cache: str, train: ImageSet) -> List[np.ndarray]:
+    def _representatives(self, ctx, cache: Sequence[str], train: ImageSet) -> List[np.ndarray]:
         kind = self.options.representative
-        path = os.path.join(cache, "representatives_%s.npz" % kind)
+        name = "representatives_%s.npz" % kind
+        path = os.path.join(cache[0], name)
         meta = {"version": CACHE_VERSION, "m": self._digest, "arch": self._arch, "kind": kind,
                 "taps": tap_names(self._arch), "images": train.fingerprint}
-        reps = tj.load_representatives(path, meta)
+        reps = _first_cached(tj.load_representatives, cache, name, meta)
         if reps is None:
             feats = tap_features(self._m, self._arch, train.x, model=self._taps)
             right = model_predictions(self._m, train.x) == train.labels
@@ -163,7 +167,7 @@ class TrajectoryDefense(Defense):
         held-out test images by :mod:`defense.trajectory_table`."""
         return self._training_data(ctx, self._cache, images)
 
-    def _training_data(self, ctx, cache: str, images: ImageSet):
+    def _training_data(self, ctx, cache: Sequence[str], images: ImageSet):
         """Trajectories [N, L, K], labels and groups of one split's natural sources and their
         successful adversarials (group g = index in :data:`TRAIN_ATTACKS` + 1)."""
         src = self._sources(ctx, images)
@@ -183,18 +187,18 @@ class TrajectoryDefense(Defense):
                              "to learn from" % (len(src), images.split))
         return x, (g > 0).astype(np.int64), g
 
-    def _features(self, ctx, cache: str, images: ImageSet, src: np.ndarray, attack):
+    def _features(self, ctx, cache: Sequence[str], images: ImageSet, src: np.ndarray, attack):
         """Tap features of the natural sources (``attack`` None) or of their successful
         adversarials under ``attack``; cached per (split, attack)."""
         tag = "natural" if attack is None else attack[0]
-        path = os.path.join(cache, "features_%s_%s.npz" % (images.split, tag))
+        name = "features_%s_%s.npz" % (images.split, tag)
         fp = {"version": CACHE_VERSION, "m": self._digest, "arch": self._arch,
               "images": images.fingerprint, "sources": [int(i) for i in src],
               "seed": ctx.seed, "attack": None if attack is None else
               [attack[0], resolve_config(attack[1], attack[2], **attack[4],
                                          **({"targeted": True} if attack[3] else {})
                                          ).as_dict()]}
-        feats = _load_features(path, fp)
+        feats = _first_cached(_load_features, cache, name, fp)
         if feats is not None:
             return feats
         x = images.x[src]
@@ -207,7 +211,7 @@ class TrajectoryDefense(Defense):
             ctx.log("trajectory data: %s on %d %s images, %d successful (%.0f s)"
                     % (group, len(src), images.split, len(x), res.seconds))
         feats = tap_features(self._m, self._arch, x, model=self._taps)
-        _save_features(path, fp, feats)
+        _save_features(os.path.join(cache[0], name), fp, feats)
         return feats
 
     def _choose_threshold(self, ctx, val: ImageSet) -> None:
@@ -281,6 +285,16 @@ def _weights_digest(model) -> Optional[str]:
     for w in model.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()[:16]
+
+
+def _first_cached(load, folders: Sequence[str], name: str, fingerprint: Dict):
+    """The first of ``<folder>/<name>`` that ``load(path, fingerprint)`` accepts (the cache
+    written by this run first, then a read-only one beside M), or None."""
+    for folder in folders:
+        found = load(os.path.join(folder, name), fingerprint)
+        if found is not None:
+            return found
+    return None
 
 
 def _load_features(path: str, fp: Dict) -> Optional[List[np.ndarray]]:

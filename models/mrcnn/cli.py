@@ -14,6 +14,7 @@ import time
 from typing import Dict, Optional, Sequence, Union
 
 from data.fileio import write_json_atomic
+from data.options import seed_argument
 from models.progress import Eta
 from mrcnn_config import Config, config_key, get_config
 
@@ -29,6 +30,7 @@ DEFAULT_RESULTS_DIR = "results/model_k"
 # 6 of them in the (0, 0, 20, 6) run).
 DEFAULT_EPOCHS = {"synthetic": (0, 0, 18, 6), "parts": (20, 10, 10, 0), "tiny": (1, 1, 1, 0)}
 COCO_WEIGHTS = "mask_rcnn_coco.h5"
+EVAL_SPLITS = ("train", "val", "test")
 IMAGENET_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 #: Sanity bound of K's learning rate (matterport trains at 0.001-0.02): a larger one can only
@@ -111,7 +113,8 @@ def check_learning_rate(value, flag: str = "--k-lr") -> Optional[float]:
 
 
 def validate_options(opts: Dict) -> None:
-    """Check the numeric options of ``--model K`` (raises ValueError naming the flag)."""
+    """Check the options of ``--model K`` before any data is read (raises ValueError naming
+    the flag, FileNotFoundError for initial weights that are not there)."""
     check_count("--k-steps", opts.get("k_steps"), 1, "steps per epoch")
     check_count("--k-batch", opts.get("k_batch"), 1, "inference batch size")
     check_count("--k-eval-limit", opts.get("k_eval_limit"), 1, "images to evaluate")
@@ -119,6 +122,47 @@ def validate_options(opts: Dict) -> None:
     check_learning_rate(opts.get("k_lr"))
     if opts.get("k_epochs") is not None:
         parse_epochs(opts["k_epochs"], None)
+    split = opts.get("k_eval_split", "test")
+    if split not in EVAL_SPLITS:
+        raise ValueError("--k-eval-split must be one of %s, got %r"
+                         % (", ".join(EVAL_SPLITS), split))
+    _check_initial_weights(opts)
+
+
+def _check_initial_weights(opts: Dict) -> None:
+    """The checkpoint ``--weights`` names (or ``--k-eval-only`` evaluates) must be there:
+    FileNotFoundError before K is built, not after."""
+    choice = str(opts.get("weights") or "none").strip()
+    log_dir = opts.get("k_log_dir", DEFAULT_LOG_DIR)
+    if choice.lower() == "coco":
+        _find_weights_file(COCO_WEIGHTS, log_dir)
+    elif choice.lower() == "imagenet":
+        _find_weights_file(IMAGENET_WEIGHTS, log_dir)
+    elif choice.lower() == "last" or choice.lower() == "none" and opts.get("k_eval_only"):
+        from models.mrcnn.model import find_last_checkpoint
+        cfg = resolve_config(opts.get("k_config"))
+        find_last_checkpoint(log_dir, cfg.NAME, cfg)    # FileNotFoundError: how to train one
+    elif choice.lower() != "none" and not os.path.isfile(choice):
+        raise FileNotFoundError("--weights %s: no such file; give none, last, coco, imagenet "
+                                "or the path of a K checkpoint (.h5)" % choice)
+
+
+def log_dir_writes(args=None, **kwargs) -> Optional[str]:
+    """Why ``run_model_k`` would write in ``--k-log-dir`` (K's training), or None when it
+    only evaluates the K trained there (a read-only folder then works)."""
+    opts = _options(args)
+    opts.update({k: v for k, v in kwargs.items() if v is not None})
+    weights = str(opts["weights"]).strip().lower()
+    if opts["k_eval_only"] or _already_trained(opts, resolve_config(opts["k_config"])):
+        return None
+    if opts["k_retrain"]:
+        return "--k-retrain trains K again there"
+    if weights == "last":
+        return "--weights last resumes K's training there"
+    if weights != "none":
+        return "--weights %s starts K's training there" % opts["weights"]
+    return "no K is trained there for --k-config %s yet, so it is trained there" % (
+        opts["k_config"])
 
 
 def _argparse_type(check, flag: str, convert):
@@ -447,8 +491,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                  "--k-lr", float),
                    default=None, help="learning rate, finite, > 0 and <= %g (config default)"
                    % MAX_LEARNING_RATE)
-    g.add_argument("--k-seed", type=_argparse_type(
-                       lambda flag, v: check_count(flag, v, minimum=0), "--k-seed", int),
+    g.add_argument("--k-seed", type=seed_argument("--k-seed"),
                    help="training seed of K (weights, data order, augmentation) when it "
                         "should differ from --seed, which also picks the synthetic data set: "
                         "e.g. --k-seed 1 --k-log-dir logs/model_k_seed1 trains the surrogate K "
@@ -461,7 +504,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--k-retrain", action="store_true",
                    help="train K even when a trained K exists (by default a second "
                         "`--model K` evaluates the existing K)")
-    g.add_argument("--k-eval-split", default="test", help="split to evaluate (default test)")
+    g.add_argument("--k-eval-split", default="test", choices=EVAL_SPLITS,
+                   help="split to evaluate (default test)")
     g.add_argument("--k-eval-limit", type=_argparse_type(check_count, "--k-eval-limit", int),
                    default=None, help="evaluate the first N >= 1 images")
     g.add_argument("--k-batch", type=_argparse_type(check_count, "--k-batch", int),

@@ -277,12 +277,38 @@ def _channel_hint(shape) -> str:
     return "pass one RGB image [H, W, 3] per entry"
 
 
+#: Pixels of K's input images are 0..255; float round-off of a resize may leave them this far
+#: outside.
+PIXEL_TOLERANCE = 0.5
+
+
+def image_batch(images, name: str = "images") -> list:
+    """``images`` -- a ``[B, H, W, 3]`` array or a sequence of ``[H, W, 3]`` arrays -- as a
+    list of images (each checked later by :func:`check_rgb_image`).
+
+    Raises:
+        ValueError: naming ``name`` when it is no batch (None, a string, one image alone).
+    """
+    if images is None or isinstance(images, (str, bytes)) or not (
+            isinstance(images, np.ndarray) or hasattr(images, "__iter__")):
+        raise ValueError("%s must be a batch: a [B, H, W, 3] array or a list of [H, W, 3] "
+                         "arrays, got %s" % (name, type(images).__name__))
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3 and images.shape[-1] in (1, 3, 4) and images.shape[0] > 4:
+            raise ValueError("%s must be a batch [B, H, W, 3]; got one image of shape %s "
+                             "(wrap it in a list)" % (name, images.shape))
+        if images.ndim != 4:
+            raise ValueError("%s must have shape [B, H, W, 3], got %s" % (name, images.shape))
+    return list(images)
+
+
 def check_rgb_image(image, index: int) -> np.ndarray:
     """Validate one input image of K; returns it as an array (not copied, not rescaled).
 
     Raises:
-        ValueError: naming ``images[index]`` when it is not a numeric ``[H, W, 3]`` array of
-            at least 2x2 finite pixels (wrong channel count: with the conversion to use).
+        ValueError: naming ``images[index]`` when it is not a real ``[H, W, 3]`` array of at
+            least 2x2 finite pixels in 0..255 (wrong channel count: with the conversion to
+            use; out of range: with the scale expected).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
@@ -293,8 +319,14 @@ def check_rgb_image(image, index: int) -> np.ndarray:
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise ValueError("images[%d] is too small: %s (K needs at least 2x2 pixels)"
                          % (index, image.shape))
+    if np.iscomplexobj(image):
+        raise ValueError("images[%d] must hold real numbers, got dtype %s" % (index, image.dtype))
     if not np.all(np.isfinite(image)):
         raise ValueError("images[%d] contains NaN or infinite pixels" % index)
+    low, high = float(image.min()), float(image.max())
+    if low < -PIXEL_TOLERANCE or high > 255 + PIXEL_TOLERANCE:
+        raise ValueError("images[%d] must hold pixels in 0..255, got range %g..%g (uint8 "
+                         "images as they are; [0, 1] floats times 255)" % (index, low, high))
     return image
 
 

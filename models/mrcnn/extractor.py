@@ -41,24 +41,10 @@ def _as_image_list(images) -> List[np.ndarray]:
         real numbers in [0, 1] with at least 2x2 pixels (NaN, empty, complex ...), or
         ``images`` itself when it is not a batch.
     """
-    if images is None or isinstance(images, (str, bytes)) or not (
-            isinstance(images, np.ndarray) or hasattr(images, "__iter__")):
-        raise ValueError("images must be a batch: a [B, H, W, 3] array or a list of [H, W, 3] "
-                         "arrays, got %s" % type(images).__name__)
-    if isinstance(images, np.ndarray):
-        if images.ndim == 3 and images.shape[-1] in (1, 3, 4) and images.shape[0] > 4:
-            raise ValueError("images must be a batch [B, H, W, 3]; got one image of shape %s "
-                             "(wrap it in a list)" % (images.shape,))
-        if images.ndim != 4:
-            raise ValueError("images must have shape [B, H, W, 3], got %s" % (images.shape,))
-        images = list(images)
+    images = data_gen.image_batch(images)
     out = []
     for i, image in enumerate(images):
-        image = data_gen.check_rgb_image(image, i)
-        if np.iscomplexobj(image):
-            raise ValueError("images[%d] must hold real numbers, got dtype %s"
-                             % (i, image.dtype))
-        image = image.astype(np.float32)
+        image = data_gen.check_rgb_image(image, i).astype(np.float32)
         if image.min() < -1e-3 or image.max() > 1 + 1e-3:
             raise ValueError("images[%d] must hold pixels in [0, 1] (got range %.3g..%.3g); "
                              "divide uint8 images by 255" % (i, image.min(), image.max()))
@@ -80,8 +66,11 @@ class PartExtractor:
 
     def __init__(self, model: MaskRCNN, class_names: Sequence[str] = None,
                  threshold: float = 0.0, cache_size: int = 4096):
-        if model.mode != "inference":
-            raise ValueError("PartExtractor needs a MaskRCNN in inference mode")
+        if getattr(model, "mode", None) != "inference" or not hasattr(model, "config"):
+            raise ValueError("PartExtractor needs a MaskRCNN built with mode='inference' (or "
+                             "use PartExtractor.from_checkpoint), got %s"
+                             % (type(model).__name__ if not hasattr(model, "mode")
+                                else "one in mode %r" % (model.mode,)))
         self.model = model
         self.config = model.config
         self.class_names = list(class_names) if class_names is not None else parts_class_names()
@@ -116,7 +105,13 @@ class PartExtractor:
         Raises:
             FileNotFoundError: no checkpoint; the message gives the training command.
         """
-        from mrcnn_config import SyntheticPartsConfig
+        from mrcnn_config import Config, SyntheticPartsConfig, get_config
+        if isinstance(config, str):
+            config = get_config(config)
+        if config is not None and not isinstance(config, Config):
+            raise ValueError("config must be a mrcnn_config.Config or a configuration name "
+                             "(synthetic, parts, tiny), got %s" % type(config).__name__)
+        threshold = _check_threshold(threshold)
         base = config if config is not None else SyntheticPartsConfig()
         cfg = _inference_config(base, batch_size)
         path = resolve_checkpoint(path, model_dir, cfg.NAME, cfg)
@@ -134,6 +129,7 @@ class PartExtractor:
         """Detections of ``uint8``-range RGB images (any count): dicts of rois, class_ids and
         scores in original-image pixels (no masks)."""
         self._check_open()
+        images = data_gen.image_batch(images)
         bs = self.config.BATCH_SIZE
         results = []
         for start in range(0, len(images), bs):
@@ -180,6 +176,9 @@ class PartExtractor:
         """
         self._check_open()
         images = _as_image_list(images)
+        if isinstance(keys, (str, bytes)):
+            raise ValueError("keys must be a sequence of one key per image, got the string %r"
+                             % (keys,))
         if keys is not None and len(keys) != len(images):
             raise ValueError("keys has %d entries for %d images" % (len(keys), len(images)))
         for i, key in enumerate(keys if keys is not None else ()):

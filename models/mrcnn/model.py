@@ -481,17 +481,19 @@ class MaskRCNN:
         return det, mask
 
     def detect(self, images, verbose: int = 0) -> List[dict]:
-        """Detect instances in exactly ``BATCH_SIZE`` RGB images ``[H, W, 3]`` (0..255, any
-        size).
+        """Detect instances in exactly ``BATCH_SIZE`` RGB images ``[H, W, 3]`` (pixels in
+        0..255, any size): a list of images or a ``[B, H, W, 3]`` array.
 
         Returns one dict per image: ``rois int32 [N, (y1, x1, y2, x2)]`` (pixels of the
         original image), ``class_ids int32 [N]``, ``scores float32 [N]``,
         ``masks bool [H, W, N]``.
 
         Raises:
-            ValueError: wrong image count, or an image that is not finite RGB ``[H, W, 3]``
-                (the message names ``images[i]``; see :func:`data_gen.check_rgb_image`).
+            ValueError: no batch, wrong image count, or an image that is not finite RGB
+                ``[H, W, 3]`` in 0..255 (the message names ``images[i]``; see
+                :func:`data_gen.check_rgb_image`).
         """
+        images = data_gen.image_batch(images)
         if len(images) != self.config.BATCH_SIZE:
             raise ValueError("detect() takes exactly BATCH_SIZE=%d images, got %d"
                              % (self.config.BATCH_SIZE, len(images)))
