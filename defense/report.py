@@ -608,7 +608,8 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
 #: Every report file a run may write into its output folder (caches in vectors/ excluded).
 REPORT_FILES = ("metrics.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
                 "roc.png", "roc.pdf", "bench.md", "bench.csv", "bench.png", "bench.pdf",
-                "summary.txt", "trajectory_table.md", "trajectory_table.json")
+                "summary.txt", "trajectory_table.md", "trajectory_table.json", "run.json",
+                "report.html")
 
 
 def remove_stale_reports(out_dir: str, written: Iterable[str]) -> List[str]:
