@@ -316,10 +316,11 @@ def build_page(run_dir: str) -> str:
     return document(title, report.figure_title(m), folder.problems, parts)
 
 
-def write_page(run_dir: str, log: Callable[[str], None] = print) -> str:
+def write_page(run_dir: str, log: Callable[[str], None] = print,
+               start: Optional[float] = None) -> str:
     """Build the page of ``run_dir`` and write ``report.html`` there atomically; returns its
-    path."""
-    start = time.time()
+    path (the log line gives the seconds since ``start``, default now)."""
+    start = time.time() if start is None else start
     path = os.path.join(run_dir, PAGE)
     write_text_atomic(path, build_page(run_dir))
     log("wrote %s (%.1f s)" % (path, time.time() - start))
@@ -329,9 +330,10 @@ def write_page(run_dir: str, log: Callable[[str], None] = print) -> str:
 def write_run_page(cfg, log: Callable[[str], None] = print) -> str:
     """The end of a run (``defense.evaluate.run_evaluation``): record ``run.json`` for its
     ``EvalConfig`` and write the page; returns the page's path."""
+    start = time.time()
     with open(os.path.join(cfg.out_dir, "metrics.json"), encoding="utf-8") as f:
         write_run_file(cfg, json.load(f))
-    return write_page(cfg.out_dir, log)
+    return write_page(cfg.out_dir, log, start)
 
 
 # ----------------------------------------------------------------------------- grid page

@@ -26,7 +26,8 @@ DEFENSES = ("none", "unmask", "jpeg", "noise:10")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A finished tiny run (oracle extractor, 9 test images, two vectors, four defenses)."""
+    """A finished tiny run (oracle extractor, 9 test images, two vectors, four defenses, the
+    transforms' adaptive attacks too)."""
     tmp = tmp_path_factory.mktemp("page")
     data_dir = tiny_unmask(str(tmp / "unmask"), seed=3, per_class=(16, 6, 6))
     cfg = ev.EvalConfig(
@@ -34,10 +35,11 @@ def run(tmp_path_factory):
         train=TrainConfig(epochs=1, batch_size=16, learning_rate=0.01),
         vectors=(("pgd_linf", 8), ("fgsm", 8)), n_test=9, attack_batch=8,
         results_dir=str(tmp / "results"), checkpoint_dir=str(tmp / "ckpt"), progress=False,
-        extractor="oracle", defenses=DEFENSES)
+        extractor="oracle", defenses=DEFENSES, threats=("gray-box", "adaptive"),
+        adaptive_steps=2)
     logs = []
     metrics = ev.run_evaluation(cfg, log=logs.append)
-    return {"dir": cfg.out_dir, "metrics": metrics, "logs": logs}
+    return {"dir": cfg.out_dir, "metrics": metrics, "logs": logs, "cfg": cfg}
 
 
 def _copy(run, tmp_path):
@@ -95,26 +97,36 @@ def test_an_oracle_run_shows_the_annotated_parts_and_the_runs_decisions(run):
     folder = RunFolder(run["dir"])
     sections = gallery.build_gallery(folder)
     assert folder.problems == []
-    assert [s.title.split(" — ")[0] for s in sections] == ["PGD-L∞ ε=8", "fgsm ε=8"]
+    gray = " — gray-box (the attack sees M)"
+    assert [s.title for s in sections] == [
+        "PGD-L∞ ε=8" + gray, "fgsm ε=8" + gray] + [
+        "%s — adaptive attack on %s" % (v, d) for d in ("jpeg", "noise:10")
+        for v in ("PGD-L∞ ε=8", "fgsm ε=8")]
     source = gallery.parts_source(folder)
     for s in sections:
+        target = s.title.split(" attack on ")[-1] if "adaptive" in s.title else None
         for r in s.rows:
             assert set(r.images) == {"clean", "attacked", "perturbation"}
             drawn = source.parts([r.key], [None])[0]
-            assert drawn and {p.name for p in drawn} == set(r.parts["clean"])
-            assert r.parts["clean"] == r.parts["attacked"]      # the oracle ignores pixels
+            assert drawn and all(p.mask is not None and p.mask.any() for p in drawn)
             plain = gallery._enlarged(gallery.to_pixels(r.x_adv))
             assert r.images["attacked"] != plain                 # the parts are drawn on it
-            assert [a.label for a in r.answers] == ["unmask", "none", "jpeg", "noise:10"]
+            assert [a.label for a in r.answers] == (
+                [target] if target else ["unmask", "none", "jpeg", "noise:10"])
             assert all(a.transformed for a in r.answers if a.label in ("jpeg", "noise:10"))
+            if target is None:                # the parts UnMask used are the annotated ones
+                assert {p.name for p in drawn} == set(r.parts["clean"]) == set(
+                    r.parts["attacked"])
     # the restored defenses decide as the run did: their accuracies are the metrics'
     defenses = gallery.restored_defenses(folder)
-    labels = folder.labels()
     for label, block in run["metrics"]["defenses"].items():
-        rec = folder.record("attacks", "m", "pgd_linf", 8)
-        _, obs = folder.observation(label, rec.fingerprint)
-        acc = float(np.mean(defenses[label].decide(obs).pred == labels))
-        assert acc == pytest.approx(block["attacks"][0]["acc"])
+        for row in block["attacks"]:
+            kind, where = (("attacks", "m") if row["threat_model"] == "gray-box"
+                           else ("adaptive", label.replace(":", "-")))
+            rec = folder.record(kind, where, row["attack"], row["eps"])
+            _, obs = folder.observation(label, rec.fingerprint)
+            acc = float(np.mean(defenses[label].decide(obs).pred == folder.labels()))
+            assert acc == pytest.approx(row["acc"]), (label, row)
     html = page.build_page(run["dir"])
     assert "ORACLE" in html and "parts: " in html
 
@@ -130,13 +142,23 @@ def test_a_damaged_record_is_named_on_the_page_not_a_crash(run, tmp_path):
     html = page.build_page(folder)
     assert "vectors/attacks/m/test-fgsm_8.npz is damaged" in html
     assert "vectors/defenses/noise-10/benign-test.json is damaged" in html
-    sections = gallery.build_gallery(RunFolder(folder))
-    pgd, fgsm = sections
+    pgd, fgsm = gallery.build_gallery(RunFolder(folder))[:2]
     assert pgd.rows and not fgsm.rows and any("test-fgsm_8.npz" in n for n in fgsm.notes)
     noise = [a for r in pgd.rows for a in r.answers if a.label == "noise:10"]
     assert noise and all(a.attacked == report.MISSING for a in noise)
     os.remove(os.path.join(folder, "run.json"))
     assert "run.json is missing" in page.build_page(folder)
+
+
+def test_the_grid_page_holds_the_grids_tables_and_links_each_pairs_page(run):
+    from defense import grid
+
+    cfg = run["cfg"]
+    grid.merge(cfg, [(cfg.arch, cfg.class_set.code_name)], log=lambda s: None)
+    html = open(os.path.join(cfg.results_dir, "grid", page.PAGE), encoding="utf-8").read()
+    assert '<a href="../cs3-1/mobilenetv2_050/report.html">' in html
+    assert "Table IV" in html and report.fmt2(run["metrics"]["benign"]["acc_um"]) in html
+    assert html.count("<img ") == 1                              # Fig. 4 across the grid
 
 
 def _bench_rows(metrics):
@@ -191,7 +213,7 @@ def test_the_page_in_a_real_browser(run, tmp_path):
         errors = browser.errors()
     assert errors == []
     images = seen["images"]
-    assert len(images) >= 2 * 4 * 3 + 2             # two sections of 4 rows, figures
+    assert len(images) >= 6 * 4 * 3 + 2             # six sections of 4 rows, figures
     bad = [i for i in images if not (i[1] > 0 and i[2] > 0 and i[3] > 0)]
     assert bad == []
     bench = "\n".join(seen["tables"]["bench"])
@@ -200,7 +222,7 @@ def test_the_page_in_a_real_browser(run, tmp_path):
     m = run["metrics"]
     assert report.fmt2(m["benign"]["acc_um"]) in seen["tables"]["table-iv"][0]
     assert "%d" % (2 * m["attacks"][0]["n_successful"]) in seen["tables"]["table-iii"][0]
-    assert len(seen["tables"]["gallery"]) == 2 * 4     # each row's answers
+    assert len(seen["tables"]["gallery"]) == 6 * 4     # each row's answers
     values = [float(v) if v != report.MISSING else np.inf for v in sorted_acc]
     assert values == sorted(values)
     assert os.path.getsize(os.path.join(ARTIFACTS, "report_page.png")) > 10000
