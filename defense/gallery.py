@@ -312,15 +312,25 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _factor(side: int) -> int:
+    return max(1, -(-DRAWN_SIDE // side))
+
+
+def enlarged(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` [S, S, ...] repeated to at least :data:`DRAWN_SIDE` a side (nearest
+    neighbour: every pixel stays visible)."""
+    f = _factor(pixels.shape[0])
+    return np.repeat(np.repeat(pixels, f, axis=0), f, axis=1)
+
+
 def draw_parts(pixels: np.ndarray, parts: Sequence[Part]) -> bytes:
     """PNG of ``pixels`` (uint8 [S, S, 3]) enlarged, with each part's mask tinted, its box
     outlined and its name written in its colour; one label per part name."""
-    side = pixels.shape[0]
-    f = max(1, -(-DRAWN_SIDE // side))
-    big = np.kron(pixels, np.ones((f, f, 1), np.uint8)).astype(np.float32)
+    f = _factor(pixels.shape[0])
+    big = enlarged(pixels).astype(np.float32)
     for p in parts:
         if p.mask is not None:
-            m = np.kron(p.mask.astype(np.uint8), np.ones((f, f), np.uint8)).astype(bool)
+            m = enlarged(p.mask.astype(bool))
             big[m] = 0.6 * big[m] + 0.4 * np.asarray(part_colour(p.name), np.float32)
     image = Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
     draw, font, named = ImageDraw.Draw(image), _font(11), set()
@@ -337,9 +347,7 @@ def draw_parts(pixels: np.ndarray, parts: Sequence[Part]) -> bytes:
         ty = min(max(0, y1), image.height - (bottom - top) - 2)
         draw.rectangle([tx, ty, tx + right - left + 2, ty + bottom - top + 2], fill=colour)
         draw.text((tx + 1 - left, ty + 1 - top), text, fill=(255, 255, 255), font=font)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+    return png(np.asarray(image))
 
 
 def perturbation_image(clean: np.ndarray, x_adv: np.ndarray) -> Tuple[bytes, str]:
@@ -349,15 +357,12 @@ def perturbation_image(clean: np.ndarray, x_adv: np.ndarray) -> Tuple[bytes, str
     peak = float(np.max(np.abs(delta)))
     gain = 0.5 / peak if peak > 0 else 1.0
     shown = to_pixels(np.clip(0.5 + gain * delta, 0.0, 1.0))
-    big = np.kron(shown, np.ones((max(1, -(-DRAWN_SIDE // shown.shape[0])),) * 2 + (1,),
-                                 np.uint8))
-    return png(big), "perturbation ×%.0f: L∞ %.1f/255, L2 %.0f/255" % (
+    return png(enlarged(shown)), "perturbation ×%.0f: L∞ %.1f/255, L2 %.0f/255" % (
         gain, 255 * peak, 255 * float(np.sqrt(np.sum(delta ** 2))))
 
 
 def _enlarged(pixels: np.ndarray) -> bytes:
-    f = max(1, -(-DRAWN_SIDE // pixels.shape[0]))
-    return png(np.kron(pixels, np.ones((f, f, 1), np.uint8)))
+    return png(enlarged(pixels))
 
 
 # ----------------------------------------------------------------------------- parts

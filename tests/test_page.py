@@ -1,6 +1,5 @@
 """report.html: a tiny run's page, as a browser shows it; the gallery's seeded choice; the
 oracle's parts; damaged records named on the page; --report rebuilding it from the folder."""
-import json
 import os
 import shutil
 
@@ -148,6 +147,16 @@ def test_a_damaged_record_is_named_on_the_page_not_a_crash(run, tmp_path):
     assert noise and all(a.attacked == report.MISSING for a in noise)
     os.remove(os.path.join(folder, "run.json"))
     assert "run.json is missing" in page.build_page(folder)
+
+
+def test_the_adaptive_attacks_convergence_plot_is_shown_when_the_run_has_one(run, tmp_path):
+    folder = _copy(run, tmp_path)
+    assert 'id="convergence"' not in page.build_page(folder)
+    plot = gallery.png(np.full((20, 30, 3), 128, np.uint8))
+    with open(os.path.join(folder, "convergence.png"), "wb") as f:
+        f.write(plot)
+    html = page.build_page(folder)
+    assert 'id="convergence"' in html and page.data_uri(plot) in html
 
 
 def test_the_grid_page_holds_the_grids_tables_and_links_each_pairs_page(run):

@@ -126,9 +126,9 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
                      class_names: Optional[Sequence[str]] = None) -> Dict:
     """COCO bbox/segm mAP and matterport mAP@.5 of an inference model on a dataset.
 
-    Returns a dict: ``bbox`` and ``segm`` (mAP, mAP50, mAP75, summary), ``per_part`` (per part
-    with ground truth: name, instances, mask and box AP@.5; :func:`per_part_ap`), ``matterport_mAP50``
-    (mean of :func:`utils.compute_ap` with mask IoU over the images that have ground truth;
+    Returns a dict: ``bbox`` and ``segm`` (mAP, mAP50, mAP75, summary), ``per_part`` (per
+    part with ground truth: name, instances, mask and box AP@.5; :func:`per_part_ap`),
+    ``matterport_mAP50`` (mean of :func:`utils.compute_ap` with mask IoU over the images that have ground truth;
     0.0 when none has), ``images_without_gt`` (images left out of that mean: their AP is
     0.0 without predictions and NaN with some under matterport's arithmetic, so the original
     ``np.mean`` over all images would be NaN as soon as one of them has a detection),
