@@ -579,6 +579,7 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
         _restore_resume(optimizer, model, os.path.join(checkpoint_dir, RESUME_FILE),
                         state.get("resume_sha256"), checkpoint_dir, log)
     scratch = None if chief else tempfile.mkdtemp(prefix="unmask-worker-")
+    from models.mrcnn.train import write_scalars
     board = tf.summary.create_file_writer(os.path.join(checkpoint_dir, TENSORBOARD)) \
         if chief else None
     step = _make_step(model, optimizer, strategy)
@@ -620,9 +621,9 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
         else:   # reading mirrored weights is a collective: every worker saves, into its own
             _commit_epoch(model, optimizer, scratch, dict(state), new_best)   # scratch folder
-        if board is not None:
-            _write_scalars(board, epoch + 1, loss=loss_sum / len(xtr),
-                           train_acc=correct / len(xtr), val_acc=val_acc)
+        if board is not None:      # as K's trainer writes its losses
+            write_scalars(board, {"loss": loss_sum / len(xtr), "train_acc": correct / len(xtr),
+                                  "val_acc": val_acc}, epoch + 1)
         timing = eta.step()
         log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s%s"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,
@@ -633,10 +634,3 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
         board.close()
     return best
 
-
-def _write_scalars(writer, epoch: int, **values: float) -> None:
-    """One TensorBoard scalar per value at step ``epoch`` (as K's trainer writes its losses)."""
-    with writer.as_default():
-        for name, value in values.items():
-            tf.summary.scalar(name, float(value), step=epoch)
-    writer.flush()
