@@ -170,8 +170,8 @@ def config_html(folder: RunFolder) -> str:
     defenses with their parameters, the whole configuration and the versions."""
     m, run = folder.metrics, folder.run or {}
     cs = get_class_set(m["class_set"])
-    k = run.get("k") or {}
-    extractor = {"k": "K, the Mask R-CNN part extractor (%s)" % k.get("checkpoint", "?"),
+    k_run = run.get("k") or {}
+    extractor = {"k": "K, the Mask R-CNN part extractor (%s)" % k_run.get("checkpoint", "?"),
                  "oracle": "ORACLE: the annotated parts (the ceiling of a perfect K)"}.get(
         m["extractor"], "none (UnMask not run)")
     threats = sorted({r["threat_model"] for b in m.get("defenses", {}).values()
