@@ -6,6 +6,7 @@
     python main.py --describe-classsets             # Table II: classes, parts, overlap
     python main.py --model K                        # train (or evaluate) the part extractor K
     python main.py --model M --classset CS5b        # train M, attack it, evaluate UnMask
+    python main.py --report results/cs5-2/mobilenetv2_050   # rebuild a finished run's page
 
 ``main()`` only parses and forwards: names are validated once here (class set, architecture,
 attack names) and turned into objects before anything runs.
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--describe-classsets", action="store_true",
                      help="print the four class sets with their classes, distinct parts and "
                           "part overlap (paper Table II)")
+    cmd.add_argument("--report", metavar="RUN_DIR",
+                     help="rebuild report.html of a finished run from what it saved, "
+                          "recomputing nothing: an evaluation's folder (results/<code>/<arch>), "
+                          "the grid's (results/grid) or K's (--k-results-dir)")
     cmd.add_argument("--model", choices=("K", "M"), type=str.upper,
                      help="K: train/evaluate the Mask R-CNN part extractor; M: train/load the "
                           "classifier for --classset, attack it and evaluate UnMask")
@@ -552,6 +557,39 @@ def _line_search(cfg) -> int:
     return 0
 
 
+def run_k(args) -> int:
+    """``--model K``: train and/or evaluate K, then write its page beside its evaluation."""
+    from models.mrcnn.cli import run_model_k
+
+    code = run_model_k(args)
+    from defense import k_page
+    if k_page.eval_file(args.k_results_dir, args.k_eval_split) is not None:
+        k_page.write_k_page(args.k_results_dir, args.k_eval_split)
+    return code
+
+
+def rebuild_report(path: str) -> int:
+    """``--report RUN_DIR``: the page of a finished evaluation, grid or K evaluation, from its
+    folder alone."""
+    tfcompat.import_tf()
+    from defense import k_page, page
+
+    writers = (("metrics.json", page.write_page), ("grid.json", page.write_grid_page))
+    write = next((w for name, w in writers if os.path.isfile(os.path.join(path, name))), None)
+    if write is None and os.path.isdir(path) and k_page.eval_file(path) is not None:
+        write = k_page.write_k_page
+    try:
+        if write is None:
+            raise FileNotFoundError("%s is not the folder of a finished run: it holds no "
+                                    "metrics.json (an evaluation), grid.json (a grid) or "
+                                    "eval_<split>.json (K's evaluation)" % path)
+        write(path)
+    except (ValueError, FileNotFoundError) as e:
+        print("error: --report: %s" % e, file=sys.stderr)
+        return 2
+    return 0
+
+
 def _prepare(args) -> dict:
     return ensure_dataset(args.data_dir, seed=args.seed)
 
@@ -559,10 +597,11 @@ def _prepare(args) -> dict:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = [bool(args.prepare_data), bool(args.describe_classsets), args.model is not None]
+    commands = [bool(args.prepare_data), bool(args.describe_classsets), args.model is not None,
+                args.report is not None]
     if sum(commands) > 1:
-        parser.error("give one command at a time: --prepare-data, --describe-classsets or "
-                     "--model")
+        parser.error("give one command at a time: --prepare-data, --describe-classsets, "
+                     "--report or --model")
     try:
         args.classset = get_class_set(args.classset)
     except ValueError as e:
@@ -570,6 +609,8 @@ def main(argv=None) -> int:
     if args.describe_classsets:
         print(describe_class_sets())
         return 0
+    if args.report is not None:
+        return rebuild_report(args.report)
     if not args.prepare_data and args.model is None:
         args.model = "M"  # the default job: evaluate UnMask on --classset (CS5b)
     try:
@@ -587,8 +628,7 @@ def main(argv=None) -> int:
             print(summary(manifest))
             return 0
         if args.model == "K":
-            from models.mrcnn.cli import run_model_k
-            return run_model_k(args)
+            return run_k(args)
         if k_first:
             eval_cfg = train_k_first(args, eval_cfg)
         if grid is not None:

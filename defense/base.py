@@ -214,6 +214,16 @@ class Defense:
         """Final labels (and scores/flags for a detector) from :meth:`observe`'s output."""
         raise NotImplementedError
 
+    def restore(self, params: Mapping[str, Any], classes: Sequence[str],
+                seed: int = 0) -> "Defense":
+        """Set what :meth:`decide` needs from the parameters a finished run recorded for this
+        defense (``metrics.json``, ``defenses.<label>.params``) instead of :meth:`fit`: no
+        model, no data.  A run's page re-decides the saved observations this way.  Returns
+        ``self``; a KeyError names a parameter the record lacks."""
+        if self.detector:
+            self.threshold = float(params["threshold"])
+        return self
+
     # ---------------------------------------------------------------- composed
     def wrong_answers(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """bool [B]: the defense's real answer on images ``x`` (float [B, H, W, 3] in [0, 1])

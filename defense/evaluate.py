@@ -1029,6 +1029,8 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
         log(trajectory_table.table_markdown(table))
     for path in report.remove_stale_reports(cfg.out_dir, paths.values()):
         log("removed %s: an earlier run's report that this run does not write" % path)
+    from defense import page        # last: the page reads what the run wrote
+    paths["page"] = page.write_run_page(cfg, log)
     log(report.summary_text(metrics))
     log("wrote %s (%.0f s)" % (", ".join(sorted(paths.values())), time.time() - start))
     return metrics

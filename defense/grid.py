@@ -3,8 +3,9 @@
 ``run_grid(base, archs, class_sets, executor)`` evaluates every (architecture, class set)
 pair with the settings of ``base`` (an :class:`~defense.evaluate.EvalConfig`) and writes,
 under ``<results_dir>/grid/``, one Table IV with a row per pair (``table_iv.md``), one bench
-table across them (``bench.csv`` / ``bench.md``), one Fig. 4 across them (``fig4.png/.pdf``)
-and ``grid.json`` (the per-pair ``metrics.json`` files, merged).
+table across them (``bench.csv`` / ``bench.md``), one Fig. 4 across them (``fig4.png/.pdf``),
+``grid.json`` (the per-pair ``metrics.json`` files, merged) and ``report.html`` (all of it on
+one page, linking each pair's own page).
 
 Work units, in four stages (a stage starts when the one before is done):
 
@@ -322,5 +323,7 @@ def merge(base, pairs: Sequence[Tuple[str, str]], log: Callable[[str], None] = p
         fig = report.fig4_figure(groups, title="UnMask across the grid")
         paths["fig4_png"], paths["fig4_pdf"] = report.save_figure(
             fig, os.path.join(out_dir, "fig4"))
+    from defense import page
+    paths["page"] = page.write_grid_page(out_dir, log=lambda s: None)
     log("grid: wrote %s" % ", ".join(sorted(paths.values())))
     return merged

@@ -646,7 +646,7 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
 REPORT_FILES = ("metrics.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
                 "roc.png", "roc.pdf", "bench.md", "bench.csv", "bench.png", "bench.pdf",
                 "convergence.png", "convergence.pdf", "summary.txt", "trajectory_table.md",
-                "trajectory_table.json")
+                "trajectory_table.json", "run.json", "report.html")
 
 
 def remove_stale_reports(out_dir: str, written: Iterable[str]) -> List[str]:

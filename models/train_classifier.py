@@ -7,6 +7,7 @@ equals PyTorch's L2-in-the-gradient form without momentum and differs only sligh
 Files in ``checkpoint_dir``:
     best.h5      weights with the best validation accuracy so far (what evaluation loads)
     last.h5      weights after the last finished epoch (what an interrupted run resumes from)
+    tensorboard/ TensorBoard summaries: loss, train and validation accuracy per epoch
     resume.npz   everything else the next epoch depends on: the optimizer's variables
                  (iteration count, momentum slots) and the state of every random generator
                  of the model (M's dropout)
@@ -79,6 +80,8 @@ tf, keras = tfcompat.import_tf()
 #: Sanity bound of the learning rate (the recipe uses 0.001): a larger one can only diverge.
 MAX_LEARNING_RATE = 10.0
 STATE_FILE = "state.json"
+#: TensorBoard summaries (loss, train and validation accuracy per epoch) inside the folder.
+TENSORBOARD = "tensorboard"
 RESUME_FILE = "resume.npz"
 #: Suffix of the files of an epoch whose save is not yet committed (see the module docstring).
 PENDING = ".next"
@@ -649,6 +652,9 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
         _restore_resume(optimizer, model, os.path.join(checkpoint_dir, RESUME_FILE),
                         state.get("resume_sha256"), checkpoint_dir, log)
     scratch = None if chief else tempfile.mkdtemp(prefix="unmask-worker-")
+    from models.mrcnn.train import write_scalars
+    board = tf.summary.create_file_writer(os.path.join(checkpoint_dir, TENSORBOARD)) \
+        if chief else None
     step = _make_step(model, optimizer, strategy)
     n_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
     eta = Eta(cfg.epochs, done=start)
@@ -688,10 +694,16 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
         else:   # reading mirrored weights is a collective: every worker saves, into its own
             _commit_epoch(model, optimizer, scratch, dict(state), new_best)   # scratch folder
+        if board is not None:      # as K's trainer writes its losses
+            write_scalars(board, {"loss": loss_sum / len(xtr), "train_acc": correct / len(xtr),
+                                  "val_acc": val_acc}, epoch + 1)
         timing = eta.step()
         log("epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f%s%s"
             % (epoch + 1, cfg.epochs, loss_sum / len(xtr), correct / len(xtr), val_acc,
                " (best)" if new_best else "", " (%s)" % timing if progress else ""))
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+    if board is not None:
+        board.close()
     return best
+

@@ -1,5 +1,6 @@
 """Model K training, checkpoints, PartExtractor and COCO evaluation on a toy data set."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -117,6 +118,29 @@ def test_coco_evaluation_on_tiny_split(overfit, tmp_path):
     assert os.path.isfile(tmp_path / "eval_test.json")
     assert len(list((tmp_path / "visualize_test").glob("*.png"))) == 4
     assert "mAP@.5" in cli.format_metrics(metrics)
+    parts = {r["part"]: r for r in metrics["per_part"]}
+    truth = set().union(*overfit["truth"])
+    assert set(parts) == truth and all(r["instances"] >= 1 for r in parts.values())
+    assert np.mean([r["mask_AP50"] for r in parts.values()]) == pytest.approx(
+        metrics["segm"]["mAP50"], abs=1e-6)             # COCO's mAP is the mean over parts
+
+
+def test_k_page_shows_per_part_ap_and_ks_parts_beside_the_annotated_ones(overfit, tmp_path,
+                                                                         monkeypatch):
+    from defense import k_page
+
+    ds = overfit["ds"]
+    cli.evaluate_model_k(config=get_config("tiny"), checkpoint="last",
+                         log_dir=overfit["log_dir"], dataset=ds, class_names=TOY_NAMES,
+                         results_dir=str(tmp_path))
+    monkeypatch.setattr(cli, "load_parts_dataset", lambda data_dir, split: ds)
+    html = k_page.build_k_page(str(tmp_path))
+    assert html == k_page.build_k_page(str(tmp_path))          # the same folder, the same page
+    for name in set().union(*overfit["truth"]):
+        assert "<td>%s</td>" % name in html                      # its AP@.5 row
+    assert html.count("<figure>") == 2 * len(ds.image_ids)
+    shown = [int(n) for n in re.findall(r"<figcaption>K: (\d+) parts", html)]
+    assert len(shown) == len(ds.image_ids) and sum(shown) >= len(ds.image_ids)
 
 
 def test_coco_stats_perfect_and_wrong_detections():
@@ -135,6 +159,13 @@ def test_coco_stats_perfect_and_wrong_detections():
         assert evaluate._coco_stats(gt, perfect, kind, ids)["mAP"] == pytest.approx(1.0)
         assert evaluate._coco_stats(gt, wrong, kind, ids)["mAP50"] == pytest.approx(0.0)
         assert evaluate._coco_stats(gt, [], kind, ids)["mAP"] == 0.0
+    for found, want in ((perfect, 1.0), (wrong, 0.0)):
+        rows = evaluate.per_part_ap(gt, evaluate._coco_stats(gt, found, "bbox", ids),
+                                    evaluate._coco_stats(gt, found, "segm", ids), TOY_NAMES)
+        assert {r["part"] for r in rows} == {TOY_NAMES[c] for i in ids
+                                             for c in ds.load_mask(i)[1]}
+        assert all(r["mask_AP50"] == pytest.approx(want) and r["box_AP50"] == pytest.approx(want)
+                   for r in rows)
 
 
 def test_extractor_bad_input(overfit):

@@ -335,3 +335,24 @@ def test_ground_truth_cache_stays_within_its_memory_bound(monkeypatch):
         item = cache.load(image_id, rng)
         np.testing.assert_array_equal(item[0], data_gen.load_image_gt(ds, config, image_id)[0])
     assert 0 < cache.bytes <= data_gen.GT_CACHE_BYTES and len(cache._items) < len(ds.image_ids)
+
+
+def test_progress_bars_and_lines_count_epochs_out_of_every_stage(tmp_path, monkeypatch, capsys):
+    """A staged training (here heads then 4+) counts its epochs the same way in its progress
+    bars and its progress lines: 1/2 then 2/2, not the stage's own 1/1 in the bar."""
+    import tqdm
+
+    bars = []
+    real = tqdm.tqdm
+
+    def recording(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return real(*args, **dict(kwargs, disable=True))
+
+    monkeypatch.setattr(tqdm, "tqdm", recording)
+    cli.train_model_k(config="tiny", epochs="1,1", steps_per_epoch=1, log_dir=str(tmp_path),
+                      train_dataset=ToyDataset(2, 64, seed=1), val_dataset=None, progress=True)
+    lines = [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("K epoch")]
+    assert bars == ["epoch 1/2", "epoch 2/2"]
+    assert [line.split(":")[0] for line in lines] == ["K epoch 1/2", "K epoch 2/2"]

@@ -589,3 +589,25 @@ def test_eta_counts_items_and_estimates_what_is_left():
     assert format_seconds(7500) == "2 h 05 min"
     with pytest.raises(ValueError, match="0 <= done <= total"):
         Eta(3, done=4)
+
+
+def test_training_writes_tensorboard_scalars_per_epoch(tmp_path):
+    """M's training writes its loss and accuracies per epoch as TensorBoard scalars under the
+    checkpoint folder, as K's does."""
+    from models.train_classifier import TENSORBOARD
+
+    x, y = _separable(n=32)
+    state = train_classifier(_small_m(), x, y, x, y, str(tmp_path),
+                             TrainConfig(epochs=2, batch_size=16, learning_rate=0.01),
+                             progress=False, log=lambda s: None)
+    events = sorted((tmp_path / TENSORBOARD).glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    seen = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for value in event.summary.value:
+            seen.setdefault(value.tag, []).append(
+                (event.step, float(tf.make_ndarray(value.tensor))))
+    assert sorted(seen) == ["loss", "train_acc", "val_acc"]
+    assert [s for s, _ in seen["val_acc"]] == [1, 2]
+    assert max(v for _, v in seen["val_acc"]) == pytest.approx(state["best_val_acc"])
+    assert all(np.isfinite(v) and v > 0 for _, v in seen["loss"])

@@ -50,6 +50,17 @@ class TransformDefense(Defense):
     def params(self) -> Dict:
         return dict(self.transform.params())
 
+    def restore(self, params: Mapping, classes, seed: int = 0) -> "TransformDefense":
+        """The recorded transform (e.g. the amplitude the noise grid chose) and the run's seed
+        (:meth:`Defense.restore`); a PCA comes back unfitted (its components are not
+        recorded), so :meth:`transformed` refuses it."""
+        super().restore(params, classes, seed)
+        init = self.transform.init_params()
+        self.transform = get_transform(self.TRANSFORM, **{k: params.get(k, v)
+                                                          for k, v in init.items()})
+        self._seed = int(seed)
+        return self
+
     def transformed(self, images: ImageSet) -> np.ndarray:
         """The images after the transform (randomised transforms are seeded by the run's seed
         and the image set, so a set always gets the same draw)."""

@@ -78,6 +78,17 @@ class UnMaskDefense(Defense):
                                                choice.fpr))
         self._um = UnMask(m, ex_test, CLASS_PARTS, ctx.classes, self.threshold, mode=self.mode)
 
+    def restore(self, params: Mapping, classes, seed: int = 0) -> "UnMaskDefense":
+        """Algorithm 1's decision from the recorded threshold and mode (:meth:`Defense.
+        restore`): the observations hold M's labels and K's part sets, so neither model is
+        loaded (the stand-ins refuse to be called)."""
+        super().restore(params, classes, seed)
+        self.kind = params.get("extractor")
+        self.mode = params.get("mode") or "flagged"
+        self._um = UnMask(_NotLoaded(self.kind), _NotLoaded(self.kind), CLASS_PARTS, classes,
+                          self.threshold, mode=self.mode)
+        return self
+
     def params(self) -> Dict:
         return dict({"extractor": self.kind, "response": self.response,
                      "mode": self.mode if self.response == "rectify" else None,
@@ -165,3 +176,16 @@ class UnMaskDefense(Defense):
     def decide(self, observation: Mapping[str, List]) -> Outcome:
         res = self.protect(observation)
         return Outcome(pred=self._answer(res), score=res.distances, flags=res.flags)
+
+
+class _NotLoaded:
+    """Stands in for M and K in an UnMask defense restored from a finished run's records."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError("this UnMask defense was restored from a finished run's records: it "
+                           "decides on saved observations, M and K are not loaded")
+
+    __call__ = extract = _refuse

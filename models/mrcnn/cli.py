@@ -340,7 +340,8 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
             history += model.train(train_ds, val_ds, stage_lr, target, layers,
                                    augmentation=augmentation, seed=seed,
                                    progress=progress, max_seconds=budget,
-                                   steps_per_epoch=steps_per_epoch, on_epoch=on_epoch)
+                                   steps_per_epoch=steps_per_epoch, on_epoch=on_epoch,
+                                   total_epochs=eta.total)
         result = {"checkpoint": history[-1]["checkpoint"] if history else None,
                   "history": history, "log_dir": model.log_dir, "weights": loaded,
                   "augmentation": repr(augmentation) if augmentation else "none",
@@ -392,7 +393,8 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
                                    class_names=names)
     finally:
         model.close()
-    metrics.update({"checkpoint": path, "split": split, "batch_size": cfg.BATCH_SIZE})
+    metrics.update({"checkpoint": path, "split": split, "batch_size": cfg.BATCH_SIZE,
+                    "data_dir": data_dir, "k_config": _config_key(base)})
     write_json_atomic(os.path.join(results_dir, "eval_%s.json" % split), metrics, indent=1)
     return metrics
 

@@ -73,7 +73,36 @@ def _coco_stats(coco_gt: COCO, results: List[dict], iou_type: str, image_ids) ->
         ev.accumulate()
         ev.summarize()
     stats = [max(float(s), 0.0) for s in ev.stats[:3]]
-    return {"mAP": stats[0], "mAP50": stats[1], "mAP75": stats[2], "summary": buf.getvalue()}
+    return {"mAP": stats[0], "mAP50": stats[1], "mAP75": stats[2], "summary": buf.getvalue(),
+            "AP50_per_class": _ap50_per_class(ev)}
+
+
+def _ap50_per_class(ev: COCOeval) -> Dict[int, Optional[float]]:
+    """Category id -> AP at IoU .5 (all areas, the most detections) from an accumulated
+    COCOeval; None for a category without ground truth in the images evaluated."""
+    precision = ev.eval["precision"]         # [IoU thresholds, recalls, categories, areas, maxDets]
+    out = {}
+    for k, cat in enumerate(ev.params.catIds):
+        p = precision[0, :, k, 0, -1]
+        out[int(cat)] = float(np.mean(p[p > -1])) if np.any(p > -1) else None
+    return out
+
+
+def per_part_ap(coco_gt: COCO, bbox: Dict, segm: Dict,
+                class_names: Optional[Sequence[str]] = None) -> List[Dict]:
+    """One row per part with ground truth in the images evaluated: its name, the number of
+    annotated instances and its mask and box AP@.5 (None when it was never detected)."""
+    rows = []
+    for cat in sorted(coco_gt.getCatIds()):
+        n = len(coco_gt.getAnnIds(catIds=[cat]))
+        if not n:
+            continue
+        name = class_names[cat] if class_names is not None and cat < len(class_names) \
+            else str(cat)
+        rows.append({"part": name, "instances": n,
+                     "mask_AP50": segm.get("AP50_per_class", {}).get(cat),
+                     "box_AP50": bbox.get("AP50_per_class", {}).get(cat)})
+    return rows
 
 
 def run_detections(model, dataset, image_ids: Sequence[int]):
@@ -97,8 +126,9 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
                      class_names: Optional[Sequence[str]] = None) -> Dict:
     """COCO bbox/segm mAP and matterport mAP@.5 of an inference model on a dataset.
 
-    Returns a dict: ``bbox`` and ``segm`` (mAP, mAP50, mAP75, summary), ``matterport_mAP50``
-    (mean of :func:`utils.compute_ap` with mask IoU over the images that have ground truth;
+    Returns a dict: ``bbox`` and ``segm`` (mAP, mAP50, mAP75, summary), ``per_part`` (per
+    part with ground truth: name, instances, mask and box AP@.5; :func:`per_part_ap`),
+    ``matterport_mAP50`` (mean of :func:`utils.compute_ap` with mask IoU over the images that have ground truth;
     0.0 when none has), ``images_without_gt`` (images left out of that mean: their AP is
     0.0 without predictions and NaN with some under matterport's arithmetic, so the original
     ``np.mean`` over all images would be NaN as soon as one of them has a detection),
@@ -123,8 +153,13 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
     if visualize_dir:
         from models.mrcnn.visualize import save_detection_pngs
         save_detection_pngs(dataset, ids, results, visualize_dir, class_names)
-    return {"bbox": _coco_stats(coco_gt, coco_results, "bbox", ids),
-            "segm": _coco_stats(coco_gt, coco_results, "segm", ids),
+    bbox = _coco_stats(coco_gt, coco_results, "bbox", ids)
+    segm = _coco_stats(coco_gt, coco_results, "segm", ids)
+    names = class_names or getattr(dataset, "class_names", None)
+    per_part = per_part_ap(coco_gt, bbox, segm, names)
+    for stats in (bbox, segm):
+        stats.pop("AP50_per_class", None)
+    return {"bbox": bbox, "segm": segm, "per_part": per_part,
             "matterport_mAP50": float(np.mean(aps)) if aps else 0.0,
             "images_without_gt": len(ids) - len(aps), "images": len(ids),
             "images_per_second": len(ids) / max(seconds, 1e-9), "seconds": seconds}

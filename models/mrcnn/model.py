@@ -545,7 +545,8 @@ class MaskRCNN:
     def train(self, train_dataset, val_dataset, learning_rate: float, epochs: int,
               layers: str, augmentation=None, seed: int = 0, progress: bool = True,
               max_seconds: Optional[float] = None,
-              steps_per_epoch: Optional[int] = None, on_epoch=None) -> List[dict]:
+              steps_per_epoch: Optional[int] = None, on_epoch=None,
+              total_epochs: Optional[int] = None) -> List[dict]:
         """Train ``layers`` (a ``LAYER_REGEX`` key or a regex) up to epoch ``epochs``
         (cumulative, as in matterport); see :meth:`models.mrcnn.trainer.Trainer.train`.
 
@@ -555,4 +556,4 @@ class MaskRCNN:
         return self.trainer.train(train_dataset, val_dataset, learning_rate, epochs, layers,
                                   augmentation=augmentation, seed=seed, progress=progress,
                                   max_seconds=max_seconds, steps_per_epoch=steps_per_epoch,
-                                  on_epoch=on_epoch)
+                                  on_epoch=on_epoch, total_epochs=total_epochs)

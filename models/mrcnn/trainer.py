@@ -175,7 +175,8 @@ class Trainer:
               layers: str, augmentation: Optional[Callable] = None, seed: int = 0,
               progress: bool = True, max_seconds: Optional[float] = None,
               steps_per_epoch: Optional[int] = None,
-              on_epoch: Optional[Callable[[dict], None]] = None) -> List[dict]:
+              on_epoch: Optional[Callable[[dict], None]] = None,
+              total_epochs: Optional[int] = None) -> List[dict]:
         """Train ``layers`` from ``model.epoch`` up to epoch ``epochs`` (matterport semantics).
 
         Each epoch runs ``STEPS_PER_EPOCH`` steps (or ``steps_per_epoch``),
@@ -184,7 +185,8 @@ class Trainer:
         (``model.save_checkpoint``, which advances ``model.epoch``); the run's configuration
         is recorded as ``<log_dir>/config.json`` (``model.write_run_config``).
         ``max_seconds`` stops early (after saving); ``on_epoch(record)`` is called after each
-        saved epoch (progress lines).
+        saved epoch (progress lines).  The progress bar counts epochs out of ``total_epochs``
+        (every stage of a staged training; default ``epochs``), as the progress lines do.
 
         Returns:
             One dict per epoch: epoch, layers, mean training losses, ``val_*`` losses,
@@ -207,7 +209,7 @@ class Trainer:
         try:
             for epoch in range(model.epoch, epochs):
                 record = self._run_epoch(train_gen, val_gen, learning_rate, steps, epoch,
-                                         epochs, progress, layers)
+                                         total_epochs or epochs, progress, layers)
                 check_finite_weights(model, epoch + 1, learning_rate, layers)  # before saving
                 write_scalars(writer, record["train"], (epoch + 1) * steps)
                 if record["val"]:
