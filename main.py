@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target classes tried per image where the attack needs them (UnMask: "
                         "the classes whose parts K is made to see, by part overlap; APGD-T); "
                         "default: all C - 1")
+    m.add_argument("--adaptive-batch", type=int, default=100,
+                   help="images attacked together by a defense-aware attack (K's fixed cost "
+                        "per session run is shared by more images; an interrupted attack "
+                        "resumes at the last finished batch)")
     m.add_argument("--adaptive-gradient", default=None, type=str.lower,
                    choices=("two-phase", "joint", "orthogonal"),
                    help="how a detector's adaptive attack combines M's and the detector's "
@@ -472,7 +476,8 @@ def _eval_config(args):
             raise ValueError("--k-transfer %s: no such checkpoint file" % args.k_transfer)
     for flag, value, low in (("--adaptive-steps", args.adaptive_steps, 1),
                              ("--adaptive-restarts", args.adaptive_restarts, 1),
-                             ("--adaptive-targets", args.adaptive_targets, 1)):
+                             ("--adaptive-targets", args.adaptive_targets, 1),
+                             ("--adaptive-batch", args.adaptive_batch, 1)):
         if value is not None and value < low:
             raise ValueError("%s must be an integer >= %d, got %d" % (flag, low, value))
     if args.distribute == "multi-worker":
@@ -494,7 +499,7 @@ def _eval_config(args):
         trajectory_table=args.trajectory_table, detection_set=args.detection_set,
         threats=tuple(threats), adaptive_steps=args.adaptive_steps,
         adaptive_restarts=args.adaptive_restarts, adaptive_targets=args.adaptive_targets,
-        adaptive_gradient=args.adaptive_gradient,
+        adaptive_gradient=args.adaptive_gradient, adaptive_batch=args.adaptive_batch,
         k_transfer=args.k_transfer,
         n_test=args.n_test,
         seed=args.seed,

@@ -361,7 +361,7 @@ def convergence(first_step: np.ndarray, steps: int,
 
     Returns:
         ``{"steps": {s: rate}, "restarts": [rate after round 1, ...], "converged": bool,
-        "why": text}``.  ``rate(s)``: images whose goal some round reached within ``s``
+        "why": text}``; a rate of 1 (every image at the goal) is converged whatever the path.  ``rate(s)``: images whose goal some round reached within ``s``
         steps of its run.  Images are not attacked further once at the goal, so a truncated
         run's rate is a lower bound: the flag errs toward "not converged".
     """
@@ -372,6 +372,9 @@ def convergence(first_step: np.ndarray, steps: int,
     by_restart = [float(np.mean(np.any(reached[:, :r + 1], axis=1)))
                   for r in range(first_step.shape[1])]
     reasons = []
+    if by_step[steps] >= 1.0:
+        return {"steps": by_step, "restarts": by_restart, "converged": True,
+                "why": "every image reached the goal: no more steps or restarts can change it"}
     half = steps // 2
     if half >= 1:
         at_half = float(np.mean(np.any(reached & (first_step <= half), axis=1)))

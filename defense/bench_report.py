@@ -105,6 +105,8 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
             col = _column(attack, eps, threat, goal)
             if hit.empty:
                 row[col] = report.MISSING
+                if detectors:
+                    row[col + " defended · AUC / TPR"] = report.MISSING
                 continue
             r = hit.iloc[0]
             row[col] = _cell_acc(r["acc"], r["robustness"]) + (

@@ -93,6 +93,8 @@ class EvalConfig:
     adaptive_targets: Optional[int] = None
     adaptive_gradient: Optional[str] = None
     eot_samples: int = 20
+    adaptive_batch: int = 100            # images per adaptive batch (K's fixed cost per run
+    #                                      is shared by more images; the unit of resuming)
     k_transfer: Optional[str] = None       # surrogate K checkpoint for threat "transfer"
     n_test: Optional[int] = None
     attack_batch: int = 50
@@ -550,6 +552,7 @@ class Bench:
                     adaptive_version=ADAPTIVE_VERSION, defense=defense.fingerprint(),
                     decision=defense.params(), threat=str(threat), goal=str(goal),
                     engine=dataclasses.asdict(cfg.engine_settings()),
+                    adaptive_batch=cfg.adaptive_batch,
                     options=dataclasses.asdict(cfg.adaptive_options()),
                     surrogate=(_file_digest(cfg.k_transfer) if threat == TRANSFER else None))
 
@@ -559,7 +562,7 @@ class Bench:
         target = defense.attack_target(threat, goal, cfg.adaptive_options())
         engine = AdaptiveEngine(resolve_config(name, eps), target, cfg.engine_settings(),
                                 seed=cfg.seed)
-        batches = -(-len(benign) // cfg.attack_batch)
+        batches = -(-len(benign) // cfg.adaptive_batch)
         done = self._adaptive_batches(path, fp, batches)
         eta = Eta(batches, done=len(done))
 
@@ -572,7 +575,7 @@ class Bench:
                          "(%s)" % (threat, name, defense.label, eps, goal, i + 1, batches,
                                    int(part.success.sum()), len(part.success), timing))
 
-        res = engine.run(benign.x, benign.labels, batch_size=cfg.attack_batch, done=done,
+        res = engine.run(benign.x, benign.labels, batch_size=cfg.adaptive_batch, done=done,
                          on_batch=save)
         settings = cfg.engine_settings()
         conv = convergence(res.first_step, settings.steps)
@@ -1041,7 +1044,7 @@ def _adaptive_settings(cfg: EvalConfig) -> Optional[Dict]:
     if not any(t in cfg.threats for t in DEFENSE_AWARE):
         return None
     return dict(dataclasses.asdict(cfg.engine_settings()),
-                **dataclasses.asdict(cfg.adaptive_options()))
+                **dataclasses.asdict(cfg.adaptive_options()), batch=cfg.adaptive_batch)
 
 
 def _short_params(params: Dict) -> str:

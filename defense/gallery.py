@@ -176,30 +176,34 @@ def _answer_text(folder: RunFolder, j: Judged, outcome: Outcome, i: int) -> str:
 
 # ----------------------------------------------------------------------------- sections
 
-def section_specs(metrics: Dict) -> List[Tuple[str, float, str, Optional[str]]]:
-    """``(attack, eps, threat model, attacked defense or None)`` of every gallery section:
-    the gray-box vectors in the run's order, then each defense-aware attack per defense."""
-    specs = [(a["attack"], a["eps"], GRAY_BOX, None) for a in metrics["attacks"]]
+def section_specs(metrics: Dict) -> List[Tuple[str, float, str, Optional[str],
+                                               Optional[str]]]:
+    """``(attack, eps, threat model, attacked defense or None, goal or None)`` of every
+    gallery section: the gray-box vectors in the run's order, then each defense-aware attack
+    per defense and goal."""
+    specs = [(a["attack"], a["eps"], GRAY_BOX, None, None) for a in metrics["attacks"]]
     for label, block in metrics.get("defenses", {}).items():
         for r in block["attacks"]:
             if r["threat_model"] != GRAY_BOX:
-                specs.append((r["attack"], r["eps"], r["threat_model"], label))
+                specs.append((r["attack"], r["eps"], r["threat_model"], label, r.get("goal")))
     return specs
 
 
-def _title(attack: str, eps: float, threat: str, label: Optional[str]) -> str:
+def _title(attack: str, eps: float, threat: str, label: Optional[str],
+           goal: Optional[str] = None) -> str:
     vector = report.attack_label(attack, eps)
     return vector + (" — gray-box (the attack sees M)" if label is None
-                     else " — %s attack on %s" % (threat, label))
+                     else " — %s attack on %s%s" % (threat, label, "" if goal is None else
+                                                    ", run for goal '%s'" % goal))
 
 
 def build_section(folder: RunFolder, spec, defenses: Dict[str, Any], n: int) -> Section:
     """One gallery section: its record's images, every defense's answers and the chosen rows
     (images are drawn later, all at once, by :func:`draw_sections`)."""
-    attack, eps, threat, target = spec
+    attack, eps, threat, target, goal = spec
     title = _title(*spec)
     kind, where = ("attacks", "m") if target is None else (threat, folder_of(target))
-    rec = folder.record(kind, where, attack, eps)
+    rec = folder.record(kind, where, attack, eps, goal)
     arrays = None if rec is None else folder.arrays(rec)
     if arrays is None:
         notes = folder.damaged(kind, where, attack) if rec is None else \
@@ -211,7 +215,8 @@ def build_section(folder: RunFolder, spec, defenses: Dict[str, Any], n: int) -> 
     held = {j.label: held_by(j.attacked, labels) for j in judged if j.attacked is not None}
     if not held:
         held = {"M": pred_adv == labels}
-    salt = "%s_%s_%s_%s" % (attack, report.eps_value(eps), threat, target or "")
+    salt = "%s_%s_%s_%s%s" % (attack, report.eps_value(eps), threat, target or "",
+                              "" if goal is None else "_" + goal)
     rows = [_row(folder, i, reason, x_adv, pred_adv, judged, rec)
             for i, reason in pick_images(held, n, folder.metrics["seed"], salt)]
     notes = [("%s: %s" % (j.label, j.note)) for j in judged if j.note]
@@ -222,7 +227,7 @@ def build_section(folder: RunFolder, spec, defenses: Dict[str, Any], n: int) -> 
 def _judged(folder: RunFolder, rec: Record, defenses: Dict[str, Any], spec) -> List[Judged]:
     """The defenses' outcomes of a section: all of them on the gray-box images (AT on its own
     attack's images), or the attacked defense alone for a defense-aware attack."""
-    attack, eps, threat, target = spec
+    attack, eps, threat, target, _goal = spec
     out = []
     for label, defense in defenses.items():
         if target is not None and label != target:

@@ -214,16 +214,22 @@ def bench_html(metrics: Dict) -> str:
 
 
 def convergence_html(folder: RunFolder) -> str:
-    """The adaptive attacks' convergence: ``convergence.png`` when the run wrote one, and
-    any per-row convergence data of ``metrics.json`` as a table ('' when there is none)."""
+    """The adaptive attacks' convergence: ``convergence.png`` when the run wrote one, and per
+    defense-aware row the goal's success rate after each number of steps and each restart
+    round, and whether it had settled ('' when there is none)."""
     rows = []
     for label, block in folder.metrics.get("defenses", {}).items():
         for r in block["attacks"]:
-            for key, value in r.items():
-                if "converge" in key:
-                    rows.append({"defense": label, "threat model": r["threat_model"],
-                                 "vector": report.attack_label(r["attack"], r["eps"]),
-                                 key: json.dumps(value)})
+            conv = r.get("convergence")
+            if not conv:
+                continue
+            row = {"defense": label, "threat model": r["threat_model"],
+                   "goal": r.get("goal"), "vector": report.attack_label(r["attack"], r["eps"])}
+            row.update({"%s steps" % k: "%.2f" % v for k, v in conv["steps"].items()})
+            row.update({"restart %d" % (i + 1): "%.2f" % v
+                        for i, v in enumerate(conv["restarts"])})
+            row["converged"] = "yes" if conv["converged"] else "NO: " + conv["why"]
+            rows.append(row)
     path = os.path.join(folder.path, "convergence.png")
     out = figure_html(path, dict(FIGURES)["convergence.png"]) if os.path.isfile(path) else ""
     if rows:

@@ -167,7 +167,7 @@ class RunFolder:
             for kind in ("attacks",) + DEFENSE_AWARE:
                 pattern = os.path.join(self.path, "vectors", kind, "*", "test-*.npz")
                 for path in sorted(glob.glob(pattern)):
-                    if path.endswith(".fit.npz") or ".shard-" in path:
+                    if path.endswith(".fit.npz") or ".shard-" in path or ".batch-" in path:
                         continue
                     rec = self._read_fingerprint(path, kind)
                     if rec is not None:
@@ -186,10 +186,13 @@ class RunFolder:
             return None
         return Record(path, kind, os.path.basename(os.path.dirname(path)), fp)
 
-    def record(self, kind: str, folder: str, attack: str, eps: float) -> Optional[Record]:
-        """The record of a vector in ``vectors/<kind>/<folder>/`` (None when there is none)."""
+    def record(self, kind: str, folder: str, attack: str, eps: float,
+               goal: Optional[str] = None) -> Optional[Record]:
+        """The record of a vector in ``vectors/<kind>/<folder>/`` (a defense-aware one: of the
+        attack run for ``goal``); None when there is none."""
         for rec in self.records():
-            if rec.kind == kind and rec.folder == folder and rec.is_vector(attack, eps):
+            if (rec.kind == kind and rec.folder == folder and rec.is_vector(attack, eps)
+                    and rec.fingerprint.get("goal") == goal):
                 return rec
         return None
 

@@ -35,6 +35,7 @@ def _config(setup, out, **kw):
     base = dict(class_set=get_class_set("CS3a"), data_dir=data, input_size=32,
                 train=TrainConfig(epochs=2, batch_size=16, learning_rate=0.01),
                 vectors=(("pgd_linf", 16), ("ga", 3)), n_test=9, attack_batch=4,
+                adaptive_batch=4,
                 results_dir=str(out / "results"), checkpoint_dir=str(root / "ckpt"),
                 progress=False, extractor="k", k_weights=k, k_log_dir=str(root / "klogs"),
                 defenses=("none", "bitdepth:3", "unmask", "unmask:reject"),
