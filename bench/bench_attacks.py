@@ -16,7 +16,7 @@ Run from the repository root on an idle machine::
 
     .venv/bin/python bench/bench_attacks.py [--repeats 9] [--batch 32] [--arch mobilenetv2_050]
 
-ART is a benchmark-only dependency (``bench/requirements.txt``).
+IBM ART 1.20.1 is pinned in ``requirements.txt`` (the tests check our APGD against it).
 """
 import os
 import sys
