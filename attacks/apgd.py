@@ -129,7 +129,7 @@ def apgd_run(target, x, y, goal, x0, *, eps, steps, norm, loss_fn):
         k = tf.where(check, tf.maximum(k - decrease, smallest), k)
         n_up = tf.where(check, tf.zeros_like(n_up), n_up)
         counter = tf.where(check, 0, counter)
-        return (i + 1, next_x, x_new, next_grad, step, x_best, grad_best, loss_best, x_found,
+        return (i + 1, next_x, x_adv, next_grad, step, x_best, grad_best, loss_best, x_found,
                 found, out.loss, n_up, counter, k, best_at_check, reduced)
 
     state = (tf.constant(0), x0, x0, ev.grad, step0, x0, ev.grad, ev.loss, x0, ev.success,
