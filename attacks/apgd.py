@@ -21,10 +21,14 @@ classes, the targeted DLR (APGD-T).  Registry attacks: ``apgd_ce``, ``apgd_dlr``
 (and their ``_l2`` forms); :func:`apgd_targets` runs APGD-T over the ``n_targets`` classes
 with the highest clean logits (AutoAttack's choice), each on the images not yet fooled.
 
-One difference from AutoAttack's code, on purpose: its oscillation count compares the first
-iteration's loss with an uninitialised zero (``loss_steps[-1]``); here it is compared with the
-loss at the start point.  Each iteration costs one evaluation of the target (one forward and
-one backward pass for a model), ``N + 1`` in all.
+Two differences from AutoAttack's code: its oscillation count compares the first iteration's
+loss with an uninitialised zero (``loss_steps[-1]``); here it is compared with the loss at the
+start point (on purpose).  And AutoAttack starts with ``reduced_last_check = 1``, so its "no
+improvement" rule cannot halve at the first checkpoint; here it can (as the paper's condition
+2 with ``w_0 = 0`` and ART 1.20.1).  Like AutoAttack, the oscillation rule halves when at most
+75% of the steps raised the loss (``<=``; the paper and SPEC say fewer than 75%: the two differ
+only when ``0.75 k`` is an integer, e.g. the interval of 16 at N = 100).  Each iteration costs
+one evaluation of the target (one forward and one backward pass for a model), ``N + 1`` in all.
 """
 import tfcompat  # noqa: F401
 
@@ -129,7 +133,7 @@ def apgd_run(target, x, y, goal, x0, *, eps, steps, norm, loss_fn):
         k = tf.where(check, tf.maximum(k - decrease, smallest), k)
         n_up = tf.where(check, tf.zeros_like(n_up), n_up)
         counter = tf.where(check, 0, counter)
-        return (i + 1, next_x, x_new, next_grad, step, x_best, grad_best, loss_best, x_found,
+        return (i + 1, next_x, x_adv, next_grad, step, x_best, grad_best, loss_best, x_found,
                 found, out.loss, n_up, counter, k, best_at_check, reduced)
 
     state = (tf.constant(0), x0, x0, ev.grad, step0, x0, ev.grad, ev.loss, x0, ev.success,

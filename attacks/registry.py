@@ -230,6 +230,9 @@ def _autoattack_stages(config, num_classes):
 AUTOATTACK_NOT_RUN = ("fab_t", "square")
 
 _APGD_DEFAULTS = {"restarts": 1, "rand_init": True}
+#: Version of the APGD attacks (and AutoAttack); 2: the momentum term is x_k - x_{k-1} (version
+#: 1 lost it: it was always zero except right after a restart from the best point).
+_APGD_VERSION = 2
 _APGD_T_DEFAULTS = {"restarts": 1, "rand_init": True, "n_targets": 9, "first_target": 0}
 
 _UAP_DEFAULTS = {"max_passes": 10, "fooling_target": 0.8, "overshoot": 0.02,
@@ -277,7 +280,7 @@ ATTACKS = {
         AttackSpec("apgd_%s%s" % (loss, suffix), functools.partial(apgd, loss=loss), norm,
                    "Auto-PGD, %s loss, %s (Croce & Hein 2020)" % (label, norm_label), eps,
                    100, None, extra_defaults=dict(_APGD_DEFAULTS),
-                   check_params=_check_apgd_params)
+                   check_params=_check_apgd_params, version=_APGD_VERSION)
         for suffix, norm, norm_label, eps in (("", _utils.LINF, "L-inf", 8.0),
                                               ("_l2", _utils.L2, "L2", 300.0))
         for loss, label in (("ce", "cross-entropy"), ("dlr", "DLR"))
@@ -285,7 +288,7 @@ ATTACKS = {
         AttackSpec("apgd_t%s" % suffix, apgd_targets, norm,
                    "Auto-PGD-T: targeted DLR toward the n_targets best other classes, %s"
                    % norm_label, eps, 100, None, extra_defaults=dict(_APGD_T_DEFAULTS),
-                   check_params=_check_apgd_params)
+                   check_params=_check_apgd_params, version=_APGD_VERSION)
         for suffix, norm, norm_label, eps in (("", _utils.LINF, "L-inf", 8.0),
                                               ("_l2", _utils.L2, "L2", 300.0))
     ) + tuple(
@@ -294,7 +297,8 @@ ATTACKS = {
                    "targets, each on the images still robust (FAB-T and Square not run)"
                    % norm_label, eps, 100, None,
                    extra_defaults={"restarts": 1, "rand_init": True, "n_targets": 9},
-                   check_params=_check_apgd_params, stages=_autoattack_stages)
+                   check_params=_check_apgd_params, stages=_autoattack_stages,
+                   version=_APGD_VERSION)
         for suffix, norm, norm_label, eps in (("", _utils.LINF, "L-inf", 8.0),
                                               ("_l2", _utils.L2, "L2", 300.0))
     )

@@ -124,6 +124,71 @@ def test_apgd_checkpoints_follow_the_schedule():
     assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
 
 
+def _spec_apgd_run(target, x, y, x0, eps, steps, norm):
+    """APGD-CE transcribed step by step from SPEC section 11 / AutoAttack, in NumPy: only
+    the loss and gradient come from ``target``.  Returns (highest-loss point, its loss)."""
+    x, x0 = np.asarray(x), np.asarray(x0)
+    axes = (1, 2, 3)
+
+    def project(v):
+        if norm == "linf":
+            return np.clip(np.clip(v, x - eps, x + eps), 0.0, 1.0)
+        d = v - x
+        n = np.sqrt((d ** 2).sum(axes, keepdims=True))
+        return np.clip(x + d / (n + 1e-12) * np.minimum(eps, n), 0.0, 1.0)
+
+    def direction(g):
+        if norm == "linf":
+            return np.sign(g)
+        return g / (np.sqrt((g ** 2).sum(axes, keepdims=True)) + 1e-12)
+
+    def evaluate(v):
+        out = target.evaluate(tf.constant(v), tf.constant(y), None, cross_entropy)
+        return out.loss.numpy(), out.grad.numpy()
+
+    loss, grad = evaluate(x0)
+    x_k, x_prev, eta = x0, x0, np.full((len(x), 1, 1, 1), 2.0 * eps, np.float32)
+    x_best, grad_best, loss_best, loss_prev = x0, grad, loss, loss
+    n_up, reduced, best_at_check, last_check = np.zeros(len(x)), np.zeros(len(x), bool), loss, 0
+    for i in range(steps):
+        a = 0.75 if i > 0 else 1.0
+        z = project(x_k + eta * direction(grad))
+        x_new = project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))   # x_k - x_{k-1}
+        loss, grad = evaluate(x_new)
+        n_up += loss > loss_prev
+        loss_prev = loss
+        better = loss > loss_best
+        x_best = np.where(better[:, None, None, None], x_new, x_best)
+        grad_best = np.where(better[:, None, None, None], grad, grad_best)
+        loss_best = np.where(better, loss, loss_best)
+        x_prev, x_k = x_k, x_new
+        if i + 1 in checkpoints(steps):
+            halve = (n_up <= 0.75 * (i + 1 - last_check)) | (~reduced & (best_at_check >= loss_best))
+            h = halve[:, None, None, None]
+            eta = np.where(h, eta / 2, eta)
+            x_k, grad = np.where(h, x_best, x_k), np.where(h, grad_best, grad)
+            reduced, best_at_check, n_up, last_check = halve, loss_best, 0 * n_up, i + 1
+    return x_best, loss_best
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8), ("l2", 150)])
+def test_apgd_run_follows_the_spec_step_by_step(pattern, norm, eps):
+    """The compiled loop's state machine (momentum on x_k - x_{k-1}, checkpoints, halving,
+    restart from the best point) against a plain transcription of SPEC section 11."""
+    from attacks.apgd import apgd_run, apgd_start
+    model, x, y = pattern
+    x, y = tf.constant(x[:16]), tf.constant(y[:16])
+    target = ModelTarget(model)
+    x0 = apgd_start(x, norm, eps / 255, tf.constant([3, 4]))
+    x_best, _, _ = apgd_run(target, x, y, None, x0, eps=eps / 255, steps=30, norm=norm,
+                            loss_fn=cross_entropy)
+    ref_best, ref_loss = _spec_apgd_run(target, x, y.numpy(), x0, eps / 255, 30, norm)
+    loss = cross_entropy(model(x_best), y).numpy()
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-4, atol=1e-5)
+    # NumPy and TF sum the L2 norms in different orders: 1e-4 is 1/40 of a 0-255 level
+    np.testing.assert_allclose(x_best.numpy(), ref_best, atol=1e-4)
+
+
 @pytest.mark.parametrize("norm, eps, pgd", [("linf", 8, "pgd_linf"), ("l2", 150, "pgd_l2")])
 def test_apgd_reaches_at_least_pgd_success_at_equal_iterations(pattern, norm, eps, pgd):
     model, x, y = pattern
