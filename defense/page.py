@@ -202,7 +202,9 @@ def bench_html(metrics: Dict) -> str:
     df.insert(3, "vector", [("no attack" if a == "none" else report.attack_label(a, e))
                             for a, e in zip(df["attack"], df["eps"])])
     df = df.drop(columns=["attack", "eps"])
-    for col in ("clean_acc", "acc", "defended", "evasion", "robustness", "tpr", "fpr"):
+    df.insert(4, "goal", df.pop("goal"))
+    for col in ("clean_acc", "acc", "defended", "evasion", "robustness", "tpr", "fpr",
+                "tpr_at_5fpr", "tpr_at_10fpr"):
         df[col] = [report.fmt2(v) if pd.notna(v) else None for v in df[col]]
     df["auc"] = ["%.3f" % v if pd.notna(v) else None for v in df["auc"]]
     for col in ("n_attacked", "n_successful"):

@@ -122,11 +122,11 @@ CLI_CASES = [
     (["--defenses", "unmask,unmask"], r"unmask"),
     (["--defenses", "pca:abc"], r"pca"),
     (["--threat", "white"], r"--threat: unknown threat model 'white'"),
-    (["--threat", ","], r"--threat: give gray-box, adaptive, transfer"),
+    (["--threat", ","], r"--threat: give one or several of gray-box, adaptive, transfer"),
     (["--threat", "transfer"], r"--threat transfer needs --k-transfer PATH"),
     (["--threat", "transfer", "--k-transfer", "{root}/missing.h5"], r"no such checkpoint file"),
     (["--threat", "transfer", "--k-transfer", "{root}/klogs"], r"no such checkpoint file"),
-    (["--adaptive-steps", "0"], r"--adaptive-steps must be >= 1"),
+    (["--adaptive-steps", "0"], r"--adaptive-steps must be an integer >= 1"),
     (["--at-eps", "0"], r"--at-eps must be in \(0, 255\]"),
     (["--at-eps", "300"], r"--at-eps must be in \(0, 255\]"),
     # folders

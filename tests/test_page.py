@@ -1,5 +1,6 @@
 """report.html: a tiny run's page, as a browser shows it; the gallery's seeded choice; the
 oracle's parts; damaged records named on the page; --report rebuilding it from the folder."""
+import json
 import os
 import shutil
 
@@ -99,11 +100,12 @@ def test_an_oracle_run_shows_the_annotated_parts_and_the_runs_decisions(run):
     gray = " — gray-box (the attack sees M)"
     assert [s.title for s in sections] == [
         "PGD-L∞ ε=8" + gray, "fgsm ε=8" + gray] + [
-        "%s — adaptive attack on %s" % (v, d) for d in ("jpeg", "noise:10")
-        for v in ("PGD-L∞ ε=8", "fgsm ε=8")]
+        "%s — adaptive attack on %s, run for goal 'wrong'" % (v, d)
+        for d in ("jpeg", "noise:10") for v in ("PGD-L∞ ε=8", "fgsm ε=8")]
     source = gallery.parts_source(folder)
     for s in sections:
-        target = s.title.split(" attack on ")[-1] if "adaptive" in s.title else None
+        target = (s.title.split(" attack on ")[-1].split(",")[0] if "adaptive" in s.title
+                  else None)
         for r in s.rows:
             assert set(r.images) == {"clean", "attacked", "perturbation"}
             drawn = source.parts([r.key], [None])[0]
@@ -122,7 +124,7 @@ def test_an_oracle_run_shows_the_annotated_parts_and_the_runs_decisions(run):
         for row in block["attacks"]:
             kind, where = (("attacks", "m") if row["threat_model"] == "gray-box"
                            else ("adaptive", label.replace(":", "-")))
-            rec = folder.record(kind, where, row["attack"], row["eps"])
+            rec = folder.record(kind, where, row["attack"], row["eps"], row.get("goal"))
             _, obs = folder.observation(label, rec.fingerprint)
             acc = float(np.mean(defenses[label].decide(obs).pred == folder.labels()))
             assert acc == pytest.approx(row["acc"]), (label, row)
@@ -151,12 +153,22 @@ def test_a_damaged_record_is_named_on_the_page_not_a_crash(run, tmp_path):
 
 def test_the_adaptive_attacks_convergence_plot_is_shown_when_the_run_has_one(run, tmp_path):
     folder = _copy(run, tmp_path)
-    assert 'id="convergence"' not in page.build_page(folder)
-    plot = gallery.png(np.full((20, 30, 3), 128, np.uint8))
-    with open(os.path.join(folder, "convergence.png"), "wb") as f:
-        f.write(plot)
+    plot_path = os.path.join(folder, "convergence.png")
     html = page.build_page(folder)
+    plot = open(plot_path, "rb").read()
     assert 'id="convergence"' in html and page.data_uri(plot) in html
+    assert "2 steps" in html and "restart 1" in html        # the trace, per row
+    # a run without defense-aware attacks has no such section
+    os.remove(plot_path)
+    metrics_path = os.path.join(folder, "metrics.json")
+    metrics = json.load(open(metrics_path))
+    for block in metrics["defenses"].values():
+        block["attacks"] = [r for r in block["attacks"] if r["threat_model"] == "gray-box"]
+        block.pop("adaptive", None)
+    metrics.pop("adaptive_settings", None)
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f)
+    assert 'id="convergence"' not in page.build_page(folder)
 
 
 def test_the_grid_page_holds_the_grids_tables_and_links_each_pairs_page(run):
@@ -178,6 +190,7 @@ def _bench_rows(metrics):
         for r in block["attacks"]:
             rows.append("\t".join([label, block["kind"], r["threat_model"],
                                    report.attack_label(r["attack"], r["eps"]),
+                                   r.get("goal") or report.MISSING,
                                    report.fmt2(block["benign"]["acc"]), report.fmt2(r["acc"]),
                                    report.fmt2(r["defended"]), report.fmt2(r["evasion"])]))
     return rows

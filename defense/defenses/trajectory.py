@@ -191,14 +191,14 @@ class TrajectoryDefense(Defense):
         """Tap features of the natural sources (``attack`` None) or of their successful
         adversarials under ``attack``; cached per (split, attack)."""
         tag = "natural" if attack is None else attack[0]
-        name = "features_%s_%s.npz" % (images.split, tag)
+        file_name = "features_%s_%s.npz" % (images.split, tag)
         fp = {"version": CACHE_VERSION, "m": self._digest, "arch": self._arch,
               "images": images.fingerprint, "sources": [int(i) for i in src],
               "seed": ctx.seed, "attack": None if attack is None else
               [attack[0], resolve_config(attack[1], attack[2], **attack[4],
                                          **({"targeted": True} if attack[3] else {})
                                          ).as_dict()]}
-        feats = _first_cached(_load_features, cache, name, fp)
+        feats = _first_cached(_load_features, cache, file_name, fp)
         if feats is not None:
             return feats
         x = images.x[src]
@@ -211,7 +211,7 @@ class TrajectoryDefense(Defense):
             ctx.log("trajectory data: %s on %d %s images, %d successful (%.0f s)"
                     % (group, len(src), images.split, len(x), res.seconds))
         feats = tap_features(self._m, self._arch, x, model=self._taps)
-        _save_features(os.path.join(cache[0], name), fp, feats)
+        _save_features(os.path.join(cache[0], file_name), fp, feats)
         return feats
 
     def _choose_threshold(self, ctx, val: ImageSet) -> None:
