@@ -361,9 +361,10 @@ def convergence(first_step: np.ndarray, steps: int,
 
     Returns:
         ``{"steps": {s: rate}, "restarts": [rate after round 1, ...], "converged": bool,
-        "why": text}``; a rate of 1 (every image at the goal) is converged whatever the path.  ``rate(s)``: images whose goal some round reached within ``s``
-        steps of its run.  Images are not attacked further once at the goal, so a truncated
-        run's rate is a lower bound: the flag errs toward "not converged".
+        "why": text}``; a rate of 1 (every image at the goal) is converged whatever the path.
+        ``rate(s)``: images whose goal some round reached within ``s`` steps of its run.
+        Images are not attacked further once at the goal, so a truncated run's rate is a
+        lower bound: the flag errs toward "not converged".
     """
     reached = first_step >= 0
     by_step = {}

@@ -216,8 +216,9 @@ class UnMaskTarget(AttackTarget):
 
     The loss value is ``L_M - L_K``: ``L_M`` the attack's loss of M toward ``y'`` and ``L_K``
     the part-set hinge of :meth:`PartScorer.hinge_value_and_grad` (``lam_present`` ×
-    Σ_{p ∈ V[y']} relu(κ − smax_r m_{r,p}) + ``lam_absent`` × Σ_{p ∉ V[y']} Σ_r relu(m_{r,p} +
-    κ), to lower: the parts of ``y'`` appear in K's ROI logits, every other part disappears).
+    Σ_{p ∈ V[y']} relu(κ − smax_r m_{r,p}) + ``lam_absent`` ×
+    Σ_{p ∉ V[y']} Σ_r relu(m_{r,p} + κ), to lower: the parts of ``y'`` appear in K's ROI
+    logits, every other part disappears).
     The direction combines the two gradients by ``mode`` (:func:`combine`).  One evaluation
     costs one forward and backward pass of M and one session run of K, which also gives K's
     part sets: ``judge(pred [B], parts, y [B]) -> bool [B]`` turns them and M's answer into

@@ -163,7 +163,8 @@ def _spec_apgd_run(target, x, y, x0, eps, steps, norm):
         loss_best = np.where(better, loss, loss_best)
         x_prev, x_k = x_k, x_new
         if i + 1 in checkpoints(steps):
-            halve = (n_up <= 0.75 * (i + 1 - last_check)) | (~reduced & (best_at_check >= loss_best))
+            halve = ((n_up <= 0.75 * (i + 1 - last_check))
+                     | (~reduced & (best_at_check >= loss_best)))
             h = halve[:, None, None, None]
             eta = np.where(h, eta / 2, eta)
             x_k, grad = np.where(h, x_best, x_k), np.where(h, grad_best, grad)
