@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="split every per-image attack vector of --grid into N image shards "
                            "(work units cut at attack-batch boundaries; the merged numbers "
                            "equal the unsharded run's) (default: 1)")
-    from models.mrcnn.cli import add_arguments as add_k_arguments
+    from evaluation.model_k import add_arguments as add_k_arguments
     add_k_arguments(p)
     return p
 
@@ -244,12 +244,10 @@ def parse_grid(args):
 
 
 def run_grid(cfg, archs, class_sets, args) -> int:
-    from defense.grid import InProcess, RayExecutor, run_grid as grid
+    from evaluation.executors import make_executor
+    from evaluation.grid import run_grid as grid
 
-    if args.workers is None and not args.ray_address:
-        executor = InProcess()
-    else:
-        executor = RayExecutor(workers=args.workers, address=args.ray_address)
+    executor = make_executor(args.workers, args.ray_address)
     try:
         grid(cfg, archs, class_sets, executor)
     finally:
@@ -356,7 +354,7 @@ def check_folders(args, eval_cfg=None, grid=None) -> bool:
                                  "`python main.py --model K` (on one host); --distribute "
                                  "multi-worker distributes M's training only" % args.k_log_dir)
     elif args.model == "K":
-        from models.mrcnn.cli import log_dir_writes
+        from evaluation.model_k import log_dir_writes
         check_folder(args.k_log_dir, "--k-log-dir", write=False)
         why = log_dir_writes(args)
         if why is not None:
@@ -393,7 +391,7 @@ def _checkpoint_writes(args, eval_cfg, grid) -> list:
     """``(folder, why)`` for each model folder under --checkpoint-dir the run writes in
     (None for a folder holding M or AT trained for the run's settings: it is only read)."""
     from defense.adversarial_training import at_checkpoint_dir
-    from defense.grid import pair_config
+    from evaluation.grid import pair_config
     from models.train_classifier import training_writes
 
     if args.at_line_search:
@@ -429,7 +427,7 @@ def _check_checkpoint_dir(args, writes) -> None:
 
 
 def _eval_config(args):
-    from defense.evaluate import EvalConfig
+    from evaluation.config import EvalConfig
     from defense.thresholds import check_target_fpr
     from models.classifier import get_architecture
     from models.train_classifier import TrainConfig
@@ -528,7 +526,7 @@ def train_k_first(args, eval_cfg):
     --weights), and the evaluation then uses it.  The oracle (ground-truth parts) is only
     used when asked for (--extractor oracle), never in K's place."""
     import dataclasses
-    from models.mrcnn.cli import run_model_k
+    from evaluation.model_k import run_model_k
 
     print("no trained K (--k-config %s) in %s: training it first, as `python main.py --model K` "
           "would (about 6 minutes on 2 CPU cores); UnMask is then evaluated with it. Pass "
@@ -539,7 +537,7 @@ def train_k_first(args, eval_cfg):
 
 
 def run_model_m(cfg, line_search: bool = False) -> int:
-    from defense.evaluate import WorkerDone, run_evaluation
+    from evaluation.run import WorkerDone, run_evaluation
 
     if line_search:
         return _line_search(cfg)
@@ -552,7 +550,7 @@ def run_model_m(cfg, line_search: bool = False) -> int:
 
 def _line_search(cfg) -> int:
     from defense.adversarial_training import line_search, line_search_path
-    from defense.evaluate import load_data
+    from evaluation.run import load_data
 
     data = load_data(cfg, print)
     out = line_search(cfg.arch, len(cfg.class_set.classes), cfg.input_size, data, cfg.m_dir,
@@ -564,12 +562,12 @@ def _line_search(cfg) -> int:
 
 def run_k(args) -> int:
     """``--model K``: train and/or evaluate K, then write its page beside its evaluation."""
-    from models.mrcnn.cli import run_model_k
+    from evaluation.model_k import run_model_k
 
     code = run_model_k(args)
-    from defense import k_page
+    from evaluation import k_page, writer
     if k_page.eval_file(args.k_results_dir, args.k_eval_split) is not None:
-        k_page.write_k_page(args.k_results_dir, args.k_eval_split)
+        writer.write_k_page(args.k_results_dir, args.k_eval_split)
     return code
 
 
@@ -577,12 +575,12 @@ def rebuild_report(path: str) -> int:
     """``--report RUN_DIR``: the page of a finished evaluation, grid or K evaluation, from its
     folder alone."""
     tfcompat.import_tf()
-    from defense import k_page, page
+    from evaluation import k_page, writer
 
-    writers = (("metrics.json", page.write_page), ("grid.json", page.write_grid_page))
+    writers = (("metrics.json", writer.write_page), ("grid.json", writer.write_grid_page))
     write = next((w for name, w in writers if os.path.isfile(os.path.join(path, name))), None)
     if write is None and os.path.isdir(path) and k_page.eval_file(path) is not None:
-        write = k_page.write_k_page
+        write = writer.write_k_page
     try:
         if write is None:
             raise FileNotFoundError("%s is not the folder of a finished run: it holds no "
@@ -625,7 +623,7 @@ def main(argv=None) -> int:
         eval_cfg = _eval_config(args) if args.model == "M" else None
         grid = parse_grid(args)
         if args.model == "K":
-            from models.mrcnn.cli import validate_options
+            from evaluation.model_k import validate_options
             validate_options(vars(args))
         k_first = check_folders(args, eval_cfg, grid)
         manifest = _prepare(args)

@@ -70,16 +70,18 @@ def measure(classset: str, images: int, attack: str) -> dict:
 
     from attacks import resolve_config, run_attack
     from attacks.engine import AdaptiveEngine, convergence
-    from defense import evaluate as ev
+    from evaluation import run as ev
+    from evaluation.comparison import Comparison
+    from evaluation.config import EvalConfig
     from defense.defenses import build_defense
     from defense.threats import Goal, Threat
 
     name, _, eps = attack.partition(":")
-    cfg = ev.EvalConfig(class_set=get_class_set(classset), extractor="k", n_test=images,
-                        progress=False, results_dir=tempfile.mkdtemp(prefix="bench_adaptive_"))
+    cfg = EvalConfig(class_set=get_class_set(classset), extractor="k", n_test=images,
+                     progress=False, results_dir=tempfile.mkdtemp(prefix="bench_adaptive_"))
     data = ev.load_data(cfg, print)
     m, _ = ev.get_models(cfg, data, print)
-    bench = ev.Bench(cfg, data, {"m": m}, print)
+    comparison = Comparison(cfg, data, {"m": m}, print)
     made = {}
 
     def extractors():
@@ -88,8 +90,8 @@ def measure(classset: str, images: int, attack: str) -> dict:
         return made["v"]
 
     um = build_defense("unmask")
-    um.fit(bench.fit_context(extractors))
-    test = bench.images("test")
+    um.fit(comparison.fit_context(extractors))
+    test = comparison.images("test")
     x, y = test.x, test.labels
     run_attack(m, x[:2], y[:2], "pgd_linf", eps=8)                 # compile outside timing
     load_before = _machine.load_average()

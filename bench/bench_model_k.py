@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import _machine  # noqa: E402
 from data.fileio import write_json_atomic  # noqa: E402
-from models.mrcnn import cli  # noqa: E402
+from evaluation import model_k as cli  # noqa: E402
 from models.mrcnn.extractor import PartExtractor  # noqa: E402
 
 

@@ -43,21 +43,23 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS, help="JSON output path")
     args = p.parse_args(argv)
     os.chdir(ROOT)
-    from defense import evaluate as ev
+    from evaluation import run as ev
+    from evaluation.comparison import Comparison
+    from evaluation.config import EvalConfig
     from defense.defenses import build_defense
     from defense.defenses import trajectory as traj_module
 
-    cfg = ev.EvalConfig(class_set=get_class_set(args.classset), data_dir=args.data_dir,
-                        checkpoint_dir=args.checkpoint_dir, progress=False)
+    cfg = EvalConfig(class_set=get_class_set(args.classset), data_dir=args.data_dir,
+                     checkpoint_dir=args.checkpoint_dir, progress=False)
     if not os.path.isfile(os.path.join(cfg.m_dir, "best.h5")):
         p.error("no trained M in %s: run `python main.py` first" % cfg.m_dir)
     stamps = []
     log = lambda msg: (stamps.append((time.time(), msg)), print(msg))  # noqa: E731
     data = ev.load_data(cfg, log)
     m, _ = ev.get_models(cfg, data, log)
-    bench = ev.Bench(cfg, data, {"m": m}, log)
+    comparison = Comparison(cfg, data, {"m": m}, log)
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = bench.fit_context(lambda: None)
+        ctx = comparison.fit_context(lambda: None)
         if args.from_scratch:
             ctx.settings["m_dir"] = os.path.join(tmp, "m")
         defense = build_defense("trajectory:" + args.configuration)
@@ -66,7 +68,7 @@ def main(argv=None):
         defense.fit(ctx)
         fit_seconds = time.time() - start
         t0 = time.time()
-        scores = defense.score(bench.images("test"))
+        scores = defense.score(comparison.images("test"))
         score_seconds = time.time() - t0
     params = defense.params()
     record = {

@@ -182,3 +182,10 @@ class PartsDataset(Dataset):
         """Set of part names annotated in one image (the ground truth K should find)."""
         info = self.image_info[image_id]
         return frozenset(PARTS[a["category_id"]] for a in info["annotations"])
+
+
+def load_parts_dataset(data_dir: str, split: str) -> PartsDataset:
+    """The prepared :class:`PartsDataset` of ``<data_dir>/VOC2010/<split>.json``."""
+    ds = PartsDataset().load_parts(data_dir, split)
+    ds.prepare()
+    return ds

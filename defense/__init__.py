@@ -7,9 +7,14 @@ Modules:
 * :mod:`defense.extractors` — the extractor protocol and the ground-truth
   :class:`~defense.extractors.OracleExtractor` (results with it are labelled "oracle").
 * :mod:`defense.thresholds` — choosing the threshold t for a target benign FPR.
-* :mod:`defense.metrics` — ROC/AUC, rates at t, accuracies, contamination-0.5 detection sets.
-* :mod:`defense.report` — ``metrics.json`` (validated), Table IV, Fig. 4, Fig. 5 (imports
-  matplotlib; not imported here).
+* :mod:`defense.base` and :mod:`defense.defenses` — the interface of a defense and the registry
+  of every defense the comparison runs (UnMask, AT, the input transforms, noise, the
+  trajectory detector); :mod:`defense.adaptive` — their defense-aware attack targets;
+  :mod:`defense.adversarial_training`, :mod:`defense.transforms`, :mod:`defense.trajectory` —
+  what those defenses are made of.
+
+The evaluation harness that runs them (attacks, records, metrics, reports) is the
+:mod:`evaluation` package.
 
 Nothing here imports TensorFlow; a Keras model is only called through ``UnMask(model=...)``.
 """

@@ -26,7 +26,7 @@ Documented decisions (not stated by the paper):
   moves a flagged image away from M's answer when the parts cannot tell the classes apart.
 * **No evidence** — every class has similarity 0 (in particular when K finds no part,
   ``F`` empty): the rectified class is :data:`NO_CLASS` (-1, "no class"), counted as wrong by
-  :func:`defense.metrics.accuracy`.  This is the original code's rule for mode ``"all"`` and we
+  :func:`evaluation.metrics.accuracy`.  This is the original code's rule for mode ``"all"`` and we
   apply it to flagged images in mode ``"flagged"`` too.  With ``F`` empty, ``s = 0`` and
   ``d = 1``, so the image is flagged for every ``t <= 1``.
 

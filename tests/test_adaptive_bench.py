@@ -14,8 +14,9 @@ tf, keras = tfcompat.import_tf()
 
 from attacks import engine as engine_module  # noqa: E402
 from data.knowledge import get_class_set  # noqa: E402
-from defense import evaluate as ev  # noqa: E402
-from defense.report import validate_metrics  # noqa: E402
+from evaluation import run as ev  # noqa: E402
+from evaluation.config import EvalConfig  # noqa: E402
+from evaluation.schema import validate_metrics  # noqa: E402
 from models.train_classifier import TrainConfig  # noqa: E402
 from toys import random_k_checkpoint, tiny_unmask  # noqa: E402
 
@@ -42,7 +43,7 @@ def _config(setup, out, **kw):
                 threats=("gray-box", "adaptive"), adaptive_steps=4, adaptive_restarts=2,
                 target_fpr=0.3)
     base.update(kw)
-    return ev.EvalConfig(**base)
+    return EvalConfig(**base)
 
 
 @pytest.fixture(scope="module")

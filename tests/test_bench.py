@@ -11,11 +11,11 @@ import tfcompat
 tf, keras = tfcompat.import_tf()
 
 from data.knowledge import CLASS_PARTS, get_class_set  # noqa: E402
-from defense import bench_report, report  # noqa: E402
 from defense.base import REJECTED, FitContext, ImageSet  # noqa: E402
 from defense.defenses import (DEFENSES, build_defense, parse_defense,  # noqa: E402
                               parse_defenses)
-from defense.evaluate import _robustness  # noqa: E402
+from evaluation import comparison_table, schema, writer  # noqa: E402
+from evaluation.results import robustness  # noqa: E402
 
 CS = get_class_set("CS3a")          # car, person, train
 SIZE = 16
@@ -208,11 +208,11 @@ def test_defense_names_are_validated_before_any_work():
 
 
 def test_robustness_ratio():
-    assert _robustness(0.5, 0.8) == pytest.approx(0.625)
-    assert _robustness(0.0, 0.9) == 0.0
-    assert _robustness(0.3, 0.0) is None          # undefined without clean accuracy
+    assert robustness(0.5, 0.8) == pytest.approx(0.625)
+    assert robustness(0.0, 0.9) == 0.0
+    assert robustness(0.3, 0.0) is None          # undefined without clean accuracy
     # the seed's own figures: PCA 22.10 / 23.35
-    assert _robustness(0.2210, 0.2335) == pytest.approx(0.9465, abs=1e-4)
+    assert robustness(0.2210, 0.2335) == pytest.approx(0.9465, abs=1e-4)
 
 
 def _bench_metrics():
@@ -226,46 +226,46 @@ def _bench_metrics():
                 "unmask": {"kind": "detector", "attacked_model": "m",
                            "params": {"threshold": 0.5}, "benign": {"acc": 0.8},
                            "attacks": rows(0.7, True)}}
-    entry = report.attack_entry("pgd_linf", 8, 0.1, None, 0.7, 0.9, 0.8, 0.1, 10, 9)
-    return report.make_metrics("CS3a", "mobilenetv2_050", "oracle", 0.5, "flagged", 0,
+    entry = schema.attack_entry("pgd_linf", 8, 0.1, None, 0.7, 0.9, 0.8, 0.1, 10, 9)
+    return schema.make_metrics("CS3a", "mobilenetv2_050", "oracle", 0.5, "flagged", 0,
                                {"acc_none": .8, "acc_at": None, "acc_um": .8}, [entry],
                                versions={}, defenses=defenses)
 
 
 def test_bench_tables_and_figure(tmp_path):
     m = _bench_metrics()
-    df = bench_report.bench_frame(m)
+    df = comparison_table.comparison_frame(m)
     assert list(df["defense"]) == ["none", "none", "unmask", "unmask"]
     assert df.loc[1, "robustness"] == pytest.approx(0.125)
-    md = bench_report.bench_markdown(m)
+    md = comparison_table.comparison_markdown(m)
     assert "| none" in md and ".10 (0.12)" in md and ".80 · 0.900 / .80" in md
     assert "macro-AUC (gray-box)" in md and "0.900" in md
-    paths = bench_report.write_bench(str(tmp_path), m)
+    paths = writer.write_comparison(str(tmp_path), m)
     for p in paths.values():
         assert os.path.getsize(p) > 0
-    assert open(paths["bench_csv"]).readline().strip() == ",".join(bench_report.CSV_COLUMNS)
+    assert open(paths["bench_csv"]).readline().strip() == ",".join(comparison_table.CSV_COLUMNS)
 
 
 def test_metrics_with_defenses_validate_and_old_files_still_do():
     m = _bench_metrics()
     old = {k: v for k, v in m.items() if k != "defenses"}
-    report.validate_metrics(old)
+    schema.validate_metrics(old)
     for key, value, message in (("auc", 0.5, "not a detector"),
                                 ("threat_model", "black-box", "threat_model"),
                                 ("eps", 16, "not among the run's attacks")):
         bad = json.loads(json.dumps(m))
         bad["defenses"]["none"]["attacks"][0][key] = value
         with pytest.raises(ValueError, match=message):
-            report.validate_metrics(bad)
+            schema.validate_metrics(bad)
     # without UnMask the Table IV fields of UnMask are null, everywhere
     no_um = json.loads(json.dumps(old))
     no_um.update(extractor=None, threshold=None)
     no_um["benign"]["acc_um"] = None
     no_um["attacks"][0].update(acc_um=None, auc=None, tpr=None, fpr=None)
-    report.validate_metrics(no_um)
+    schema.validate_metrics(no_um)
     no_um["attacks"][0]["auc"] = 0.9
     with pytest.raises(ValueError, match="UnMask was not run"):
-        report.validate_metrics(no_um)
+        schema.validate_metrics(no_um)
 
 
 def test_trajectory_never_trains_on_test_images_and_follows_m(context, monkeypatch):
@@ -319,7 +319,7 @@ def test_trajectory_options_and_held_out_family():
 
 def test_family_aucs_on_hand_made_scores():
     from defense.defenses.trajectory import TRAIN_ATTACKS
-    from defense.trajectory_table import family_aucs
+    from evaluation.trajectory_table import family_aucs
 
     gid = {a[0]: g for g, a in enumerate(TRAIN_ATTACKS, start=1)}
     groups = np.array([0, 0, 0, 0, gid["bim_linf-u"], gid["bim_l2-u"], gid["cw_l2-u"],
@@ -335,7 +335,7 @@ def test_family_aucs_on_hand_made_scores():
 
 
 def test_seed_table_has_the_four_configurations(context):
-    from defense import trajectory_table
+    from evaluation import trajectory_table
 
     make, sets, _, _ = context
     table = trajectory_table.seed_table(make(), sets["test"], log=lambda s: None)
@@ -518,13 +518,13 @@ def test_sanity_checks_flag_broken_attacks():
     base = dict(rows[0])
     rows.append(dict(base, threat_model="adaptive", goal="wrong",
                      evasion=base["evasion"] + 0.3))
-    checks = bench_report.sanity_checks(m)
+    checks = comparison_table.sanity_checks(m)
     assert checks and all(ok for ok, _ in checks)
     rows[-1]["evasion"] = base["evasion"] - 0.3          # adaptive weaker than gray-box
-    bad = [msg for ok, msg in bench_report.sanity_checks(m) if not ok]
+    bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
     assert len(bad) == 1 and "adaptive evasion" in bad[0]
-    assert "FAILED" in bench_report.sanity_text(m)
+    assert "FAILED" in comparison_table.sanity_text(m)
     rows[-1]["evasion"] = base["evasion"] + 0.3
     rows.append(dict(base, eps=16, evasion=base["evasion"] - 0.5))   # stronger eps, less
-    bad = [msg for ok, msg in bench_report.sanity_checks(m) if not ok]
+    bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
     assert len(bad) == 1 and "at eps 8 ->" in bad[0]

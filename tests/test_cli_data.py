@@ -236,7 +236,7 @@ def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsy
     command runs.  The sizes come from data.synthetic.SyntheticConfig (patched to a tiny
     one); the commands themselves are stubbed and check the data are there when they start."""
     import main
-    import models.mrcnn.cli
+    import evaluation.model_k
     import tfcompat
     from data import synthetic
 
@@ -253,8 +253,8 @@ def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(main, "_checkpoint_writes", lambda args, cfg, grid: [])  # M: not here
     monkeypatch.setattr(main, "_k_missing", lambda args: False)    # K: see the next test
     monkeypatch.setattr(main, "run_model_m", command)
-    monkeypatch.setattr(models.mrcnn.cli, "run_model_k", command)
-    monkeypatch.setattr(models.mrcnn.cli, "log_dir_writes", lambda args: None)  # reads TF
+    monkeypatch.setattr(evaluation.model_k, "run_model_k", command)
+    monkeypatch.setattr(evaluation.model_k, "log_dir_writes", lambda args: None)  # reads TF
     assert main.main(argv + ["--data-dir", data_dir, "--seed", "3"]) == 0
     manifest = read_json(os.path.join(data_dir, "synthetic.json"))
     assert manifest["seed"] == 3 and manifest["config"] == SyntheticConfig(**TINY).as_dict()
@@ -269,16 +269,16 @@ def test_default_job_trains_k_first_when_none_is_trained(tmp_path, monkeypatch, 
     (as `--model K` would, from random weights) before M's evaluation, which then uses K;
     the oracle runs only when asked for, and a trained K is reused."""
     import main
-    import models.mrcnn.cli
+    import evaluation.model_k
     from data import synthetic
     from data.knowledge import get_class_set
-    from defense.evaluate import EvalConfig
+    from evaluation.config import EvalConfig
 
     calls = []
     monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(SyntheticConfig, **TINY))
     monkeypatch.setattr(main, "_eval_config", lambda args: EvalConfig(
         class_set=get_class_set("CS5b"), extractor=args.extractor))
-    monkeypatch.setattr(models.mrcnn.cli, "run_model_k",
+    monkeypatch.setattr(evaluation.model_k, "run_model_k",
                         lambda args, **kw: calls.append(("K", kw)) or 0)
     monkeypatch.setattr(main, "run_model_m",
                         lambda cfg, line_search=False: calls.append(("M", cfg.extractor)) or 0)

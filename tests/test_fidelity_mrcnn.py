@@ -263,7 +263,7 @@ def test_flip_defaults_per_config_and_training_uses_it(monkeypatch, tmp_path):
         get_config("synthetic", TRAIN_HFLIP_PROB=0.5)), data_gen.HorizontalFlip)
 
     import models.mrcnn.model as model_mod
-    from models.mrcnn import cli
+    from evaluation import model_k as cli
     calls = []
 
     class FakeMaskRCNN:
@@ -375,7 +375,7 @@ def test_config_replace_validates_and_keeps_the_class():
 
 
 def test_config_copies_in_the_package_go_through_replace():
-    from models.mrcnn import cli
+    from evaluation import model_k as cli
     from models.mrcnn.extractor import _inference_config
     with pytest.raises(ValueError, match="TYPO_NAME"):
         cli.resolve_config(PartsConfig(), TYPO_NAME=1)

@@ -34,16 +34,16 @@ def run_golden(root: str) -> dict:
     sys.path.insert(0, HERE)
     import tfcompat  # noqa: F401
     from data.knowledge import get_class_set
-    from defense import evaluate as ev
-    from defense import grid
     from defense.defenses import trajectory
+    from evaluation import grid
+    from evaluation.config import EvalConfig
     from models.train_classifier import TrainConfig
     from toys import tiny_unmask
 
     data = os.path.join(root, "unmask")
     if not os.path.isdir(data):
         tiny_unmask(data, seed=3, per_class=(24, 6, 4))
-    cfg = ev.EvalConfig(
+    cfg = EvalConfig(
         class_set=get_class_set("CS3a"), data_dir=data, arch="vgg16", input_size=32,
         train=TrainConfig(epochs=6, batch_size=8, learning_rate=0.003),
         vectors=(("pgd_linf", 16), ("fgsm", 8)), n_test=9, attack_batch=4, adaptive_batch=4,

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from data.knowledge import get_class_set
-from defense import evaluate as ev
-from defense import grid
+from evaluation import attack_store, grid, records
+from evaluation import run as ev
+from evaluation.comparison import Comparison
+from evaluation.config import EvalConfig
 from models.train_classifier import TrainConfig
 from toys import tiny_unmask
 
@@ -29,11 +31,11 @@ def _base(data_dir, root, **kw):
                 results_dir=str(root / "results"), checkpoint_dir=str(root / "ckpt"),
                 progress=False, extractor="oracle", defenses=("unmask",))
     base.update(kw)
-    return ev.EvalConfig(**base)
+    return EvalConfig(**base)
 
 
 def test_plan_has_four_stages_of_sorted_units():
-    base = ev.EvalConfig(class_set=get_class_set("CS5b"), vectors=(("pgd_linf", 8),
+    base = EvalConfig(class_set=get_class_set("CS5b"), vectors=(("pgd_linf", 8),
                                                                    ("fgsm", 8)))
     train, attack, defense, evaluate = grid.plan(base, ["resnet50", "mobilenetv2_050"],
                                                  ["cs5-2", "cs3-1"])
@@ -48,7 +50,7 @@ def test_plan_has_four_stages_of_sorted_units():
 
 
 def test_shards_split_the_per_image_vectors_at_batch_boundaries():
-    base = ev.EvalConfig(class_set=get_class_set("CS5b"), shards=3,
+    base = EvalConfig(class_set=get_class_set("CS5b"), shards=3,
                          vectors=(("pgd_linf", 8), ("uap", 10)))
     attack = grid.plan(base, ["mobilenetv2_050"], ["cs5-2"])[1]
     assert [u.name for u in attack] == [
@@ -56,13 +58,13 @@ def test_shards_split_the_per_image_vectors_at_batch_boundaries():
         "attack-cs5-2-mobilenetv2_050-uap_10"]          # a universal attack stays whole
     # shards cover the batches once, in order, cut at batch boundaries
     for n, batch, shards in [(300, 50, 3), (301, 50, 4), (7, 2, 2), (3, 4, 3), (0, 5, 2)]:
-        bounds = [ev.shard_bounds(n, batch, i, shards) for i in range(shards)]
+        bounds = [records.shard_bounds(n, batch, i, shards) for i in range(shards)]
         assert bounds[0][1] == 0 and bounds[-1][2] == n
         assert all(prev[2] == nxt[1] for prev, nxt in zip(bounds, bounds[1:]))  # contiguous
         for first, begin, end in bounds:
             assert begin == min(first * batch, n) and end >= begin      # at batch boundaries
     with pytest.raises(ValueError, match="shard 3 is not one of 0..2"):
-        ev.shard_bounds(10, 2, 3, 3)
+        records.shard_bounds(10, 2, 3, 3)
     with pytest.raises(ValueError, match="shards must be an integer >= 1"):
         dataclasses.replace(base, shards=0)
     # another number of shards is not another configuration: the merged records are equal
@@ -114,11 +116,11 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     ran = []
     for stage in grid.plan(base, ARCHS, SETS):
         for unit in stage:
-            if not grid._done(base, unit):
+            if not grid.unit_done(base, unit):
                 ran.append(unit.name)
             grid.run_unit(base, unit, lambda s: None)
     assert ran == [u.name for u in gone]
-    assert all(grid._done(base, u) for u in gone)
+    assert all(grid.unit_done(base, u) for u in gone)
     assert grid.merge(base, [(a, c) for a in ARCHS for c in SETS], log=lambda s: None) == merged
 
     # replaced images (here: one image's modification time) make every unit of the grid stale
@@ -129,16 +131,16 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
     try:
         stale = [u for stage in grid.plan(base, ARCHS, SETS) for u in stage
-                 if not grid._done(base, u)]
+                 if not grid.unit_done(base, u)]
         assert {u.class_set for u in stale} == {SETS[0]}
         assert len(stale) == len(ARCHS) * (2 + n_vectors + n_defenses)
     finally:
         os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert all(grid._done(base, u) for stage in grid.plan(base, ARCHS, SETS) for u in stage)
+    assert all(grid.unit_done(base, u) for stage in grid.plan(base, ARCHS, SETS) for u in stage)
 
     # another setting (here the epochs, which name no folder) makes every unit stale
     other = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=2))
-    assert not any(grid._done(other, u) for stage in grid.plan(other, ARCHS, SETS)
+    assert not any(grid.unit_done(other, u) for stage in grid.plan(other, ARCHS, SETS)
                    for u in stage)
 
 
@@ -172,12 +174,13 @@ def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path, m
     cfg = dataclasses.replace(pair, results_dir=str(tmp_path / "results"), shards=2)
     data = ev.load_data(cfg, lambda s: None)
     m, _ = ev.get_models(cfg, data, lambda s: None)       # the single run's trained M
-    bench = ev.Bench(cfg, data, {"m": m}, lambda s: None)
+    bench = Comparison(cfg, data, {"m": m}, lambda s: None).attacks
     name, eps = base.vectors[0]
     for shard in (1, 0):                                     # any order
         bench.attack_shard("m", name, eps, shard, 2)
     merged = bench.attacked("m", name, eps)
-    whole = np.load(ev.Bench(pair, data, {"m": m}, lambda s: None).record_path("m", name, eps))
+    whole = np.load(Comparison(pair, data, {"m": m}, lambda s: None).attacks.record_path(
+        "m", name, eps))
     mine = np.load(bench.record_path("m", name, eps))
     for key in ("x_adv", "pred_adv", "pred_clean", "fingerprint"):
         np.testing.assert_array_equal(mine[key], whole[key], err_msg=key)
@@ -188,8 +191,8 @@ def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path, m
         before = {k: f[k] for k in ("x_adv", "pred_adv", "keys")}
     os.remove(first)
     calls = []
-    real = ev.compile_attack
-    monkeypatch.setattr(ev, "compile_attack", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = attack_store.compile_attack
+    monkeypatch.setattr(attack_store, "compile_attack", lambda *a, **k: calls.append(a) or real(*a, **k))
     bench.attack_shard("m", name, eps, 0, 2)
     assert calls == []
     with np.load(first) as f:
@@ -199,9 +202,9 @@ def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path, m
     with np.load(bench.shard_path("m", name, eps, 0, 2)) as f:
         rec = {k: f[k] for k in f.files}
     rec["keys"] = np.array([str(bench.images("test").keys[-1])] * len(rec["keys"]))
-    ev._write_npz(bench.shard_path("m", name, eps, 0, 2), rec)
+    records.write_npz(bench.shard_path("m", name, eps, 0, 2), rec)
     os.remove(bench.record_path("m", name, eps))
-    fresh = ev.Bench(cfg, data, {"m": m}, lambda s: None)
+    fresh = Comparison(cfg, data, {"m": m}, lambda s: None).attacks
     with pytest.raises(ValueError, match="exactly once"):
         fresh.attacked("m", name, eps)
 

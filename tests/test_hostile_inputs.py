@@ -415,7 +415,7 @@ def test_leftovers_of_a_killed_save_are_removed_not_trusted(trained_m):
 
 @pytest.mark.parametrize("damage", ["garbage", "missing key", "wrong shape"])
 def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage):
-    from defense import evaluate as ev
+    from evaluation import records
 
     path = str(tmp_path / "rec.npz")
     fp = {"what": "test"}
@@ -423,7 +423,7 @@ def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage):
         open(path, "wb").write(b"PK\x03\x04 not really a zip")
     else:
         rec = {"x_adv": np.zeros((2, 4, 4, 3), np.float32), "pred_adv": np.zeros(2, np.int64),
-               "fingerprint": ev._canonical(fp)}
+               "fingerprint": records.canonical(fp)}
         if damage == "missing key":
             del rec["pred_adv"]
         else:
@@ -431,7 +431,7 @@ def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage):
         with open(path, "wb") as f:
             np.savez(f, **rec)
     logs = []
-    assert ev._read_npz(path, fp, log=logs.append,
+    assert records.read_npz(path, fp, log=logs.append,
                         expect={"x_adv": 4, "pred_adv": 1}) is None
     assert any("rec.npz" in m and "recomputed" in m for m in logs), logs
 
@@ -541,7 +541,7 @@ def test_oracle_parts_file_with_unknown_parts_or_bad_geometry_is_refused(tmp_pat
 
 
 def test_saved_observation_with_unknown_parts_or_wrong_length_is_not_used():
-    from defense.evaluate import _observation_problem
+    from evaluation.observations import observation_problem as _observation_problem
 
     good = {"pred": [0, 1], "parts": [["wheel"], []]}
     assert _observation_problem(good, 2) is None
@@ -554,7 +554,7 @@ def test_saved_observation_with_unknown_parts_or_wrong_length_is_not_used():
 def test_k_config_with_another_class_count_than_the_data_is_refused():
     import types
 
-    from models.mrcnn.cli import check_class_count
+    from evaluation.model_k import check_class_count
 
     cfg = get_k_config("synthetic")
     check_class_count(cfg, types.SimpleNamespace(num_classes=cfg.NUM_CLASSES), "data/x")
@@ -718,7 +718,8 @@ def test_a_trained_m_in_a_read_only_folder_is_loaded_and_never_written(trained_m
 def test_the_trajectory_cache_goes_to_the_results_when_m_folder_is_read_only(tmp_path,
                                                                              read_only):
     from data.knowledge import get_class_set
-    from defense.evaluate import EvalConfig, trajectory_cache
+    from evaluation.comparison import trajectory_cache
+    from evaluation.config import EvalConfig
 
     cfg = EvalConfig(class_set=get_class_set("CS3a"), checkpoint_dir=str(tmp_path / "ckpt"),
                      results_dir=str(tmp_path / "res"))

@@ -9,7 +9,8 @@ import pytest
 import tfcompat
 from data.fileio import write_json_atomic
 from mrcnn_config import get_config
-from models.mrcnn import cli, session_guard
+from evaluation import model_k as cli
+from models.mrcnn import session_guard
 from models.mrcnn.extractor import PartExtractor
 from models.mrcnn.model import HEAD_LAYERS, MaskRCNN, find_last_checkpoint, resolve_checkpoint
 from models.mrcnn.toy_data import ToyDataset

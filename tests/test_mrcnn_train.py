@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mrcnn_config import get_config
-from models.mrcnn import cli, evaluate
+from evaluation import model_k as cli
+from models.mrcnn import evaluate
 from models.mrcnn.extractor import PartExtractor
 from models.mrcnn.model import MaskRCNN
 from models.mrcnn.toy_data import TOY_CLASSES, ToyDataset
@@ -127,7 +128,7 @@ def test_coco_evaluation_on_tiny_split(overfit, tmp_path):
 
 def test_k_page_shows_per_part_ap_and_ks_parts_beside_the_annotated_ones(overfit, tmp_path,
                                                                          monkeypatch):
-    from defense import k_page
+    from evaluation import k_page
 
     ds = overfit["ds"]
     cli.evaluate_model_k(config=get_config("tiny"), checkpoint="last",

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mrcnn_config import get_config
-from models.mrcnn import cli, data_gen
+from evaluation import model_k as cli
+from models.mrcnn import data_gen
 from models.mrcnn.extractor import PartExtractor
 from models.mrcnn.constants import LAYER_REGEX
 from models.mrcnn.model import MaskRCNN

@@ -13,9 +13,10 @@ tf, keras = tfcompat.import_tf()
 
 from browser import Browser, find_chromium  # noqa: E402
 from data.knowledge import get_class_set  # noqa: E402
-from defense import evaluate as ev  # noqa: E402
-from defense import gallery, page, report  # noqa: E402
-from defense.run_folder import RunFolder  # noqa: E402
+from evaluation import gallery, page, tables  # noqa: E402
+from evaluation import run as ev  # noqa: E402
+from evaluation.config import EvalConfig  # noqa: E402
+from evaluation.run_folder import RunFolder  # noqa: E402
 from models.train_classifier import TrainConfig  # noqa: E402
 from toys import tiny_unmask  # noqa: E402
 
@@ -30,7 +31,7 @@ def run(tmp_path_factory):
     transforms' adaptive attacks too)."""
     tmp = tmp_path_factory.mktemp("page")
     data_dir = tiny_unmask(str(tmp / "unmask"), seed=3, per_class=(16, 6, 6))
-    cfg = ev.EvalConfig(
+    cfg = EvalConfig(
         class_set=get_class_set("CS3a"), data_dir=data_dir, input_size=32,
         train=TrainConfig(epochs=1, batch_size=16, learning_rate=0.01),
         vectors=(("pgd_linf", 8), ("fgsm", 8)), n_test=9, attack_batch=8,
@@ -146,7 +147,7 @@ def test_a_damaged_record_is_named_on_the_page_not_a_crash(run, tmp_path):
     pgd, fgsm = gallery.build_gallery(RunFolder(folder))[:2]
     assert pgd.rows and not fgsm.rows and any("test-fgsm_8.npz" in n for n in fgsm.notes)
     noise = [a for r in pgd.rows for a in r.answers if a.label == "noise:10"]
-    assert noise and all(a.attacked == report.MISSING for a in noise)
+    assert noise and all(a.attacked == tables.MISSING for a in noise)
     os.remove(os.path.join(folder, "run.json"))
     assert "run.json is missing" in page.build_page(folder)
 
@@ -172,13 +173,13 @@ def test_the_adaptive_attacks_convergence_plot_is_shown_when_the_run_has_one(run
 
 
 def test_the_grid_page_holds_the_grids_tables_and_links_each_pairs_page(run):
-    from defense import grid
+    from evaluation import grid
 
     cfg = run["cfg"]
     grid.merge(cfg, [(cfg.arch, cfg.class_set.code_name)], log=lambda s: None)
     html = open(os.path.join(cfg.results_dir, "grid", page.PAGE), encoding="utf-8").read()
     assert '<a href="../cs3-1/mobilenetv2_050/report.html">' in html
-    assert "Table IV" in html and report.fmt2(run["metrics"]["benign"]["acc_um"]) in html
+    assert "Table IV" in html and tables.fmt2(run["metrics"]["benign"]["acc_um"]) in html
     assert html.count("<img ") == 1                              # Fig. 4 across the grid
 
 
@@ -189,10 +190,10 @@ def _bench_rows(metrics):
     for label, block in metrics["defenses"].items():
         for r in block["attacks"]:
             rows.append("\t".join([label, block["kind"], r["threat_model"],
-                                   report.attack_label(r["attack"], r["eps"]),
-                                   r.get("goal") or report.MISSING,
-                                   report.fmt2(block["benign"]["acc"]), report.fmt2(r["acc"]),
-                                   report.fmt2(r["defended"]), report.fmt2(r["evasion"])]))
+                                   tables.attack_label(r["attack"], r["eps"]),
+                                   r.get("goal") or tables.MISSING,
+                                   tables.fmt2(block["benign"]["acc"]), tables.fmt2(r["acc"]),
+                                   tables.fmt2(r["defended"]), tables.fmt2(r["evasion"])]))
     return rows
 
 
@@ -242,9 +243,9 @@ def test_the_page_in_a_real_browser(run, tmp_path):
     missing = [row for row in _bench_rows(run["metrics"]) if row not in bench]
     assert missing == []
     m = run["metrics"]
-    assert report.fmt2(m["benign"]["acc_um"]) in seen["tables"]["table-iv"][0]
+    assert tables.fmt2(m["benign"]["acc_um"]) in seen["tables"]["table-iv"][0]
     assert "%d" % (2 * m["attacks"][0]["n_successful"]) in seen["tables"]["table-iii"][0]
     assert len(seen["tables"]["gallery"]) == 6 * 4     # each row's answers
-    values = [float(v) if v != report.MISSING else np.inf for v in sorted_acc]
+    values = [float(v) if v != tables.MISSING else np.inf for v in sorted_acc]
     assert values == sorted(values)
     assert os.path.getsize(os.path.join(ARTIFACTS, "report_page.png")) > 10000

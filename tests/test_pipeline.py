@@ -11,9 +11,12 @@ import tfcompat
 tf, keras = tfcompat.import_tf()
 
 from data.knowledge import get_class_set  # noqa: E402
-from defense import evaluate as ev  # noqa: E402
+from evaluation import attack_store, records  # noqa: E402
+from evaluation import run as ev  # noqa: E402
+from evaluation.comparison import Comparison  # noqa: E402
+from evaluation.config import EvalConfig  # noqa: E402
 from defense.adversarial_training import pgd_perturb, train_adversarial  # noqa: E402
-from defense.report import validate_metrics  # noqa: E402
+from evaluation.schema import validate_metrics  # noqa: E402
 from models.classifier import ARCHITECTURES, UnitToBackbone, build_classifier, \
     get_architecture  # noqa: E402
 from models.train_classifier import TrainConfig, accuracy, train_classifier  # noqa: E402
@@ -319,13 +322,13 @@ def _config(data_dir, tmp_path, **kw):
                 results_dir=str(tmp_path / "results"),
                 checkpoint_dir=str(tmp_path / "ckpt"), progress=False, extractor="oracle")
     base.update(kw)
-    return ev.EvalConfig(**base)
+    return EvalConfig(**base)
 
 
 def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeypatch):
     cfg = _config(tiny_data, tmp_path)
     calls = []
-    real_run_attack = ev.run_attack
+    real_run_attack = attack_store.run_attack
 
     def flaky_run_attack(model, x, y, name, **kw):
         calls.append(name)
@@ -333,14 +336,14 @@ def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeyp
             raise KeyboardInterrupt  # interrupted during the second vector
         return real_run_attack(model, x, y, name, **kw)
 
-    monkeypatch.setattr(ev, "run_attack", flaky_run_attack)
+    monkeypatch.setattr(attack_store, "run_attack", flaky_run_attack)
     with pytest.raises(KeyboardInterrupt):
         ev.run_evaluation(cfg, log=lambda s: None)
     saved = os.path.join(cfg.out_dir, "vectors", "attacks", "m")
     assert sorted(os.listdir(saved)) == ["test-pgd_linf_8.npz"]
 
     calls.clear()
-    monkeypatch.setattr(ev, "run_attack", lambda model, x, y, name, **kw: (
+    monkeypatch.setattr(attack_store, "run_attack", lambda model, x, y, name, **kw: (
         calls.append(name), real_run_attack(model, x, y, name, **kw))[1])
     metrics = ev.run_evaluation(cfg, log=lambda s: None)
     assert calls == ["fgsm"], "the saved pgd_linf vector must be reused, not recomputed"
@@ -364,8 +367,8 @@ def test_changed_setting_invalidates_saved_vectors(tiny_data, tmp_path, monkeypa
     cfg = _config(tiny_data, tmp_path, vectors=(("pgd_linf", 8),))
     ev.run_evaluation(cfg, log=lambda s: None)
     calls = []
-    real_run_attack = ev.run_attack
-    monkeypatch.setattr(ev, "run_attack", lambda model, x, y, name, **kw: (
+    real_run_attack = attack_store.run_attack
+    monkeypatch.setattr(attack_store, "run_attack", lambda model, x, y, name, **kw: (
         calls.append(name), real_run_attack(model, x, y, name, **kw))[1])
     ev.run_evaluation(_config(tiny_data, tmp_path, vectors=(("pgd_linf", 8),), n_test=6),
                       log=lambda s: None)
@@ -378,16 +381,16 @@ def test_vector_fingerprint_covers_the_attack_configuration(tiny_data, tmp_path,
     import attacks.registry as registry
 
     cfg = _config(tiny_data, tmp_path)
-    base = ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0)
+    base = records.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0)
     assert base["attack_config"]["steps"] == 20 and base["attack_config"]["step_size"] == 2.0
-    assert ev.vector_fingerprint(_config(tiny_data, tmp_path, attack_batch=16), {"m": "x"},
+    assert records.vector_fingerprint(_config(tiny_data, tmp_path, attack_batch=16), {"m": "x"},
                                  "pgd_linf", 8.0) != base
     spec = registry.ATTACKS["pgd_linf"]
     monkeypatch.setitem(registry.ATTACKS, "pgd_linf",
                         registry.AttackSpec(spec.name, spec.fn, spec.norm, spec.description,
                                             spec.default_eps, 10, spec.step_rule,
                                             extra_defaults=spec.extra_defaults))
-    assert ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0) != base
+    assert records.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0) != base
     assert json.loads(json.dumps(base)) == base   # survives the JSON round trip of the cache
 
 
@@ -479,7 +482,7 @@ def test_default_architecture_is_defined_once():
     import main
     from models.classifier import DEFAULT_ARCH
 
-    assert main.DEFAULT_ARCH == DEFAULT_ARCH == ev.EvalConfig(get_class_set("CS5b")).arch
+    assert main.DEFAULT_ARCH == DEFAULT_ARCH == EvalConfig(get_class_set("CS5b")).arch
 
 
 def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_path,
@@ -487,8 +490,8 @@ def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_
     first = ev.run_evaluation(_config(tiny_data, tmp_path), log=lambda s: None)
     assert set(first["defenses"]) == {"none", "unmask"}
     calls = []
-    real_run_attack = ev.run_attack
-    monkeypatch.setattr(ev, "run_attack", lambda model, x, y, name, **kw: (
+    real_run_attack = attack_store.run_attack
+    monkeypatch.setattr(attack_store, "run_attack", lambda model, x, y, name, **kw: (
         calls.append(name), real_run_attack(model, x, y, name, **kw))[1])
     logs = []
     more = ev.run_evaluation(_config(tiny_data, tmp_path, defenses=(
@@ -521,8 +524,8 @@ def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_
 def test_budgets_that_differ_past_the_reports_precision_never_share_a_record():
     import main
 
-    assert ev.eps_tag(8) == "8" and ev.eps_tag(300.0) == "300" and ev.eps_tag(0.5) == "0.5"
-    assert ev.eps_tag(8.0000001) == "8.0000001" != ev.eps_tag(8)
+    assert records.eps_tag(8) == "8" and records.eps_tag(300.0) == "300" and records.eps_tag(0.5) == "0.5"
+    assert records.eps_tag(8.0000001) == "8.0000001" != records.eps_tag(8)
     with pytest.raises(ValueError, match="differ only past the reports' precision"):
         main.parse_vectors("pgd_linf:8,pgd_linf:8.0000001")
     assert main.parse_vectors("paper,uap:10,ga:3")[-2:] == [("uap", 10.0), ("ga", 3.0)]
@@ -537,11 +540,11 @@ def test_replaced_test_images_are_noticed(tiny_data, tmp_path):
     os.makedirs(cfg.m_dir, exist_ok=True)
     with open(os.path.join(cfg.m_dir, "best.h5"), "wb") as f:
         f.write(b"weights")
-    base = ev.fingerprint(cfg, data)
+    base = records.fingerprint(cfg, data)
     data["x_test"] = data["x_test"].copy()
     data["x_test"][0, 0, 0, 0] ^= 1               # one pixel of one image changes
-    assert ev.fingerprint(cfg, data)["test_images"] != base["test_images"]
-    assert ev.fingerprint(cfg, data)["test_keys"] == base["test_keys"]
+    assert records.fingerprint(cfg, data)["test_images"] != base["test_images"]
+    assert records.fingerprint(cfg, data)["test_keys"] == base["test_keys"]
 
 
 def test_a_new_attack_version_recomputes_its_saved_records(tiny_data, tmp_path, monkeypatch):
@@ -550,12 +553,12 @@ def test_a_new_attack_version_recomputes_its_saved_records(tiny_data, tmp_path, 
     import attacks.registry as registry
 
     cfg = _config(tiny_data, tmp_path)
-    base = ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0)
+    base = records.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0)
     assert "attack_version" not in base
     spec = registry.ATTACKS["pgd_linf"]
     import dataclasses
     monkeypatch.setitem(registry.ATTACKS, "pgd_linf", dataclasses.replace(spec, version=2))
-    assert ev.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0) != base
+    assert records.vector_fingerprint(cfg, {"m": "x"}, "pgd_linf", 8.0) != base
     assert registry.ATTACKS["uap"].version >= 2
 
 
@@ -569,7 +572,7 @@ def test_training_and_validation_records_do_not_depend_on_the_test_subset(tiny_d
         os.makedirs(cfg.m_dir, exist_ok=True)
         with open(os.path.join(cfg.m_dir, "best.h5"), "wb") as f:
             f.write(b"weights")
-        bench = ev.Bench(cfg, data, {"m": lambda x: np.zeros((len(x), 3), np.float32)},
+        bench = Comparison(cfg, data, {"m": lambda x: np.zeros((len(x), 3), np.float32)},
                          log=lambda s: None)
         prints[n] = {s: bench.images(s).fingerprint for s in ("train", "val", "test")}
     assert prints[9]["train"] == prints[6]["train"] and prints[9]["val"] == prints[6]["val"]

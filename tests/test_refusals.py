@@ -20,7 +20,7 @@ import tfcompat
 from data.fileio import atomic_path, write_json_atomic, write_text_atomic
 from mrcnn_config import get_config
 from models import train_classifier as m_train
-from models.mrcnn import cli
+from evaluation import model_k as cli
 from models.mrcnn import weights as k_weights
 from models.mrcnn.extractor import PartExtractor
 from models.mrcnn.model import MaskRCNN, find_last_checkpoint
@@ -512,7 +512,7 @@ def test_extractor_errors_name_the_input(tiny_k):
 
 def test_k_seed_sets_the_training_seed_apart_from_the_data_seed():
     """A surrogate K for the transfer threat trains on the same data with other weights."""
-    from models.mrcnn import cli
+    from evaluation import model_k as cli
 
     assert cli._training_seed({"seed": 3, "k_seed": None}) == 3
     assert cli._training_seed({"seed": 3, "k_seed": 1}) == 1

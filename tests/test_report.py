@@ -6,22 +6,22 @@ import os
 import numpy as np
 import pytest
 
-from defense import metrics as dm
-from defense import report
+from evaluation import figures, schema, tables, writer
+from evaluation import metrics as dm
 
 
 def _metrics(class_set="cs5-2", arch="resnet50", extractor="k", with_at=True, seed=0):
     rng = np.random.default_rng(seed)
     attacks = []
-    for attack, eps in report.ATTACK_VECTORS:
+    for attack, eps in tables.ATTACK_VECTORS:
         n = 40
         k = int(rng.integers(1, n))
-        attacks.append(report.attack_entry(
+        attacks.append(schema.attack_entry(
             attack, eps, acc_none=rng.uniform(0, 0.3),
             acc_at=rng.uniform(0.3, 0.8) if with_at else None, acc_um=rng.uniform(0.6, 0.95),
             auc=rng.uniform(0.8, 1.0), tpr=rng.uniform(0.8, 1.0), fpr=rng.uniform(0, 0.2),
             n_attacked=np.int64(n), n_successful=k))
-    return report.make_metrics(class_set, arch, extractor, threshold=0.5, mode="flagged",
+    return schema.make_metrics(class_set, arch, extractor, threshold=0.5, mode="flagged",
                                seed=seed, versions={"numpy": np.__version__},
                                benign={"acc_none": 0.97, "acc_at": 0.92 if with_at else None,
                                        "acc_um": np.float64(0.91)},
@@ -30,12 +30,12 @@ def _metrics(class_set="cs5-2", arch="resnet50", extractor="k", with_at=True, se
 
 def test_valid_metrics_pass_and_are_json():
     m = _metrics()
-    assert report.validate_metrics(m) is m
+    assert schema.validate_metrics(m) is m
     back = json.loads(json.dumps(m))
-    report.validate_metrics(back)
+    schema.validate_metrics(back)
     assert [a["attack"] for a in back["attacks"]][:2] == ["pgd_linf", "pgd_linf"]
     assert isinstance(back["attacks"][0]["n_attacked"], int)
-    report.validate_metrics(_metrics(with_at=False))
+    schema.validate_metrics(_metrics(with_at=False))
 
 
 @pytest.mark.parametrize("mutate, key", [
@@ -62,7 +62,7 @@ def test_invalid_metrics_name_the_key(mutate, key):
     m = copy.deepcopy(_metrics())
     mutate(m)
     with pytest.raises(ValueError, match=key):
-        report.validate_metrics(m)
+        schema.validate_metrics(m)
 
 
 def test_a_file_in_the_issues_exact_shape_is_valid_and_renders():
@@ -70,34 +70,34 @@ def test_a_file_in_the_issues_exact_shape_is_valid_and_renders():
     the table and figure say the mode is not stated instead of failing."""
     m = copy.deepcopy(_metrics())
     m.pop("mode")
-    assert report.validate_metrics(m) is m
-    assert report.MODE_UNSTATED in report.figure_title(m)
-    assert report.MODE_UNSTATED in report.table_iv_markdown([m])
+    assert schema.validate_metrics(m) is m
+    assert tables.MODE_UNSTATED in tables.figure_title(m)
+    assert tables.MODE_UNSTATED in tables.table_iv_markdown([m])
 
 
 def test_rates_null_iff_no_successful_attack():
     m = _metrics()
     m["attacks"][0].update(n_successful=0, auc=None, tpr=None, fpr=None)
-    report.validate_metrics(m)
+    schema.validate_metrics(m)
     m["attacks"][0]["auc"] = 0.9
     with pytest.raises(ValueError, match=r"attacks\[0\].auc"):
-        report.validate_metrics(m)
+        schema.validate_metrics(m)
     m["attacks"][0].update(n_successful=3, auc=None)
     with pytest.raises(ValueError, match=r"attacks\[0\].auc"):
-        report.validate_metrics(m)
+        schema.validate_metrics(m)
 
 
 def test_fmt2_paper_style():
-    assert report.fmt2(0.944) == ".94"
-    assert report.fmt2(0.0) == ".00"
-    assert report.fmt2(1.0) == "1.00"
-    assert report.fmt2(None) == "–"
+    assert tables.fmt2(0.944) == ".94"
+    assert tables.fmt2(0.0) == ".00"
+    assert tables.fmt2(1.0) == "1.00"
+    assert tables.fmt2(None) == "–"
 
 
 def test_table_iv_layout():
     ms = [_metrics("cs3-1", "densenet121", seed=1), _metrics("cs5-2", "resnet50", seed=2),
           _metrics("cs3-2", "resnet50", with_at=False, seed=3)]
-    text = report.table_iv_markdown(ms)
+    text = tables.table_iv_markdown(ms)
     assert "Extractor: K" in text and "flagged" in text
     blocks = text.strip().split("\n\n")
     assert len(blocks) == 3                                 # caption + PGD block + MIA block
@@ -113,29 +113,29 @@ def test_table_iv_layout():
     # Values: the CS5b row's first attack group equals its metrics, formatted like ".94".
     m = ms[1]
     cells = [c.strip() for c in rows[1].split("|")[1:-1]]
-    assert cells[2:5] == [report.fmt2(m["benign"][k]) for k in ("acc_none", "acc_at", "acc_um")]
+    assert cells[2:5] == [tables.fmt2(m["benign"][k]) for k in ("acc_none", "acc_at", "acc_um")]
     a0 = m["attacks"][0]
-    assert cells[5:8] == [report.fmt2(a0[k]) for k in ("acc_none", "acc_at", "acc_um")]
+    assert cells[5:8] == [tables.fmt2(a0[k]) for k in ("acc_none", "acc_at", "acc_um")]
     # No AT model: dashes in the AT columns.
     cs3b = [c.strip() for c in rows[0].split("|")[1:-1]]
     assert cs3b[3] == "–" and cs3b[6] == "–"
 
 
 def test_table_iv_oracle_caption_and_errors():
-    text = report.table_iv_markdown([_metrics(extractor="oracle")])
+    text = tables.table_iv_markdown([_metrics(extractor="oracle")])
     assert "ORACLE" in text
     with pytest.raises(ValueError, match="mixes extractors"):
-        report.table_iv_markdown([_metrics("cs3-1"), _metrics("cs3-2", extractor="oracle")])
+        tables.table_iv_markdown([_metrics("cs3-1"), _metrics("cs3-2", extractor="oracle")])
     with pytest.raises(ValueError, match="several metrics"):
-        report.table_iv_markdown([_metrics(), _metrics(seed=5)])
+        tables.table_iv_markdown([_metrics(), _metrics(seed=5)])
 
 
 def _roc_curves(rng):
     curves = {}
-    for attack, eps in report.ATTACK_VECTORS:
+    for attack, eps in tables.ATTACK_VECTORS:
         y = np.r_[np.ones(30), np.zeros(30)]
         s = np.clip(np.r_[rng.normal(0.7, 0.2, 30), rng.normal(0.3, 0.2, 30)], 0, 1)
-        curves[report.attack_label(attack, eps)] = report.roc_curve_for("CS5b", y, s)
+        curves[tables.attack_label(attack, eps)] = figures.roc_curve_for("CS5b", y, s)
     return curves
 
 
@@ -146,11 +146,11 @@ def test_write_report_files(tmp_path):
     curves = _roc_curves(np.random.default_rng(0))
     c0 = next(iter(curves.values()))
     assert c0.auc == pytest.approx(dm.auc(c0.fpr, c0.tpr))
-    paths = report.write_report(str(tmp_path / "run"), m, roc_curves=curves)
+    paths = writer.write_run_reports(str(tmp_path / "run"), m, roc_curves=curves)
     for key in ("metrics", "table_iv", "fig4_png", "fig4_pdf", "roc_png", "roc_pdf", "summary"):
         assert os.path.getsize(paths[key]) > 0, key
     with open(paths["metrics"]) as f:
-        assert report.validate_metrics(json.load(f)) == m
+        assert schema.validate_metrics(json.load(f)) == m
     for key in ("fig4_png", "roc_png"):
         img = mpimg.imread(paths[key])
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
@@ -167,29 +167,29 @@ def test_write_report_files(tmp_path):
 def test_roc_grid_multiple_curves_and_class_set_bars(tmp_path):
     rng = np.random.default_rng(1)
     panels = {}
-    for attack, eps in report.ATTACK_VECTORS[:3]:
-        name = report.attack_label(attack, eps)
+    for attack, eps in tables.ATTACK_VECTORS[:3]:
+        name = tables.attack_label(attack, eps)
         panels[name] = [_roc_curves(rng)[name], _roc_curves(rng)[name]]
-    fig = report.roc_figure(panels, title="two curves per panel")
+    fig = figures.roc_figure(panels, title="two curves per panel")
     assert len(fig.axes) == 3
     assert all(len(ax.get_legend().get_texts()) == 2 for ax in fig.axes)
     assert "AUC" in fig.axes[0].get_legend().get_texts()[0].get_text()
-    png, pdf = report.save_figure(fig, str(tmp_path / "roc_grid"))
+    png, pdf = writer.save_figure(fig, str(tmp_path / "roc_grid"))
     assert os.path.getsize(png) > 0 and os.path.getsize(pdf) > 0
     ms = [_metrics("cs3-1", seed=1), _metrics("cs3-1", "densenet121", seed=2),
           _metrics("cs5-1", with_at=False, seed=3)]
-    groups = report.fig4_groups_by_class_set(ms)
+    groups = figures.fig4_groups_by_class_set(ms)
     assert list(groups) == ["CS3a", "CS5a"]
     want = np.mean([a["acc_um"] for m in ms[:2] for a in m["attacks"]])
     assert groups["CS3a"]["UM"] == pytest.approx(want)
     assert groups["CS5a"]["AT"] is None
-    fig4 = report.fig4_figure(groups)
+    fig4 = figures.fig4_figure(groups)
     n_bars = sum(len(c) for c in fig4.axes[0].containers)
     assert n_bars == 2 * 3 - 1                                 # no AT bar for CS5a
     with pytest.raises(ValueError):
-        report.roc_figure({})
+        figures.roc_figure({})
     with pytest.raises(ValueError):
-        report.fig4_figure({})
+        figures.fig4_figure({})
 
 
 def test_write_metrics_refuses_invalid_and_leaves_no_file(tmp_path):
@@ -197,19 +197,19 @@ def test_write_metrics_refuses_invalid_and_leaves_no_file(tmp_path):
     del m["benign"]["acc_at"]
     path = tmp_path / "metrics.json"
     with pytest.raises(ValueError, match="benign.acc_at"):
-        report.write_metrics(str(path), m)
+        writer.write_metrics(str(path), m)
     assert not path.exists()
 
 
 def test_package_versions_has_python_and_numpy():
-    v = report.package_versions()
+    v = schema.package_versions()
     assert v["python"].count(".") >= 1 and "numpy" in v
 
 
 def test_table_iii_counts_twice_the_successful_attacks():
     m = _metrics("cs3-1")
     m["attacks"] = m["attacks"][:7]                         # MIA-L2 600 not run
-    text = report.table_iii_markdown([m])
+    text = tables.table_iii_markdown([m])
     row = [c.strip() for c in text.strip().splitlines()[-1].split("|")[1:-1]]
     assert row[:2] == ["ResNet50", "CS3a"]
     assert row[2:9] == ["{:,}".format(2 * a["n_successful"]) for a in m["attacks"]]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from data.knowledge import CLASS_PARTS, get_class_set
-from defense import metrics, thresholds
+from defense import thresholds
+from evaluation import metrics
 from defense.extractors import OracleExtractor, coco_parts_by_file
 from defense.unmask import (NO_CLASS, Mode, UnMask, algorithm1, as_mode, best_class, detect,
                             distances, jaccard, jaccard_distance, rectify,

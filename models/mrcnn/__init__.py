@@ -2,18 +2,14 @@
 
 Modules: ``utils`` (NumPy boxes, anchors, masks, AP), ``data_gen`` (targets, molding),
 ``graph_utils``/``layers``/``network``/``losses`` (the graph), ``model`` (``MaskRCNN``),
-``weights`` (Keras-2 HDF5), ``session_guard``, ``train``, ``evaluate``, ``visualize``,
-``extractor`` (``PartExtractor``) and ``cli`` (``run_model_k``, ``train_model_k``,
-``evaluate_model_k``).  Heavy modules are imported lazily.
+``weights`` (Keras-2 HDF5), ``session_guard``, ``train``, ``evaluate``, ``visualize`` and
+``extractor`` (``PartExtractor``).  K is trained and evaluated end to end by
+:mod:`evaluation.model_k`.  Heavy modules are imported lazily.
 """
 _LAZY = {
     "MaskRCNN": "models.mrcnn.model",
     "PartExtractor": "models.mrcnn.extractor",
     "find_k_checkpoint": "models.mrcnn.extractor",
-    "run_model_k_report": "models.mrcnn.cli",
-    "run_model_k": "models.mrcnn.cli",
-    "train_model_k": "models.mrcnn.cli",
-    "evaluate_model_k": "models.mrcnn.cli",
     "Dataset": "data.coco_parts",
     "PartsDataset": "data.coco_parts",
 }

@@ -4,14 +4,14 @@ saw and every defense's verdict -- and one across the pairs of a grid.
 
 The page is a pure function of a finished run's folder (:func:`build_page`): it reads
 ``metrics.json``, ``run.json``, the figures and the saved records and observations, and
-recomputes nothing but the parts' places on the few images shown (:mod:`defense.gallery`).
+recomputes nothing but the parts' places on the few images shown (:mod:`evaluation.gallery`).
 Images are embedded as base64 data URIs; the page needs no network, and its one small script
 (sorting a table by a click on its header) is not needed to read it.  The same folder gives
 the same bytes.  A damaged record is named on the page, never a reason to fail.
 
 ``python main.py --report results/<code>/<arch>`` rebuilds it (also for ``results/grid`` and
-K's results folder, :mod:`defense.k_page`); every run writes it at its end
-(:func:`write_run_page`).
+K's results folder, :mod:`evaluation.k_page`); every run writes it at its end
+(:func:`evaluation.writer.write_run_page`).
 """
 from __future__ import annotations
 
@@ -19,16 +19,17 @@ import base64
 import html
 import json
 import os
-import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Sequence
 
 import pandas as pd
 
-from data.fileio import write_text_atomic
 from data.knowledge import get_class_set
-from defense import bench_report, report
-from defense.gallery import Section, build_gallery
-from defense.run_folder import RunFolder, write_run_file
+from evaluation import tables
+from evaluation.comparison_table import (comparison_frame, comparison_markdown, params_text,
+                                         sanity_text)
+from evaluation.gallery import Section, build_gallery
+from evaluation.run_folder import RunFolder
+from evaluation.schema import validate_metrics
 
 PAGE = "report.html"
 FIGURES = (("roc.png", "ROC curves per attack vector (Fig. 5 style)"),
@@ -148,7 +149,7 @@ def _table_html(rows: List[List[str]]) -> str:
 
 def frame_html(df: pd.DataFrame, sortable: bool = True) -> str:
     """A data frame as a (sortable) HTML table; missing values as ``–``."""
-    return df.to_html(index=False, na_rep=report.MISSING, border=0, escape=True,
+    return df.to_html(index=False, na_rep=tables.MISSING, border=0, escape=True,
                       classes="sortable" if sortable else None)
 
 
@@ -177,15 +178,15 @@ def config_html(folder: RunFolder) -> str:
     threats = sorted({r["threat_model"] for b in m.get("defenses", {}).values()
                       for r in b["attacks"]})
     items = [("class set", "%s (%s): %s" % (cs.paper_name, cs.code_name, ", ".join(cs.classes))),
-             ("M", "%s at %s px" % (report.arch_label(m["arch"]), run.get("input_size", "?"))),
+             ("M", "%s at %s px" % (tables.arch_label(m["arch"]), run.get("input_size", "?"))),
              ("extractor", extractor),
-             ("threshold t", report.MISSING if m["threshold"] is None else "%g" % m["threshold"]),
-             ("mode", m.get("mode", report.MODE_UNSTATED)),
-             ("detection set", report.detection_set_caption(m)),
-             ("threat models", ", ".join(threats) or report.MISSING),
-             ("seed", m["seed"]), ("test images", folder.n_test or report.MISSING)]
+             ("threshold t", tables.MISSING if m["threshold"] is None else "%g" % m["threshold"]),
+             ("mode", m.get("mode", tables.MODE_UNSTATED)),
+             ("detection set", tables.detection_set_caption(m)),
+             ("threat models", ", ".join(threats) or tables.MISSING),
+             ("seed", m["seed"]), ("test images", folder.n_test or tables.MISSING)]
     items += [("defense %s" % label, "%s: %s" % (b["kind"],
-                                                 bench_report._params_text(b["params"])))
+                                                 params_text(b["params"])))
               for label, b in m.get("defenses", {}).items()]
     config = run.get("config", {})
     body = key_value_table(items)
@@ -198,19 +199,19 @@ def config_html(folder: RunFolder) -> str:
 def bench_html(metrics: Dict) -> str:
     """The bench as one sortable row per (defense, threat model, vector), its caption and
     Tramer et al.'s sanity checks."""
-    df = bench_report.bench_frame(metrics)
-    df.insert(3, "vector", [("no attack" if a == "none" else report.attack_label(a, e))
+    df = comparison_frame(metrics)
+    df.insert(3, "vector", [("no attack" if a == "none" else tables.attack_label(a, e))
                             for a, e in zip(df["attack"], df["eps"])])
     df = df.drop(columns=["attack", "eps"])
     df.insert(4, "goal", df.pop("goal"))
     for col in ("clean_acc", "acc", "defended", "evasion", "robustness", "tpr", "fpr",
                 "tpr_at_5fpr", "tpr_at_10fpr"):
-        df[col] = [report.fmt2(v) if pd.notna(v) else None for v in df[col]]
+        df[col] = [tables.fmt2(v) if pd.notna(v) else None for v in df[col]]
     df["auc"] = ["%.3f" % v if pd.notna(v) else None for v in df["auc"]]
     for col in ("n_attacked", "n_successful"):
         df[col] = [str(int(v)) if pd.notna(v) else None for v in df[col]]
-    caption = bench_report.bench_markdown(metrics).split("\n\n")[0]
-    sanity = bench_report.sanity_text(metrics)
+    caption = comparison_markdown(metrics).split("\n\n")[0]
+    sanity = sanity_text(metrics)
     return ('<p class="caption">%s</p>%s%s' % (esc(caption), frame_html(df),
                                                 "<pre>%s</pre>" % esc(sanity) if sanity else ""))
 
@@ -226,7 +227,7 @@ def convergence_html(folder: RunFolder) -> str:
             if not conv:
                 continue
             row = {"defense": label, "threat model": r["threat_model"],
-                   "goal": r.get("goal"), "vector": report.attack_label(r["attack"], r["eps"])}
+                   "goal": r.get("goal"), "vector": tables.attack_label(r["attack"], r["eps"])}
             row.update({"%s steps" % k: "%.2f" % v for k, v in conv["steps"].items()})
             row.update({"restart %d" % (i + 1): "%.2f" % v
                         for i, v in enumerate(conv["restarts"])})
@@ -312,36 +313,16 @@ def build_page(run_dir: str) -> str:
     if "defenses" in m:
         parts.append(("bench", "Defense bench", bench_html(m)))
     if m["benign"]["acc_um"] is not None:
-        parts.append(("table-iv", "Table IV", markdown_to_html(report.table_iv_markdown([m]))))
-    parts.append(("table-iii", "Table III", markdown_to_html(report.table_iii_markdown([m]))))
+        parts.append(("table-iv", "Table IV", markdown_to_html(tables.table_iv_markdown([m]))))
+    parts.append(("table-iii", "Table III", markdown_to_html(tables.table_iii_markdown([m]))))
     parts.append(("figures", "Figures", figures_html(folder)))
     converge = convergence_html(folder)
     if converge:
         parts.append(("convergence", "Adaptive attacks: convergence", converge))
     parts.append(("gallery", "Gallery", gallery_html(sections)))
-    title = "UnMask run: %s, %s" % (report.arch_label(m["arch"]),
+    title = "UnMask run: %s, %s" % (tables.arch_label(m["arch"]),
                                     get_class_set(m["class_set"]).paper_name)
-    return document(title, report.figure_title(m), folder.problems, parts)
-
-
-def write_page(run_dir: str, log: Callable[[str], None] = print,
-               start: Optional[float] = None) -> str:
-    """Build the page of ``run_dir`` and write ``report.html`` there atomically; returns its
-    path (the log line gives the seconds since ``start``, default now)."""
-    start = time.time() if start is None else start
-    path = os.path.join(run_dir, PAGE)
-    write_text_atomic(path, build_page(run_dir))
-    log("wrote %s (%.1f s)" % (path, time.time() - start))
-    return path
-
-
-def write_run_page(cfg, log: Callable[[str], None] = print) -> str:
-    """The end of a run (``defense.evaluate.run_evaluation``): record ``run.json`` for its
-    ``EvalConfig`` and write the page; returns the page's path."""
-    start = time.time()
-    with open(os.path.join(cfg.out_dir, "metrics.json"), encoding="utf-8") as f:
-        write_run_file(cfg, json.load(f))
-    return write_page(cfg.out_dir, log, start)
+    return document(title, tables.figure_title(m), folder.problems, parts)
 
 
 # ----------------------------------------------------------------------------- grid page
@@ -351,19 +332,19 @@ def build_grid_page(grid_dir: str) -> str:
     and a link to each pair's own page."""
     with open(os.path.join(grid_dir, "grid.json"), encoding="utf-8") as f:
         grid = json.load(f)
-    metrics = [report.validate_metrics(m) for m in grid["metrics"]]
+    metrics = [validate_metrics(m) for m in grid["metrics"]]
     links = []
     for arch, code in grid["pairs"]:
         href = "../%s/%s/%s" % (code, arch, PAGE)
         there = os.path.isfile(os.path.join(grid_dir, os.pardir, code, arch, PAGE))
         links.append("<li>%s %s</li>" % (
-            ('<a href="%s">%s, %s</a>' % (esc(href), esc(report.arch_label(arch)), esc(code)))
-            if there else esc("%s, %s" % (report.arch_label(arch), code)),
+            ('<a href="%s">%s, %s</a>' % (esc(href), esc(tables.arch_label(arch)), esc(code)))
+            if there else esc("%s, %s" % (tables.arch_label(arch), code)),
             "" if there else "(no page)"))
     parts = [("pairs", "Pairs", "<ul>%s</ul>" % "".join(links))]
     if all(m["benign"]["acc_um"] is not None for m in metrics):
         parts.append(("table-iv", "Table IV",
-                      markdown_to_html(report.table_iv_markdown(metrics))))
+                      markdown_to_html(tables.table_iv_markdown(metrics))))
     bench_csv = os.path.join(grid_dir, "bench.csv")
     if os.path.isfile(bench_csv):
         parts.append(("bench", "Defense bench across pairs",
@@ -373,10 +354,3 @@ def build_grid_page(grid_dir: str) -> str:
         parts.append(("figures", "Fig. 4", figure_html(fig4, "UnMask across the grid")))
     return document("UnMask grid: %d pairs" % len(metrics),
                     "architectures × class sets; each pair's page has its gallery", [], parts)
-
-
-def write_grid_page(grid_dir: str, log: Callable[[str], None] = print) -> str:
-    path = os.path.join(grid_dir, PAGE)
-    write_text_atomic(path, build_grid_page(grid_dir))
-    log("wrote %s" % path)
-    return path

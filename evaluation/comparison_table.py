@@ -1,5 +1,6 @@
-"""The defense bench report: ``bench.csv`` (tidy), ``bench.md`` (one row per defense) and
-``bench.png/.pdf`` (accuracy of every defense per attack vector), built with pandas.
+"""The defense comparison's tables -- ``bench.csv`` (tidy) and ``bench.md`` (one row per
+defense), as the reports call them -- Tramer et al.'s sanity checks, and the console summary
+of a run.
 
 Columns of ``bench.csv`` -- one row per (defense, threat model, attack vector), the benign row
 first with ``attack = "none"``: ``defense, kind, threat_model, attack, eps, clean_acc, acc,
@@ -8,30 +9,32 @@ rejected image (-1) as wrong, the paper's rule; ``defended`` counts it as stoppe
 rejected), the fair figure for a detector that only rejects; ``evasion`` is the attacker's
 success: for a detector, M fooled *and* not flagged at the operating threshold, for a
 classifier, a wrong answer.  Threat models: ``gray-box`` (the attack sees the classifier, not
-the defense) and ``adaptive`` (it sees the whole defense, :mod:`defense.adaptive`).  ``robustness`` is seed 004's metric,
-accuracy under attack / clean accuracy of the same defended model; it rewards a defense that
-wrecks clean accuracy, so the table always prints both accuracies beside it.
+the defense) and ``adaptive`` (it sees the whole defense, :mod:`defense.adaptive`).
+``robustness`` is seed 004's metric, accuracy under attack / clean accuracy of the same
+defended model; it rewards a defense that wrecks clean accuracy, so the table always prints
+both accuracies beside it.
 
 ``bench.md`` pivots that table: rows = defenses, columns = clean accuracy and, per vector,
 "acc (ratio)" and, for detectors, "defended · AUC / TPR" at the chosen operating threshold.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Mapping
 
 import numpy as np
 import pandas as pd
 
-from data.fileio import write_text_atomic
-from defense import report
+from evaluation.schema import validate_metrics
+from evaluation.tables import (MISSING, arch_label, attack_label, detection_set_caption,
+                               figure_title, fmt2)
+
 
 CSV_COLUMNS = ("defense", "kind", "threat_model", "goal", "attack", "eps", "clean_acc", "acc",
                "defended", "evasion", "robustness", "auc", "tpr", "fpr", "tpr_at_5fpr",
                "tpr_at_10fpr", "n_attacked", "n_successful", "converged")
 
 
-def bench_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+def comparison_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """The tidy bench table of a validated metrics object (see module docstring)."""
     rows = []
     for label, block in metrics["defenses"].items():
@@ -53,7 +56,7 @@ NOT_CONVERGED = " (not converged)"
 
 def _column(attack: str, eps: Any, threat: str, goal: Any) -> str:
     """Column title of a vector: ``PGD-L∞ ε8``, ``PGD-L∞ ε8 [adaptive, wrong]``."""
-    label = report.attack_label(attack, eps)
+    label = attack_label(attack, eps)
     if threat == "gray-box":
         return label
     return label + " [%s%s]" % (threat, "" if _missing(goal) else ", " + str(goal))
@@ -65,48 +68,48 @@ def _missing(x: Any) -> bool:
 
 def _cell_acc(acc: Any, ratio: Any) -> str:
     if acc is None or (isinstance(acc, float) and np.isnan(acc)):
-        return report.MISSING
+        return MISSING
     if ratio is None or (isinstance(ratio, float) and np.isnan(ratio)):
-        return report.fmt2(acc)
-    return "%s (%.2f)" % (report.fmt2(acc), ratio)
+        return fmt2(acc)
+    return "%s (%.2f)" % (fmt2(acc), ratio)
 
 
 def _cell_det(defended: Any, auc: Any, tpr: Any) -> str:
-    out = report.fmt2(defended)
+    out = fmt2(defended)
     if auc is None or (isinstance(auc, float) and np.isnan(auc)):
-        return out + " · " + report.MISSING
-    return "%s · %.3f / %s" % (out, auc, report.fmt2(tpr))
+        return out + " · " + MISSING
+    return "%s · %.3f / %s" % (out, auc, fmt2(tpr))
 
 
-def bench_markdown(metrics: Mapping[str, Any]) -> str:
+def comparison_markdown(metrics: Mapping[str, Any]) -> str:
     """``bench.md``: caption, then rows = defenses, columns = clean accuracy and per vector
     the accuracy under attack with the robustness ratio, and a detector's AUC / TPR."""
-    df = bench_frame(metrics)
+    df = comparison_frame(metrics)
     attacked = df[df["attack"] != "none"]
     vectors = list(dict.fromkeys(zip(attacked["attack"], attacked["eps"],
                                      attacked["threat_model"], attacked["goal"])))
     detectors = set(df.loc[df["kind"] == "detector", "defense"])
     table = {}
     for label, group in df.groupby("defense", sort=False):
-        row = {"defense": label, "clean": report.fmt2(group["clean_acc"].iloc[0])}
+        row = {"defense": label, "clean": fmt2(group["clean_acc"].iloc[0])}
         if detectors:
             aucs = group.loc[(group["attack"] != "none") & (group["threat_model"] == "gray-box"),
                              "auc"].dropna()
             row["macro-AUC (gray-box)"] = ("%.3f" % aucs.mean() if label in detectors
-                                           and len(aucs) else report.MISSING)
+                                           and len(aucs) else MISSING)
         worst = metrics["defenses"][label].get("worst_case")
         if any("worst_case" in b for b in metrics["defenses"].values()):
-            row["worst case: defended"] = (report.fmt2(worst["defended"]) if worst
-                                           else report.MISSING)
+            row["worst case: defended"] = (fmt2(worst["defended"]) if worst
+                                           else MISSING)
         for attack, eps, threat, goal in vectors:
             same_goal = (group["goal"].isna() if _missing(goal) else group["goal"] == goal)
             hit = group[(group["attack"] == attack) & (group["eps"] == eps)
                         & (group["threat_model"] == threat) & same_goal]
             col = _column(attack, eps, threat, goal)
             if hit.empty:
-                row[col] = report.MISSING
+                row[col] = MISSING
                 if detectors:
-                    row[col + " defended · AUC / TPR"] = report.MISSING
+                    row[col + " defended · AUC / TPR"] = MISSING
                 continue
             r = hit.iloc[0]
             row[col] = _cell_acc(r["acc"], r["robustness"]) + (
@@ -114,7 +117,7 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
             if detectors:
                 row[col + " defended · AUC / TPR"] = (
                     _cell_det(r["defended"], r["auc"], r["tpr"]) if label in detectors
-                    else report.MISSING)
+                    else MISSING)
         table[label] = row
     wide = pd.DataFrame(list(table.values()))
     caption = (
@@ -132,9 +135,9 @@ def bench_markdown(metrics: Mapping[str, Any]) -> str:
         "last doubling of steps or the last restart, so it is an upper bound on the "
         "defense. 'worst case' = images defended under every attack tried. "
         "%s\n\nParameters: %s\n"
-        % (report.arch_label(metrics["arch"]), metrics["class_set"], _n_test(metrics),
-           report.detection_set_caption(metrics),
-           "; ".join("%s: %s" % (label, _params_text(b["params"]))
+        % (arch_label(metrics["arch"]), metrics["class_set"], _n_test(metrics),
+           detection_set_caption(metrics),
+           "; ".join("%s: %s" % (label, params_text(b["params"]))
                      for label, b in metrics["defenses"].items())))
     notes = ["%s: %s" % (label, _adaptive_note(b["adaptive"]))
              for label, b in metrics["defenses"].items() if "adaptive" in b]
@@ -207,53 +210,11 @@ def _n_test(metrics: Mapping[str, Any]) -> int:
     return 0
 
 
-def _params_text(params: Mapping[str, Any]) -> str:
+def params_text(params: Mapping[str, Any]) -> str:
     shown = {k: v for k, v in params.items() if k not in ("grid", "selection")}
     text = ", ".join("%s=%s" % (k, ("%.4g" % v) if isinstance(v, float) else v)
                      for k, v in shown.items())
     return text or "-"
-
-
-def bench_figure(metrics: Mapping[str, Any]):
-    """Grouped bars: accuracy (%) of every defense, clean and per attack vector."""
-    df = bench_frame(metrics)
-    df = df[df["threat_model"].isin(["-", "gray-box"])].copy()
-    df["group"] = [("No attack" if a == "none" else report.attack_label(a, e))
-                   for a, e in zip(df["attack"], df["eps"])]
-    pivot = df.pivot_table(index="group", columns="defense", values="acc", sort=False)
-    pivot = pivot[list(metrics["defenses"])]
-    groups = list(dict.fromkeys(df["group"]))
-    pivot = pivot.loc[groups]
-    fig = report._new_figure(max(6.0, 0.9 * len(groups) * max(1, len(pivot.columns)) / 2 + 2),
-                             3.8)
-    ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(groups))
-    width = 0.8 / max(1, len(pivot.columns))
-    for j, label in enumerate(pivot.columns):
-        ax.bar(x + (j - (len(pivot.columns) - 1) / 2) * width, 100.0 * pivot[label].to_numpy(),
-               width, label=label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("Accuracy (%)")
-    ax.set_ylim(0, 110)
-    ax.legend(fontsize=7, ncol=min(4, len(pivot.columns)), loc="upper right")
-    ax.set_title("Defense bench (gray-box), " + report.figure_title(metrics), fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def write_bench(out_dir: str, metrics: Mapping[str, Any]) -> Dict[str, str]:
-    """Write ``bench.csv``, ``bench.md`` and ``bench.png/.pdf``; returns name -> path."""
-    paths = {"bench_csv": os.path.join(out_dir, "bench.csv"),
-             "bench_md": os.path.join(out_dir, "bench.md")}
-    write_text_atomic(paths["bench_csv"], bench_frame(metrics).to_csv(index=False))
-    write_text_atomic(paths["bench_md"], bench_markdown(metrics))
-    paths["bench_png"], paths["bench_pdf"] = report.save_figure(
-        bench_figure(metrics), os.path.join(out_dir, "bench"))
-    if _convergence_rows(metrics):
-        paths["convergence_png"], paths["convergence_pdf"] = report.save_figure(
-            convergence_figure(metrics), os.path.join(out_dir, "convergence"))
-    return paths
 
 
 def _adaptive_note(note: Any) -> str:
@@ -271,38 +232,47 @@ def _adaptive_note(note: Any) -> str:
     return "; ".join(parts)
 
 
-def _convergence_rows(metrics: Mapping[str, Any]):
+def convergence_rows(metrics: Mapping[str, Any]):
     """(defense, row) of every defense-aware row with a convergence trace."""
     return [(label, r) for label, block in metrics["defenses"].items()
             for r in block["attacks"] if r.get("convergence")]
 
 
-def convergence_figure(metrics: Mapping[str, Any]):
-    """The goal's success rate of every defense-aware attack after 10, 20, 50, 100 (200)
-    steps (left) and after each restart round (right); dashed: not converged."""
-    rows = _convergence_rows(metrics)
-    fig = report._new_figure(10.0, 4.2)
-    by_steps, by_restart = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for label, r in rows:
-        conv = r["convergence"]
-        name = "%s: %s [%s, %s]" % (label, report.attack_label(r["attack"], r["eps"]),
-                                    r["threat_model"], r["goal"])
-        style = "-" if conv["converged"] else "--"
-        steps = sorted((int(k), v) for k, v in conv["steps"].items())
-        line, = by_steps.plot([k for k, _ in steps], [100.0 * v for _, v in steps], style,
-                              marker="o", label=name)
-        by_restart.plot(range(1, len(conv["restarts"]) + 1),
-                        [100.0 * v for v in conv["restarts"]], style, marker="s",
-                        color=line.get_color())
-    by_steps.set_xscale("log")
-    by_steps.set_xlabel("steps per run")
-    by_restart.set_xlabel("restart rounds")
-    for ax in (by_steps, by_restart):
-        ax.set_ylabel("goal reached (% of test images)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    by_steps.legend(fontsize=6, loc="lower right")
-    fig.suptitle("Convergence of the defense-aware attacks (dashed: not converged), "
-                 + report.figure_title(metrics), fontsize=9)
-    fig.tight_layout()
-    return fig
+def summary_text(metrics: Mapping[str, Any]) -> str:
+    """Plain-text table for the console: one line per attack plus the benign line."""
+    m = validate_metrics(metrics)
+    head = "%-16s %6s %6s %6s %6s %6s %6s %13s" % ("attack", "None", "AT", "UM", "AUC", "TPR",
+                                                    "FPR", "succ/attacked")
+    lines = [figure_title(m), head, "-" * len(head)]
+    b = m["benign"]
+    lines.append("%-16s %6s %6s %6s" % ("no attack", fmt2(b["acc_none"]), fmt2(b["acc_at"]),
+                                         fmt2(b["acc_um"])))
+    for a in m["attacks"]:
+        lines.append("%-16s %6s %6s %6s %6s %6s %6s %13s" % (
+            attack_label(a["attack"], a["eps"]), fmt2(a["acc_none"]), fmt2(a["acc_at"]),
+            fmt2(a["acc_um"]), fmt2(a["auc"]), fmt2(a["tpr"]), fmt2(a["fpr"]),
+            "%d/%d" % (a["n_successful"], a["n_attacked"])))
+    text = "\n".join(lines) + "\n"
+    if "defenses" in m:
+        text += "\n" + comparison_markdown(m)
+    return text
+
+
+
+def grid_frame(metrics_list) -> pd.DataFrame:
+    """The tidy comparison table across the pairs of a grid (``arch`` and ``class_set``
+    columns first), in the order of ``metrics_list``."""
+    frames = []
+    for m in metrics_list:
+        frame = comparison_frame(m)
+        frame.insert(0, "class_set", m["class_set"])
+        frame.insert(0, "arch", m["arch"])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def grid_markdown(metrics_list) -> str:
+    """``bench.md`` of a grid: each pair's comparison under its own heading."""
+    return "\n\n".join("## %s, %s\n\n%s" % (arch_label(m["arch"]), m["class_set"],
+                                             comparison_markdown(m))
+                       for m in metrics_list) + "\n"

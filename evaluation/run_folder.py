@@ -1,11 +1,11 @@
 """A finished run's folder read back, for its page: ``metrics.json``, ``run.json`` and the
 records under ``vectors/`` -- found by the fingerprints they hold, not by their file names.
 
-``run.json`` (written at the end of every run, :func:`write_run_file`) holds what the page needs
-beyond the metrics: the run's configuration, the data folder, M's input size, the test images
-(keys relative to the class set's test folder, labels, and the SHA-1 of each image as M saw
-it: uint8 [S, S, 3] after resizing, so a regenerated data folder is noticed) and, for runs
-with K, the checkpoint K was loaded from::
+``run.json`` (written at the end of every run, :func:`evaluation.writer.write_run_file`) holds
+what the page needs beyond the metrics: the run's configuration, the data folder, M's input
+size, the test images (keys relative to the class set's test folder, labels, and the SHA-1 of
+each image as M saw it: uint8 [S, S, 3] after resizing, so a regenerated data folder is
+noticed) and, for runs with K, the checkpoint K was loaded from::
 
     {"version": 1, "config": {...EvalConfig...}, "data_dir": "data/unmask", "input_size": 96,
      "test": {"keys": ["car/car_00001.jpg", ...], "labels": [1, ...], "sha1": ["9f2a...", ...]},
@@ -22,17 +22,17 @@ import glob
 import hashlib
 import json
 import os
-import re
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from data.classset import load_split
-from data.fileio import file_digest, write_json_atomic
+from data.fileio import file_digest
 from data.images import load_resized
 from data.knowledge import get_class_set
-from defense import report
+from evaluation.records import safe_name
+from evaluation.schema import validate_metrics
 
 RUN_FILE = "run.json"
 RUN_VERSION = 1
@@ -43,12 +43,6 @@ DEFENSE_AWARE = ("adaptive", "transfer")
 def image_digest(pixels: np.ndarray) -> str:
     """SHA-1 (16 hex digits) of one uint8 image [S, S, 3] as M saw it."""
     return hashlib.sha1(np.ascontiguousarray(pixels, np.uint8).tobytes()).hexdigest()[:16]
-
-
-def folder_of(label: str) -> str:
-    """The folder a defense's records are kept in (``noise:10`` -> ``noise-10``), as the
-    evaluation names it."""
-    return re.sub(r"[^A-Za-z0-9_.+-]", "-", label)
 
 
 def _k_checkpoint(cfg) -> Optional[str]:
@@ -64,7 +58,7 @@ def _k_checkpoint(cfg) -> Optional[str]:
 
 
 def describe_run(cfg, metrics: Dict[str, Any]) -> Dict[str, Any]:
-    """``run.json``'s content for an evaluation config (``defense.evaluate.EvalConfig``) and
+    """``run.json``'s content for an evaluation config (:class:`~evaluation.config.EvalConfig`) and
     the metrics it produced (module docstring)."""
     split = load_split(cfg.data_dir, cfg.class_set, "test").subset(cfg.n_test, seed=cfg.seed)
     config = dataclasses.asdict(cfg)
@@ -78,13 +72,6 @@ def describe_run(cfg, metrics: Dict[str, Any]) -> Dict[str, Any]:
                      "sha1": [image_digest(load_resized(p, cfg.input_size))
                               for p in split.paths]},
             "k": k}
-
-
-def write_run_file(cfg, metrics: Dict[str, Any]) -> str:
-    """Write ``run.json`` into ``cfg.out_dir`` atomically; returns its path."""
-    path = os.path.join(cfg.out_dir, RUN_FILE)
-    write_json_atomic(path, describe_run(cfg, metrics), indent=1)
-    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +108,7 @@ class RunFolder:
                                     "run (results/<code>/<arch>)?" % path)
         try:
             with open(metrics_path, encoding="utf-8") as f:
-                self.metrics = report.validate_metrics(json.load(f))
+                self.metrics = validate_metrics(json.load(f))
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
             raise ValueError("%s is not a valid metrics file: %s" % (metrics_path, e)) from None
         self.classes = get_class_set(self.metrics["class_set"]).classes
@@ -224,7 +211,7 @@ class RunFolder:
         """``(file, image set name, record)`` of every readable observation of ``label``."""
         if label not in self._observations:
             out = []
-            folder = os.path.join(self.path, "vectors", "defenses", folder_of(label))
+            folder = os.path.join(self.path, "vectors", "defenses", safe_name(label))
             for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
                 try:
                     with open(path, encoding="utf-8") as f:

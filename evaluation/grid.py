@@ -1,7 +1,7 @@
 """The paper's grid -- architectures x class sets (Table IV) -- as independent work units.
 
 ``run_grid(base, archs, class_sets, executor)`` evaluates every (architecture, class set)
-pair with the settings of ``base`` (an :class:`~defense.evaluate.EvalConfig`) and writes,
+pair with the settings of ``base`` (an :class:`~evaluation.config.EvalConfig`) and writes,
 under ``<results_dir>/grid/``, one Table IV with a row per pair (``table_iv.md``), one bench
 table across them (``bench.csv`` / ``bench.md``), one Fig. 4 across them (``fig4.png/.pdf``),
 ``grid.json`` (the per-pair ``metrics.json`` files, merged) and ``report.html`` (all of it on
@@ -30,12 +30,8 @@ ran twice (a retried worker) wrote the same contents twice.  The merge reads the
 files sorted by (architecture, class set), so a grid run by any number of workers, in any
 order, with any number of shards, gives the same ``grid.json`` as one run in-process.
 
-Executors: :class:`InProcess` (the default) and :class:`RayExecutor` (``main.py --workers N``
-starts a local Ray cluster of N workers, ``--ray-address HOST:PORT`` joins a running one).
-Each Ray task is one unit in a worker process that imports TensorFlow itself, asks for one GPU
-when the cluster has GPUs (memory growth on) and is retried when its worker dies.  The
-tasks get absolute paths: on a multi-machine cluster the data, results and checkpoint
-folders must be on a file system every node shares.
+The units of a stage run on an executor (:mod:`evaluation.executors`): in this process, or
+on a Ray cluster.
 """
 from __future__ import annotations
 
@@ -47,6 +43,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from data.fileio import file_digest, read_cached_json, write_json_atomic
 from data.knowledge import get_class_set
+from defense.adversarial_training import at_checkpoint_dir
+from evaluation import run as ev
+from evaluation import writer
+from evaluation.comparison import Comparison
+from evaluation.records import eps_tag
+from evaluation.schema import validate_metrics
 
 UNIT_VERSION = 2
 
@@ -66,17 +68,12 @@ class Unit:
     @property
     def name(self) -> str:
         tail = "" if self.vector is None else "-%s_%s" % (self.vector[0],
-                                                          _eps_tag(self.vector[1]))
+                                                          eps_tag(self.vector[1]))
         if self.shard is not None:
             tail += "-shard%dof%d" % (self.shard[0] + 1, self.shard[1])
         if self.defense is not None:
             tail += "-" + self.defense
         return "%s-%s-%s%s" % (self.kind, self.class_set, self.arch, tail)
-
-
-def _eps_tag(eps: float) -> str:
-    from defense.evaluate import eps_tag
-    return eps_tag(eps)
 
 
 def pair_config(base, arch: str, class_set: str):
@@ -136,8 +133,6 @@ def data_stamp(cfg) -> str:
 
 def _model_files(cfg) -> List[str]:
     """The pair's trained models: M's best weights (and AT's with adversarial training)."""
-    from defense.adversarial_training import at_checkpoint_dir
-
     files = [os.path.join(cfg.m_dir, "best.h5")]
     if cfg.adv_train:
         files.append(os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5"))
@@ -155,7 +150,7 @@ def unit_inputs(base, unit: Unit) -> Dict[str, str]:
     return inputs
 
 
-def _done(base, unit: Unit) -> bool:
+def unit_done(base, unit: Unit) -> bool:
     """True when the unit's record is there, made with this configuration from the same data
     and models, and its outputs still hold what the unit wrote."""
     rec = read_cached_json(unit_record_path(base, unit), log=lambda s: None)
@@ -173,8 +168,6 @@ def _done(base, unit: Unit) -> bool:
 
 def _unit_outputs(cfg, unit: Unit, log: Callable[[str], None]) -> List[str]:
     """Do ``unit``'s work; returns the files it produced."""
-    from defense import evaluate as ev
-
     if unit.kind == "evaluate":
         ev.run_evaluation(cfg, log)
         return [os.path.join(cfg.out_dir, "metrics.json")]
@@ -187,20 +180,20 @@ def _unit_outputs(cfg, unit: Unit, log: Callable[[str], None]) -> List[str]:
     if unit.kind != "attack":
         raise ValueError("unknown work unit kind %r" % unit.kind)
     models = {"m": m, **({"at": at} if at is not None else {})}
-    bench = ev.Bench(cfg, data, models, log)
+    store = Comparison(cfg, data, models, log).attacks
     name, eps = unit.vector
     if unit.shard is None:
         for model in sorted(models):
-            bench.attacked(model, name, eps, "test")
-        return [bench.record_path(model, name, eps, "test") for model in sorted(models)]
-    return [bench.attack_shard(model, name, eps, unit.shard[0], unit.shard[1], "test")
+            store.attacked(model, name, eps, "test")
+        return [store.record_path(model, name, eps, "test") for model in sorted(models)]
+    return [store.attack_shard(model, name, eps, unit.shard[0], unit.shard[1], "test")
             for model in sorted(models)]
 
 
 def run_unit(base, unit: Unit, log: Callable[[str], None] = print) -> str:
     """Run ``unit`` (skipped when its record shows it done); returns its record's path."""
     record = unit_record_path(base, unit)
-    if _done(base, unit):
+    if unit_done(base, unit):
         return record
     outputs = _unit_outputs(pair_config(base, unit.arch, unit.class_set), unit, log)
     write_json_atomic(record, {"version": UNIT_VERSION, "unit": dataclasses.asdict(unit),
@@ -212,66 +205,12 @@ def run_unit(base, unit: Unit, log: Callable[[str], None] = print) -> str:
 
 
 class InProcess:
-    """Runs the units one after the other in this process."""
+    """Runs the units one after the other in this process (the default executor; a Ray
+    cluster: :class:`evaluation.executors.RayExecutor`)."""
     workers = 1
 
     def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
         return [run_unit(base, u, log) for u in units]
-
-
-def _ray_unit(base, unit: Unit) -> str:
-    """A unit in a Ray worker: TensorFlow is imported here, in the worker, with memory
-    growth on its GPU (if it got one)."""
-    import tfcompat
-    tf, _ = tfcompat.import_tf()
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
-    return run_unit(base, unit, log=lambda s: print("[%s] %s" % (unit.name, s)))
-
-
-class RayExecutor:
-    """Runs the units of a stage as Ray tasks: a local cluster of ``workers`` processes, or
-    the running cluster at ``address``."""
-
-    def __init__(self, workers: Optional[int] = None, address: Optional[str] = None,
-                 max_retries: int = 3):
-        import ray
-
-        self.ray = ray
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=True)
-            else:
-                ray.init(num_cpus=int(workers), include_dashboard=False, log_to_driver=True)
-        self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
-        gpus = ray.cluster_resources().get("GPU", 0)
-        self._remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0,
-                                  max_retries=max_retries)(_ray_unit)
-
-    def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
-        # the workers may run elsewhere (--ray-address): send absolute paths, which must name
-        # a file system every node shares
-        base = absolute_paths(base)
-        pending = [u for u in units if not _done(base, u)]
-        log("grid: %d of %d units to run on %d Ray workers"
-            % (len(pending), len(units), self.workers))
-        refs = {u: self._remote.remote(base, u) for u in pending}
-        for u, path in zip(refs, self.ray.get(list(refs.values()))):
-            log("grid: %s done (%s)" % (u.name, path))
-        return [unit_record_path(base, u) for u in units]
-
-    def shutdown(self) -> None:
-        self.ray.shutdown()
-
-
-def absolute_paths(base):
-    """``base`` with its folders made absolute (the same folders, named from anywhere)."""
-    return dataclasses.replace(
-        base, data_dir=os.path.abspath(base.data_dir),
-        results_dir=os.path.abspath(base.results_dir),
-        checkpoint_dir=os.path.abspath(base.checkpoint_dir),
-        k_log_dir=os.path.abspath(base.k_log_dir),
-        k_transfer=os.path.abspath(base.k_transfer) if base.k_transfer else None)
 
 
 def run_grid(base, archs: Sequence[str], class_sets: Sequence[str], executor=None,
@@ -287,43 +226,14 @@ def run_grid(base, archs: Sequence[str], class_sets: Sequence[str], executor=Non
 
 def merge(base, pairs: Sequence[Tuple[str, str]], log: Callable[[str], None] = print) -> Dict:
     """Read every pair's ``metrics.json`` (sorted by architecture, class set) and write the
-    grid's Table IV, bench table and Fig. 4 beside ``grid.json``."""
-    import pandas as pd
-
-    from defense import bench_report, report
-
+    grid's ``grid.json``, Table IV, comparison table, Fig. 4 and page
+    (:func:`evaluation.writer.write_grid_reports`); returns ``grid.json``'s content."""
     metrics = []
     for arch, cs in sorted(pairs):
         path = os.path.join(pair_config(base, arch, cs).out_dir, "metrics.json")
         with open(path, encoding="utf-8") as f:
-            metrics.append(report.validate_metrics(json.load(f)))
-    out_dir = os.path.join(base.results_dir, "grid")
+            metrics.append(validate_metrics(json.load(f)))
     merged = {"pairs": [[a, c] for a, c in sorted(pairs)], "metrics": metrics}
-    paths = {"grid": os.path.join(out_dir, "grid.json")}
-    write_json_atomic(paths["grid"], merged, indent=1)
-    if all(m.get("benign", {}).get("acc_um") is not None for m in metrics):
-        paths["table_iv"] = report.write_table_iv(os.path.join(out_dir, "table_iv.md"),
-                                                  metrics)
-    frames = []
-    for m in metrics:
-        frame = bench_report.bench_frame(m)
-        frame.insert(0, "class_set", m["class_set"])
-        frame.insert(0, "arch", m["arch"])
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    paths["bench_csv"] = os.path.join(out_dir, "bench.csv")
-    from data.fileio import write_text_atomic
-    write_text_atomic(paths["bench_csv"], table.to_csv(index=False))
-    paths["bench_md"] = os.path.join(out_dir, "bench.md")
-    write_text_atomic(paths["bench_md"], "\n\n".join(
-        "## %s, %s\n\n%s" % (report.arch_label(m["arch"]), m["class_set"],
-                             bench_report.bench_markdown(m)) for m in metrics) + "\n")
-    if all(m.get("benign", {}).get("acc_um") is not None for m in metrics):
-        groups = report.fig4_groups_by_class_set(metrics)
-        fig = report.fig4_figure(groups, title="UnMask across the grid")
-        paths["fig4_png"], paths["fig4_pdf"] = report.save_figure(
-            fig, os.path.join(out_dir, "fig4"))
-    from defense import page
-    paths["page"] = page.write_grid_page(out_dir, log=lambda s: None)
+    paths = writer.write_grid_reports(os.path.join(base.results_dir, "grid"), merged)
     log("grid: wrote %s" % ", ".join(sorted(paths.values())))
     return merged

@@ -13,14 +13,13 @@ import io
 import json
 import os
 import zlib
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
-from data.fileio import write_text_atomic
-from defense import page
-from defense.gallery import Part, draw_parts
+from evaluation import page
+from evaluation.gallery import Part, draw_parts
 
 K_GALLERY_IMAGES = 6
 #: Predicted parts drawn on the gallery's images (UnMask itself keeps every detection).
@@ -83,7 +82,7 @@ def per_part_html(rows: List[Dict]) -> str:
 def gallery_html(ev: Dict, n: int = K_GALLERY_IMAGES) -> str:
     """K's predicted parts (score >= :data:`SHOWN_SCORE`) beside the annotated parts on a
     seeded choice of the evaluated images."""
-    from models.mrcnn.cli import load_parts_dataset
+    from data.coco_parts import load_parts_dataset
     from models.mrcnn.model import MaskRCNN
     from mrcnn_config import get_config
 
@@ -165,12 +164,3 @@ def build_k_page(results_dir: str, split: Optional[str] = None) -> str:
     return page.document("K, the part extractor: %s" % os.path.basename(ev["checkpoint"]),
                          "Mask R-CNN on parts, evaluated on the %s split" % ev["split"],
                          problems, parts)
-
-
-def write_k_page(results_dir: str, split: Optional[str] = None,
-                 log: Callable[[str], None] = print) -> str:
-    """Write K's ``report.html`` into ``results_dir`` atomically; returns its path."""
-    path = os.path.join(results_dir, page.PAGE)
-    write_text_atomic(path, build_k_page(results_dir, split))
-    log("wrote %s" % path)
-    return path

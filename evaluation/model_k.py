@@ -1,8 +1,9 @@
-"""Entry points of model K for ``main.py --model K``: train in stages, evaluate, visualize.
+"""K end to end -- ``main.py --model K``: train the part extractor in stages, evaluate it on a
+split (COCO mAP, written with :mod:`evaluation.writer`), visualize its detections.
 
 ``run_model_k(args)`` takes an argparse namespace (or keyword arguments) with the options
 listed in :data:`CLI_DEFAULTS`; ``train_model_k`` and ``evaluate_model_k`` are the plain
-functions behind it.
+functions behind it.  M's counterpart is :mod:`evaluation.run`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import time
 from typing import Dict, Optional, Sequence, Union
 
+from data.coco_parts import load_parts_dataset
 from data.fileio import write_json_atomic
 from data.options import seed_argument
 from models.progress import Eta
@@ -232,14 +234,6 @@ def check_class_count(cfg, dataset, data_dir: str) -> None:
                                                          data_dir, n, n - 1))
 
 
-def load_parts_dataset(data_dir: str, split: str):
-    """The prepared ``PartsDataset`` of ``<data_dir>/VOC2010/<split>.json``."""
-    from data.coco_parts import PartsDataset
-    ds = PartsDataset().load_parts(data_dir, split)
-    ds.prepare()
-    return ds
-
-
 def _find_weights_file(name: str, log_dir: str) -> str:
     for folder in (log_dir, os.path.dirname(os.path.abspath(log_dir)), "."):
         path = os.path.join(folder, name)
@@ -395,7 +389,8 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
         model.close()
     metrics.update({"checkpoint": path, "split": split, "batch_size": cfg.BATCH_SIZE,
                     "data_dir": data_dir, "k_config": _config_key(base)})
-    write_json_atomic(os.path.join(results_dir, "eval_%s.json" % split), metrics, indent=1)
+    from evaluation.writer import write_k_eval
+    write_k_eval(results_dir, split, metrics)
     return metrics
 
 

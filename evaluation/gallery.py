@@ -2,7 +2,7 @@
 attacked and the perturbation -- with the parts UnMask's extractor found drawn on them, and
 every defense's answer under each.
 
-Everything comes from a finished run's folder (:class:`defense.run_folder.RunFolder`): the
+Everything comes from a finished run's folder (:class:`evaluation.run_folder.RunFolder`): the
 attacked images from the attack records, M's labels and K's part sets from the defenses'
 observations, each defense's answer re-decided from its observation and its recorded
 parameters (:meth:`defense.base.Defense.restore`).  Only the parts' *places* are computed
@@ -26,9 +26,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data.knowledge import PART_IDS
-from defense import report
 from defense.base import GRAY_BOX, REJECTED, ImageSet, Outcome
-from defense.run_folder import Record, RunFolder, folder_of
+from evaluation.records import safe_name
+from evaluation.run_folder import Record, RunFolder
+from evaluation.schema import eps_value
+from evaluation.tables import MISSING, attack_label
 
 GALLERY_IMAGES = 4
 #: Drawn images are enlarged (nearest neighbour, so perturbations stay visible) to at least
@@ -191,7 +193,7 @@ def section_specs(metrics: Dict) -> List[Tuple[str, float, str, Optional[str],
 
 def _title(attack: str, eps: float, threat: str, label: Optional[str],
            goal: Optional[str] = None) -> str:
-    vector = report.attack_label(attack, eps)
+    vector = attack_label(attack, eps)
     return vector + (" — gray-box (the attack sees M)" if label is None
                      else " — %s attack on %s%s" % (threat, label, "" if goal is None else
                                                     ", run for goal '%s'" % goal))
@@ -202,7 +204,7 @@ def build_section(folder: RunFolder, spec, defenses: Dict[str, Any], n: int) -> 
     (images are drawn later, all at once, by :func:`draw_sections`)."""
     attack, eps, threat, target, goal = spec
     title = _title(*spec)
-    kind, where = ("attacks", "m") if target is None else (threat, folder_of(target))
+    kind, where = ("attacks", "m") if target is None else (threat, safe_name(target))
     rec = folder.record(kind, where, attack, eps, goal)
     arrays = None if rec is None else folder.arrays(rec)
     if arrays is None:
@@ -215,7 +217,7 @@ def build_section(folder: RunFolder, spec, defenses: Dict[str, Any], n: int) -> 
     held = {j.label: held_by(j.attacked, labels) for j in judged if j.attacked is not None}
     if not held:
         held = {"M": pred_adv == labels}
-    salt = "%s_%s_%s_%s%s" % (attack, report.eps_value(eps), threat, target or "",
+    salt = "%s_%s_%s_%s%s" % (attack, eps_value(eps), threat, target or "",
                               "" if goal is None else "_" + goal)
     rows = [_row(folder, i, reason, x_adv, pred_adv, judged, rec)
             for i, reason in pick_images(held, n, folder.metrics["seed"], salt)]
@@ -253,7 +255,7 @@ def _row(folder: RunFolder, i: int, reason: str, x_adv: np.ndarray, pred_adv: np
     parts: Dict[str, List[str]] = {}
     for j in judged:
         if j.attacked is None:
-            answers.append(Answer(j.label, report.MISSING, report.MISSING, None, j.note))
+            answers.append(Answer(j.label, MISSING, MISSING, None, j.note))
             continue
         answers.append(Answer(j.label, _answer_text(folder, j, j.benign, i),
                               _answer_text(folder, j, j.attacked, i),

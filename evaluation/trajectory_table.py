@@ -10,14 +10,12 @@ macro-AUC is the plain mean over the three families, as in the seed.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Dict
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from data.fileio import write_json_atomic, write_text_atomic
 from defense import trajectory as tj
 from defense.defenses.trajectory import TRAIN_ATTACKS, TrajectoryDefense
 
@@ -82,11 +80,3 @@ def table_markdown(table: Dict[str, Dict], n_natural: int = None) -> str:
                "training/validation images only (BIM-L∞ ε8, BIM-L2 ε300, MI-FGSM ε8, CW-L2 "
                "≤ε300, targeted and untargeted).\n\n")
     return caption + pd.DataFrame(rows).to_markdown(index=False) + "\n"
-
-
-def write_table(out_dir: str, table: Dict[str, Dict]) -> Dict[str, str]:
-    paths = {"trajectory_table_md": os.path.join(out_dir, "trajectory_table.md"),
-             "trajectory_table_json": os.path.join(out_dir, "trajectory_table.json")}
-    write_text_atomic(paths["trajectory_table_md"], table_markdown(table))
-    write_json_atomic(paths["trajectory_table_json"], table, indent=1)
-    return paths

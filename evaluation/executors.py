@@ -1,0 +1,78 @@
+"""Executors of the grid's work units beyond this process: :class:`RayExecutor` runs the
+units of a stage as Ray tasks -- ``main.py --workers N`` starts a local Ray cluster of N
+workers, ``--ray-address HOST:PORT`` joins a running one.  Each Ray task is one unit in a
+worker process that imports TensorFlow itself, asks for one GPU when the cluster has GPUs
+(memory growth on) and is retried when its worker dies.  The tasks get absolute paths: on a
+multi-machine cluster the data, results and checkpoint folders must be on a file system every
+node shares.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, List, Optional, Sequence
+
+from evaluation.grid import InProcess, Unit, unit_done, run_unit, unit_record_path
+
+
+def _ray_unit(base, unit: Unit) -> str:
+    """A unit in a Ray worker: TensorFlow is imported here, in the worker, with memory
+    growth on its GPU (if it got one)."""
+    import tfcompat
+    tf, _ = tfcompat.import_tf()
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return run_unit(base, unit, log=lambda s: print("[%s] %s" % (unit.name, s)))
+
+
+class RayExecutor:
+    """Runs the units of a stage as Ray tasks: a local cluster of ``workers`` processes, or
+    the running cluster at ``address``."""
+
+    def __init__(self, workers: Optional[int] = None, address: Optional[str] = None,
+                 max_retries: int = 3):
+        import ray
+
+        self.ray = ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=True)
+            else:
+                ray.init(num_cpus=int(workers), include_dashboard=False, log_to_driver=True)
+        self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self._remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0,
+                                  max_retries=max_retries)(_ray_unit)
+
+    def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
+        # the workers may run elsewhere (--ray-address): send absolute paths, which must name
+        # a file system every node shares
+        base = absolute_paths(base)
+        pending = [u for u in units if not unit_done(base, u)]
+        log("grid: %d of %d units to run on %d Ray workers"
+            % (len(pending), len(units), self.workers))
+        refs = {u: self._remote.remote(base, u) for u in pending}
+        for u, path in zip(refs, self.ray.get(list(refs.values()))):
+            log("grid: %s done (%s)" % (u.name, path))
+        return [unit_record_path(base, u) for u in units]
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
+
+def absolute_paths(base):
+    """``base`` with its folders made absolute (the same folders, named from anywhere)."""
+    return dataclasses.replace(
+        base, data_dir=os.path.abspath(base.data_dir),
+        results_dir=os.path.abspath(base.results_dir),
+        checkpoint_dir=os.path.abspath(base.checkpoint_dir),
+        k_log_dir=os.path.abspath(base.k_log_dir),
+        k_transfer=os.path.abspath(base.k_transfer) if base.k_transfer else None)
+
+
+def make_executor(workers: Optional[int] = None, address: Optional[str] = None):
+    """The executor of ``--workers`` / ``--ray-address`` (:class:`InProcess` without
+    either)."""
+    if workers is None and not address:
+        return InProcess()
+    return RayExecutor(workers=workers, address=address)

@@ -1,0 +1,141 @@
+"""The records of a run and their fingerprints.
+
+Every saved record (an attack's images, a defense's observation, an adaptive attack's batch)
+is written atomically with a fingerprint of everything it depends on -- M's weights, the
+images, the attack's resolved configuration, the code's version -- and is reused only when
+that fingerprint matches, so a changed setting recomputes and an interrupted run resumes.
+A damaged record is named in the log and treated as missing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zipfile
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from attacks import get_attack, resolve_config
+from data.fileio import atomic_path, file_digest
+
+#: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed;
+#: 3: the adaptive engine -- every registry attack, restarts, target classes, two goals).
+ADAPTIVE_VERSION = 3
+
+#: Bumped when the content or meaning of a saved record changes, so old records are recomputed
+#: (3: one record per attacked model with its images; observations per defense).
+RECORD_VERSION = 3
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """Digest of array contents (the decoded images themselves, so replaced images under the
+    same file names, or another data folder, are noticed)."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def short_digest(path: str) -> str:
+    """SHA-1 of a file, 16 hex digits (how records name a checkpoint or a parts file)."""
+    return file_digest(path, "sha1")[:16]
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a label (``downsample:0.75`` -> ``downsample-0.75``): the
+    folder a defense's records are kept in."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
+
+
+def canonical(obj) -> str:
+    """The text a fingerprint is compared by (JSON, keys sorted)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def fingerprint(cfg, data: Dict) -> Dict:
+    """What every saved record of the run ``cfg`` depends on (M's weights, the test images,
+    ...)."""
+    return {"version": RECORD_VERSION, "class_set": cfg.class_set.code_name, "arch": cfg.arch,
+            "size": cfg.input_size, "seed": cfg.seed, "test_keys": hashlib.sha1(
+                "\n".join(data["splits"]["test"].keys).encode()).hexdigest()[:16],
+            "test_images": array_digest(data["x_test"], data["y_test"]),
+            "m": short_digest(os.path.join(cfg.m_dir, "best.h5"))}
+
+
+def vector_fingerprint(cfg, fp: Dict, name: str, eps: float) -> Dict:
+    """``fp`` plus what one attack vector's outcome depends on: its fully resolved
+    configuration (steps, step size, random start, ... as the registry fills them in), the
+    version of the attack's code and the attack batch size (random starts are seeded per
+    batch)."""
+    version = get_attack(name).version
+    return dict(fp, attack=name, eps=eps, attack_config=resolve_config(name, eps).as_dict(),
+                attack_batch=cfg.attack_batch,
+                **({"attack_version": version} if version != 1 else {}))
+
+
+def eps_tag(eps: float) -> str:
+    """An exact, canonical text of ``eps`` for file names and record keys: ``%g`` when that
+    reads back as the same float (8, 300, 0.5), else the shortest exact repr (8.0000001), so
+    two budgets never share a saved record."""
+    short = "%g" % float(eps)
+    return short if float(short) == float(eps) else repr(float(eps))
+
+
+def shard_bounds(n: int, batch: int, shard: int, shards: int) -> Tuple[int, int, int]:
+    """``(first batch index, first image, end image)`` of shard ``shard`` (0-based) of
+    ``shards`` over ``n`` images attacked in batches of ``batch``: the ``ceil(n / batch)``
+    batches are split into ``shards`` contiguous runs as even as possible (a shard may be
+    empty when there are fewer batches than shards)."""
+    if not 0 <= shard < shards:
+        raise ValueError("shard %d is not one of 0..%d" % (shard, shards - 1))
+    batches = -(-n // batch)
+    first, last = batches * shard // shards, batches * (shard + 1) // shards
+    return first, min(first * batch, n), min(last * batch, n)
+
+
+def read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
+             expect: Optional[Dict[str, int]] = None, n: Optional[int] = None
+             ) -> Optional[Dict]:
+    """The arrays of a saved record when its fingerprint matches ``fp``, else None.
+
+    A damaged record -- unreadable, without a fingerprint, missing a key of ``expect``
+    (key -> number of dimensions) or with another rank, or whose arrays in ``expect`` do not
+    hold ``n`` rows -- is named in the log and treated as missing: the caller recomputes it
+    and writes it anew (it is a cache of a deterministic computation, so nothing is lost).
+    """
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if json.loads(str(f["fingerprint"])) != json.loads(canonical(fp)):
+                return None
+            rec = {k: f[k] for k in f.files}
+        problem = _record_problem(rec, expect or {}, n)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        problem = str(e).strip("'\"") or type(e).__name__
+    if problem is None:
+        return rec
+    (log or print)("saved record %s is damaged (%s): recomputed" % (path, problem))
+    return None
+
+
+def _record_problem(rec: Dict, expect: Dict[str, int], n: Optional[int]) -> Optional[str]:
+    for key, ndim in expect.items():
+        if key not in rec:
+            return "no array %r" % key
+        if rec[key].ndim != ndim:
+            return "%r has %d dimensions, not %d" % (key, rec[key].ndim, ndim)
+        if n is not None and ndim > 0 and len(rec[key]) != n:
+            return "%r holds %d rows for %d images" % (key, len(rec[key]), n)
+    return None
+
+
+def write_npz(path: str, arrays: Dict) -> None:
+    """Write a record atomically (compressed)."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -1,0 +1,238 @@
+"""One run of the defense comparison, for one (class set, architecture) -- the paper's Table
+IV, Fig. 4, Fig. 5 and the comparison of every defense on the same images and attacks.
+
+Steps (each resumable): load the class set's images; train or load M (and the AT model when
+``at`` is among the defenses); fit every defense (UnMask: extractor and threshold on validation
+images; PCA on training images; noise: its amplitude on validation images); run each attack
+vector once per attacked model on the test images; ask every defense about the benign and the
+attacked images; write ``results/<code>/<arch>/`` (:mod:`evaluation.writer`).
+
+Threat models: gray-box (the paper's: an attack sees the classifier -- M, or the AT model for
+AT -- never the defense around it) and the defense-aware ones (adaptive, transfer), run by the
+adaptive engine; every result row names its threat model.
+
+Caches in ``<out>/vectors/``: the attack records (:mod:`evaluation.attack_store`,
+:mod:`evaluation.adaptive_store`) and the defenses' observations
+(:mod:`evaluation.observations`), each with the fingerprint of what it depends on
+(:mod:`evaluation.records`).  Adding a defense to a finished run computes only its
+observations; no attack runs again.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import tfcompat
+from data.classset import load_split
+from defense.adversarial_training import at_checkpoint_dir, train_adversarial
+from defense.defenses import build_defense
+from defense.extractors import OracleExtractor
+from defense.threats import DEFENSE_AWARE
+from evaluation import comparison_table, trajectory_table, writer
+from evaluation.comparison import Comparison
+from evaluation.config import EvalConfig
+from evaluation.records import short_digest
+from evaluation.results import defense_results, table_iv_fields
+from evaluation.schema import make_metrics
+from models.classifier import build_classifier
+from models.distribute import is_chief, make_strategy
+from models.progress import Eta
+from models.train_classifier import train_classifier
+from mrcnn_config import get_config
+
+tf, keras = tfcompat.import_tf()
+
+
+def load_data(cfg: EvalConfig, log: Callable) -> Dict:
+    """uint8 arrays and labels of the three splits (test limited to ``n_test``, balanced)."""
+    splits = {s: load_split(cfg.data_dir, cfg.class_set, s) for s in ("train", "val", "test")}
+    splits["test"] = splits["test"].subset(cfg.n_test, seed=cfg.seed)
+    data = {"splits": splits}
+    for name, split in splits.items():
+        data["x_" + name] = split.arrays(cfg.input_size)
+        data["y_" + name] = split.labels
+    log("%s (%s): %d train, %d val, %d test images at %dx%d"
+        % (cfg.class_set.paper_name, cfg.class_set.code_name, len(splits["train"]),
+           len(splits["val"]), len(splits["test"]), cfg.input_size, cfg.input_size))
+    return data
+
+
+class WorkerDone(Exception):
+    """Raised on a non-chief worker of a multi-worker run once training is done."""
+
+
+def get_models(cfg: EvalConfig, data: Dict, log: Callable):
+    """M (trained or loaded) and the AT model (or None)."""
+    n = len(cfg.class_set.classes)
+    strategy = make_strategy(cfg.distribute)
+    with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+        m = build_classifier(cfg.arch, n, cfg.input_size, weights=cfg.weights, seed=cfg.seed)
+    log("model M: %s -> %s%s" % (cfg.arch, cfg.m_dir, "" if strategy is None else
+                                 " (%s, %d replicas)" % (cfg.distribute,
+                                                         strategy.num_replicas_in_sync)))
+    train_classifier(m, data["x_train"], data["y_train"], data["x_val"], data["y_val"],
+                     cfg.m_dir, cfg.train, log=log, progress=cfg.progress, strategy=strategy)
+    at = None
+    if cfg.adv_train:
+        at = train_adversarial(cfg.arch, n, cfg.input_size, data,
+                               at_checkpoint_dir(cfg.m_dir, cfg.at_eps), cfg.train,
+                               eps=cfg.at_eps, log=log, progress=cfg.progress,
+                               strategy=strategy)
+    if strategy is not None:
+        # the evaluation runs in this process alone (under multi-worker the other workers stop
+        # below): plain copies, whose predictions wait on no other replica or worker.
+        # Reading the mirrored weights is a collective, so every worker makes its copies.
+        m = _single_device_copy(cfg, m, n)
+        at = None if at is None else _single_device_copy(cfg, at, n)
+    if not is_chief(strategy):
+        raise WorkerDone("this worker's share of the training is done; the chief (worker 0) "
+                         "evaluates and writes the results")
+    return m, at
+
+
+def _single_device_copy(cfg: EvalConfig, model, n: int):
+    """``model`` (trained under a tf.distribute strategy) rebuilt outside it with the same
+    weights."""
+    copy = build_classifier(cfg.arch, n, cfg.input_size, weights=None, seed=cfg.seed)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
+    """(kind, extractor for validation images, extractor for test images)."""
+    kind = cfg.extractor or _auto_extractor(cfg, log)
+    if kind == "oracle":
+        ex = {}
+        for split in ("val", "test"):
+            path = data["splits"][split].parts_file
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    "the oracle extractor needs the ground-truth parts file %s (the synthetic "
+                    "data set writes it; real data has none): use --extractor k" % path)
+            ex[split] = OracleExtractor.from_coco(path)
+        log("extractor: ORACLE (ground-truth parts; the ceiling of a perfect K)")
+        return kind, ex["val"], ex["test"]
+    from models.mrcnn import PartExtractor  # imported only when K is used
+
+    k = PartExtractor.from_checkpoint(cfg.k_weights, get_config(cfg.k_config),
+                                      model_dir=cfg.k_log_dir)
+    log("extractor: K (Mask R-CNN parts model %s)" % getattr(k, "checkpoint", cfg.k_weights))
+    return kind, k, k
+
+
+def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
+    try:
+        from models.mrcnn import find_k_checkpoint
+        found = find_k_checkpoint(cfg.k_log_dir, config=get_config(cfg.k_config))
+    except FileNotFoundError:
+        found = None
+    if found:
+        return "k"
+    log("no trained K found (train it with `python main.py --model K`): using the ORACLE "
+        "extractor (ground-truth parts), the ceiling of UnMask with a perfect K")
+    return "oracle"
+
+
+def open_comparison(cfg: EvalConfig, log: Callable[[str], None] = print,
+               labels: Optional[Sequence[str]] = None):
+    """Data, models (trained or loaded), the :class:`Comparison` and the fitted defenses of a run
+    (``labels``: the defenses to fit, default ``cfg.defenses``).
+
+    Returns:
+        ``(comparison, ctx, defenses, extractor_kind)``; ``extractor_kind["kind"]`` names the
+        part extractor once an UnMask defense made it.
+    """
+    tf.random.set_seed(cfg.seed)
+    defenses = [build_defense(label) for label in (cfg.defenses if labels is None
+                                                   else labels)]
+    data = load_data(cfg, log)
+    m, at = get_models(cfg, data, log)
+    models = {"m": m}
+    if at is not None:
+        models["at"] = at
+    comparison = Comparison(cfg, data, models, log)
+    extractor_kind = {}
+
+    def extractors():
+        """Made once, shared by every UnMask variant of the run."""
+        if "made" not in extractor_kind:
+            kind, ex_val, ex_test = make_extractors(cfg, data, log)
+            if kind == "k":
+                k_ckpt = getattr(ex_test, "checkpoint", None)
+                digest = short_digest(k_ckpt) if k_ckpt else None
+            else:   # the oracle's answers are its parts files: a re-annotation recomputes
+                digest = "+".join(short_digest(data["splits"][s].parts_file)
+                                  for s in ("val", "test"))
+            extractor_kind.update(kind=kind, made=(kind, ex_val, ex_test, digest))
+        return extractor_kind["made"]
+
+    ctx = comparison.fit_context(extractors)
+    for d in defenses:
+        d.fit(ctx)
+        log("defense %s: %s" % (d.label, _short_params(d.params())))
+    return comparison, ctx, defenses, extractor_kind
+
+
+def run_defense(cfg: EvalConfig, label: str, log: Callable[[str], None] = print) -> List[str]:
+    """One defense of a run on its own (a grid work unit): fit it, attack it (its adaptive
+    attacks) and record its observations of the benign and attacked test images in the
+    run's caches, which :func:`run_evaluation` then reuses.  Returns those files (written
+    now or reused), sorted."""
+    comparison, _, defenses, _ = open_comparison(cfg, log, [label])
+    defense_results(comparison, defenses[0], list(cfg.vectors))
+    return sorted(comparison.touched)
+
+
+def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
+    """Run the whole comparison; returns the metrics (also written to ``cfg.out_dir``)."""
+    start = time.time()
+    comparison, ctx, defenses, extractor_kind = open_comparison(cfg, log)
+    models = comparison.models
+    vectors = list(cfg.vectors)
+    eta = Eta(len(vectors) * len(models))
+    for name, eps in vectors:                 # every defense's gray-box attacks, once
+        for model in sorted(models):
+            comparison.attacked(model, name, eps, "test")
+            timing = eta.step()
+            if cfg.progress:
+                log("attacks: %d of %d done (%s)" % (eta.done, eta.total, timing))
+    results = {d.label: defense_results(comparison, d, vectors) for d in defenses}
+    benign, entries = table_iv_fields(comparison, results, vectors)
+    um = results.get("unmask", {}).get("block", {}).get("params", {})
+    metrics = make_metrics(
+        cfg.class_set.code_name, cfg.arch, extractor_kind.get("kind"), um.get("threshold"),
+        um.get("mode", cfg.mode), cfg.seed, benign, entries,
+        defenses={label: r["block"] for label, r in results.items()},
+        attack_info=comparison.attacks.info or None, detection_set=cfg.detection_set,
+        adaptive_settings=_adaptive_settings(cfg))
+    curves: Dict[str, List] = {}
+    for r in results.values():
+        for vector, curve in r["curves"].items():
+            curves.setdefault(vector, []).append(curve)
+    paths = writer.write_run_reports(cfg.out_dir, metrics, roc_curves=curves)
+    if cfg.trajectory_table:
+        table = trajectory_table.seed_table(ctx, comparison.images("test"), log)
+        paths.update(writer.write_trajectory_table(cfg.out_dir, table))
+        log(trajectory_table.table_markdown(table))
+    for path in writer.remove_stale_reports(cfg.out_dir, paths.values()):
+        log("removed %s: an earlier run's report that this run does not write" % path)
+    paths["page"] = writer.write_run_page(cfg, log)     # last: it reads what the run wrote
+    log(comparison_table.summary_text(metrics))
+    log("wrote %s (%.0f s)" % (", ".join(sorted(paths.values())), time.time() - start))
+    return metrics
+
+
+def _adaptive_settings(cfg: EvalConfig) -> Optional[Dict]:
+    """How the defense-aware attacks of a run were made (None when none was asked for)."""
+    if not any(t in cfg.threats for t in DEFENSE_AWARE):
+        return None
+    return dict(dataclasses.asdict(cfg.engine_settings()),
+                **dataclasses.asdict(cfg.adaptive_options()), batch=cfg.adaptive_batch)
+
+
+def _short_params(params: Dict) -> str:
+    return ", ".join("%s=%s" % (k, v) for k, v in params.items() if k != "grid") or "-"
+

@@ -1,0 +1,108 @@
+"""The layout of the project, checked from the code (``ast``, nothing imported): the packages
+depend on each other in one direction only -- data and mrcnn_config on nothing else of the
+project, models on those two, attacks on nothing (but tfcompat), defense on all of those,
+evaluation on all of them -- and no modules import each other in a circle (function-level
+imports included)."""
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Package -> the other top-level packages it may import (tfcompat, TensorFlow's set-up, is
+#: allowed everywhere; nothing may import main, bench or tests).
+ALLOWED = {
+    "data": set(),
+    "mrcnn_config": set(),
+    "models": {"data", "mrcnn_config"},
+    "attacks": set(),
+    "defense": {"attacks", "data", "models", "mrcnn_config"},
+    "evaluation": {"attacks", "data", "defense", "models", "mrcnn_config"},
+}
+EVERYWHERE = {"tfcompat"}
+
+
+def _modules():
+    """Module name -> file of every module of the project's packages, main.py and
+    tfcompat.py."""
+    mods = {"main": os.path.join(ROOT, "main.py"), "tfcompat": os.path.join(ROOT, "tfcompat.py")}
+    for package in sorted(ALLOWED):
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    mod = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                    mods[mod[:-len(".__init__")] if mod.endswith(".__init__") else mod] = path
+    return mods
+
+
+def _imports(path):
+    """Every module name ``path`` imports (``from a import b``: ``a`` and ``a.b``)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            out.update(node.module + "." + a.name for a in node.names)
+    return out
+
+
+def _graph():
+    mods = _modules()
+    return {name: {d for d in _imports(path) if d in mods and d != name
+                   and not name.startswith(d + ".")}
+            for name, path in mods.items()}
+
+
+def test_packages_import_only_downwards():
+    wrong = []
+    for name, deps in _graph().items():
+        top = name.split(".")[0]
+        if top not in ALLOWED:
+            continue
+        for dep in deps:
+            other = dep.split(".")[0]
+            if other != top and other not in ALLOWED[top] | EVERYWHERE:
+                wrong.append("%s imports %s" % (name, dep))
+    assert not wrong, wrong
+
+
+def test_no_module_is_imported_by_the_library():
+    """main is the entry point: no package imports it (nor bench's scripts, nor the tests)."""
+    for name, path in _modules().items():
+        for dep in _imports(path):
+            assert dep.split(".")[0] not in ("main", "bench", "tests", "toys"), (name, dep)
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state, stack, cycles = {}, [], []
+
+    def visit(u):
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == 1:
+                cycles.append(" -> ".join(stack[stack.index(v):] + [v]))
+            elif not state.get(v):
+                visit(v)
+        state[u] = 2
+        stack.pop()
+
+    for u in sorted(graph):
+        if not state.get(u):
+            visit(u)
+    assert not cycles, cycles
+
+
+def test_the_checks_see_the_imports_they_forbid(tmp_path):
+    """The checks parse what they claim to: a function-level import counts, a relative
+    one is not the project's."""
+    path = tmp_path / "m.py"
+    path.write_text("import os\nfrom a.b import c\n\ndef f():\n    import d.e\n"
+                    "    from . import g\n")
+    assert _imports(str(path)) == {"os", "a.b", "a.b.c", "d.e"}
+    graph = _graph()
+    assert "evaluation.writer" in graph["evaluation.run"]
+    assert "evaluation.run" not in graph["evaluation.writer"]
