@@ -50,6 +50,7 @@ tfcompat.import_tf()
 from attacks.registry import (ATTACKS, PAPER_ATTACK_VECTORS, AttackConfig,  # noqa: E402
                               AttackSpec,
                               get_attack, list_attacks, resolve_config)
+from attacks._inputs import check_images  # noqa: E402
 from attacks.ga import ga_targets  # noqa: E402
 from attacks.runner import AttackResult, CompiledAttack, compile_attack, run_attack  # noqa: E402
 from attacks.universal import UniversalPerturbation  # noqa: E402
@@ -57,5 +58,5 @@ from attacks.universal import UniversalPerturbation  # noqa: E402
 __all__ = [
     "ATTACKS", "PAPER_ATTACK_VECTORS", "AttackConfig", "AttackSpec", "AttackResult",
     "CompiledAttack", "compile_attack", "get_attack", "list_attacks", "resolve_config",
-    "run_attack", "ga_targets", "UniversalPerturbation",
+    "run_attack", "ga_targets", "UniversalPerturbation", "check_images",
 ]

@@ -1,4 +1,5 @@
-"""Validation of the user inputs of the runner: images, labels, batch size, seed.
+"""Validation of the user inputs of the runner -- images (the project's one rule for them,
+:func:`check_images`), labels, batch size, seed.
 
 All checks raise ValueError naming the argument and what is expected; nothing here imports
 TensorFlow.
@@ -8,35 +9,60 @@ import numbers
 import numpy as np
 
 
-def check_images(images):
-    """Return ``images`` as a C-contiguous float32 array ``[N, H, W, 3]`` with pixels in ``[0, 1]``.
+#: Pixel values at most this far outside ``[0, 1]`` are float rounding: clipped, not refused.
+RANGE_TOLERANCE = 1e-6
+
+
+def check_images(images, name: str = "images", empty_ok: bool = False):
+    """``images`` as a C-contiguous float32 array ``[B, H, W, 3]`` with pixels in ``[0, 1]``:
+    the project's one rule for images -- the attacks', the defenses' and the evaluation's
+    image sets' (:func:`attacks.check_images`).
+
+    Any floating dtype is accepted (a float32 C-contiguous array is returned as it is); values
+    at most :data:`RANGE_TOLERANCE` outside ``[0, 1]`` (float rounding) are clipped.  ``B = 0``
+    only with ``empty_ok``.
 
     Raises:
-        ValueError: wrong rank, channel count, empty batch, non-finite values or pixels outside
-            ``[0, 1]`` (the message says how to fix uint8 input).
+        ValueError: naming ``name``, for: not 4-D, not 3 channels, an empty image (H or W
+            zero) or batch, an integer / bool dtype (divide uint8 images by 255), NaN / inf,
+            values outside ``[0, 1]``.
     """
-    arr = np.asarray(images)
+    try:
+        arr = np.asarray(images)
+    except Exception as err:  # noqa: BLE001 - report any conversion failure uniformly
+        raise ValueError("%s must be a float array [B, H, W, 3] in [0, 1], got %s (%s)"
+                         % (name, type(images).__name__, err)) from None
     if arr.ndim != 4:
-        raise ValueError("images must have shape [N, H, W, 3] (rank 4), got shape %s; add a batch "
-                         "axis for a single image (images[None])" % (arr.shape,))
+        raise ValueError("%s must have shape [B, H, W, 3] (rank 4: a 4-D batch of RGB images; "
+                         "add a batch axis with %s[None] for one image), got shape %s"
+                         % (name, name, arr.shape))
     if arr.shape[-1] != 3:
-        raise ValueError("images must have 3 channels (RGB, channels last), got shape %s"
-                         % (arr.shape,))
-    if arr.shape[0] == 0:
-        raise ValueError("images is empty (N = 0); pass at least one image")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError("images must be a numeric array, got dtype %s" % arr.dtype)
+        raise ValueError("%s must have 3 channels (a 4-D array [B, H, W, 3], RGB, channels "
+                         "last), got shape %s" % (name, arr.shape))
+    if arr.shape[0] == 0 and not empty_ok:
+        raise ValueError("%s is empty (B = 0); pass at least one image" % name)
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise ValueError("%s must have H, W >= 1, got shape %s" % (name, arr.shape))
+    if not np.issubdtype(arr.dtype, np.floating):
+        hint = (" (divide uint8 images by 255)" if np.issubdtype(arr.dtype, np.integer)
+                else "")
+        raise ValueError("%s must be float pixels in [0, 1], got dtype %s%s"
+                         % (name, arr.dtype, hint))
     arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.size == 0:
+        return arr
     finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
     if not finite.all():
-        raise ValueError("images[%d] contains NaN or infinite values (%d image(s) in all)"
-                         % (int(np.argmin(finite)), int((~finite).sum())))
+        raise ValueError("%s[%d] contains NaN or infinite values (%d image(s) in all)"
+                         % (name, int(np.argmin(finite)), int((~finite).sum())))
     low, high = float(arr.min()), float(arr.max())
-    if low < 0.0 or high > 1.0:
+    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         flat = arr.reshape(len(arr), -1)
         bad = int(np.argmax((flat.min(axis=1) < 0) | (flat.max(axis=1) > 1)))
-        raise ValueError("images must have pixels in [0, 1], got range [%g, %g] (first: "
-                         "images[%d]); divide uint8 images by 255" % (low, high, bad))
+        raise ValueError("%s must be finite pixels in [0, 1], got range [%g, %g] (first: "
+                         "%s[%d]); divide uint8 images by 255" % (name, low, high, name, bad))
+    if low < 0.0 or high > 1.0:
+        arr = np.clip(arr, 0.0, 1.0)
     return arr
 
 

@@ -28,14 +28,13 @@ Where cleverhans 4.0.0 is used as is and where not (the reasons are in the docst
   first (tracing) call takes 21 s unrolled vs 7 s as one ``tf.while_loop`` at 128x128, batch 32
   (36 s vs 3 s at 64x64, batch 4); steady-state runs are equal at batch 32 and about 2x faster
   with the loop at batch 4.  The attacks therefore loop with :func:`iterate` around cleverhans'
-  single-step pieces (``fast_gradient_method``, ``compute_gradient``, ``optimize_linear``,
-  ``clip_eta``).
+  single-step pieces (``fast_gradient_method``, ``optimize_linear``, ``clip_eta``).
 """
 import tfcompat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 import numpy as np
 import tensorflow as tf
-from cleverhans.tf2.utils import clip_eta, compute_gradient, optimize_linear
+from cleverhans.tf2.utils import clip_eta, optimize_linear
 
 #: The two norms the package knows, by their public names.
 LINF = "linf"
@@ -129,16 +128,6 @@ def cross_entropy_loss(labels, logits):
 def predict_labels(model_fn, x):
     """Arg-max class ``[B]`` (int64) of ``model_fn`` on a batch ``x`` ``[B, H, W, C]``."""
     return tf.argmax(model_fn(x), axis=1)
-
-
-def loss_gradient(model_fn, x, y, targeted=False):
-    """Gradient ``[B, H, W, C]`` of the summed per-sample cross-entropy w.r.t. ``x``.
-
-    cleverhans' ``compute_gradient``: untargeted (``y`` the labels), the gradient of the loss
-    to *increase*; ``targeted=True`` (``y`` the targets), the gradient of the *negated* loss,
-    so that following it lowers the target's cross-entropy.
-    """
-    return compute_gradient(model_fn, cross_entropy_loss, x, y, targeted)
 
 
 def random_targets(y, num_classes, seed):

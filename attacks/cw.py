@@ -43,11 +43,6 @@ def _to_tanh_space(x):
     return tf.atanh((2.0 * x - 1.0) * _TANH_SHRINK)
 
 
-def _from_tanh_space(w):
-    """Unconstrained ``w`` -> pixels ``(tanh(w) + 1) / 2`` in ``[0, 1]``."""
-    return (tf.tanh(w) + 1.0) / 2.0
-
-
 def _margin(logits, y, confidence, targeted=False):
     """Per-sample hinge argument ``[B]``; < 0 means adversarial.
 

@@ -127,11 +127,6 @@ class AttackSpec:
     stages: object = None
 
     @property
-    def has_ball(self):
-        """True when the attack guarantees ``||x_adv - x|| <= eps`` for its default config."""
-        return self.default_eps is not None
-
-    @property
     def parameter_names(self):
         """The valid extra keyword parameters (``extra_defaults`` plus ``targeted`` when the
         attack has a targeted variant), sorted."""

@@ -61,7 +61,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         ctx = comparison.fit_context(lambda: None)
         if args.from_scratch:
-            ctx.settings["m_dir"] = os.path.join(tmp, "m")
+            ctx.trajectory_cache = (os.path.join(tmp, "m_trajectory"),)
         defense = build_defense("trajectory:" + args.configuration)
         load_before = _machine.load_average()
         start = time.time()

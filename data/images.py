@@ -79,11 +79,6 @@ def load_resized(path: str, size: Optional[int]) -> np.ndarray:
     return resize_center_crop(img, size) if size else img
 
 
-def to_unit_float(images: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., 3]`` -> float32 in [0, 1]."""
-    return images.astype(np.float32) / 255.0
-
-
 def image_shape(path: str) -> Tuple[int, int]:
     """(height, width) of an image file without decoding the pixels."""
     try:

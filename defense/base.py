@@ -279,8 +279,17 @@ def _checked_fit(fit: Callable) -> Callable:
     return checked
 
 
+@dataclasses.dataclass(frozen=True)
+class ATModel:
+    """The adversarially trained model a run fitted: its PGD-Linf budget (0-255 scale) and
+    the digest of its weights."""
+    eps: float
+    checkpoint_digest: Optional[str] = None
+
+
 class FitContext:
-    """What a defense may use while fitting (built by the evaluation).
+    """What a defense may use while fitting (built by the evaluation,
+    :meth:`evaluation.comparison.Comparison.fit_context`).
 
     Attributes:
         models: model key -> callable float32 [B, H, W, 3] in [0, 1] -> logits [B, C]
@@ -289,6 +298,18 @@ class FitContext:
         seed: the run's seed; ``log``: a message sink.
         target_fpr: the false-positive rate detectors choose their threshold for on benign
             validation images; ``threshold``: a threshold given by the user (or None).
+        mode: UnMask's rectification mode (``"flagged"`` or ``"all"``).
+        extractors: makes (once) UnMask's part extractors: ``() -> (kind, extractor for
+            validation images, extractor for test images, digest of what they answer
+            from)``; None when the run has none.
+        arch, m_dir, m_digest: M's architecture, checkpoint folder and weights' digest (the
+            trajectory detector taps M and caches beside it).
+        trajectory_cache: folders of the trajectory detector's cache, the one it writes
+            first (default: beside ``m_dir``).
+        at: the AT model's :class:`ATModel` (None without adversarial training).
+        transfer_k: makes the surrogate K of the transfer threat (None: no surrogate).
+        strategy: a ``tf.distribute`` strategy the trajectory detector trains under (or
+            None).
     """
 
     def __init__(self, *, models: Mapping[str, Callable], class_set, seed: int,
@@ -296,7 +317,11 @@ class FitContext:
                  images: Callable[[str], ImageSet],
                  attacked: Callable[[str, str, float, str], ImageSet],
                  observe: Callable[[Defense, ImageSet], Dict[str, List]],
-                 settings: Optional[Mapping[str, Any]] = None):
+                 mode: str = "flagged", extractors: Optional[Callable[[], Tuple]] = None,
+                 arch: Optional[str] = None, m_dir: Optional[str] = None,
+                 m_digest: Optional[str] = None, trajectory_cache: Sequence[str] = (),
+                 at: Optional[ATModel] = None, transfer_k: Optional[Callable] = None,
+                 strategy: Any = None):
         self.models = dict(models)
         if not callable(self.models.get("m")):
             raise ValueError("FitContext: models must map 'm' to M (a callable, float32 [B, "
@@ -317,7 +342,17 @@ class FitContext:
         self._images = images
         self._attacked = attacked
         self._observe = observe
-        self.settings = dict(settings or {})
+        if mode not in ("flagged", "all"):
+            raise ValueError("FitContext: mode must be 'flagged' or 'all', got %r" % (mode,))
+        self.mode = mode
+        self.extractors = extractors
+        self.arch = arch
+        self.m_dir = m_dir
+        self.m_digest = m_digest
+        self.trajectory_cache = tuple(trajectory_cache)
+        self.at = at
+        self.transfer_k = transfer_k
+        self.strategy = strategy
 
     def images(self, split: str) -> ImageSet:
         """The benign images of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""

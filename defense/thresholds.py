@@ -55,12 +55,6 @@ def _check_distances(d: Any, name: str) -> np.ndarray:
     return arr
 
 
-def fpr_at(benign_d: Any, threshold: float) -> float:
-    """Fraction of benign distances ``>= threshold``."""
-    d = _check_distances(benign_d, "benign_d")
-    return float(np.mean(d >= threshold))
-
-
 def _candidates(d: np.ndarray) -> np.ndarray:
     """Distinct distances ascending, then the next float above the largest (FPR 0)."""
     values = np.unique(d)

@@ -40,8 +40,9 @@ not zero the gradient of saturated pixels; it is the same convention as SPEC §8
 non-negative and sum to one — so for it the clip is a no-op; for PCA the estimate is
 ``(g @ C.T) @ C`` with C the kept components.)
 
-TensorFlow is imported (through :mod:`tfcompat`) only when a transform needs it: downsample's
-forward pass and every TF-side method.  pca, noise, jpeg and bitdepth run on numpy alone.
+Importing this module loads no TensorFlow; the first transform that runs does (through
+:mod:`tfcompat`, and the images' check, :func:`attacks.check_images`).  pca, noise, jpeg and
+bitdepth compute on numpy alone.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 import tfcompat
+from defense.unmask import check_images
 
-_RANGE_TOL = 1e-6          # inputs may leave [0, 1] by this much (float rounding); then clipped
 _PCA_BATCH = 256           # images projected at a time by PCA (bounds the float32 temporaries)
 
 
@@ -66,50 +67,6 @@ def _tf():
 # --------------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------------
-
-def check_images(images: Any, name: str = "images") -> np.ndarray:
-    """``images`` as a float32 ``[N, H, W, 3]`` array in ``[0, 1]`` (a new array if converted).
-
-    Accepts any floating dtype; values at most 1e-6 outside ``[0, 1]`` (float rounding) are
-    clipped.  Raises ValueError naming ``name`` for: not 4-D, last axis not 3, an empty image
-    (H or W zero), an integer / bool dtype (divide uint8 images by 255), NaN / inf, values
-    outside ``[0, 1]``.  ``N = 0`` is allowed.
-    """
-    if isinstance(images, np.ndarray):
-        arr = images
-    else:
-        try:
-            arr = np.asarray(images)
-        except Exception as err:  # noqa: BLE001 - report any conversion failure uniformly
-            raise ValueError("%s must be a float array [N, H, W, 3] in [0, 1], got %s (%s)"
-                             % (name, type(images).__name__, err)) from None
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError("%s must be a 4-D array [N, H, W, 3] (a batch of RGB images; add a "
-                         "batch axis with images[None] for one image), got shape %s"
-                         % (name, arr.shape))
-    if arr.shape[1] == 0 or arr.shape[2] == 0:
-        raise ValueError("%s must have H, W >= 1, got shape %s" % (name, arr.shape))
-    if not np.issubdtype(arr.dtype, np.floating):
-        hint = (" (divide uint8 images by 255.0)" if np.issubdtype(arr.dtype, np.integer)
-                else "")
-        raise ValueError("%s must be a floating array in [0, 1], got dtype %s%s"
-                         % (name, arr.dtype, hint))
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.size == 0:
-        return arr.copy()
-    finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1) if arr.ndim else \
-        np.isfinite(arr).reshape(1)
-    if not finite.all():
-        raise ValueError("%s[%d] contains NaN or infinite values"
-                         % (name, int(np.argmin(finite))))
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
-        raise ValueError("%s must be in [0, 1] (float images, i.e. uint8 / 255), got range "
-                         "[%g, %g]" % (name, lo, hi))
-    if lo < 0.0 or hi > 1.0:
-        arr = np.clip(arr, 0.0, 1.0)
-    return arr
-
 
 def check_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` as a Python int; ValueError unless it is a non-negative integer."""

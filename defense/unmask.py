@@ -316,17 +316,11 @@ def _check_class_parts(class_parts: Mapping[str, Iterable[str]], classes: Sequen
 
 
 def check_images(images: Any, name: str = "images") -> np.ndarray:
-    """Images as float32 [B, H, W, 3] in [0, 1]; ValueError explaining the fix otherwise."""
-    arr = np.asarray(images)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError("%s must have shape [B, H, W, 3], got %s" % (name, arr.shape))
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError("%s must be float pixels in [0, 1], got dtype %s (divide uint8 images "
-                         "by 255)" % (name, arr.dtype))
-    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0):
-        raise ValueError("%s must be finite pixels in [0, 1], got range [%g, %g]"
-                         % (name, np.nanmin(arr), np.nanmax(arr)))
-    return arr.astype(np.float32, copy=False)
+    """Images as float32 [B, H, W, 3] in [0, 1] (B = 0 allowed): the project's one rule,
+    :func:`attacks.check_images` (imported when first used: importing ``defense`` loads no
+    TensorFlow)."""
+    from attacks import check_images as check
+    return check(images, name, empty_ok=True)
 
 
 class UnMask:

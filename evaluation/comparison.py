@@ -17,7 +17,7 @@ import numpy as np
 
 from data.fileio import write_problem
 from defense.adversarial_training import at_checkpoint_dir
-from defense.base import ADAPTIVE, Defense, FitContext, ImageSet, model_predictions
+from defense.base import ADAPTIVE, ATModel, Defense, FitContext, ImageSet, model_predictions
 from defense.threats import Goal, Threat
 from evaluation.adaptive_store import AdaptiveStore
 from evaluation.attack_store import AttackStore
@@ -95,16 +95,15 @@ class Comparison:
             models=self.models, class_set=cfg.class_set, seed=cfg.seed,
             target_fpr=cfg.target_fpr, threshold=cfg.threshold, log=self.log,
             images=self.images, attacked=self.attacked, observe=self.observe,
-            settings={"mode": cfg.mode, "extractors": make_extractors_fn, "arch": cfg.arch,
-                      "m_dir": cfg.m_dir, "m_digest": self.fp["m"],
-                      "trajectory_cache": trajectory_cache(cfg),
-                      "at": ({"eps": cfg.at_eps, "checkpoint_digest": self.digests.get("at")}
-                             if "at" in self.models else {}),
-                      "transfer_k": self._transfer_k if cfg.k_transfer else None,
-                      # the trajectory detector trains under --distribute mirrored; with
-                      # multi-worker only the chief is still here, so it trains on one device
-                      "strategy": (make_strategy(cfg.distribute)
-                                   if cfg.distribute == "mirrored" else None)})
+            mode=cfg.mode, extractors=make_extractors_fn, arch=cfg.arch, m_dir=cfg.m_dir,
+            m_digest=self.fp["m"], trajectory_cache=trajectory_cache(cfg),
+            at=(ATModel(eps=cfg.at_eps, checkpoint_digest=self.digests.get("at"))
+                if "at" in self.models else None),
+            transfer_k=self._transfer_k if cfg.k_transfer else None,
+            # the trajectory detector trains under --distribute mirrored; with multi-worker
+            # only the chief is still here, so it trains on one device
+            strategy=(make_strategy(cfg.distribute) if cfg.distribute == "mirrored"
+                      else None))
 
     def _transfer_k(self):
         """The surrogate K of the transfer threat (built when first needed)."""

@@ -1,65 +1,87 @@
 """The configuration of a run: :class:`EvalConfig` -- one (class set, architecture) of the
-defense comparison, with every setting it depends on (validated names come from the command
-line, :mod:`main`)."""
+defense comparison, with every setting it depends on -- built from the command line's options
+(:meth:`EvalConfig.from_options`; the defaults are theirs, :mod:`evaluation.options`), and its
+record ``config.json``, written beside the run's results and read back by ``main.py --config``:
+
+    {"version": 1, "command": "evaluate" | "grid" | "k",
+     "config": {...every EvalConfig field, resolved...},   # evaluate, grid
+     "archs": [...], "class_sets": [...],                  # grid
+     "options": {...every option of K's runner...},        # k
+     "defaults": [names of the settings left at their default],
+     "versions": {"python": ..., "tensorflow": ..., ...},
+     "checkpoints": {"m": {"path": ..., "sha1": ...}, "at": ..., "k": ..., "k_transfer": ...}}
+
+"Resolved": the extractor the run chose (``k`` or ``oracle``) and the K checkpoint it loaded
+replace "the default" and "the newest", so the record reruns what ran.
+"""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from attacks import PAPER_ATTACK_VECTORS
 from attacks.engine import EngineSettings
-from data.knowledge import ClassSet
+from data.fileio import file_digest
+from data.knowledge import ClassSet, get_class_set
 from defense.adaptive import check_gradient_mode
-from defense.adversarial_training import AT_EPS
 from defense.base import GRAY_BOX, AdaptiveOptions
 from defense.defenses import DEFAULT_DEFENSES
 from defense.threats import Threat
-from models import DEFAULT_ARCH
+from evaluation.options import DataOptions, KOptions, MOptions, Options
 from models.train_classifier import TrainConfig
+
+_DATA, _M, _K = DataOptions(), MOptions(), KOptions()
+
+CONFIG_FILE = "config.json"
+CONFIG_VERSION = 1
+COMMANDS = ("evaluate", "grid", "k")
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Settings of one evaluation run (validated names come from ``main.py``)."""
+    """Settings of one evaluation run (the command line's are checked by
+    :class:`~evaluation.options.MOptions`)."""
     class_set: ClassSet
-    data_dir: str = os.path.join("data", "unmask")
-    arch: str = DEFAULT_ARCH
-    input_size: int = 96
-    weights: Optional[str] = None
+    data_dir: str = _DATA.data_dir
+    arch: str = _M.arch
+    input_size: int = _M.input_size
+    weights: Optional[str] = None        # None or "imagenet" (--weights none / imagenet)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    adv_train: bool = False
-    at_eps: float = AT_EPS
-    extractor: Optional[str] = None      # "k", "oracle" or None (K if trained, else oracle)
+    adv_train: bool = _M.adv_train
+    at_eps: float = _M.at_eps
+    extractor: Optional[str] = _M.extractor   # "k", "oracle" or None (K if trained, else oracle)
     k_weights: str = "last"              # K checkpoint: "last" (newest in k_log_dir) or a path
-    k_config: str = "synthetic"          # K's configuration (main.py --k-config)
-    k_log_dir: str = os.path.join("logs", "model_k")
-    threshold: Optional[float] = None    # None: chosen on validation for target_fpr
-    target_fpr: float = 0.1
-    mode: str = "flagged"
+    k_config: str = _K.k_config          # K's configuration (main.py --k-config)
+    k_log_dir: str = _K.k_log_dir
+    threshold: Optional[float] = _M.threshold   # None: chosen on validation for target_fpr
+    target_fpr: float = _M.target_fpr
+    mode: str = _M.mode
     vectors: Sequence[Tuple[str, float]] = tuple(PAPER_ATTACK_VECTORS)
     defenses: Optional[Sequence[str]] = None   # None: none, unmask (+ at with adv_train)
-    trajectory_table: bool = False       # also the seed-003 table of the trajectory detector
-    detection_set: str = "original"      # "original" (the UnMask code) or "strict" (M(x) = y too)
+    trajectory_table: bool = _M.trajectory_table   # also the seed-003 table
+    detection_set: str = _M.detection_set   # "original" (the UnMask code) or "strict"
     threats: Sequence[str] = (GRAY_BOX,)  # add "adaptive" for defense-aware attacks
     # the defense-aware attacks (SPEC §11): steps of each run, restart rounds, target classes
     # tried where the attack needs them (None: all C - 1), how a detector's two gradients
     # combine (None: each defense's default) and EOT draws through a random transform
-    adaptive_steps: int = 100
-    adaptive_restarts: int = 2
-    adaptive_targets: Optional[int] = None
-    adaptive_gradient: Optional[str] = None
+    adaptive_steps: int = _M.adaptive_steps
+    adaptive_restarts: int = _M.adaptive_restarts
+    adaptive_targets: Optional[int] = _M.adaptive_targets
+    adaptive_gradient: Optional[str] = _M.adaptive_gradient
     eot_samples: int = 20
-    adaptive_batch: int = 100            # images per adaptive batch (K's fixed cost per run
-    #                                      is shared by more images; the unit of resuming)
-    k_transfer: Optional[str] = None       # surrogate K checkpoint for threat "transfer"
-    n_test: Optional[int] = None
+    adaptive_batch: int = _M.adaptive_batch   # images per adaptive batch (K's fixed cost per
+    #                                           run is shared by more images; the unit of
+    #                                           resuming)
+    k_transfer: Optional[str] = _M.k_transfer   # surrogate K checkpoint for threat "transfer"
+    n_test: Optional[int] = _M.n_test
     attack_batch: int = 50
-    seed: int = 0
-    results_dir: str = "results"
-    checkpoint_dir: str = "checkpoints"
-    progress: bool = True
-    distribute: str = "none"             # M's, AT's and the trajectory detector's training:
+    seed: int = _DATA.seed
+    results_dir: str = _M.results_dir
+    checkpoint_dir: str = _M.checkpoint_dir
+    progress: bool = not _M.no_progress
+    distribute: str = _M.distribute      # M's, AT's and the trajectory detector's training:
     #                                      none, mirrored, multi-worker
     shards: int = 1                      # image shards per attack vector (grid work units);
     #                                      the merged records equal the unsharded ones
@@ -78,6 +100,13 @@ class EvalConfig:
         self.engine_settings()                   # validates the adaptive settings
         if self.adaptive_gradient is not None:
             check_gradient_mode(self.adaptive_gradient)
+
+    @classmethod
+    def from_options(cls, options: Options) -> "EvalConfig":
+        """The run of a command line's options, every value checked first (ValueError
+        naming the option)."""
+        return cls(**options.m.resolve(options.data, options.k),
+                   shards=options.grid.shards or 1)
 
     def engine_settings(self) -> EngineSettings:
         """How the adaptive engine runs the defense-aware attacks."""
@@ -101,3 +130,86 @@ class EvalConfig:
                                            self.train.folder_suffix(),
                                            "_imagenet" if self.weights else ""))
 
+
+# ----------------------------------------------------------------------------- config.json
+
+def to_dict(cfg: EvalConfig) -> Dict[str, Any]:
+    """``cfg`` as JSON values (every field; :func:`from_dict` reads it back)."""
+    out = dataclasses.asdict(cfg)
+    out["class_set"] = cfg.class_set.code_name
+    out["vectors"] = [[name, float(eps)] for name, eps in cfg.vectors]
+    out["defenses"] = list(cfg.defenses)
+    out["threats"] = [str(t) for t in cfg.threats]
+    return json.loads(json.dumps(out))
+
+
+def from_dict(values: Mapping[str, Any]) -> EvalConfig:
+    """The :class:`EvalConfig` of :func:`to_dict`'s output (ValueError naming what is
+    wrong)."""
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError("unknown setting(s) %s" % ", ".join(unknown))
+    kw = dict(values)
+    try:
+        kw["class_set"] = get_class_set(kw["class_set"])
+        kw["train"] = TrainConfig(**kw.get("train", {}))
+        kw["vectors"] = tuple((str(n), float(e)) for n, e in kw.get("vectors", ()))
+        kw["defenses"] = tuple(kw.get("defenses", ())) or None
+        kw["threats"] = tuple(kw.get("threats", (GRAY_BOX,)))
+        return EvalConfig(**kw)
+    except (KeyError, TypeError) as e:
+        raise ValueError("not a run's configuration (%s: %s)" % (type(e).__name__, e)) from None
+
+
+def defaults_used(cfg: EvalConfig) -> list:
+    """The settings of ``cfg`` left at their default (the configuration's resolved values
+    compared with those of a default run of the same class set)."""
+    default = to_dict(EvalConfig(class_set=cfg.class_set))
+    mine = to_dict(cfg)
+    return sorted(k for k in mine if k != "class_set" and mine[k] == default[k])
+
+
+def checkpoint(path: Optional[str]) -> Optional[Dict[str, str]]:
+    """``{"path", "sha1"}`` of a checkpoint file (None when there is none)."""
+    if not path or not os.path.isfile(path):
+        return None
+    return {"path": path, "sha1": file_digest(path, "sha1")}
+
+
+def record(command: str, cfg: Optional[EvalConfig] = None,
+           checkpoints: Optional[Mapping[str, Optional[str]]] = None,
+           **extra: Any) -> Dict[str, Any]:
+    """``config.json``'s content (module docstring) for ``command`` run with ``cfg`` (K's
+    runner: with ``options``), the checkpoints it used (name -> file) and ``extra`` fields."""
+    from evaluation.schema import package_versions
+
+    if command not in COMMANDS:
+        raise ValueError("command must be one of %s, got %r" % (", ".join(COMMANDS), command))
+    out: Dict[str, Any] = {"version": CONFIG_VERSION, "command": command}
+    if cfg is not None:
+        out["config"] = to_dict(cfg)
+        out["defaults"] = defaults_used(cfg)
+    out.update(json.loads(json.dumps(extra, default=str)))
+    out["versions"] = package_versions()
+    out["checkpoints"] = {name: checkpoint(path) for name, path in (checkpoints or {}).items()
+                          if checkpoint(path) is not None}
+    return out
+
+
+def read_record(path: str) -> Dict[str, Any]:
+    """A ``config.json`` read back (ValueError / FileNotFoundError naming the file)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError("--config %s: no such file; give the config.json a run wrote "
+                                "beside its results (results/<code>/<arch>/config.json, "
+                                "results/grid/config.json or K's --k-results-dir)" % path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError("--config %s cannot be read: %s" % (path, e)) from None
+    if not isinstance(rec, dict) or rec.get("version") != CONFIG_VERSION \
+            or rec.get("command") not in COMMANDS:
+        raise ValueError("--config %s is not a run's config.json (version %d, command one of "
+                         "%s)" % (path, CONFIG_VERSION, ", ".join(COMMANDS)))
+    return rec

@@ -4,8 +4,9 @@
 pair with the settings of ``base`` (an :class:`~evaluation.config.EvalConfig`) and writes,
 under ``<results_dir>/grid/``, one Table IV with a row per pair (``table_iv.md``), one bench
 table across them (``bench.csv`` / ``bench.md``), one Fig. 4 across them (``fig4.png/.pdf``),
-``grid.json`` (the per-pair ``metrics.json`` files, merged) and ``report.html`` (all of it on
-one page, linking each pair's own page).
+``grid.json`` (the per-pair ``metrics.json`` files, merged), ``config.json`` (the grid's
+configuration: ``main.py --config`` reruns it) and ``report.html`` (all of it on one page,
+linking each pair's own page).
 
 Work units, in four stages (a stage starts when the one before is done):
 
@@ -47,6 +48,7 @@ from defense.adversarial_training import at_checkpoint_dir
 from evaluation import run as ev
 from evaluation import writer
 from evaluation.comparison import Comparison
+from evaluation.config import record
 from evaluation.records import eps_tag
 from evaluation.schema import validate_metrics
 
@@ -221,7 +223,13 @@ def run_grid(base, archs: Sequence[str], class_sets: Sequence[str], executor=Non
     stages = plan(base, archs, class_sets)
     for stage in stages:
         executor.map(base, stage, log)
-    return merge(base, [(u.arch, u.class_set) for u in stages[-1]], log)
+    merged = merge(base, [(u.arch, u.class_set) for u in stages[-1]], log)
+    pairs = [pair_config(base, a, c) for a, c in merged["pairs"]]
+    writer.write_config(os.path.join(base.results_dir, "grid"), record(
+        "grid", base, archs=list(archs), class_sets=list(class_sets),
+        checkpoints={"%s %s/%s" % (model, cfg.class_set.code_name, cfg.arch): path
+                     for cfg in pairs for model, path in zip(("m", "at"), _model_files(cfg))}))
+    return merged
 
 
 def merge(base, pairs: Sequence[Tuple[str, str]], log: Callable[[str], None] = print) -> Dict:

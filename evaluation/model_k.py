@@ -8,21 +8,21 @@ functions behind it.  M's counterpart is :mod:`evaluation.run`.
 from __future__ import annotations
 
 import argparse
-import math
-import numbers
+import dataclasses
 import os
 import time
 from typing import Dict, Optional, Sequence, Union
 
 from data.coco_parts import load_parts_dataset
 from data.fileio import write_json_atomic
-from data.options import seed_argument
+from evaluation.options import (KOptions, check_count, check_learning_rate, check_positive,
+                                k_defaults, parse_stage_epochs)
 from models.progress import Eta
 from mrcnn_config import Config, config_key, get_config
 
-DEFAULT_LOG_DIR = "logs/model_k"
-DEFAULT_DATA_DIR = "data/unmask"
-DEFAULT_RESULTS_DIR = "results/model_k"
+DEFAULT_LOG_DIR = k_defaults()["k_log_dir"]
+DEFAULT_DATA_DIR = k_defaults()["data_dir"]
+DEFAULT_RESULTS_DIR = k_defaults()["k_results_dir"]
 # Epochs per stage: heads, 4+, all, all at learning rate / 10 (matterport's stage order).
 # The synthetic K trains from random weights, so its heads-only and 4+ stages (meant to adapt
 # new heads to a *pretrained* backbone first) only train a part of a random network: it trains
@@ -32,33 +32,11 @@ DEFAULT_RESULTS_DIR = "results/model_k"
 # 6 of them in the (0, 0, 20, 6) run).
 DEFAULT_EPOCHS = {"synthetic": (0, 0, 18, 6), "parts": (20, 10, 10, 0), "tiny": (1, 1, 1, 0)}
 COCO_WEIGHTS = "mask_rcnn_coco.h5"
-EVAL_SPLITS = ("train", "val", "test")
 IMAGENET_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
-#: Sanity bound of K's learning rate (matterport trains at 0.001-0.02): a larger one can only
-#: diverge, and a NaN/inf one trains a model full of NaN.
-MAX_LEARNING_RATE = 10.0
-
-CLI_DEFAULTS = {
-    "data_dir": DEFAULT_DATA_DIR,
-    "k_config": "synthetic",
-    "weights": "none",
-    "k_epochs": None,
-    "k_steps": None,
-    "k_lr": None,
-    "k_log_dir": DEFAULT_LOG_DIR,
-    "k_results_dir": DEFAULT_RESULTS_DIR,
-    "k_eval_only": False,
-    "k_retrain": False,
-    "k_eval_split": "test",
-    "k_eval_limit": None,
-    "k_batch": None,
-    "visualize": False,
-    "k_max_minutes": None,
-    "seed": 0,
-    "k_seed": None,
-    "no_progress": False,
-}
+#: Every option of ``--model K`` with its default (:class:`evaluation.options.KOptions`, the
+#: data folder, the seeds, the initial weights and the progress display).
+CLI_DEFAULTS = k_defaults()
 
 
 def _training_seed(opts) -> int:
@@ -68,66 +46,15 @@ def _training_seed(opts) -> int:
 
 
 # ----------------------------------------------------------------------------- validation
-# Every number is checked where it enters (argparse types for main.py, validate_options for
+# Every number is checked where it enters (argparse for main.py, validate_options for
 # run_model_k, the entry functions for direct calls) before any data set is generated or read.
-
-def check_count(flag: str, value, minimum: int = 1, what: str = "") -> Optional[int]:
-    """``value`` as an int >= ``minimum`` (None stays None: the default applies).
-
-    Raises:
-        ValueError: naming ``flag``; 0 is refused, never taken to mean "the default".
-    """
-    if value is None:
-        return None
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < minimum:
-        raise ValueError("%s must be an integer >= %d%s, got %r (leave it out for the default)"
-                         % (flag, minimum, " (%s)" % what if what else "", value))
-    return int(value)
-
-
-def check_positive(flag: str, value, maximum: Optional[float] = None,
-                   what: str = "") -> Optional[float]:
-    """``value`` as a finite float > 0 (and <= ``maximum``); None stays None.
-
-    Raises:
-        ValueError: naming ``flag`` for NaN, infinity, 0, negative values or values above
-        ``maximum``.
-    """
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not math.isfinite(number) or number <= 0 or (
-            maximum is not None and number > maximum):
-        bound = " and <= %g" % maximum if maximum is not None else ""
-        raise ValueError("%s must be a finite number > 0%s%s, got %r"
-                         % (flag, bound, " (%s)" % what if what else "", value))
-    return number
-
-
-def check_learning_rate(value, flag: str = "--k-lr") -> Optional[float]:
-    """A finite learning rate in (0, MAX_LEARNING_RATE] (None: the config's)."""
-    return check_positive(flag, value, MAX_LEARNING_RATE,
-                          "learning rate; a NaN, infinite or huge one trains a model full of NaN")
-
 
 def validate_options(opts: Dict) -> None:
     """Check the options of ``--model K`` before any data is read (raises ValueError naming
-    the flag, FileNotFoundError for initial weights that are not there)."""
-    check_count("--k-steps", opts.get("k_steps"), 1, "steps per epoch")
-    check_count("--k-batch", opts.get("k_batch"), 1, "inference batch size")
-    check_count("--k-eval-limit", opts.get("k_eval_limit"), 1, "images to evaluate")
-    check_positive("--k-max-minutes", opts.get("k_max_minutes"), what="training time limit")
-    check_learning_rate(opts.get("k_lr"))
-    if opts.get("k_epochs") is not None:
-        parse_epochs(opts["k_epochs"], None)
-    split = opts.get("k_eval_split", "test")
-    if split not in EVAL_SPLITS:
-        raise ValueError("--k-eval-split must be one of %s, got %r"
-                         % (", ".join(EVAL_SPLITS), split))
+    the flag -- the ranges are :class:`~evaluation.options.KOptions`' --, FileNotFoundError
+    for initial weights that are not there)."""
+    KOptions(**{f.name: opts.get(f.name, f.default)
+                for f in dataclasses.fields(KOptions)}).validate()
     _check_initial_weights(opts)
 
 
@@ -167,30 +94,6 @@ def log_dir_writes(args=None, **kwargs) -> Optional[str]:
         opts["k_config"])
 
 
-def _argparse_type(check, flag: str, convert):
-    """An argparse ``type=`` running ``check`` on the converted value (error names the flag)."""
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("%s: invalid number %r" % (flag, text)) from None
-        try:
-            check(flag, value)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-        return value
-    parse.__name__ = flag
-    return parse
-
-
-def _epochs_argument(text: str) -> str:
-    try:
-        parse_epochs(text, None)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
 def resolve_config(config: Union[str, Config, None], **overrides) -> Config:
     """A ``Config`` from a name ("synthetic", "parts", "tiny") or an instance."""
     if config is None:
@@ -206,20 +109,11 @@ def _config_key(config: Config) -> str:
 
 
 def parse_epochs(epochs, config: Config) -> tuple:
-    """Per-stage epochs ``(heads, 4+, all, all_low_lr)`` from a tuple or "1,1,10,3"."""
+    """Per-stage epochs ``(heads, 4+, all, all_low_lr)`` from a tuple or "1,1,10,3" (None:
+    the configuration's, :data:`DEFAULT_EPOCHS`)."""
     if epochs is None:
         return DEFAULT_EPOCHS[_config_key(config)]
-    if isinstance(epochs, str):
-        try:
-            epochs = [int(v) for v in epochs.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError("--k-epochs must be comma-separated integers such as 1,1,10,3 "
-                             "(heads, 4+, all, all at lr/10), got %r" % epochs) from None
-    epochs = tuple(int(v) for v in epochs)
-    if not 1 <= len(epochs) <= 4 or any(v < 0 for v in epochs):
-        raise ValueError("--k-epochs takes 1-4 non-negative counts (heads, 4+, all, all at "
-                         "lr/10), got %r" % (epochs,))
-    return epochs + (0,) * (4 - len(epochs))
+    return parse_stage_epochs(epochs)
 
 
 def check_class_count(cfg, dataset, data_dir: str) -> None:
@@ -463,6 +357,12 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
                                    opts["k_log_dir"], opts["k_eval_limit"], opts["visualize"],
                                    opts["k_results_dir"], opts["k_batch"])
     print(format_metrics(out["eval"]))
+    if "checkpoint" in out["eval"]:         # beside eval_<split>.json: what K ran with
+        from evaluation.config import record
+        from evaluation.writer import write_config
+        write_config(opts["k_results_dir"], record("k", options=opts, defaults=sorted(
+            k for k, v in opts.items() if CLI_DEFAULTS.get(k) == v),
+            checkpoints={"k": out["eval"]["checkpoint"]}))
     return out
 
 
@@ -473,42 +373,3 @@ def run_model_k(args=None, **kwargs) -> int:
     """
     run_model_k_report(args, **kwargs)
     return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The argparse options of model K (for main.py)."""
-    g = parser.add_argument_group("model K (Mask R-CNN on parts)")
-    g.add_argument("--k-config", default="synthetic", choices=["synthetic", "parts", "tiny"],
-                   help="K configuration: synthetic (128-px CPU default), parts (original)")
-    g.add_argument("--k-epochs", default=None, type=_epochs_argument,
-                   help="epochs per stage heads,4+,all[,all at lr/10], e.g. 1,1,10,3")
-    g.add_argument("--k-steps", type=_argparse_type(check_count, "--k-steps", int),
-                   default=None, help="steps per epoch >= 1 (config default)")
-    g.add_argument("--k-lr", type=_argparse_type(lambda f, v: check_learning_rate(v, f),
-                                                 "--k-lr", float),
-                   default=None, help="learning rate, finite, > 0 and <= %g (config default)"
-                   % MAX_LEARNING_RATE)
-    g.add_argument("--k-seed", type=seed_argument("--k-seed"),
-                   help="training seed of K (weights, data order, augmentation) when it "
-                        "should differ from --seed, which also picks the synthetic data set: "
-                        "e.g. --k-seed 1 --k-log-dir logs/model_k_seed1 trains the surrogate K "
-                        "of --threat transfer on the same data")
-    g.add_argument("--k-max-minutes", type=_argparse_type(check_positive, "--k-max-minutes",
-                                                          float), default=None,
-                   help="stop training after this many minutes > 0 (a checkpoint is kept)")
-    g.add_argument("--k-eval-only", action="store_true",
-                   help="skip training; evaluate --weights PATH or the last checkpoint")
-    g.add_argument("--k-retrain", action="store_true",
-                   help="train K even when a trained K exists (by default a second "
-                        "`--model K` evaluates the existing K)")
-    g.add_argument("--k-eval-split", default="test", choices=EVAL_SPLITS,
-                   help="split to evaluate (default test)")
-    g.add_argument("--k-eval-limit", type=_argparse_type(check_count, "--k-eval-limit", int),
-                   default=None, help="evaluate the first N >= 1 images")
-    g.add_argument("--k-batch", type=_argparse_type(check_count, "--k-batch", int),
-                   default=None, help="inference batch size >= 1")
-    g.add_argument("--visualize", action="store_true", help="write PNGs of detected parts")
-    g.add_argument("--k-log-dir", default=DEFAULT_LOG_DIR,
-                   help="K checkpoints and TensorBoard logs (default logs/model_k)")
-    g.add_argument("--k-results-dir", default=DEFAULT_RESULTS_DIR,
-                   help="K evaluation JSON and PNGs (default results/model_k)")

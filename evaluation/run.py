@@ -33,7 +33,7 @@ from defense.extractors import OracleExtractor
 from defense.threats import DEFENSE_AWARE
 from evaluation import comparison_table, trajectory_table, writer
 from evaluation.comparison import Comparison
-from evaluation.config import EvalConfig
+from evaluation.config import EvalConfig, record
 from evaluation.records import short_digest
 from evaluation.results import defense_results, table_iv_fields
 from evaluation.schema import make_metrics
@@ -213,6 +213,7 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
         for vector, curve in r["curves"].items():
             curves.setdefault(vector, []).append(curve)
     paths = writer.write_run_reports(cfg.out_dir, metrics, roc_curves=curves)
+    paths["config"] = writer.write_config(cfg.out_dir, run_record(cfg, extractor_kind))
     if cfg.trajectory_table:
         table = trajectory_table.seed_table(ctx, comparison.images("test"), log)
         paths.update(writer.write_trajectory_table(cfg.out_dir, table))
@@ -223,6 +224,23 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
     log(comparison_table.summary_text(metrics))
     log("wrote %s (%.0f s)" % (", ".join(sorted(paths.values())), time.time() - start))
     return metrics
+
+
+def run_record(cfg: EvalConfig, extractor_kind: Dict) -> Dict:
+    """``config.json`` of a finished run: its configuration with the extractor it chose and
+    the K checkpoint it loaded (:func:`evaluation.config.record`), and the digests of every
+    checkpoint it used."""
+    k_ckpt = None
+    if "made" in extractor_kind:
+        kind, _, ex_test, _ = extractor_kind["made"]
+        k_ckpt = getattr(ex_test, "checkpoint", None) if kind == "k" else None
+        cfg = dataclasses.replace(cfg, extractor=kind, **({"k_weights": k_ckpt}
+                                                          if k_ckpt else {}))
+    return record("evaluate", cfg, checkpoints={
+        "m": os.path.join(cfg.m_dir, "best.h5"),
+        "at": (os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
+               if cfg.adv_train else None),
+        "k": k_ckpt, "k_transfer": cfg.k_transfer})
 
 
 def _adaptive_settings(cfg: EvalConfig) -> Optional[Dict]:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from data.fileio import atomic_path, write_json_atomic, write_text_atomic
 from evaluation import figures, k_page, page, run_folder, trajectory_table
+from evaluation.config import CONFIG_FILE
 from evaluation.comparison_table import (comparison_frame, comparison_markdown,
                                          convergence_rows, grid_frame, grid_markdown,
                                          summary_text)
@@ -24,7 +25,7 @@ from evaluation.schema import validate_metrics
 from evaluation.tables import figure_title, table_iii_markdown, table_iv_markdown
 
 #: Every report file a run may write into its output folder (caches in vectors/ excluded).
-REPORT_FILES = ("metrics.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
+REPORT_FILES = ("metrics.json", "config.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
                 "roc.png", "roc.pdf", "bench.md", "bench.csv", "bench.png", "bench.pdf",
                 "convergence.png", "convergence.pdf", "summary.txt", "trajectory_table.md",
                 "trajectory_table.json", "run.json", "report.html")
@@ -100,6 +101,14 @@ def write_run_reports(out_dir: str, metrics: Mapping[str, Any],
     write_text_atomic(summary, summary_text(m))
     paths["summary"] = summary
     return paths
+
+
+def write_config(folder: str, record: Mapping[str, Any]) -> str:
+    """A run's ``config.json`` (:func:`evaluation.config.record`) in ``folder``; returns its
+    path."""
+    path = os.path.join(folder, CONFIG_FILE)
+    write_json_atomic(path, record, indent=1)
+    return path
 
 
 def write_trajectory_table(out_dir: str, table: Dict[str, Dict]) -> Dict[str, str]:

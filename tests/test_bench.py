@@ -11,7 +11,7 @@ import tfcompat
 tf, keras = tfcompat.import_tf()
 
 from data.knowledge import CLASS_PARTS, get_class_set  # noqa: E402
-from defense.base import REJECTED, FitContext, ImageSet  # noqa: E402
+from defense.base import REJECTED, ATModel, FitContext, ImageSet  # noqa: E402
 from defense.defenses import (DEFENSES, build_defense, parse_defense,  # noqa: E402
                               parse_defenses)
 from evaluation import comparison_table, schema, writer  # noqa: E402
@@ -112,10 +112,9 @@ def context(tiny_m, tmp_path_factory):
             target_fpr=0.25, threshold=threshold, log=lambda s: None,
             images=lambda split: sets[split], attacked=attacked,
             observe=lambda d, images: d.observe(images),
-            settings={"mode": "flagged", "arch": "tiny_cnn", "m_dir": cache,
-                      "m_digest": "tiny",
-                      "extractors": lambda: ("oracle", extractor, extractor, None),
-                      "at": {"eps": 4, "checkpoint_digest": "x"}})
+            mode="flagged", arch="tiny_cnn", m_dir=cache, m_digest="tiny",
+            extractors=lambda: ("oracle", extractor, extractor, None),
+            at=ATModel(eps=4, checkpoint_digest="x"))
     return make, sets, attacked, tiny_m
 
 
@@ -281,7 +280,7 @@ def test_trajectory_never_trains_on_test_images_and_follows_m(context, monkeypat
     logs = []
     ctx = make()
     ctx.log = logs.append
-    ctx.settings["m_digest"] = "another M"
+    ctx.m_digest = "another M"
     d = build_defense("trajectory:centroid-l2-mlp")
     d.fit(ctx)
     assert any("representatives from" in m for m in logs), "a new M needs new representatives"

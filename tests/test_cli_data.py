@@ -199,11 +199,11 @@ def _squeeze(text):
 
 
 def test_help_documents_every_option():
-    """Every option of main.build_parser() has help text, and --help shows the option on its
-    own line (not only in the usage) followed by that text."""
-    import main
+    """Every option of the parser (built from the options' dataclasses) has help text, and
+    --help shows the option on its own line (not only in the usage) followed by that text."""
+    from evaluation.options import build_parser
 
-    parser = main.build_parser()
+    parser = build_parser()
     actions = [a for a in parser._actions if a.option_strings]
     undocumented = [a.option_strings for a in actions
                     if not a.help or a.help == argparse.SUPPRESS or not a.help.strip()]
@@ -239,9 +239,15 @@ def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsy
     import evaluation.model_k
     import tfcompat
     from data import synthetic
+    from data.knowledge import get_class_set
+    from evaluation import commands
+    from evaluation.config import EvalConfig
 
     data_dir = str(tmp_path / "unmask")
     ran = []
+    cfg = EvalConfig(class_set=get_class_set("CS5b"), data_dir=data_dir,
+                     results_dir=str(tmp_path / "results"),
+                     checkpoint_dir=str(tmp_path / "ckpt"), k_log_dir=str(tmp_path / "klogs"))
 
     def command(*_args, **_kwargs):
         ran.append(read_json(os.path.join(data_dir, "synthetic.json")))
@@ -249,10 +255,10 @@ def test_every_command_generates_missing_data_first(tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(SyntheticConfig, **TINY))
     monkeypatch.setattr(tfcompat, "import_tf", lambda: None)
-    monkeypatch.setattr(main, "_eval_config", lambda args: "eval config")
-    monkeypatch.setattr(main, "_checkpoint_writes", lambda args, cfg, grid: [])  # M: not here
-    monkeypatch.setattr(main, "_k_missing", lambda args: False)    # K: see the next test
-    monkeypatch.setattr(main, "run_model_m", command)
+    monkeypatch.setattr(EvalConfig, "from_options", lambda options: cfg)
+    monkeypatch.setattr(commands, "_checkpoint_writes", lambda *a: [])  # M: not here
+    monkeypatch.setattr(commands, "k_missing", lambda cfg: False)    # K: see the next test
+    monkeypatch.setattr(commands, "run_model_m", command)
     monkeypatch.setattr(evaluation.model_k, "run_model_k", command)
     monkeypatch.setattr(evaluation.model_k, "log_dir_writes", lambda args: None)  # reads TF
     assert main.main(argv + ["--data-dir", data_dir, "--seed", "3"]) == 0
@@ -272,15 +278,18 @@ def test_default_job_trains_k_first_when_none_is_trained(tmp_path, monkeypatch, 
     import evaluation.model_k
     from data import synthetic
     from data.knowledge import get_class_set
+    from evaluation import commands
     from evaluation.config import EvalConfig
 
     calls = []
     monkeypatch.setattr(synthetic, "SyntheticConfig", functools.partial(SyntheticConfig, **TINY))
-    monkeypatch.setattr(main, "_eval_config", lambda args: EvalConfig(
-        class_set=get_class_set("CS5b"), extractor=args.extractor))
+    monkeypatch.setattr(EvalConfig, "from_options", lambda options: EvalConfig(
+        class_set=get_class_set("CS5b"), extractor=options.m.extractor,
+        k_log_dir=options.k.k_log_dir, results_dir=str(tmp_path / "results"),
+        checkpoint_dir=str(tmp_path / "ckpt")))
     monkeypatch.setattr(evaluation.model_k, "run_model_k",
                         lambda args, **kw: calls.append(("K", kw)) or 0)
-    monkeypatch.setattr(main, "run_model_m",
+    monkeypatch.setattr(commands, "run_model_m",
                         lambda cfg, line_search=False: calls.append(("M", cfg.extractor)) or 0)
     argv = ["--data-dir", str(tmp_path / "unmask"), "--k-log-dir", str(tmp_path / "no_k")]
     assert main.main(argv) == 0
@@ -292,6 +301,6 @@ def test_default_job_trains_k_first_when_none_is_trained(tmp_path, monkeypatch, 
         assert main.main(argv + ["--extractor", extractor]) == 0
         assert calls == [("M", extractor)]
     calls.clear()
-    monkeypatch.setattr(main, "_k_missing", lambda args: False)     # a trained K exists
+    monkeypatch.setattr(commands, "k_missing", lambda cfg: False)     # a trained K exists
     assert main.main(argv) == 0
     assert calls == [("M", None)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data.knowledge import get_class_set
-from evaluation import attack_store, grid, records
+from evaluation import attack_store, executors, grid, records
 from evaluation import run as ev
 from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig
@@ -94,7 +94,7 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     for name in ("grid.json", "table_iv.md", "bench.csv", "bench.md", "fig4.png", "fig4.pdf"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     table = open(os.path.join(out, "table_iv.md")).read()
-    from defense.report import arch_label
+    from evaluation.tables import arch_label
     for arch in ARCHS:
         assert arch_label(arch) in table
     assert [(m["arch"], m["class_set"]) for m in merged["metrics"]] == [
@@ -220,7 +220,7 @@ def test_two_ray_workers_give_the_in_process_numbers_even_when_one_is_killed(
     pytest.importorskip("ray")
     base, merged = single
     sharded = _base(tiny_data, tmp_path / "ray", shards=2)
-    executor = grid.RayExecutor(workers=2)
+    executor = executors.RayExecutor(workers=2)
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_busy_worker, args=(stop, killed), daemon=True)
     killer.start()

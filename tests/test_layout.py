@@ -1,8 +1,8 @@
 """The layout of the project, checked from the code (``ast``, nothing imported): the packages
 depend on each other in one direction only -- data and mrcnn_config on nothing else of the
 project, models on those two, attacks on nothing (but tfcompat), defense on all of those,
-evaluation on all of them -- and no modules import each other in a circle (function-level
-imports included)."""
+evaluation on all of them, main.py only on evaluation -- and no modules import each other in a
+circle (function-level imports included)."""
 import ast
 import os
 
@@ -73,6 +73,18 @@ def test_no_module_is_imported_by_the_library():
     for name, path in _modules().items():
         for dep in _imports(path):
             assert dep.split(".")[0] not in ("main", "bench", "tests", "toys"), (name, dep)
+
+
+def test_main_only_parses_and_calls():
+    """main.py turns the command line into options and hands them to one function: it
+    imports evaluation's options and commands (and tfcompat) and defines main() alone."""
+    path = os.path.join(ROOT, "main.py")
+    assert {d.split(".")[0] for d in _imports(path)} - {"sys", "__future__"} <= {
+        "tfcompat", "evaluation"}
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert defined == ["main"]
 
 
 def test_no_import_cycles():

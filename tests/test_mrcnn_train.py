@@ -134,7 +134,8 @@ def test_k_page_shows_per_part_ap_and_ks_parts_beside_the_annotated_ones(overfit
     cli.evaluate_model_k(config=get_config("tiny"), checkpoint="last",
                          log_dir=overfit["log_dir"], dataset=ds, class_names=TOY_NAMES,
                          results_dir=str(tmp_path))
-    monkeypatch.setattr(cli, "load_parts_dataset", lambda data_dir, split: ds)
+    import data.coco_parts
+    monkeypatch.setattr(data.coco_parts, "load_parts_dataset", lambda data_dir, split: ds)
     html = k_page.build_k_page(str(tmp_path))
     assert html == k_page.build_k_page(str(tmp_path))          # the same folder, the same page
     for name in set().union(*overfit["truth"]):
@@ -228,14 +229,12 @@ def test_cli_epoch_parsing_and_weights_errors(tmp_path):
 
 def test_run_model_k_trains_then_evaluates(tmp_path, monkeypatch):
     """main.py's entry point with its argparse options (data replaced by the toy set)."""
-    import argparse
-
     import data.synthetic
+    from evaluation.options import build_parser
+
     monkeypatch.setattr(data.synthetic, "ensure_dataset", lambda *a, **k: {})
     monkeypatch.setattr(cli, "load_parts_dataset", lambda d, split: ToyDataset(4, 64, seed=1))
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    args = parser.parse_args(["--k-config", "tiny", "--k-epochs", "0,0,1", "--k-steps", "3",
+    args = build_parser().parse_args(["--k-config", "tiny", "--k-epochs", "0,0,1", "--k-steps", "3",
                               "--k-log-dir", str(tmp_path / "logs"),
                               "--k-results-dir", str(tmp_path / "res")])
     out = cli.run_model_k_report(args)

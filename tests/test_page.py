@@ -13,7 +13,7 @@ tf, keras = tfcompat.import_tf()
 
 from browser import Browser, find_chromium  # noqa: E402
 from data.knowledge import get_class_set  # noqa: E402
-from evaluation import gallery, page, tables  # noqa: E402
+from evaluation import attack_store, gallery, page, tables  # noqa: E402
 from evaluation import run as ev  # noqa: E402
 from evaluation.config import EvalConfig  # noqa: E402
 from evaluation.run_folder import RunFolder  # noqa: E402
@@ -59,7 +59,7 @@ def test_a_run_writes_its_page_and_report_rebuilds_it_from_the_folder(run, monke
     def no_models(*args, **kwargs):
         raise AssertionError("--report must not run M or an attack")
     monkeypatch.setattr(defense.base, "model_predictions", no_models)
-    monkeypatch.setattr(ev, "run_attack", no_models)
+    monkeypatch.setattr(attack_store, "run_attack", no_models)
     os.remove(path)
     assert main.main(["--report", run["dir"]]) == 0
     assert open(path, "rb").read() == before        # the same folder, the same page

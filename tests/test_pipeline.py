@@ -15,6 +15,7 @@ from evaluation import attack_store, records  # noqa: E402
 from evaluation import run as ev  # noqa: E402
 from evaluation.comparison import Comparison  # noqa: E402
 from evaluation.config import EvalConfig  # noqa: E402
+from evaluation.options import parse_vectors  # noqa: E402
 from defense.adversarial_training import pgd_perturb, train_adversarial  # noqa: E402
 from evaluation.schema import validate_metrics  # noqa: E402
 from models.classifier import ARCHITECTURES, UnitToBackbone, build_classifier, \
@@ -465,24 +466,22 @@ def test_cli_rejects_bad_model_m_arguments(tiny_data, args, message, capsys):
 
 
 def test_parse_vectors_canonical_names_defaults_and_duplicates():
-    import main
-
-    assert main.parse_vectors("paper")[0] == ("pgd_linf", 8.0)
-    assert main.parse_vectors("PGD-Linf:8, fgsm, mia_l2:300") == [
+    assert parse_vectors("paper")[0] == ("pgd_linf", 8.0)
+    assert parse_vectors("PGD-Linf:8, fgsm, mia_l2:300") == [
         ("pgd_linf", 8.0), ("fgsm", 8.0), ("mia_l2", 300.0)]
     with pytest.raises(ValueError, match="given twice"):
-        main.parse_vectors("pgd_linf:8,pgd-linf:8")
+        parse_vectors("pgd_linf:8,pgd-linf:8")
     with pytest.raises(ValueError, match="needs an eps > 0"):
-        main.parse_vectors("pgd_linf:0")
+        parse_vectors("pgd_linf:0")
     with pytest.raises(ValueError, match="must be a number"):
-        main.parse_vectors("pgd_linf:eight")
+        parse_vectors("pgd_linf:eight")
 
 
 def test_default_architecture_is_defined_once():
-    import main
+    from evaluation.options import MOptions
     from models.classifier import DEFAULT_ARCH
 
-    assert main.DEFAULT_ARCH == DEFAULT_ARCH == EvalConfig(get_class_set("CS5b")).arch
+    assert MOptions().arch == DEFAULT_ARCH == EvalConfig(get_class_set("CS5b")).arch
 
 
 def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_path,
@@ -522,15 +521,13 @@ def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_
 
 
 def test_budgets_that_differ_past_the_reports_precision_never_share_a_record():
-    import main
-
     assert records.eps_tag(8) == "8" and records.eps_tag(300.0) == "300" and records.eps_tag(0.5) == "0.5"
     assert records.eps_tag(8.0000001) == "8.0000001" != records.eps_tag(8)
     with pytest.raises(ValueError, match="differ only past the reports' precision"):
-        main.parse_vectors("pgd_linf:8,pgd_linf:8.0000001")
-    assert main.parse_vectors("paper,uap:10,ga:3")[-2:] == [("uap", 10.0), ("ga", 3.0)]
+        parse_vectors("pgd_linf:8,pgd_linf:8.0000001")
+    assert parse_vectors("paper,uap:10,ga:3")[-2:] == [("uap", 10.0), ("ga", 3.0)]
     with pytest.raises(ValueError, match="given twice"):
-        main.parse_vectors("paper,pgd_linf:8")
+        parse_vectors("paper,pgd_linf:8")
 
 
 def test_replaced_test_images_are_noticed(tiny_data, tmp_path):

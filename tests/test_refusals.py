@@ -5,7 +5,6 @@ Each test fails on the code before the fix and checks the error's message (the f
 argument it is about and the way out) and that nothing written earlier is lost.  Only tiny
 models are built: a 3-layer stand-in for M and the "tiny" configuration of K.
 """
-import argparse
 import glob
 import json
 import os
@@ -405,10 +404,10 @@ BAD_FLAGS = [("--k-steps", "0"), ("--k-steps", "-3"), ("--k-batch", "0"),
 
 @pytest.mark.parametrize("flag,value", BAD_FLAGS)
 def test_k_cli_refuses_meaningless_numbers_when_parsing(flag, value, capsys):
-    parser = argparse.ArgumentParser(prog="main.py")
-    cli.add_arguments(parser)
+    from evaluation.options import build_parser
+
     with pytest.raises(SystemExit):
-        parser.parse_args([flag, value])
+        build_parser().parse_args([flag, value])
     assert "argument %s: %s" % (flag, flag) in capsys.readouterr().err
 
 
@@ -516,9 +515,8 @@ def test_k_seed_sets_the_training_seed_apart_from_the_data_seed():
 
     assert cli._training_seed({"seed": 3, "k_seed": None}) == 3
     assert cli._training_seed({"seed": 3, "k_seed": 1}) == 1
-    import argparse
-    p = argparse.ArgumentParser()
-    cli.add_arguments(p)
+    from evaluation.options import build_parser
+    p = build_parser()
     assert p.parse_args(["--k-seed", "2"]).k_seed == 2
     with pytest.raises(SystemExit):
         p.parse_args(["--k-seed", "-1"])

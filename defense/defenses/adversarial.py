@@ -5,6 +5,7 @@ the AT model itself: its numbers are white-box on its own model (stated in every
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Mapping
 
 import numpy as np
@@ -28,7 +29,7 @@ class AdversarialTraining(Defense):
             raise ValueError("defense 'at' needs the adversarially trained model; the "
                              "evaluation trains it when 'at' is among --defenses")
         self._model = ctx.models["at"]
-        self._params = dict(ctx.settings.get("at", {}))
+        self._params = dataclasses.asdict(ctx.at) if ctx.at is not None else {}
 
     def params(self) -> Dict:
         return dict(self._params, attack_seen="white-box on the AT model itself")

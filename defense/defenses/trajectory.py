@@ -118,19 +118,18 @@ class TrajectoryDefense(Defense):
 
     # ---------------------------------------------------------------- fit
     def fit(self, ctx) -> None:
-        s = ctx.settings
-        self._m, self._arch = ctx.models["m"], s["arch"]
-        self._digest = s["m_digest"]
+        self._m, self._arch = ctx.models["m"], ctx.arch
+        self._digest = ctx.m_digest
         self._taps = tap_model(self._m, self._arch)
-        cache = self._cache = tuple(s.get("trajectory_cache")
-                                    or (s["m_dir"].rstrip(os.sep) + "_trajectory",))
+        cache = self._cache = (ctx.trajectory_cache
+                               or (ctx.m_dir.rstrip(os.sep) + "_trajectory",))
         train, val = ctx.images("train"), ctx.images("val")
         self._reps = self._representatives(ctx, cache, train)
         data = {split: self._training_data(ctx, cache, images)
                 for split, images in (("train", train), ("val", val))}
         self._model, history = tj.train_detector(
             *data["train"], *data["val"], kind=self.options.detector, seed=ctx.seed,
-            strategy=s.get("strategy"))
+            strategy=ctx.strategy)
         self._info = {"best_epoch": history["best_epoch"],
                       "val_macro_auc": history["best_val_macro_auc"],
                       "train_seconds": round(history["seconds"], 1),

@@ -11,7 +11,7 @@ rectified -- the same rule as the other detectors of the bench (e.g. ``trajector
 can be compared on equal terms (the bench's ``defended`` column counts a rejection as stopped).
 
 The extractor (K, or the ground-truth oracle, the ceiling of a perfect K) is made by the
-evaluation (``ctx.settings["extractors"]``), which also says which one runs and why.
+evaluation (``ctx.extractors``), which also says which one runs and why.
 """
 from __future__ import annotations
 
@@ -54,9 +54,12 @@ class UnMaskDefense(Defense):
         self._chosen = {}
 
     def fit(self, ctx) -> None:
-        self.mode = ctx.settings.get("mode", "flagged")
-        self._transfer_k = ctx.settings.get("transfer_k")
-        self.kind, ex_val, ex_test, self._k_digest = ctx.settings["extractors"]()
+        if ctx.extractors is None:
+            raise ValueError("defense unmask needs the run's part extractors "
+                             "(FitContext.extractors)")
+        self.mode = ctx.mode
+        self._transfer_k = ctx.transfer_k
+        self.kind, ex_val, ex_test, self._k_digest = ctx.extractors()
         self._extractor = {"val": ex_val, "test": ex_test}
         m = self._m = ctx.models["m"]
         self._ums = {split: UnMask(m, ex, CLASS_PARTS, ctx.classes, threshold=0.5,
@@ -126,7 +129,7 @@ class UnMaskDefense(Defense):
     def attack_target(self, threat, goal, options):
         """M and K attacked together toward target classes (:class:`defense.adaptive.
         UnMaskTarget`); ``threat`` transfer: through the surrogate K of
-        ``ctx.settings["transfer_k"]`` (another seed), whose part sets also make the
+        ``ctx.transfer_k`` (another seed), whose part sets also make the
         attacker's verdict -- the real K is only consulted by the final evaluation.  With
         the oracle extractor K's answers do not depend on the pixels: None."""
         from defense import adaptive
