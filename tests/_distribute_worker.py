@@ -1,4 +1,4 @@
-"""Run by tests/test_distribute.py in a fresh process (TensorFlow's devices and cluster are
+"""Run by tests/models/test_distribute.py in a fresh process (TensorFlow's devices and cluster are
 fixed when its runtime starts): train M's recipe on two separable classes with a strategy
 and the trajectory detector (an LSTM on two separable groups of trajectories) with a strategy,
 and write the validation accuracy, the detector's validation macro-AUC and the replica count

@@ -1,2 +1,52 @@
-"""Shared pytest set-up: TensorFlow is configured by tfcompat before any test imports it."""
+"""Shared pytest set-up: TensorFlow is configured by tfcompat before any test imports it, and
+the fixtures several test modules share are defined here, once -- each built once per module
+that uses it (a module sizes a fixture with the constant its docstring names).  The tasks,
+data sets and models themselves are made by tests/toys.py (imported when first needed, so a
+module that uses none of them loads no TensorFlow for them)."""
+import pytest
+
 import tfcompat  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """``(model, test images [32, 16, 16, 3], test labels [32])``: the 3-class colour toy and
+    a tiny conv net trained on it (toys.channel_task)."""
+    from toys import channel_task
+    return channel_task()
+
+
+@pytest.fixture(scope="module")
+def pattern_toy(request):
+    """``(model, training images [768], test images [N], test labels [N])`` of the 10-class
+    pattern task (toys.pattern_task); N is the module's ``PATTERN_TEST_IMAGES`` (32)."""
+    from toys import pattern_task
+    return pattern_task(getattr(request.module, "PATTERN_TEST_IMAGES", 32))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(request, tmp_path_factory):
+    """The folder of a tiny synthetic UnMask data set (toys.tiny_unmask with the module's
+    ``TINY_DATA`` keyword arguments: seed, images per class)."""
+    from toys import tiny_unmask
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    return tiny_unmask(str(root / "unmask"), **getattr(request.module, "TINY_DATA", {}))
+
+
+@pytest.fixture(scope="module")
+def tiny_k(tmp_path_factory):
+    """K in its tiny configuration, in inference mode (closed after the module)."""
+    from models.mrcnn.model import MaskRCNN
+    from mrcnn_config import get_config
+
+    model = MaskRCNN("inference", get_config("tiny"), str(tmp_path_factory.mktemp("k_logs")))
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def random_k(tmp_path_factory):
+    """A checkpoint of K in the synthetic configuration with seeded random weights: the real
+    graph and session, no training (toys.random_k_checkpoint)."""
+    from toys import random_k_checkpoint
+    return random_k_checkpoint(str(tmp_path_factory.mktemp("random_k") / "k.h5"))

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Project code that runs or is tested (bench/ has its own requirements file).
-PROJECT_DIRS = ("data", "models", "attacks", "defense", "mrcnn_config", "tests")
+PROJECT_DIRS = ("data", "models", "attacks", "defense", "evaluation", "mrcnn_config", "tests")
 PROJECT_FILES = ("main.py", "tfcompat.py")
 
 # The required packages; None = any pinned version.

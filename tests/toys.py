@@ -1,4 +1,5 @@
-"""Small, seeded, quickly trained tasks shared by the attack tests."""
+"""Small, seeded, quickly trained tasks and tiny data sets and models shared by the tests (their
+fixtures are in conftest.py)."""
 import os
 
 import numpy as np
@@ -9,6 +10,39 @@ tf, keras = tfcompat.import_tf()
 
 PATTERN_CLASSES = 10
 PATTERN_SIZE = 16
+CHANNEL_CLASSES = 3
+CHANNEL_SIZE = 16
+
+
+def channel_images(rng, count):
+    """Images float32 [count, 16, 16, 3] in [0, 1] whose class (0, 1, 2) brightens one colour
+    channel, and int64 labels [count]."""
+    labels = rng.integers(0, CHANNEL_CLASSES, count)
+    images = 0.45 + rng.normal(0.0, 0.1, (count, CHANNEL_SIZE, CHANNEL_SIZE, 3))
+    images[np.arange(count), :, :, labels] += 0.15
+    return np.clip(images, 0.0, 1.0).astype(np.float32), labels.astype(np.int64)
+
+
+def channel_task():
+    """The 3-class colour toy and a tiny conv net trained on it (>= 90% test accuracy):
+    ``(model, test images [32, 16, 16, 3], test labels [32])``."""
+    rng = np.random.default_rng(0)
+    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)
+    x_train, y_train = channel_images(rng, 768)
+    x_test, y_test = channel_images(rng, 32)
+    model = keras.Sequential([
+        keras.layers.Conv2D(8, 3, activation="relu",
+                            input_shape=(CHANNEL_SIZE, CHANNEL_SIZE, 3)),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(CHANNEL_CLASSES),
+    ])
+    model.compile(keras.optimizers.Adam(learning_rate=0.02),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
+    accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
+    assert accuracy >= 0.9, "toy model failed to train (accuracy %.2f)" % accuracy
+    return model, x_test, y_test
 
 
 def _pattern_images(rng, patterns, count):

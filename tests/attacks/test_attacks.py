@@ -22,52 +22,13 @@ from attacks.registry import resolve_config
 
 tf, keras = tfcompat.import_tf()
 
-from toys import pattern_task  # noqa: E402
+from toys import CHANNEL_CLASSES as NUM_CLASSES  # noqa: E402
 
-NUM_CLASSES = 3
-SIZE = 16
 TOL = 1e-5                     # float tolerance on the ball constraint, [0, 1] units
 STRONG_EPS = {"linf": 32.0, "l2": 1000.0}   # 0-255 scale; strong enough for the toy model
 CW_PARAMS = {"steps": 25, "binary_search_steps": 3, "learning_rate": 0.05,
              "initial_const": 1.0}
 BATCH = 12                     # does not divide the 32 test images: last batch has 8
-
-
-def _make_data(rng, count):
-    """Images float32 [count, 16, 16, 3] in [0, 1] and int64 labels [count]."""
-    labels = rng.integers(0, NUM_CLASSES, count)
-    images = 0.45 + rng.normal(0.0, 0.1, (count, SIZE, SIZE, 3))
-    images[np.arange(count), :, :, labels] += 0.15
-    return np.clip(images, 0.0, 1.0).astype(np.float32), labels.astype(np.int64)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    """(model, test images [32, 16, 16, 3], test labels [32]) with a trained conv net."""
-    rng = np.random.default_rng(0)
-    tf.random.set_seed(0)
-    keras.utils.set_random_seed(0)
-    x_train, y_train = _make_data(rng, 768)
-    x_test, y_test = _make_data(rng, 32)
-    model = keras.Sequential([
-        keras.layers.Conv2D(8, 3, activation="relu", input_shape=(SIZE, SIZE, 3)),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(NUM_CLASSES),
-    ])
-    model.compile(keras.optimizers.Adam(learning_rate=0.02),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
-    accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
-    assert accuracy >= 0.9, "toy model failed to train (accuracy %.2f)" % accuracy
-    return model, x_test, y_test
-
-
-@pytest.fixture(scope="module")
-def pattern_toy():
-    """(model, test images [32], test labels [32], training images [768]) of the 10-class
-    pattern task (tests/toys.py): room for a universal perturbation."""
-    model, x_train, x_test, y_test = pattern_task(32)
-    return model, x_test, y_test, x_train
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +37,8 @@ def toy_for(request):
     on (universal attacks: ``pattern_toy``, fitted on its training images)."""
     def get(name):
         if attacks.get_attack(name).universal:
-            return request.getfixturevalue("pattern_toy")
+            model, x_train, x_test, y_test = request.getfixturevalue("pattern_toy")
+            return model, x_test, y_test, x_train
         return request.getfixturevalue("toy") + (None,)
     return get
 

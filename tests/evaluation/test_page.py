@@ -18,21 +18,22 @@ from evaluation import run as ev  # noqa: E402
 from evaluation.config import EvalConfig  # noqa: E402
 from evaluation.run_folder import RunFolder  # noqa: E402
 from models.train_classifier import TrainConfig  # noqa: E402
-from toys import tiny_unmask  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.environ.get("TEST_ARTIFACTS", os.path.join(ROOT, "test-artifacts"))
 DEFENSES = ("none", "unmask", "jpeg", "noise:10")
+TINY_DATA = dict(seed=3, per_class=(16, 6, 6))
+
+pytestmark = pytest.mark.slow        # every test reads one finished run (M trained, attacked)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tiny_data, tmp_path_factory):
     """A finished tiny run (oracle extractor, 9 test images, two vectors, four defenses, the
     transforms' adaptive attacks too)."""
     tmp = tmp_path_factory.mktemp("page")
-    data_dir = tiny_unmask(str(tmp / "unmask"), seed=3, per_class=(16, 6, 6))
     cfg = EvalConfig(
-        class_set=get_class_set("CS3a"), data_dir=data_dir, input_size=32,
+        class_set=get_class_set("CS3a"), data_dir=tiny_data, input_size=32,
         train=TrainConfig(epochs=1, batch_size=16, learning_rate=0.01),
         vectors=(("pgd_linf", 8), ("fgsm", 8)), n_test=9, attack_batch=8,
         results_dir=str(tmp / "results"), checkpoint_dir=str(tmp / "ckpt"), progress=False,

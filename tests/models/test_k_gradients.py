@@ -266,6 +266,7 @@ def test_interface_after_eager_m(k_model):
     assert np.isfinite(tape.gradient(out, xt).numpy()).all()
 
 
+@pytest.mark.slow
 def test_joint_attack_on_m_and_k_evades_more_than_the_gray_box_attack(k_model, scorer):
     """On a tiny M and K, the joint attack through the adaptive engine (M toward y', K's parts
     toward V[y'], every target class) raises the evasion rate -- M fooled and not flagged by

@@ -13,15 +13,9 @@ from evaluation import run as ev
 from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig
 from models.train_classifier import TrainConfig
-from toys import tiny_unmask
 
 ARCHS = ["mobilenetv2_050", "vgg16"]
 SETS = ["cs3-1", "cs3-2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return tiny_unmask(str(tmp_path_factory.mktemp("grid") / "unmask"))
 
 
 def _base(data_dir, root, **kw):
@@ -192,7 +186,8 @@ def test_image_shards_merge_into_the_unsharded_attack_record(single, tmp_path, m
     os.remove(first)
     calls = []
     real = attack_store.compile_attack
-    monkeypatch.setattr(attack_store, "compile_attack", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(attack_store, "compile_attack",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
     bench.attack_shard("m", name, eps, 0, 2)
     assert calls == []
     with np.load(first) as f:

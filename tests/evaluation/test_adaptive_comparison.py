@@ -18,17 +18,16 @@ from evaluation import run as ev  # noqa: E402
 from evaluation.config import EvalConfig  # noqa: E402
 from evaluation.schema import validate_metrics  # noqa: E402
 from models.train_classifier import TrainConfig  # noqa: E402
-from toys import random_k_checkpoint, tiny_unmask  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
+TINY_DATA = dict(seed=5, per_class=(10, 4, 4))
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adaptive")
-    data = tiny_unmask(str(root / "unmask"), seed=5, per_class=(10, 4, 4))
-    k = random_k_checkpoint(str(root / "k.h5"))
-    return data, k, root
+def setup(tiny_data, random_k, tmp_path_factory):
+    return tiny_data, random_k, tmp_path_factory.mktemp("adaptive")
 
 
 def _config(setup, out, **kw):

@@ -47,7 +47,7 @@ tf, keras = tfcompat.import_tf()
 
 import attacks  # noqa: E402
 from attacks.losses import cross_entropy, dlr  # noqa: E402
-from toys import PATTERN_CLASSES, pattern_task  # noqa: E402
+from toys import PATTERN_CLASSES  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="PyTorch not found")   # ART's optional parts
@@ -55,6 +55,9 @@ with warnings.catch_warnings():
     from art.estimators.classification import TensorFlowV2Classifier  # noqa: E402
 
 IMAGES, STEPS = 200, 100
+PATTERN_TEST_IMAGES = IMAGES
+
+pytestmark = pytest.mark.slow        # ART's attacks on 200 images, against ours
 #: One point of robust accuracy (the issue's tolerance).
 TOLERANCE = 0.01
 ART_LOSS = {"ce": "cross_entropy", "dlr": "difference_logits_ratio"}
@@ -64,9 +67,9 @@ BUDGETS = [("linf", 7.5), ("l2", 150.0)]
 
 
 @pytest.fixture(scope="module")
-def task():
+def task(pattern_toy):
     """(model, ART classifier of it, x [200], y [200]); every clean image classified right."""
-    model, _, x, y = pattern_task(IMAGES)
+    model, _, x, y = pattern_toy
     assert np.all(model.predict(x, verbose=0).argmax(1) == y)
     classifier = TensorFlowV2Classifier(
         model=model, nb_classes=PATTERN_CLASSES, input_shape=x.shape[1:],

@@ -21,15 +21,11 @@ from evaluation.schema import validate_metrics  # noqa: E402
 from models.classifier import ARCHITECTURES, UnitToBackbone, build_classifier, \
     get_architecture  # noqa: E402
 from models.train_classifier import TrainConfig, accuracy, train_classifier  # noqa: E402
-from toys import tiny_unmask  # noqa: E402
 
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return tiny_unmask(str(tmp_path_factory.mktemp("pipeline") / "unmask"), seed=3,
-                       per_class=(16, 6, 6))
+TINY_DATA = dict(seed=3, per_class=(16, 6, 6))
 
 
 def _separable(n=64, size=SIZE, seed=0):
@@ -91,6 +87,7 @@ def test_bad_architecture_arguments():
 
 # ----------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_training_writes_best_checkpoint_and_reuses_it(tmp_path):
     x, y = _separable()
     model = build_classifier("mobilenetv2_050", 2, SIZE)
@@ -124,6 +121,7 @@ def _assert_same_weights(a, b):
         np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_last_epoch_bit_for_bit(tmp_path):
     """Killed in epoch 2 and restarted: epoch 2 only, and the same weights, bit for bit, as
     a run that was never interrupted (momentum, dropout masks and data order are restored,
@@ -162,6 +160,7 @@ def test_interrupted_training_resumes_from_last_epoch_bit_for_bit(tmp_path):
     assert a == b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["before the state", "before the renames"])
 def test_a_kill_inside_an_epoch_save_is_undone_or_finished(tmp_path, monkeypatch, stop):
     """Saving an epoch is a transaction: killed before ``state.json`` is written, the next
@@ -216,6 +215,7 @@ def _small_m():
     return keras.Model(inp, keras.layers.Dense(2)(h))
 
 
+@pytest.mark.slow
 def test_a_folder_trained_otherwise_is_refused_not_reused(tmp_path):
     """M's folder remembers its training settings and images: another --lr or other images
     are refused with the folder named (main.py gives other settings a folder of their own)."""
@@ -249,6 +249,7 @@ def test_bad_training_config():
 
 # ----------------------------------------------------------------------------- AT
 
+@pytest.mark.slow
 def test_adversarial_perturbation_stays_in_ball_and_training_step_updates(tmp_path):
     x, y = _separable(n=32)
     model = build_classifier("mobilenetv2_050", 2, SIZE)
@@ -268,6 +269,7 @@ def test_adversarial_perturbation_stays_in_ball_and_training_step_updates(tmp_pa
     assert os.path.isfile(tmp_path / "at" / "best.h5")
 
 
+@pytest.mark.slow
 def test_training_step_learns_from_the_perturbed_batch(tmp_path):
     """``perturb``'s output, not the clean batch, is what the gradient step trains on: with a
     perturbation that maps every image to black, M learns nothing about brightness and its
@@ -295,6 +297,7 @@ def test_training_step_learns_from_the_perturbed_batch(tmp_path):
     assert not np.allclose(*logits)
 
 
+@pytest.mark.slow
 def test_line_search_trains_one_model_per_eps_and_picks_the_best(tmp_path):
     from defense.adversarial_training import line_search
 
@@ -326,6 +329,7 @@ def _config(data_dir, tmp_path, **kw):
     return EvalConfig(**base)
 
 
+@pytest.mark.slow
 def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeypatch):
     cfg = _config(tiny_data, tmp_path)
     calls = []
@@ -364,6 +368,7 @@ def test_evaluation_writes_valid_report_and_resumes(tiny_data, tmp_path, monkeyp
     assert "oracle" in open(os.path.join(cfg.out_dir, "table_iv.md")).read().lower()
 
 
+@pytest.mark.slow
 def test_changed_setting_invalidates_saved_vectors(tiny_data, tmp_path, monkeypatch):
     cfg = _config(tiny_data, tmp_path, vectors=(("pgd_linf", 8),))
     ev.run_evaluation(cfg, log=lambda s: None)
@@ -484,6 +489,7 @@ def test_default_architecture_is_defined_once():
     assert MOptions().arch == DEFAULT_ARCH == EvalConfig(get_class_set("CS5b")).arch
 
 
+@pytest.mark.slow
 def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_path,
                                                                   monkeypatch):
     first = ev.run_evaluation(_config(tiny_data, tmp_path), log=lambda s: None)
@@ -521,7 +527,8 @@ def test_adding_a_defense_to_a_finished_run_recomputes_no_attack(tiny_data, tmp_
 
 
 def test_budgets_that_differ_past_the_reports_precision_never_share_a_record():
-    assert records.eps_tag(8) == "8" and records.eps_tag(300.0) == "300" and records.eps_tag(0.5) == "0.5"
+    assert records.eps_tag(8) == "8" and records.eps_tag(300.0) == "300"
+    assert records.eps_tag(0.5) == "0.5"
     assert records.eps_tag(8.0000001) == "8.0000001" != records.eps_tag(8)
     with pytest.raises(ValueError, match="differ only past the reports' precision"):
         parse_vectors("pgd_linf:8,pgd_linf:8.0000001")
@@ -591,6 +598,7 @@ def test_eta_counts_items_and_estimates_what_is_left():
         Eta(3, done=4)
 
 
+@pytest.mark.slow
 def test_training_writes_tensorboard_scalars_per_epoch(tmp_path):
     """M's training writes its loss and accuracies per epoch as TensorBoard scalars under the
     checkpoint folder, as K's does."""

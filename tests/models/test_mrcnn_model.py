@@ -19,13 +19,6 @@ from models.mrcnn.weights import layer_weight_names
 tf, keras = tfcompat.import_tf()
 
 
-@pytest.fixture(scope="module")
-def tiny_inference(tmp_path_factory):
-    model = MaskRCNN("inference", get_config("tiny"), str(tmp_path_factory.mktemp("logs")))
-    yield model
-    model.close()
-
-
 def _shapes(model):
     out = {}
     for layer in model.keras_model.layers:
@@ -117,8 +110,8 @@ def _model_values(model):
 
 
 @pytest.mark.parametrize("nested", [False, True])
-def test_legacy_h5_loads_by_name_with_exclude(tmp_path, tiny_inference, nested):
-    model = tiny_inference
+def test_legacy_h5_loads_by_name_with_exclude(tmp_path, tiny_k, nested):
+    model = tiny_k
     rng = np.random.default_rng(0)
     path = str(tmp_path / "legacy.h5")
     file_values = _write_legacy_h5(path, model, rng, nested_under_model_weights=nested)
@@ -136,16 +129,16 @@ def test_legacy_h5_loads_by_name_with_exclude(tmp_path, tiny_inference, nested):
         file_values[("rpn_model", "rpn_class_raw/kernel:0")].shape
 
 
-def test_legacy_h5_shape_mismatch_names_the_layer(tmp_path, tiny_inference):
+def test_legacy_h5_shape_mismatch_names_the_layer(tmp_path, tiny_k):
     path = str(tmp_path / "coco_like.h5")
-    _write_legacy_h5(path, tiny_inference, np.random.default_rng(1))
+    _write_legacy_h5(path, tiny_k, np.random.default_rng(1))
     with pytest.raises(ValueError, match="mrcnn_class_logits"):
-        tiny_inference.load_weights(path, by_name=True)
+        tiny_k.load_weights(path, by_name=True)
     with pytest.raises(FileNotFoundError, match="missing.h5"):
-        tiny_inference.load_weights(str(tmp_path / "missing.h5"), by_name=True)
+        tiny_k.load_weights(str(tmp_path / "missing.h5"), by_name=True)
 
 
-def test_save_load_round_trip_gives_same_detections(tmp_path, tiny_inference):
+def test_save_load_round_trip_gives_same_detections(tmp_path, tiny_k):
     ds = ToyDataset(2, 64, seed=3)
     images = [ds.load_image(0), ds.load_image(1)]
     cfg = get_config("tiny", DETECTION_MIN_CONFIDENCE=0)
@@ -247,7 +240,7 @@ def test_synthetic_run_is_not_taken_for_the_parts_model(tmp_path):
     assert cli._already_trained(opts, synthetic) and not cli._already_trained(opts, parts)
 
 
-def test_detect_rejects_bad_images_naming_the_index(tiny_inference):
+def test_detect_rejects_bad_images_naming_the_index(tiny_k):
     good = np.full((64, 64, 3), 100, np.uint8)
     cases = [
         ([np.zeros((64, 64, 4), np.uint8), good], r"images\[0\].*RGBA.*\[\.\.\., :3\]"),
@@ -259,8 +252,8 @@ def test_detect_rejects_bad_images_naming_the_index(tiny_inference):
     ]
     for images, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
-            tiny_inference.detect(images)
-    out = tiny_inference.detect([good, good.astype(np.float32).tolist()])  # lists are arrays
+            tiny_k.detect(images)
+    out = tiny_k.detect([good, good.astype(np.float32).tolist()])  # lists are arrays
     assert len(out) == 2 and out[1]["masks"].shape[:2] == (64, 64)
 
 
@@ -366,17 +359,17 @@ def test_guard_tolerates_sessions_without_closed_flag(monkeypatch):
     sess._closed = True
 
 
-def test_graph_built_once_and_eager_unaffected(tiny_inference):
+def test_graph_built_once_and_eager_unaffected(tiny_k):
     """K runs in its own graph/session; batches add no ops; eager mode stays on."""
     ds = ToyDataset(2, 64, seed=9)
     images = [ds.load_image(0), ds.load_image(1)]
-    tiny_inference.detect(images)
-    n_ops = len(tiny_inference.graph.get_operations())
+    tiny_k.detect(images)
+    n_ops = len(tiny_k.graph.get_operations())
     for _ in range(3):
-        tiny_inference.detect(images)
-    assert len(tiny_inference.graph.get_operations()) == n_ops
+        tiny_k.detect(images)
+    assert len(tiny_k.graph.get_operations()) == n_ops
     assert tf.executing_eagerly()
-    assert tiny_inference.graph is not tf.compat.v1.get_default_graph()
+    assert tiny_k.graph is not tf.compat.v1.get_default_graph()
     assert float(tf.reduce_sum(tf.ones([3]))) == 3.0
     with pytest.raises(ValueError, match="BATCH_SIZE"):
-        tiny_inference.detect(images[:1])
+        tiny_k.detect(images[:1])

@@ -19,6 +19,9 @@ def _toy_parts(ds, image_id):
     return frozenset(TOY_NAMES[c] for c in ds.load_mask(image_id)[1])
 
 
+pytestmark = pytest.mark.slow        # K trained on toy images (up to 1200 steps), evaluated
+
+
 @pytest.fixture(scope="module")
 def overfit(tmp_path_factory):
     """Train the tiny K on 4 toy images until the extractor finds every part (<= 1200 steps)."""

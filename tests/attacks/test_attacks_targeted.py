@@ -23,7 +23,6 @@ from attacks.registry import resolve_config
 
 tf, keras = tfcompat.import_tf()
 
-from toys import pattern_task  # noqa: E402
 
 NUM_CLASSES = 10
 SIZE = 16
@@ -33,13 +32,6 @@ TARGETED = ["pgd_linf", "pgd_l2", "mia_linf", "mia_l2", "bim", "bim_l2", "cw_l2"
 STRONG = {"linf": {"eps": 16.0}, "l2": {"eps": 500.0}}      # 0-255 scale
 CW_PARAMS = {"steps": 25, "binary_search_steps": 3, "learning_rate": 0.05,
              "initial_const": 1.0}
-
-
-@pytest.fixture(scope="module")
-def toy():
-    """(model, test images [32, 16, 16, 3], test labels [32]) of the 10-class pattern task."""
-    model, _, x_test, y_test = pattern_task(32)
-    return model, x_test, y_test
 
 
 def _budget(name):
@@ -119,9 +111,9 @@ def test_targeted_parameter_validated():
 # --------------------------------------------------------------------- targeted runs
 
 @pytest.fixture(scope="module")
-def targeted_runs(toy):
+def targeted_runs(pattern_toy):
     """Lazily ``name -> (CompiledAttack, AttackResult)``: targeted, strong budget, seed 3."""
-    model, images, labels = toy
+    model, _, images, labels = pattern_toy
     cache = {}
 
     def get(name):
@@ -133,8 +125,8 @@ def targeted_runs(toy):
 
 
 @pytest.mark.parametrize("name", TARGETED)
-def test_targeted_attack_reaches_ga_targets_within_the_ball(name, toy, targeted_runs):
-    model, images, labels = toy
+def test_targeted_attack_reaches_ga_targets_within_the_ball(name, pattern_toy, targeted_runs):
+    model, _, images, labels = pattern_toy
     compiled, result = targeted_runs(name)
     targets = result.targets
     assert targets.dtype == np.int64 and targets.shape == labels.shape
@@ -154,8 +146,8 @@ def test_targeted_attack_reaches_ga_targets_within_the_ball(name, toy, targeted_
 
 
 @pytest.mark.parametrize("name", TARGETED)
-def test_targeted_run_is_reproducible_and_seeded(name, toy, targeted_runs):
-    model, images, labels = toy
+def test_targeted_run_is_reproducible_and_seeded(name, pattern_toy, targeted_runs):
+    model, _, images, labels = pattern_toy
     _, first = targeted_runs(name)
     again = attacks.run_attack(model, images, labels, name, batch_size=BATCH, seed=3,
                                targeted=True, **_budget(name))
@@ -168,10 +160,10 @@ def test_targeted_run_is_reproducible_and_seeded(name, toy, targeted_runs):
 
 
 @pytest.mark.parametrize("name", TARGETED)
-def test_untargeted_run_unchanged_by_the_option(name, toy, targeted_runs):
+def test_untargeted_run_unchanged_by_the_option(name, pattern_toy, targeted_runs):
     """``targeted=False`` is the default: the same x_adv, targets -1, success = pred != label;
     an untargeted attack hits the random targets only by chance."""
-    model, images, labels = toy
+    model, _, images, labels = pattern_toy
     kwargs = dict(batch_size=BATCH, seed=3, **_budget(name))
     default = attacks.run_attack(model, images, labels, name, **kwargs)
     explicit = attacks.run_attack(model, images, labels, name, targeted=False, **kwargs)
@@ -186,16 +178,16 @@ def test_untargeted_run_unchanged_by_the_option(name, toy, targeted_runs):
     assert not np.array_equal(targeted.x_adv, default.x_adv)
 
 
-def test_attack_batch_uses_the_batch_seed_for_targets(toy, targeted_runs):
-    _, images, labels = toy
+def test_attack_batch_uses_the_batch_seed_for_targets(pattern_toy, targeted_runs):
+    _, _, images, labels = pattern_toy
     compiled, result = targeted_runs("bim")
     second = compiled.attack_batch(images[BATCH:2 * BATCH], labels[BATCH:2 * BATCH], seed=3,
                                    batch_index=1)
     np.testing.assert_array_equal(second, result.x_adv[BATCH:2 * BATCH])
 
 
-def test_targeted_without_labels_and_with_zero_eps(toy):
-    model, images, labels = toy
+def test_targeted_without_labels_and_with_zero_eps(pattern_toy):
+    model, _, images, labels = pattern_toy
     no_labels = attacks.run_attack(model, images, None, "bim", 16, targeted=True,
                                    batch_size=BATCH, seed=1)
     np.testing.assert_array_equal(no_labels.labels, no_labels.pred_clean)
@@ -210,10 +202,10 @@ def test_targeted_without_labels_and_with_zero_eps(toy):
     np.testing.assert_array_equal(zero.success, zero.pred_clean == zero.targets)
 
 
-def test_direct_targeted_call_needs_a_seed(toy):
+def test_direct_targeted_call_needs_a_seed(pattern_toy):
     from attacks.bim import bim
     from attacks.cw import cw_l2
-    model, images, labels = toy
+    model, _, images, labels = pattern_toy
     x, y = tf.constant(images[:4]), tf.constant(labels[:4])
     _raises("seed", bim, model, x, y, eps=0.1, step_size=0.01, steps=2, targeted=True)
     _raises("seed", cw_l2, model, x, y, steps=2, binary_search_steps=1, targeted=True)
@@ -223,10 +215,10 @@ def test_direct_targeted_call_needs_a_seed(toy):
     assert np.mean(model.predict(out.numpy(), verbose=0).argmax(1) == targets) >= 0.75
 
 
-def test_ga_reports_its_targets_and_keeps_its_success(toy):
+def test_ga_reports_its_targets_and_keeps_its_success(pattern_toy):
     """``ga`` is targeted by construction: its targets are now reported, its ``success`` stays
     "prediction != label" (backward compatible)."""
-    model, images, labels = toy
+    model, _, images, labels = pattern_toy
     result = attacks.run_attack(model, images, labels, "ga", 16, batch_size=BATCH, seed=5)
     np.testing.assert_array_equal(result.targets, _run_targets(labels, BATCH, 5))
     np.testing.assert_array_equal(result.success, result.pred_adv != labels)

@@ -21,7 +21,7 @@ from data.fileio import read_json, write_json_atomic
 from data.knowledge import CLASS_SETS, class_set_names, class_set_summary
 from data.synthetic import SyntheticConfig, generate_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_main(*args, timeout=120):
@@ -80,6 +80,7 @@ def test_describe_classsets_prints_table_ii():
         assert "%d/%d" % (shared, n_distinct) == fraction  # the library agrees with the CLI
 
 
+@pytest.mark.slow
 def test_describe_classsets_distinct_counts():
     proc = run_main("--describe-classsets", "--classset", "cs3-1")
     assert proc.returncode == 0, proc.stderr
@@ -93,6 +94,7 @@ def test_describe_classsets_distinct_counts():
         "cs3-1": 29, "cs3-2": 18, "cs5-1": 34, "cs5-2": 34}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["nope", "CS6"])
 def test_unknown_classset_exits_nonzero_listing_valid_names(bad):
     proc = run_main("--classset", bad, "--describe-classsets")
@@ -103,12 +105,14 @@ def test_unknown_classset_exits_nonzero_listing_valid_names(bad):
     assert proc.stdout.strip() == ""  # nothing was described
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cs5-2", "CS5B", "cs3a"])
 def test_classset_names_are_accepted_case_insensitively(name):
     proc = run_main("--classset", name, "--describe-classsets")
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_two_commands_at_once_are_refused(tiny_dataset):
     before = tree_state(tiny_dataset)
     proc = run_main("--prepare-data", "--describe-classsets", "--data-dir", tiny_dataset)
@@ -119,6 +123,7 @@ def test_two_commands_at_once_are_refused(tiny_dataset):
 
 # ----------------------------------------------------------------------------- --prepare-data
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 7])
 def test_prepare_data_never_overwrites_another_synthetic_data_set(tiny_dataset, seed):
     """Seed 0 differs in seed and sizes, seed 7 only in sizes: both are refused (exit 2)."""
@@ -132,6 +137,7 @@ def test_prepare_data_never_overwrites_another_synthetic_data_set(tiny_dataset, 
     assert not [p for p in os.listdir(os.path.dirname(tiny_dataset)) if ".tmp-" in p]
 
 
+@pytest.mark.slow
 def test_default_job_also_refuses_a_mismatching_data_set(tiny_dataset):
     before = tree_state(tiny_dataset)
     proc = run_main("--data-dir", tiny_dataset)
@@ -139,6 +145,7 @@ def test_default_job_also_refuses_a_mismatching_data_set(tiny_dataset):
     assert tree_state(tiny_dataset) == before
 
 
+@pytest.mark.slow
 def test_prepare_data_reuses_a_matching_data_set(tiny_dataset, tmp_path):
     """A folder whose manifest matches the requested seed and the default sizes is reused
     as it is (the manifest of a copy of the tiny set is edited to claim the defaults, so the
@@ -157,6 +164,7 @@ def test_prepare_data_reuses_a_matching_data_set(tiny_dataset, tmp_path):
     assert tree_state(str(folder)) == before
 
 
+@pytest.mark.slow
 def test_negative_seed_is_a_usage_error(tmp_path):
     data_dir = tmp_path / "unmask"
     proc = run_main("--prepare-data", "--data-dir", data_dir, "--seed", -1, timeout=60)
@@ -165,6 +173,7 @@ def test_negative_seed_is_a_usage_error(tmp_path):
     assert not data_dir.exists() and os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_prepare_data_refuses_a_foreign_folder(tmp_path):
     folder = tmp_path / "stuff"
     folder.mkdir()
@@ -176,6 +185,7 @@ def test_prepare_data_refuses_a_foreign_folder(tmp_path):
     assert (folder / "thesis.tex").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_prepare_data_reuses_real_data_as_it_is(tmp_path):
     folder = tmp_path / "real"
     for sub in ("VOC2010/Images/train", "cs5-2/train/dog"):
@@ -198,6 +208,7 @@ def _squeeze(text):
     return re.sub(r"\s+", "", text)
 
 
+@pytest.mark.slow
 def test_help_documents_every_option():
     """Every option of the parser (built from the options' dataclasses) has help text, and
     --help shows the option on its own line (not only in the usage) followed by that text."""

@@ -29,7 +29,7 @@ from models.train_classifier import TrainConfig, train_classifier
 
 tf, keras = tfcompat.import_tf()
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = ["BG", "a", "b", "c"]  # the tiny config's 1 + 3 classes
 SIZE = 8
 QUIET = dict(progress=False, log=lambda s: None)
@@ -105,13 +105,6 @@ def m_copy(m_folder, tmp_path):
 @pytest.fixture(scope="module")
 def m_best_h5(m_folder):
     return os.path.join(m_folder, "best.h5")
-
-
-@pytest.fixture(scope="module")
-def tiny_k(tmp_path_factory):
-    model = MaskRCNN("inference", get_config("tiny"), str(tmp_path_factory.mktemp("k_logs")))
-    yield model
-    model.close()
 
 
 @pytest.fixture(scope="module")

@@ -267,6 +267,7 @@ def test_metrics_with_defenses_validate_and_old_files_still_do():
         schema.validate_metrics(no_um)
 
 
+@pytest.mark.slow
 def test_trajectory_never_trains_on_test_images_and_follows_m(context, monkeypatch):
     """The detector's training attacks see only training/validation images; its cached
     representatives are recomputed when M's weights change."""
@@ -333,6 +334,7 @@ def test_family_aucs_on_hand_made_scores():
     assert targeted["MI-FGSM"] == 1.0 and targeted["BIM"] is None
 
 
+@pytest.mark.slow
 def test_seed_table_has_the_four_configurations(context):
     from evaluation import trajectory_table
 
@@ -489,6 +491,7 @@ def test_bpda_and_eot_on_the_other_transforms(context, name):
     assert adaptive_acc <= gray_acc + 2 / len(x) and adaptive_acc < 0.5
 
 
+@pytest.mark.slow
 def test_joint_attack_on_the_trajectory_detector_evades_more_than_gray_box(context):
     from attacks import run_attack
 

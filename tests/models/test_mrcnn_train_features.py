@@ -55,6 +55,7 @@ def clipped(tmp_path_factory):
     model.close()
 
 
+@pytest.mark.slow
 def test_heads_stage_keeps_the_backbone_and_all_trains_it(clipped):
     backbone = _weights(clipped, BACKBONE_REGEX)
     heads = _weights(clipped, LAYER_REGEX["heads"])
@@ -105,6 +106,7 @@ def test_gradient_clipping_bounds_the_update_norm(clipped):
     assert norm == pytest.approx(lr * CLIP, rel=0.02)
 
 
+@pytest.mark.slow
 def test_weight_decay_shrinks_weights_but_not_batch_norm_scales(tmp_path):
     """With all loss weights 0, the only gradient is the L2 decay: one SGD step moves each
     kernel/bias by -lr * d(decay)/dw and leaves BN gamma/beta alone.
@@ -154,6 +156,7 @@ def test_extractor_threshold_defaults_to_zero(tmp_path):
         ext.close()
 
 
+@pytest.mark.slow
 def test_weights_last_resumes_at_the_saved_epoch_in_the_same_run(tmp_path, monkeypatch):
     """`main.py --model K --weights last` continues the newest run: next stage, same folder,
     config.json written once (evaluation is stubbed: only the training path is tested)."""
@@ -217,8 +220,8 @@ def test_model_and_trainer_depend_in_one_direction():
     """model.py -> trainer.py -> train.py -> constants.py, never back: model.py imports only
     public names of the trainer and nothing of train.py; trainer.py, train.py and
     constants.py import nothing of model.py and touch no private attribute of the model."""
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "models", "mrcnn")
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.join(os.path.dirname(os.path.dirname(here)), "models", "mrcnn")
 
     def parse(name):
         with open(os.path.join(root, name)) as f:
@@ -243,6 +246,7 @@ def test_model_and_trainer_depend_in_one_direction():
     assert not list(_imports(parse("constants.py")))
 
 
+@pytest.mark.slow
 def test_trainer_state_survives_two_train_calls(tmp_path):
     """The model's one Trainer keeps its optimizer, train ops and momentum slots between
     `train` calls: the second stage adds (and initialises) only its new slots."""
@@ -338,6 +342,7 @@ def test_ground_truth_cache_stays_within_its_memory_bound(monkeypatch):
     assert 0 < cache.bytes <= data_gen.GT_CACHE_BYTES and len(cache._items) < len(ds.image_ids)
 
 
+@pytest.mark.slow
 def test_progress_bars_and_lines_count_epochs_out_of_every_stage(tmp_path, monkeypatch, capsys):
     """A staged training (here heads then 4+) counts its epochs the same way in its progress
     bars and its progress lines: 1/2 then 2/2, not the stage's own 1/1 in the bar."""

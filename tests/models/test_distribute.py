@@ -13,7 +13,7 @@ import pytest
 
 from models.distribute import check_tf_config, make_strategy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "_distribute_worker.py")
 TIMEOUT = 600
 

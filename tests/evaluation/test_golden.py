@@ -4,9 +4,9 @@ gray-box and the adaptive threat models, on a tiny synthetic data set -- gives t
 ``metrics.json``, ``bench.csv`` and ``grid.json`` byte for byte, timings aside (the files hold
 no absolute path).
 
-The recorded files are in ``tests/golden/``; after a deliberate change of the numbers, write
-them anew with ``python tests/test_golden.py tests/golden`` (from the repository) and say why
-in the commit.
+The recorded files are in ``tests/evaluation/golden/``; after a deliberate change of the
+numbers, write them anew with ``python tests/evaluation/test_golden.py tests/evaluation/golden``
+(from the repository) and say why in the commit.
 """
 import os
 import re
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 def run_golden(root: str) -> dict:
     """Run the fixed configuration in ``root``; returns recorded name -> file text with the
     timings masked."""
-    sys.path.insert(0, HERE)
+    sys.path.insert(0, os.path.dirname(HERE))          # tests/, for toys
     import tfcompat  # noqa: F401
     from data.knowledge import get_class_set
     from defense.defenses import trajectory
@@ -77,13 +77,13 @@ def test_the_fixed_configuration_gives_the_recorded_files(tmp_path):
     for name, _ in FILES:
         with open(os.path.join(GOLDEN, name), encoding="utf-8") as f:
             want = f.read()
-        assert got[name] == want, "%s differs from tests/golden/%s" % (name, name)
+        assert got[name] == want, "%s differs from tests/evaluation/golden/%s" % (name, name)
 
 
-if __name__ == "__main__":          # python tests/test_golden.py OUT_DIR [WORK_DIR]
+if __name__ == "__main__":      # python tests/evaluation/test_golden.py OUT_DIR [WORK_DIR]
     import tempfile
 
-    sys.path.insert(0, os.path.dirname(HERE))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))      # the repository
     os.makedirs(sys.argv[1], exist_ok=True)
     work = sys.argv[2] if len(sys.argv) > 2 else tempfile.mkdtemp(prefix="golden-")
     for file_name, text in run_golden(work).items():

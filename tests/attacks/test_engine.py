@@ -15,13 +15,15 @@ from attacks.engine import (AdaptiveEngine, EngineSettings, convergence,  # noqa
                             quantize)
 from attacks.losses import cross_entropy, dlr, margin  # noqa: E402
 from attacks.target import AttackTarget, Evaluation, ModelTarget  # noqa: E402
-from toys import pattern_task  # noqa: E402
+
+
+PATTERN_TEST_IMAGES = 48
 
 
 @pytest.fixture(scope="module")
-def pattern():
+def pattern(pattern_toy):
     """(model, x [48], y [48]) of the 10-class pattern toy, images on the 1/255 grid."""
-    model, _, x, y = pattern_task(48)
+    model, _, x, y = pattern_toy
     return model, (np.round(x * 255) / 255).astype(np.float32), y
 
 

@@ -41,6 +41,7 @@ def finished(tmp_path_factory):
     return root, os.path.join(str(root / "r1"), "cs3-1", "mobilenetv2_050")
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_whole_configuration(finished):
     from evaluation.config import EvalConfig
 
@@ -62,6 +63,7 @@ def test_a_run_writes_its_whole_configuration(finished):
     assert m["path"].endswith("best.h5") and len(m["sha1"]) == 40
 
 
+@pytest.mark.slow
 def test_config_reruns_the_run_to_the_same_numbers(finished, capsys, monkeypatch):
     import main
     from data import synthetic

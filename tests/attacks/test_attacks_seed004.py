@@ -24,28 +24,21 @@ from attacks.registry import resolve_config
 
 tf, keras = tfcompat.import_tf()
 
-from toys import pattern_task  # noqa: E402
 
 NUM_CLASSES = 10
 SIZE = 16
 BATCH = 16                          # 48 test images -> 3 batches
+PATTERN_TEST_IMAGES = 48
 TOL = 1e-5                          # [0, 1] units
 UAP_EPS = {"uap": 32.0, "uap_l2": 600.0}
 FIT_IMAGES = 256                    # = the default max_fit_images: no subsampling
 
 
 @pytest.fixture(scope="module")
-def toy():
-    """(model, train images [768], test images [48], test labels [48])."""
-    model, x_train, x_test, y_test = pattern_task(48)
-    return model, x_train, x_test, y_test
-
-
-@pytest.fixture(scope="module")
-def fitted(toy):
+def fitted(pattern_toy):
     """Lazily ``name -> (CompiledAttack, UniversalPerturbation)`` fitted with seed 0 on the
     first 256 training images."""
-    model, x_train, _, _ = toy
+    model, x_train, _, _ = pattern_toy
     cache = {}
 
     def get(name):
@@ -68,8 +61,8 @@ def _raises(match, fn, *args, **kwargs):
 # ------------------------------------------------------------------------------- UAP
 
 @pytest.mark.parametrize("name", ["uap", "uap_l2"])
-def test_uap_fools_most_fit_images_within_the_ball(name, toy, fitted):
-    model, x_train, _, _ = toy
+def test_uap_fools_most_fit_images_within_the_ball(name, pattern_toy, fitted):
+    model, x_train, _, _ = pattern_toy
     _, info = fitted(name)
     assert isinstance(info, attacks.UniversalPerturbation)
     assert info.v.shape == (SIZE, SIZE, 3) and info.v.dtype == np.float32
@@ -88,8 +81,8 @@ def test_uap_fools_most_fit_images_within_the_ball(name, toy, fitted):
 
 
 @pytest.mark.parametrize("name", ["uap", "uap_l2"])
-def test_uap_is_deterministic_for_a_seed(name, toy, fitted):
-    model, x_train, _, _ = toy
+def test_uap_is_deterministic_for_a_seed(name, pattern_toy, fitted):
+    model, x_train, _, _ = pattern_toy
     _, first = fitted(name)
     again = attacks.compile_attack(model, name, UAP_EPS[name]).fit(x_train[:FIT_IMAGES], seed=0)
     np.testing.assert_array_equal(again.v, first.v)
@@ -99,8 +92,8 @@ def test_uap_is_deterministic_for_a_seed(name, toy, fitted):
 
 
 @pytest.mark.parametrize("name", ["uap", "uap_l2"])
-def test_uap_run_applies_the_same_v_to_every_image(name, toy, fitted):
-    model, _, x_test, y_test = toy
+def test_uap_run_applies_the_same_v_to_every_image(name, pattern_toy, fitted):
+    model, _, x_test, y_test = pattern_toy
     compiled, info = fitted(name)
     result = compiled.run(x_test, y_test, batch_size=BATCH, seed=7)
     np.testing.assert_array_equal(result.x_adv, np.clip(x_test + info.v, 0.0, 1.0))
@@ -122,8 +115,8 @@ def test_uap_run_applies_the_same_v_to_every_image(name, toy, fitted):
     assert compiled.tracing_count == 1
 
 
-def test_run_attack_fits_on_fit_images(toy, fitted):
-    model, x_train, x_test, y_test = toy
+def test_run_attack_fits_on_fit_images(pattern_toy, fitted):
+    model, x_train, x_test, y_test = pattern_toy
     compiled, _ = fitted("uap")
     expected = compiled.run(x_test, y_test, batch_size=BATCH).x_adv
     result = attacks.run_attack(model, x_test, y_test, "uap", UAP_EPS["uap"], batch_size=BATCH,
@@ -134,8 +127,8 @@ def test_run_attack_fits_on_fit_images(toy, fitted):
 
 
 @pytest.mark.filterwarnings("ignore:.*below the target:RuntimeWarning")
-def test_uap_caps_fit_images_and_reports_progress(toy):
-    model, x_train, _, _ = toy
+def test_uap_caps_fit_images_and_reports_progress(pattern_toy):
+    model, x_train, _, _ = pattern_toy
     calls = []
     compiled = attacks.compile_attack(model, "uap", 32, max_fit_images=40, fit_batch_size=16,
                                       max_passes=2, fooling_target=1.0)
@@ -147,8 +140,8 @@ def test_uap_caps_fit_images_and_reports_progress(toy):
     np.testing.assert_array_equal(again.v, info.v)
 
 
-def test_universal_attack_needs_fit_or_perturbation(toy):
-    model, x_train, x_test, y_test = toy
+def test_universal_attack_needs_fit_or_perturbation(pattern_toy):
+    model, x_train, x_test, y_test = pattern_toy
     compiled = attacks.compile_attack(model, "uap", 10)
     for call in (lambda: compiled.run(x_test, y_test), lambda: compiled.attack_batch(x_test)):
         with pytest.raises(ValueError, match=r"fit\(images\).*set_perturbation"):
@@ -164,8 +157,8 @@ def test_universal_attack_needs_fit_or_perturbation(toy):
 
 
 @pytest.mark.parametrize("name", ["uap", "uap_l2"])
-def test_set_perturbation_validates_and_applies(name, toy):
-    model, _, x_test, y_test = toy
+def test_set_perturbation_validates_and_applies(name, pattern_toy):
+    model, _, x_test, y_test = pattern_toy
     compiled = attacks.compile_attack(model, name, 10)
     xi = 10 / 255.0
     rng = np.random.default_rng(3)
@@ -286,8 +279,8 @@ def _run_targets(labels, batch_size, seed):
         for index, begin in enumerate(range(0, labels.shape[0], batch_size))])
 
 
-def test_ga_reaches_its_targets_within_the_ball(toy):
-    model, _, x_test, y_test = toy
+def test_ga_reaches_its_targets_within_the_ball(pattern_toy):
+    model, _, x_test, y_test = pattern_toy
     compiled = attacks.compile_attack(model, "ga", 16)
     result = compiled.run(x_test, y_test, batch_size=BATCH, seed=5)
     targets = _run_targets(y_test, BATCH, 5)
@@ -308,9 +301,9 @@ def _target_prob(model, images, targets):
     return probs[np.arange(len(targets)), targets]
 
 
-def test_ga_leaves_images_already_at_the_target_unchanged(toy):
+def test_ga_leaves_images_already_at_the_target_unchanged(pattern_toy):
     """An image whose p(target) >= stop_prob before the first step is returned as is."""
-    model, _, x_test, y_test = toy
+    model, _, x_test, y_test = pattern_toy
     targets = _run_targets(y_test, x_test.shape[0], 0)           # one batch: seed (0, 0)
     p = np.sort(_target_prob(model, x_test, targets))
     middle = len(p) // 2
@@ -324,9 +317,9 @@ def test_ga_leaves_images_already_at_the_target_unchanged(toy):
     assert moved[~done].all()
 
 
-def test_ga_stops_moving_once_confident(toy):
+def test_ga_stops_moving_once_confident(pattern_toy):
     """After an image reaches p(target) >= 0.99 more steps do not change it."""
-    model, _, x_test, y_test = toy
+    model, _, x_test, y_test = pattern_toy
     kwargs = dict(batch_size=x_test.shape[0], seed=1)
     short = attacks.run_attack(model, x_test, y_test, "ga", 16, steps=40, **kwargs)
     full = attacks.run_attack(model, x_test, y_test, "ga", 16, steps=100, **kwargs)
@@ -350,8 +343,8 @@ def test_ga_config_defaults_and_validation():
     _raises("step_size", resolve_config, "ga", 3, step_size=4)
 
 
-def test_ga_eps_zero_and_batch_seed_convention(toy):
-    model, _, x_test, y_test = toy
+def test_ga_eps_zero_and_batch_seed_convention(pattern_toy):
+    model, _, x_test, y_test = pattern_toy
     zero = attacks.run_attack(model, x_test, y_test, "ga", 0)
     np.testing.assert_array_equal(zero.x_adv, x_test)
     # attack_batch(seed, batch_index) is batch `batch_index` of run(seed=seed).

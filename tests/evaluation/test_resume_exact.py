@@ -18,7 +18,7 @@ import pytest
 
 from data.synthetic import MANIFEST, SyntheticConfig, generate_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--model", "M", "--classset", "CS3a", "--data-dir", os.path.join("..", "data"),
         "--input-size", "32", "--epochs", "3", "--batch-size", "16", "--lr", "0.01",
         "--attacks", "pgd_linf:8,fgsm:8", "--n-test", "9", "--extractor", "oracle",
