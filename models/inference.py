@@ -41,6 +41,7 @@ def inference_fn(model: Callable) -> Callable:
         def fn(x):
             check_input_shape(x, shape)
             return graph(x)
+        fn.experimental_get_tracing_count = graph.experimental_get_tracing_count
         _INFERENCE[model] = fn
     return fn
 

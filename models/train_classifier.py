@@ -653,8 +653,9 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
                         state.get("resume_sha256"), checkpoint_dir, log)
     scratch = None if chief else tempfile.mkdtemp(prefix="unmask-worker-")
     from models.mrcnn.train import write_scalars
-    board = tf.summary.create_file_writer(os.path.join(checkpoint_dir, TENSORBOARD)) \
-        if chief else None
+    # Opened at the first epoch's summaries: a run refused or stopped before then leaves
+    # the folder as it found it.
+    board_dir, board = (os.path.join(checkpoint_dir, TENSORBOARD) if chief else None), None
     step = _make_step(model, optimizer, strategy)
     n_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
     eta = Eta(cfg.epochs, done=start)
@@ -694,7 +695,9 @@ def _run_epochs(model, xtr, ytr, xval, yval, checkpoint_dir, cfg, perturb, log, 
             _commit_epoch(model, optimizer, checkpoint_dir, state, new_best)
         else:   # reading mirrored weights is a collective: every worker saves, into its own
             _commit_epoch(model, optimizer, scratch, dict(state), new_best)   # scratch folder
-        if board is not None:      # as K's trainer writes its losses
+        if board_dir is not None:      # as K's trainer writes its losses
+            if board is None:
+                board = tf.summary.create_file_writer(board_dir)
             write_scalars(board, {"loss": loss_sum / len(xtr), "train_acc": correct / len(xtr),
                                   "val_acc": val_acc}, epoch + 1)
         timing = eta.step()

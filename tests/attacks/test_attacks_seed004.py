@@ -178,7 +178,7 @@ def test_set_perturbation_validates_and_applies(name, pattern_toy):
     result = compiled.run(x_test, y_test, batch_size=BATCH)
     np.testing.assert_array_equal(result.x_adv, np.clip(x_test + v, 0.0, 1.0))
     compiled.set_perturbation(info)                              # a record is accepted too
-    _raises("size 16x16 but the images are 8x8", compiled.run, x_test[:, :8, :8], y_test)
+    _raises(r"\[N, 8, 8, 3\] do not fit the model.*16x16", compiled.run, x_test[:, :8, :8], y_test)
 
 
 def test_uap_config_resolves_and_validates():

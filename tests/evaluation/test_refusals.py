@@ -38,9 +38,15 @@ QUIET = dict(progress=False, log=lambda s: None)
 # ----------------------------------------------------------------------------- helpers
 
 def _bytes(folder):
-    """{file name: content} of a folder (to show that nothing was changed)."""
-    return {name: open(os.path.join(folder, name), "rb").read()
-            for name in sorted(os.listdir(folder))}
+    """{relative path: content} of every file under a folder, subfolders (M's TensorBoard
+    summaries) included, to show that nothing was changed."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
 
 
 def _values(model):

@@ -89,7 +89,7 @@ def test_multi_worker_over_localhost_matches_one_device(single, tmp_path):
         "the workers hold different detectors"
     _detector_matches(single, res[0])
     files = sorted(os.listdir(tmp_path / "ckpt"))        # written by the chief only, once
-    assert files == ["best.h5", "last.h5", "resume.npz", "state.json"]
+    assert files == ["best.h5", "last.h5", "resume.npz", "state.json", "tensorboard"]
 
 
 def test_strategy_names_and_tf_config_are_checked():
@@ -165,4 +165,4 @@ def test_main_multi_worker_end_to_end(tmp_path):
     m_dirs = os.listdir(tmp_path / "ckpt" / "model_m" / "cs3-1")
     assert len(m_dirs) == 1
     assert sorted(os.listdir(tmp_path / "ckpt" / "model_m" / "cs3-1" / m_dirs[0])) == [
-        "best.h5", "last.h5", "resume.npz", "state.json"]
+        "best.h5", "last.h5", "resume.npz", "state.json", "tensorboard"]
