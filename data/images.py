@@ -86,3 +86,60 @@ def image_shape(path: str) -> Tuple[int, int]:
             return img.size[1], img.size[0]
     except (UnidentifiedImageError, OSError) as e:
         raise ImageError("cannot read image %s: %s" % (path, e)) from None
+
+
+#: Pixel values at most this far outside ``[0, 1]`` are float rounding: clipped, not refused.
+RANGE_TOLERANCE = 1e-6
+
+
+def check_images(images, name: str = "images", empty_ok: bool = False):
+    """``images`` as a C-contiguous float32 array ``[B, H, W, 3]`` with pixels in ``[0, 1]``:
+    the project's one rule for images -- the attacks', the defenses' and the evaluation's
+    image sets' (:func:`data.images.check_images`, re-exported as :func:`attacks.check_images`).
+
+    Any floating dtype is accepted (a float32 C-contiguous array is returned as it is); values
+    at most :data:`RANGE_TOLERANCE` outside ``[0, 1]`` (float rounding) are clipped.  ``B = 0``
+    only with ``empty_ok``.
+
+    Raises:
+        ValueError: naming ``name``, for: not 4-D, not 3 channels, an empty image (H or W
+            zero) or batch, an integer / bool dtype (divide uint8 images by 255), NaN / inf,
+            values outside ``[0, 1]``.
+    """
+    try:
+        arr = np.asarray(images)
+    except Exception as err:  # noqa: BLE001 - report any conversion failure uniformly
+        raise ValueError("%s must be a float array [B, H, W, 3] in [0, 1], got %s (%s)"
+                         % (name, type(images).__name__, err)) from None
+    if arr.ndim != 4:
+        raise ValueError("%s must have shape [B, H, W, 3] (rank 4: a 4-D batch of RGB images; "
+                         "add a batch axis with %s[None] for one image), got shape %s"
+                         % (name, name, arr.shape))
+    if arr.shape[-1] != 3:
+        raise ValueError("%s must have 3 channels (a 4-D array [B, H, W, 3], RGB, channels "
+                         "last), got shape %s" % (name, arr.shape))
+    if arr.shape[0] == 0 and not empty_ok:
+        raise ValueError("%s is empty (B = 0); pass at least one image" % name)
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise ValueError("%s must have H, W >= 1, got shape %s" % (name, arr.shape))
+    if not np.issubdtype(arr.dtype, np.floating):
+        hint = (" (divide uint8 images by 255)" if np.issubdtype(arr.dtype, np.integer)
+                else "")
+        raise ValueError("%s must be float pixels in [0, 1], got dtype %s%s"
+                         % (name, arr.dtype, hint))
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.size == 0:
+        return arr
+    finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+    if not finite.all():
+        raise ValueError("%s[%d] contains NaN or infinite values (%d image(s) in all)"
+                         % (name, int(np.argmin(finite)), int((~finite).sum())))
+    low, high = float(arr.min()), float(arr.max())
+    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        flat = arr.reshape(len(arr), -1)
+        bad = int(np.argmax((flat.min(axis=1) < 0) | (flat.max(axis=1) > 1)))
+        raise ValueError("%s must be finite pixels in [0, 1], got range [%g, %g] (first: "
+                         "%s[%d]); divide uint8 images by 255" % (name, low, high, name, bad))
+    if low < 0.0 or high > 1.0:
+        arr = np.clip(arr, 0.0, 1.0)
+    return arr

@@ -272,7 +272,7 @@ def _checked_fit(fit: Callable) -> Callable:
     def checked(self, ctx, *args, **kwargs):
         if not isinstance(ctx, FitContext):
             raise TypeError("%s.fit(ctx) takes a defense.base.FitContext (the evaluation "
-                            "builds one: Bench.fit_context), got %s"
+                            "builds one: evaluation.comparison.Comparison.fit_context), got %s"
                             % (type(self).__name__, type(ctx).__name__))
         fit(self, ctx, *args, **kwargs)
         self._fitted = True

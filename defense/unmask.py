@@ -43,6 +43,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opt
 
 import numpy as np
 
+from data.images import check_images as check_image_batch
 from models.inference import inference_fn
 
 #: Rectified class meaning "no class has any part in common with the extracted parts".
@@ -317,10 +318,8 @@ def _check_class_parts(class_parts: Mapping[str, Iterable[str]], classes: Sequen
 
 def check_images(images: Any, name: str = "images") -> np.ndarray:
     """Images as float32 [B, H, W, 3] in [0, 1] (B = 0 allowed): the project's one rule,
-    :func:`attacks.check_images` (imported when first used: importing ``defense`` loads no
-    TensorFlow)."""
-    from attacks import check_images as check
-    return check(images, name, empty_ok=True)
+    :func:`data.images.check_images` (no TensorFlow: checking images loads none)."""
+    return check_image_batch(images, name, empty_ok=True)
 
 
 class UnMask:

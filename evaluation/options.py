@@ -4,8 +4,9 @@ accepted range and help are its field's (:func:`option`), the parser is built fr
 
 * :class:`Commands` -- which command runs (one at a time);
 * :class:`DataOptions` -- the data every command reads;
-* :class:`MOptions` -- ``--model M``: M, the attacks, the defenses, the evaluation; it builds
-  the run's :class:`~evaluation.config.EvalConfig` (:meth:`MOptions.eval_config`);
+* :class:`MOptions` -- ``--model M``: M, the attacks, the defenses, the evaluation (the run's
+  :class:`~evaluation.config.EvalConfig` is built from them by
+  :meth:`~evaluation.config.EvalConfig.from_options`);
 * :class:`GridOptions` -- the paper's grid of (architecture, class set) pairs;
 * :class:`KOptions` -- ``--model K``: the part extractor's training and evaluation.
 

@@ -144,7 +144,7 @@ class Config:
     BN_MOMENTUM = 0.99
     # Probability of flipping a training image left-right together with its masks (and so
     # its boxes), drawn per image from the training run's seeded generator; used by
-    # models.mrcnn.cli.train_model_k in every stage (matterport's default: no augmentation).
+    # evaluation.model_k.train_model_k in every stage (matterport's default: no augmentation).
     TRAIN_HFLIP_PROB = 0.0
 
     def __init__(self):
