@@ -200,6 +200,8 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
     train_ds = train_dataset or load_parts_dataset(data_dir, "train")
     val_ds = val_dataset if val_dataset is not None else _maybe_dataset(data_dir, "val")
     check_class_count(cfg, train_ds, data_dir)
+    if val_ds is not None:      # the validation set read from data_dir must match too
+        check_class_count(cfg, val_ds, data_dir)
     model = MaskRCNN("training", cfg, log_dir, seed=seed)
     start = time.time()
     history = []

@@ -317,6 +317,19 @@ def test_meaningless_learning_rates_are_refused_up_front(lr, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_a_validation_set_with_another_class_count_is_refused_before_training(tmp_path):
+    """K's validation set is checked like its training set: a tiny K (the toy's classes)
+    with a validation set of one class more is refused before any model is built."""
+    train = ToyDataset(2, 64, seed=0)
+    val = ToyDataset(2, 64, seed=1)
+    val.num_classes = train.num_classes + 1
+    with pytest.raises(ValueError, match=r"NUM_CLASSES=%d.* have %d classes"
+                       % (train.num_classes, val.num_classes)):
+        cli.train_model_k(str(tmp_path / "no_data"), "tiny", log_dir=str(tmp_path / "logs"),
+                          train_dataset=train, val_dataset=val, progress=False)
+    assert not os.path.exists(tmp_path / "logs")
+
+
 def test_m_training_stops_at_a_nan_loss_and_keeps_the_earlier_epoch(m_copy):
     before = _bytes(m_copy)
     with pytest.raises(ValueError, match=r"loss became nan at batch 1 in epoch 2") as e:

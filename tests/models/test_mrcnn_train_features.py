@@ -356,8 +356,10 @@ def test_progress_bars_and_lines_count_epochs_out_of_every_stage(tmp_path, monke
         return real(*args, **dict(kwargs, disable=True))
 
     monkeypatch.setattr(tqdm, "tqdm", recording)
-    cli.train_model_k(config="tiny", epochs="1,1", steps_per_epoch=1, log_dir=str(tmp_path),
-                      train_dataset=ToyDataset(2, 64, seed=1), val_dataset=None, progress=True)
+    # data_dir: an empty folder, so no validation set is read from the default data folder
+    cli.train_model_k(str(tmp_path / "no-data"), config="tiny", epochs="1,1", steps_per_epoch=1,
+                      log_dir=str(tmp_path), train_dataset=ToyDataset(2, 64, seed=1),
+                      val_dataset=None, progress=True)
     lines = [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()
              if line.startswith("K epoch")]
     assert bars == ["epoch 1/2", "epoch 2/2"]
