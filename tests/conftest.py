@@ -3,9 +3,41 @@ the fixtures several test modules share are defined here, once -- each built onc
 that uses it (a module sizes a fixture with the constant its docstring names).  The tasks,
 data sets and models themselves are made by tests/toys.py (imported when first needed, so a
 module that uses none of them loads no TensorFlow for them)."""
+import os
+
 import pytest
 
 import tfcompat  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
+
+#: The modules that take longest (measured: a full run's --durations on the 2-core machine),
+#: longest first.  pytest.ini hands whole modules to the two processes in collection order
+#: (--dist loadfile --no-loadscope-reorder), so starting with these keeps one process from
+#: ending the run alone on a 4-minute module (the tail was ~5 of the suite's ~14.5 minutes).
+HEAVY_FIRST = (
+    "evaluation/test_golden.py",
+    "evaluation/test_adaptive_comparison.py",
+    "evaluation/test_pipeline.py",
+    "evaluation/test_grid.py",
+    "models/test_paper_configs.py",
+    "models/test_mrcnn_train.py",
+    "evaluation/test_resume_exact.py",
+    "evaluation/test_hostile_inputs.py",
+    "models/test_distribute.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules of :data:`HEAVY_FIRST` first, in its order; the others as collected."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    missing = [m for m in HEAVY_FIRST if not os.path.isfile(os.path.join(here, m))]
+    if missing:     # a moved module would silently lose its place
+        raise pytest.UsageError("tests/conftest.py HEAVY_FIRST names missing modules: %s"
+                                % ", ".join(missing))
+
+    def rank(item):
+        rel = os.path.relpath(str(item.path), here).replace(os.sep, "/")
+        return HEAVY_FIRST.index(rel) if rel in HEAVY_FIRST else len(HEAVY_FIRST)
+    items.sort(key=rank)          # stable: the order inside a module is kept
 
 
 @pytest.fixture(scope="module")
