@@ -80,6 +80,10 @@ class Trainer:
         self._train_ops: Dict[str, TrainOp] = {}
         self._callables: Dict[object, Callable] = {}
         self._initialized_slots: set = set()
+        #: A :class:`models.mrcnn.adversarial.KAdversary` for adversarial training (None: a
+        #: standard K): each step's batch is mixed with its adversarial images first.
+        self.adversary = None
+        self._seed = 0
         with model.graph_scope():
             self._learning_rate = tf.compat.v1.placeholder(tf.float32, [],
                                                            name="learning_rate")
@@ -203,6 +207,7 @@ class Trainer:
         model.write_run_config()
         train_gen, val_gen = batch_sources(model.config, train_dataset, val_dataset,
                                            augmentation, seed, model.epoch)
+        self._seed = int(seed)
         writer = tf.summary.create_file_writer(model.log_dir)
         steps = steps_per_epoch or model.config.STEPS_PER_EPOCH
         history, start = [], time.time()
@@ -242,7 +247,10 @@ class Trainer:
                    disable=not progress, leave=False, mininterval=2.0)
         train_losses = []
         for step in bar:
-            train_losses.append(self.step(layers, next(train_gen), learning_rate))
+            batch = next(train_gen)
+            if self.adversary is not None:     # seeded by the run's seed, epoch and step:
+                batch = self.adversary.mix(batch, [self._seed, epoch, step])  # resumable
+            train_losses.append(self.step(layers, batch, learning_rate))
             check_finite_losses(train_losses[-1], epoch + 1, step + 1, learning_rate, layers,
                                 self.model)
             bar.set_postfix(loss="%.3f" % train_losses[-1]["loss"], refresh=False)
