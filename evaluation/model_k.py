@@ -69,7 +69,7 @@ def _check_initial_weights(opts: Dict) -> None:
         _find_weights_file(IMAGENET_WEIGHTS, log_dir)
     elif choice.lower() == "last" or choice.lower() == "none" and opts.get("k_eval_only"):
         from models.mrcnn.model import find_last_checkpoint
-        cfg = resolve_config(opts.get("k_config"))
+        cfg = _k_config(opts)
         find_last_checkpoint(log_dir, cfg.NAME, cfg)    # FileNotFoundError: how to train one
     elif choice.lower() != "none" and not os.path.isfile(choice):
         raise FileNotFoundError("--weights %s: no such file; give none, last, coco, imagenet "
@@ -82,7 +82,7 @@ def log_dir_writes(args=None, **kwargs) -> Optional[str]:
     opts = _options(args)
     opts.update({k: v for k, v in kwargs.items() if v is not None})
     weights = str(opts["weights"]).strip().lower()
-    if opts["k_eval_only"] or _already_trained(opts, resolve_config(opts["k_config"])):
+    if opts["k_eval_only"] or _already_trained(opts, _k_config(opts)):
         return None
     if opts["k_retrain"]:
         return "--k-retrain trains K again there"
@@ -166,12 +166,41 @@ def load_initial_weights(model, weights: str, log_dir: str) -> str:
     return path
 
 
+def adversarial_settings(opts) -> Optional["KAdversarialSettings"]:  # noqa: F821
+    """The robust-K attack of K's options (``adv_train`` with ``k_adv_eps``, ``k_adv_steps``,
+    ``k_adv_mix``), or None for a standard K."""
+    if not opts.get("adv_train"):
+        return None
+    from models.mrcnn.adversarial import KAdversarialSettings
+    return KAdversarialSettings(eps=float(opts["k_adv_eps"]), steps=int(opts["k_adv_steps"]),
+                                mix=float(opts["k_adv_mix"]))
+
+
+def _k_config(opts) -> Config:
+    """The K configuration of K's options: ``--k-config``, robust with ``--adv-train``."""
+    return robust_config(resolve_config(opts.get("k_config")), adversarial_settings(opts))
+
+
+def robust_config(cfg: Config, adversarial) -> Config:
+    """``cfg`` for a robust K trained with ``adversarial`` (``ADV_TRAIN`` set, ``NAME`` +
+    ``_robust``); ``cfg`` itself for a standard K (``adversarial`` None)."""
+    if adversarial is None:
+        return cfg
+    return cfg.replace(ADV_TRAIN=adversarial.to_dict(), NAME="%s_robust" % cfg.NAME)
+
+
 def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] = "synthetic",
                   weights: str = "none", epochs=None, log_dir: str = DEFAULT_LOG_DIR,
                   learning_rate: Optional[float] = None, steps_per_epoch: Optional[int] = None,
                   seed: int = 0, max_minutes: Optional[float] = None, progress: bool = True,
-                  train_dataset=None, val_dataset=None) -> Dict:
+                  train_dataset=None, val_dataset=None, adversarial=None) -> Dict:
     """Train K in matterport's stages (heads -> 4+ -> all [-> all at lr/10]).
+
+    With ``adversarial`` (a :class:`models.mrcnn.adversarial.KAdversarialSettings`) a robust
+    K: every step's batch has a share of its images replaced by PGD examples of K's own
+    training losses; the configuration records the attack (``ADV_TRAIN``) and is named
+    ``<NAME>_robust``, so its checkpoints are ``mask_rcnn_<name>_robust_<epoch>.h5`` and no
+    search for a standard K finds them (:func:`robust_config`).
 
     Epoch counts are per stage; the stages continue from a resumed checkpoint's epoch.
     Every stage uses the configuration's augmentation (:func:`data_gen.default_augmentation`:
@@ -192,7 +221,7 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
     import tfcompat  # noqa: F401
     from models.mrcnn.data_gen import default_augmentation
     from models.mrcnn.model import MaskRCNN
-    cfg = resolve_config(config)
+    cfg = robust_config(resolve_config(config), adversarial)
     augmentation = default_augmentation(cfg)
     stages = parse_epochs(epochs, cfg)
     lr = learning_rate if learning_rate is not None else check_learning_rate(
@@ -206,6 +235,9 @@ def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] =
     start = time.time()
     history = []
     try:
+        if adversarial is not None:
+            from models.mrcnn.adversarial import KAdversary
+            model.trainer.adversary = KAdversary(model, adversarial)
         loaded = load_initial_weights(model, weights, log_dir)
         plan = [("heads", stages[0], lr), ("4+", stages[1], lr), ("all", stages[2], lr),
                 ("all", stages[3], lr / 10.0)]
@@ -284,7 +316,9 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
     finally:
         model.close()
     metrics.update({"checkpoint": path, "split": split, "batch_size": cfg.BATCH_SIZE,
-                    "data_dir": data_dir, "k_config": _config_key(base)})
+                    "data_dir": data_dir, "k_config": _config_key(base),
+                    # None: a standard K; else the attack a robust K was trained against
+                    "adv_train": getattr(cfg, "ADV_TRAIN", None)})
     from evaluation.writer import write_k_eval
     write_k_eval(results_dir, split, metrics)
     return metrics
@@ -339,7 +373,8 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
     validate_options(opts)  # before any data set is generated or any model built
     from data.synthetic import ensure_dataset
     ensure_dataset(opts["data_dir"], seed=int(opts["seed"]))
-    cfg = resolve_config(opts["k_config"])
+    adversarial = adversarial_settings(opts)
+    cfg = _k_config(opts)
     out = {}
     if _already_trained(opts, cfg):
         print("K is already trained (%s): evaluating it. Pass --k-retrain to train again, or "
@@ -349,7 +384,7 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
         out["train"] = train_model_k(
             opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["k_log_dir"],
             opts["k_lr"], opts["k_steps"], _training_seed(opts), opts["k_max_minutes"],
-            progress=not opts["no_progress"])
+            progress=not opts["no_progress"], adversarial=adversarial)
         print("K trained in %.1f min; last checkpoint %s"
               % (out["train"]["seconds"] / 60, out["train"]["checkpoint"]))
     checkpoint = "last"

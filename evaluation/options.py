@@ -137,6 +137,12 @@ def _k_count(what: str):
     return lambda flag, value: check_count(flag, value, 1, what)
 
 
+def _fraction(flag: str, value) -> None:
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real)
+                                       and math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError("%s must be a number in [0, 1], got %r" % (flag, value))
+
+
 def _k_epochs(flag: str, value) -> None:
     if value is not None:
         parse_stage_epochs(value)
@@ -245,7 +251,8 @@ class MOptions:
     lr: float = option(RECIPE.learning_rate, "SGD learning rate of M", type=float)
     batch_size: int = option(RECIPE.batch_size, "training batch size of M", type=int)
     adv_train: bool = option(False, "also train and evaluate the adversarial-training baseline "
-                                    "(AT)")
+                                    "(AT); with --model K: train a robust K (adversarial "
+                                    "training on K's own losses, --k-adv-*)")
     at_eps: float = option(AT_EPS, "AT's PGD-Linf eps on the 0-255 scale (7 steps, step 2)",
                            type=float, check=_at_budget)
     at_line_search: bool = option(False, "train AT for eps in {1,2,4,6,8,16}, print validation "
@@ -489,9 +496,19 @@ class KOptions:
                                     check=_k_count("inference batch size"))
     visualize: bool = option(False, "write PNGs of detected parts")
     k_log_dir: str = option(os.path.join("logs", "model_k"),
-                            "K checkpoints and TensorBoard logs (default logs/model_k)")
+                            "K checkpoints and TensorBoard logs (default logs/model_k; "
+                            "logs/model_k_robust for --model K --adv-train)")
     k_results_dir: str = option(os.path.join("results", "model_k"),
-                                "K evaluation JSON and PNGs (default results/model_k)")
+                                "K evaluation JSON and PNGs (default results/model_k; "
+                                "results/model_k_robust for --model K --adv-train)")
+    k_adv_eps: float = option(8.0, "--model K --adv-train: PGD eps on K's losses, 0-255 scale "
+                                   "(4 for the 4/255 variant)", type=float,
+                              check=lambda f, v: check_positive(f, v, 255, "eps"))
+    k_adv_steps: int = option(3, "--model K --adv-train: PGD steps per batch (>= 1)", type=int,
+                              check=_k_count("PGD steps"))
+    k_adv_mix: float = option(0.5, "--model K --adv-train: share of each batch replaced by "
+                                   "its adversarial images, in [0, 1]", type=float,
+                              check=_fraction)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -537,9 +554,16 @@ class Options:
     def k_options(self) -> Dict[str, Any]:
         """What K's runner takes (:func:`evaluation.model_k.run_model_k`): K's options with
         the data folder, the seeds, the initial weights and the progress display."""
-        return dict(dataclasses.asdict(self.k), data_dir=self.data.data_dir,
-                    seed=self.data.seed, weights=self.m.weights,
-                    no_progress=self.m.no_progress)
+        out = dict(dataclasses.asdict(self.k), data_dir=self.data.data_dir,
+                   seed=self.data.seed, weights=self.m.weights,
+                   no_progress=self.m.no_progress,
+                   # --adv-train means a robust K only for --model K (for M: the AT model)
+                   adv_train=bool(self.m.adv_train and self.commands.model == "K"))
+        if out["adv_train"]:       # a robust K lives in its own folders unless told otherwise
+            for name, robust in ROBUST_K_DIRS.items():
+                if name not in self.given:
+                    out[name] = robust
+        return out
 
 
 def _check_field(obj, name: str) -> None:
@@ -548,6 +572,11 @@ def _check_field(obj, name: str) -> None:
     value = getattr(obj, name)
     if meta.get("check") is not None and value is not None:
         meta["check"](flag_of(name), value)
+
+
+#: The folders of a robust K (``--model K --adv-train``) when no other is given.
+ROBUST_K_DIRS = {"k_log_dir": os.path.join("logs", "model_k_robust"),
+                 "k_results_dir": os.path.join("results", "model_k_robust")}
 
 
 def k_defaults() -> Dict[str, Any]:

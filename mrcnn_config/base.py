@@ -20,6 +20,10 @@ def _plain(value):
     return value
 
 
+#: Extension attributes left out of :meth:`Config.to_dict` while None (records unchanged).
+OMITTED_WHEN_NONE = ("ADV_TRAIN",)
+
+
 def architecture_signature(values: dict) -> dict:
     """The weight-shape-defining values of a configuration given as ``Config.to_dict()``
     (or a ``config.json`` read back); missing attributes are ``None``.
@@ -130,6 +134,13 @@ class Config:
     GRADIENT_CLIP_NORM = 5.0
 
     # ---- extensions (defaults reproduce matterport) -------------------------------------
+    # Adversarial training of K (SPEC section 12, hardening part extraction).  None: a standard
+    # K.  A robust K holds its attack here, {"eps", "steps", "step_size", "mix"} (0-255 pixel
+    # scale; see models/mrcnn/adversarial.py): PGD on K's own training losses, replacing a
+    # share "mix" of each batch.  Each step then costs 1 + steps passes of K instead of 1.  The
+    # run's config.json records it, and a checkpoint search for one kind of K skips runs of the
+    # other; left out of to_dict() while None, so a standard K's record is matterport's.
+    ADV_TRAIN = None
     # Channels of the shared RPN convolution (matterport: 512).
     RPN_CONV_SIZE = 512
     # Channels of the four mask-head convolutions and the deconvolution (matterport: 256).
@@ -212,6 +223,8 @@ class Config:
         for name in sorted(dir(self)):
             if name.isupper() and not callable(getattr(self, name)):
                 value = getattr(self, name)
+                if name in OMITTED_WHEN_NONE and value is None:
+                    continue
                 out[name] = value.tolist() if isinstance(value, np.ndarray) else value
         return out
 

@@ -60,7 +60,8 @@ def _last_checkpoint_file(folder: str, prefix: str) -> Optional[str]:
 
 def run_architecture_mismatch(folder: str, config) -> Dict[str, tuple]:
     """Weight-shape attributes where the run's recorded ``config.json`` differs from
-    ``config``: ``{name: (recorded, wanted)}``; empty when compatible or nothing recorded.
+    ``config``, and ``ADV_TRAIN`` when one is a robust K and the other not:
+    ``{name: (recorded, wanted)}``; empty when compatible or nothing recorded.
 
     Raises:
         ValueError: the ``config.json`` is not valid JSON (message names the file).
@@ -68,9 +69,16 @@ def run_architecture_mismatch(folder: str, config) -> Dict[str, tuple]:
     path = os.path.join(folder, RUN_CONFIG_FILE)
     if config is None or not os.path.isfile(path):
         return {}
-    recorded = architecture_signature(read_json(path))
+    values = read_json(path)
+    recorded = architecture_signature(values)
     wanted = config.architecture()
-    return {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+    diff = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+    # a robust K (adversarially trained) and a standard one are never taken for each other
+    robust = (values.get("ADV_TRAIN") if isinstance(values, dict) else None,
+              getattr(config, "ADV_TRAIN", None))
+    if (robust[0] is None) != (robust[1] is None):
+        diff["ADV_TRAIN"] = robust
+    return diff
 
 
 def _no_checkpoint_message(model_dir: str, config, rejected: Dict[str, dict]) -> str:
@@ -84,7 +92,8 @@ def _no_checkpoint_message(model_dir: str, config, rejected: Dict[str, dict]) ->
         "%s %r, wanted %r" % (k, a, b) for k, (a, b) in diff.items()))
         for folder, diff in rejected.items())
     return ("no model K checkpoint under %s was trained with a configuration compatible with "
-            "%s (NAME %r); skipped runs of another architecture: %s. Train one with `%s`"
+            "%s (NAME %r); skipped runs of another architecture or kind (ADV_TRAIN: robust "
+            "or standard K): %s. Train one with `%s`"
             % (model_dir, type(config).__name__, config.NAME, details, command))
 
 
@@ -117,12 +126,21 @@ def resolve_checkpoint(path: str, model_dir: str, name: str, config=None) -> str
 
     Raises:
         FileNotFoundError: naming the missing checkpoint and the command that creates one.
+        ValueError: ``path``'s run folder records the other kind of K than ``config`` (a
+            robust, adversarially trained K where a standard one is asked for, or back).
     """
     if path == "last":
         return find_last_checkpoint(model_dir, name, config)
     if not os.path.isfile(path):
         raise FileNotFoundError("K checkpoint %s not found; train one with `python main.py "
                                 "--model K` or pass an existing .h5 file" % path)
+    kind = run_architecture_mismatch(os.path.dirname(os.path.abspath(path)), config)
+    if "ADV_TRAIN" in kind:
+        recorded, wanted = kind["ADV_TRAIN"]
+        raise ValueError("K checkpoint %s is a %s K (its run's config.json has ADV_TRAIN=%r), "
+                         "but a %s K is asked for: pass a checkpoint of that kind"
+                         % (path, "standard" if recorded is None else "robust", recorded,
+                            "standard" if wanted is None else "robust"))
     return path
 
 

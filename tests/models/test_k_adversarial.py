@@ -1,5 +1,7 @@
 """Adversarial examples for K's training losses (models/mrcnn/adversarial.py) and adversarial
 training of a tiny K with them (issue 18, first part)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,48 @@ def test_adversarial_training_lowers_ks_loss_under_that_attack(tmp_path):
         finally:
             model.close()
     assert losses[True] < 0.9 * losses[False], losses
+
+
+def test_a_robust_k_is_never_taken_for_a_standard_one_nor_back(tmp_path):
+    """train_model_k with the adversary writes mask_rcnn_<name>_robust_*.h5 and records
+    ADV_TRAIN; the checkpoint search and an explicit path refuse the wrong kind both ways."""
+    from evaluation import model_k
+    from models.mrcnn.model import find_last_checkpoint, resolve_checkpoint
+
+    settings = KAdversarialSettings(eps=4, steps=1, mix=0.5)
+    logs = str(tmp_path / "logs")
+    kwargs = dict(epochs="1", steps_per_epoch=1, log_dir=logs, progress=False,
+                  train_dataset=ToyDataset(2, 64, seed=0), val_dataset=None,
+                  data_dir=str(tmp_path / "no-data"))
+    robust = model_k.train_model_k(config="tiny", adversarial=settings, **kwargs)["checkpoint"]
+    assert os.path.basename(robust).startswith("mask_rcnn_tiny_robust_")
+    standard_cfg = get_config("tiny")
+    robust_cfg = model_k.robust_config(standard_cfg, settings)
+    assert robust_cfg.ADV_TRAIN == settings.to_dict() and "ADV_TRAIN" not in standard_cfg.to_dict()
+    assert find_last_checkpoint(logs, robust_cfg.NAME, robust_cfg) == robust
+    with pytest.raises(FileNotFoundError, match="ADV_TRAIN"):     # only a robust K there
+        find_last_checkpoint(logs, standard_cfg.NAME, standard_cfg)
+    with pytest.raises(ValueError, match="is a robust K .* a standard K is asked for"):
+        resolve_checkpoint(robust, logs, standard_cfg.NAME, standard_cfg)
+    standard = model_k.train_model_k(config="tiny", **kwargs)["checkpoint"]
+    assert os.path.basename(standard).startswith("mask_rcnn_tiny_0")
+    assert find_last_checkpoint(logs, standard_cfg.NAME, standard_cfg) == standard
+    assert find_last_checkpoint(logs, robust_cfg.NAME, robust_cfg) == robust
+    with pytest.raises(ValueError, match="is a standard K .* a robust K is asked for"):
+        resolve_checkpoint(standard, logs, robust_cfg.NAME, robust_cfg)
+
+
+def test_model_k_adv_train_options_build_a_robust_k_in_its_own_folders():
+    from evaluation import model_k
+    from evaluation.options import ROBUST_K_DIRS, parse_args
+
+    k = parse_args(["--model", "K", "--adv-train", "--k-adv-eps", "4"]).k_options()
+    assert k["adv_train"] and k["k_log_dir"] == ROBUST_K_DIRS["k_log_dir"]
+    assert k["k_results_dir"] == ROBUST_K_DIRS["k_results_dir"]
+    assert model_k.adversarial_settings(k) == KAdversarialSettings(eps=4, steps=3, mix=0.5)
+    given = parse_args(["--model", "K", "--adv-train", "--k-log-dir", "elsewhere"]).k_options()
+    assert given["k_log_dir"] == "elsewhere"
+    for argv in (["--model", "K"], ["--model", "M", "--adv-train"]):   # M's AT: a standard K
+        k = parse_args(argv).k_options()
+        assert not k["adv_train"] and model_k.adversarial_settings(k) is None
+        assert k["k_log_dir"] == os.path.join("logs", "model_k")
