@@ -20,6 +20,7 @@ HEAVY_FIRST = (
     "evaluation/test_grid.py",
     "models/test_paper_configs.py",
     "models/test_mrcnn_train.py",
+    "models/test_k_adversarial.py",
     "evaluation/test_resume_exact.py",
     "evaluation/test_hostile_inputs.py",
     "models/test_distribute.py",
