@@ -137,12 +137,6 @@ def _k_count(what: str):
     return lambda flag, value: check_count(flag, value, 1, what)
 
 
-def _fraction(flag: str, value) -> None:
-    if isinstance(value, bool) or not (isinstance(value, numbers.Real)
-                                       and math.isfinite(value) and 0 <= value <= 1):
-        raise ValueError("%s must be a number in [0, 1], got %r" % (flag, value))
-
-
 def _k_epochs(flag: str, value) -> None:
     if value is not None:
         parse_stage_epochs(value)
@@ -508,7 +502,7 @@ class KOptions:
                               check=_k_count("PGD steps"))
     k_adv_mix: float = option(0.5, "--model K --adv-train: share of each batch replaced by "
                                    "its adversarial images, in [0, 1]", type=float,
-                              check=_fraction)
+                              check=_in_unit_interval)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

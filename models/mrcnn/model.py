@@ -74,8 +74,7 @@ def run_architecture_mismatch(folder: str, config) -> Dict[str, tuple]:
     wanted = config.architecture()
     diff = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
     # a robust K (adversarially trained) and a standard one are never taken for each other
-    robust = (values.get("ADV_TRAIN") if isinstance(values, dict) else None,
-              getattr(config, "ADV_TRAIN", None))
+    robust = (values.get("ADV_TRAIN"), getattr(config, "ADV_TRAIN", None))
     if (robust[0] is None) != (robust[1] is None):
         diff["ADV_TRAIN"] = robust
     return diff
