@@ -292,3 +292,57 @@ class UnMaskTarget(AttackTarget):
 
     def num_classes(self, x):
         return len(self.class_parts)
+
+
+class RandomizedUnMaskTarget(UnMaskTarget):
+    """UnMask whose K sees a random resize-and-pad of the image (``unmask:input=random``),
+    attacked with **EOT**: every evaluation draws ``samples`` fresh transforms per image,
+    runs K once on all ``B x samples`` transformed images, maps each draw's part-loss
+    gradient back through that draw's exact adjoint (the 8-bit steps inside K's molding stay
+    straight-through, BPDA, as in :class:`UnMaskTarget`) and averages loss and gradient over
+    the draws.  The verdict is the judge's on a majority of the draws: one draw's part set
+    says little about the next, and the final evaluation is the real pipeline's own draw.
+
+    Args:
+        transform: the :class:`~defense.transforms.ResizePadTransform` in front of K.
+        samples: EOT draws per evaluation (>= 1; the bench uses >= 20).
+        seed: base of the draws (evaluation ``n`` draws with ``seed + n``: reproducible).
+        Other arguments: as :class:`UnMaskTarget`.
+    """
+
+    def __init__(self, model, scorer, class_parts_list, judge: Callable, transform,
+                 samples: int = EOT_SAMPLES, seed: int = 0, **kwargs):
+        super().__init__(model, scorer, class_parts_list, judge, **kwargs)
+        if int(samples) < 1:
+            raise ValueError("EOT needs at least one sample, got %r" % (samples,))
+        self.transform, self.samples = transform, int(samples)
+        self.seed, self.calls = int(seed), 0
+
+    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
+        if t is None:
+            raise ValueError("UnMask's adaptive target needs a target class y' per image")
+        x = tf.convert_to_tensor(x, tf.float32)
+        y, t = tf.cast(y, tf.int64), tf.cast(t, tf.int64)
+        m_loss, m_grad, logits = self._m_step(loss_fn)(x, y, t)
+        s, images = self.samples, _numpy(x)
+        b = images.shape[0]
+        self.calls += 1
+        seed = (self.seed + self.calls) % (2 ** 31)
+        draws = np.repeat(images, s, axis=0)            # image i's draws: rows i*s .. i*s+s-1
+        seen = self.transform(draws, seed=seed)
+        present = np.repeat(self.masks[_numpy(t)], s, axis=0)
+        k_loss, k_grad, parts = self.scorer.hinge_value_and_grad(
+            seen, present, 1.0 - present, return_parts=True, **self.hinge)
+        k_grad = self.transform.estimate_gradient(draws, np.asarray(k_grad, np.float32),
+                                                  seed=seed)
+        k_loss = np.asarray(k_loss, np.float32).reshape(b, s).mean(axis=1)
+        k_grad = k_grad.reshape((b, s) + images.shape[1:]).mean(axis=1)
+        pred = np.argmax(_numpy(logits), axis=1)
+        votes = np.asarray(self.judge(np.repeat(pred, s), parts, np.repeat(_numpy(y), s)),
+                           bool).reshape(b, s)
+        success = votes.mean(axis=1) >= 0.5
+        grad = combine(m_grad, -tf.constant(k_grad), _m_wants(logits, y, t), self.mode)
+        return Evaluation(m_loss - tf.constant(k_loss), grad, logits, tf.constant(success))
+
+    def ranked_targets(self, x, y):
+        return super().ranked_targets(self.transform(_numpy(x), seed=self.seed), y)

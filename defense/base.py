@@ -180,6 +180,16 @@ class Defense:
         """Key of the model the gray-box attacker attacks (``"m"``, or ``"at"`` for AT)."""
         return "m"
 
+    def models_needed(self) -> Tuple[str, ...]:
+        """Keys of the run's models this defense uses (``"at"``: the run must train or load
+        the adversarially trained model)."""
+        return (self.attacked_model(),)
+
+    def value_text(self, value: Optional[str]) -> Optional[str]:
+        """The parameter text of this defense's label for the command line's ``value``
+        (default: ``value`` itself); None: the label is the bare name."""
+        return value
+
     #: The threat models this defense can be evaluated under (gray-box always; a defense
     #: with something hidden from the gray-box attacker adds ``adaptive``, and ``transfer``
     #: when it has a surrogate).

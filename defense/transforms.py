@@ -10,6 +10,8 @@ time; adaptive attacks (SPEC §7-8, Athalye et al. 2018) use its backward pass.
 * ``downsample`` — :class:`DownsampleTransform`: bilinear resize to ``scale`` of the side and back.
 * ``jpeg`` — :class:`JPEGTransform`: Pillow JPEG re-compression at ``quality``.
 * ``bitdepth`` — :class:`BitDepthTransform`: feature squeezing to ``bits`` bits per channel.
+* ``resizepad`` — :class:`ResizePadTransform`: random resize and pad (randomized; the input
+  of K in ``unmask:input=random``, not a bench defense of its own).
 
 Common contract (all images are float32 ``[N, H, W, 3]`` in ``[0, 1]``):
 
@@ -280,6 +282,11 @@ class Preprocessor:
         self._check_shape(x)
         if self.identity_gradient or x.shape[0] == 0:
             return g.copy()
+        return self._vjp(x, g, seed)
+
+    def _vjp(self, x: np.ndarray, g: np.ndarray, seed: int) -> np.ndarray:
+        """The vector-Jacobian product of checked inputs (default: through
+        :meth:`differentiable` with TF's tape)."""
         tf = _tf()
         xt = tf.constant(x)
         with tf.GradientTape() as tape:
@@ -569,9 +576,91 @@ class BitDepthTransform(Preprocessor):
 # registry
 # --------------------------------------------------------------------------------------------
 
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """float64 ``[n_out, n_in]``: 1-D bilinear resampling from ``n_in`` to ``n_out`` samples
+    (half-pixel centres, edges clamped, no anti-aliasing -- ``tf.image.resize`` bilinear);
+    each row's weights are >= 0 and sum to 1, and ``n_in == n_out`` gives the identity."""
+    out = np.zeros((n_out, n_in))
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = src - lo
+    np.add.at(out, (np.arange(n_out), lo), 1.0 - w)
+    np.add.at(out, (np.arange(n_out), hi), w)
+    return out
+
+
+class ResizePadTransform(Preprocessor):
+    """Random resize and pad (Xie et al. 2018): each image is resized (bilinear,
+    :func:`bilinear_matrix`) to a side drawn uniformly from the integers
+    ``[ceil(min_scale * S), S]`` and placed at a uniformly drawn offset on a zero canvas of the
+    original ``S x S`` size -- the randomized part-extractor input of ``unmask:input=random``.
+
+    Draws come from ``numpy.random.default_rng(seed)``, one ``(side_h, side_w, top, left)`` per
+    image in batch order (:meth:`draws`).  For a fixed draw the transform is linear, so the
+    backward pass is exact: ``R_h^T g[top:top+h, left:left+w] R_w`` per channel
+    (:meth:`estimate_gradient`; :meth:`bpda` uses it as the gradient of the real forward).
+    """
+
+    name = "resizepad"
+    randomized = True
+    identity_gradient = False
+
+    def __init__(self, min_scale: float = 0.85):
+        self.min_scale = _check_fraction(min_scale, "min_scale",
+                                         "smallest side kept, as a share of the image's")
+
+    def init_params(self) -> Dict[str, Any]:
+        return {"min_scale": self.min_scale}
+
+    def draws(self, n: int, height: int, width: int, seed: int) -> np.ndarray:
+        """int ``[n, 4]``: ``(side_h, side_w, top, left)`` of each image for ``seed``."""
+        rng = np.random.default_rng(seed)
+        side = int(np.ceil(self.min_scale * min(height, width)))
+        scale = rng.integers(side, min(height, width), endpoint=True, size=n) / min(height,
+                                                                                 width)
+        h = np.maximum(np.round(scale * height).astype(int), 1)
+        w = np.maximum(np.round(scale * width).astype(int), 1)
+        top = np.floor(rng.random(n) * (height - h + 1)).astype(int)
+        left = np.floor(rng.random(n) * (width - w + 1)).astype(int)
+        return np.stack([h, w, top, left], axis=1)
+
+    def _forward(self, x: np.ndarray, seed: int) -> np.ndarray:
+        n, height, width, _ = x.shape
+        out = np.zeros_like(x)
+        for i, (h, w, top, left) in enumerate(self.draws(n, height, width, seed)):
+            rh, rw = bilinear_matrix(height, h), bilinear_matrix(width, w)
+            out[i, top:top + h, left:left + w] = np.einsum("ay,yxc,bx->abc", rh, x[i], rw)
+        return out
+
+    def _vjp(self, x: np.ndarray, g: np.ndarray, seed: int) -> np.ndarray:
+        n, height, width, _ = x.shape
+        out = np.zeros(x.shape, np.float64)
+        for i, (h, w, top, left) in enumerate(self.draws(n, height, width, seed)):
+            rh, rw = bilinear_matrix(height, h), bilinear_matrix(width, w)
+            out[i] = np.einsum("ay,abc,bx->yxc", rh, g[i, top:top + h, left:left + w], rw)
+        return out.astype(np.float32)
+
+    def bpda(self, x_tf, seed: Optional[int] = 0):
+        """The real forward (numpy) with the exact backward pass of that draw."""
+        tf = _tf()
+        seed = check_seed(0 if seed is None else seed)
+        x = tf.convert_to_tensor(x_tf, dtype=tf.float32)
+
+        @tf.custom_gradient
+        def _resize_pad(v):
+            def grad(dy):
+                g = tf.numpy_function(lambda a, b: self.estimate_gradient(a, b, seed=seed),
+                                      [v, dy], tf.float32, stateful=False)
+                g.set_shape(v.shape)
+                return g
+            return self._tf_forward(v, seed), grad
+        return _resize_pad(x)
+
+
 TRANSFORMS: Dict[str, type] = {
     cls.name: cls for cls in (PCATransform, NoiseTransform, DownsampleTransform, JPEGTransform,
-                              BitDepthTransform)
+                              BitDepthTransform, ResizePadTransform)
 }
 
 

@@ -27,9 +27,9 @@ from data.fileio import file_digest
 from data.knowledge import ClassSet, get_class_set
 from defense.adaptive import check_gradient_mode
 from defense.base import GRAY_BOX, AdaptiveOptions
-from defense.defenses import DEFAULT_DEFENSES
+from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.threats import Threat
-from evaluation.options import DataOptions, KOptions, MOptions, Options
+from evaluation.options import ROBUST_K_DIRS, DataOptions, KOptions, MOptions, Options
 from models.train_classifier import TrainConfig
 
 _DATA, _M, _K = DataOptions(), MOptions(), KOptions()
@@ -75,6 +75,9 @@ class EvalConfig:
     #                                           run is shared by more images; the unit of
     #                                           resuming)
     k_transfer: Optional[str] = _M.k_transfer   # surrogate K checkpoint for threat "transfer"
+    # the robust K of unmask:k=robust: "last" (newest robust K in k_robust_log_dir) or a path
+    k_robust: str = "last"
+    k_robust_log_dir: str = ROBUST_K_DIRS["k_log_dir"]
     n_test: Optional[int] = _M.n_test
     attack_batch: int = 50
     seed: int = _DATA.seed
@@ -90,8 +93,8 @@ class EvalConfig:
         if self.defenses is None:
             self.defenses = tuple(DEFAULT_DEFENSES) + (("at",) if self.adv_train else ())
         self.defenses = tuple(self.defenses)
-        if "at" in self.defenses:
-            self.adv_train = True
+        if any("at" in build_defense(label).models_needed() for label in self.defenses):
+            self.adv_train = True           # the AT row, or an UnMask holding the AT model
         elif self.adv_train:
             self.defenses = self.defenses + ("at",)
         if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence, Union
 from data.coco_parts import load_parts_dataset
 from data.fileio import write_json_atomic
 from evaluation.options import (KOptions, check_count, check_learning_rate, check_positive,
-                                k_defaults, parse_stage_epochs)
+                                k_defaults, parse_attack_eps, parse_stage_epochs)
 from models.progress import Eta
 from mrcnn_config import Config, config_key, get_config
 
@@ -186,7 +186,8 @@ def robust_config(cfg: Config, adversarial) -> Config:
     ``_robust``); ``cfg`` itself for a standard K (``adversarial`` None)."""
     if adversarial is None:
         return cfg
-    return cfg.replace(ADV_TRAIN=adversarial.to_dict(), NAME="%s_robust" % cfg.NAME)
+    name = cfg.NAME if getattr(cfg, "ADV_TRAIN", None) else "%s_robust" % cfg.NAME
+    return cfg.replace(ADV_TRAIN=adversarial.to_dict(), NAME=name)
 
 
 def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] = "synthetic",
@@ -287,8 +288,14 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
                      log_dir: str = DEFAULT_LOG_DIR, limit: Optional[int] = None,
                      visualize: bool = False, results_dir: str = DEFAULT_RESULTS_DIR,
                      batch_size: Optional[int] = None, dataset=None,
-                     class_names: Optional[Sequence[str]] = None) -> Dict:
-    """COCO bbox/segm mAP@[.5:.95], mAP@.5, matterport mAP@.5 and images/s on a split.
+                     class_names: Optional[Sequence[str]] = None,
+                     attack_eps: Sequence[float] = (), attack_steps: int = 10,
+                     seed: int = 0) -> Dict:
+    """COCO bbox/segm mAP@[.5:.95], mAP@.5, matterport mAP@.5, part-set F1 and images/s on a
+    split; with ``attack_eps`` (0-255 scale, e.g. ``(4, 8)``) the same numbers again on the
+    split's images attacked by PGD (``attack_steps`` steps, seeded by ``seed``) on K's own
+    training losses, under ``metrics["under_attack"]["<eps>"]``
+    (:mod:`models.mrcnn.robustness`).
 
     ``checkpoint="last"`` takes the newest checkpoint under ``log_dir`` trained with the same
     architecture as ``config`` (runs recorded with other weight shapes are skipped).
@@ -313,6 +320,9 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
         vis_dir = os.path.join(results_dir, "visualize_%s" % split) if visualize else None
         metrics = evaluate_dataset(model, ds, limit=limit, visualize_dir=vis_dir,
                                    class_names=names)
+        if attack_eps:
+            metrics["under_attack"] = _under_attack(model, base, path, ds, limit, names,
+                                                    attack_eps, attack_steps, seed, log_dir)
     finally:
         model.close()
     metrics.update({"checkpoint": path, "split": split, "batch_size": cfg.BATCH_SIZE,
@@ -324,13 +334,33 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
     return metrics
 
 
+def _under_attack(model, base: Config, path: str, ds, limit, names, attack_eps, steps: int,
+                  seed: int, log_dir: str) -> Dict:
+    """:func:`models.mrcnn.robustness.evaluate_under_attack` of the inference ``model``
+    through a training-mode copy of the same weights (batch norm on its moving statistics)."""
+    from models.mrcnn.model import MaskRCNN
+    from models.mrcnn.robustness import evaluate_under_attack
+    steps = check_count("--k-attack-steps", steps, 1, "PGD steps")
+    ids = list(ds.image_ids)[:int(limit)] if limit else list(ds.image_ids)
+    train_cfg = resolve_config(base, TRAIN_BN=False, GPU_COUNT=1)
+    attacker = MaskRCNN("training", train_cfg, log_dir, seed=seed)
+    try:
+        attacker.load_weights(path, by_name=True)
+        return evaluate_under_attack(model, attacker, ds, ids, attack_eps, steps, seed, names)
+    finally:
+        attacker.close()
+
+
 def format_metrics(m: Dict) -> str:
     """One-paragraph summary of :func:`evaluate_model_k` output."""
     return ("K on %s (%d images, %s): mask mAP@[.5:.95] %.3f, mask mAP@.5 %.3f | box "
             "mAP@[.5:.95] %.3f, box mAP@.5 %.3f | matterport mAP@.5 %.3f | %.1f images/s"
             % (m["split"], m["images"], os.path.basename(str(m["checkpoint"])),
                m["segm"]["mAP"], m["segm"]["mAP50"], m["bbox"]["mAP"], m["bbox"]["mAP50"],
-               m["matterport_mAP50"], m["images_per_second"]))
+               m["matterport_mAP50"], m["images_per_second"])
+            + "".join(" | under PGD eps %s/255 on K's losses: mask mAP@.5 %.3f, part-set F1 %.3f"
+                      % (eps, a["segm"]["mAP50"], a["part_sets"]["f1_micro"])
+                      for eps, a in m.get("under_attack", {}).items()))
 
 
 def _options(args) -> Dict:
@@ -392,7 +422,10 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
         checkpoint = opts["weights"]
     out["eval"] = evaluate_model_k(opts["data_dir"], cfg, checkpoint, opts["k_eval_split"],
                                    opts["k_log_dir"], opts["k_eval_limit"], opts["visualize"],
-                                   opts["k_results_dir"], opts["k_batch"])
+                                   opts["k_results_dir"], opts["k_batch"],
+                                   attack_eps=parse_attack_eps(opts["k_attack_eps"]),
+                                   attack_steps=opts["k_attack_steps"],
+                                   seed=_training_seed(opts))
     print(format_metrics(out["eval"]))
     if "checkpoint" in out["eval"]:         # beside eval_<split>.json: what K ran with
         from evaluation.config import record

@@ -284,6 +284,9 @@ class MOptions:
     k_transfer: Optional[str] = option(
         None, "surrogate K checkpoint (.h5) for --threat transfer: the adaptive attack on "
               "UnMask through a K trained with another seed, judged on the real K")
+    k_robust: Optional[str] = option(
+        None, "robust K checkpoint (.h5) of the unmask:k=robust variants (default: the newest "
+              "under logs/model_k_robust, trained by `python main.py --model K --adv-train`)")
     adaptive_steps: int = option(100, "iterations of each run of a defense-aware attack (SPEC: "
                                       ">= 100; the convergence trace reports 10, 20, 50, 100, "
                                       "200)", type=int, check=_at_least(1, integer=True))
@@ -358,6 +361,9 @@ class MOptions:
                                  "--k-log-dir logs/model_k_seed1`)")
             if not os.path.isfile(self.k_transfer):
                 raise ValueError("--k-transfer %s: no such checkpoint file" % self.k_transfer)
+        if self.k_robust and not os.path.isfile(self.k_robust):
+            raise ValueError("--k-robust %s: no such checkpoint file (train a robust K with "
+                             "`python main.py --model K --adv-train`)" % self.k_robust)
         for name in ("adaptive_steps", "adaptive_restarts", "adaptive_targets",
                      "adaptive_batch"):
             _check_field(self, name)
@@ -382,6 +388,7 @@ class MOptions:
             adaptive_restarts=self.adaptive_restarts, adaptive_targets=self.adaptive_targets,
             adaptive_gradient=self.adaptive_gradient, adaptive_batch=self.adaptive_batch,
             k_transfer=self.k_transfer, n_test=self.n_test, seed=data.seed,
+            k_robust=self.k_robust or "last",
             results_dir=self.results_dir, checkpoint_dir=self.checkpoint_dir,
             k_log_dir=k.k_log_dir, k_config=k.k_config, progress=not self.no_progress,
             distribute=self.distribute)
@@ -495,6 +502,12 @@ class KOptions:
     k_results_dir: str = option(os.path.join("results", "model_k"),
                                 "K evaluation JSON and PNGs (default results/model_k; "
                                 "results/model_k_robust for --model K --adv-train)")
+    k_attack_eps: str = option("4,8", "budgets (0-255 scale, comma-separated) of the PGD "
+                                      "attack on K's own losses its evaluation reports robust "
+                                      "mAP and part-set F1 under; none: clean only",
+                               check=lambda f, v: parse_attack_eps(v, f))
+    k_attack_steps: int = option(10, "PGD steps of that attack (>= 1)", type=int,
+                                 check=_k_count("PGD steps"))
     k_adv_eps: float = option(8.0, "--model K --adv-train: PGD eps on K's losses, 0-255 scale "
                                    "(4 for the 4/255 variant)", type=float,
                               check=lambda f, v: check_positive(f, v, 255, "eps"))
@@ -566,6 +579,25 @@ def _check_field(obj, name: str) -> None:
     value = getattr(obj, name)
     if meta.get("check") is not None and value is not None:
         meta["check"](flag_of(name), value)
+
+
+def parse_attack_eps(text, flag: str = "--k-attack-eps") -> Tuple[float, ...]:
+    """``"4,8"`` -> ``(4.0, 8.0)``; ``"none"`` (or empty) -> ``()``.  ValueError naming
+    ``flag`` for a budget that is not a number in (0, 255] or one given twice."""
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return ()
+    values = []
+    for item in str(text).split(","):
+        try:
+            eps = float(item)
+        except ValueError:
+            raise ValueError("%s: %r is not a number; give budgets on the 0-255 scale like "
+                             "4,8, or none" % (flag, item.strip())) from None
+        if not (math.isfinite(eps) and 0 < eps <= 255) or eps in values:
+            raise ValueError("%s: each budget must be a number in (0, 255] given once, got %r"
+                             % (flag, text))
+        values.append(eps)
+    return tuple(values)
 
 
 #: The folders of a robust K (``--model K --adv-train``) when no other is given.

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import tfcompat
 from data.classset import load_split
+from data.fileio import read_json
 from defense.adversarial_training import at_checkpoint_dir, train_adversarial
 from defense.defenses import build_defense
 from defense.extractors import OracleExtractor
@@ -123,6 +124,40 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
     return kind, k, k
 
 
+def robust_k_checkpoint(cfg: EvalConfig) -> str:
+    """The robust K's checkpoint of ``unmask:k=robust``: ``cfg.k_robust``, or the newest
+    robust K under ``cfg.k_robust_log_dir``.  FileNotFoundError (how to train one) or
+    ValueError (a standard K given where the robust one is asked for) before any work."""
+    from evaluation.model_k import robust_config
+    from models.mrcnn.adversarial import KAdversarialSettings
+    from models.mrcnn.model import resolve_checkpoint
+    wanted = robust_config(get_config(cfg.k_config), KAdversarialSettings())
+    try:
+        return resolve_checkpoint(cfg.k_robust, cfg.k_robust_log_dir, wanted.NAME, wanted)
+    except FileNotFoundError as e:
+        raise FileNotFoundError("unmask:k=robust needs a robust K: %s (train it with `python "
+                                "main.py --model K --adv-train`, or pass --k-robust PATH)"
+                                % e) from None
+
+
+def make_robust_extractor(cfg: EvalConfig, log: Callable):
+    """The robust K (:func:`robust_k_checkpoint`) as a part extractor, with the attack it
+    was trained against (its run's ``ADV_TRAIN``)."""
+    from evaluation.model_k import robust_config
+    from models.mrcnn import PartExtractor
+    from models.mrcnn.adversarial import KAdversarialSettings
+    from models.mrcnn.model import RUN_CONFIG_FILE
+    path = robust_k_checkpoint(cfg)
+    recorded = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
+    settings = (KAdversarialSettings.from_dict(read_json(recorded)["ADV_TRAIN"])
+                if os.path.isfile(recorded) else KAdversarialSettings())
+    k = PartExtractor.from_checkpoint(path, robust_config(get_config(cfg.k_config), settings),
+                                      model_dir=cfg.k_robust_log_dir)
+    log("robust extractor: K adversarially trained (%s) %s"
+        % (", ".join("%s=%s" % kv for kv in settings.to_dict().items()), path))
+    return k
+
+
 def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
     try:
         from models.mrcnn import find_k_checkpoint
@@ -148,6 +183,8 @@ def open_comparison(cfg: EvalConfig, log: Callable[[str], None] = print,
     tf.random.set_seed(cfg.seed)
     defenses = [build_defense(label) for label in (cfg.defenses if labels is None
                                                    else labels)]
+    if any(getattr(d, "k", None) == "robust" for d in defenses):
+        robust_k_checkpoint(cfg)            # there, and of the robust kind: before any work
     data = load_data(cfg, log)
     m, at = get_models(cfg, data, log)
     models = {"m": m}
@@ -156,8 +193,17 @@ def open_comparison(cfg: EvalConfig, log: Callable[[str], None] = print,
     comparison = Comparison(cfg, data, models, log)
     extractor_kind = {}
 
-    def extractors():
-        """Made once, shared by every UnMask variant of the run."""
+    def extractors(k: str = "standard"):
+        """Made once, shared by every UnMask variant of the run; ``k="robust"``: the robust
+        K of ``unmask:k=robust`` (its own digest, so its observations are its own)."""
+        if k == "robust":
+            if "robust" not in extractor_kind:
+                robust = make_robust_extractor(cfg, log)
+                extractor_kind["robust"] = ("k", robust, robust, short_digest(robust.checkpoint))
+            return extractor_kind["robust"]
+        if k != "standard":
+            raise ValueError("FitContext.extractors: k must be 'standard' or 'robust', got %r"
+                             % (k,))
         if "made" not in extractor_kind:
             kind, ex_val, ex_test = make_extractors(cfg, data, log)
             if kind == "k":
@@ -240,7 +286,9 @@ def run_record(cfg: EvalConfig, extractor_kind: Dict) -> Dict:
         "m": os.path.join(cfg.m_dir, "best.h5"),
         "at": (os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
                if cfg.adv_train else None),
-        "k": k_ckpt, "k_transfer": cfg.k_transfer})
+        "k": k_ckpt, "k_transfer": cfg.k_transfer,
+        "k_robust": (extractor_kind["robust"][2].checkpoint if "robust" in extractor_kind
+                     else None)})
 
 
 def _adaptive_settings(cfg: EvalConfig) -> Optional[Dict]:

@@ -296,7 +296,8 @@ class RunFolder:
                                  "(the part names K found are listed)" % (path or "(unknown)"))
             return None
         want = {rec["fingerprint"].get("defense", {}).get("k")
-                for label in self.metrics.get("defenses", {}) if label.startswith("unmask")
+                for label, block in self.metrics.get("defenses", {}).items()
+                if label.startswith("unmask") and not block.get("params", {}).get("k")
                 for _, _, rec in self._defense_observations(label)} - {None}
         if want and file_digest(path, "sha1")[:16] not in want:
             self.problems.append("K's checkpoint %s changed since the run: its detections are "

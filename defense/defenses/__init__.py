@@ -62,7 +62,8 @@ def build_defense(spec: str) -> Defense:
         if str(e).startswith("defense "):       # already names the defense and its value
             raise
         raise ValueError("defense %r: %s" % (spec, e)) from None
-    defense.label = key if value is None else "%s:%s" % (key, value)
+    text = defense.value_text(value)
+    defense.label = key if text is None else "%s:%s" % (key, text)
     return defense
 
 

@@ -10,12 +10,22 @@ target false-positive rate unless the user gives it.
 rectified -- the same rule as the other detectors of the bench (e.g. ``trajectory``), so the two
 can be compared on equal terms (the bench's ``defended`` column counts a rejection as stopped).
 
+Hardened variants (SPEC section 12) take their models as ``key=value`` parameters, joined by
+``:`` with each other and with ``reject``: ``unmask:k=robust`` (the adversarially trained K of
+``main.py --model K --adv-train``), ``unmask:m=at`` (the adversarially trained classifier of
+``--adv-train`` in M's place), ``unmask:k=robust:m=at`` (both).  Each variant is its own bench
+row with its own threshold chosen on validation at the run's FPR; its gray-box attacker attacks
+the classifier it holds (the AT model for ``m=at``).  ``input=random`` puts a random resize and
+pad (:class:`~defense.transforms.ResizePadTransform`) in front of K -- M sees the image as it
+is -- with one draw per image set (seeded by its name); its adaptive attack is EOT over
+the run's EOT draws, 20 per step (:class:`~defense.adaptive.RandomizedUnMaskTarget`).
+
 The extractor (K, or the ground-truth oracle, the ceiling of a perfect K) is made by the
 evaluation (``ctx.extractors``), which also says which one runs and why.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -29,18 +39,65 @@ from defense.unmask import UnMask
 OBSERVATION_VERSION = 3
 
 
+#: The parameters of ``unmask:...``: name -> (choices, default); the first choice is the
+#: default.  ``response`` may also be given bare (``unmask:reject``).
+PARAMETERS = {
+    "response": ("rectify", "reject"),     # what a flagged image gets
+    "k": ("standard", "robust"),           # the part extractor: the standard or the robust K
+    "m": ("m", "at"),                      # the classifier: M or the adversarially trained one
+    "input": ("fixed", "random"),          # K's input: the image, or a random resize and pad
+}
+
+#: Smallest side kept by the random resize of ``input=random`` (a share of the image's).
+RANDOM_INPUT_MIN_SCALE = 0.85
+
+
+def parse_value(value) -> Dict[str, str]:
+    """``unmask``'s parameter text (``"k=robust:m=at"``, ``"reject"``, None) -> every
+    parameter's value; ValueError naming the text, the parameter and its choices."""
+    chosen = {name: choices[0] for name, choices in PARAMETERS.items()}
+    if value is None:
+        return chosen
+    seen = set()
+    for item in str(value).split(":"):
+        name, sep, choice = item.strip().lower().partition("=")
+        if not sep:                                 # a bare value: the response
+            name, choice = "response", name
+        name, choice = name.strip(), choice.strip()
+        if name not in PARAMETERS:
+            raise ValueError("defense unmask:%s: unknown parameter %r; give any of %s as "
+                             "name=value joined by ':' (e.g. unmask:k=robust:m=at)"
+                             % (value, name, ", ".join(PARAMETERS)))
+        if choice not in PARAMETERS[name]:
+            raise ValueError("defense unmask:%s: %s must be one of %s, got %r"
+                             % (value, name, ", ".join(PARAMETERS[name]), choice))
+        if name in seen:
+            raise ValueError("defense unmask:%s: %s is given twice" % (value, name))
+        seen.add(name)
+        chosen[name] = choice
+    return chosen
+
+
 class UnMaskDefense(Defense):
     name = "unmask"
     detector = True
-    PARAM = "response"
-    RESPONSES = ("rectify", "reject")
+    PARAM = "response, models and K input: reject, k=robust, m=at, input=random (joined by ':')"
+    RESPONSES = PARAMETERS["response"]
 
     def __init__(self, value=None):
-        response = "rectify" if value is None else str(value).strip().lower()
-        if response not in self.RESPONSES:
-            raise ValueError("defense unmask:%s: the value is what a flagged image gets, one of "
-                             "%s" % (value, ", ".join(self.RESPONSES)))
-        self.response = response
+        chosen = parse_value(value)
+        self.response = chosen["response"]
+        #: "standard" or "robust": which trained K extracts the parts
+        self.k = chosen["k"]
+        #: key of the classifier in the run's models ("m" or "at")
+        self.m_key = chosen["m"]
+        self.input = chosen["input"]
+        self._randomizer = None
+        if self.input == "random":
+            from defense.transforms import ResizePadTransform
+            self._randomizer = ResizePadTransform(RANDOM_INPUT_MIN_SCALE)
+        self._eot_seed = 0
+        self._m_digest = None
         self.kind = None
         self.mode = "flagged"
         self._extractor = {}
@@ -57,11 +114,18 @@ class UnMaskDefense(Defense):
         if ctx.extractors is None:
             raise ValueError("defense unmask needs the run's part extractors "
                              "(FitContext.extractors)")
+        if self.m_key not in ctx.models:
+            raise ValueError("defense %s needs the adversarially trained classifier: run with "
+                             "--adv-train (it trains or loads the AT model)" % self.label)
         self.mode = ctx.mode
+        self._eot_seed = ctx.seed
         self._transfer_k = ctx.transfer_k
-        self.kind, ex_val, ex_test, self._k_digest = ctx.extractors()
+        made = ctx.extractors() if self.k == "standard" else ctx.extractors(self.k)
+        self.kind, ex_val, ex_test, self._k_digest = made
         self._extractor = {"val": ex_val, "test": ex_test}
-        m = self._m = ctx.models["m"]
+        m = self._m = ctx.models[self.m_key]
+        if self.m_key == "at":
+            self._m_digest = ctx.at.checkpoint_digest if ctx.at is not None else None
         self._ums = {split: UnMask(m, ex, CLASS_PARTS, ctx.classes, threshold=0.5,
                                    mode=self.mode) for split, ex in self._extractor.items()}
         self._um = self._ums["val"]
@@ -87,27 +151,65 @@ class UnMaskDefense(Defense):
         loaded (the stand-ins refuse to be called)."""
         super().restore(params, classes, seed)
         self.kind = params.get("extractor")
+        self.k, self.m_key = params.get("k", "standard"), params.get("m", "m")
+        self.input = params.get("input", "fixed")
         self.mode = params.get("mode") or "flagged"
         self._um = UnMask(_NotLoaded(self.kind), _NotLoaded(self.kind), CLASS_PARTS, classes,
                           self.threshold, mode=self.mode)
         return self
 
+    def value_text(self, value) -> Optional[str]:
+        """The canonical parameter text of a label (:meth:`Defense.value_text`): the
+        parameters that differ from their default, in :data:`PARAMETERS` order, so
+        ``unmask:m=at:k=robust`` and ``unmask:k=robust:m=at`` are one defense."""
+        chosen = {"response": self.response, "k": self.k, "m": self.m_key,
+                  "input": self.input}
+        parts = [(choice if name == "response" else "%s=%s" % (name, choice))
+                 for name, choice in chosen.items() if choice != PARAMETERS[name][0]]
+        return ":".join(parts) or None
+
+    def attacked_model(self) -> str:
+        """The gray-box attacker attacks the classifier this UnMask holds."""
+        return self.m_key
+
+    def models_needed(self) -> Tuple[str, ...]:
+        return (self.m_key,)
+
     def params(self) -> Dict:
+        # the plain UnMask's record is as it was; a hardened variant names its models
+        variant = {name: value for name, value in (("k", self.k), ("m", self.m_key),
+                                                   ("input", self.input))
+                   if value != PARAMETERS[name][0]}
+        if self._randomizer is not None:
+            variant["input_transform"] = self._randomizer.params()
         return dict({"extractor": self.kind, "response": self.response,
                      "mode": self.mode if self.response == "rectify" else None,
-                     "threshold": self.threshold}, **self._chosen)
+                     "threshold": self.threshold}, **variant, **self._chosen)
 
     def fingerprint(self) -> Dict:
-        # what an observation (M's labels, K's part sets) depends on: not t, not the mode
-        return {"defense": self.name, "version": OBSERVATION_VERSION, "extractor": self.kind,
-                "k": self._k_digest}
+        # what an observation (M's labels, K's part sets) depends on: not t, not the mode;
+        # the robust K has its own digest, the AT classifier is named with its digest
+        out = {"defense": self.name, "version": OBSERVATION_VERSION, "extractor": self.kind,
+               "k": self._k_digest}
+        if self.m_key != "m":
+            out["m"] = [self.m_key, self._m_digest]
+        if self._randomizer is not None:
+            out["input"] = dict(self._randomizer.params(), name=self._randomizer.name)
+        return out
+
+    def k_input(self, images: ImageSet) -> np.ndarray:
+        """What K sees of ``images``: the images, or one random resize and pad of each
+        (``input=random``), drawn from the set's own seed (the same set, the same draws)."""
+        if self._randomizer is None:
+            return images.x
+        return self._randomizer(images.x, seed=images.seed)
 
     def observe(self, images: ImageSet) -> Dict[str, List]:
         um = self._ums[images.split]
-        pred = images.preds.get("m")
+        pred = images.preds.get(self.m_key)
         if pred is None:
             pred = um.predict(images.x)
-        parts = um.extract(images.x, keys=list(images.keys))
+        parts = um.extract(self.k_input(images), keys=list(images.keys))
         return {"pred": np.asarray(pred, np.int64).tolist(), "parts": [sorted(p) for p in parts]}
 
     threats = (Threat.GRAY_BOX, Threat.ADAPTIVE, Threat.TRANSFER)
@@ -137,6 +239,11 @@ class UnMaskDefense(Defense):
             return None
         scorer = self._part_scorer(threat)
         judge = self._judge(goal)
+        if self._randomizer is not None:
+            return adaptive.RandomizedUnMaskTarget(
+                self._m, scorer, self._um.class_parts_list, judge, self._randomizer,
+                samples=options.eot_samples, seed=self._eot_seed,
+                mode=options.gradient or adaptive.DEFAULT_GRADIENT["unmask"])
         return adaptive.UnMaskTarget(
             self._m, scorer, self._um.class_parts_list, judge,
             mode=options.gradient or adaptive.DEFAULT_GRADIENT["unmask"])

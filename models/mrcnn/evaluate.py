@@ -105,6 +105,31 @@ def per_part_ap(coco_gt: COCO, bbox: Dict, segm: Dict,
     return rows
 
 
+def part_set_scores(truth: Sequence[set], predicted: Sequence[set], num_classes: int) -> Dict:
+    """How well K's part *sets* (what UnMask uses: the class ids detected in an image, every
+    detection counted as the extractor does) match the ground-truth part sets.
+
+    Args:
+        truth, predicted: one set of class ids (1 .. num_classes - 1) per image.
+    Returns:
+        ``{"f1_micro", "precision_micro", "recall_micro"}`` over all (image, part) pairs and
+        ``f1_samples``, the mean per-image F1 (an image with no part in either set counts 1);
+        scikit-learn's multi-label metrics.
+    """
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+    from sklearn.preprocessing import MultiLabelBinarizer
+    if len(truth) != len(predicted):
+        raise ValueError("part_set_scores: %d ground-truth sets but %d predicted sets"
+                         % (len(truth), len(predicted)))
+    binarizer = MultiLabelBinarizer(classes=list(range(1, int(num_classes))))
+    y_true = binarizer.fit_transform(truth)
+    y_pred = binarizer.transform(predicted)
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="micro",
+                                                 zero_division=0)
+    return {"f1_micro": float(f), "precision_micro": float(p), "recall_micro": float(r),
+            "f1_samples": float(f1_score(y_true, y_pred, average="samples", zero_division=1))}
+
+
 def run_detections(model, dataset, image_ids: Sequence[int]):
     """Detect on ``image_ids`` in batches of ``BATCH_SIZE``; returns (results, seconds)."""
     bs = model.config.BATCH_SIZE
@@ -132,7 +157,9 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
     0.0 when none has), ``images_without_gt`` (images left out of that mean: their AP is
     0.0 without predictions and NaN with some under matterport's arithmetic, so the original
     ``np.mean`` over all images would be NaN as soon as one of them has a detection),
-    ``images``, ``images_per_second`` (detection incl. molding/unmolding) and ``seconds``.
+    ``part_sets`` (K's part set of each image against the annotated one:
+    :func:`part_set_scores`), ``images``, ``images_per_second`` (detection incl.
+    molding/unmolding) and ``seconds``.
     """
     ids = list(dataset.image_ids if image_ids is None else image_ids)
     if limit:
@@ -153,13 +180,16 @@ def evaluate_dataset(model, dataset, image_ids: Optional[Sequence[int]] = None,
     if visualize_dir:
         from models.mrcnn.visualize import save_detection_pngs
         save_detection_pngs(dataset, ids, results, visualize_dir, class_names)
+    part_sets = part_set_scores([set(np.unique(dataset.load_mask(i)[1]).tolist()) for i in ids],
+                                [set(np.asarray(r["class_ids"]).tolist()) for r in results],
+                                model.config.NUM_CLASSES)
     bbox = _coco_stats(coco_gt, coco_results, "bbox", ids)
     segm = _coco_stats(coco_gt, coco_results, "segm", ids)
     names = class_names or getattr(dataset, "class_names", None)
     per_part = per_part_ap(coco_gt, bbox, segm, names)
     for stats in (bbox, segm):
         stats.pop("AP50_per_class", None)
-    return {"bbox": bbox, "segm": segm, "per_part": per_part,
+    return {"bbox": bbox, "segm": segm, "per_part": per_part, "part_sets": part_sets,
             "matterport_mAP50": float(np.mean(aps)) if aps else 0.0,
             "images_without_gt": len(ids) - len(aps), "images": len(ids),
             "images_per_second": len(ids) / max(seconds, 1e-9), "seconds": seconds}

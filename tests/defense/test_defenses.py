@@ -530,3 +530,164 @@ def test_sanity_checks_flag_broken_attacks():
     rows.append(dict(base, eps=16, evasion=base["evasion"] - 0.5))   # stronger eps, less
     bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
     assert len(bad) == 1 and "at eps 8 ->" in bad[0]
+
+
+# ----------------------------------------------------------------------------- hardened UnMask
+def test_unmask_parameters_parse_to_one_canonical_label_and_name_bad_values():
+    assert parse_defenses("unmask:m=at:k=robust,unmask:k=robust,unmask:reject:m=at,"
+                          "unmask:k=standard:m=m:rectify") == [
+        "unmask:k=robust:m=at", "unmask:k=robust", "unmask:reject:m=at", "unmask"]
+    variant = build_defense("unmask:k=robust:m=at")
+    assert (variant.k, variant.m_key, variant.response) == ("robust", "at", "rectify")
+    assert variant.attacked_model() == "at" and variant.models_needed() == ("at",)
+    assert build_defense("unmask").models_needed() == ("m",)
+    for text, message in (("unmask:k=robus", "k must be one of standard, robust"),
+                          ("unmask:cheap=1", "unknown parameter 'cheap'"),
+                          ("unmask:m=at:m=m", "m is given twice"),
+                          ("unmask,unmask:k=standard", "unmask is given twice")):
+        with pytest.raises(ValueError, match=message):
+            parse_defenses(text)
+
+
+def test_unmask_variants_build_their_own_models_threshold_and_observations(tiny_m, context):
+    """k=robust asks the context for the robust extractor, m=at holds the AT model (its
+    predictions are read from the image set under "at", its gray-box attacker attacks it), and
+    each variant chooses its own threshold on validation: the same as a plain UnMask given
+    those models."""
+    make, sets, _, _ = context
+    labels = {k: int(c) for s in sets.values() for k, c in zip(s.keys, s.labels)}
+    standard, robust = _KeyExtractor(labels), _KeyExtractor(labels)
+    robust.extract = lambda images, keys: [frozenset(CLASS_PARTS[CS.classes[labels[k]]])
+                                           for k in keys]     # a K that is always right
+    asked = []
+
+    def extractors(k="standard"):
+        asked.append(k)
+        return ("k", standard, standard, "std") if k == "standard" else \
+            ("k", robust, robust, "rob")
+
+    def ctx(models):
+        base = make()
+        return FitContext(models=models, class_set=CS, seed=0, target_fpr=0.25, threshold=None,
+                          log=lambda s: None, images=base.images, attacked=base.attacked,
+                          observe=lambda d, images: d.observe(images), mode="flagged",
+                          extractors=extractors, at=ATModel(eps=4, checkpoint_digest="at1"))
+
+    both = build_defense("unmask:k=robust:m=at")
+    both.fit(ctx({"m": tiny_m, "at": _other_model}))
+    assert asked == ["robust"] and both._m is _other_model
+    assert both.params()["k"] == "robust" and both.params()["m"] == "at"
+    test = sets["test"]
+    given = ImageSet(name="x", split="test", x=test.x, keys=test.keys, labels=test.labels,
+                     preds={"m": np.zeros(len(test), np.int64),
+                            "at": np.ones(len(test), np.int64)})
+    assert both.observe(given)["pred"] == [1] * len(test)      # the AT model's answers
+    # its own threshold: chosen on validation from the AT model's answers and the robust parts
+    from defense.thresholds import choose_threshold
+    from defense.unmask import UnMask
+    val = sets["val"]
+    um = UnMask(_other_model, robust, CLASS_PARTS, CS.classes, threshold=0.5)
+    distances = um.decide(um.predict(val.x), um.extract(val.x, keys=list(val.keys))).distances
+    assert both.threshold == pytest.approx(choose_threshold(distances, 0.25).threshold)
+    asked.clear()
+    plain = build_defense("unmask")
+    plain.fit(ctx({"m": tiny_m}))
+    assert asked == ["standard"] and plain._m is tiny_m and plain.attacked_model() == "m"
+    plain_fp, at_fp = plain.fingerprint(), both.fingerprint()
+    assert at_fp["m"] == ["at", "at1"] and at_fp["k"] == "rob"
+    assert "m" not in plain_fp and plain_fp["k"] == "std"
+    assert "k" not in plain.params() and "m" not in plain.params()
+    with pytest.raises(ValueError, match="unmask:m=at needs the adversarially trained "
+                                         "classifier: run with --adv-train"):
+        build_defense("unmask:m=at").fit(ctx({"m": tiny_m}))
+
+
+def test_an_unmask_holding_the_at_model_makes_the_run_train_it():
+    from evaluation.config import EvalConfig
+    cfg = EvalConfig(class_set=CS, defenses=("none", "unmask:k=robust:m=at"))
+    assert cfg.adv_train and "at" not in cfg.defenses
+    assert not EvalConfig(class_set=CS, defenses=("none", "unmask:k=robust")).adv_train
+
+
+class _MeanScorer:
+    """A K stand-in: its part loss of an image is the image's mean pixel (gradient: the
+    constant 1 / pixels), its part set the first part when the mean is above 0.3."""
+    part_names = ("wheel", "window", "head")
+    num_parts = 3
+
+    def __init__(self):
+        self.batches = []
+
+    def hinge_value_and_grad(self, images, present, absent, return_parts=False, **hinge):
+        images = np.asarray(images, np.float32)
+        self.batches.append(len(images))
+        loss = images.mean(axis=(1, 2, 3))
+        grad = np.full(images.shape, 1.0 / images[0].size, np.float32)
+        parts = [frozenset(["wheel"]) if v > 0.3 else frozenset() for v in loss]
+        return loss, grad, parts
+
+    def detected_parts(self, images):
+        return [frozenset()] * len(images)
+
+
+def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
+    """unmask:input=random's adaptive target: each evaluation runs K once on B x samples
+    fresh draws of the resize-and-pad; its part loss is the mean over the draws (the same
+    draws the transform gives for that seed), its gradient the mean of the draws' adjoints,
+    and the next evaluation draws again."""
+    from attacks.losses import get_loss
+    from defense.adaptive import RandomizedUnMaskTarget
+    from defense.transforms import ResizePadTransform
+
+    transform = ResizePadTransform(0.5)
+    scorer = _MeanScorer()
+    model = keras.Sequential([keras.layers.Flatten(input_shape=(8, 8, 3)),
+                              keras.layers.Dense(3)])
+    parts = [("wheel",), ("window",), ("head",)]
+    votes = []
+
+    def judge(pred, part_sets, y):
+        votes.append(len(pred))
+        return np.array([bool(p) for p in part_sets])
+
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (2, 8, 8, 3)).astype(np.float32)
+    y, t = np.array([0, 1]), np.array([1, 2])
+    loss_fn = get_loss("ce")
+    for samples in (1, 20):
+        target = RandomizedUnMaskTarget(model, scorer, parts, judge, transform,
+                                        samples=samples, seed=5)
+        first = target.evaluate(x, y, t, loss_fn)
+        assert scorer.batches[-1] == 2 * samples and votes[-1] == 2 * samples
+        draws = transform(np.repeat(x, samples, axis=0), seed=6)   # seed + 1st evaluation
+        k_loss = draws.mean(axis=(1, 2, 3)).reshape(2, samples).mean(axis=1)
+        m_loss = loss_fn(model(x), y, t).numpy()
+        np.testing.assert_allclose(first.loss.numpy(), m_loss - k_loss, rtol=1e-5)
+        second = target.evaluate(x, y, t, loss_fn)
+        assert not np.allclose(second.loss.numpy(), first.loss.numpy())   # fresh draws
+    with pytest.raises(ValueError, match="at least one sample"):
+        RandomizedUnMaskTarget(model, scorer, parts, judge, transform, samples=0)
+
+
+def test_unmask_random_input_shows_k_one_seeded_draw_per_image_set(context):
+    make, sets, _, _ = context
+    seen = []
+
+    class Recorder(_KeyExtractor):
+        def extract(self, images, keys):
+            seen.append(np.array(images))
+            return super().extract(images, keys)
+
+    labels = {k: int(c) for s in sets.values() for k, c in zip(s.keys, s.labels)}
+    base = make()
+    ctx = FitContext(models=base.models, class_set=CS, seed=0, target_fpr=0.25, threshold=None,
+                     log=lambda s: None, images=base.images, attacked=base.attacked,
+                     observe=lambda d, images: d.observe(images), mode="flagged",
+                     extractors=lambda: ("k", Recorder(labels), Recorder(labels), "d"))
+    d = build_defense("unmask:input=random")
+    d.fit(ctx)
+    test = sets["test"]
+    d.observe(test)
+    d.observe(test)
+    assert not np.array_equal(seen[-1], test.x)                 # K saw a transformed image
+    np.testing.assert_array_equal(seen[-1], seen[-2])           # the same set, the same draw
+    assert d.params()["input"] == "random" and d.fingerprint()["input"]["name"] == "resizepad"

@@ -58,7 +58,7 @@ def test_registry_sweep(name):
     assert set(t.init_params()) <= set(p)
     again = T.get_transform(name, **t.init_params())
     assert type(again) is type(t) and again.init_params() == t.init_params()
-    assert t.randomized == (name == "noise")
+    assert t.randomized == (name in ("noise", "resizepad"))
     assert t.has_differentiable_form == (name in ("pca", "downsample", "noise"))
     assert t(x[:0]).shape == (0,) + x.shape[1:]
     g = t.estimate_gradient(x, np.ones_like(x))
@@ -217,6 +217,7 @@ def test_noise_bounds_steps_and_seeds():
 
 
 def test_noise_differentiable_seeded_and_eot():
+    tf.random.set_seed(0)      # fresh draws from TF's global RNG need it under op determinism
     t = T.get_transform("noise", amplitude=5)
     x = _rand(2, 6, 6)
     np.testing.assert_allclose(t.differentiable(tf.constant(x), seed_tf=9).numpy(), t(x, seed=9),
@@ -332,3 +333,29 @@ def test_differentiable_pca_works_in_two_separate_tf_functions():
     outs = [tf.function(lambda z: t.differentiable(z))(x) for _ in range(2)]
     np.testing.assert_allclose(outs[0].numpy(), outs[1].numpy())
     np.testing.assert_allclose(outs[0].numpy(), t.differentiable(x).numpy(), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- resize + pad
+
+def test_resize_pad_draws_sizes_and_places_and_its_gradient_is_the_exact_adjoint():
+    t = T.get_transform("resizepad", min_scale=0.5)
+    x = _rand(6, 12, 12, seed=4)
+    draws = t.draws(6, 12, 12, seed=9)
+    assert np.all((draws[:, 0] >= 6) & (draws[:, 0] <= 12) & (draws[:, 2] + draws[:, 0] <= 12))
+    assert len({tuple(d) for d in draws}) > 1                  # the draws differ
+    y = t(x, seed=9)
+    for i, (h, w, top, left) in enumerate(draws):             # zero outside the placed image
+        outside = np.ones((12, 12), bool)
+        outside[top:top + h, left:left + w] = False
+        assert np.all(y[i][outside] == 0)
+        assert y[i][~outside].min() >= x[i].min() - 1e-6     # convex weights: inside the range
+    assert not np.array_equal(y, t(x, seed=10))
+    # <T x, g> == <x, T^T g> for the same draw: the backward pass is the exact adjoint
+    g = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    lhs = float(np.sum(t(x, seed=9).astype(np.float64) * g))
+    rhs = float(np.sum(x.astype(np.float64) * t.estimate_gradient(x, g, seed=9)))
+    assert lhs == pytest.approx(rhs, rel=1e-5)
+    full = T.get_transform("resizepad", min_scale=1.0)
+    np.testing.assert_allclose(full(x, seed=3), x, atol=1e-6)   # side S: the identity
+    with pytest.raises(ValueError, match="min_scale"):
+        T.get_transform("resizepad", min_scale=0)

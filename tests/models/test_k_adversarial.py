@@ -124,10 +124,13 @@ def test_a_robust_k_is_never_taken_for_a_standard_one_nor_back(tmp_path):
     kwargs = dict(epochs="1", steps_per_epoch=1, log_dir=logs, progress=False,
                   train_dataset=ToyDataset(2, 64, seed=0), val_dataset=None,
                   data_dir=str(tmp_path / "no-data"))
-    robust = model_k.train_model_k(config="tiny", adversarial=settings, **kwargs)["checkpoint"]
-    assert os.path.basename(robust).startswith("mask_rcnn_tiny_robust_")
     standard_cfg = get_config("tiny")
     robust_cfg = model_k.robust_config(standard_cfg, settings)
+    # run_model_k passes the robust configuration itself: it is not renamed a second time
+    assert model_k.robust_config(robust_cfg, settings).NAME == robust_cfg.NAME == "tiny_robust"
+    robust = model_k.train_model_k(config=robust_cfg, adversarial=settings,
+                                   **kwargs)["checkpoint"]
+    assert os.path.basename(robust).startswith("mask_rcnn_tiny_robust_0")
     assert robust_cfg.ADV_TRAIN == settings.to_dict() and "ADV_TRAIN" not in standard_cfg.to_dict()
     assert find_last_checkpoint(logs, robust_cfg.NAME, robust_cfg) == robust
     with pytest.raises(FileNotFoundError, match="ADV_TRAIN"):     # only a robust K there

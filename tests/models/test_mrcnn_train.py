@@ -290,3 +290,28 @@ def test_same_seed_same_k_and_another_seed_another_k(tmp_path):
     finally:
         other.close()
     assert not all(np.array_equal(a, b) for a, b in zip(first, other_init))
+
+
+def test_k_evaluated_under_pgd_on_its_own_losses(overfit, tmp_path):
+    """--model K's robust mAP: the same COCO evaluation on the split's images attacked by PGD
+    on K's training losses; the attacked images stay in the ball, the attack hurts the
+    (non-robust) overfit K, and the same seed gives the same numbers."""
+    ds = overfit["ds"]
+    kwargs = dict(config=get_config("tiny"), checkpoint="last", log_dir=overfit["log_dir"],
+                  dataset=ds, class_names=TOY_NAMES, results_dir=str(tmp_path),
+                  attack_eps=(4, 16), attack_steps=5, seed=3)
+    metrics = cli.evaluate_model_k(**kwargs)
+    clean = metrics["segm"]["mAP50"]
+    assert set(metrics["under_attack"]) == {"4", "16"}
+    for eps, attacked in metrics["under_attack"].items():
+        assert attacked["attack"]["eps"] == float(eps) and attacked["attack"]["steps"] == 5
+        assert 0 < attacked["attack"]["max_linf"] <= float(eps)
+        assert attacked["images"] == metrics["images"]
+        assert set(attacked["part_sets"]) >= {"f1_micro", "f1_samples"}
+    strong = metrics["under_attack"]["16"]
+    assert strong["segm"]["mAP50"] < clean - 0.1, (clean, strong["segm"]["mAP50"])
+    assert strong["part_sets"]["f1_micro"] <= metrics["part_sets"]["f1_micro"]
+    again = cli.evaluate_model_k(**kwargs)["under_attack"]
+    assert again["16"]["segm"] == strong["segm"] and again["4"]["part_sets"] == \
+        metrics["under_attack"]["4"]["part_sets"]
+    assert "under PGD eps 16/255" in cli.format_metrics(metrics)

@@ -1,0 +1,54 @@
+"""Hardened UnMask in the evaluation (issue 18): which robust K ``unmask:k=robust`` loads, and
+the refusals before any work -- a standard K given where the robust one is asked for, none
+trained yet."""
+import json
+import os
+
+import pytest
+
+from data.knowledge import get_class_set
+from evaluation.config import EvalConfig
+from evaluation.model_k import robust_config
+from evaluation.run import robust_k_checkpoint
+from models.mrcnn.adversarial import KAdversarialSettings
+from mrcnn_config import get_config
+
+
+def _run_folder(root, cfg, stamp="20260101T0000"):
+    """A K run folder as training leaves it: config.json and one (empty) checkpoint."""
+    folder = os.path.join(str(root), "%s%s" % (cfg.NAME.lower(), stamp))
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg.to_dict(), f)
+    path = os.path.join(folder, "mask_rcnn_%s_0001.h5" % cfg.NAME.lower())
+    open(path, "wb").close()
+    return path
+
+
+def _cfg(**kwargs):
+    return EvalConfig(class_set=get_class_set("CS5b"), defenses=("unmask:k=robust",),
+                      k_config="synthetic", **kwargs)
+
+
+def test_the_robust_k_is_found_in_its_folder_and_a_standard_one_is_refused(tmp_path):
+    standard_cfg = get_config("synthetic")
+    robust_cfg = robust_config(standard_cfg, KAdversarialSettings(eps=8, steps=3))
+    robust_dir, standard_dir = tmp_path / "robust", tmp_path / "standard"
+    robust = _run_folder(robust_dir, robust_cfg)
+    standard = _run_folder(standard_dir, standard_cfg)
+    assert robust_k_checkpoint(_cfg(k_robust_log_dir=str(robust_dir))) == robust
+    assert robust_k_checkpoint(_cfg(k_robust=robust)) == robust
+    with pytest.raises(ValueError, match="is a standard K .* a robust K is asked for"):
+        robust_k_checkpoint(_cfg(k_robust=standard))
+    # the standard K's folder holds no robust K: how to train one
+    with pytest.raises(FileNotFoundError, match="python main.py --model K --adv-train"):
+        robust_k_checkpoint(_cfg(k_robust_log_dir=str(standard_dir)))
+
+
+def test_k_robust_option_is_checked_before_any_work(tmp_path):
+    from evaluation.options import parse_args
+    missing = str(tmp_path / "nope.h5")
+    options = parse_args(["--model", "M", "--defenses", "unmask:k=robust", "--k-robust",
+                          missing])
+    with pytest.raises(ValueError, match="--k-robust .*nope.h5: no such checkpoint file"):
+        EvalConfig.from_options(options)
