@@ -118,6 +118,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--timing-only", action="store_true",
                         help="only the training-step timing (keep the recorded evaluation)")
     args = parser.parse_args(argv)
+    if args.step_rounds < 0 or args.steps_per_round < 1:
+        parser.error("--step-rounds must be >= 0 and --steps-per-round >= 1")
+    if args.timing_only and not args.step_rounds:
+        parser.error("--timing-only needs --step-rounds >= 1")
     if args.timing_only:
         report = read_json(RESULTS)
         report["step_timing"] = step_times(args.data_dir, args.steps_per_round,

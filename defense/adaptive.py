@@ -34,6 +34,7 @@ attack already sees everything there is.
 """
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -306,7 +307,10 @@ class RandomizedUnMaskTarget(UnMaskTarget):
     Args:
         transform: the :class:`~defense.transforms.ResizePadTransform` in front of K.
         samples: EOT draws per evaluation (>= 1; the bench uses >= 20).
-        seed: base of the draws (evaluation ``n`` draws with ``seed + n``: reproducible).
+        seed: base of the draws.  An evaluation draws from ``seed`` and a digest of the
+            iterate it is given (8-bit, so exactly reproducible): fresh draws at every step,
+            the same draws for the same iterate -- so an attack resumed after its saved
+            batches gets the draws of the uninterrupted run, which a call counter would not.
         Other arguments: as :class:`UnMaskTarget`.
     """
 
@@ -314,9 +318,15 @@ class RandomizedUnMaskTarget(UnMaskTarget):
                  samples: int = EOT_SAMPLES, seed: int = 0, **kwargs):
         super().__init__(model, scorer, class_parts_list, judge, **kwargs)
         if int(samples) < 1:
-            raise ValueError("EOT needs at least one sample, got %r" % (samples,))
+            raise ValueError("RandomizedUnMaskTarget: samples (EOT draws per step) must be "
+                             ">= 1, got %r" % (samples,))
         self.transform, self.samples = transform, int(samples)
-        self.seed, self.calls = int(seed), 0
+        self.seed = int(seed)
+
+    def draw_seed(self, images: np.ndarray) -> int:
+        """The seed of an evaluation's draws: ``seed`` and the iterate's bytes."""
+        digest = zlib.crc32(np.ascontiguousarray(images, np.float32).tobytes())
+        return (self.seed * 1000003 + digest) % (2 ** 31)
 
     def evaluate(self, x, y, t, loss_fn) -> Evaluation:
         if t is None:
@@ -326,8 +336,7 @@ class RandomizedUnMaskTarget(UnMaskTarget):
         m_loss, m_grad, logits = self._m_step(loss_fn)(x, y, t)
         s, images = self.samples, _numpy(x)
         b = images.shape[0]
-        self.calls += 1
-        seed = (self.seed + self.calls) % (2 ** 31)
+        seed = self.draw_seed(images)
         draws = np.repeat(images, s, axis=0)            # image i's draws: rows i*s .. i*s+s-1
         seen = self.transform(draws, seed=seed)
         present = np.repeat(self.masks[_numpy(t)], s, axis=0)

@@ -309,15 +309,18 @@ class FitContext:
         target_fpr: the false-positive rate detectors choose their threshold for on benign
             validation images; ``threshold``: a threshold given by the user (or None).
         mode: UnMask's rectification mode (``"flagged"`` or ``"all"``).
-        extractors: makes (once) UnMask's part extractors: ``() -> (kind, extractor for
-            validation images, extractor for test images, digest of what they answer
-            from)``; None when the run has none.
+        extractors: makes (once) UnMask's part extractors: ``(k="standard") -> (kind,
+            extractor for validation images, extractor for test images, digest of what they
+            answer from)``, ``k="robust"`` for the adversarially trained K; None when the run
+            has none.
         arch, m_dir, m_digest: M's architecture, checkpoint folder and weights' digest (the
             trajectory detector taps M and caches beside it).
         trajectory_cache: folders of the trajectory detector's cache, the one it writes
             first (default: beside ``m_dir``).
         at: the AT model's :class:`ATModel` (None without adversarial training).
         transfer_k: makes the surrogate K of the transfer threat (None: no surrogate).
+        transfer_k_robust: makes the robust surrogate K of the transfer threat on an UnMask
+            holding the robust K (None: none given).
         strategy: a ``tf.distribute`` strategy the trajectory detector trains under (or
             None).
     """
@@ -331,6 +334,7 @@ class FitContext:
                  arch: Optional[str] = None, m_dir: Optional[str] = None,
                  m_digest: Optional[str] = None, trajectory_cache: Sequence[str] = (),
                  at: Optional[ATModel] = None, transfer_k: Optional[Callable] = None,
+                 transfer_k_robust: Optional[Callable] = None,
                  strategy: Any = None):
         self.models = dict(models)
         if not callable(self.models.get("m")):
@@ -362,6 +366,7 @@ class FitContext:
         self.trajectory_cache = tuple(trajectory_cache)
         self.at = at
         self.transfer_k = transfer_k
+        self.transfer_k_robust = transfer_k_robust
         self.strategy = strategy
 
     def images(self, split: str) -> ImageSet:

@@ -135,7 +135,7 @@ class Preprocessor:
     """
 
     name: str = ""
-    #: True only when the output depends on ``seed`` (noise).
+    #: True only when the output depends on ``seed`` (noise, resizepad).
     randomized: bool = False
     #: True when :meth:`differentiable` returns a TF form (pca, downsample, noise).
     has_differentiable_form: bool = False
@@ -262,8 +262,9 @@ class Preprocessor:
         Args:
             images: float ``[N, H, W, 3]`` in [0, 1], the transform's input.
             grad: float ``[N, H, W, 3]``, same shape as ``images``.
-            seed: as for ``__call__`` (the estimate does not depend on it: every
-                differentiable form here is affine in ``x``).
+            seed: as for ``__call__`` (only resizepad's estimate depends on it -- the
+                draw whose adjoint it is; every other form here is affine in ``x`` with a
+                Jacobian that does not depend on the draw).
         Returns:
             float32 ``[N, H, W, 3]``: the exact vector-Jacobian product through
             :meth:`differentiable` (pca, downsample), or ``grad`` itself (noise: its Jacobian is
@@ -635,11 +636,11 @@ class ResizePadTransform(Preprocessor):
 
     def _vjp(self, x: np.ndarray, g: np.ndarray, seed: int) -> np.ndarray:
         n, height, width, _ = x.shape
-        out = np.zeros(x.shape, np.float64)
+        out = np.zeros(x.shape, np.float32)          # B x draws images: keep it float32
         for i, (h, w, top, left) in enumerate(self.draws(n, height, width, seed)):
             rh, rw = bilinear_matrix(height, h), bilinear_matrix(width, w)
             out[i] = np.einsum("ay,abc,bx->yxc", rh, g[i, top:top + h, left:left + w], rw)
-        return out.astype(np.float32)
+        return out
 
     def bpda(self, x_tf, seed: Optional[int] = 0):
         """The real forward (numpy) with the exact backward pass of that draw."""

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -86,7 +86,15 @@ class AdaptiveStore:
                     engine=dataclasses.asdict(cfg.engine_settings()),
                     adaptive_batch=cfg.adaptive_batch,
                     options=dataclasses.asdict(cfg.adaptive_options()),
-                    surrogate=(short_digest(cfg.k_transfer) if threat == TRANSFER else None))
+                    surrogate=(short_digest(self._surrogate(defense)) if threat == TRANSFER
+                               else None))
+
+    def _surrogate(self, defense: Defense) -> Optional[str]:
+        """The surrogate K checkpoint of ``defense``'s transfer attack: the robust one for an
+        UnMask holding the robust K."""
+        if getattr(defense, "k", None) == "robust":
+            return self.cfg.k_transfer_robust
+        return self.cfg.k_transfer
 
     def _run_adaptive(self, defense, name, eps, threat, goal, benign, fp, path) -> Dict:
         cfg = self.cfg

@@ -100,10 +100,16 @@ class Comparison:
             at=(ATModel(eps=cfg.at_eps, checkpoint_digest=self.digests.get("at"))
                 if "at" in self.models else None),
             transfer_k=self._transfer_k if cfg.k_transfer else None,
+            transfer_k_robust=self._transfer_k_robust if cfg.k_transfer_robust else None,
             # the trajectory detector trains under --distribute mirrored; with multi-worker
             # only the chief is still here, so it trains on one device
             strategy=(make_strategy(cfg.distribute) if cfg.distribute == "mirrored"
                       else None))
+
+    def _transfer_k_robust(self):
+        """The robust surrogate K of the transfer threat on ``unmask:k=robust``."""
+        from evaluation.run import make_robust_extractor
+        return make_robust_extractor(self.cfg, self.log, self.cfg.k_transfer_robust)
 
     def _transfer_k(self):
         """The surrogate K of the transfer threat (built when first needed)."""

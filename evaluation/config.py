@@ -77,6 +77,7 @@ class EvalConfig:
     k_transfer: Optional[str] = _M.k_transfer   # surrogate K checkpoint for threat "transfer"
     # the robust K of unmask:k=robust: "last" (newest robust K in k_robust_log_dir) or a path
     k_robust: str = "last"
+    k_transfer_robust: Optional[str] = _M.k_transfer_robust   # its surrogate (another seed)
     k_robust_log_dir: str = ROBUST_K_DIRS["k_log_dir"]
     n_test: Optional[int] = _M.n_test
     attack_batch: int = 50

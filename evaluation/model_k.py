@@ -343,12 +343,18 @@ def _under_attack(model, base: Config, path: str, ds, limit, names, attack_eps, 
     steps = check_count("--k-attack-steps", steps, 1, "PGD steps")
     ids = list(ds.image_ids)[:int(limit)] if limit else list(ds.image_ids)
     train_cfg = resolve_config(base, TRAIN_BN=False, GPU_COUNT=1)
-    attacker = MaskRCNN("training", train_cfg, log_dir, seed=seed)
-    try:
-        attacker.load_weights(path, by_name=True)
-        return evaluate_under_attack(model, attacker, ds, ids, attack_eps, steps, seed, names)
-    finally:
-        attacker.close()
+    out = {}
+    for eps in attack_eps:
+        # a fresh copy per budget: the training graph samples its ROIs with seeded random
+        # ops, so each budget's numbers do not depend on which budgets ran before it
+        attacker = MaskRCNN("training", train_cfg, log_dir, seed=seed)
+        try:
+            attacker.load_weights(path, by_name=True)
+            out.update(evaluate_under_attack(model, attacker, ds, ids, (eps,), steps, seed,
+                                             names))
+        finally:
+            attacker.close()
+    return out
 
 
 def format_metrics(m: Dict) -> str:

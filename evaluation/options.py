@@ -284,6 +284,11 @@ class MOptions:
     k_transfer: Optional[str] = option(
         None, "surrogate K checkpoint (.h5) for --threat transfer: the adaptive attack on "
               "UnMask through a K trained with another seed, judged on the real K")
+    k_transfer_robust: Optional[str] = option(
+        None, "robust surrogate K checkpoint (.h5) for --threat transfer on unmask:k=robust: a "
+              "robust K trained with another seed (`python main.py --model K --adv-train "
+              "--k-seed 1 --k-log-dir logs/model_k_robust_seed1`); without it the robust "
+              "variants have no transfer attack")
     k_robust: Optional[str] = option(
         None, "robust K checkpoint (.h5) of the unmask:k=robust variants (default: the newest "
               "under logs/model_k_robust, trained by `python main.py --model K --adv-train`)")
@@ -361,6 +366,9 @@ class MOptions:
                                  "--k-log-dir logs/model_k_seed1`)")
             if not os.path.isfile(self.k_transfer):
                 raise ValueError("--k-transfer %s: no such checkpoint file" % self.k_transfer)
+        if self.k_transfer_robust and not os.path.isfile(self.k_transfer_robust):
+            raise ValueError("--k-transfer-robust %s: no such checkpoint file"
+                             % self.k_transfer_robust)
         if self.k_robust and not os.path.isfile(self.k_robust):
             raise ValueError("--k-robust %s: no such checkpoint file (train a robust K with "
                              "`python main.py --model K --adv-train`)" % self.k_robust)
@@ -377,6 +385,8 @@ class MOptions:
             from defense.defenses import parse_defenses
             with _option("--defenses", self.defenses):
                 defenses = parse_defenses(self.defenses)
+            if self.adv_train and "at" not in defenses:
+                defenses.append("at")       # --adv-train: the AT row, whatever else holds it
         return dict(
             class_set=get_class_set(data.classset), data_dir=data.data_dir,
             arch=arch.name, input_size=self.input_size, weights=weights,
@@ -388,7 +398,7 @@ class MOptions:
             adaptive_restarts=self.adaptive_restarts, adaptive_targets=self.adaptive_targets,
             adaptive_gradient=self.adaptive_gradient, adaptive_batch=self.adaptive_batch,
             k_transfer=self.k_transfer, n_test=self.n_test, seed=data.seed,
-            k_robust=self.k_robust or "last",
+            k_robust=self.k_robust or "last", k_transfer_robust=self.k_transfer_robust,
             results_dir=self.results_dir, checkpoint_dir=self.checkpoint_dir,
             k_log_dir=k.k_log_dir, k_config=k.k_config, progress=not self.no_progress,
             distribute=self.distribute)
@@ -593,9 +603,9 @@ def parse_attack_eps(text, flag: str = "--k-attack-eps") -> Tuple[float, ...]:
         except ValueError:
             raise ValueError("%s: %r is not a number; give budgets on the 0-255 scale like "
                              "4,8, or none" % (flag, item.strip())) from None
-        if not (math.isfinite(eps) and 0 < eps <= 255) or eps in values:
-            raise ValueError("%s: each budget must be a number in (0, 255] given once, got %r"
-                             % (flag, text))
+        if not (math.isfinite(eps) and 1 <= eps <= 255) or eps in values:
+            raise ValueError("%s: each budget must be a number in [1, 255] (the attacked "
+                             "images are 8-bit) given once, got %r" % (flag, text))
         values.append(eps)
     return tuple(values)
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from attacks import get_attack
-from defense.base import ADAPTIVE, GRAY_BOX, REJECTED, Defense
+from defense.base import ADAPTIVE, GRAY_BOX, REJECTED, Defense, model_predictions
 from defense.threats import DEFENSE_AWARE, Goal
 from evaluation.comparison import Comparison
 from evaluation.figures import roc_curve_for
@@ -92,7 +92,7 @@ def _adaptive_fields(comparison: Comparison, defense: Defense, threat, goal, nam
         real = (a_out.pred != y) & (a_out.pred != REJECTED)
     else:
         adv = comparison.adaptive(defense, name, eps, threat, goal)
-        real = (adv.preds["m"] != y) & ~a_out.flags
+        real = (_preds(comparison, adv, defense.attacked_model()) != y) & ~a_out.flags
     agree = float(np.mean(real == info["success"]))
     if threat == ADAPTIVE and agree < 0.98:
         comparison.log("WARNING: %s %s eps=%g [%s]: the real evaluation agrees with the attack's "
@@ -137,13 +137,22 @@ def defense_results(comparison: Comparison, defense: Defense, vectors) -> Dict:
     return {"block": block, "curves": curves, "benign_pred": b_out.pred}
 
 
+def _preds(comparison: Comparison, images, model: str) -> np.ndarray:
+    """Model ``model``'s predictions on ``images``: those the set carries, else computed once
+    and kept with it (an adaptive record carries M's; ``unmask:m=at`` holds the AT model)."""
+    if model not in images.preds:
+        images.preds[model] = model_predictions(comparison.models[model], images.x,
+                                                32 if model == "m" else 128)
+    return images.preds[model]
+
+
 def _row(comparison, defense, threat, goal, name, eps, adv, a_out, b_out, curves) -> Dict:
     """One result row of a defense (see ``metrics.json`` in the README)."""
     y = comparison.images("test").labels
     model = defense.attacked_model()
     acc = accuracy(a_out.pred, y)
     stopped = (a_out.pred == y) | (a_out.pred == REJECTED)
-    fooled = adv.preds[model] != y
+    fooled = _preds(comparison, adv, model) != y
     evaded = fooled & ~a_out.flags if defense.detector else a_out.pred != y
     clean = accuracy(b_out.pred, y)
     row = {"attack": name, "eps": eps_value(eps), "threat_model": str(threat),
@@ -153,7 +162,7 @@ def _row(comparison, defense, threat, goal, name, eps, adv, a_out, b_out, curves
            "tpr_at_5fpr": None, "tpr_at_10fpr": None}
     ds = detection_set(b_out.score if defense.detector else np.zeros(len(y)),
                        a_out.score if defense.detector else np.zeros(len(y)), y,
-                       comparison.images("test").preds[model], adv.preds[model],
+                       comparison.images("test").preds[model], _preds(comparison, adv, model),
                        require_benign_correct=comparison.cfg.detection_set == "strict")
     row.update(n_attacked=ds.n_attacked, n_successful=ds.n_successful)
     if defense.detector:

@@ -134,20 +134,20 @@ def robust_k_checkpoint(cfg: EvalConfig) -> str:
     wanted = robust_config(get_config(cfg.k_config), KAdversarialSettings())
     try:
         return resolve_checkpoint(cfg.k_robust, cfg.k_robust_log_dir, wanted.NAME, wanted)
-    except FileNotFoundError as e:
-        raise FileNotFoundError("unmask:k=robust needs a robust K: %s (train it with `python "
-                                "main.py --model K --adv-train`, or pass --k-robust PATH)"
-                                % e) from None
+    except FileNotFoundError:
+        raise FileNotFoundError("unmask:k=robust needs a robust K: none under %s (train it "
+                                "with `python main.py --model K --adv-train`, or pass "
+                                "--k-robust PATH)" % cfg.k_robust_log_dir) from None
 
 
-def make_robust_extractor(cfg: EvalConfig, log: Callable):
-    """The robust K (:func:`robust_k_checkpoint`) as a part extractor, with the attack it
-    was trained against (its run's ``ADV_TRAIN``)."""
+def make_robust_extractor(cfg: EvalConfig, log: Callable, path: Optional[str] = None):
+    """The robust K (:func:`robust_k_checkpoint`, or the robust checkpoint ``path``) as a
+    part extractor, with the attack it was trained against (its run's ``ADV_TRAIN``)."""
     from evaluation.model_k import robust_config
     from models.mrcnn import PartExtractor
     from models.mrcnn.adversarial import KAdversarialSettings
     from models.mrcnn.model import RUN_CONFIG_FILE
-    path = robust_k_checkpoint(cfg)
+    path = robust_k_checkpoint(cfg if path is None else dataclasses.replace(cfg, k_robust=path))
     recorded = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
     settings = (KAdversarialSettings.from_dict(read_json(recorded)["ADV_TRAIN"])
                 if os.path.isfile(recorded) else KAdversarialSettings())
@@ -185,6 +185,8 @@ def open_comparison(cfg: EvalConfig, log: Callable[[str], None] = print,
                                                    else labels)]
     if any(getattr(d, "k", None) == "robust" for d in defenses):
         robust_k_checkpoint(cfg)            # there, and of the robust kind: before any work
+        if cfg.k_transfer_robust:
+            robust_k_checkpoint(dataclasses.replace(cfg, k_robust=cfg.k_transfer_robust))
     data = load_data(cfg, log)
     m, at = get_models(cfg, data, log)
     models = {"m": m}
@@ -248,8 +250,9 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
     results = {d.label: defense_results(comparison, d, vectors) for d in defenses}
     benign, entries = table_iv_fields(comparison, results, vectors)
     um = results.get("unmask", {}).get("block", {}).get("params", {})
+    kind = extractor_kind.get("kind") or ("k" if "robust" in extractor_kind else None)
     metrics = make_metrics(
-        cfg.class_set.code_name, cfg.arch, extractor_kind.get("kind"), um.get("threshold"),
+        cfg.class_set.code_name, cfg.arch, kind, um.get("threshold"),
         um.get("mode", cfg.mode), cfg.seed, benign, entries,
         defenses={label: r["block"] for label, r in results.items()},
         attack_info=comparison.attacks.info or None, detection_set=cfg.detection_set,
@@ -277,6 +280,8 @@ def run_record(cfg: EvalConfig, extractor_kind: Dict) -> Dict:
     the K checkpoint it loaded (:func:`evaluation.config.record`), and the digests of every
     checkpoint it used."""
     k_ckpt = None
+    if "robust" in extractor_kind:          # the robust K it loaded, not "last"
+        cfg = dataclasses.replace(cfg, k_robust=extractor_kind["robust"][2].checkpoint)
     if "made" in extractor_kind:
         kind, _, ex_test, _ = extractor_kind["made"]
         k_ckpt = getattr(ex_test, "checkpoint", None) if kind == "k" else None
@@ -288,7 +293,7 @@ def run_record(cfg: EvalConfig, extractor_kind: Dict) -> Dict:
                if cfg.adv_train else None),
         "k": k_ckpt, "k_transfer": cfg.k_transfer,
         "k_robust": (extractor_kind["robust"][2].checkpoint if "robust" in extractor_kind
-                     else None)})
+                     else None), "k_transfer_robust": cfg.k_transfer_robust})
 
 
 def _adaptive_settings(cfg: EvalConfig) -> Optional[Dict]:

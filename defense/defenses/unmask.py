@@ -62,6 +62,10 @@ def parse_value(value) -> Dict[str, str]:
     for item in str(value).split(":"):
         name, sep, choice = item.strip().lower().partition("=")
         if not sep:                                 # a bare value: the response
+            if name.strip() in PARAMETERS:
+                raise ValueError("defense unmask:%s: %s needs a value, e.g. %s=%s"
+                                 % (value, name.strip(), name.strip(),
+                                    PARAMETERS[name.strip()][-1]))
             name, choice = "response", name
         name, choice = name.strip(), choice.strip()
         if name not in PARAMETERS:
@@ -119,7 +123,9 @@ class UnMaskDefense(Defense):
                              "--adv-train (it trains or loads the AT model)" % self.label)
         self.mode = ctx.mode
         self._eot_seed = ctx.seed
-        self._transfer_k = ctx.transfer_k
+        # the transfer attacker's surrogate mirrors the defense: a robust K of another seed
+        # for the robust variants
+        self._transfer_k = ctx.transfer_k if self.k == "standard" else ctx.transfer_k_robust
         made = ctx.extractors() if self.k == "standard" else ctx.extractors(self.k)
         self.kind, ex_val, ex_test, self._k_digest = made
         self._extractor = {"val": ex_val, "test": ex_test}
@@ -225,6 +231,9 @@ class UnMaskDefense(Defense):
             return ("none: the oracle's parts do not depend on the pixels, so only M can be "
                     "attacked, as the gray-box attack does")
         if threat == Threat.TRANSFER and self._transfer_k is None:
+            if self.k == "robust":
+                return ("none: no robust surrogate K (--k-transfer-robust, a robust K trained "
+                        "with another seed) was given")
             return "none: no surrogate K (--k-transfer) was given"
         return super().no_adaptive_reason(threat)
 

@@ -632,11 +632,12 @@ class _MeanScorer:
 
 def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
     """unmask:input=random's adaptive target: each evaluation runs K once on B x samples
-    fresh draws of the resize-and-pad; its part loss is the mean over the draws (the same
-    draws the transform gives for that seed), its gradient the mean of the draws' adjoints,
-    and the next evaluation draws again."""
+    draws of the resize-and-pad; its part loss and gradient are the means over each image's
+    draws (through each draw's adjoint), its verdict the majority of the draws' verdicts; the
+    draws are fresh for a new iterate and the same for the same iterate (a resumed attack
+    meets the draws of the uninterrupted one)."""
     from attacks.losses import get_loss
-    from defense.adaptive import RandomizedUnMaskTarget
+    from defense.adaptive import RandomizedUnMaskTarget, combine
     from defense.transforms import ResizePadTransform
 
     transform = ResizePadTransform(0.5)
@@ -650,7 +651,8 @@ def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
         votes.append(len(pred))
         return np.array([bool(p) for p in part_sets])
 
-    x = np.random.default_rng(0).uniform(0.2, 0.8, (2, 8, 8, 3)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.25, 0.4, (2, 8, 8, 3)).astype(np.float32)
     y, t = np.array([0, 1]), np.array([1, 2])
     loss_fn = get_loss("ce")
     for samples in (1, 20):
@@ -658,13 +660,34 @@ def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
                                         samples=samples, seed=5)
         first = target.evaluate(x, y, t, loss_fn)
         assert scorer.batches[-1] == 2 * samples and votes[-1] == 2 * samples
-        draws = transform(np.repeat(x, samples, axis=0), seed=6)   # seed + 1st evaluation
-        k_loss = draws.mean(axis=(1, 2, 3)).reshape(2, samples).mean(axis=1)
+        seed = target.draw_seed(x)
+        stacked = np.repeat(x, samples, axis=0)          # image i's draws: rows i*s .. i*s+s-1
+        draws = transform(stacked, seed=seed)
+        per_draw = draws.mean(axis=(1, 2, 3)).reshape(2, samples)
         m_loss = loss_fn(model(x), y, t).numpy()
-        np.testing.assert_allclose(first.loss.numpy(), m_loss - k_loss, rtol=1e-5)
-        second = target.evaluate(x, y, t, loss_fn)
-        assert not np.allclose(second.loss.numpy(), first.loss.numpy())   # fresh draws
-    with pytest.raises(ValueError, match="at least one sample"):
+        np.testing.assert_allclose(first.loss.numpy(), m_loss - per_draw.mean(axis=1),
+                                   rtol=1e-5)
+        k_grad = transform.estimate_gradient(
+            stacked, np.full(stacked.shape, 1.0 / x[0].size, np.float32), seed=seed)
+        k_grad = k_grad.reshape((2, samples) + x.shape[1:]).mean(axis=1)
+        with tf.GradientTape() as tape:
+            xt = tf.constant(x)
+            tape.watch(xt)
+            logits = model(xt)
+            m_obj = loss_fn(logits, y, t)
+        wants = tf.equal(tf.argmax(logits, axis=1), tf.constant(t, tf.int64))
+        expected = combine(tape.gradient(m_obj, xt), -tf.constant(k_grad), wants, "two-phase")
+        np.testing.assert_allclose(first.grad.numpy(), expected.numpy(), atol=1e-5)
+        majority = (per_draw > 0.3).mean(axis=1) >= 0.5
+        np.testing.assert_array_equal(first.success.numpy(), majority)
+        again = target.evaluate(x, y, t, loss_fn)            # the same iterate: the same draws
+        np.testing.assert_array_equal(again.loss.numpy(), first.loss.numpy())
+        new_seed = target.draw_seed(x + np.float32(1 / 255))  # a new iterate: fresh draws
+        assert new_seed != seed
+        if samples > 1:
+            assert not np.array_equal(transform.draws(2 * samples, 8, 8, new_seed),
+                                      transform.draws(2 * samples, 8, 8, seed))
+    with pytest.raises(ValueError, match="samples .EOT draws per step. must be >= 1"):
         RandomizedUnMaskTarget(model, scorer, parts, judge, transform, samples=0)
 
 

@@ -133,3 +133,33 @@ def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole
         assert strip(a["attacks"]) == strip(b["attacks"]), label
     left = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
     assert not left, "batch files are removed once the record is whole"
+
+
+def test_hardened_unmask_holding_the_at_model_is_attacked_and_judged_on_it(setup, tmp_path):
+    """unmask:k=robust:m=at in a run: its gray-box attacker attacks the AT model, its adaptive
+    attack goes through the AT model and the robust K, and its rows judge "M fooled" by the
+    AT model's answers (the adaptive record carries M's: they are computed for it); the AT
+    row of --adv-train stays beside it, and the plain UnMask's rows are those of a run
+    without the variant."""
+    data, k, root = setup
+    cfg = _config(setup, tmp_path, defenses=("none", "at", "unmask", "unmask:k=robust:m=at"),
+                  vectors=(("pgd_linf", 16),), adv_train=True, k_robust=k, at_eps=8)
+    metrics = ev.run_evaluation(cfg, log=lambda s: None)
+    validate_metrics(metrics)
+    block = metrics["defenses"]["unmask:k=robust:m=at"]
+    assert block["attacked_model"] == "at"
+    assert block["params"]["k"] == "robust" and block["params"]["m"] == "at"
+    assert "at" in metrics["defenses"]
+    rows = _rows(metrics, "unmask:k=robust:m=at")
+    assert set(rows) == {("pgd_linf", "gray-box", None), ("pgd_linf", "adaptive", "wrong"),
+                         ("pgd_linf", "adaptive", "undetected")}
+    for (_, threat, goal), r in rows.items():
+        if threat == "adaptive":
+            assert r["agreement"] >= 0.98, (goal, r["agreement"])
+    # the gray-box row of the variant is judged on the AT model's attacked images: the same
+    # images as the AT row's
+    at_row = _rows(metrics, "at")[("pgd_linf", "gray-box", None)]
+    assert rows[("pgd_linf", "gray-box", None)]["n_attacked"] == at_row["n_attacked"]
+    with open(os.path.join(cfg.out_dir, "config.json")) as f:
+        recorded = json.load(f)
+    assert recorded["checkpoints"]["k_robust"]["path"].endswith(os.path.basename(k))

@@ -179,6 +179,20 @@ CLI_CASES = [
     (["--model", "K", "--k-eval-split", "dev"], r"--k-eval-split: invalid choice: 'dev'"),
     (["--model", "K", "--weights", "{root}/missing.h5"], r"--weights .*missing.h5: no such "
                                                          r"file; give none, last, coco"),
+    # hardened UnMask and K under attack (issue 18)
+    (["--defenses", "unmask:k=robus"], r"--defenses: defense unmask:k=robus: k must be one of "
+                                       r"standard, robust, got 'robus'"),
+    (["--defenses", "unmask:k"], r"unmask:k: k needs a value, e.g. k=robust"),
+    (["--defenses", "unmask:k=robust", "--k-robust", "{root}/missing.h5"],
+     r"--k-robust .*missing.h5: no such checkpoint file"),
+    (["--k-transfer-robust", "{root}/missing.h5"], r"--k-transfer-robust .*missing.h5: no such "
+                                                   r"checkpoint file"),
+    (["--defenses", "unmask:k=robust", "--k-robust", "{root}/klogs"], r"--k-robust .*: no such "
+                                                                      r"checkpoint file"),
+    (["--model", "K", "--k-attack-eps", "4,x"], r"--k-attack-eps: 'x' is not a number"),
+    (["--model", "K", "--k-attack-eps", "0.5"], r"--k-attack-eps: each budget must be a number "
+                                                r"in \[1, 255\]"),
+    (["--model", "K", "--k-attack-steps", "0"], r"--k-attack-steps"),
 ]
 
 

@@ -239,18 +239,22 @@ def test_run_model_k_trains_then_evaluates(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "load_parts_dataset", lambda d, split: ToyDataset(4, 64, seed=1))
     args = build_parser().parse_args(["--k-config", "tiny", "--k-epochs", "0,0,1", "--k-steps", "3",
                               "--k-log-dir", str(tmp_path / "logs"),
-                              "--k-results-dir", str(tmp_path / "res")])
+                              "--k-results-dir", str(tmp_path / "res"),
+                              "--k-attack-steps", "2"])
     out = cli.run_model_k_report(args)
+    # --model K's evaluation attacks K at the default budgets 4/255 and 8/255
+    assert set(out["eval"]["under_attack"]) == {"4", "8"}
     assert out["train"]["checkpoint"].endswith("mask_rcnn_tiny_0001.h5")
     assert os.path.isfile(out["train"]["checkpoint"])
     assert out["eval"]["images"] == 4 and out["eval"]["checkpoint"] == out["train"]["checkpoint"]
     assert os.path.isfile(tmp_path / "res" / "eval_test.json")
     assert os.path.isfile(os.path.join(out["train"]["log_dir"], "train_summary.json"))
-    assert cli.run_model_k(args, k_eval_only=True, k_eval_limit=2) == 0
-    again = cli.run_model_k_report(args)  # a second plain run evaluates, it does not retrain
+    assert cli.run_model_k(args, k_eval_only=True, k_eval_limit=2, k_attack_eps="none") == 0
+    again = cli.run_model_k_report(args, k_attack_eps="none")  # evaluates, does not retrain
+    assert "under_attack" not in again["eval"]
     assert "train" not in again
     assert again["eval"]["checkpoint"] == out["train"]["checkpoint"]
-    retrained = cli.run_model_k_report(args, k_retrain=True)
+    retrained = cli.run_model_k_report(args, k_retrain=True, k_attack_eps="none")
     assert retrained["train"]["checkpoint"] != out["train"]["checkpoint"]
 
 
