@@ -108,8 +108,9 @@ class Comparison:
 
     def _transfer_k_robust(self):
         """The robust surrogate K of the transfer threat on ``unmask:k=robust``."""
-        from evaluation.run import make_robust_extractor
-        return make_robust_extractor(self.cfg, self.log, self.cfg.k_transfer_robust)
+        from evaluation.model_k import robust_extractor
+        return robust_extractor(self.cfg.k_transfer_robust, self.cfg.k_robust_log_dir,
+                                self.cfg.k_config, self.log)
 
     def _transfer_k(self):
         """The surrogate K of the transfer threat (built when first needed)."""

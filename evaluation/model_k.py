@@ -190,6 +190,45 @@ def robust_config(cfg: Config, adversarial) -> Config:
     return cfg.replace(ADV_TRAIN=adversarial.to_dict(), NAME=name)
 
 
+def find_robust_k(path: str, log_dir: str, k_config: str) -> str:
+    """A robust K's checkpoint: ``path`` (a file, refused when its run records a standard K)
+    or, for ``"last"``, the newest robust K of ``k_config`` under ``log_dir``.
+
+    Raises:
+        FileNotFoundError: no robust K there (with the command that trains one).
+        ValueError: ``path`` is a standard K.
+    """
+    from models.mrcnn.adversarial import KAdversarialSettings
+    from models.mrcnn.model import resolve_checkpoint
+    wanted = robust_config(resolve_config(k_config), KAdversarialSettings())
+    try:
+        return resolve_checkpoint(path, log_dir, wanted.NAME, wanted)
+    except FileNotFoundError:
+        if path != "last":
+            raise
+        raise FileNotFoundError("unmask:k=robust needs a robust K: none under %s (train it "
+                                "with `python main.py --model K --adv-train`, or pass "
+                                "--k-robust PATH)" % log_dir) from None
+
+
+def robust_extractor(path: str, log_dir: str, k_config: str, log=print):
+    """The robust K of :func:`find_robust_k` as a part extractor, built with the attack it
+    was trained against (its run's recorded ``ADV_TRAIN``)."""
+    from data.fileio import read_json
+    from models.mrcnn import PartExtractor
+    from models.mrcnn.adversarial import KAdversarialSettings
+    from models.mrcnn.model import RUN_CONFIG_FILE
+    path = find_robust_k(path, log_dir, k_config)
+    recorded = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
+    settings = (KAdversarialSettings.from_dict(read_json(recorded)["ADV_TRAIN"])
+                if os.path.isfile(recorded) else KAdversarialSettings())
+    k = PartExtractor.from_checkpoint(path, robust_config(resolve_config(k_config), settings),
+                                      model_dir=log_dir)
+    log("robust extractor: K adversarially trained (%s) %s"
+        % (", ".join("%s=%s" % kv for kv in settings.to_dict().items()), path))
+    return k
+
+
 def train_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config] = "synthetic",
                   weights: str = "none", epochs=None, log_dir: str = DEFAULT_LOG_DIR,
                   learning_rate: Optional[float] = None, steps_per_epoch: Optional[int] = None,
@@ -312,6 +351,8 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
     cfg = resolve_config(base, DETECTION_MIN_CONFIDENCE=0,
                          IMAGES_PER_GPU=int(batch_size or base.IMAGES_PER_GPU), GPU_COUNT=1)
     ds = dataset if dataset is not None else load_parts_dataset(data_dir, split)
+    if attack_eps:      # the attack's losses need the annotations in K's own classes
+        check_class_count(cfg, ds, data_dir)
     names = class_names or getattr(ds, "class_names", None)
     path = resolve_checkpoint(checkpoint, log_dir, cfg.NAME, cfg)
     model = MaskRCNN("inference", cfg, log_dir)

@@ -27,7 +27,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import tfcompat
 from data.classset import load_split
-from data.fileio import read_json
 from defense.adversarial_training import at_checkpoint_dir, train_adversarial
 from defense.defenses import build_defense
 from defense.extractors import OracleExtractor
@@ -35,6 +34,7 @@ from defense.threats import DEFENSE_AWARE
 from evaluation import comparison_table, trajectory_table, writer
 from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig, record
+from evaluation.model_k import find_robust_k, robust_extractor
 from evaluation.records import short_digest
 from evaluation.results import defense_results, table_iv_fields
 from evaluation.schema import make_metrics
@@ -124,38 +124,16 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
     return kind, k, k
 
 
-def robust_k_checkpoint(cfg: EvalConfig) -> str:
-    """The robust K's checkpoint of ``unmask:k=robust``: ``cfg.k_robust``, or the newest
-    robust K under ``cfg.k_robust_log_dir``.  FileNotFoundError (how to train one) or
-    ValueError (a standard K given where the robust one is asked for) before any work."""
-    from evaluation.model_k import robust_config
-    from models.mrcnn.adversarial import KAdversarialSettings
-    from models.mrcnn.model import resolve_checkpoint
-    wanted = robust_config(get_config(cfg.k_config), KAdversarialSettings())
-    try:
-        return resolve_checkpoint(cfg.k_robust, cfg.k_robust_log_dir, wanted.NAME, wanted)
-    except FileNotFoundError:
-        raise FileNotFoundError("unmask:k=robust needs a robust K: none under %s (train it "
-                                "with `python main.py --model K --adv-train`, or pass "
-                                "--k-robust PATH)" % cfg.k_robust_log_dir) from None
+def robust_k_checkpoint(cfg: EvalConfig, path: Optional[str] = None) -> str:
+    """The robust K's checkpoint of ``unmask:k=robust`` (``path``, else ``cfg.k_robust``:
+    ``"last"`` or a file): :func:`evaluation.model_k.find_robust_k`."""
+    return find_robust_k(path or cfg.k_robust, cfg.k_robust_log_dir, cfg.k_config)
 
 
 def make_robust_extractor(cfg: EvalConfig, log: Callable, path: Optional[str] = None):
-    """The robust K (:func:`robust_k_checkpoint`, or the robust checkpoint ``path``) as a
-    part extractor, with the attack it was trained against (its run's ``ADV_TRAIN``)."""
-    from evaluation.model_k import robust_config
-    from models.mrcnn import PartExtractor
-    from models.mrcnn.adversarial import KAdversarialSettings
-    from models.mrcnn.model import RUN_CONFIG_FILE
-    path = robust_k_checkpoint(cfg if path is None else dataclasses.replace(cfg, k_robust=path))
-    recorded = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
-    settings = (KAdversarialSettings.from_dict(read_json(recorded)["ADV_TRAIN"])
-                if os.path.isfile(recorded) else KAdversarialSettings())
-    k = PartExtractor.from_checkpoint(path, robust_config(get_config(cfg.k_config), settings),
-                                      model_dir=cfg.k_robust_log_dir)
-    log("robust extractor: K adversarially trained (%s) %s"
-        % (", ".join("%s=%s" % kv for kv in settings.to_dict().items()), path))
-    return k
+    """The robust K (``path``, else ``cfg.k_robust``) as a part extractor:
+    :func:`evaluation.model_k.robust_extractor`."""
+    return robust_extractor(path or cfg.k_robust, cfg.k_robust_log_dir, cfg.k_config, log)
 
 
 def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
@@ -186,7 +164,7 @@ def open_comparison(cfg: EvalConfig, log: Callable[[str], None] = print,
     if any(getattr(d, "k", None) == "robust" for d in defenses):
         robust_k_checkpoint(cfg)            # there, and of the robust kind: before any work
         if cfg.k_transfer_robust:
-            robust_k_checkpoint(dataclasses.replace(cfg, k_robust=cfg.k_transfer_robust))
+            robust_k_checkpoint(cfg, cfg.k_transfer_robust)
     data = load_data(cfg, log)
     m, at = get_models(cfg, data, log)
     models = {"m": m}

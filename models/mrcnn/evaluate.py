@@ -122,8 +122,11 @@ def part_set_scores(truth: Sequence[set], predicted: Sequence[set], num_classes:
         raise ValueError("part_set_scores: %d ground-truth sets but %d predicted sets"
                          % (len(truth), len(predicted)))
     binarizer = MultiLabelBinarizer(classes=list(range(1, int(num_classes))))
-    y_true = binarizer.fit_transform(truth)
-    y_pred = binarizer.transform(predicted)
+    # one all-zero column more: it counts no pair either way, and keeps a one-part K
+    # multi-label for scikit-learn (whose per-image average refuses a single column)
+    pad = np.zeros((len(truth), 1), int)
+    y_true = np.hstack([binarizer.fit_transform(truth), pad])
+    y_pred = np.hstack([binarizer.transform(predicted), pad])
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="micro",
                                                  zero_division=0)
     return {"f1_micro": float(f), "precision_micro": float(p), "recall_micro": float(r),

@@ -683,6 +683,11 @@ def test_trained_k_in_a_read_only_log_folder_is_evaluated_only_training_is_refus
     shared = _tree(logs)
     argv = ["--model", "K", "--k-config", "tiny", "--data-dir", str(workspace / "data"),
             "--k-log-dir", str(logs), "--k-eval-limit", "1", "--no-progress"]
+    # the tiny K does not have the synthetic data's classes: its evaluation under attack
+    # (which needs K's losses on the annotations) is refused, naming both
+    code, err = _run(argv + ["--k-results-dir", str(tmp_path / "k0")], capsys)
+    assert code == 2 and re.search(r"NUM_CLASSES=4, but the part annotations", err), err
+    argv += ["--k-attack-eps", "none"]
     assert _run(argv + ["--k-results-dir", str(tmp_path / "kres")], capsys)[0] == 0
     assert json.loads((tmp_path / "kres" / "eval_test.json").read_text())["images"] == 1
     code, err = _run(argv + ["--k-retrain", "--k-results-dir", str(tmp_path / "k2")], capsys)

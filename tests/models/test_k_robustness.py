@@ -65,5 +65,8 @@ def test_part_set_f1_by_hand():
     assert scores["f1_micro"] == pytest.approx(2 / 3)
     # per image: F1 2/3, 2/3 and 1 (nothing expected, nothing found)
     assert scores["f1_samples"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    one_part = part_set_scores([{1}, set()], [{1}, {1}], num_classes=2)   # a one-part K
+    assert one_part["f1_micro"] == pytest.approx(2 / 3)
+    assert one_part["f1_samples"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="2 ground-truth sets but 1 predicted"):
         part_set_scores(truth[:2], predicted[:1], 4)
