@@ -150,6 +150,17 @@ def build_k_page(results_dir: str, split: Optional[str] = None) -> str:
              ("box mAP@[.5:.95] / @.5 / @.75", "%.3f / %.3f / %.3f" % tuple(
                  ev["bbox"][k] for k in ("mAP", "mAP50", "mAP75"))),
              ("matterport mAP@.5", "%.3f" % ev["matterport_mAP50"])]
+    if "part_sets" in ev:
+        items.append(("part-set F1 (micro / per image)", "%.3f / %.3f" % (
+            ev["part_sets"]["f1_micro"], ev["part_sets"]["f1_samples"])))
+    if ev.get("adv_train"):
+        items.append(("adversarially trained against", ", ".join(
+            "%s=%s" % kv for kv in sorted(ev["adv_train"].items()))))
+    for eps, attacked in sorted(ev.get("under_attack", {}).items(), key=lambda kv: float(kv[0])):
+        a = attacked["attack"]
+        items.append(("under PGD eps %s/255 on K's losses (%d steps): mask mAP@.5, part-set F1"
+                      % (eps, a["steps"]), "%.3f, %.3f" % (attacked["segm"]["mAP50"],
+                                                          attacked["part_sets"]["f1_micro"])))
     parts = [("k", "K", page.key_value_table(items))]
     curves = training_html(ev["checkpoint"])
     if curves:

@@ -296,7 +296,7 @@ def test_same_seed_same_k_and_another_seed_another_k(tmp_path):
     assert not all(np.array_equal(a, b) for a, b in zip(first, other_init))
 
 
-def test_k_evaluated_under_pgd_on_its_own_losses(overfit, tmp_path):
+def test_k_evaluated_under_pgd_on_its_own_losses(overfit, tmp_path, monkeypatch):
     """--model K's robust mAP: the same COCO evaluation on the split's images attacked by PGD
     on K's training losses; the attacked images stay in the ball, the attack hurts the
     (non-robust) overfit K, and the same seed gives the same numbers."""
@@ -319,3 +319,10 @@ def test_k_evaluated_under_pgd_on_its_own_losses(overfit, tmp_path):
     assert again["16"]["segm"] == strong["segm"] and again["4"]["part_sets"] == \
         metrics["under_attack"]["4"]["part_sets"]
     assert "under PGD eps 16/255" in cli.format_metrics(metrics)
+    from evaluation import k_page                 # K's page shows them too
+    import data.coco_parts
+    monkeypatch.setattr(data.coco_parts, "load_parts_dataset", lambda data_dir, split: ds)
+    html = k_page.build_k_page(str(tmp_path))
+    assert "under PGD eps 16/255 on K&#x27;s losses" in html or \
+        "under PGD eps 16/255 on K's losses" in html
+    assert "%.3f" % strong["segm"]["mAP50"] in html
