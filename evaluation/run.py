@@ -124,18 +124,6 @@ def make_extractors(cfg: EvalConfig, data: Dict, log: Callable):
     return kind, k, k
 
 
-def robust_k_checkpoint(cfg: EvalConfig, path: Optional[str] = None) -> str:
-    """The robust K's checkpoint of ``unmask:k=robust`` (``path``, else ``cfg.k_robust``:
-    ``"last"`` or a file): :func:`evaluation.model_k.find_robust_k`."""
-    return find_robust_k(path or cfg.k_robust, cfg.k_robust_log_dir, cfg.k_config)
-
-
-def make_robust_extractor(cfg: EvalConfig, log: Callable, path: Optional[str] = None):
-    """The robust K (``path``, else ``cfg.k_robust``) as a part extractor:
-    :func:`evaluation.model_k.robust_extractor`."""
-    return robust_extractor(path or cfg.k_robust, cfg.k_robust_log_dir, cfg.k_config, log)
-
-
 def _auto_extractor(cfg: EvalConfig, log: Callable) -> str:
     try:
         from models.mrcnn import find_k_checkpoint
@@ -162,9 +150,9 @@ def open_comparison(cfg: EvalConfig, log: Callable[[str], None] = print,
     defenses = [build_defense(label) for label in (cfg.defenses if labels is None
                                                    else labels)]
     if any(getattr(d, "k", None) == "robust" for d in defenses):
-        robust_k_checkpoint(cfg)            # there, and of the robust kind: before any work
-        if cfg.k_transfer_robust:
-            robust_k_checkpoint(cfg, cfg.k_transfer_robust)
+        # there, and of the robust kind (the surrogate too): before any work
+        for path in filter(None, (cfg.k_robust, cfg.k_transfer_robust)):
+            find_robust_k(path, cfg.k_robust_log_dir, cfg.k_config)
     data = load_data(cfg, log)
     m, at = get_models(cfg, data, log)
     models = {"m": m}
@@ -178,7 +166,8 @@ def open_comparison(cfg: EvalConfig, log: Callable[[str], None] = print,
         K of ``unmask:k=robust`` (its own digest, so its observations are its own)."""
         if k == "robust":
             if "robust" not in extractor_kind:
-                robust = make_robust_extractor(cfg, log)
+                robust = robust_extractor(cfg.k_robust, cfg.k_robust_log_dir, cfg.k_config,
+                                          log)
                 extractor_kind["robust"] = ("k", robust, robust, short_digest(robust.checkpoint))
             return extractor_kind["robust"]
         if k != "standard":

@@ -25,7 +25,7 @@ evaluation (``ctx.extractors``), which also says which one runs and why.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -177,9 +177,6 @@ class UnMaskDefense(Defense):
     def attacked_model(self) -> str:
         """The gray-box attacker attacks the classifier this UnMask holds."""
         return self.m_key
-
-    def models_needed(self) -> Tuple[str, ...]:
-        return (self.m_key,)
 
     def params(self) -> Dict:
         # the plain UnMask's record is as it was; a hardened variant names its models

@@ -9,7 +9,7 @@ import pytest
 from data.knowledge import get_class_set
 from evaluation.config import EvalConfig
 from evaluation.model_k import robust_config
-from evaluation.run import robust_k_checkpoint
+from evaluation.model_k import find_robust_k
 from models.mrcnn.adversarial import KAdversarialSettings
 from mrcnn_config import get_config
 
@@ -23,6 +23,11 @@ def _run_folder(root, cfg, stamp="20260101T0000"):
     path = os.path.join(folder, "mask_rcnn_%s_0001.h5" % cfg.NAME.lower())
     open(path, "wb").close()
     return path
+
+
+def robust_k_checkpoint(cfg):
+    """The robust K a run of ``cfg`` loads for unmask:k=robust."""
+    return find_robust_k(cfg.k_robust, cfg.k_robust_log_dir, cfg.k_config)
 
 
 def _cfg(**kwargs):
