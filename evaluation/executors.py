@@ -67,7 +67,12 @@ def absolute_paths(base):
         results_dir=os.path.abspath(base.results_dir),
         checkpoint_dir=os.path.abspath(base.checkpoint_dir),
         k_log_dir=os.path.abspath(base.k_log_dir),
-        k_transfer=os.path.abspath(base.k_transfer) if base.k_transfer else None)
+        k_transfer=os.path.abspath(base.k_transfer) if base.k_transfer else None,
+        k_robust_log_dir=os.path.abspath(base.k_robust_log_dir),
+        k_robust=(base.k_robust if base.k_robust == "last"
+                  else os.path.abspath(base.k_robust)),
+        k_transfer_robust=(os.path.abspath(base.k_transfer_robust)
+                           if base.k_transfer_robust else None))
 
 
 def make_executor(workers: Optional[int] = None, address: Optional[str] = None):

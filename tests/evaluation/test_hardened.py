@@ -57,3 +57,14 @@ def test_k_robust_option_is_checked_before_any_work(tmp_path):
                           missing])
     with pytest.raises(ValueError, match="--k-robust .*nope.h5: no such checkpoint file"):
         EvalConfig.from_options(options)
+
+
+def test_grid_workers_get_the_robust_k_folders_as_absolute_paths(tmp_path, monkeypatch):
+    """A grid unit may run in another working directory (a Ray worker): the robust K's
+    folder, checkpoint and surrogate are named from anywhere; "last" stays a search."""
+    from evaluation.executors import absolute_paths
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(_cfg(k_robust_log_dir="rk", k_transfer_robust="s/k.h5"))
+    assert cfg.k_robust_log_dir == str(tmp_path / "rk") and cfg.k_robust == "last"
+    assert cfg.k_transfer_robust == str(tmp_path / "s" / "k.h5")
+    assert absolute_paths(_cfg(k_robust="r/k.h5")).k_robust == str(tmp_path / "r" / "k.h5")
