@@ -56,8 +56,7 @@ class Comparison:
             x = self.data["x_" + split].astype(np.float32) / 255.0
             preds = {}
             if split != "train":
-                preds = {m: model_predictions(model, x, 32 if m == "m" else 128)
-                         for m, model in self.models.items()}
+                preds = {m: self.predict(m, x) for m in self.models}
             if split == "test":
                 fp = dict(self.fp, images="benign", split=split)
             else:   # what the training / validation images are, whatever the test subset
@@ -69,6 +68,11 @@ class Comparison:
                 keys=list(self.data["splits"][split].keys), labels=self.data["y_" + split],
                 preds=preds, fingerprint=fp)
         return self._sets[key]
+
+    def predict(self, model: str, x) -> np.ndarray:
+        """Model ``model``'s arg-max predictions on images ``x`` (M in batches of 32, the
+        others of 128: the batching every recorded prediction of a run used)."""
+        return model_predictions(self.models[model], x, 32 if model == "m" else 128)
 
     def attacked(self, model: str, name: str, eps: float, split: str = "test") -> ImageSet:
         """``split``'s images attacked (gray-box) on ``model`` (:class:`AttackStore`)."""

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from attacks import get_attack
-from defense.base import ADAPTIVE, GRAY_BOX, REJECTED, Defense, model_predictions
+from defense.base import ADAPTIVE, GRAY_BOX, REJECTED, Defense
 from defense.threats import DEFENSE_AWARE, Goal
 from evaluation.comparison import Comparison
 from evaluation.figures import roc_curve_for
@@ -141,8 +141,7 @@ def _preds(comparison: Comparison, images, model: str) -> np.ndarray:
     """Model ``model``'s predictions on ``images``: those the set carries, else computed once
     and kept with it (an adaptive record carries M's; ``unmask:m=at`` holds the AT model)."""
     if model not in images.preds:
-        images.preds[model] = model_predictions(comparison.models[model], images.x,
-                                                32 if model == "m" else 128)
+        images.preds[model] = comparison.predict(model, images.x)
     return images.preds[model]
 
 
