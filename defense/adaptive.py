@@ -96,6 +96,22 @@ def _numpy(x):
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
+def iterate_seed(seed: int, images: np.ndarray) -> int:
+    """The seed of one EOT evaluation's draws, from the attack's ``seed`` and the iterate.
+
+    Seeding by the iterate (not by a call counter) makes the draws a function of where the
+    attack stands: a resumed attack meets exactly the draws of the uninterrupted one.
+
+    Args:
+        seed: the target's base seed.
+        images: the iterate, ``[B, H, W, 3]`` (its float32 bytes are hashed).
+    Returns:
+        an int in ``[0, 2**31)``.
+    """
+    digest = zlib.crc32(np.ascontiguousarray(images, np.float32).tobytes())
+    return (int(seed) * 1000003 + digest) % (2 ** 31)
+
+
 class TransformTarget(AttackTarget):
     """M behind an input transform, attacked through BPDA (EOT for a random transform).
 
@@ -108,8 +124,9 @@ class TransformTarget(AttackTarget):
             M's probabilities averaged over the evaluation's EOT draws: one draw's answer
             says little about the next).
         samples: EOT draws per step (random transforms only).
-        seed: base of the EOT draws (each evaluation draws with ``seed + its count``, so a
-            run is reproducible).
+        seed: base of the EOT draws (each evaluation draws with :func:`iterate_seed` of
+            ``seed`` and the iterate, so a run is reproducible and a resumed attack meets the
+            same draws as the uninterrupted one).
     """
     traceable = False
 
@@ -119,16 +136,15 @@ class TransformTarget(AttackTarget):
             raise ValueError("EOT needs at least one sample, got %r" % (samples,))
         self.model, self.transform, self.judge = model, transform, judge
         self.samples = int(samples) if transform.randomized else 1
-        self.seed, self.calls = int(seed), 0
+        self.seed = int(seed)
 
     def evaluate(self, x, y, t, loss_fn) -> Evaluation:
         s = self.samples
-        self.calls += 1
         x = tf.convert_to_tensor(x, tf.float32)
+        seed = iterate_seed(self.seed, _numpy(x)) if self.transform.randomized else 0
         with tf.GradientTape() as tape:
             tape.watch(x)
             reps = tf.repeat(x, s, axis=0) if s > 1 else x
-            seed = (self.seed + self.calls) % (2 ** 31) if self.transform.randomized else 0
             logits_all = self.model(self.transform.bpda(reps, seed=seed), training=False)
             rep = (lambda v: None if v is None else tf.repeat(v, s, axis=0)) if s > 1 else (
                 lambda v: v)
@@ -325,8 +341,7 @@ class RandomizedUnMaskTarget(UnMaskTarget):
 
     def draw_seed(self, images: np.ndarray) -> int:
         """The seed of an evaluation's draws: ``seed`` and the iterate's bytes."""
-        digest = zlib.crc32(np.ascontiguousarray(images, np.float32).tobytes())
-        return (self.seed * 1000003 + digest) % (2 ** 31)
+        return iterate_seed(self.seed, images)
 
     def evaluate(self, x, y, t, loss_fn) -> Evaluation:
         if t is None:

@@ -61,7 +61,10 @@ def detections_to_coco(image_id: int, result: dict) -> List[dict]:
 
 
 def _coco_stats(coco_gt: COCO, results: List[dict], iou_type: str, image_ids) -> Dict:
-    """COCOeval summary: mAP@[.5:.95], mAP@.5, mAP@.75 and the printed table."""
+    """COCOeval summary: mAP@[.5:.95], mAP@.5, mAP@.75 and the printed AP/AR table.
+
+    Only the table's lines are kept: pycocotools also prints its progress with wall-clock
+    times ("DONE (t=0.01s)"), which would make two runs of the same evaluation differ."""
     if not results:
         return {"mAP": 0.0, "mAP50": 0.0, "mAP75": 0.0, "summary": "no detections"}
     buf = io.StringIO()
@@ -73,7 +76,9 @@ def _coco_stats(coco_gt: COCO, results: List[dict], iou_type: str, image_ids) ->
         ev.accumulate()
         ev.summarize()
     stats = [max(float(s), 0.0) for s in ev.stats[:3]]
-    return {"mAP": stats[0], "mAP50": stats[1], "mAP75": stats[2], "summary": buf.getvalue(),
+    table = "".join(line for line in buf.getvalue().splitlines(keepends=True)
+                    if line.lstrip().startswith("Average "))
+    return {"mAP": stats[0], "mAP50": stats[1], "mAP75": stats[2], "summary": table,
             "AP50_per_class": _ap50_per_class(ev)}
 
 

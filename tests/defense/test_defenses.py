@@ -395,11 +395,19 @@ def test_eot_averages_over_the_given_number_of_samples(tiny_m):
     target = adaptive.TransformTarget(tiny_m, Counting(), lambda z, yy: np.zeros(len(z), bool),
                                       samples=7, seed=5)
     out = target.evaluate(tf.constant(x), tf.constant(y), None, cross_entropy)
-    again = target.evaluate(tf.constant(x), tf.constant(y), None, cross_entropy)
+    moved = x + np.float32(1 / 255)
+    again = target.evaluate(tf.constant(moved), tf.constant(y), None, cross_entropy)
     assert [c[0] for c in calls] == [21, 21], "3 images x 7 draws per evaluation"
-    assert calls[0][1] != calls[1][1], "fresh (seeded) draws at every evaluation"
+    assert calls[0][1] != calls[1][1], "fresh (seeded) draws at a new iterate"
     assert out.loss.shape == (3,) and out.grad.shape == x.shape
     assert np.all(np.isfinite(out.grad)) and not np.allclose(out.grad, again.grad)
+    # the draws are a function of the iterate, not of how many evaluations came before: a
+    # resumed attack (a fresh target) meets the draws of the uninterrupted one
+    resumed = adaptive.TransformTarget(tiny_m, Counting(), lambda z, yy: np.zeros(len(z), bool),
+                                       samples=7, seed=5)
+    same = resumed.evaluate(tf.constant(moved), tf.constant(y), None, cross_entropy)
+    assert calls[2][1] == calls[1][1]
+    np.testing.assert_array_equal(same.grad.numpy(), again.grad.numpy())
     # the loss is the mean over the draws of each draw's loss
     noisy = np.concatenate([Counting.inner(np.repeat(x, 7, axis=0), seed=calls[0][1])])
     per_draw = cross_entropy(tiny_m(noisy, training=False), tf.repeat(y, 7), None).numpy()

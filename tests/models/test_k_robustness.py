@@ -70,3 +70,24 @@ def test_part_set_f1_by_hand():
     assert one_part["f1_samples"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="2 ground-truth sets but 1 predicted"):
         part_set_scores(truth[:2], predicted[:1], 4)
+
+
+def test_coco_summary_keeps_the_table_and_no_wall_clock_times():
+    """Two evaluations of the same detections write the same metrics: pycocotools prints
+    its progress with timings ("DONE (t=0.01s)"), which must not reach the stored summary."""
+    from pycocotools.coco import COCO
+    from models.mrcnn.evaluate import _coco_stats
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "width": 20, "height": 20}],
+                  "categories": [{"id": 1, "name": "wheel"}],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                                   "bbox": [2, 2, 8, 8], "area": 64}]}
+    gt.createIndex()
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 7], "score": 0.9}]
+    first = _coco_stats(gt, dets, "bbox", [1])
+    second = _coco_stats(gt, dets, "bbox", [1])
+    assert first == second
+    lines = first["summary"].splitlines()
+    assert len(lines) == 12 and all(line.lstrip().startswith("Average") for line in lines)
+    assert "DONE" not in first["summary"] and "(t=" not in first["summary"]
+    assert first["mAP50"] == pytest.approx(1.0)
