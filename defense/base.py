@@ -201,6 +201,13 @@ class Defense:
         classifier; a detector that rejects what it flags)."""
         return (Goal.WRONG,)
 
+    def transfer_surrogate(self) -> Optional[str]:
+        """Which surrogate part extractor a transfer attack on this defense goes through:
+        ``"standard"`` (``--k-transfer``), ``"robust"`` (``--k-transfer-robust``: the
+        surrogate mirrors a defense holding the robust K), or None (no surrogate).  The
+        one place both the attack (:class:`FitContext`) and its record's fingerprint read."""
+        return "standard" if Threat.TRANSFER in self.threats else None
+
     def no_adaptive_reason(self, threat: Threat) -> Optional[str]:
         """Why there is no defense-aware attack of ``threat`` (None when there is one)."""
         if threat in self.threats:

@@ -90,11 +90,10 @@ class AdaptiveStore:
                                else None))
 
     def _surrogate(self, defense: Defense) -> Optional[str]:
-        """The surrogate K checkpoint of ``defense``'s transfer attack: the robust one for an
-        UnMask holding the robust K."""
-        if getattr(defense, "k", None) == "robust":
-            return self.cfg.k_transfer_robust
-        return self.cfg.k_transfer
+        """The surrogate K checkpoint of ``defense``'s transfer attack
+        (:meth:`~defense.base.Defense.transfer_surrogate` says which)."""
+        return {"standard": self.cfg.k_transfer,
+                "robust": self.cfg.k_transfer_robust}.get(defense.transfer_surrogate())
 
     def _run_adaptive(self, defense, name, eps, threat, goal, benign, fp, path) -> Dict:
         cfg = self.cfg

@@ -114,6 +114,11 @@ class UnMaskDefense(Defense):
         self._m = None
         self._chosen = {}
 
+    def transfer_surrogate(self) -> str:
+        """The transfer attacker's surrogate mirrors the defense: a robust K of another seed
+        for the variants holding the robust K."""
+        return "robust" if self.k == "robust" else "standard"
+
     def fit(self, ctx) -> None:
         if ctx.extractors is None:
             raise ValueError("defense unmask needs the run's part extractors "
@@ -123,9 +128,8 @@ class UnMaskDefense(Defense):
                              "--adv-train (it trains or loads the AT model)" % self.label)
         self.mode = ctx.mode
         self._eot_seed = ctx.seed
-        # the transfer attacker's surrogate mirrors the defense: a robust K of another seed
-        # for the robust variants
-        self._transfer_k = ctx.transfer_k if self.k == "standard" else ctx.transfer_k_robust
+        self._transfer_k = (ctx.transfer_k_robust if self.transfer_surrogate() == "robust"
+                            else ctx.transfer_k)
         made = ctx.extractors() if self.k == "standard" else ctx.extractors(self.k)
         self.kind, ex_val, ex_test, self._k_digest = made
         self._extractor = {"val": ex_val, "test": ex_test}

@@ -12,6 +12,7 @@ tf, keras = tfcompat.import_tf()
 
 from data.knowledge import CLASS_PARTS, get_class_set  # noqa: E402
 from defense.base import REJECTED, ATModel, FitContext, ImageSet  # noqa: E402
+from defense.threats import Threat  # noqa: E402
 from defense.defenses import (DEFENSES, build_defense, parse_defense,  # noqa: E402
                               parse_defenses)
 from evaluation import comparison_table, schema, writer  # noqa: E402
@@ -116,6 +117,14 @@ def context(tiny_m, tmp_path_factory):
             extractors=lambda: ("oracle", extractor, extractor, None),
             at=ATModel(eps=4, checkpoint_digest="x"))
     return make, sets, attacked, tiny_m
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_every_defense_names_a_surrogate_exactly_when_it_has_a_transfer_threat(name):
+    defense = build_defense(name)
+    surrogate = defense.transfer_surrogate()
+    assert (surrogate is not None) == (Threat.TRANSFER in defense.threats)
+    assert surrogate in (None, "standard", "robust")
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
@@ -549,6 +558,9 @@ def test_unmask_parameters_parse_to_one_canonical_label_and_name_bad_values():
     assert (variant.k, variant.m_key, variant.response) == ("robust", "at", "rectify")
     assert variant.attacked_model() == "at" and variant.models_needed() == ("at",)
     assert build_defense("unmask").models_needed() == ("m",)
+    # the transfer attacker's surrogate mirrors the K the variant holds
+    assert variant.transfer_surrogate() == "robust"
+    assert build_defense("unmask:m=at").transfer_surrogate() == "standard"
     for text, message in (("unmask:k=robus", "k must be one of standard, robust"),
                           ("unmask:cheap=1", "unknown parameter 'cheap'"),
                           ("unmask:m=at:m=m", "m is given twice"),
