@@ -68,3 +68,31 @@ def test_grid_workers_get_the_robust_k_folders_as_absolute_paths(tmp_path, monke
     assert cfg.k_robust_log_dir == str(tmp_path / "rk") and cfg.k_robust == "last"
     assert cfg.k_transfer_robust == str(tmp_path / "s" / "k.h5")
     assert absolute_paths(_cfg(k_robust="r/k.h5")).k_robust == str(tmp_path / "r" / "k.h5")
+
+
+def test_a_transfer_record_is_keyed_by_the_surrogate_its_defense_is_attacked_through(tmp_path):
+    """The robust variants' transfer rows depend on --k-transfer-robust only, the plain
+    UnMask's on --k-transfer only: changing one surrogate recomputes only its rows."""
+    from defense.defenses import build_defense
+    from defense.threats import Goal, Threat
+    from evaluation.adaptive_store import AdaptiveStore
+    paths = {}
+    for name in ("a", "b"):
+        paths[name] = str(tmp_path / ("%s.h5" % name))
+        with open(paths[name], "wb") as f:
+            f.write(name.encode())
+
+    def fp(defense, **surrogates):
+        cfg = _cfg(**surrogates)
+        store = AdaptiveStore(cfg, None, {"run": 1}, lambda split: None, str(tmp_path),
+                              lambda s: None)
+        return store._adaptive_fp(build_defense(defense), "pgd_linf", 8.0, Threat.TRANSFER,
+                                  Goal.WRONG)["surrogate"]
+
+    for defense, own, other in (("unmask", "k_transfer", "k_transfer_robust"),
+                                ("unmask:k=robust", "k_transfer_robust", "k_transfer"),
+                                ("unmask:k=robust:m=at", "k_transfer_robust", "k_transfer")):
+        base = fp(defense, **{own: paths["a"], other: paths["a"]})
+        assert base is not None
+        assert fp(defense, **{own: paths["b"], other: paths["a"]}) != base, defense
+        assert fp(defense, **{own: paths["a"], other: paths["b"]}) == base, defense
