@@ -127,6 +127,13 @@ def test_every_defense_names_a_surrogate_exactly_when_it_has_a_transfer_threat(n
     assert surrogate in (None, "standard", "robust")
 
 
+def test_a_random_transforms_records_name_how_its_eot_draws_are_seeded():
+    """Records of the old counter-seeded EOT draws are not reused (their fingerprint lacks
+    the field); deterministic transforms keep theirs."""
+    assert build_defense("noise").fingerprint()["eot_draws"] == "seeded by the iterate"
+    assert "eot_draws" not in build_defense("jpeg").fingerprint()
+
+
 @pytest.mark.parametrize("name", sorted(DEFENSES))
 def test_every_defense_fits_and_predicts_labels_in_range(context, name):
     make, sets, attacked, _ = context
