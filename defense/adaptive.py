@@ -100,7 +100,10 @@ def iterate_seed(seed: int, images: np.ndarray) -> int:
     """The seed of one EOT evaluation's draws, from the attack's ``seed`` and the iterate.
 
     Seeding by the iterate (not by a call counter) makes the draws a function of where the
-    attack stands: a resumed attack meets exactly the draws of the uninterrupted one.
+    attack stands: a resumed attack meets exactly the draws of the uninterrupted one.  The
+    price: two evaluations at the very same iterate (an attack stalled at the ball's edge)
+    meet the same draws rather than fresh ones -- the step then repeats exactly, as a
+    deterministic target's would.
 
     Args:
         seed: the target's base seed.

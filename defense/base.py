@@ -205,8 +205,15 @@ class Defense:
         """Which surrogate part extractor a transfer attack on this defense goes through:
         ``"standard"`` (``--k-transfer``), ``"robust"`` (``--k-transfer-robust``: the
         surrogate mirrors a defense holding the robust K), or None (no surrogate).  The
-        one place both the attack (:class:`FitContext`) and its record's fingerprint read."""
+        one place the defense's ``fit`` (choosing among the :class:`FitContext`'s surrogate
+        loaders) and its transfer records' fingerprint read."""
         return "standard" if Threat.TRANSFER in self.threats else None
+
+    def attacker_fingerprint(self) -> Dict[str, Any]:
+        """What this defense's defense-aware attacker depends on beyond :meth:`fingerprint`
+        and the run's attack settings (default: nothing); it keys the adaptive and transfer
+        records only, so the defense's own observations stay reused."""
+        return {}
 
     def no_adaptive_reason(self, threat: Threat) -> Optional[str]:
         """Why there is no defense-aware attack of ``threat`` (None when there is one)."""

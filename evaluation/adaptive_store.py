@@ -80,7 +80,9 @@ class AdaptiveStore:
     def _adaptive_fp(self, defense: Defense, name: str, eps: float, threat: Threat,
                      goal: Goal) -> Dict:
         cfg = self.cfg
+        attacker = defense.attacker_fingerprint()
         return dict(vector_fingerprint(cfg, dict(self.fp, model="m", split="test"), name, eps),
+                    **({"attacker": attacker} if attacker else {}),
                     adaptive_version=ADAPTIVE_VERSION, defense=defense.fingerprint(),
                     decision=defense.params(), threat=str(threat), goal=str(goal),
                     engine=dataclasses.asdict(cfg.engine_settings()),

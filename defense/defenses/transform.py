@@ -74,14 +74,11 @@ class TransformDefense(Defense):
 
     threats = (Threat.GRAY_BOX, Threat.ADAPTIVE)
 
-    def fingerprint(self):
-        """The params, and for a random transform how its EOT attacker seeds the draws (by the
-        iterate since the records of counter-seeded draws, which a resumed run could not
-        reproduce: those records are recomputed, not reused)."""
-        fp = super().fingerprint()
-        if self.transform.randomized:
-            fp["eot_draws"] = "seeded by the iterate"
-        return fp
+    def attacker_fingerprint(self):
+        """For a random transform, how its EOT attacker seeds the draws: by the iterate
+        (records of the earlier counter-seeded draws, which a resumed run could not
+        reproduce, are recomputed rather than reused)."""
+        return {"eot_draws": "seeded by the iterate"} if self.transform.randomized else {}
 
     def attack_target(self, threat, goal, options):
         """BPDA through the transform (EOT over its randomness for a random transform),

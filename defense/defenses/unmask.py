@@ -232,7 +232,7 @@ class UnMaskDefense(Defense):
             return ("none: the oracle's parts do not depend on the pixels, so only M can be "
                     "attacked, as the gray-box attack does")
         if threat == Threat.TRANSFER and self._transfer_k is None:
-            if self.k == "robust":
+            if self.transfer_surrogate() == "robust":
                 return ("none: no robust surrogate K (--k-transfer-robust, a robust K trained "
                         "with another seed) was given")
             return "none: no surrogate K (--k-transfer) was given"

@@ -12,7 +12,7 @@ tf, keras = tfcompat.import_tf()
 
 from data.knowledge import CLASS_PARTS, get_class_set  # noqa: E402
 from defense.base import REJECTED, ATModel, FitContext, ImageSet  # noqa: E402
-from defense.threats import Threat  # noqa: E402
+from defense.threats import Goal, Threat  # noqa: E402
 from defense.defenses import (DEFENSES, build_defense, parse_defense,  # noqa: E402
                               parse_defenses)
 from evaluation import comparison_table, schema, writer  # noqa: E402
@@ -119,19 +119,33 @@ def context(tiny_m, tmp_path_factory):
     return make, sets, attacked, tiny_m
 
 
-@pytest.mark.parametrize("name", sorted(DEFENSES))
+@pytest.mark.parametrize("name", sorted(DEFENSES) + ["unmask:k=robust", "unmask:k=robust:m=at",
+                                                     "unmask:m=at:reject"])
 def test_every_defense_names_a_surrogate_exactly_when_it_has_a_transfer_threat(name):
+    """A transfer attack goes through a surrogate only where there is one, and the surrogate
+    mirrors the part extractor the defense holds."""
     defense = build_defense(name)
     surrogate = defense.transfer_surrogate()
     assert (surrogate is not None) == (Threat.TRANSFER in defense.threats)
-    assert surrogate in (None, "standard", "robust")
+    if surrogate is not None:
+        assert surrogate == ("robust" if "k=robust" in name else "standard")
 
 
-def test_a_random_transforms_records_name_how_its_eot_draws_are_seeded():
-    """Records of the old counter-seeded EOT draws are not reused (their fingerprint lacks
-    the field); deterministic transforms keep theirs."""
-    assert build_defense("noise").fingerprint()["eot_draws"] == "seeded by the iterate"
-    assert "eot_draws" not in build_defense("jpeg").fingerprint()
+def test_a_random_transforms_attack_records_name_how_its_eot_draws_are_seeded(tmp_path):
+    """Adaptive records of the old counter-seeded EOT draws are not reused (their fingerprint
+    lacks the field); the defense's own observations and every other defense's records keep
+    their fingerprints."""
+    from evaluation.adaptive_store import AdaptiveStore
+    from evaluation.config import EvalConfig
+    noise, jpeg = build_defense("noise:10"), build_defense("jpeg")
+    assert noise.attacker_fingerprint() == {"eot_draws": "seeded by the iterate"}
+    assert "eot_draws" not in json.dumps(noise.fingerprint())
+    store = AdaptiveStore(EvalConfig(class_set=CS, defenses=("noise", "jpeg")), None, {},
+                          lambda split: None, str(tmp_path), lambda s: None)
+    fps = {d.name: store._adaptive_fp(d, "pgd_linf", 8.0, Threat.ADAPTIVE, Goal.WRONG)
+           for d in (noise, jpeg, build_defense("unmask"))}
+    assert fps["noise"]["attacker"] == {"eot_draws": "seeded by the iterate"}
+    assert "attacker" not in fps["jpeg"] and "attacker" not in fps["unmask"]
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
