@@ -342,10 +342,6 @@ class RandomizedUnMaskTarget(UnMaskTarget):
         self.transform, self.samples = transform, int(samples)
         self.seed = int(seed)
 
-    def draw_seed(self, images: np.ndarray) -> int:
-        """The seed of an evaluation's draws: ``seed`` and the iterate's bytes."""
-        return iterate_seed(self.seed, images)
-
     def evaluate(self, x, y, t, loss_fn) -> Evaluation:
         if t is None:
             raise ValueError("UnMask's adaptive target needs a target class y' per image")
@@ -354,7 +350,7 @@ class RandomizedUnMaskTarget(UnMaskTarget):
         m_loss, m_grad, logits = self._m_step(loss_fn)(x, y, t)
         s, images = self.samples, _numpy(x)
         b = images.shape[0]
-        seed = self.draw_seed(images)
+        seed = iterate_seed(self.seed, images)
         draws = np.repeat(images, s, axis=0)            # image i's draws: rows i*s .. i*s+s-1
         seen = self.transform(draws, seed=seed)
         present = np.repeat(self.masks[_numpy(t)], s, axis=0)

@@ -678,7 +678,7 @@ def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
     draws are fresh for a new iterate and the same for the same iterate (a resumed attack
     meets the draws of the uninterrupted one)."""
     from attacks.losses import get_loss
-    from defense.adaptive import RandomizedUnMaskTarget, combine
+    from defense.adaptive import RandomizedUnMaskTarget, combine, iterate_seed
     from defense.transforms import ResizePadTransform
 
     transform = ResizePadTransform(0.5)
@@ -701,7 +701,7 @@ def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
                                         samples=samples, seed=5)
         first = target.evaluate(x, y, t, loss_fn)
         assert scorer.batches[-1] == 2 * samples and votes[-1] == 2 * samples
-        seed = target.draw_seed(x)
+        seed = iterate_seed(target.seed, x)
         stacked = np.repeat(x, samples, axis=0)          # image i's draws: rows i*s .. i*s+s-1
         draws = transform(stacked, seed=seed)
         per_draw = draws.mean(axis=(1, 2, 3)).reshape(2, samples)
@@ -723,7 +723,7 @@ def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
         np.testing.assert_array_equal(first.success.numpy(), majority)
         again = target.evaluate(x, y, t, loss_fn)            # the same iterate: the same draws
         np.testing.assert_array_equal(again.loss.numpy(), first.loss.numpy())
-        new_seed = target.draw_seed(x + np.float32(1 / 255))  # a new iterate: fresh draws
+        new_seed = iterate_seed(target.seed, x + np.float32(1 / 255))  # a new iterate: fresh draws
         assert new_seed != seed
         if samples > 1:
             assert not np.array_equal(transform.draws(2 * samples, 8, 8, new_seed),
