@@ -31,7 +31,9 @@ gray-box records).  :class:`AdaptiveEngine` runs the *same* attack functions on 
 
 Per step the cost is one evaluation of the target on the images still attacked (for UnMask:
 one forward and backward pass of M and one session run of K); each run adds one evaluation of
-its returned image.  Every run is seeded from ``(seed, batch, restart, stage, target rank)``.
+its returned image.  Every run is seeded from ``(seed, batch, restart, stage, target rank)``,
+so a batch interrupted between two runs resumes from its :class:`BatchProgress` (the per-image
+state after the runs done) to exactly the numbers of an uninterrupted one.
 """
 import tfcompat  # noqa: F401
 
@@ -115,6 +117,33 @@ class EngineResult:
     success: np.ndarray
     first_step: np.ndarray
     evaluations: np.ndarray
+    runs: List[Dict]
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class BatchProgress:
+    """One batch part-way through its plan (restart rounds x stages x target ranks, in order):
+    what the engine knows after the first ``runs_done`` runs.  Every run is seeded by its
+    indices, so these arrays are all a resumed batch needs to continue exactly as the
+    uninterrupted one would have.
+
+    Attributes:
+        runs_done: runs of the plan finished.
+        best: float32 ``[B, H, W, 3]``, the image kept per image so far.
+        best_loss: float ``[B]``, the loss of ``best`` (``-inf``: none seen yet).
+        active: bool ``[B]``, images not yet at the goal.
+        evaluations: int64 ``[B]``, target evaluations spent so far.
+        first_step: int64 ``[B, restarts]``, as in :class:`EngineResult` so far.
+        runs: what ran so far (as in :class:`EngineResult`).
+        seconds: wall time spent so far.
+    """
+    runs_done: int
+    best: np.ndarray
+    best_loss: np.ndarray
+    active: np.ndarray
+    evaluations: np.ndarray
+    first_step: np.ndarray
     runs: List[Dict]
     seconds: float = 0.0
 
@@ -260,41 +289,64 @@ class AdaptiveEngine:
         return [None]
 
     # ---------------------------------------------------------------- run
-    def run_batch(self, x: np.ndarray, y: np.ndarray, batch_index: int) -> EngineResult:
-        """Attack one batch (float32 ``[B, H, W, 3]`` on the 1/255 grid, labels ``[B]``)."""
+    def plan(self, num_classes: int) -> List[tuple]:
+        """The runs of one batch, in order: ``(restart, stage index, stage config, target rank
+        or None)`` (a run finds no image left once every image is at the goal)."""
+        stages = self.stages(num_classes)
+        return [(r, s, stage, k) for r in range(self.settings.restarts)
+                for s, stage in enumerate(stages)
+                for k in self._ranks(stage, num_classes - 1)]
+
+    def run_batch(self, x: np.ndarray, y: np.ndarray, batch_index: int,
+                  progress: Optional[BatchProgress] = None,
+                  on_progress: Optional[Callable[[BatchProgress], None]] = None
+                  ) -> EngineResult:
+        """Attack one batch (float32 ``[B, H, W, 3]`` on the 1/255 grid, labels ``[B]``).
+
+        ``progress``: the batch's state after some of its runs (a resumed batch; it continues
+        with the next run); ``on_progress(state)`` is called after each run (e.g. to save it).
+        """
         start = time.perf_counter()
         x = np.asarray(x, np.float32)
         y = np.asarray(y, np.int64)
         tracker = _Tracker(self.target, x, self.settings.quantize)
         y_tf = tf.constant(y)
         ranked = np.asarray(self.target.ranked_targets(tf.constant(x), y_tf))
-        num_classes = ranked.shape[1] + 1
-        stages = self.stages(num_classes)
-        restarts = self.settings.restarts
-        first = np.full((len(x), restarts), -1, np.int64)
-        runs = []
+        plan = self.plan(ranked.shape[1] + 1)
+        first = np.full((len(x), self.settings.restarts), -1, np.int64)
+        runs, spent, done = [], 0.0, 0
+        if progress is not None:
+            _check_progress(progress, x, first.shape, len(plan))
+            tracker.best, tracker.best_loss = progress.best.copy(), progress.best_loss.copy()
+            tracker.active = progress.active.copy()
+            tracker.evaluations = progress.evaluations.copy()
+            first, runs = progress.first_step.copy(), list(progress.runs)
+            spent, done = float(progress.seconds), int(progress.runs_done)
         eps = _utils.to_unit_scale(self.config.eps)
-        for r in range(restarts):
-            for s, stage in enumerate(stages):
-                for k in self._ranks(stage, ranked.shape[1]):
-                    rows = np.flatnonzero(tracker.active)
-                    if rows.size == 0:
-                        break
-                    seed = _run_seed(self.seed, batch_index, r, s, 0 if k is None else k + 1)
-                    tracker.begin(rows, stage.steps)
-                    self._run_stage(stage, tracker, x[rows], y[rows],
-                                    None if k is None else ranked[rows, k], seed, r > 0, eps)
-                    hit = tracker.hits[rows] >= 0
-                    first[rows[hit], r] = np.where(first[rows[hit], r] >= 0,
-                                                   np.minimum(first[rows[hit], r],
-                                                              tracker.hits[rows[hit]]),
-                                                   tracker.hits[rows[hit]])
-                    runs.append({"attack": stage.name, "restart": r, "stage": s,
-                                 "target_rank": k, "images": int(rows.size),
-                                 "reached": int(hit.sum())})
+        for j in range(done, len(plan)):
+            r, s, stage, k = plan[j]
+            rows = np.flatnonzero(tracker.active)
+            if rows.size == 0:
+                break
+            seed = _run_seed(self.seed, batch_index, r, s, 0 if k is None else k + 1)
+            tracker.begin(rows, stage.steps)
+            self._run_stage(stage, tracker, x[rows], y[rows],
+                            None if k is None else ranked[rows, k], seed, r > 0, eps)
+            hit = rows[tracker.hits[rows] >= 0]
+            first[hit, r] = np.where(first[hit, r] >= 0,
+                                     np.minimum(first[hit, r], tracker.hits[hit]),
+                                     tracker.hits[hit])
+            runs.append({"attack": stage.name, "restart": r, "stage": s, "target_rank": k,
+                         "images": int(rows.size), "reached": int(hit.size)})
+            if on_progress is not None and j + 1 < len(plan):
+                on_progress(BatchProgress(
+                    runs_done=j + 1, best=tracker.best.copy(),
+                    best_loss=tracker.best_loss.copy(), active=tracker.active.copy(),
+                    evaluations=tracker.evaluations.copy(), first_step=first.copy(),
+                    runs=list(runs), seconds=spent + time.perf_counter() - start))
         return EngineResult(x_adv=tracker.best, success=~tracker.active, first_step=first,
                             evaluations=tracker.evaluations, runs=runs,
-                            seconds=time.perf_counter() - start)
+                            seconds=spent + time.perf_counter() - start)
 
     def _run_stage(self, stage: AttackConfig, tracker: _Tracker, x: np.ndarray, y: np.ndarray,
                    targets: Optional[np.ndarray], seed: tf.Tensor, restart: bool,
@@ -319,21 +371,49 @@ class AdaptiveEngine:
 
     def run(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 50,
             done: Optional[Dict[int, EngineResult]] = None,
-            on_batch: Optional[Callable[[int, EngineResult], None]] = None) -> EngineResult:
-        """Attack ``x`` in batches (batch ``i`` seeded by ``i``); ``done`` holds batches
-        already attacked (a resumed run: the same numbers as an uninterrupted one), and
-        ``on_batch(i, result)`` is called after each new batch (e.g. to save it)."""
+            on_batch: Optional[Callable[[int, EngineResult], None]] = None,
+            progress: Optional[Dict[int, BatchProgress]] = None,
+            on_progress: Optional[Callable[[int, BatchProgress], None]] = None
+            ) -> EngineResult:
+        """Attack ``x`` in batches (batch ``i`` seeded by ``i``).  A resumed run gives the
+        same numbers as an uninterrupted one: ``done`` holds batches already attacked,
+        ``progress`` batches interrupted between two runs (:class:`BatchProgress`);
+        ``on_batch(i, result)`` is called after each new batch and ``on_progress(i, state)``
+        after each run inside one (e.g. to save them)."""
         parts = []
         for i, begin in enumerate(range(0, len(x), batch_size)):
             if done is not None and i in done:
                 part = done[i]
             else:
-                part = self.run_batch(x[begin:begin + batch_size], y[begin:begin + batch_size],
-                                      i)
+                part = self.run_batch(
+                    x[begin:begin + batch_size], y[begin:begin + batch_size], i,
+                    progress=None if progress is None else progress.get(i),
+                    on_progress=(None if on_progress is None else
+                                 lambda state, i=i: on_progress(i, state)))
                 if on_batch is not None:
                     on_batch(i, part)
             parts.append(part)
         return merge(parts)
+
+
+def _check_progress(progress: BatchProgress, x: np.ndarray, first_shape: tuple,
+                    plan_runs: int) -> None:
+    """Refuse the state of another batch or plan rather than continue from it."""
+    n = len(x)
+    problems = []
+    if progress.best.shape != x.shape:
+        problems.append("images %s, batch %s" % (progress.best.shape, x.shape))
+    for name in ("best_loss", "active", "evaluations"):
+        if getattr(progress, name).shape != (n,):
+            problems.append("%s %s, expected (%d,)" % (name, getattr(progress, name).shape, n))
+    if progress.first_step.shape != tuple(first_shape):
+        problems.append("first_step %s, expected %s" % (progress.first_step.shape,
+                                                        tuple(first_shape)))
+    if not 0 < progress.runs_done < plan_runs:
+        problems.append("runs_done %d of a %d-run plan" % (progress.runs_done, plan_runs))
+    if problems:
+        raise ValueError("the saved progress does not belong to this batch and plan (%s); "
+                         "delete it to attack the batch from the start" % "; ".join(problems))
 
 
 def merge(parts: Sequence[EngineResult]) -> EngineResult:

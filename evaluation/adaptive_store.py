@@ -1,8 +1,10 @@
 """The adaptive attack store: the test images attacked through a defense by the adaptive
 engine (:mod:`attacks.engine`; the defense-aware threat models), cached per defense, threat,
 vector and goal in ``<out>/vectors/<threat>/<defense>/test-<attack>_<eps>.<goal>.npz`` --
-and per image batch while an attack runs, so an interrupted run resumes where it stopped
-with the same numbers.
+and, while an attack runs, per image batch (``….batch-0000.npz``) and per engine run inside the
+batch being attacked (``….batch-0000.progress.npz``, rewritten after each run: a goal run of
+the full recipe takes 15-30 min on a CPU, one engine run a few), so an interrupted run resumes
+where it stopped with the same numbers.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from attacks import resolve_config
-from attacks.engine import AdaptiveEngine, EngineResult, convergence
+from attacks.engine import AdaptiveEngine, BatchProgress, EngineResult, convergence
 from defense.base import ADAPTIVE, TRANSFER, Defense, ImageSet, model_predictions
 from defense.threats import Goal, Threat
 from evaluation.records import (ADAPTIVE_VERSION, canonical, eps_tag, read_npz, safe_name,
@@ -105,11 +107,18 @@ class AdaptiveStore:
                                 seed=cfg.seed)
         batches = -(-len(benign) // cfg.adaptive_batch)
         done = self._adaptive_batches(path, fp, batches)
+        progress = self._batch_progress(path, fp, [i for i in range(batches) if i not in done])
         eta = Eta(batches, done=len(done))
+
+        def save_progress(i, state: BatchProgress):
+            write_npz(_progress_path(path, i), dict(
+                _progress_arrays(state), fingerprint=canonical(_progress_fp(fp, i))))
 
         def save(i, part: EngineResult):
             write_npz(_batch_path(path, i), dict(_engine_arrays(part), fingerprint=canonical(
                 dict(fp, batch=i))))
+            if os.path.isfile(_progress_path(path, i)):
+                os.remove(_progress_path(path, i))
             timing = eta.step()
             if cfg.progress:
                 self.log("%s %s on %s, eps=%g [%s]: batch %d of %d, goal reached on %d of %d "
@@ -117,18 +126,21 @@ class AdaptiveStore:
                                    int(part.success.sum()), len(part.success), timing))
 
         res = engine.run(benign.x, benign.labels, batch_size=cfg.adaptive_batch, done=done,
-                         on_batch=save)
+                         on_batch=save, progress=progress, on_progress=save_progress)
         settings = cfg.engine_settings()
         conv = convergence(res.first_step, settings.steps)
+        # wall time: this process's, or the engine's summed over every resumed part if more
         cost = {"evaluations_per_image": float(np.mean(res.evaluations)),
-                "seconds": round(time.time() - start, 1), "runs": _run_summary(res.runs)}
+                "seconds": round(max(time.time() - start, res.seconds), 1),
+                "runs": _run_summary(res.runs)}
         rec = dict(_engine_arrays(res), pred_adv=model_predictions(self.m, res.x_adv),
                    fingerprint=canonical(fp), seconds=cost["seconds"],
                    convergence=json.dumps(conv), cost=json.dumps(cost))
         write_npz(path, rec)
         for i in range(batches):
-            if os.path.isfile(_batch_path(path, i)):
-                os.remove(_batch_path(path, i))
+            for part in (_batch_path(path, i), _progress_path(path, i)):
+                if os.path.isfile(part):
+                    os.remove(part)
         self.log("%s %s on %s, eps=%g [%s]: goal reached on %.3f of the images, %s (%.0f s, "
                  "%.0f evaluations per image)" % (
                      threat, name, defense.label, eps, goal, float(np.mean(res.success)),
@@ -151,6 +163,41 @@ class AdaptiveStore:
         if done:
             self.log("%s: resuming after %d of %d batches" % (path, len(done), batches))
         return done
+
+
+    def _batch_progress(self, path: str, fp: Dict, batches: Sequence[int]
+                        ) -> Dict[int, BatchProgress]:
+        """The state of batches interrupted between two engine runs (same fingerprint)."""
+        out = {}
+        for i in batches:
+            rec = read_npz(_progress_path(path, i), _progress_fp(fp, i), self.log,
+                           {"best": 4, "best_loss": 1, "active": 1, "evaluations": 1,
+                            "first_step": 2})
+            if rec is not None:
+                out[i] = BatchProgress(
+                    runs_done=int(rec["runs_done"]), best=rec["best"],
+                    best_loss=rec["best_loss"], active=rec["active"],
+                    evaluations=rec["evaluations"], first_step=rec["first_step"],
+                    runs=json.loads(str(rec["runs"])), seconds=float(rec["seconds"]))
+                self.log("%s: resuming batch %d after %d engine runs"
+                         % (path, i, out[i].runs_done))
+        return out
+
+
+def _progress_path(path: str, batch: int) -> str:
+    """File of the state of the image batch being attacked, after its last finished run."""
+    return path[:-len(".npz")] + ".batch-%04d.progress.npz" % batch
+
+
+def _progress_fp(fp: Dict, batch: int) -> Dict:
+    return dict(fp, batch=batch, progress="after a finished engine run")
+
+
+def _progress_arrays(state: BatchProgress) -> Dict:
+    return {"runs_done": state.runs_done, "best": state.best, "best_loss": state.best_loss,
+            "active": state.active, "evaluations": state.evaluations,
+            "first_step": state.first_step, "runs": json.dumps(state.runs),
+            "seconds": state.seconds}
 
 
 def _batch_path(path: str, batch: int) -> str:

@@ -1,6 +1,8 @@
 """The attack engine: attacks on attack targets, APGD / AutoAttack, and the adaptive engine
 (8-bit iterates, the best iterate by the target's verdict, restarts, target classes,
 convergence traces)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -430,3 +432,42 @@ def test_quantize_stays_on_the_segment_toward_x():
     q = quantize(np.clip(x + 3.7 / 255, 0, 1), x)
     assert np.allclose(np.round(q * 255), q * 255, atol=1e-4)
     assert np.all(np.abs(q - x) <= 3.7 / 255 + 1e-6) and q.min() >= 0 and q.max() <= 1
+
+
+@pytest.mark.parametrize("name,eps", [("pgd_linf", 16), ("autoattack", 8)])
+def test_a_batch_interrupted_between_two_runs_resumes_to_the_uninterrupted_numbers(
+        pattern, name, eps):
+    """The state saved after every engine run of a batch (BatchProgress) is all a resumed
+    batch needs: continuing from the first, a middle or the last of them gives the
+    uninterrupted batch's images,
+    verdicts, steps, evaluation counts and run list."""
+    model, x, y = pattern
+    x, y = x[:16], y[:16]
+    engine = AdaptiveEngine(resolve_config(name, eps), ModelTarget(model),
+                            EngineSettings(steps=5, restarts=3), seed=2)
+    states = []
+    whole = engine.run_batch(x, y, 0, on_progress=states.append)
+    assert 0 < whole.success.sum() < len(x), "a case where the later runs still matter"
+    assert [s.runs_done for s in states] == list(range(1, len(states) + 1))
+    assert len(states) >= 2 and any(s.active.any() for s in states)
+    for state in {states[0].runs_done: states[0], states[len(states) // 2].runs_done:
+                  states[len(states) // 2], states[-1].runs_done: states[-1]}.values():
+        resumed = engine.run_batch(x, y, 0, progress=state)
+        for field in ("x_adv", "success", "first_step", "evaluations"):
+            np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field),
+                                          err_msg="%s after %d runs" % (field, state.runs_done))
+        assert resumed.runs == whole.runs
+        assert resumed.runs[:state.runs_done] == state.runs
+
+
+def test_progress_of_another_batch_or_plan_is_refused(pattern):
+    model, x, y = pattern
+    engine = AdaptiveEngine(resolve_config("pgd_linf", 1), ModelTarget(model),
+                            EngineSettings(steps=3, restarts=3), seed=0)
+    states = []
+    engine.run_batch(x[:16], y[:16], 0, on_progress=states.append)
+    with pytest.raises(ValueError, match="does not belong to this batch.*delete it"):
+        engine.run_batch(x[:8], y[:8], 0, progress=states[0])
+    longer = dataclasses.replace(states[0], runs_done=99)
+    with pytest.raises(ValueError, match="runs_done 99 of a 3-run plan"):
+        engine.run_batch(x[:16], y[:16], 0, progress=longer)

@@ -108,31 +108,41 @@ def test_adaptive_rows_goals_and_convergence(whole):
 
 def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole, tmp_path,
                                                                      monkeypatch):
+    """Interrupted inside an image batch, after its first engine run: the finished batch and
+    the batch's state after that run are on disk, and the resumed run continues from both to
+    the uninterrupted run's numbers."""
     cfg = _config(setup, tmp_path / "cut")
     real = engine_module.AdaptiveEngine.run_batch
     calls = {"n": 0}
 
-    def flaky(self, x, y, batch_index):
+    def flaky(self, x, y, batch_index, progress=None, on_progress=None):
         calls["n"] += 1
-        if calls["n"] == 5:                # the second batch of the second adaptive record
-            raise KeyboardInterrupt        # in the middle of an adaptive record
-        return real(self, x, y, batch_index)
+        if calls["n"] != 5:                # the second batch of the second adaptive record
+            return real(self, x, y, batch_index, progress, on_progress)
+
+        def save_then_stop(state):
+            on_progress(state)
+            raise KeyboardInterrupt        # after the batch's first engine run
+
+        return real(self, x, y, batch_index, progress, save_then_stop)
 
     monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         ev.run_evaluation(cfg, log=lambda s: None)
     saved = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
-    assert saved, "the finished batches of the interrupted record are on disk"
+    assert any(f.endswith(".batch-0000.npz") for f in saved), saved
+    assert any(f.endswith(".batch-0001.progress.npz") for f in saved), saved
     monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", real)
     logs = []
     resumed = ev.run_evaluation(cfg, log=logs.append)
-    assert any("resuming after" in m for m in logs)
+    assert any("resuming after 1 of" in m for m in logs)
+    assert any("resuming batch 1 after 1 engine runs" in m for m in logs)
     for label in whole[1]["defenses"]:
         a, b = whole[1]["defenses"][label], resumed["defenses"][label]
         strip = lambda rows: [{k: v for k, v in r.items() if k != "cost"} for r in rows]  # noqa
         assert strip(a["attacks"]) == strip(b["attacks"]), label
     left = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
-    assert not left, "batch files are removed once the record is whole"
+    assert not left, "batch and progress files are removed once the record is whole"
 
 
 def test_hardened_unmask_holding_the_at_model_is_attacked_and_judged_on_it(setup, tmp_path):
