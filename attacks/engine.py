@@ -304,7 +304,8 @@ class AdaptiveEngine:
         """Attack one batch (float32 ``[B, H, W, 3]`` on the 1/255 grid, labels ``[B]``).
 
         ``progress``: the batch's state after some of its runs (a resumed batch; it continues
-        with the next run); ``on_progress(state)`` is called after each run (e.g. to save it).
+        with the next run); ``on_progress(state)`` is called after each run but the plan's
+        last (e.g. to save it; the last one's state is the result).
         """
         start = time.perf_counter()
         x = np.asarray(x, np.float32)
@@ -379,7 +380,7 @@ class AdaptiveEngine:
         same numbers as an uninterrupted one: ``done`` holds batches already attacked,
         ``progress`` batches interrupted between two runs (:class:`BatchProgress`);
         ``on_batch(i, result)`` is called after each new batch and ``on_progress(i, state)``
-        after each run inside one (e.g. to save them)."""
+        after each run inside one but its last (e.g. to save them)."""
         parts = []
         for i, begin in enumerate(range(0, len(x), batch_size)):
             if done is not None and i in done:
@@ -398,7 +399,9 @@ class AdaptiveEngine:
 
 def _check_progress(progress: BatchProgress, x: np.ndarray, first_shape: tuple,
                     plan_runs: int) -> None:
-    """Refuse the state of another batch or plan rather than continue from it."""
+    """Refuse a state whose shapes or run count do not fit this batch and plan rather than
+    continue from it.  (Shapes cannot tell another batch of the same size or another seed or
+    attack with a plan as long: the caller keys saved states by the run's fingerprint.)"""
     n = len(x)
     problems = []
     if progress.best.shape != x.shape:
@@ -411,6 +414,9 @@ def _check_progress(progress: BatchProgress, x: np.ndarray, first_shape: tuple,
                                                         tuple(first_shape)))
     if not 0 < progress.runs_done < plan_runs:
         problems.append("runs_done %d of a %d-run plan" % (progress.runs_done, plan_runs))
+    elif len(progress.runs) != progress.runs_done:
+        problems.append("%d runs listed for %d done" % (len(progress.runs),
+                                                        progress.runs_done))
     if problems:
         raise ValueError("the saved progress does not belong to this batch and plan (%s); "
                          "delete it to attack the batch from the start" % "; ".join(problems))

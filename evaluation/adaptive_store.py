@@ -1,10 +1,10 @@
 """The adaptive attack store: the test images attacked through a defense by the adaptive
 engine (:mod:`attacks.engine`; the defense-aware threat models), cached per defense, threat,
 vector and goal in ``<out>/vectors/<threat>/<defense>/test-<attack>_<eps>.<goal>.npz`` --
-and, while an attack runs, per image batch (``….batch-0000.npz``) and per engine run inside the
-batch being attacked (``….batch-0000.progress.npz``, rewritten after each run: a goal run of
-the full recipe takes 15-30 min on a CPU, one engine run a few), so an interrupted run resumes
-where it stopped with the same numbers.
+and, while an attack runs, per image batch (``….batch-0000.npz``) and inside the batch being
+attacked (``….batch-0000.progress.npz``, rewritten after each engine run but the last: a goal
+run of the full recipe takes 15-30 min on a CPU, one engine run a few), so an interrupted run
+resumes where it stopped with the same numbers.
 """
 from __future__ import annotations
 
@@ -107,7 +107,9 @@ class AdaptiveStore:
                                 seed=cfg.seed)
         batches = -(-len(benign) // cfg.adaptive_batch)
         done = self._adaptive_batches(path, fp, batches)
-        progress = self._batch_progress(path, fp, [i for i in range(batches) if i not in done])
+        sizes = {i: min(cfg.adaptive_batch, len(benign) - i * cfg.adaptive_batch)
+                 for i in range(batches) if i not in done}
+        progress = self._batch_progress(path, fp, sizes)
         eta = Eta(batches, done=len(done))
 
         def save_progress(i, state: BatchProgress):
@@ -165,22 +167,34 @@ class AdaptiveStore:
         return done
 
 
-    def _batch_progress(self, path: str, fp: Dict, batches: Sequence[int]
+    def _batch_progress(self, path: str, fp: Dict, sizes: Mapping[int, int]
                         ) -> Dict[int, BatchProgress]:
-        """The state of batches interrupted between two engine runs (same fingerprint)."""
+        """The state of batches interrupted between two engine runs (same fingerprint), for
+        batch index -> its number of images; a damaged state is named and not used."""
         out = {}
-        for i in batches:
+        for i, n in sizes.items():
             rec = read_npz(_progress_path(path, i), _progress_fp(fp, i), self.log,
                            {"best": 4, "best_loss": 1, "active": 1, "evaluations": 1,
-                            "first_step": 2})
-            if rec is not None:
+                            "first_step": 2, "runs_done": 0, "runs": 0, "seconds": 0}, n)
+            if rec is None:
+                continue
+            try:
+                runs = json.loads(str(rec["runs"]))
                 out[i] = BatchProgress(
                     runs_done=int(rec["runs_done"]), best=rec["best"],
                     best_loss=rec["best_loss"], active=rec["active"],
                     evaluations=rec["evaluations"], first_step=rec["first_step"],
-                    runs=json.loads(str(rec["runs"])), seconds=float(rec["seconds"]))
-                self.log("%s: resuming batch %d after %d engine runs"
-                         % (path, i, out[i].runs_done))
+                    runs=runs, seconds=float(rec["seconds"]))
+                if len(runs) != out[i].runs_done:
+                    raise ValueError("%d runs listed for %d done" % (len(runs),
+                                                                     out[i].runs_done))
+            except (ValueError, TypeError) as e:
+                out.pop(i, None)
+                self.log("saved progress %s is damaged (%s): the batch is attacked from the "
+                         "start" % (_progress_path(path, i), e))
+                continue
+            self.log("%s: resuming batch %d after %d engine runs"
+                     % (path, i, out[i].runs_done))
         return out
 
 

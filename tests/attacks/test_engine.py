@@ -434,30 +434,49 @@ def test_quantize_stays_on_the_segment_toward_x():
     assert np.all(np.abs(q - x) <= 3.7 / 255 + 1e-6) and q.min() >= 0 and q.max() <= 1
 
 
+class _Counting(ModelTarget):
+    """A classifier target counting its evaluations."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.calls = 0
+
+    def evaluate(self, x, y, t, loss_fn):
+        self.calls += 1
+        return super().evaluate(x, y, t, loss_fn)
+
+
 @pytest.mark.parametrize("name,eps", [("pgd_linf", 16), ("autoattack", 8)])
 def test_a_batch_interrupted_between_two_runs_resumes_to_the_uninterrupted_numbers(
         pattern, name, eps):
-    """The state saved after every engine run of a batch (BatchProgress) is all a resumed
-    batch needs: continuing from the first, a middle or the last of them gives the
-    uninterrupted batch's images,
-    verdicts, steps, evaluation counts and run list."""
+    """The state saved after an engine run of a batch (BatchProgress) is all a resumed batch
+    needs: continuing from the first, a middle or the last of them runs only the rest of the
+    plan (the evaluations not yet spent) and gives the uninterrupted batch's images, verdicts,
+    steps, evaluation counts and run list."""
     model, x, y = pattern
     x, y = x[:16], y[:16]
-    engine = AdaptiveEngine(resolve_config(name, eps), ModelTarget(model),
+    target = _Counting(model)
+    engine = AdaptiveEngine(resolve_config(name, eps), target,
                             EngineSettings(steps=5, restarts=3), seed=2)
-    states = []
-    whole = engine.run_batch(x, y, 0, on_progress=states.append)
+    states, spent = [], []
+
+    def keep(state):
+        states.append(state)
+        spent.append(target.calls)
+
+    whole = engine.run_batch(x, y, 0, on_progress=keep)
+    total = target.calls
     assert 0 < whole.success.sum() < len(x), "a case where the later runs still matter"
     assert [s.runs_done for s in states] == list(range(1, len(states) + 1))
-    assert len(states) >= 2 and any(s.active.any() for s in states)
-    for state in {states[0].runs_done: states[0], states[len(states) // 2].runs_done:
-                  states[len(states) // 2], states[-1].runs_done: states[-1]}.values():
-        resumed = engine.run_batch(x, y, 0, progress=state)
+    assert len(states) >= 2
+    for j in sorted({0, len(states) // 2, len(states) - 1}):
+        target.calls = 0
+        resumed = engine.run_batch(x, y, 0, progress=states[j])
+        assert target.calls == total - spent[j], "only the runs not done are run"
         for field in ("x_adv", "success", "first_step", "evaluations"):
             np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field),
-                                          err_msg="%s after %d runs" % (field, state.runs_done))
+                                          err_msg="%s after %d runs" % (field, j + 1))
         assert resumed.runs == whole.runs
-        assert resumed.runs[:state.runs_done] == state.runs
 
 
 def test_progress_of_another_batch_or_plan_is_refused(pattern):
@@ -471,3 +490,6 @@ def test_progress_of_another_batch_or_plan_is_refused(pattern):
     longer = dataclasses.replace(states[0], runs_done=99)
     with pytest.raises(ValueError, match="runs_done 99 of a 3-run plan"):
         engine.run_batch(x[:16], y[:16], 0, progress=longer)
+    unlisted = dataclasses.replace(states[1], runs=states[1].runs[:1])
+    with pytest.raises(ValueError, match="1 runs listed for 2 done"):
+        engine.run_batch(x[:16], y[:16], 0, progress=unlisted)

@@ -132,14 +132,26 @@ def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole
     saved = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
     assert any(f.endswith(".batch-0000.npz") for f in saved), saved
     assert any(f.endswith(".batch-0001.progress.npz") for f in saved), saved
-    monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", real)
+    started = []
+
+    def watched(self, x, y, batch_index, progress=None, on_progress=None):
+        started.append(None if progress is None else progress.runs_done)
+        return real(self, x, y, batch_index, progress, on_progress)
+
+    monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", watched)
     logs = []
     resumed = ev.run_evaluation(cfg, log=logs.append)
     assert any("resuming after 1 of" in m for m in logs)
     assert any("resuming batch 1 after 1 engine runs" in m for m in logs)
+    assert started[0] == 1, "the interrupted batch continued after its saved run"
+    assert not any(started[1:]), "every other batch started from the start"
+
+    def strip(rows):          # everything but the wall time
+        return [dict(r, cost={k: v for k, v in r["cost"].items() if k != "seconds"})
+                if "cost" in r else r for r in rows]
+
     for label in whole[1]["defenses"]:
         a, b = whole[1]["defenses"][label], resumed["defenses"][label]
-        strip = lambda rows: [{k: v for k, v in r.items() if k != "cost"} for r in rows]  # noqa
         assert strip(a["attacks"]) == strip(b["attacks"]), label
     left = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
     assert not left, "batch and progress files are removed once the record is whole"

@@ -1,6 +1,7 @@
 """Hardened UnMask in the evaluation (issue 18): which robust K ``unmask:k=robust`` loads, and
 the refusals before any work -- a standard K given where the robust one is asked for, none
 trained yet."""
+import dataclasses
 import json
 import os
 
@@ -96,3 +97,39 @@ def test_a_transfer_record_is_keyed_by_the_surrogate_its_defense_is_attacked_thr
         assert base is not None
         assert fp(defense, **{own: paths["b"], other: paths["a"]}) != base, defense
         assert fp(defense, **{own: paths["a"], other: paths["b"]}) == base, defense
+
+
+def test_a_damaged_or_foreign_batch_progress_is_named_and_not_used(tmp_path):
+    """A batch's saved state (``.batch-NNNN.progress.npz``) is used only when its fingerprint
+    is the run's and it is whole; otherwise the log names it and the batch starts anew."""
+    import numpy as np
+
+    from evaluation.adaptive_store import (AdaptiveStore, _progress_arrays, _progress_fp,
+                                           _progress_path)
+    from attacks.engine import BatchProgress
+    from evaluation.records import canonical, write_npz
+
+    logs = []
+    store = AdaptiveStore(None, None, {}, None, str(tmp_path), logs.append)
+    path = str(tmp_path / "test-pgd_linf_8.wrong.npz")
+    fp = {"attack": "pgd_linf", "eps": 8.0}
+    state = BatchProgress(runs_done=2, best=np.zeros((3, 4, 4, 3), np.float32),
+                          best_loss=np.full(3, -np.inf), active=np.ones(3, bool),
+                          evaluations=np.full(3, 7, np.int64),
+                          first_step=np.full((3, 2), -1, np.int64),
+                          runs=[{"restart": 0}, {"restart": 0}], seconds=12.5)
+
+    def save(s, key=fp):
+        write_npz(_progress_path(path, 0), dict(_progress_arrays(s), fingerprint=canonical(
+            _progress_fp(key, 0))))
+
+    save(state)
+    got = store._batch_progress(path, fp, {0: 3})[0]
+    assert got.runs_done == 2 and got.runs == state.runs and got.seconds == 12.5
+    np.testing.assert_array_equal(got.evaluations, state.evaluations)
+    assert store._batch_progress(path, dict(fp, eps=4.0), {0: 3}) == {}   # another attack
+    assert store._batch_progress(path, fp, {0: 5}) == {}                 # another batch size
+    assert any("holds 3 rows for 5 images" in m for m in logs)
+    save(dataclasses.replace(state, runs=state.runs[:1]))
+    assert store._batch_progress(path, fp, {0: 3}) == {}
+    assert any("1 runs listed for 2 done" in m and "from the start" in m for m in logs)
