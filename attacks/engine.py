@@ -147,6 +147,11 @@ class BatchProgress:
     runs: List[Dict]
     seconds: float = 0.0
 
+    def __post_init__(self):
+        if len(self.runs) != self.runs_done:
+            raise ValueError("a batch state with %d runs listed for %d done"
+                             % (len(self.runs), self.runs_done))
+
 
 class _Tracker(AttackTarget):
     """Wraps the real target during one batch: quantises iterates, leaves out the images
@@ -400,7 +405,7 @@ class AdaptiveEngine:
 def _check_progress(progress: BatchProgress, x: np.ndarray, first_shape: tuple,
                     plan_runs: int) -> None:
     """Refuse a state whose shapes or run count do not fit this batch and plan rather than
-    continue from it.  (Shapes cannot tell another batch of the same size or another seed or
+    continue from it (a state's own run list is checked when it is made).  (Shapes cannot tell another batch of the same size or another seed or
     attack with a plan as long: the caller keys saved states by the run's fingerprint.)"""
     n = len(x)
     problems = []
@@ -414,9 +419,6 @@ def _check_progress(progress: BatchProgress, x: np.ndarray, first_shape: tuple,
                                                         tuple(first_shape)))
     if not 0 < progress.runs_done < plan_runs:
         problems.append("runs_done %d of a %d-run plan" % (progress.runs_done, plan_runs))
-    elif len(progress.runs) != progress.runs_done:
-        problems.append("%d runs listed for %d done" % (len(progress.runs),
-                                                        progress.runs_done))
     if problems:
         raise ValueError("the saved progress does not belong to this batch and plan (%s); "
                          "delete it to attack the batch from the start" % "; ".join(problems))

@@ -166,7 +166,6 @@ class AdaptiveStore:
             self.log("%s: resuming after %d of %d batches" % (path, len(done), batches))
         return done
 
-
     def _batch_progress(self, path: str, fp: Dict, sizes: Mapping[int, int]
                         ) -> Dict[int, BatchProgress]:
         """The state of batches interrupted between two engine runs (same fingerprint), for
@@ -179,17 +178,12 @@ class AdaptiveStore:
             if rec is None:
                 continue
             try:
-                runs = json.loads(str(rec["runs"]))
                 out[i] = BatchProgress(
                     runs_done=int(rec["runs_done"]), best=rec["best"],
                     best_loss=rec["best_loss"], active=rec["active"],
                     evaluations=rec["evaluations"], first_step=rec["first_step"],
-                    runs=runs, seconds=float(rec["seconds"]))
-                if len(runs) != out[i].runs_done:
-                    raise ValueError("%d runs listed for %d done" % (len(runs),
-                                                                     out[i].runs_done))
+                    runs=json.loads(str(rec["runs"])), seconds=float(rec["seconds"]))
             except (ValueError, TypeError) as e:
-                out.pop(i, None)
                 self.log("saved progress %s is damaged (%s): the batch is attacked from the "
                          "start" % (_progress_path(path, i), e))
                 continue

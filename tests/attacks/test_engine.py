@@ -487,9 +487,8 @@ def test_progress_of_another_batch_or_plan_is_refused(pattern):
     engine.run_batch(x[:16], y[:16], 0, on_progress=states.append)
     with pytest.raises(ValueError, match="does not belong to this batch.*delete it"):
         engine.run_batch(x[:8], y[:8], 0, progress=states[0])
-    longer = dataclasses.replace(states[0], runs_done=99)
+    longer = dataclasses.replace(states[0], runs_done=99, runs=states[0].runs * 99)
     with pytest.raises(ValueError, match="runs_done 99 of a 3-run plan"):
         engine.run_batch(x[:16], y[:16], 0, progress=longer)
-    unlisted = dataclasses.replace(states[1], runs=states[1].runs[:1])
     with pytest.raises(ValueError, match="1 runs listed for 2 done"):
-        engine.run_batch(x[:16], y[:16], 0, progress=unlisted)
+        dataclasses.replace(states[1], runs=states[1].runs[:1])
