@@ -3,8 +3,8 @@ engine (:mod:`attacks.engine`; the defense-aware threat models), cached per defe
 vector and goal in ``<out>/vectors/<threat>/<defense>/test-<attack>_<eps>.<goal>.npz`` --
 and, while an attack runs, per image batch (``….batch-0000.npz``) and inside the batch being
 attacked (``….batch-0000.progress.npz``, rewritten after each engine run but the last: a goal
-run of the full recipe takes 15-30 min on a CPU, one engine run a few), so an interrupted run
-resumes where it stopped with the same numbers.
+run of the full recipe took 4-32 min in the bench here, one engine run a few), so an
+interrupted run resumes where it stopped with the same numbers.
 """
 from __future__ import annotations
 

@@ -65,4 +65,4 @@ class NoiseDefense(TransformDefense):
 
     def fingerprint(self) -> Dict:
         # the observation depends only on the chosen amplitude, not on how it was chosen
-        return {"defense": self.name, "params": self.transform.params()}
+        return dict(super().fingerprint(), params=self.transform.params())
