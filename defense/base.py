@@ -344,7 +344,7 @@ class FitContext:
                  images: Callable[[str], ImageSet],
                  attacked: Callable[[str, str, float, str], ImageSet],
                  observe: Callable[[Defense, ImageSet], Dict[str, List]],
-                 mode: str = "flagged", extractors: Optional[Callable[[], Tuple]] = None,
+                 mode: str = "flagged", extractors: Optional[Callable[..., Tuple]] = None,
                  arch: Optional[str] = None, m_dir: Optional[str] = None,
                  m_digest: Optional[str] = None, trajectory_cache: Sequence[str] = (),
                  at: Optional[ATModel] = None, transfer_k: Optional[Callable] = None,

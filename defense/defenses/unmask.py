@@ -130,7 +130,7 @@ class UnMaskDefense(Defense):
         self._eot_seed = ctx.seed
         self._transfer_k = (ctx.transfer_k_robust if self.transfer_surrogate() == "robust"
                             else ctx.transfer_k)
-        made = ctx.extractors() if self.k == "standard" else ctx.extractors(self.k)
+        made = ctx.extractors(self.k)
         self.kind, ex_val, ex_test, self._k_digest = made
         self._extractor = {"val": ex_val, "test": ex_test}
         m = self._m = ctx.models[self.m_key]

@@ -114,7 +114,7 @@ def context(tiny_m, tmp_path_factory):
             images=lambda split: sets[split], attacked=attacked,
             observe=lambda d, images: d.observe(images),
             mode="flagged", arch="tiny_cnn", m_dir=cache, m_digest="tiny",
-            extractors=lambda: ("oracle", extractor, extractor, None),
+            extractors=lambda k="standard": ("oracle", extractor, extractor, None),
             at=ATModel(eps=4, checkpoint_digest="x"))
     return make, sets, attacked, tiny_m
 
@@ -746,7 +746,7 @@ def test_unmask_random_input_shows_k_one_seeded_draw_per_image_set(context):
     ctx = FitContext(models=base.models, class_set=CS, seed=0, target_fpr=0.25, threshold=None,
                      log=lambda s: None, images=base.images, attacked=base.attacked,
                      observe=lambda d, images: d.observe(images), mode="flagged",
-                     extractors=lambda: ("k", Recorder(labels), Recorder(labels), "d"))
+                     extractors=lambda k="standard": ("k", Recorder(labels), Recorder(labels), "d"))
     d = build_defense("unmask:input=random")
     d.fit(ctx)
     test = sets["test"]
