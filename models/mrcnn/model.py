@@ -45,17 +45,28 @@ RUN_CONFIG_FILE = "config.json"
 
 
 def _run_folders(model_dir: str, prefix: str) -> List[str]:
-    """``<model_dir>/<prefix>*`` run folders, oldest first (names end in a timestamp)."""
-    names = os.listdir(model_dir) if os.path.isdir(model_dir) else []
-    return [os.path.join(model_dir, d) for d in sorted(names)
-            if d.startswith(prefix) and os.path.isdir(os.path.join(model_dir, d))]
+    """``<model_dir>/<prefix>YYYYMMDDTHHMM[-k]`` run folders, oldest first.
+
+    Only the exact scheme of :meth:`MaskRCNN.set_log_dir` counts, so the runs of another name
+    that merely starts with ``prefix`` (``parts_robust...`` beside ``parts...``) are not taken
+    for this name's runs; a same-minute ``-k`` suffix sorts by its number.
+    """
+    pattern = re.compile(r"%s(\d{8}T\d{4})(?:-(\d+))?" % re.escape(prefix))
+    runs = []
+    for name in (os.listdir(model_dir) if os.path.isdir(model_dir) else []):
+        m = pattern.fullmatch(name)
+        if m and os.path.isdir(os.path.join(model_dir, name)):
+            runs.append(((m.group(1), int(m.group(2) or 0)), os.path.join(model_dir, name)))
+    return [path for _, path in sorted(runs)]
 
 
 def _last_checkpoint_file(folder: str, prefix: str) -> Optional[str]:
-    """The highest-epoch ``mask_rcnn_<prefix>_<epoch>.h5`` of a run folder, or None."""
-    ckpts = sorted(f for f in os.listdir(folder)
-                   if f.startswith("mask_rcnn_" + prefix) and f.endswith(".h5"))
-    return os.path.join(folder, ckpts[-1]) if ckpts else None
+    """The highest-epoch ``mask_rcnn_<prefix>_<epoch>.h5`` of a run folder, or None (files of
+    another name that starts with ``prefix`` are not this name's checkpoints)."""
+    pattern = re.compile(r"mask_rcnn_%s_(\d+)\.h5" % re.escape(prefix))
+    epochs = [(int(m.group(1)), f) for f in os.listdir(folder)
+              for m in [pattern.fullmatch(f)] if m]
+    return os.path.join(folder, max(epochs)[1]) if epochs else None
 
 
 def run_architecture_mismatch(folder: str, config) -> Dict[str, tuple]:

@@ -207,6 +207,27 @@ def test_find_last_skips_runs_of_another_architecture(tmp_path):
     assert find_last_checkpoint(str(logs), "tiny", wide) == placed
 
 
+def test_find_last_takes_only_this_names_runs_and_orders_same_minute_runs(tmp_path):
+    """A run of a name that merely starts with this one (``tiny_robust...`` beside ``tiny...``,
+    both without config.json) is not this name's run, nor its checkpoint files; runs started
+    in the same minute (``-k``) count by number, and epochs by value."""
+    logs = tmp_path / "logs"
+    _fake_run(logs, "tiny20240101T0000", "tiny", [2])
+    _fake_run(logs, "tiny20240101T0000-2", "tiny", [9, 10])
+    _fake_run(logs, "tiny20240101T0000-10", "tiny", [3])
+    _fake_run(logs, "tiny_robust20240105T0000", "tiny_robust", [5])
+    _fake_run(logs, "tinyish", "tiny", [8])                       # not the folder scheme
+    newest = str(logs / "tiny20240101T0000-10" / "mask_rcnn_tiny_0003.h5")
+    assert find_last_checkpoint(str(logs), "tiny") == newest
+    assert find_last_checkpoint(str(logs), "tiny_robust") == str(
+        logs / "tiny_robust20240105T0000" / "mask_rcnn_tiny_robust_0005.h5")
+    # a robust K's files in a folder of the standard name are not the standard K's epochs
+    (logs / "tiny20240101T0000-10" / "mask_rcnn_tiny_robust_0099.h5").write_bytes(b"")
+    (logs / "tiny20240101T0000-10" / "mask_rcnn_tiny_10000.h5").write_bytes(b"")
+    assert find_last_checkpoint(str(logs), "tiny") == str(
+        logs / "tiny20240101T0000-10" / "mask_rcnn_tiny_10000.h5")
+
+
 def test_only_incompatible_runs_give_an_error_naming_them_and_the_command(tmp_path):
     logs = tmp_path / "logs"
     _fake_run(logs, "tiny20240102T0000", "tiny", [3], get_config("tiny", SMALL_BACKBONE_WIDTH=16))
