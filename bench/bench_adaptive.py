@@ -84,7 +84,10 @@ def measure(classset: str, images: int, attack: str) -> dict:
     comparison = Comparison(cfg, data, {"m": m}, print)
     made = {}
 
-    def extractors():
+    def extractors(k="standard"):
+        if k != "standard":
+            raise ValueError("bench_adaptive measures the plain UnMask: k must be 'standard', "
+                             "got %r" % (k,))
         if not made:
             made["v"] = ev.make_extractors(cfg, data, print) + (None,)
         return made["v"]

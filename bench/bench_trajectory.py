@@ -59,7 +59,7 @@ def main(argv=None):
     m, _ = ev.get_models(cfg, data, log)
     comparison = Comparison(cfg, data, {"m": m}, log)
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = comparison.fit_context(lambda: None)
+        ctx = comparison.fit_context(lambda k="standard": None)
         if args.from_scratch:
             ctx.trajectory_cache = (os.path.join(tmp, "m_trajectory"),)
         defense = build_defense("trajectory:" + args.configuration)
