@@ -468,15 +468,19 @@ class MaskRCNN:
         """Set ``log_dir``, ``checkpoint_path`` and ``epoch``.
 
         Resuming from a checkpoint ``.../<name>YYYYMMDDTHHMM[-k]/mask_rcnn_<name>_<epoch>.h5``
-        continues in that run's folder at that epoch.  A new run gets a new folder named by
-        the minute (matterport's scheme); a second run started in the same minute gets a
-        ``-1``, ``-2`` ... suffix instead of overwriting the first run's checkpoints.
+        of this configuration's ``<name>`` continues in that run's folder at that epoch.  A new
+        run gets a new folder named by the minute (matterport's scheme); a second run started in
+        the same minute gets a ``-1``, ``-2`` ... suffix instead of overwriting the first run's
+        checkpoints.  Weights of another name (a standard K's checkpoint as the start of a
+        robust K, ``parts`` against ``parts_robust``) start a new run at epoch 0, so one run
+        folder never holds two kinds of K.
         """
         self.epoch = 0
         if model_path:
-            regex = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:-\d+)?[/\\]"
-                     r"mask\_rcnn\_[\w-]+(\d{4})\.h5")
-            m = re.match(regex, str(model_path).replace(os.sep, "/"))
+            name = re.escape(self.config.NAME.lower())
+            regex = (r".*[/\\]%s(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:-\d+)?[/\\]"
+                     r"mask_rcnn_%s_(\d{4,})\.h5" % (name, name))
+            m = re.fullmatch(regex, str(model_path).replace(os.sep, "/"))
             if m:
                 self.epoch = int(m.group(6))
                 self.log_dir = os.path.dirname(os.path.abspath(model_path))

@@ -1,5 +1,6 @@
 """Model K graph: matterport layer names/shapes, legacy Keras-2 .h5 loading, session guard."""
 import gc
+import os
 import sys
 
 import h5py
@@ -394,3 +395,33 @@ def test_graph_built_once_and_eager_unaffected(tiny_k):
     assert float(tf.reduce_sum(tf.ones([3]))) == 3.0
     with pytest.raises(ValueError, match="BATCH_SIZE"):
         tiny_k.detect(images[:1])
+
+
+def test_weights_of_another_name_start_a_new_run_not_resume_the_old_one(tmp_path):
+    """set_log_dir resumes (folder, epoch) only from this configuration's own checkpoints: a
+    standard K's weights loaded to start a robust K (NAME ``tiny_robust``) begin a new
+    ``tiny_robust<time>`` run at epoch 0 instead of writing into the standard run's folder."""
+    from models.mrcnn.model import MaskRCNN
+
+    class _Stub:                              # set_log_dir reads only config and model_dir
+        def _set_checkpoint_path(self):
+            MaskRCNN._set_checkpoint_path(self)
+
+    logs = tmp_path / "logs"
+    run = _fake_run(logs, "tiny20240101T0000-3", "tiny", [12])
+    standard = str(run / "mask_rcnn_tiny_0012.h5")
+    stub = _Stub()
+    stub.config, stub.model_dir = get_config("tiny"), str(logs)
+    MaskRCNN.set_log_dir(stub, standard)
+    assert (stub.epoch, stub.log_dir) == (12, str(run))          # its own run: resumed
+    assert stub.checkpoint_path.endswith("mask_rcnn_tiny_{epoch:04d}.h5")
+    stub.config = get_config("tiny").replace(NAME="tiny_robust")
+    MaskRCNN.set_log_dir(stub, standard)
+    assert stub.epoch == 0 and os.path.dirname(stub.log_dir) == str(logs)
+    assert os.path.basename(stub.log_dir).startswith("tiny_robust2")
+    assert stub.checkpoint_path.endswith("mask_rcnn_tiny_robust_{epoch:04d}.h5")
+    # and the other way round: a robust checkpoint is not resumed by the standard name
+    robust_run = _fake_run(logs, "tiny_robust20240102T0000", "tiny_robust", [5])
+    stub.config = get_config("tiny")
+    MaskRCNN.set_log_dir(stub, str(robust_run / "mask_rcnn_tiny_robust_0005.h5"))
+    assert stub.epoch == 0 and os.path.basename(stub.log_dir).startswith("tiny2")
