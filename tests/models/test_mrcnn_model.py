@@ -146,7 +146,7 @@ def test_save_load_round_trip_gives_same_detections(tmp_path, tiny_k):
     a = MaskRCNN("inference", cfg, str(tmp_path), seed=5)
     b = MaskRCNN("inference", cfg, str(tmp_path), seed=6)
     try:
-        path = str(tmp_path / "parts20250101T0000" / "mask_rcnn_tiny_0003.h5")
+        path = str(tmp_path / "tiny20250101T0000" / "mask_rcnn_tiny_0003.h5")
         a.save_weights(path)
         with h5py.File(path, "r") as f:
             assert "rpn_model" in [n.decode() for n in f.attrs["layer_names"]]
