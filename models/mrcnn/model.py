@@ -44,6 +44,17 @@ def _input(shape, name, config, dtype=tf.float32):
 RUN_CONFIG_FILE = "config.json"
 
 
+def _run_folder_pattern(prefix: str) -> "re.Pattern":
+    """``<prefix>YYYYMMDDTHHMM[-k]``, the run folders :meth:`MaskRCNN.set_log_dir` names
+    (groups: the minute, the same-minute suffix)."""
+    return re.compile(r"%s(\d{8}T\d{4})(?:-(\d+))?" % re.escape(prefix))
+
+
+def _checkpoint_pattern(prefix: str) -> "re.Pattern":
+    """``mask_rcnn_<prefix>_<epoch>.h5`` (group: the epoch)."""
+    return re.compile(r"mask_rcnn_%s_(\d+)\.h5" % re.escape(prefix))
+
+
 def _run_folders(model_dir: str, prefix: str) -> List[str]:
     """``<model_dir>/<prefix>YYYYMMDDTHHMM[-k]`` run folders, oldest first.
 
@@ -51,7 +62,7 @@ def _run_folders(model_dir: str, prefix: str) -> List[str]:
     that merely starts with ``prefix`` (``parts_robust...`` beside ``parts...``) are not taken
     for this name's runs; a same-minute ``-k`` suffix sorts by its number.
     """
-    pattern = re.compile(r"%s(\d{8}T\d{4})(?:-(\d+))?" % re.escape(prefix))
+    pattern = _run_folder_pattern(prefix)
     runs = []
     for name in (os.listdir(model_dir) if os.path.isdir(model_dir) else []):
         m = pattern.fullmatch(name)
@@ -63,7 +74,7 @@ def _run_folders(model_dir: str, prefix: str) -> List[str]:
 def _last_checkpoint_file(folder: str, prefix: str) -> Optional[str]:
     """The highest-epoch ``mask_rcnn_<prefix>_<epoch>.h5`` of a run folder, or None (files of
     another name that starts with ``prefix`` are not this name's checkpoints)."""
-    pattern = re.compile(r"mask_rcnn_%s_(\d+)\.h5" % re.escape(prefix))
+    pattern = _checkpoint_pattern(prefix)
     epochs = [(int(m.group(1)), f) for f in os.listdir(folder)
               for m in [pattern.fullmatch(f)] if m]
     return os.path.join(folder, max(epochs)[1]) if epochs else None
@@ -477,12 +488,11 @@ class MaskRCNN:
         """
         self.epoch = 0
         if model_path:
-            name = re.escape(self.config.NAME.lower())
-            regex = (r".*[/\\]%s(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:-\d+)?[/\\]"
-                     r"mask_rcnn_%s_(\d{4,})\.h5" % (name, name))
-            m = re.fullmatch(regex, str(model_path).replace(os.sep, "/"))
-            if m:
-                self.epoch = int(m.group(6))
+            name = self.config.NAME.lower()
+            folder = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
+            m = _checkpoint_pattern(name).fullmatch(os.path.basename(model_path))
+            if m and _run_folder_pattern(name).fullmatch(folder):
+                self.epoch = int(m.group(1))
                 self.log_dir = os.path.dirname(os.path.abspath(model_path))
                 self._set_checkpoint_path()
                 return
