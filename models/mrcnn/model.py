@@ -489,11 +489,11 @@ class MaskRCNN:
         self.epoch = 0
         if model_path:
             name = self.config.NAME.lower()
-            folder = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
+            run_dir = os.path.dirname(os.path.abspath(model_path))
             m = _checkpoint_pattern(name).fullmatch(os.path.basename(model_path))
-            if m and _run_folder_pattern(name).fullmatch(folder):
+            if m and _run_folder_pattern(name).fullmatch(os.path.basename(run_dir)):
                 self.epoch = int(m.group(1))
-                self.log_dir = os.path.dirname(os.path.abspath(model_path))
+                self.log_dir = run_dir
                 self._set_checkpoint_path()
                 return
         base = "%s%s" % (self.config.NAME.lower(),
