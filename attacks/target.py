@@ -25,8 +25,9 @@ an attack on it can be compiled into one ``tf.function``); a target that runs an
 """
 import tfcompat  # noqa: F401
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -49,6 +50,41 @@ class AttackTarget:
 
     traceable = True
     requires_targets = False
+    #: The ways the defense's final answer can reach the attacker's goal (SPEC §13), each
+    #: attacked in turn by the adaptive engine on the images no earlier one won.  A plain
+    #: target has one.
+    routes: Tuple[str, ...] = ("default",)
+
+    def route_needs_targets(self, route: str) -> bool:
+        """Whether ``route`` is attacked toward a target class (default:
+        ``requires_targets``)."""
+        return self.requires_targets
+
+    def evaluate_route(self, x, y, t, loss_fn, route: str) -> Evaluation:
+        """:meth:`evaluate` along ``route`` (a plain target has one route: :meth:`evaluate`)."""
+        if route not in self.routes:
+            raise ValueError("route %r is not one of this target's routes %s"
+                             % (route, self.routes))
+        return self.evaluate(x, y, t, loss_fn)
+
+    def evaluate_jobs(self, x: np.ndarray, y: np.ndarray, t: np.ndarray,
+                      loss_fns: Sequence, routes: Sequence[str]) -> Evaluation:
+        """One batched evaluation of the engine's jobs: row ``i`` is image ``x[i]`` with label
+        ``y[i]``, target class ``t[i]`` (-1: untargeted), loss ``loss_fns[i]`` and route
+        ``routes[i]``.  Default: one :meth:`evaluate_route` per (loss, route, targeted or
+        not) group of rows; a target whose routes share an expensive part (UnMask's K)
+        evaluates them together.  Returns numpy arrays in row order."""
+        groups = {}
+        for i, (fn, route, ti) in enumerate(zip(loss_fns, routes, t)):
+            groups.setdefault((fn, route, ti >= 0), []).append(i)
+        parts = {}
+        for (fn, route, targeted), rows in groups.items():
+            rows = np.asarray(rows)
+            out = self.evaluate_route(tf.constant(x[rows]), tf.constant(y[rows]),
+                                      tf.constant(t[rows]) if targeted else None, fn, route)
+            parts[tuple(rows)] = [np.asarray(v) for v in out]
+        return Evaluation(*(_scatter(len(x), {r: p[k] for r, p in parts.items()})
+                            for k in range(4)))
 
     def evaluate(self, x, y, t, loss_fn) -> Evaluation:
         """Loss, direction, M's logits and the goal verdict at ``x`` (see the module
@@ -76,6 +112,16 @@ class AttackTarget:
         APGD-T picks its targets)."""
         logits = self.evaluate(x, y, None, _zero_loss).logits
         return rank_by_score(logits, y)
+
+
+def _scatter(n: int, parts) -> np.ndarray:
+    """Rows ``{tuple of row indices: array [len, ...]}`` put back into one ``[n, ...]``
+    array."""
+    first = next(iter(parts.values()))
+    out = np.zeros((n,) + first.shape[1:], first.dtype)
+    for rows, values in parts.items():
+        out[list(rows)] = values
+    return out
 
 
 def _zero_loss(logits, y, t=None):

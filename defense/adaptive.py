@@ -14,9 +14,11 @@ iterates, the best iterate by the real decision, convergence traces):
 * the trajectory detector (:class:`TrajectoryTarget`): M's loss and the detector's
   "looks natural" term ``-softplus(D(x))`` through the taps, the trajectory embedding and the
   LSTM;
-* UnMask (:class:`UnMaskTarget`): M and K together toward a target class ``y'`` (its parts
-  forged in K's ROI logits, the others erased); K's gradient and part sets come from its own
-  graph and session (:class:`~models.mrcnn.attack_interface.PartScorer`).
+* UnMask (:class:`UnMaskTarget`): M and K along every route of its decision rule
+  (:mod:`defense.routes`: follow-m, two-phase, k-only, joint) toward target classes (their
+  parts forged in K's ROI logits, the others erased); K's gradient and part sets come from its
+  own graph and session (:class:`~models.mrcnn.attack_interface.PartScorer`), one session run
+  for a batch whatever its rows' routes.
 
 A detector target has two terms, M's (the attack's loss) and the detector's, combined by one
 of :data:`GRADIENT_MODES` (each term's gradient scaled to unit L2 norm per image):
@@ -41,6 +43,7 @@ import numpy as np
 
 import tfcompat
 from attacks.target import AttackTarget, Evaluation, rank_by_score
+from defense.routes import UNMASK_ROUTES
 
 tf, keras = tfcompat.import_tf()
 
@@ -127,9 +130,10 @@ class TransformTarget(AttackTarget):
             M's probabilities averaged over the evaluation's EOT draws: one draw's answer
             says little about the next).
         samples: EOT draws per step (random transforms only).
-        seed: base of the EOT draws (each evaluation draws with :func:`iterate_seed` of
-            ``seed`` and the iterate, so a run is reproducible and a resumed attack meets the
-            same draws as the uninterrupted one).
+        seed: base of the EOT draws.  Each image's draws are seeded by
+            :func:`iterate_seed` of ``seed`` and that image's iterate, so a run is
+            reproducible, a resumed attack meets the same draws as the uninterrupted one, and
+            an image's draws do not depend on the images evaluated beside it.
     """
     traceable = False
 
@@ -140,15 +144,24 @@ class TransformTarget(AttackTarget):
         self.model, self.transform, self.judge = model, transform, judge
         self.samples = int(samples) if transform.randomized else 1
         self.seed = int(seed)
+        self.routes = ("eot",) if transform.randomized else ("bpda",)
+
+    def _seen(self, x):
+        """What M sees of ``x`` (inside the caller's tape): each image's EOT draws, image i's
+        at rows ``i*s .. i*s+s-1``, or the transform of the batch."""
+        if not self.transform.randomized:
+            return self.transform.bpda(x, seed=0)
+        images, s = _numpy(x), self.samples
+        return tf.concat([self.transform.bpda(tf.repeat(x[i:i + 1], s, axis=0),
+                                              seed=iterate_seed(self.seed, images[i]))
+                          for i in range(images.shape[0])], axis=0)
 
     def evaluate(self, x, y, t, loss_fn) -> Evaluation:
         s = self.samples
         x = tf.convert_to_tensor(x, tf.float32)
-        seed = iterate_seed(self.seed, _numpy(x)) if self.transform.randomized else 0
         with tf.GradientTape() as tape:
             tape.watch(x)
-            reps = tf.repeat(x, s, axis=0) if s > 1 else x
-            logits_all = self.model(self.transform.bpda(reps, seed=seed), training=False)
+            logits_all = self.model(self._seen(x), training=False)
             rep = (lambda v: None if v is None else tf.repeat(v, s, axis=0)) if s > 1 else (
                 lambda v: v)
             loss_all = loss_fn(logits_all, rep(y), rep(t))
@@ -176,7 +189,8 @@ class TransformTarget(AttackTarget):
 
 class TrajectoryTarget(AttackTarget):
     """The seed-003 detector: M's loss and ``-w softplus(D(x))`` (the BCE of the detector's
-    logit toward "natural", to lower) through the taps, the embedding and the LSTM.
+    logit toward "natural", to lower) through the taps, the embedding and the LSTM.  One
+    route: fool M and stay below the threshold (a flag is a rejection).
 
     Args:
         taps_with_logits: model ``x -> [taps..., logits]`` (:func:`models.taps.tap_model`).
@@ -187,6 +201,7 @@ class TrajectoryTarget(AttackTarget):
         weight: ``w`` of the detector term in the loss value.
     """
     traceable = True
+    routes = ("evade",)
 
     def __init__(self, taps_with_logits, embed, detector, threshold: float,
                  mode: str = "joint", weight: float = 1.0):
@@ -232,17 +247,20 @@ class TrajectoryTarget(AttackTarget):
 
 
 class UnMaskTarget(AttackTarget):
-    """UnMask's M and K attacked together toward a target class ``y'`` per image (SPEC §8).
+    """UnMask's M and K attacked along the routes of its decision rule (SPEC §8, §13).
 
-    The loss value is ``L_M - L_K``: ``L_M`` the attack's loss of M toward ``y'`` and ``L_K``
-    the part-set hinge of :meth:`PartScorer.hinge_value_and_grad` (``lam_present`` ×
-    Σ_{p ∈ V[y']} relu(κ − smax_r m_{r,p}) + ``lam_absent`` ×
-    Σ_{p ∉ V[y']} Σ_r relu(m_{r,p} + κ), to lower: the parts of ``y'`` appear in K's ROI
-    logits, every other part disappears).
-    The direction combines the two gradients by ``mode`` (:func:`combine`).  One evaluation
-    costs one forward and backward pass of M and one session run of K, which also gives K's
-    part sets: ``judge(pred [B], parts, y [B]) -> bool [B]`` turns them and M's answer into
-    the verdict of the attack's goal (the defense's Algorithm 1, at its threshold).
+    The loss value is ``L_M - L_K`` (``-L_K`` on the ``k-only`` route): ``L_M`` the attack's
+    loss of M (toward ``y'``, or untargeted on ``follow-m``) and ``L_K`` the part-set hinge of
+    :meth:`PartScorer.hinge_value_and_grad` (``lam_present`` ×
+    Σ_{p ∈ V[k]} relu(κ − smax_r m_{r,p}) + ``lam_absent`` ×
+    Σ_{p ∉ V[k]} Σ_r relu(m_{r,p} + κ), to lower: the parts of K's target class ``k`` appear in
+    K's ROI logits, every other part disappears), with ``k = y'`` -- or M's current answer on
+    ``follow-m``.  The direction combines the two gradients by the route
+    (:mod:`defense.routes`, :func:`combine`).  One evaluation of a batch -- whatever its rows' routes, losses and
+    targets -- costs one forward and backward pass of M per loss and one session run of K,
+    which also gives K's part sets: ``judge(pred [B], parts, y [B]) -> bool [B]`` turns them
+    and M's answer into the verdict of the attack's goal (the defense's Algorithm 1, at its
+    threshold).
 
     Args:
         model: M.
@@ -251,7 +269,10 @@ class UnMaskTarget(AttackTarget):
             the attacker cannot query the real K).
         class_parts_list: ``V``, the expected part set of each class in M's output order.
         judge: see above.
-        mode: one of :data:`GRADIENT_MODES`.
+        mode: how the ``two-phase`` route combines its gradients (one of
+            :data:`GRADIENT_MODES`: ``two-phase``, or ``orthogonal``; ``joint`` makes it the
+            ``joint`` route).
+        routes: the routes attacked, in order (default: ``two-phase`` alone).
         kappa, lam_present, lam_absent, tau: the part hinge's settings.
     """
     traceable = False
@@ -259,9 +280,14 @@ class UnMaskTarget(AttackTarget):
 
     def __init__(self, model, scorer, class_parts_list, judge: Callable,
                  mode: str = "two-phase", kappa: float = 1.0, lam_present: float = 1.0,
-                 lam_absent: float = 1.0, tau: float = 0.5):
+                 lam_absent: float = 1.0, tau: float = 0.5, routes=("two-phase",)):
         self.model, self.scorer, self.judge = model, scorer, judge
         self.mode = check_gradient_mode(mode)
+        unknown = [r for r in routes if r not in UNMASK_ROUTES]
+        if unknown or not routes:
+            raise ValueError("UnMask routes %s: give some of %s" % (list(routes),
+                                                                     ", ".join(UNMASK_ROUTES)))
+        self.routes = tuple(routes)
         self.class_parts = [frozenset(v) for v in class_parts_list]
         index = {p: i for i, p in enumerate(scorer.part_names)}
         self.masks = np.zeros((len(self.class_parts), scorer.num_parts), np.float32)
@@ -273,31 +299,83 @@ class UnMaskTarget(AttackTarget):
         self.hinge = dict(kappa=kappa, lam_present=lam_present, lam_absent=lam_absent, tau=tau)
         self._steps = {}
 
-    def _m_step(self, loss_fn):
-        if loss_fn not in self._steps:
+    def route_needs_targets(self, route: str) -> bool:
+        return route != "follow-m"
+
+    def _m_step(self, loss_fn, targeted: bool = True):
+        key = (loss_fn, targeted)
+        if key not in self._steps:
             def step(x, y, t):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     logits = self.model(x, training=False)
-                    loss = loss_fn(logits, y, t)
+                    loss = loss_fn(logits, y, t if targeted else None)
                 return loss, tape.gradient(loss, x), logits
-            self._steps[loss_fn] = tf.function(step, reduce_retracing=True)
-        return self._steps[loss_fn]
+            self._steps[key] = tf.function(step, reduce_retracing=True)
+        return self._steps[key]
 
-    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
-        if t is None:
+    def _m_terms(self, x, y, t, loss_fns):
+        """M's loss ``[B]``, its gradient and logits, one pass per (loss, targeted) group of
+        rows (``t[i] < 0``: untargeted)."""
+        n = len(x)
+        loss, grad = np.zeros(n, np.float32), np.zeros_like(x)
+        logits = None
+        groups = {}
+        for i, (fn, ti) in enumerate(zip(loss_fns, t)):
+            groups.setdefault((fn, bool(ti >= 0)), []).append(i)
+        for (fn, targeted), rows in groups.items():
+            rows = np.asarray(rows)
+            tt = t[rows] if targeted else np.zeros(len(rows), np.int64)
+            l, g, lg = self._m_step(fn, targeted)(tf.constant(x[rows]), tf.constant(y[rows]),
+                                                  tf.constant(tt))
+            lg = _numpy(lg)
+            if logits is None:
+                logits = np.zeros((n, lg.shape[1]), np.float32)
+            loss[rows], grad[rows], logits[rows] = _numpy(l), _numpy(g), lg
+        return loss, grad, logits
+
+    def _k_terms(self, images, k_target, pred, y):
+        """K's hinge ``[B]`` toward the parts of ``k_target``, its gradient, and the goal's
+        verdict on M's answer ``pred`` and K's part sets: one session run of K."""
+        present = self.masks[k_target]
+        k_loss, k_grad, parts = self.scorer.hinge_value_and_grad(
+            images, present, 1.0 - present, return_parts=True, **self.hinge)
+        return k_loss, k_grad, np.asarray(self.judge(pred, parts, y), bool)
+
+    def evaluate_jobs(self, x, y, t, loss_fns, routes) -> Evaluation:
+        x = np.asarray(x, np.float32)
+        y, t = np.asarray(y, np.int64), np.asarray(t, np.int64)
+        routes = np.asarray(routes)
+        if np.any((t < 0) & (routes != "follow-m")):
+            raise ValueError("UnMask's routes other than follow-m need a target class y' per "
+                             "image (the class whose parts K is made to see); the engine "
+                             "gives them")
+        m_loss, m_grad, logits = self._m_terms(x, y, t, loss_fns)
+        pred = np.argmax(logits, axis=1)
+        runner_up = np.asarray(rank_by_score(logits, y))[:, 0]
+        k_target = np.where(routes == "follow-m", np.where(pred != y, pred, runner_up), t)
+        k_loss, k_grad, success = self._k_terms(x, k_target, pred, y)
+        wants = np.where(t >= 0, pred == t, pred != y)
+        grad = _route_directions(tf.constant(m_grad), -tf.constant(k_grad, tf.float32),
+                                 wants, routes, self.mode)
+        loss = np.where(routes == "k-only", 0.0, m_loss) - k_loss
+        return Evaluation(loss.astype(np.float32), _numpy(grad), logits, success)
+
+    def evaluate_route(self, x, y, t, loss_fn, route: str) -> Evaluation:
+        if route not in self.routes:
+            raise ValueError("route %r is not one of this target's routes %s"
+                             % (route, self.routes))
+        n = int(tf.shape(x)[0])
+        if t is None and route != "follow-m":
             raise ValueError("UnMask's adaptive target needs a target class y' per image (the "
                              "class whose parts K is made to see); the engine gives them")
-        x = tf.convert_to_tensor(x, tf.float32)
-        y, t = tf.cast(y, tf.int64), tf.cast(t, tf.int64)
-        m_loss, m_grad, logits = self._m_step(loss_fn)(x, y, t)
-        present = self.masks[_numpy(t)]
-        k_loss, k_grad, parts = self.scorer.hinge_value_and_grad(
-            _numpy(x), present, 1.0 - present, return_parts=True, **self.hinge)
-        pred = np.argmax(_numpy(logits), axis=1)
-        success = np.asarray(self.judge(pred, parts, _numpy(y)), bool)
-        grad = combine(m_grad, -tf.constant(k_grad), _m_wants(logits, y, t), self.mode)
-        return Evaluation(m_loss - tf.constant(k_loss), grad, logits, tf.constant(success))
+        tt = np.full(n, -1, np.int64) if t is None else _numpy(t).astype(np.int64)
+        out = self.evaluate_jobs(_numpy(x), _numpy(y), tt, [loss_fn] * n, [route] * n)
+        return Evaluation(*(tf.constant(v) for v in out))
+
+    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
+        """The first route's evaluation (:meth:`evaluate_route`)."""
+        return self.evaluate_route(x, y, t, loss_fn, self.routes[0])
 
     def ranked_targets(self, x, y):
         """Classes other than ``y`` by the Jaccard overlap of their expected parts with K's
@@ -314,6 +392,22 @@ class UnMaskTarget(AttackTarget):
         return len(self.class_parts)
 
 
+def _route_directions(m_grad, d_grad, m_done, routes, mode: str):
+    """Per row, the step direction of its route (:mod:`defense.routes`) from M's gradient and
+    the detector term's, ``m_done`` bool ``[B]``: M already says what the attacker wants."""
+    routes = np.asarray(routes)
+    out = tf.zeros_like(m_grad)
+    rules = {"follow-m": lambda: combine(m_grad, d_grad, m_done, "joint"),
+             "two-phase": lambda: combine(m_grad, d_grad, m_done, mode),
+             "joint": lambda: combine(m_grad, d_grad, m_done, "joint"),
+             "k-only": lambda: unit(d_grad)}
+    for route, rule in rules.items():
+        rows = routes == route
+        if rows.any():
+            out = tf.where(tf.reshape(tf.constant(rows), [-1, 1, 1, 1]), rule(), out)
+    return out
+
+
 class RandomizedUnMaskTarget(UnMaskTarget):
     """UnMask whose K sees a random resize-and-pad of the image (``unmask:input=random``),
     attacked with **EOT**: every evaluation draws ``samples`` fresh transforms per image,
@@ -326,10 +420,11 @@ class RandomizedUnMaskTarget(UnMaskTarget):
     Args:
         transform: the :class:`~defense.transforms.ResizePadTransform` in front of K.
         samples: EOT draws per evaluation (>= 1; the bench uses >= 20).
-        seed: base of the draws.  An evaluation draws from ``seed`` and a digest of the
-            iterate it is given (8-bit, so exactly reproducible): fresh draws at every step,
-            the same draws for the same iterate -- so an attack resumed after its saved
-            batches gets the draws of the uninterrupted run, which a call counter would not.
+        seed: base of the draws.  Each image's draws are seeded from ``seed`` and a digest of
+            that image's iterate (8-bit, so exactly reproducible): fresh draws at every step,
+            the same draws for the same iterate whatever is evaluated beside it -- so an
+            attack resumed after its saved state gets the draws of the uninterrupted run,
+            which a call counter would not.
         Other arguments: as :class:`UnMaskTarget`.
     """
 
@@ -342,30 +437,22 @@ class RandomizedUnMaskTarget(UnMaskTarget):
         self.transform, self.samples = transform, int(samples)
         self.seed = int(seed)
 
-    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
-        if t is None:
-            raise ValueError("UnMask's adaptive target needs a target class y' per image")
-        x = tf.convert_to_tensor(x, tf.float32)
-        y, t = tf.cast(y, tf.int64), tf.cast(t, tf.int64)
-        m_loss, m_grad, logits = self._m_step(loss_fn)(x, y, t)
-        s, images = self.samples, _numpy(x)
-        b = images.shape[0]
-        seed = iterate_seed(self.seed, images)
-        draws = np.repeat(images, s, axis=0)            # image i's draws: rows i*s .. i*s+s-1
-        seen = self.transform(draws, seed=seed)
-        present = np.repeat(self.masks[_numpy(t)], s, axis=0)
+    def _k_terms(self, images, k_target, pred, y):
+        s, b = self.samples, images.shape[0]
+        seeds = [iterate_seed(self.seed, images[i]) for i in range(b)]
+        draws = [np.repeat(images[i:i + 1], s, axis=0) for i in range(b)]
+        seen = np.concatenate([self.transform(d, seed=sd) for d, sd in zip(draws, seeds)])
+        present = np.repeat(self.masks[k_target], s, axis=0)
         k_loss, k_grad, parts = self.scorer.hinge_value_and_grad(
             seen, present, 1.0 - present, return_parts=True, **self.hinge)
-        k_grad = self.transform.estimate_gradient(draws, np.asarray(k_grad, np.float32),
-                                                  seed=seed)
+        k_grad = np.asarray(k_grad, np.float32)
+        k_grad = np.concatenate([self.transform.estimate_gradient(
+            draws[i], k_grad[i * s:(i + 1) * s], seed=seeds[i]) for i in range(b)])
         k_loss = np.asarray(k_loss, np.float32).reshape(b, s).mean(axis=1)
         k_grad = k_grad.reshape((b, s) + images.shape[1:]).mean(axis=1)
-        pred = np.argmax(_numpy(logits), axis=1)
-        votes = np.asarray(self.judge(np.repeat(pred, s), parts, np.repeat(_numpy(y), s)),
+        votes = np.asarray(self.judge(np.repeat(pred, s), parts, np.repeat(y, s)),
                            bool).reshape(b, s)
-        success = votes.mean(axis=1) >= 0.5
-        grad = combine(m_grad, -tf.constant(k_grad), _m_wants(logits, y, t), self.mode)
-        return Evaluation(m_loss - tf.constant(k_loss), grad, logits, tf.constant(success))
+        return k_loss, k_grad, votes.mean(axis=1) >= 0.5
 
     def ranked_targets(self, x, y):
         return super().ranked_targets(self.transform(_numpy(x), seed=self.seed), y)

@@ -51,9 +51,12 @@ class AdaptiveOptions:
         gradient: how a detector target combines its gradients
             (:data:`defense.adaptive.GRADIENT_MODES`); None: each defense's default.
         eot_samples: draws averaged per step through a random transform (>= 20 asked).
+        routes: the routes an attack is narrowed to (``--adaptive-routes``; None: every route
+            of the defense, SPEC §13).  A defense none of whose routes is named keeps them all.
     """
     gradient: Optional[str] = None
     eot_samples: int = 20
+    routes: Optional[Tuple[str, ...]] = None
 
 
 @dataclasses.dataclass
@@ -200,6 +203,23 @@ class Defense:
         run serves both where "wrong answer" and "undetected" are the same event (a
         classifier; a detector that rejects what it flags)."""
         return (Goal.WRONG,)
+
+    #: Every route this defense's adaptive attack can take (checked on the command line before
+    #: any work; :meth:`adaptive_routes` says which serve a goal).
+    ROUTES: Tuple[str, ...] = ("default",)
+
+    def adaptive_routes(self, goal: Goal) -> Tuple[str, ...]:
+        """The ways this defense's final answer can reach ``goal`` (SPEC §13), in the order
+        the adaptive engine attacks them (cheapest first).  One for most defenses."""
+        return self.ROUTES[:1]
+
+    def chosen_routes(self, goal: Goal, options: AdaptiveOptions) -> Tuple[str, ...]:
+        """The routes the run attacks for ``goal``: :meth:`adaptive_routes`, narrowed to
+        ``options.routes`` when some of them are named there."""
+        routes = self.adaptive_routes(goal)
+        if options.routes is None:
+            return routes
+        return tuple(r for r in routes if r in options.routes) or routes
 
     def transfer_surrogate(self) -> Optional[str]:
         """Which surrogate part extractor a transfer attack on this defense goes through:

@@ -1,10 +1,10 @@
 """The adaptive attack store: the test images attacked through a defense by the adaptive
 engine (:mod:`attacks.engine`; the defense-aware threat models), cached per defense, threat,
 vector and goal in ``<out>/vectors/<threat>/<defense>/test-<attack>_<eps>.<goal>.npz`` --
-and, while an attack runs, per image batch (``….batch-0000.npz``) and inside the batch being
-attacked (``….batch-0000.progress.npz``, rewritten after each engine run but the last: a goal
-run of the full recipe took 4-32 min in the bench here, one engine run a few), so an
-interrupted run resumes where it stopped with the same numbers.
+and, while an attack runs, per image batch (``….batch-0000.npz``, ``--adaptive-batch`` images:
+the work unit of a Ray run and of resuming) and inside the batch being attacked
+(``….batch-0000.progress.npz``, rewritten about every minute: per image, the plan entries
+done), so an interrupted run resumes where it stopped with the same numbers.
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from attacks import resolve_config
-from attacks.engine import AdaptiveEngine, BatchProgress, EngineResult, convergence
+from attacks.engine import AdaptiveEngine, EngineProgress, EngineResult, convergence
 from defense.base import ADAPTIVE, TRANSFER, Defense, ImageSet, model_predictions
 from defense.threats import Goal, Threat
 from evaluation.records import (ADAPTIVE_VERSION, canonical, eps_tag, read_npz, safe_name,
                                 short_digest, vector_fingerprint, write_npz)
-from models.progress import Eta
 
 
 class AdaptiveStore:
@@ -61,11 +60,9 @@ class AdaptiveStore:
             return self._sets[key]
         benign = self.images("test")
         fp = self._adaptive_fp(defense, name, eps, threat, goal)
-        path = os.path.join(self.folder, str(threat), safe_name(defense.label),
-                            "test-%s_%s.%s.npz" % (name, eps_tag(eps), goal))
+        path = self.record_path(defense, name, eps, threat, goal)
         self.touched.add(path)
-        rec = read_npz(path, fp, self.log, {"x_adv": 4, "pred_adv": 1, "success": 1,
-                                            "first_step": 2}, len(benign))
+        rec = read_npz(path, fp, self.log, dict(_ENGINE_ARRAYS, pred_adv=1), len(benign))
         if rec is None:
             rec = self._run_adaptive(defense, name, eps, threat, goal, benign, fp, path)
         else:
@@ -77,6 +74,7 @@ class AdaptiveStore:
             preds={"m": rec["pred_adv"]}, fingerprint=fp)
         self.info[key] = {k: json.loads(str(rec[k])) for k in ("convergence", "cost")}
         self.info[key]["success"] = rec["success"]
+        self.info[key]["routes"] = json.loads(str(rec["routes"]))
         return self._sets[key]
 
     def _adaptive_fp(self, defense: Defense, name: str, eps: float, threat: Threat,
@@ -87,6 +85,7 @@ class AdaptiveStore:
                     **({"attacker": attacker} if attacker else {}),
                     adaptive_version=ADAPTIVE_VERSION, defense=defense.fingerprint(),
                     decision=defense.params(), threat=str(threat), goal=str(goal),
+                    routes=list(defense.chosen_routes(goal, cfg.adaptive_options())),
                     engine=dataclasses.asdict(cfg.engine_settings()),
                     adaptive_batch=cfg.adaptive_batch,
                     options=dataclasses.asdict(cfg.adaptive_options()),
@@ -102,110 +101,121 @@ class AdaptiveStore:
     def _run_adaptive(self, defense, name, eps, threat, goal, benign, fp, path) -> Dict:
         cfg = self.cfg
         start = time.time()
-        target = defense.attack_target(threat, goal, cfg.adaptive_options())
-        engine = AdaptiveEngine(resolve_config(name, eps), target, cfg.engine_settings(),
-                                seed=cfg.seed)
-        batches = -(-len(benign) // cfg.adaptive_batch)
-        done = self._adaptive_batches(path, fp, batches)
-        sizes = {i: min(cfg.adaptive_batch, len(benign) - i * cfg.adaptive_batch)
-                 for i in range(batches) if i not in done}
-        progress = self._batch_progress(path, fp, sizes)
-        eta = Eta(batches, done=len(done))
-
-        def save_progress(i, state: BatchProgress):
-            write_npz(_progress_path(path, i), dict(
-                _progress_arrays(state), fingerprint=canonical(_progress_fp(fp, i))))
-
-        def save(i, part: EngineResult):
-            write_npz(_batch_path(path, i), dict(_engine_arrays(part), fingerprint=canonical(
-                dict(fp, batch=i))))
-            if os.path.isfile(_progress_path(path, i)):
-                os.remove(_progress_path(path, i))
-            timing = eta.step()
-            if cfg.progress:
-                self.log("%s %s on %s, eps=%g [%s]: batch %d of %d, goal reached on %d of %d "
-                         "(%s)" % (threat, name, defense.label, eps, goal, i + 1, batches,
-                                   int(part.success.sum()), len(part.success), timing))
-
-        res = engine.run(benign.x, benign.labels, batch_size=cfg.adaptive_batch, done=done,
-                         on_batch=save, progress=progress, on_progress=save_progress)
+        parts = [self.adaptive_batch(defense, name, eps, threat, goal, i, fp=fp)
+                 for i in range(self.batches())]
+        res = merge(parts)
         settings = cfg.engine_settings()
         conv = convergence(res.first_step, settings.steps)
         # wall time: this process's, or the engine's summed over every resumed part if more
         cost = {"evaluations_per_image": float(np.mean(res.evaluations)),
                 "seconds": round(max(time.time() - start, res.seconds), 1),
-                "runs": _run_summary(res.runs)}
+                "runs": _run_summary(res.runs), "routes": route_summary(res)}
         rec = dict(_engine_arrays(res), pred_adv=model_predictions(self.m, res.x_adv),
                    fingerprint=canonical(fp), seconds=cost["seconds"],
                    convergence=json.dumps(conv), cost=json.dumps(cost))
         write_npz(path, rec)
-        for i in range(batches):
+        for i in range(self.batches()):
             for part in (_batch_path(path, i), _progress_path(path, i)):
                 if os.path.isfile(part):
                     os.remove(part)
         self.log("%s %s on %s, eps=%g [%s]: goal reached on %.3f of the images, %s (%.0f s, "
-                 "%.0f evaluations per image)" % (
+                 "%.0f evaluations per image; won per route: %s)" % (
                      threat, name, defense.label, eps, goal, float(np.mean(res.success)),
                      "converged" if conv["converged"] else "NOT CONVERGED: " + conv["why"],
-                     cost["seconds"], cost["evaluations_per_image"]))
+                     cost["seconds"], cost["evaluations_per_image"],
+                     ", ".join("%s %d" % (r, v["won"]) for r, v in cost["routes"].items())))
         return rec
 
-    def _adaptive_batches(self, path: str, fp: Dict, batches: int) -> Dict[int, EngineResult]:
-        """The image batches of an interrupted adaptive run already saved (same fingerprint)."""
-        done = {}
-        for i in range(batches):
-            rec = read_npz(_batch_path(path, i), dict(fp, batch=i), self.log,
-                           {"x_adv": 4, "success": 1, "first_step": 2})
-            if rec is not None:
-                done[i] = EngineResult(x_adv=rec["x_adv"], success=rec["success"],
-                                       first_step=rec["first_step"],
-                                       evaluations=rec["evaluations"],
-                                       runs=json.loads(str(rec["runs"])),
-                                       seconds=float(rec["seconds"]))
-        if done:
-            self.log("%s: resuming after %d of %d batches" % (path, len(done), batches))
-        return done
+    def batches(self) -> int:
+        """Image batches of an adaptive record (``--adaptive-batch`` images each)."""
+        return -(-len(self.images("test")) // self.cfg.adaptive_batch)
 
-    def _batch_progress(self, path: str, fp: Dict, sizes: Mapping[int, int]
-                        ) -> Dict[int, BatchProgress]:
-        """The state of batches interrupted between two engine runs (same fingerprint), for
-        batch index -> its number of images; a damaged state is named and not used."""
-        out = {}
-        for i, n in sizes.items():
-            rec = read_npz(_progress_path(path, i), _progress_fp(fp, i), self.log,
-                           {"best": 4, "best_loss": 1, "active": 1, "evaluations": 1,
-                            "first_step": 2, "runs_done": 0, "runs": 0, "seconds": 0}, n)
-            if rec is None:
-                continue
-            try:
-                out[i] = BatchProgress(
-                    runs_done=int(rec["runs_done"]), best=rec["best"],
-                    best_loss=rec["best_loss"], active=rec["active"],
-                    evaluations=rec["evaluations"], first_step=rec["first_step"],
-                    runs=json.loads(str(rec["runs"])), seconds=float(rec["seconds"]))
-            except (ValueError, TypeError) as e:
-                self.log("saved progress %s is damaged (%s): the batch is attacked from the "
-                         "start" % (_progress_path(path, i), e))
-                continue
-            self.log("%s: resuming batch %d after %d engine runs"
-                     % (path, i, out[i].runs_done))
-        return out
+    def record_path(self, defense: Defense, name: str, eps: float, threat: Threat,
+                    goal: Goal) -> str:
+        return os.path.join(self.folder, str(threat), safe_name(defense.label),
+                            "test-%s_%s.%s.npz" % (name, eps_tag(eps), goal))
+
+    def adaptive_batch(self, defense: Defense, name: str, eps: float, threat: Threat,
+                       goal: Goal, batch: int, fp: Optional[Dict] = None) -> EngineResult:
+        """Image batch ``batch`` of an adaptive record: read when saved, else attacked (from
+        its saved progress when an earlier run was interrupted inside it) and saved -- a
+        work unit of its own (:mod:`evaluation.grid`'s adaptive units)."""
+        cfg, benign = self.cfg, self.images("test")
+        fp = fp or self._adaptive_fp(defense, name, eps, threat, goal)
+        path = self.record_path(defense, name, eps, threat, goal)
+        begin = batch * cfg.adaptive_batch
+        end = min(begin + cfg.adaptive_batch, len(benign))
+        if not 0 <= begin < len(benign):
+            raise ValueError("adaptive batch %d: the run has %d batches" % (batch,
+                                                                           self.batches()))
+        rec = read_npz(_batch_path(path, batch), dict(fp, batch=batch), self.log,
+                       _ENGINE_ARRAYS, end - begin)
+        if rec is not None:
+            self.log("%s %s on %s, eps=%g [%s]: batch %d of %d reused from %s" % (
+                threat, name, defense.label, eps, goal, batch + 1, self.batches(),
+                _batch_path(path, batch)))
+            return _engine_result(rec)
+        label = "%s %s on %s, eps=%g [%s]" % (threat, name, defense.label, eps, goal)
+        target = defense.attack_target(threat, goal, cfg.adaptive_options())
+        engine = AdaptiveEngine(resolve_config(name, eps), target, cfg.engine_settings(),
+                                seed=cfg.seed)
+        progress = self._batch_progress(path, fp, batch, end - begin)
+
+        def save_progress(state: EngineProgress):
+            write_npz(_progress_path(path, batch), dict(
+                _progress_arrays(state), fingerprint=canonical(_progress_fp(fp, batch))))
+            if cfg.progress:
+                self.log("%s: batch %d, goal reached on %d of %d images so far (state saved)"
+                         % (label, batch + 1, int(np.sum(state.won >= 0)), end - begin))
+
+        part = engine.run(benign.x[begin:end], benign.labels[begin:end],
+                          ids=np.arange(begin, end), slots=cfg.adaptive_slots,
+                          progress=progress, on_progress=save_progress)
+        write_npz(_batch_path(path, batch), dict(_engine_arrays(part), fingerprint=canonical(
+            dict(fp, batch=batch))))
+        if os.path.isfile(_progress_path(path, batch)):
+            os.remove(_progress_path(path, batch))
+        self.log("%s: batch %d of %d, goal reached on %d of %d (%.0f s)"
+                 % (label, batch + 1, self.batches(), int(part.success.sum()),
+                    len(part.success), part.seconds))
+        return part
+
+    def _batch_progress(self, path: str, fp: Dict, batch: int, n: int
+                        ) -> Optional[EngineProgress]:
+        """The saved state of a batch interrupted part-way (same fingerprint); a damaged one
+        is named and not used."""
+        rec = read_npz(_progress_path(path, batch), _progress_fp(fp, batch), self.log,
+                       {"best": 4, "best_loss": 1, "done": 1, "won": 1,
+                        "route_evaluations": 2, "first_step": 2, "seconds": 0}, n)
+        if rec is None:
+            return None
+        state = EngineProgress(done=rec["done"], won=rec["won"], best=rec["best"],
+                               best_loss=rec["best_loss"],
+                               route_evaluations=rec["route_evaluations"],
+                               first_step=rec["first_step"], seconds=float(rec["seconds"]))
+        self.log("%s: resuming batch %d with %d plan entries of its %d images done"
+                 % (path, batch, int(state.done.sum()), n))
+        return state
+
+
+#: The arrays of an engine result's record, with their dimensions.
+_ENGINE_ARRAYS = {"x_adv": 4, "success": 1, "first_step": 2, "route_evaluations": 2,
+                  "won": 1}
 
 
 def _progress_path(path: str, batch: int) -> str:
-    """File of the state of the image batch being attacked, after its last finished run."""
+    """File of the state of the image batch being attacked (rewritten every minute or so)."""
     return path[:-len(".npz")] + ".batch-%04d.progress.npz" % batch
 
 
 def _progress_fp(fp: Dict, batch: int) -> Dict:
-    return dict(fp, batch=batch, progress="after a finished engine run")
+    return dict(fp, batch=batch, progress="images part-way through their plans")
 
 
-def _progress_arrays(state: BatchProgress) -> Dict:
-    return {"runs_done": state.runs_done, "best": state.best, "best_loss": state.best_loss,
-            "active": state.active, "evaluations": state.evaluations,
-            "first_step": state.first_step, "runs": json.dumps(state.runs),
-            "seconds": state.seconds}
+def _progress_arrays(state: EngineProgress) -> Dict:
+    return {"done": state.done, "won": state.won, "best": state.best,
+            "best_loss": state.best_loss, "route_evaluations": state.route_evaluations,
+            "first_step": state.first_step, "seconds": state.seconds}
 
 
 def _batch_path(path: str, batch: int) -> str:
@@ -215,20 +225,61 @@ def _batch_path(path: str, batch: int) -> str:
 
 def _engine_arrays(res: EngineResult) -> Dict:
     return {"x_adv": res.x_adv, "success": res.success, "first_step": res.first_step,
-            "evaluations": res.evaluations, "runs": json.dumps(res.runs),
+            "route_evaluations": res.route_evaluations, "won": res.won,
+            "routes": json.dumps(list(res.routes)), "runs": json.dumps(res.runs),
             "seconds": round(res.seconds, 1)}
 
 
+def _engine_result(rec: Mapping) -> EngineResult:
+    return EngineResult(x_adv=rec["x_adv"], success=rec["success"],
+                        first_step=rec["first_step"],
+                        route_evaluations=rec["route_evaluations"], won=rec["won"],
+                        routes=tuple(json.loads(str(rec["routes"]))),
+                        runs=json.loads(str(rec["runs"])), seconds=float(rec["seconds"]))
+
+
+def merge(parts: Sequence[EngineResult]) -> EngineResult:
+    """The image batches of one goal run, concatenated in order (what ran: summed per plan
+    entry)."""
+    routes = parts[0].routes
+    if any(p.routes != routes for p in parts):
+        raise ValueError("the batches of one adaptive record ran different routes: %s"
+                         % sorted({p.routes for p in parts}))
+    won = [p.won for p in parts]
+    return EngineResult(
+        x_adv=np.concatenate([p.x_adv for p in parts]).astype(np.float32),
+        success=np.concatenate([p.success for p in parts]),
+        first_step=np.concatenate([p.first_step for p in parts]),
+        route_evaluations=np.concatenate([p.route_evaluations for p in parts]),
+        won=np.concatenate(won), routes=routes,
+        runs=_run_summary([r for p in parts for r in p.runs]),
+        seconds=float(sum(p.seconds for p in parts)))
+
+
+def route_summary(res: EngineResult) -> Dict[str, Dict]:
+    """Per route, in the order they ran: the images it attacked, those whose goal it reached
+    first, and its target evaluations per image (over every image)."""
+    won = res.route_wins()
+    attacked = {r: 0 for r in res.routes}
+    for run in res.runs:
+        if run["restart"] == 0 and run["stage"] == 0 and run["target_rank"] in (None, 0):
+            attacked[run["route"]] += run["images"]
+    return {r: {"images": attacked[r], "won": won[r],
+                "evaluations_per_image": float(np.mean(res.route_evaluations[:, k]))}
+            for k, r in enumerate(res.routes)}
+
+
 def _run_summary(runs: Sequence[Mapping]) -> List[Dict]:
-    """What the engine ran, summed over batches: per (restart, stage attack, target rank) the
-    images attacked and those reaching the goal."""
+    """What the engine ran, summed over batches: per plan entry (route, restart, stage attack,
+    target rank), in the order they first ran, the images attacked and those reaching the
+    goal."""
     out: Dict[Tuple, Dict] = {}
     for r in runs:
-        key = (r["restart"], r["stage"], r["attack"], r["target_rank"])
-        row = out.setdefault(key, {"restart": r["restart"], "stage": r["stage"],
-                                   "attack": r["attack"], "target_rank": r["target_rank"],
-                                   "images": 0, "reached": 0})
+        key = (r.get("route", "default"), r["restart"], r["stage"], r["attack"],
+               r["target_rank"])
+        row = out.setdefault(key, {"route": key[0], "restart": r["restart"],
+                                   "stage": r["stage"], "attack": r["attack"],
+                                   "target_rank": r["target_rank"], "images": 0, "reached": 0})
         row["images"] += r["images"]
         row["reached"] += r["reached"]
-    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], -1 if k[3] is None
-                                                       else k[3]))]
+    return list(out.values())

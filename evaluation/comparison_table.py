@@ -31,7 +31,7 @@ from evaluation.tables import (MISSING, arch_label, attack_label, detection_set_
 
 CSV_COLUMNS = ("defense", "kind", "threat_model", "goal", "attack", "eps", "clean_acc", "acc",
                "defended", "evasion", "robustness", "auc", "tpr", "fpr", "tpr_at_5fpr",
-               "tpr_at_10fpr", "n_attacked", "n_successful", "converged")
+               "tpr_at_10fpr", "n_attacked", "n_successful", "converged", "routes_complete")
 
 
 def comparison_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
@@ -42,9 +42,11 @@ def comparison_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
         rows.append({"defense": label, "kind": block["kind"], "threat_model": "-",
                      "attack": "none", "eps": 0, "clean_acc": clean, "acc": clean})
         for r in block["attacks"]:
-            conv = r.get("convergence")
+            conv, routes = r.get("convergence"), r.get("routes")
             rows.append(dict({"defense": label, "kind": block["kind"], "clean_acc": clean,
-                              "converged": None if conv is None else conv["converged"]},
+                              "converged": None if conv is None else conv["converged"],
+                              "routes_complete": None if routes is None
+                              else routes["complete"]},
                              **{k: r[k] for k in CSV_COLUMNS if k in r}))
     return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
 
@@ -52,6 +54,9 @@ def comparison_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
 #: Marks a number whose attack had not settled (SPEC §11): the last doubling of steps or the
 #: last restart still changed it by more than a point.
 NOT_CONVERGED = " (not converged)"
+#: Marks a number whose attack left out routes of the defense's decision rule (SPEC §13,
+#: ``--adaptive-routes``): an upper bound like an unconverged one.
+ROUTES_MISSING = " (routes missing)"
 
 
 def _column(attack: str, eps: Any, threat: str, goal: Any) -> str:
@@ -113,7 +118,8 @@ def comparison_markdown(metrics: Mapping[str, Any]) -> str:
                 continue
             r = hit.iloc[0]
             row[col] = _cell_acc(r["acc"], r["robustness"]) + (
-                NOT_CONVERGED if r["converged"] is False else "")
+                NOT_CONVERGED if r["converged"] is False else "") + (
+                ROUTES_MISSING if r["routes_complete"] is False else "")
             if detectors:
                 row[col + " defended · AUC / TPR"] = (
                     _cell_det(r["defended"], r["auc"], r["tpr"]) if label in detectors
@@ -132,8 +138,10 @@ def comparison_markdown(metrics: Mapping[str, Any]) -> str:
         "attack run for a wrong final answer (its accuracy is the defended accuracy), "
         "[.., undetected] the one run for M fooled and not flagged (its evasion rate is in "
         "bench.csv); a number marked 'not converged' moved by more than a point with the "
-        "last doubling of steps or the last restart, so it is an upper bound on the "
-        "defense. 'worst case' = images defended under every attack tried. "
+        "last doubling of steps or the last restart, and one marked 'routes missing' was "
+        "attacked along only some of the routes of the defense's decision rule: either is an "
+        "upper bound on the defense. 'worst case' = images defended under every attack "
+        "tried. "
         "%s\n\nParameters: %s\n"
         % (arch_label(metrics["arch"]), metrics["class_set"], _n_test(metrics),
            detection_set_caption(metrics),

@@ -71,9 +71,9 @@ class EvalConfig:
     adaptive_targets: Optional[int] = _M.adaptive_targets
     adaptive_gradient: Optional[str] = _M.adaptive_gradient
     eot_samples: int = 20
-    adaptive_batch: int = _M.adaptive_batch   # images per adaptive batch (K's fixed cost per
-    #                                           run is shared by more images; the unit of
-    #                                           resuming)
+    adaptive_batch: int = _M.adaptive_batch   # images per saved adaptive batch (a work unit)
+    adaptive_slots: int = _M.adaptive_slots   # images evaluated together (not in any record)
+    adaptive_routes: Optional[Tuple[str, ...]] = None   # None: every route of each defense
     k_transfer: Optional[str] = _M.k_transfer   # surrogate K checkpoint for threat "transfer"
     # the robust K of unmask:k=robust: "last" (newest robust K in k_robust_log_dir) or a path
     k_robust: str = "last"
@@ -118,7 +118,9 @@ class EvalConfig:
                               max_targets=self.adaptive_targets)
 
     def adaptive_options(self) -> AdaptiveOptions:
-        return AdaptiveOptions(gradient=self.adaptive_gradient, eot_samples=self.eot_samples)
+        return AdaptiveOptions(gradient=self.adaptive_gradient, eot_samples=self.eot_samples,
+                               routes=(None if self.adaptive_routes is None
+                                       else tuple(self.adaptive_routes)))
 
     @property
     def out_dir(self) -> str:

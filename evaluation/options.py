@@ -302,10 +302,20 @@ class MOptions:
         None, "target classes tried per image where the attack needs them (UnMask: the classes "
               "whose parts K is made to see, by part overlap; APGD-T); default: all C - 1",
         type=int, check=_at_least(1, integer=True))
-    adaptive_batch: int = option(100, "images attacked together by a defense-aware attack (K's "
-                                      "fixed cost per session run is shared by more images; an "
-                                      "interrupted attack resumes at the last finished batch)",
+    adaptive_batch: int = option(100, "images per saved batch of a defense-aware attack (a work "
+                                      "unit with --workers; an interrupted attack resumes inside "
+                                      "the batch it was in)",
                                  type=int, check=_at_least(1, integer=True))
+    adaptive_slots: int = option(32, "images evaluated together by a defense-aware attack (one "
+                                     "pass of M and one session run of K per step for all of "
+                                     "them; a freed slot takes the next image, so the batch "
+                                     "stays full); does not change the numbers", type=int,
+                                 check=_at_least(1, integer=True))
+    adaptive_routes: Optional[str] = option(
+        None, lambda: "narrow a defense's adaptive attack to some of its routes (the ways its "
+                      "final answer reaches the attacker's goal; default: every route), comma "
+                      "list of %s; a row computed without all of its defense's routes is "
+                      "marked as an upper bound" % ", ".join(_route_names()))
     adaptive_gradient: Optional[str] = option(
         None, "how a detector's adaptive attack combines M's and the detector's gradients: "
               "two-phase (M's until M says the target, then the detector's; UnMask's default), "
@@ -373,8 +383,9 @@ class MOptions:
             raise ValueError("--k-robust %s: no such checkpoint file (train a robust K with "
                              "`python main.py --model K --adv-train`)" % self.k_robust)
         for name in ("adaptive_steps", "adaptive_restarts", "adaptive_targets",
-                     "adaptive_batch"):
+                     "adaptive_batch", "adaptive_slots"):
             _check_field(self, name)
+        routes = parse_routes(self.adaptive_routes)
         if self.distribute == "multi-worker":
             from models.distribute import check_tf_config
             check_tf_config(os.environ.get("TF_CONFIG"))
@@ -397,6 +408,7 @@ class MOptions:
             threats=tuple(threats), adaptive_steps=self.adaptive_steps,
             adaptive_restarts=self.adaptive_restarts, adaptive_targets=self.adaptive_targets,
             adaptive_gradient=self.adaptive_gradient, adaptive_batch=self.adaptive_batch,
+            adaptive_slots=self.adaptive_slots, adaptive_routes=routes,
             k_transfer=self.k_transfer, n_test=self.n_test, seed=data.seed,
             k_robust=self.k_robust or "last", k_transfer_robust=self.k_transfer_robust,
             results_dir=self.results_dir, checkpoint_dir=self.checkpoint_dir,
@@ -684,6 +696,26 @@ def _option(flag: str, value):
         if str(value) in text:
             raise ValueError("%s: %s" % (flag, text)) from None
         raise ValueError("%s %s: %s" % (flag, value, text)) from None
+
+
+def _route_names() -> List[str]:
+    from defense.defenses import route_names
+    return route_names()
+
+
+def parse_routes(text: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """``--adaptive-routes`` text -> route names (None: every route); ValueError naming the
+    option and the routes there are."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
+    known = _route_names()
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError("--adaptive-routes %r: %s; the routes are %s"
+                         % (text, "unknown route %s" % ", ".join(unknown) if unknown
+                            else "give at least one route", ", ".join(known)))
+    return names
 
 
 def parse_threats(text: str) -> List:

@@ -21,8 +21,9 @@ from attacks import get_attack, resolve_config
 from data.fileio import atomic_path, file_digest
 
 #: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed;
-#: 3: the adaptive engine -- every registry attack, restarts, target classes, two goals).
-ADAPTIVE_VERSION = 3
+#: 3: the adaptive engine -- every registry attack, restarts, target classes, two goals;
+#: 4: routes, and every (image, plan entry) seeded on its own -- full batches).
+ADAPTIVE_VERSION = 4
 
 #: Bumped when the content or meaning of a saved record changes, so old records are recomputed
 #: (3: one record per attacked model with its images; observations per defense).

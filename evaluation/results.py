@@ -16,6 +16,7 @@ from evaluation.figures import roc_curve_for
 from evaluation.metrics import accuracy, detection_set, evaluate_detection, tpr_at_fpr
 from evaluation.records import eps_tag
 from evaluation.schema import attack_entry, eps_value
+from evaluation.stats import detection_intervals, paired, rate_interval, worst_of
 from evaluation.tables import attack_label
 from models.progress import Eta
 
@@ -81,6 +82,18 @@ def _detector_rates(ds, threshold: float) -> Dict:
     return out
 
 
+def _detector_intervals(ds, threshold: float, seed: int) -> Dict:
+    """A detector row's intervals: its TPR at the operating threshold (Wilson over the
+    successfully attacked images), and AUC and TPR at 5% benign FPR (bootstrap over the
+    images of the detection set, each with its benign and attacked version)."""
+    k = ds.n_successful
+    if not k:
+        return {"tpr": None, "auc": None, "tpr_at_5fpr": None}
+    attacked, benign = ds.scores[:k], ds.scores[k:]
+    return dict(detection_intervals(benign, attacked, 0.05, seed),
+                tpr=rate_interval(attacked >= threshold))
+
+
 def _adaptive_fields(comparison: Comparison, defense: Defense, threat, goal, name, eps,
                      a_out) -> Dict:
     """Convergence, cost and agreement of an adaptive row: the engine's trace and whether the
@@ -99,7 +112,11 @@ def _adaptive_fields(comparison: Comparison, defense: Defense, threat, goal, nam
                        "own verdicts on only %.1f%% of the images (K's or M's answers differ "
                        "between the attack and the evaluation)" % (defense.label, name, eps,
                                                                    goal, 100 * agree))
-    return {"convergence": info["convergence"], "cost": info["cost"], "agreement": agree}
+    every = list(defense.adaptive_routes(goal))
+    return {"convergence": info["convergence"], "cost": info["cost"], "agreement": agree,
+            "routes": {"ran": info["routes"], "all": every,
+                       "complete": all(r in info["routes"] for r in every),
+                       "won": {r: v["won"] for r, v in info["cost"].get("routes", {}).items()}}}
 
 
 def defense_results(comparison: Comparison, defense: Defense, vectors) -> Dict:
@@ -112,7 +129,7 @@ def defense_results(comparison: Comparison, defense: Defense, vectors) -> Dict:
     model = defense.attacked_model()
     b_out = defense.decide(comparison.observe(defense, benign))
     clean = accuracy(b_out.pred, y)
-    rows, curves, defended = [], {}, []
+    rows, curves, defended, keys = [], {}, [], []
     runs, notes = _runs_of(comparison, defense, vectors)
     eta = Eta(len(runs) + 1, done=1)
     for threat, goal, name, eps in runs:
@@ -125,16 +142,58 @@ def defense_results(comparison: Comparison, defense: Defense, vectors) -> Dict:
                 defense.label, eta.done, eta.total, adv.name, timing))
         rows.append(_row(comparison, defense, threat, goal, name, eps, adv, a_out, b_out, curves))
         defended.append((a_out.pred == y) | (a_out.pred == REJECTED))
+        keys.append((threat, goal, name, eps))
     block = {"kind": "detector" if defense.detector else "classifier",
              "attacked_model": model, "params": defense.params(),
-             "benign": {"acc": clean}, "attacks": rows}
+             "benign": _benign_fields(b_out.pred, y, defense.detector), "attacks": rows}
     if defended:
-        worst = np.all(np.stack(defended), axis=0)
+        worst = worst_of(defended)
         block["worst_case"] = {"defended": float(np.mean(worst)), "attacks": len(defended),
-                               "threat_models": sorted({r["threat_model"] for r in rows})}
+                               "threat_models": sorted({r["threat_model"] for r in rows}),
+                               "interval": rate_interval(worst)}
     if notes:
         block["adaptive"] = notes
-    return {"block": block, "curves": curves, "benign_pred": b_out.pred}
+    return {"block": block, "curves": curves, "benign_pred": b_out.pred,
+            "defended": dict(zip(keys, defended))}
+
+
+def _benign_fields(pred: np.ndarray, y: np.ndarray, detector: bool) -> Dict:
+    """Clean accuracy with its interval; a detector's clean rejection rate (what rejecting
+    flagged images costs on benign ones) with its own."""
+    out = {"acc": accuracy(pred, y), "acc_interval": rate_interval(pred == y)}
+    if detector:
+        rejected = pred == REJECTED
+        out.update(rejected=float(np.mean(rejected)), rejected_interval=rate_interval(rejected))
+    return out
+
+
+def comparisons(results: Dict[str, Dict], vectors, against: str = "at") -> List[Dict]:
+    """Every defense against ``against`` (the AT model alone) on the same test images
+    (:func:`evaluation.stats.paired`): per attack vector, each defense's images defended under
+    every threat model it was attacked with against ``against``'s under its own attack of that
+    vector; then the worst cases over every attack tried."""
+    if against not in results:
+        return []
+    base = results[against]["defended"]
+    out = []
+    for label, res in results.items():
+        if label == against:
+            continue
+        mine = res["defended"]
+        for name, eps in vectors:
+            a = [v for k, v in mine.items() if k[2:] == (name, eps)]
+            b = [v for k, v in base.items() if k[2:] == (name, eps)]
+            if a and b:
+                out.append(dict(paired(worst_of(a), worst_of(b)), a=label, b=against,
+                                over="%s_%s" % (name, eps_tag(eps)),
+                                threat_models=sorted({str(k[0]) for k in mine
+                                                      if k[2:] == (name, eps)})))
+        if mine and base:
+            out.append(dict(paired(worst_of(list(mine.values())),
+                                   worst_of(list(base.values()))),
+                            a=label, b=against, over="worst case",
+                            threat_models=sorted({str(k[0]) for k in mine})))
+    return out
 
 
 def _preds(comparison: Comparison, images, model: str) -> np.ndarray:
@@ -164,8 +223,12 @@ def _row(comparison, defense, threat, goal, name, eps, adv, a_out, b_out, curves
                        comparison.images("test").preds[model], _preds(comparison, adv, model),
                        require_benign_correct=comparison.cfg.detection_set == "strict")
     row.update(n_attacked=ds.n_attacked, n_successful=ds.n_successful)
+    row["intervals"] = {"acc": rate_interval(a_out.pred == y), "defended": rate_interval(stopped),
+                        "evasion": rate_interval(evaded)}
     if defense.detector:
         row.update(_detector_rates(ds, defense.threshold))
+        row["intervals"].update(_detector_intervals(ds, defense.threshold,
+                                                    comparison.cfg.seed))
         if ds.n_successful:
             label = attack_label(name, eps) + ("" if threat == GRAY_BOX else
                                                " [%s, %s]" % (threat, goal))

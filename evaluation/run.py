@@ -36,7 +36,7 @@ from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig, record
 from evaluation.model_k import find_robust_k, robust_extractor
 from evaluation.records import short_digest
-from evaluation.results import defense_results, table_iv_fields
+from evaluation.results import comparisons, defense_results, table_iv_fields
 from evaluation.schema import make_metrics
 from models.classifier import build_classifier
 from models.distribute import is_chief, make_strategy
@@ -215,6 +215,7 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
             if cfg.progress:
                 log("attacks: %d of %d done (%s)" % (eta.done, eta.total, timing))
     results = {d.label: defense_results(comparison, d, vectors) for d in defenses}
+    paired = comparisons(results, vectors)
     benign, entries = table_iv_fields(comparison, results, vectors)
     um = results.get("unmask", {}).get("block", {}).get("params", {})
     kind = extractor_kind.get("kind") or ("k" if "robust" in extractor_kind else None)
@@ -223,7 +224,7 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
         um.get("mode", cfg.mode), cfg.seed, benign, entries,
         defenses={label: r["block"] for label, r in results.items()},
         attack_info=comparison.attacks.info or None, detection_set=cfg.detection_set,
-        adaptive_settings=_adaptive_settings(cfg))
+        adaptive_settings=_adaptive_settings(cfg), comparisons=paired)
     curves: Dict[str, List] = {}
     for r in results.values():
         for vector, curve in r["curves"].items():

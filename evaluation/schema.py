@@ -36,7 +36,8 @@ from evaluation.metrics import DETECTION_SETS
 TOP_KEYS = ("class_set", "arch", "extractor", "threshold", "seed", "versions", "benign",
             "attacks")
 #: Written by this project, optional when reading (a file in the issue's shape has no mode).
-OPTIONAL_TOP_KEYS = ("mode", "defenses", "attack_info", "detection_set", "adaptive_settings")
+OPTIONAL_TOP_KEYS = ("mode", "defenses", "attack_info", "detection_set", "adaptive_settings",
+                     "comparisons")
 BENIGN_KEYS = ("acc_none", "acc_at", "acc_um")
 ATTACK_KEYS = ("attack", "eps", "acc_none", "acc_at", "acc_um", "auc", "tpr", "fpr",
                "n_attacked", "n_successful")
@@ -51,7 +52,21 @@ DEFENSE_ROW_KEYS = ("attack", "eps", "threat_model", "acc", "defended", "evasion
 #: FPR, and for defense-aware rows the convergence trace, the cost and the agreement of the
 #: attack's own verdicts with the real evaluation.
 DEFENSE_ROW_OPTIONAL_KEYS = ("goal", "tpr_at_5fpr", "tpr_at_10fpr", "convergence", "cost",
-                             "agreement")
+                             "agreement", "routes", "intervals")
+#: 95% intervals of a row's rates (Wilson) and of a detector's AUC and TPR at 5% FPR
+#: (bootstrap over images): each [low, high] or null.
+INTERVAL_KEYS = ("acc", "defended", "evasion")
+DETECTOR_INTERVAL_KEYS = ("tpr", "auc", "tpr_at_5fpr")
+#: Optional fields of a defense's clean block: accuracy's interval, a detector's clean
+#: rejection rate and its interval.
+DEFENSE_BENIGN_OPTIONAL_KEYS = ("acc_interval", "rejected", "rejected_interval")
+#: A paired comparison of two defenses on the same images (evaluation.stats.paired).
+COMPARISON_KEYS = ("a", "b", "over", "threat_models", "n", "a_rate", "b_rate", "difference",
+                   "interval", "a_only", "b_only", "p_mcnemar", "claim")
+CLAIMS = ("a > b", "a < b", "not distinguishable")
+#: A defense-aware row's routes (SPEC §13): those that ran, all of the defense's for the goal,
+#: whether every one ran, and per route the images it won.
+ROUTE_KEYS = ("ran", "all", "complete", "won")
 DEFENSE_KINDS = ("classifier", "detector")
 THREAT_MODELS = THREAT_NAMES
 CONVERGENCE_KEYS = ("steps", "restarts", "converged", "why")
@@ -178,6 +193,8 @@ def validate_metrics(obj: Any) -> Dict[str, Any]:
         seen[key] = i
     if "defenses" in obj:
         _check_defenses(obj["defenses"], set(seen))
+    if "comparisons" in obj:
+        _check_comparisons(obj["comparisons"])
     if "attack_info" in obj and obj["attack_info"] is not None \
             and not isinstance(obj["attack_info"], dict):
         _fail("attack_info", "must be an object (attack_eps -> details) or null")
@@ -195,8 +212,17 @@ def _check_defenses(blocks: Any, vectors: set) -> None:
         _check_str(block["attacked_model"], where + ".attacked_model")
         if not isinstance(block["params"], dict):
             _fail(where + ".params", "must be an object")
-        _check_exact_keys(block["benign"], ("acc",), where + ".benign")
+        _check_exact_keys(block["benign"], ("acc",), where + ".benign",
+                          DEFENSE_BENIGN_OPTIONAL_KEYS)
         _check_fraction(block["benign"]["acc"], where + ".benign.acc")
+        for k in ("acc", "rejected"):
+            if k + "_interval" in block["benign"]:
+                _check_interval(block["benign"][k + "_interval"], block["benign"].get(k),
+                                where + ".benign.%s_interval" % k)
+        worst = block.get("worst_case")
+        if isinstance(worst, dict) and "interval" in worst:
+            _check_interval(worst["interval"], worst.get("defended"),
+                            where + ".worst_case.interval")
         if not isinstance(block["attacks"], list):
             _fail(where + ".attacks", "must be a list")
         rows = set()
@@ -239,6 +265,20 @@ def _check_row_extras(row: Mapping[str, Any], where: str, kind: str) -> None:
         _check_fraction(row.get(k), where + "." + k, nullable=True)
         if kind != "detector" and row.get(k) is not None:
             _fail(where + "." + k, "must be null for a defense that is not a detector")
+    intervals = row.get("intervals")
+    if intervals is not None:
+        extra = DETECTOR_INTERVAL_KEYS if kind == "detector" else ()
+        _check_exact_keys(intervals, INTERVAL_KEYS + extra, where + ".intervals")
+        for k in INTERVAL_KEYS + (("tpr",) if extra else ()):
+            _check_interval(intervals[k], row.get(k), where + ".intervals." + k)
+        for k in extra[1:]:
+            _check_interval(intervals[k], None, where + ".intervals." + k)
+    routes = row.get("routes")
+    if routes is not None:
+        _check_exact_keys(routes, ROUTE_KEYS, where + ".routes")
+        if not isinstance(routes["complete"], bool) or routes["complete"] != all(
+                r in routes["ran"] for r in routes["all"]):
+            _fail(where + ".routes.complete", "must say whether every route of 'all' ran")
     conv = row.get("convergence")
     if conv is None:
         return
@@ -249,6 +289,33 @@ def _check_row_extras(row: Mapping[str, Any], where: str, kind: str) -> None:
         _check_fraction(rate, where + ".convergence")
     if not isinstance(conv["converged"], bool):
         _fail(where + ".convergence.converged", "must be true or false")
+
+
+def _check_interval(value: Any, point: Any, where: str) -> None:
+    """null, or ``[low, high]`` with 0 <= low <= high <= 1 holding ``point`` (when given: a
+    Wilson interval always holds its rate)."""
+    if value is None:
+        return
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(_is_number(v) for v in value)
+            or not 0.0 <= value[0] <= value[1] <= 1.0 + 1e-12):
+        _fail(where, "must be null or [low, high] with 0 <= low <= high <= 1, got %r"
+              % (value,))
+    if point is not None and not value[0] - 1e-9 <= point <= value[1] + 1e-9:
+        _fail(where, "must hold its rate %r, got %r" % (point, value))
+
+
+def _check_comparisons(items: Any) -> None:
+    """``comparisons``: paired comparisons of two defenses on the same images."""
+    if not isinstance(items, list):
+        _fail("comparisons", "must be a list")
+    for i, c in enumerate(items):
+        where = "comparisons[%d]" % i
+        _check_exact_keys(c, COMPARISON_KEYS, where)
+        _check_str(c["claim"], where + ".claim", CLAIMS)
+        lo, hi = c["interval"]
+        if (c["claim"] == "a > b") != (lo > 0) or (c["claim"] == "a < b") != (hi < 0):
+            _fail(where + ".claim", "must follow its interval %r" % (c["interval"],))
 
 
 def _num(x: Any) -> Any:
@@ -294,7 +361,8 @@ def make_metrics(class_set: str, arch: str, extractor: Optional[str],
                  defenses: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  attack_info: Optional[Mapping[str, Any]] = None,
                  detection_set: Optional[str] = None,
-                 adaptive_settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                 adaptive_settings: Optional[Mapping[str, Any]] = None,
+                 comparisons: Optional[Sequence[Mapping[str, Any]]] = None) -> Dict[str, Any]:
     """Assemble and validate a metrics object (class set names are converted to code names).
 
     ``extractor`` and ``threshold`` are UnMask's (None when UnMask was not among the
@@ -314,6 +382,8 @@ def make_metrics(class_set: str, arch: str, extractor: Optional[str],
         obj["attack_info"] = json.loads(json.dumps(_plain(attack_info)))
     if adaptive_settings is not None:
         obj["adaptive_settings"] = json.loads(json.dumps(_plain(adaptive_settings)))
+    if comparisons:
+        obj["comparisons"] = json.loads(json.dumps(_plain(comparisons)))
     return validate_metrics(obj)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple, Type
 
 from defense.base import Defense
+from defense.threats import Threat
 from defense.defenses.adversarial import AdversarialTraining
 from defense.defenses.none import NoDefense
 from defense.defenses.noise import NoiseDefense
@@ -36,6 +37,16 @@ DEFAULT_DEFENSES = ("none", "unmask")
 
 def list_defenses() -> List[str]:
     return list(DEFENSES)
+
+
+def route_names() -> List[str]:
+    """Every route an adaptive attack of a registry defense can take (SPEC §13), in
+    registry order: the choices of ``--adaptive-routes``."""
+    names = []
+    for cls in DEFENSES.values():
+        if Threat.ADAPTIVE in cls.threats:
+            names += [r for r in cls.ROUTES if r not in names]
+    return names
 
 
 def parse_defense(spec: str) -> Tuple[str, Optional[str]]:

@@ -254,6 +254,9 @@ class TrajectoryDefense(Defense):
 
     threats = (Threat.GRAY_BOX, Threat.ADAPTIVE)
 
+    #: A rejecting detector's one route: fool M and stay below the threshold (SPEC §13).
+    ROUTES = ("evade",)
+
     def attack_target(self, threat, goal, options):
         """The seed's white-box attack: fool M while looking natural to the detector, through
         the taps, the trajectory embedding and the LSTM (:class:`defense.adaptive.

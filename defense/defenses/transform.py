@@ -73,12 +73,18 @@ class TransformDefense(Defense):
         return self.transform.estimate_gradient(x, grad)
 
     threats = (Threat.GRAY_BOX, Threat.ADAPTIVE)
+    ROUTES = ("bpda", "eot")
+
+    def adaptive_routes(self, goal):
+        """One route: BPDA through the transform, with EOT over its randomness when it has
+        some."""
+        return ("eot",) if self.transform.randomized else ("bpda",)
 
     def attacker_fingerprint(self):
-        """For a random transform, how its EOT attacker seeds the draws: by the iterate
-        (records of the earlier counter-seeded draws, which a resumed run could not
-        reproduce, are recomputed rather than reused)."""
-        return {"eot_draws": "seeded by the iterate"} if self.transform.randomized else {}
+        """For a random transform, how its EOT attacker seeds the draws: per image, by its
+        iterate (records of earlier seedings are recomputed rather than reused)."""
+        return ({"eot_draws": "seeded per image by its iterate"} if self.transform.randomized
+                else {})
 
     def attack_target(self, threat, goal, options):
         """BPDA through the transform (EOT over its randomness for a random transform),

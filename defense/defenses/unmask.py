@@ -31,6 +31,7 @@ import numpy as np
 
 from data.knowledge import CLASS_PARTS
 from defense.base import Defense, ImageSet, Outcome
+from defense.routes import UNMASK_ROUTES, unmask_routes
 from defense.threats import Goal, Threat
 from defense.thresholds import choose_threshold
 from defense.unmask import UnMask
@@ -221,6 +222,14 @@ class UnMaskDefense(Defense):
 
     threats = (Threat.GRAY_BOX, Threat.ADAPTIVE, Threat.TRANSFER)
 
+    ROUTES = UNMASK_ROUTES
+
+    def adaptive_routes(self, goal):
+        """The routes of Algorithm 1's decision rule to ``goal`` (:mod:`defense.routes`): a
+        rectifying UnMask's wrong answer can also come from K alone (its flag rectifies M's
+        right answer to the forged class)."""
+        return unmask_routes(goal, self.response)
+
     def adaptive_goals(self):
         """Rectifying UnMask: "wrong answer" (the rectified answer wrong, not "no class") and
         "undetected" (M fooled, not flagged) are different events, each with its own run.
@@ -249,14 +258,14 @@ class UnMaskDefense(Defense):
             return None
         scorer = self._part_scorer(threat)
         judge = self._judge(goal)
+        common = dict(mode=options.gradient or adaptive.DEFAULT_GRADIENT["unmask"],
+                      routes=self.chosen_routes(goal, options))
         if self._randomizer is not None:
             return adaptive.RandomizedUnMaskTarget(
                 self._m, scorer, self._um.class_parts_list, judge, self._randomizer,
-                samples=options.eot_samples, seed=self._eot_seed,
-                mode=options.gradient or adaptive.DEFAULT_GRADIENT["unmask"])
-        return adaptive.UnMaskTarget(
-            self._m, scorer, self._um.class_parts_list, judge,
-            mode=options.gradient or adaptive.DEFAULT_GRADIENT["unmask"])
+                samples=options.eot_samples, seed=self._eot_seed, **common)
+        return adaptive.UnMaskTarget(self._m, scorer, self._um.class_parts_list, judge,
+                                     **common)
 
     def _part_scorer(self, threat):
         """K's differentiable interface (the surrogate's for the transfer threat), built once."""

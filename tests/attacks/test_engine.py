@@ -30,12 +30,14 @@ def pattern(pattern_toy):
 
 
 def _engine(target, x, y, name, eps, steps=20, restarts=1, quantise=True, max_targets=None,
-            seed=0, **params):
+            seed=0, slots=None, speculate=False, **params):
+    """The engine's result; by default every image in its own slot, no speculation (so the
+    target sees the images in lockstep, one evaluation per step)."""
     engine = AdaptiveEngine(resolve_config(name, eps, **params), target,
                             EngineSettings(steps=steps, restarts=restarts,
                                            max_targets=max_targets, quantize=quantise),
                             seed=seed)
-    return engine.run(x, y, batch_size=16)
+    return engine.run(x, y, slots=slots or len(x), speculate=speculate)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -238,24 +240,35 @@ def test_autoattack_runs_apgd_ce_then_apgd_t_on_what_is_left(pattern):
 # ----------------------------------------------------------------------------- the engine
 
 class _Scripted(AttackTarget):
-    """A target whose verdicts and gradients are scripted; records every evaluated batch."""
+    """A target whose verdicts and gradients are scripted; records every evaluated batch with
+    the image each row belongs to (the nearest clean image: the perturbations are small)."""
 
-    def __init__(self, verdict, gradient=None, classes=5, needs_targets=False):
-        self.verdict, self.gradient = verdict, gradient
-        self.classes, self.requires_targets = classes, needs_targets
-        self.seen, self.calls = [], 0
+    def __init__(self, x0, verdict, gradient=None, classes=5, needs_targets=False,
+                 routes=("default",)):
+        self.x0, self.verdict, self.gradient = x0, verdict, gradient
+        self.classes, self.requires_targets, self.routes = classes, needs_targets, routes
+        self.seen, self.calls, self.rows = [], 0, 0
 
-    def evaluate(self, x, y, t, loss_fn):
+    def image_of(self, z):
+        d = np.abs(z[:, None] - self.x0[None]).reshape(len(z), len(self.x0), -1).max(axis=2)
+        return np.argmin(d, axis=1)
+
+    def evaluate_route(self, x, y, t, loss_fn, route):
         self.calls += 1
         x = np.asarray(x)
-        self.seen.append((x.copy(), None if t is None else np.asarray(t)))
+        self.rows += len(x)
+        images = self.image_of(x)
+        t = None if t is None else np.asarray(t)
+        self.seen.append((x.copy(), t, images, route))
         grad = (self.gradient(x, self.calls) if self.gradient is not None
                 else np.random.default_rng(self.calls).normal(size=x.shape))
-        success = np.asarray(self.verdict(x, np.asarray(y), None if t is None
-                                          else np.asarray(t)), bool)
-        loss = -np.abs(x).reshape(len(x), -1).sum(1)
+        success = np.asarray(self.verdict(x, np.asarray(y), t, images, route), bool)
+        loss = -np.abs(x - self.x0[images]).reshape(len(x), -1).sum(1)
         return Evaluation(tf.constant(loss, tf.float32), tf.constant(grad, tf.float32),
                           tf.zeros([len(x), self.classes]), tf.constant(success))
+
+    def evaluate(self, x, y, t, loss_fn):
+        return self.evaluate_route(x, y, t, loss_fn, self.routes[0])
 
     def ranked_targets(self, x, y):
         n = len(np.asarray(y))
@@ -271,39 +284,35 @@ def _grid_images(n=6, seed=0):
                                                                                       np.int64)
 
 
+def _content_coin(z, p=0.04):
+    """A verdict that is a fixed function of each image's content (true for a share ``p`` of
+    the images), whoever else is evaluated beside it."""
+    import zlib
+    return np.array([zlib.crc32(np.round(r * 255).astype(np.uint8).tobytes()) % 1000
+                     < 1000 * p for r in z])
+
+
 @pytest.mark.parametrize("name, eps", [("pgd_linf", 8), ("pgd_l2", 60), ("apgd_ce", 8)])
 def test_engine_evaluates_8bit_points_in_the_ball_and_keeps_the_first_success(name, eps):
     x, y = _grid_images()
-    rng = np.random.default_rng(1)
-    verdicts = []
-
-    def verdict(z, yy, t):
-        v = rng.random(len(z)) < 0.15
-        verdicts.append(v)
-        return v
-
-    target = _Scripted(verdict)
+    target = _Scripted(x, lambda z, yy, t, i, r: _content_coin(z))
     res = _engine(target, x, y, name, eps, steps=8, restarts=2)
     norm = attacks.get_attack(name).norm
-    for z, _ in target.seen:
+    for z, _, _, _ in target.seen:
         assert np.allclose(np.round(z * 255), z * 255, atol=1e-4), "8-bit images only"
         assert z.min() >= 0 and z.max() <= 1
-    for z in [res.x_adv]:
-        d = (z - x).reshape(len(x), -1)
-        size = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
-        assert np.all(size <= eps / 255 + 1e-6)
+    d = (res.x_adv - x).reshape(len(x), -1)
+    size = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
+    assert np.all(size <= eps / 255 + 1e-6)
     # an image that reached the goal keeps that iterate and is never evaluated again
     first_hit = {}
-    row_of = []
-    active = np.ones(len(x), bool)
-    for (z, _), v in zip(target.seen, verdicts):
-        rows = np.flatnonzero(active)
-        assert len(z) == len(rows), "only the images not at the goal are evaluated"
-        for j, i in enumerate(rows):
-            if v[j] and i not in first_hit:
+    for z, _, images, _ in target.seen:
+        assert not set(images) & set(first_hit), "an image at the goal is not evaluated"
+        assert len(set(images)) == len(images), "one job per image at a time"
+        for j, i in enumerate(images):
+            if _content_coin(z[j:j + 1])[0]:
                 first_hit[i] = z[j]
-        active[rows[v]] = False
-        row_of.append(rows)
+    assert 0 < len(first_hit) < len(x)
     assert set(first_hit) == set(np.flatnonzero(res.success))
     for i, z in first_hit.items():
         np.testing.assert_array_equal(res.x_adv[i], z)
@@ -312,12 +321,13 @@ def test_engine_evaluates_8bit_points_in_the_ball_and_keeps_the_first_success(na
 
 def test_engine_cost_is_one_evaluation_per_step_and_run():
     x, y = _grid_images()
-    target = _Scripted(lambda z, yy, t: np.zeros(len(z), bool))
+    target = _Scripted(x, lambda z, yy, t, i, r: np.zeros(len(z), bool))
     res = _engine(target, x, y, "pgd_linf", 8, steps=7, restarts=3)
     # per run: one evaluation per step plus one of the returned image
-    assert target.calls == 3 * (7 + 1)
+    assert target.calls == 3 * (7 + 1) and target.rows == len(x) * 3 * (7 + 1)
     assert np.all(res.evaluations == 3 * (7 + 1)) and not res.success.any()
     assert [r["restart"] for r in res.runs] == [0, 1, 2]
+    assert all(r["images"] == len(x) and r["reached"] == 0 for r in res.runs)
 
 
 def test_adaptive_mia_keeps_its_momentum():
@@ -333,9 +343,9 @@ def test_adaptive_mia_keeps_its_momentum():
         return g
 
     def moves(name):
-        target = _Scripted(lambda z, yy, t: np.zeros(len(z), bool), gradient)
+        target = _Scripted(x, lambda z, yy, t, i, r: np.zeros(len(z), bool), gradient)
         _engine(target, x, y, name, 16, steps=3, step_size=2)
-        return [np.round((z - x) * 255)[0] for z, _ in target.seen]
+        return [np.round((z - x[:len(z)]) * 255)[0] for z, _, _, _ in target.seen]
 
     mia, bim = moves("mia_linf"), moves("bim")
     # after step 1 both moved +2; at step 2 the flipped pixels keep +2 (momentum 0 there)
@@ -347,18 +357,18 @@ def test_adaptive_mia_keeps_its_momentum():
 def test_multi_target_beats_single_target_when_the_best_target_is_not_first():
     x, y = _grid_images()
 
-    def verdict(z, yy, t):                     # only the third-ranked class can be reached
-        return (t == 3) & (np.abs(z - x[:len(z)]).max(axis=(1, 2, 3)) > 0)
+    def verdict(z, yy, t, images, route):     # only the third-ranked class can be reached
+        return (t == 3) & (np.abs(z - x[images]).max(axis=(1, 2, 3)) > 0)
 
     def run(max_targets):
-        target = _Scripted(verdict, classes=5, needs_targets=True)
+        target = _Scripted(x, verdict, classes=5, needs_targets=True)
         res = _engine(target, x, y, "pgd_linf", 8, steps=3, max_targets=max_targets)
         return res, target
 
     one, _ = run(1)
     every, target = run(None)
     assert one.success.mean() == 0.0 and every.success.mean() == 1.0
-    tried = [int(t[0]) for _, t in target.seen]
+    tried = [int(t[list(images).index(0)]) for _, t, images, _ in target.seen if 0 in images]
     assert tried[0] == 1 and 3 in tried and 4 not in tried, "ranked order, stop at success"
 
 
@@ -394,33 +404,130 @@ def test_a_toy_attack_that_needs_more_steps_is_flagged_and_one_that_does_not_is_
     y = np.array([0, 0, 0, 1, 1, 1])    # only the images of class 0 can be fooled at all
 
     def far(threshold):
-        return lambda z, yy, t: (np.abs(z - x[:len(z)]).max(axis=(1, 2, 3)) >= threshold / 255
-                                 ) & (yy == 0)
+        return lambda z, yy, t, images, route: (
+            np.abs(z - x[images]).max(axis=(1, 2, 3)) >= threshold / 255) & (yy == 0)
 
     def moving_up(z, call):
         return np.ones_like(z)
 
-    quick = _engine(_Scripted(far(3), moving_up), x, y, "bim", 64, steps=40, step_size=1)
-    slow = _engine(_Scripted(far(30), moving_up), x, y, "bim", 64, steps=40, step_size=1)
+    quick = _engine(_Scripted(x, far(3), moving_up), x, y, "bim", 64, steps=40, step_size=1)
+    slow = _engine(_Scripted(x, far(30), moving_up), x, y, "bim", 64, steps=40, step_size=1)
     assert convergence(quick.first_step, 40)["converged"]
     assert not convergence(slow.first_step, 40)["converged"]
     assert quick.success.sum() == 3 and slow.success.sum() == 3
 
 
-def test_a_resumed_engine_run_equals_the_uninterrupted_one(pattern):
+# ----------------------------------------------------------------------------- full batches
+
+def _same(a, b, message=""):
+    for field in ("x_adv", "success", "first_step", "route_evaluations", "won"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field),
+                                      err_msg="%s %s" % (field, message))
+    assert a.runs == b.runs and a.routes == b.routes
+
+
+@pytest.mark.parametrize("name, eps", [("pgd_linf", 10), ("autoattack", 6)])
+def test_records_do_not_depend_on_the_batch_size_the_order_or_speculation(pattern, name, eps):
+    """Every (image, plan entry) job is seeded by the image's id and the entry: 7 slots or 50,
+    the images in another order (with their ids), idle slots running later entries ahead or
+    not -- the same images, verdicts, steps and evaluation counts."""
     model, x, y = pattern
-    engine = AdaptiveEngine(resolve_config("pgd_linf", 4), ModelTarget(model),
-                            EngineSettings(steps=5, restarts=2), seed=4)
-    whole = engine.run(x, y, batch_size=16)
-    saved = {}
-    engine.run(x[:32], y[:32], batch_size=16, on_batch=saved.__setitem__)
-    resumed = engine.run(x, y, batch_size=16, done={0: saved[0]})
-    for field in ("x_adv", "success", "first_step", "evaluations"):
-        np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field))
+    engine = AdaptiveEngine(resolve_config(name, eps), ModelTarget(model),
+                            EngineSettings(steps=6, restarts=2), seed=5)
+    base = engine.run(x, y, slots=7, speculate=False)
+    assert 0 < base.success.sum() < len(x), "a case where later entries still matter"
+    _same(base, engine.run(x, y, slots=50), "with 50 slots")
+    _same(base, engine.run(x, y, slots=7, speculate=True), "with speculation")
+    order = np.random.default_rng(0).permutation(len(x))
+    shuffled = engine.run(x[order], y[order], ids=order, slots=7)
+    back = np.argsort(order)
+    for field in ("x_adv", "success", "first_step", "route_evaluations", "won"):
+        np.testing.assert_array_equal(getattr(shuffled, field)[back], getattr(base, field),
+                                      err_msg=field + " in another order")
+
+
+def test_a_freed_slot_takes_the_next_image_so_the_batch_stays_full():
+    """Images reaching the goal at their first evaluation free their slots at once: the
+    target sees full batches until the queue runs dry."""
+    x, y = _grid_images(20)
+    easy = set(range(0, 20, 2))
+    target = _Scripted(x, lambda z, yy, t, images, r: np.isin(images, list(easy)))
+    res = _engine(target, x, y, "pgd_linf", 8, steps=5, slots=4)
+    assert set(np.flatnonzero(res.success)) == easy
+    sizes = [len(images) for _, _, images, _ in target.seen]
+    # 10 hard images x 6 evaluations and 10 easy x 1 = 70 rows; 4 per round while the queue
+    # lasts, so at most the last few rounds are short
+    assert sum(sizes) == 70
+    assert sizes[:12] == [4] * 12 and len(sizes) <= 70 // 4 + 3
+
+
+@pytest.mark.parametrize("name,eps", [("pgd_linf", 16), ("autoattack", 8)])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_numbers(pattern, name, eps):
+    """The state saved during a run (per image, the plan entries done) is all a resumed run
+    needs: from an early, a middle or the last saved state it runs exactly the jobs not done
+    (the target evaluations not yet consumed) and gives the uninterrupted run's images,
+    verdicts, steps, evaluation counts and run list."""
+    model, x, y = pattern
+    x, y = x[:16], y[:16]
+    target = _Counting(model)
+    engine = AdaptiveEngine(resolve_config(name, eps), target,
+                            EngineSettings(steps=5, restarts=3), seed=2)
+    states = []
+    whole = engine.run(x, y, slots=6, speculate=False, on_progress=states.append,
+                       progress_every=0.0)
+    total = target.rows
+    assert 0 < whole.success.sum() < len(x), "a case where the later runs still matter"
+    assert len(states) >= 3
+    for j in sorted({1, len(states) // 2, len(states) - 1}):
+        target.rows = 0
+        resumed = engine.run(x, y, slots=6, speculate=False, progress=states[j])
+        assert target.rows == total - states[j].route_evaluations.sum(), \
+            "only the jobs not consumed are run"
+        _same(resumed, whole, "after state %d" % j)
+
+
+def test_progress_of_other_images_or_a_broken_state_is_refused(pattern):
+    model, x, y = pattern
+    engine = AdaptiveEngine(resolve_config("pgd_linf", 1), ModelTarget(model),
+                            EngineSettings(steps=3, restarts=3), seed=0)
+    states = []
+    engine.run(x[:16], y[:16], slots=4, on_progress=states.append, progress_every=0.0)
+    with pytest.raises(ValueError, match="does not belong to these images.*delete it"):
+        engine.run(x[:8], y[:8], progress=states[0])
+    broken = states[-1].copy()
+    broken.won[0], broken.done[0] = 0, 3
+    with pytest.raises(ValueError, match="won entry that is not the image's last one done"):
+        engine.run(x[:16], y[:16], progress=broken)
+    beyond = states[-1].copy()
+    beyond.done[0] = 99
+    with pytest.raises(ValueError, match="entries done outside 0..3"):
+        engine.run(x[:16], y[:16], progress=beyond)
+
+
+def test_routes_run_in_order_on_what_is_left_and_the_worst_case_is_their_union():
+    """A later route attacks only the images no earlier route won; an image's result is the
+    first route (in order) to reach its goal, and each route's wins are counted."""
+    x, y = _grid_images(8)
+    reach = {"first": {0, 1, 2}, "second": {2, 3, 4}, "third": {5}}
+
+    def verdict(z, yy, t, images, route):
+        return np.array([i in reach[route] for i in images])
+
+    target = _Scripted(x, verdict, routes=("first", "second", "third"))
+    res = _engine(target, x, y, "pgd_linf", 8, steps=3, restarts=1)
+    assert set(np.flatnonzero(res.success)) == {0, 1, 2, 3, 4, 5}
+    assert res.route_wins() == {"first": 3, "second": 2, "third": 1}
+    attacked = {route: set() for route in reach}
+    for _, _, images, route in target.seen:
+        attacked[route] |= set(images)
+    assert attacked == {"first": set(range(8)), "second": {3, 4, 5, 6, 7}, "third": {5, 6, 7}}
+    assert res.route_evaluations.shape == (8, 3)
+    assert np.all(res.route_evaluations[:3, 1:] == 0) and np.all(res.route_evaluations[7] == 4)
 
 
 def test_engine_refuses_attacks_without_a_per_image_adaptive_form():
-    target = _Scripted(lambda z, yy, t: np.zeros(len(z), bool))
+    x, _ = _grid_images()
+    target = _Scripted(x, lambda z, yy, t, i, r: np.zeros(len(z), bool))
     with pytest.raises(ValueError, match="universal"):
         AdaptiveEngine(resolve_config("uap", 10), target, EngineSettings())
     with pytest.raises(ValueError, match="random target classes"):
@@ -435,60 +542,12 @@ def test_quantize_stays_on_the_segment_toward_x():
 
 
 class _Counting(ModelTarget):
-    """A classifier target counting its evaluations."""
+    """A classifier target counting the images it evaluates."""
 
     def __init__(self, model):
         super().__init__(model)
-        self.calls = 0
+        self.rows = 0
 
     def evaluate(self, x, y, t, loss_fn):
-        self.calls += 1
+        self.rows += int(np.shape(x)[0])
         return super().evaluate(x, y, t, loss_fn)
-
-
-@pytest.mark.parametrize("name,eps", [("pgd_linf", 16), ("autoattack", 8)])
-def test_a_batch_interrupted_between_two_runs_resumes_to_the_uninterrupted_numbers(
-        pattern, name, eps):
-    """The state saved after an engine run of a batch (BatchProgress) is all a resumed batch
-    needs: continuing from the first, a middle or the last of them runs only the rest of the
-    plan (the evaluations not yet spent) and gives the uninterrupted batch's images, verdicts,
-    steps, evaluation counts and run list."""
-    model, x, y = pattern
-    x, y = x[:16], y[:16]
-    target = _Counting(model)
-    engine = AdaptiveEngine(resolve_config(name, eps), target,
-                            EngineSettings(steps=5, restarts=3), seed=2)
-    states, spent = [], []
-
-    def keep(state):
-        states.append(state)
-        spent.append(target.calls)
-
-    whole = engine.run_batch(x, y, 0, on_progress=keep)
-    total = target.calls
-    assert 0 < whole.success.sum() < len(x), "a case where the later runs still matter"
-    assert [s.runs_done for s in states] == list(range(1, len(states) + 1))
-    assert len(states) >= 2
-    for j in sorted({0, len(states) // 2, len(states) - 1}):
-        target.calls = 0
-        resumed = engine.run_batch(x, y, 0, progress=states[j])
-        assert target.calls == total - spent[j], "only the runs not done are run"
-        for field in ("x_adv", "success", "first_step", "evaluations"):
-            np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field),
-                                          err_msg="%s after %d runs" % (field, j + 1))
-        assert resumed.runs == whole.runs
-
-
-def test_progress_of_another_batch_or_plan_is_refused(pattern):
-    model, x, y = pattern
-    engine = AdaptiveEngine(resolve_config("pgd_linf", 1), ModelTarget(model),
-                            EngineSettings(steps=3, restarts=3), seed=0)
-    states = []
-    engine.run_batch(x[:16], y[:16], 0, on_progress=states.append)
-    with pytest.raises(ValueError, match="does not belong to this batch.*delete it"):
-        engine.run_batch(x[:8], y[:8], 0, progress=states[0])
-    longer = dataclasses.replace(states[0], runs_done=99, runs=states[0].runs * 99)
-    with pytest.raises(ValueError, match="runs_done 99 of a 3-run plan"):
-        engine.run_batch(x[:16], y[:16], 0, progress=longer)
-    with pytest.raises(ValueError, match="1 runs listed for 2 done"):
-        dataclasses.replace(states[1], runs=states[1].runs[:1])

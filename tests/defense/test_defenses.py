@@ -138,13 +138,13 @@ def test_a_random_transforms_attack_records_name_how_its_eot_draws_are_seeded(tm
     from evaluation.adaptive_store import AdaptiveStore
     from evaluation.config import EvalConfig
     noise, jpeg = build_defense("noise:10"), build_defense("jpeg")
-    assert noise.attacker_fingerprint() == {"eot_draws": "seeded by the iterate"}
+    assert noise.attacker_fingerprint() == {"eot_draws": "seeded per image by its iterate"}
     assert "eot_draws" not in json.dumps(noise.fingerprint())
     store = AdaptiveStore(EvalConfig(class_set=CS, defenses=("noise", "jpeg")), None, {},
                           lambda split: None, str(tmp_path), lambda s: None)
     fps = {d.name: store._adaptive_fp(d, "pgd_linf", 8.0, Threat.ADAPTIVE, Goal.WRONG)
            for d in (noise, jpeg, build_defense("unmask"))}
-    assert fps["noise"]["attacker"] == {"eot_draws": "seeded by the iterate"}
+    assert fps["noise"]["attacker"] == {"eot_draws": "seeded per image by its iterate"}
     assert "attacker" not in fps["jpeg"] and "attacker" not in fps["unmask"]
 
 
@@ -387,7 +387,7 @@ def _engine(target, x, y, name, eps, steps, restarts=1, **params):
     from attacks.engine import AdaptiveEngine, EngineSettings
     engine = AdaptiveEngine(resolve_config(name, eps, **params), target,
                             EngineSettings(steps=steps, restarts=restarts), seed=0)
-    return engine.run(x, y, batch_size=len(x))
+    return engine.run(x, y, slots=len(x))
 
 
 def test_adaptive_success_rises_with_eps_and_steps_and_nears_all(tiny_m):
@@ -425,21 +425,27 @@ def test_eot_averages_over_the_given_number_of_samples(tiny_m):
     target = adaptive.TransformTarget(tiny_m, Counting(), lambda z, yy: np.zeros(len(z), bool),
                                       samples=7, seed=5)
     out = target.evaluate(tf.constant(x), tf.constant(y), None, cross_entropy)
-    moved = x + np.float32(1 / 255)
+    assert [c[0] for c in calls] == [7, 7, 7], "7 draws per image"
+    seeds = [c[1] for c in calls]
+    assert len(set(seeds)) == 3, "each image its own draws"
+    assert seeds == [adaptive.iterate_seed(5, x[i]) for i in range(3)]
+    moved = x.copy()
+    moved[1] += np.float32(1 / 255)
     again = target.evaluate(tf.constant(moved), tf.constant(y), None, cross_entropy)
-    assert [c[0] for c in calls] == [21, 21], "3 images x 7 draws per evaluation"
-    assert calls[0][1] != calls[1][1], "fresh (seeded) draws at a new iterate"
+    assert [c[1] for c in calls[3:]] == [seeds[0], adaptive.iterate_seed(5, moved[1]),
+                                         seeds[2]], "fresh (seeded) draws at a new iterate only"
     assert out.loss.shape == (3,) and out.grad.shape == x.shape
-    assert np.all(np.isfinite(out.grad)) and not np.allclose(out.grad, again.grad)
-    # the draws are a function of the iterate, not of how many evaluations came before: a
-    # resumed attack (a fresh target) meets the draws of the uninterrupted one
-    resumed = adaptive.TransformTarget(tiny_m, Counting(), lambda z, yy: np.zeros(len(z), bool),
-                                       samples=7, seed=5)
-    same = resumed.evaluate(tf.constant(moved), tf.constant(y), None, cross_entropy)
-    assert calls[2][1] == calls[1][1]
-    np.testing.assert_array_equal(same.grad.numpy(), again.grad.numpy())
+    assert np.all(np.isfinite(out.grad)) and not np.array_equal(out.grad[1], again.grad[1])
+    # an image's draws are a function of its iterate, not of how many evaluations came
+    # before nor of the images beside it: a resumed attack (a fresh target), or the image
+    # evaluated alone, meets the same draws
+    alone = adaptive.TransformTarget(tiny_m, Counting(), lambda z, yy: np.zeros(len(z), bool),
+                                     samples=7, seed=5)
+    same = alone.evaluate(tf.constant(moved[1:2]), tf.constant(y[1:2]), None, cross_entropy)
+    np.testing.assert_allclose(same.grad.numpy()[0], again.grad.numpy()[1], atol=1e-6)
     # the loss is the mean over the draws of each draw's loss
-    noisy = np.concatenate([Counting.inner(np.repeat(x, 7, axis=0), seed=calls[0][1])])
+    noisy = np.concatenate([Counting.inner(np.repeat(x[i:i + 1], 7, axis=0), seed=seeds[i])
+                            for i in range(3)])
     per_draw = cross_entropy(tiny_m(noisy, training=False), tf.repeat(y, 7), None).numpy()
     np.testing.assert_allclose(out.loss.numpy(), per_draw.reshape(3, 7).mean(1), rtol=1e-5)
     with pytest.raises(ValueError, match="at least one sample"):
@@ -701,15 +707,18 @@ def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
                                         samples=samples, seed=5)
         first = target.evaluate(x, y, t, loss_fn)
         assert scorer.batches[-1] == 2 * samples and votes[-1] == 2 * samples
-        seed = iterate_seed(target.seed, x)
+        seeds = [iterate_seed(target.seed, x[i]) for i in range(2)]   # each image its own
         stacked = np.repeat(x, samples, axis=0)          # image i's draws: rows i*s .. i*s+s-1
-        draws = transform(stacked, seed=seed)
+        draws = np.concatenate([transform(stacked[i * samples:(i + 1) * samples], seed=sd)
+                                for i, sd in enumerate(seeds)])
         per_draw = draws.mean(axis=(1, 2, 3)).reshape(2, samples)
         m_loss = loss_fn(model(x), y, t).numpy()
         np.testing.assert_allclose(first.loss.numpy(), m_loss - per_draw.mean(axis=1),
                                    rtol=1e-5)
-        k_grad = transform.estimate_gradient(
-            stacked, np.full(stacked.shape, 1.0 / x[0].size, np.float32), seed=seed)
+        ones = np.full((samples,) + x.shape[1:], 1.0 / x[0].size, np.float32)
+        k_grad = np.concatenate([transform.estimate_gradient(
+            stacked[i * samples:(i + 1) * samples], ones, seed=sd)
+            for i, sd in enumerate(seeds)])
         k_grad = k_grad.reshape((2, samples) + x.shape[1:]).mean(axis=1)
         with tf.GradientTape() as tape:
             xt = tf.constant(x)
@@ -723,11 +732,13 @@ def test_eot_over_the_randomized_k_input_averages_the_given_number_of_draws():
         np.testing.assert_array_equal(first.success.numpy(), majority)
         again = target.evaluate(x, y, t, loss_fn)            # the same iterate: the same draws
         np.testing.assert_array_equal(again.loss.numpy(), first.loss.numpy())
-        new_seed = iterate_seed(target.seed, x + np.float32(1 / 255))  # a new iterate: fresh draws
-        assert new_seed != seed
+        new_seed = iterate_seed(target.seed, x[0] + np.float32(1 / 255))  # a new iterate
+        assert new_seed != seeds[0]
         if samples > 1:
-            assert not np.array_equal(transform.draws(2 * samples, 8, 8, new_seed),
-                                      transform.draws(2 * samples, 8, 8, seed))
+            assert not np.array_equal(transform.draws(samples, 8, 8, new_seed),
+                                      transform.draws(samples, 8, 8, seeds[0]))
+        alone = target.evaluate(x[1:], y[1:], t[1:], loss_fn)   # the same draws for image 1
+        np.testing.assert_allclose(alone.loss.numpy(), first.loss.numpy()[1:], rtol=1e-5)
     with pytest.raises(ValueError, match="samples .EOT draws per step. must be >= 1"):
         RandomizedUnMaskTarget(model, scorer, parts, judge, transform, samples=0)
 

@@ -108,25 +108,28 @@ def test_adaptive_rows_goals_and_convergence(whole):
 
 def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole, tmp_path,
                                                                      monkeypatch):
-    """Interrupted inside an image batch, after its first engine run: the finished batch and
-    the batch's state after that run are on disk, and the resumed run continues from both to
-    the uninterrupted run's numbers."""
+    """Interrupted inside an image batch, after a few saved states: the finished batch and
+    the batch's last saved state are on disk, and the resumed run continues from both to the
+    uninterrupted run's numbers."""
     cfg = _config(setup, tmp_path / "cut")
-    real = engine_module.AdaptiveEngine.run_batch
+    real = engine_module.AdaptiveEngine.run
     calls = {"n": 0}
 
-    def flaky(self, x, y, batch_index, progress=None, on_progress=None):
+    def flaky(self, x, y, **kw):
         calls["n"] += 1
         if calls["n"] != 5:                # the second batch of the second adaptive record
-            return real(self, x, y, batch_index, progress, on_progress)
+            return real(self, x, y, **kw)
+        saves = []
 
         def save_then_stop(state):
-            on_progress(state)
-            raise KeyboardInterrupt        # after the batch's first engine run
+            kw["on_progress"](state)
+            saves.append(state)
+            if len(saves) == 3:
+                raise KeyboardInterrupt    # after the batch's third saved state
 
-        return real(self, x, y, batch_index, progress, save_then_stop)
+        return real(self, x, y, **dict(kw, on_progress=save_then_stop, progress_every=0.0))
 
-    monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", flaky)
+    monkeypatch.setattr(engine_module.AdaptiveEngine, "run", flaky)
     with pytest.raises(KeyboardInterrupt):
         ev.run_evaluation(cfg, log=lambda s: None)
     saved = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
@@ -134,16 +137,17 @@ def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole
     assert any(f.endswith(".batch-0001.progress.npz") for f in saved), saved
     started = []
 
-    def watched(self, x, y, batch_index, progress=None, on_progress=None):
-        started.append(None if progress is None else progress.runs_done)
-        return real(self, x, y, batch_index, progress, on_progress)
+    def watched(self, x, y, **kw):
+        progress = kw.get("progress")
+        started.append(None if progress is None else int(progress.done.sum()))
+        return real(self, x, y, **kw)
 
-    monkeypatch.setattr(engine_module.AdaptiveEngine, "run_batch", watched)
+    monkeypatch.setattr(engine_module.AdaptiveEngine, "run", watched)
     logs = []
     resumed = ev.run_evaluation(cfg, log=logs.append)
-    assert any("resuming after 1 of" in m for m in logs)
-    assert any("resuming batch 1 after 1 engine runs" in m for m in logs)
-    assert started[0] == 1, "the interrupted batch continued after its saved run"
+    assert any("batch 1 of" in m and "reused" in m for m in logs), logs
+    assert any("resuming batch 1 with" in m for m in logs)
+    assert started[0] and started[0] > 0, "the interrupted batch continued from its state"
     assert not any(started[1:]), "every other batch started from the start"
 
     def strip(rows):          # everything but the wall time

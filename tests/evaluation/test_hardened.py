@@ -103,32 +103,35 @@ def test_a_damaged_or_foreign_batch_progress_is_named_and_not_used(tmp_path):
     is the run's and it is whole; otherwise the log names it and the batch starts anew."""
     import numpy as np
 
+    from attacks.engine import EngineProgress
     from evaluation.adaptive_store import (AdaptiveStore, _progress_arrays, _progress_fp,
                                            _progress_path)
-    from attacks.engine import BatchProgress
     from evaluation.records import canonical, write_npz
 
     logs = []
     store = AdaptiveStore(None, None, {}, None, str(tmp_path), logs.append)
     path = str(tmp_path / "test-pgd_linf_8.wrong.npz")
     fp = {"attack": "pgd_linf", "eps": 8.0}
-    state = BatchProgress(runs_done=2, best=np.zeros((3, 4, 4, 3), np.float32),
-                          best_loss=np.full(3, -np.inf), active=np.ones(3, bool),
-                          evaluations=np.full(3, 7, np.int64),
-                          first_step=np.full((3, 2), -1, np.int64),
-                          runs=[{"restart": 0}, {"restart": 0}], seconds=12.5)
+    state = EngineProgress(done=np.array([2, 1, 0]), won=np.array([1, -1, -1]),
+                           best=np.zeros((3, 4, 4, 3), np.float32),
+                           best_loss=np.full(3, -np.inf),
+                           route_evaluations=np.full((3, 2), 7, np.int64),
+                           first_step=np.full((3, 2), -1, np.int64), seconds=12.5)
 
     def save(arrays, key=fp):
         write_npz(_progress_path(path, 0), dict(arrays, fingerprint=canonical(
             _progress_fp(key, 0))))
 
     save(_progress_arrays(state))
-    got = store._batch_progress(path, fp, {0: 3})[0]
-    assert got.runs_done == 2 and got.runs == state.runs and got.seconds == 12.5
-    np.testing.assert_array_equal(got.evaluations, state.evaluations)
-    assert store._batch_progress(path, dict(fp, eps=4.0), {0: 3}) == {}   # another attack
-    assert store._batch_progress(path, fp, {0: 5}) == {}                 # another batch size
+    got = store._batch_progress(path, fp, 0, 3)
+    assert got.seconds == 12.5
+    for field in ("done", "won", "route_evaluations", "first_step"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(state, field))
+    assert store._batch_progress(path, dict(fp, eps=4.0), 0, 3) is None   # another attack
+    assert store._batch_progress(path, fp, 0, 5) is None                  # another batch size
     assert any("holds 3 rows for 5 images" in m for m in logs)
-    save(dict(_progress_arrays(state), runs=json.dumps(state.runs[:1])))
-    assert store._batch_progress(path, fp, {0: 3}) == {}
-    assert any("1 runs listed for 2 done" in m and "from the start" in m for m in logs)
+    arrays = _progress_arrays(state)
+    del arrays["won"]
+    save(arrays)
+    assert store._batch_progress(path, fp, 0, 3) is None
+    assert any("no array 'won'" in m and "recomputed" in m for m in logs)

@@ -308,7 +308,7 @@ def test_joint_attack_on_m_and_k_evades_more_than_the_gray_box_attack(k_model, s
     def attack(tgt):
         engine = AdaptiveEngine(resolve_config("pgd_linf", 32, step_size=4), tgt,
                                 EngineSettings(steps=30, restarts=1), seed=0)
-        return engine.run(x, y, batch_size=8)
+        return engine.run(x, y, slots=8)
 
     res = attack(target)
     np.testing.assert_array_equal(res.success, evasion(res.x_adv))
