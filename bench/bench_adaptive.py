@@ -71,29 +71,16 @@ def measure(classset: str, images: int, attack: str) -> dict:
     from attacks import resolve_config, run_attack
     from attacks.engine import AdaptiveEngine, convergence
     from evaluation import run as ev
-    from evaluation.comparison import Comparison
     from evaluation.config import EvalConfig
-    from defense.defenses import build_defense
     from defense.threats import Goal, Threat
 
     name, _, eps = attack.partition(":")
     cfg = EvalConfig(class_set=get_class_set(classset), extractor="k", n_test=images,
-                     progress=False, results_dir=tempfile.mkdtemp(prefix="bench_adaptive_"))
-    data = ev.load_data(cfg, print)
-    m, _ = ev.get_models(cfg, data, print)
-    comparison = Comparison(cfg, data, {"m": m}, print)
-    made = {}
-
-    def extractors(k="standard"):
-        if k != "standard":
-            raise ValueError("bench_adaptive measures the plain UnMask: k must be 'standard', "
-                             "got %r" % (k,))
-        if not made:
-            made["v"] = ev.make_extractors(cfg, data, print) + (None,)
-        return made["v"]
-
-    um = build_defense("unmask")
-    um.fit(comparison.fit_context(extractors))
+                     defenses=("unmask",), progress=False,
+                     results_dir=tempfile.mkdtemp(prefix="bench_adaptive_"))
+    # the run's own way to load M and K and fit UnMask
+    comparison, _, (um,), _ = ev.open_comparison(cfg, print, ["unmask"])
+    m = comparison.models["m"]
     test = comparison.images("test")
     x, y = test.x, test.labels
     run_attack(m, x[:2], y[:2], "pgd_linf", eps=8)                 # compile outside timing
@@ -109,7 +96,7 @@ def measure(classset: str, images: int, attack: str) -> dict:
         engine = AdaptiveEngine(resolve_config(name, float(eps) if eps else None), target,
                                 settings, seed=cfg.seed)
         t0 = time.time()
-        res = engine.run(x, y, batch_size=cfg.adaptive_batch)
+        res = engine.run(x, y, slots=cfg.adaptive_slots)
         seconds = time.time() - t0
         real = _real_verdict(um, test, res.x_adv, goal, m)
         out["goals"][str(goal)] = {
@@ -122,7 +109,8 @@ def measure(classset: str, images: int, attack: str) -> dict:
     out.update(what="full adaptive recipe on UnMask (%s), per goal, beside the gray-box "
                     "PGD-Linf eps=8 (20 steps) on M" % attack, images=len(x),
                settings=dict(steps=settings.steps, restarts=settings.restarts,
-                             max_targets=settings.max_targets, batch=cfg.adaptive_batch),
+                             max_targets=settings.max_targets, slots=cfg.adaptive_slots,
+                             routes=list(um.adaptive_routes(Goal.WRONG))),
                load_average_before=load_before, load_average_after=_machine.load_average())
     return out
 

@@ -37,7 +37,7 @@ attack already sees everything there is.
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 

@@ -126,6 +126,18 @@ class AdaptiveStore:
                      ", ".join("%s %d" % (r, v["won"]) for r, v in cost["routes"].items())))
         return rec
 
+    def has_record(self, defense: Defense, name: str, eps: float, threat: Threat,
+                   goal: Goal) -> bool:
+        """The whole adaptive record is saved (same fingerprint, undamaged)."""
+        path = self.record_path(defense, name, eps, threat, goal)
+        return read_npz(path, self._adaptive_fp(defense, name, eps, threat, goal), self.log,
+                        dict(_ENGINE_ARRAYS, pred_adv=1), len(self.images("test"))) is not None
+
+    def batch_path(self, defense: Defense, name: str, eps: float, threat: Threat, goal: Goal,
+                   batch: int) -> str:
+        """File of image batch ``batch`` of an adaptive record while it is computed."""
+        return _batch_path(self.record_path(defense, name, eps, threat, goal), batch)
+
     def batches(self) -> int:
         """Image batches of an adaptive record (``--adaptive-batch`` images each)."""
         return -(-len(self.images("test")) // self.cfg.adaptive_batch)
@@ -170,7 +182,8 @@ class AdaptiveStore:
 
         part = engine.run(benign.x[begin:end], benign.labels[begin:end],
                           ids=np.arange(begin, end), slots=cfg.adaptive_slots,
-                          progress=progress, on_progress=save_progress)
+                          progress=progress, on_progress=save_progress,
+                          progress_every=cfg.adaptive_save_seconds)
         write_npz(_batch_path(path, batch), dict(_engine_arrays(part), fingerprint=canonical(
             dict(fp, batch=batch))))
         if os.path.isfile(_progress_path(path, batch)):

@@ -58,7 +58,8 @@ def run(options: Options) -> int:
         if grid is not None:
             return run_grid(eval_cfg, grid[0], grid[1], options.grid.workers,
                             options.grid.ray_address)
-        return run_model_m(eval_cfg, options.m.at_line_search)
+        return run_model_m(eval_cfg, options.m.at_line_search, options.grid.workers,
+                           options.grid.ray_address)
     except (DatasetExistsError, ValueError, FileNotFoundError) as e:
         return _refused(e)
 
@@ -70,16 +71,23 @@ def _refused(e: Exception) -> int:
 
 # ----------------------------------------------------------------------------- M
 
-def run_model_m(cfg: EvalConfig, line_search: bool = False) -> int:
-    """``--model M``: one run of the comparison (or, with ``line_search``, AT's eps search)."""
+def run_model_m(cfg: EvalConfig, line_search: bool = False, workers: Optional[int] = None,
+                address: Optional[str] = None) -> int:
+    """``--model M``: one run of the comparison (or, with ``line_search``, AT's eps search);
+    with ``workers`` or ``address`` its defense-aware attacks run as Ray work units."""
+    from evaluation.executors import make_executor
     from evaluation.run import WorkerDone, run_evaluation
 
     if line_search:
         return _line_search(cfg)
+    executor = make_executor(workers, address) if workers or address else None
     try:
-        run_evaluation(cfg)
+        run_evaluation(cfg, executor=executor)
     except WorkerDone as done:          # a non-chief worker of --distribute multi-worker
         print(done)
+    finally:
+        if hasattr(executor, "shutdown"):
+            executor.shutdown()
     return 0
 
 
@@ -211,7 +219,7 @@ def rerun(options: Options) -> int:
     ensure_dataset(cfg.data_dir, seed=cfg.seed)
     if grid is not None:
         return run_grid(cfg, grid[0], grid[1], given.get("workers"), given.get("ray_address"))
-    return run_model_m(cfg)
+    return run_model_m(cfg, workers=given.get("workers"), address=given.get("ray_address"))
 
 
 def _note_changed_checkpoints(rec: Dict[str, Any], cfg: EvalConfig) -> None:

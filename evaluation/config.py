@@ -73,6 +73,7 @@ class EvalConfig:
     eot_samples: int = 20
     adaptive_batch: int = _M.adaptive_batch   # images per saved adaptive batch (a work unit)
     adaptive_slots: int = _M.adaptive_slots   # images evaluated together (not in any record)
+    adaptive_save_seconds: float = 60.0       # an adaptive batch's progress is saved this often
     adaptive_routes: Optional[Tuple[str, ...]] = None   # None: every route of each defense
     k_transfer: Optional[str] = _M.k_transfer   # surrogate K checkpoint for threat "transfer"
     # the robust K of unmask:k=robust: "last" (newest robust K in k_robust_log_dir) or a path

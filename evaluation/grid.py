@@ -40,7 +40,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from data.fileio import file_digest, read_cached_json, write_json_atomic
 from data.knowledge import get_class_set
@@ -49,33 +49,10 @@ from evaluation import run as ev
 from evaluation import writer
 from evaluation.comparison import Comparison
 from evaluation.config import record
-from evaluation.records import eps_tag
+from evaluation.units import Unit
 from evaluation.schema import validate_metrics
 
 UNIT_VERSION = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """One work unit: ``kind`` in train / attack / defense / evaluate, for (``arch``,
-    ``class_set`` code name); an attack names its ``vector`` (attack name, eps) and, when
-    sharded, its ``shard`` (index, count); a defense unit its ``defense`` label."""
-    kind: str
-    arch: str
-    class_set: str
-    vector: Optional[Tuple[str, float]] = None
-    shard: Optional[Tuple[int, int]] = None
-    defense: Optional[str] = None
-
-    @property
-    def name(self) -> str:
-        tail = "" if self.vector is None else "-%s_%s" % (self.vector[0],
-                                                          eps_tag(self.vector[1]))
-        if self.shard is not None:
-            tail += "-shard%dof%d" % (self.shard[0] + 1, self.shard[1])
-        if self.defense is not None:
-            tail += "-" + self.defense
-        return "%s-%s-%s%s" % (self.kind, self.class_set, self.arch, tail)
 
 
 def pair_config(base, arch: str, class_set: str):
@@ -103,6 +80,11 @@ def plan(base, archs: Sequence[str], class_sets: Sequence[str]) -> List[List[Uni
 
 
 def unit_record_path(base, unit: Unit) -> str:
+    """Where a unit records that it is done: the grid's folder, or an adaptive unit's run
+    folder (a single run's adaptive attacks are units too)."""
+    if unit.kind == "adaptive":
+        return os.path.join(pair_config(base, unit.arch, unit.class_set).out_dir, "units",
+                            unit.name + ".json")
     return os.path.join(base.results_dir, "grid", "units", unit.name + ".json")
 
 
@@ -112,6 +94,8 @@ def config_fingerprint(base, unit: Unit) -> str:
     cfg = dataclasses.asdict(pair_config(base, unit.arch, unit.class_set))
     cfg.pop("progress", None)
     cfg.pop("shards", None)        # the shards' merged records are the unsharded ones
+    for name in ("adaptive_slots", "adaptive_save_seconds"):   # how, not what: same records
+        cfg.pop(name, None)
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -175,6 +159,9 @@ def _unit_outputs(cfg, unit: Unit, log: Callable[[str], None]) -> List[str]:
         return [os.path.join(cfg.out_dir, "metrics.json")]
     if unit.kind == "defense":
         return ev.run_defense(cfg, unit.defense, log)
+    if unit.kind == "adaptive":
+        return [ev.run_adaptive_unit(cfg, unit.defense, unit.vector, unit.threat, unit.goal,
+                                     unit.batch, log)]
     data = ev.load_data(cfg, log)
     m, at = ev.get_models(cfg, data, log)
     if unit.kind == "train":

@@ -426,11 +426,14 @@ class GridOptions:
                                         "--arch)")
     classsets: Optional[str] = option(None, "comma list of class sets for --grid, or 'all' "
                                             "(default: --classset)")
-    workers: Optional[int] = option(None, "run the grid's units on a local Ray cluster of N "
-                                          "worker processes (default: in this process)",
+    workers: Optional[int] = option(None, "run the grid's units (or, without --grid, the "
+                                          "run's defense-aware attacks, one unit per image "
+                                          "batch) on a local Ray cluster of N worker "
+                                          "processes (default: in this process)",
                                     type=int, check=_at_least(1))
     ray_address: Optional[str] = option(None, "HOST:PORT of a running Ray cluster to run the "
-                                              "grid's units on")
+                                              "grid's units (or a run's defense-aware "
+                                              "attacks) on")
     shards: Optional[int] = option(None, "split every per-image attack vector of --grid into N "
                                          "image shards (work units cut at attack-batch "
                                          "boundaries; the merged numbers equal the unsharded "
@@ -442,11 +445,16 @@ class GridOptions:
         --grid); ValueError otherwise."""
         from models.classifier import get_architecture
 
+        _check_field(self, "workers")
+        if self.workers is not None and self.ray_address:
+            raise ValueError("give --workers N (a local Ray cluster) or --ray-address (a "
+                             "running one), not both")
         if not self.grid:
-            if (self.archs or self.classsets or self.workers is not None or self.ray_address
-                    or self.shards is not None):
-                raise ValueError("--archs, --classsets, --workers, --ray-address and --shards "
-                                 "go with --grid")
+            if self.archs or self.classsets or self.shards is not None:
+                raise ValueError("--archs, --classsets and --shards go with --grid")
+            if (self.workers is not None or self.ray_address) and model == "K":
+                raise ValueError("--workers and --ray-address run M's grid or a run's "
+                                 "defense-aware attacks; K trains in one process")
             return None
         if model == "K":
             raise ValueError("--grid evaluates M's pairs; train K with `--model K` first")
@@ -479,11 +487,7 @@ class GridOptions:
         if m.distribute != "none":
             raise ValueError("--grid runs its units in separate processes (--workers); "
                              "--distribute applies to a single run, not to the grid")
-        _check_field(self, "workers")
         _check_field(self, "shards")
-        if self.workers is not None and self.ray_address:
-            raise ValueError("give --workers N (a local Ray cluster) or --ray-address (a "
-                             "running one), not both")
         return archs, sets
 
 

@@ -50,6 +50,11 @@ def adaptive_vectors(vectors) -> Tuple[List[Tuple[str, float]], Dict[str, str]]:
     return run, skipped
 
 
+def defense_runs(comparison: Comparison, defense: Defense, vectors) -> List[Tuple]:
+    """(threat, goal, attack, eps) of every row of ``defense`` (goal None for gray-box)."""
+    return _runs_of(comparison, defense, vectors)[0]
+
+
 def _runs_of(comparison: Comparison, defense: Defense, vectors) -> Tuple[List[Tuple], Dict]:
     """(threat, goal, attack, eps) of every row of ``defense``, and the notes on the
     defense-aware threats it has no attack for."""
@@ -128,7 +133,6 @@ def defense_results(comparison: Comparison, defense: Defense, vectors) -> Dict:
     y = benign.labels
     model = defense.attacked_model()
     b_out = defense.decide(comparison.observe(defense, benign))
-    clean = accuracy(b_out.pred, y)
     rows, curves, defended, keys = [], {}, [], []
     runs, notes = _runs_of(comparison, defense, vectors)
     eta = Eta(len(runs) + 1, done=1)

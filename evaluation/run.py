@@ -30,13 +30,15 @@ from data.classset import load_split
 from defense.adversarial_training import at_checkpoint_dir, train_adversarial
 from defense.defenses import build_defense
 from defense.extractors import OracleExtractor
-from defense.threats import DEFENSE_AWARE
+from defense.base import GRAY_BOX
+from defense.threats import DEFENSE_AWARE, Goal, Threat
 from evaluation import comparison_table, trajectory_table, writer
 from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig, record
 from evaluation.model_k import find_robust_k, robust_extractor
 from evaluation.records import short_digest
-from evaluation.results import comparisons, defense_results, table_iv_fields
+from evaluation.results import comparisons, defense_results, defense_runs, table_iv_fields
+from evaluation.units import Unit
 from evaluation.schema import make_metrics
 from models.classifier import build_classifier
 from models.distribute import is_chief, make_strategy
@@ -201,8 +203,40 @@ def run_defense(cfg: EvalConfig, label: str, log: Callable[[str], None] = print)
     return sorted(comparison.touched)
 
 
-def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
-    """Run the whole comparison; returns the metrics (also written to ``cfg.out_dir``)."""
+def run_adaptive_unit(cfg: EvalConfig, label: str, vector, threat: str, goal: str, batch: int,
+                      log: Callable[[str], None] = print) -> str:
+    """One image batch of one defense-aware attack (an adaptive work unit, e.g. on a Ray
+    worker): fit the defense (its validation observations are the run's cached ones), attack
+    the batch (resuming from its saved progress) and save it where the run's evaluation then
+    reads it.  Returns the batch's file."""
+    comparison, _, defenses, _ = open_comparison(cfg, log, [label])
+    name, eps = vector
+    store = comparison.adaptive_records
+    threat, goal = Threat.parse(threat), Goal(goal)
+    store.adaptive_batch(defenses[0], name, eps, threat, goal, int(batch))
+    return store.batch_path(defenses[0], name, eps, threat, goal, int(batch))
+
+
+def adaptive_units(comparison: Comparison, defenses, vectors) -> List[Unit]:
+    """The work units of a run's defense-aware attacks not yet recorded whole: one per image
+    batch of each (defense, threat, goal, vector)."""
+    cfg, store = comparison.cfg, comparison.adaptive_records
+    units = []
+    for d in defenses:
+        for threat, goal, name, eps in defense_runs(comparison, d, vectors):
+            if threat == GRAY_BOX or store.has_record(d, name, eps, threat, goal):
+                continue
+            units += [Unit("adaptive", cfg.arch, cfg.class_set.code_name, (name, float(eps)),
+                           defense=d.label, threat=str(threat), goal=str(goal), batch=i)
+                      for i in range(store.batches())]
+    return units
+
+
+def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,
+                   executor=None) -> Dict:
+    """Run the whole comparison; returns the metrics (also written to ``cfg.out_dir``).
+    ``executor`` (e.g. :class:`evaluation.executors.RayExecutor`) runs the defense-aware
+    attacks' image batches as work units first; the evaluation then reads their records."""
     start = time.time()
     comparison, ctx, defenses, extractor_kind = open_comparison(cfg, log)
     models = comparison.models
@@ -214,6 +248,11 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print) -> Dict:
             timing = eta.step()
             if cfg.progress:
                 log("attacks: %d of %d done (%s)" % (eta.done, eta.total, timing))
+    if executor is not None:
+        units = adaptive_units(comparison, defenses, vectors)
+        if units:
+            log("adaptive attacks: %d image batches as work units" % len(units))
+            executor.map(cfg, units, log)
     results = {d.label: defense_results(comparison, d, vectors) for d in defenses}
     paired = comparisons(results, vectors)
     benign, entries = table_iv_fields(comparison, results, vectors)

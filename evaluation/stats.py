@@ -66,9 +66,7 @@ def detection_intervals(benign: np.ndarray, attacked: np.ndarray, max_fpr: float
     each with both of its scores."""
     from evaluation.metrics import tpr_at_fpr
     benign, attacked = np.asarray(benign, np.float64), np.asarray(attacked, np.float64)
-    # wins[i, j]: image i's attacked version ranks above image j's benign one (ties: half),
-    # so the AUC of a resample is the mean of wins over its pairs (Mann-Whitney)
-    wins = (attacked[:, None] > benign[None, :]) + 0.5 * (attacked[:, None] == benign[None, :])
+    wins = pair_wins(benign, attacked)
     labels = np.r_[np.zeros(len(benign)), np.ones(len(attacked))]
 
     def auc(idx):
@@ -79,6 +77,14 @@ def detection_intervals(benign: np.ndarray, attacked: np.ndarray, max_fpr: float
 
     return {"auc": image_bootstrap(auc, len(benign), seed),
             "tpr_at_%dfpr" % round(100 * max_fpr): image_bootstrap(tpr, len(benign), seed)}
+
+
+def pair_wins(benign: np.ndarray, attacked: np.ndarray) -> np.ndarray:
+    """``[n, n]``: 1 where image i's attacked score ranks above image j's benign one, 1/2 on
+    a tie: the mean over any multiset of images is the AUC of their scores (Mann-Whitney),
+    so a bootstrap resample's AUC is one indexed mean."""
+    a, b = np.asarray(attacked, np.float64)[:, None], np.asarray(benign, np.float64)[None, :]
+    return (a > b) + 0.5 * (a == b)
 
 
 def paired(a, b, seed: int = 0, level: float = LEVEL) -> Dict:

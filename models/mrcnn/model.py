@@ -229,7 +229,10 @@ class MaskRCNN:
                                    for name in LOSS_NAMES} if mode == "training" else None)
             self._build_assign_ops()
             self._init_op = tf.compat.v1.global_variables_initializer()
-        self.session = tf.compat.v1.Session(graph=self.graph)
+        # on a GPU (one per worker: SPEC §9) K takes memory as it needs it, beside M
+        self.session = tf.compat.v1.Session(graph=self.graph, config=tf.compat.v1.ConfigProto(
+            allow_soft_placement=True,
+            gpu_options=tf.compat.v1.GPUOptions(allow_growth=True)))
         self.session.run(self._init_op)
 
     # ------------------------------------------------------------------ graph building

@@ -1,7 +1,6 @@
 """The attack engine: attacks on attack targets, APGD / AutoAttack, and the adaptive engine
 (8-bit iterates, the best iterate by the target's verdict, restarts, target classes,
 convergence traces)."""
-import dataclasses
 
 import numpy as np
 import pytest

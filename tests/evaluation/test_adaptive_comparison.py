@@ -86,6 +86,25 @@ def test_adaptive_rows_goals_and_convergence(whole):
             assert isinstance(conv["converged"], bool) and conv["why"]
             assert r["agreement"] >= 0.98, "the attack's verdicts are the real pipeline's"
             assert r["cost"]["evaluations_per_image"] > 0
+    # every route of each decision rule ran (SPEC §13): a rectifying UnMask's wrong answer
+    # also by K alone; the undetected goal and a rejecting UnMask without that route
+    every = ["follow-m", "two-phase", "k-only", "joint"]
+    assert um[("pgd_linf", "adaptive", "wrong")]["routes"]["ran"] == every
+    without = [r for r in every if r != "k-only"]
+    assert um[("pgd_linf", "adaptive", "undetected")]["routes"]["ran"] == without
+    rej = _rows(metrics, "unmask:reject")[("pgd_linf", "adaptive", "wrong")]["routes"]
+    assert rej["ran"] == without and rej["complete"]
+    assert _rows(metrics, "bitdepth:3")[("pgd_linf", "adaptive", "wrong")]["routes"]["ran"] == [
+        "bpda"]
+    for r in um.values():
+        if "routes" in r:      # the images each route won: the attacker's own verdicts
+            assert r["routes"]["complete"] and set(r["routes"]["won"]) == set(
+                r["routes"]["ran"])
+            assert sum(r["routes"]["won"].values()) == sum(
+                s["reached"] for s in r["cost"]["runs"])
+        for k in ("acc", "defended", "evasion"):
+            lo, hi = r["intervals"][k]
+            assert lo <= r[k] <= hi
     # the detector's rates at fixed benign FPRs, for the gray-box and the adaptive images
     for r in _rows(metrics, "unmask").values():
         if r["n_successful"]:
@@ -104,6 +123,22 @@ def test_adaptive_rows_goals_and_convergence(whole):
     worst = metrics["defenses"]["unmask"]["worst_case"]
     assert worst["attacks"] == 4 and worst["defended"] <= min(
         r["defended"] for r in um.values()) + 1e-12
+
+
+def test_a_row_attacked_along_some_of_its_routes_is_marked(setup, tmp_path):
+    """--adaptive-routes narrows the attack for a study; the row says which routes ran and
+    that some did not, and the bench marks its number as an upper bound."""
+    cfg = _config(setup, tmp_path / "narrow", defenses=("unmask",), vectors=(("pgd_linf", 16),),
+                  adaptive_routes=("two-phase",))
+    metrics = ev.run_evaluation(cfg, log=lambda s: None)
+    rows = _rows(metrics, "unmask")
+    wrong = rows[("pgd_linf", "adaptive", "wrong")]["routes"]
+    assert wrong["ran"] == ["two-phase"] and not wrong["complete"]
+    assert wrong["all"] == ["follow-m", "two-phase", "k-only", "joint"]
+    bench = open(os.path.join(cfg.out_dir, "bench.md")).read()
+    assert "(routes missing)" in bench
+    csv = open(os.path.join(cfg.out_dir, "bench.csv")).read()
+    assert "routes_complete" in csv.splitlines()[0]
 
 
 def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole, tmp_path,

@@ -1,0 +1,165 @@
+"""Throughput of the adaptive engine on UnMask's target: image-evaluations per second, the
+engine of before the full-batch change against today's, in one run on the same machine.
+
+Both engines attack the same images (a fixed slice of the test set: the first ``--images`` of
+the run's class-balanced subset) of the hardened L-inf eps=8 command's ``unmask:k=robust:m=at``
+through the same adaptive target (the two-phase route: the work both engines can do), with the
+full recipe (100 steps, 2 restarts, every target class, 8-bit iterates, the goal "wrong").
+*Before* is ``attacks/engine.py`` at ``--before`` (git history; it attacks batches of
+``--adaptive-batch`` images and leaves each image's row out once it reaches the goal, so the
+tail of every run evaluates K on a few images); *after* is today's engine (``--slots``
+images evaluated together, a freed slot taking the next job).  The figure is target
+evaluations of an image (one pass of M and one session run of K) per second of wall time;
+``ratio`` = after / before.  A profile of one engine's time per part of an evaluation (M's
+pass, K's session run, the verdict, the rest) is recorded for each.
+
+Needs the trained K, robust K, M and AT of the default run (``python main.py --model K``,
+``python main.py --model K --adv-train``, ``python main.py --adv-train``).  Run from the
+repository root::
+
+    .venv/bin/python bench/bench_adaptive_throughput.py [--images 40] [--before 3574b3b]
+"""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tfcompat  # noqa: E402,F401
+import _machine  # noqa: E402
+from data.fileio import write_json_atomic  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "bench", "results", "adaptive_throughput.json")
+#: The last commit of the engine that attacked fixed batches (before full batches).
+BEFORE = "3574b3b"
+
+
+def old_engine(commit: str):
+    """``attacks/engine.py`` as it was at ``commit``, loaded as a module of its own."""
+    source = subprocess.run(["git", "show", "%s:attacks/engine.py" % commit], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    path = os.path.join(tempfile.mkdtemp(prefix="engine_before_"), "engine_before.py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("engine_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Profile:
+    """Seconds spent in each part of the target's evaluations (wrapped methods)."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def wrap(self, obj, name: str, part: str):
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
+        setattr(obj, name, timed)
+        return inner
+
+    def shares(self, total: float) -> dict:
+        out = {part: round(s / total, 3) for part, s in self.seconds.items()}
+        out["rest (engine, attack steps, threads)"] = round(1 - sum(out.values()), 3)
+        return out
+
+
+def measure(args) -> dict:
+    import numpy as np
+
+    from attacks import resolve_config
+    from attacks.engine import AdaptiveEngine, EngineSettings
+    from data.knowledge import get_class_set
+    from defense.base import AdaptiveOptions
+    from defense.threats import Goal, Threat
+    from evaluation import run as ev
+    from evaluation.config import EvalConfig
+
+    cfg = EvalConfig(class_set=get_class_set(args.classset), extractor="k", adv_train=True,
+                     defenses=(args.defense,), n_test=args.images, progress=False,
+                     results_dir=tempfile.mkdtemp(prefix="bench_throughput_"))
+    comparison, _, defenses, _ = ev.open_comparison(cfg, print, [args.defense])
+    defense = defenses[0]
+    test = comparison.images("test")
+    x, y = test.x[:args.images], test.labels[:args.images]
+    settings = EngineSettings(steps=args.steps, restarts=args.restarts)
+    name, _, eps = args.attack.partition(":")
+    config = resolve_config(name, float(eps))
+    options = AdaptiveOptions(routes=("two-phase",))
+    out = {}
+    for which in ("before", "after"):
+        target = defense.attack_target(Threat.ADAPTIVE, Goal.WRONG, options)
+        profile = Profile()
+        profile.wrap(target, "_m_terms", "M's pass")
+        profile.wrap(target.scorer, "hinge_value_and_grad", "K's session run")
+        profile.wrap(target, "judge", "verdict (Algorithm 1)")
+        load = _machine.load_average()
+        t0 = time.perf_counter()
+        if which == "before":
+            module = old_engine(args.before)
+            engine = module.AdaptiveEngine(config, target, module.EngineSettings(
+                steps=args.steps, restarts=args.restarts), seed=cfg.seed)
+            res = engine.run(x, y, batch_size=args.adaptive_batch)
+        else:
+            engine = AdaptiveEngine(config, target, settings, seed=cfg.seed)
+            res = engine.run(x, y, slots=args.slots)
+        seconds = time.perf_counter() - t0
+        evaluations = int(np.sum(res.evaluations))
+        out[which] = {"seconds": round(seconds, 1), "evaluations": evaluations,
+                      "evaluations_per_image": round(evaluations / len(x), 1),
+                      "image_evaluations_per_second": round(evaluations / seconds, 2),
+                      "goal_reached": float(np.mean(res.success)),
+                      "profile": profile.shares(seconds),
+                      "load_average_before": load, "load_average_after":
+                          _machine.load_average()}
+        print(which, json.dumps(out[which]))
+    out["ratio"] = round(out["after"]["image_evaluations_per_second"]
+                         / out["before"]["image_evaluations_per_second"], 2)
+    out.update(what="image-evaluations per second of UnMask's adaptive target (one pass of M "
+                    "and one session run of K per image), the engine at %s (batches of %d) "
+                    "against today's (%d slots), same images and target" % (
+                        args.before, args.adaptive_batch, args.slots),
+               defense=args.defense, attack=args.attack, goal="wrong", route="two-phase",
+               images=len(x), settings={"steps": args.steps, "restarts": args.restarts},
+               command="python bench/bench_adaptive_throughput.py --images %d" % args.images)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classset", default="CS5b")
+    p.add_argument("--defense", default="unmask:k=robust:m=at")
+    p.add_argument("--attack", default="pgd_linf:8")
+    p.add_argument("--images", type=int, default=40)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--slots", type=int, default=32)
+    p.add_argument("--adaptive-batch", type=int, default=100)
+    p.add_argument("--before", default=BEFORE)
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    record = measure(args)
+    record["machine"] = _machine.machine_info()
+    write_json_atomic(args.out, record, indent=2)
+    print(json.dumps({k: v for k, v in record.items() if k != "machine"}, indent=1))
+    print("written to %s" % os.path.relpath(args.out, ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
