@@ -20,8 +20,30 @@ from attacks import resolve_config
 from attacks.engine import AdaptiveEngine, EngineProgress, EngineResult, convergence
 from defense.base import ADAPTIVE, TRANSFER, Defense, ImageSet, model_predictions
 from defense.threats import Goal, Threat
-from evaluation.records import (ADAPTIVE_VERSION, canonical, eps_tag, read_npz, safe_name,
-                                short_digest, vector_fingerprint, write_npz)
+from evaluation.records import (ADAPTIVE_VERSION, Field, canonical, check_record, eps_tag,
+                                read_npz, safe_name, short_digest, vector_fingerprint,
+                                write_npz)
+
+
+#: The arrays of an engine result's record and what they must hold.
+_ENGINE_ARRAYS = {"x_adv": Field(4, "images"), "success": Field(1, "bool"),
+                  "first_step": Field(2, "step"), "route_evaluations": Field(2, "count"),
+                  "won": Field(1, "step")}
+#: The whole record adds M's answers on the attacked images.
+_RECORD_ARRAYS = dict(_ENGINE_ARRAYS, pred_adv=Field(1, "classes"))
+#: A batch's saved progress.
+_PROGRESS_ARRAYS = {"best": Field(4, "images"), "best_loss": Field(1, "loss"),
+                    "done": Field(1, "count"), "won": Field(1, "step"),
+                    "route_evaluations": Field(2, "count"), "first_step": Field(2, "step"),
+                    "seconds": Field(0, rows=False)}
+
+
+def _engine_problem(rec: Mapping) -> Optional[str]:
+    """What an engine record's arrays say against each other: an image reached the goal
+    exactly when it has a winning plan entry."""
+    if not np.array_equal(np.asarray(rec["success"]), np.asarray(rec["won"]) >= 0):
+        return "'success' disagrees with the winning entries 'won'"
+    return None
 
 
 class AdaptiveStore:
@@ -62,7 +84,7 @@ class AdaptiveStore:
         fp = self._adaptive_fp(defense, name, eps, threat, goal)
         path = self.record_path(defense, name, eps, threat, goal)
         self.touched.add(path)
-        rec = read_npz(path, fp, self.log, dict(_ENGINE_ARRAYS, pred_adv=1), len(benign))
+        rec = self._read(path, fp, _RECORD_ARRAYS, len(benign))
         if rec is None:
             rec = self._run_adaptive(defense, name, eps, threat, goal, benign, fp, path)
         else:
@@ -104,6 +126,8 @@ class AdaptiveStore:
         parts = [self.adaptive_batch(defense, name, eps, threat, goal, i, fp=fp)
                  for i in range(self.batches())]
         res = merge(parts)
+        check_record(_engine_arrays(res), _ENGINE_ARRAYS, len(benign),
+                     "the merged adaptive record %s" % path, image_shape=benign.x.shape[1:])
         settings = cfg.engine_settings()
         conv = convergence(res.first_step, settings.steps)
         # wall time: this process's, or the engine's summed over every resumed part if more
@@ -130,8 +154,21 @@ class AdaptiveStore:
                    goal: Goal) -> bool:
         """The whole adaptive record is saved (same fingerprint, undamaged)."""
         path = self.record_path(defense, name, eps, threat, goal)
-        return read_npz(path, self._adaptive_fp(defense, name, eps, threat, goal), self.log,
-                        dict(_ENGINE_ARRAYS, pred_adv=1), len(self.images("test"))) is not None
+        return self._read(path, self._adaptive_fp(defense, name, eps, threat, goal),
+                          _RECORD_ARRAYS, len(self.images("test"))) is not None
+
+    def _read(self, path: str, fp: Dict, expect: Dict, n: int,
+              extra=_engine_problem) -> Optional[Dict]:
+        """A saved record (:func:`~evaluation.records.read_npz`) checked for this run's class
+        count and image shape, and its arrays against each other (``extra``); a damaged one is
+        named and left for recomputing."""
+        rec = read_npz(path, fp, self.log, expect, n, classes=len(self.cfg.class_set.classes),
+                       image_shape=self.images("test").x.shape[1:])
+        problem = None if rec is None or extra is None else extra(rec)
+        if problem:
+            self.log("saved record %s is damaged (%s): recomputed" % (path, problem))
+            return None
+        return rec
 
     def batch_path(self, defense: Defense, name: str, eps: float, threat: Threat, goal: Goal,
                    batch: int) -> str:
@@ -160,8 +197,8 @@ class AdaptiveStore:
         if not 0 <= begin < len(benign):
             raise ValueError("adaptive batch %d: the run has %d batches" % (batch,
                                                                            self.batches()))
-        rec = read_npz(_batch_path(path, batch), dict(fp, batch=batch), self.log,
-                       _ENGINE_ARRAYS, end - begin)
+        rec = self._read(_batch_path(path, batch), dict(fp, batch=batch), _ENGINE_ARRAYS,
+                         end - begin)
         if rec is not None:
             self.log("%s %s on %s, eps=%g [%s]: batch %d of %d reused from %s" % (
                 threat, name, defense.label, eps, goal, batch + 1, self.batches(),
@@ -171,7 +208,7 @@ class AdaptiveStore:
         target = defense.attack_target(threat, goal, cfg.adaptive_options())
         engine = AdaptiveEngine(resolve_config(name, eps), target, cfg.engine_settings(),
                                 seed=cfg.seed)
-        progress = self._batch_progress(path, fp, batch, end - begin)
+        progress = self._batch_progress(path, fp, batch, end - begin, benign.x.shape[1:])
 
         def save_progress(state: EngineProgress):
             write_npz(_progress_path(path, batch), dict(
@@ -193,13 +230,12 @@ class AdaptiveStore:
                     len(part.success), part.seconds))
         return part
 
-    def _batch_progress(self, path: str, fp: Dict, batch: int, n: int
-                        ) -> Optional[EngineProgress]:
+    def _batch_progress(self, path: str, fp: Dict, batch: int, n: int,
+                        image_shape: Optional[tuple] = None) -> Optional[EngineProgress]:
         """The saved state of a batch interrupted part-way (same fingerprint); a damaged one
         is named and not used."""
         rec = read_npz(_progress_path(path, batch), _progress_fp(fp, batch), self.log,
-                       {"best": 4, "best_loss": 1, "done": 1, "won": 1,
-                        "route_evaluations": 2, "first_step": 2, "seconds": 0}, n)
+                       _PROGRESS_ARRAYS, n, image_shape=image_shape)
         if rec is None:
             return None
         state = EngineProgress(done=rec["done"], won=rec["won"], best=rec["best"],
@@ -211,9 +247,6 @@ class AdaptiveStore:
         return state
 
 
-#: The arrays of an engine result's record, with their dimensions.
-_ENGINE_ARRAYS = {"x_adv": 4, "success": 1, "first_step": 2, "route_evaluations": 2,
-                  "won": 1}
 
 
 def _progress_path(path: str, batch: int) -> str:

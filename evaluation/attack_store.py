@@ -19,8 +19,12 @@ import numpy as np
 
 from attacks import compile_attack, get_attack, run_attack
 from defense.base import ImageSet
-from evaluation.records import (canonical, eps_tag, read_npz, shard_bounds, vector_fingerprint,
-                                write_npz)
+from evaluation.records import (Field, canonical, check_record, eps_tag, read_npz,
+                                shard_bounds, vector_fingerprint, write_npz)
+
+#: The arrays of an attack record (and of its shards) and what they must hold.
+ATTACK_ARRAYS = {"x_adv": Field(4, "images"), "pred_adv": Field(1, "classes"),
+                 "pred_clean": Field(1, "classes")}
 
 
 class AttackStore:
@@ -61,8 +65,8 @@ class AttackStore:
         benign = self.images(split)
         vfp = self._vector_fp(model, name, eps, split)
         path = self.record_path(model, name, eps, split)
-        rec = read_npz(path, vfp, self.log, {"x_adv": 4, "pred_adv": 1, "fit_info": 0},
-                       len(benign))
+        rec = self._read(path, vfp, dict(ATTACK_ARRAYS, fit_info=Field(0, rows=False)),
+                         len(benign), benign)
         if rec is None and self.cfg.shards > 1 and not get_attack(name).universal:
             rec = self._merge_shards(model, name, eps, split, benign, vfp, path)
         if rec is None:
@@ -106,8 +110,8 @@ class AttackStore:
         if self._read_shard(path, vfp, shard, shards, end - begin) is not None:
             return path
         start = time.time()
-        whole = read_npz(self.record_path(model, name, eps, split), vfp, self.log,
-                         {"x_adv": 4, "pred_adv": 1}, len(benign))
+        whole = self._read(self.record_path(model, name, eps, split), vfp, ATTACK_ARRAYS,
+                           len(benign), benign)
         if whole is not None:       # the unsharded record exists: its rows are the shard
             x_adv, pred_adv, pred_clean = (whole[k][begin:end]
                                            for k in ("x_adv", "pred_adv", "pred_clean"))
@@ -136,8 +140,14 @@ class AttackStore:
     def _read_shard(self, path: str, vfp: Dict, shard: int, shards: int,
                     n: int) -> Optional[Dict]:
         """Shard ``shard`` of ``shards`` of the vector ``vfp`` when saved whole, else None."""
-        return read_npz(path, dict(vfp, shard=[shard, shards]), self.log,
-                        {"x_adv": 4, "pred_adv": 1, "keys": 1}, n)
+        return self._read(path, dict(vfp, shard=[shard, shards]),
+                          dict(ATTACK_ARRAYS, keys=Field(1)), n, self.images(split))
+
+    def _read(self, path: str, fp: Dict, expect: Dict, n: int, benign: ImageSet
+              ) -> Optional[Dict]:
+        """A saved attack record checked for this run's classes and image shape."""
+        return read_npz(path, fp, self.log, expect, n, classes=len(self.cfg.class_set.classes),
+                        image_shape=benign.x.shape[1:])
 
     def _merge_shards(self, model, name, eps, split, benign, vfp, path) -> Optional[Dict]:
         """The whole record from its ``cfg.shards`` shards (None when one is missing): rows
@@ -165,6 +175,8 @@ class AttackStore:
                "pred_clean": np.concatenate([p["pred_clean"] for p in parts])[order],
                "fingerprint": canonical(vfp), "fit_info": "null",
                "seconds": round(sum(float(p["seconds"]) for p in parts), 1)}
+        check_record(rec, ATTACK_ARRAYS, len(benign), "the merged attack record %s" % path,
+                     len(self.cfg.class_set.classes), benign.x.shape[1:])
         write_npz(path, rec)
         self.log("%s on %s, eps=%g (%s): merged %d shards -> %s" % (name, model, eps, split,
                                                                     shards, path))

@@ -58,8 +58,8 @@ def run(options: Options) -> int:
         if grid is not None:
             return run_grid(eval_cfg, grid[0], grid[1], options.grid.workers,
                             options.grid.ray_address)
-        return run_model_m(eval_cfg, options.m.at_line_search, options.grid.workers,
-                           options.grid.ray_address)
+        return run_model_m(eval_cfg, options.m.at_line_search, workers=options.grid.workers,
+                           address=options.grid.ray_address)
     except (DatasetExistsError, ValueError, FileNotFoundError) as e:
         return _refused(e)
 

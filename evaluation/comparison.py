@@ -47,7 +47,8 @@ class Comparison:
                                    self.vectors_dir, log)
         self.adaptive_records = AdaptiveStore(cfg, models["m"], self.fp, self.images,
                                               self.vectors_dir, log)
-        self.observations = ObservationCache(self.vectors_dir, log)
+        self.observations = ObservationCache(self.vectors_dir, log,
+                                             classes=len(cfg.class_set.classes))
 
     def images(self, split: str) -> ImageSet:
         """Benign images of ``split``; M's (and AT's) predictions are computed once."""

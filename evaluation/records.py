@@ -8,6 +8,7 @@ A damaged record is named in the log and treated as missing.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -98,15 +99,53 @@ def shard_bounds(n: int, batch: int, shard: int, shards: int) -> Tuple[int, int,
     return first, min(first * batch, n), min(last * batch, n)
 
 
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """What an array of a record must hold to be used.
+
+    Attributes:
+        ndim: its number of dimensions (0: a scalar or text).
+        kind: ``"images"`` (float images in [0, 1], one per image, of the run's image shape),
+            ``"classes"`` (class indices in [-1, C): -1 is "no class"), ``"bool"``,
+            ``"count"`` (integers >= 0), ``"step"`` (integers >= -1: -1 = never), ``"loss"``
+            (floats, -inf allowed), or ``"any"``.
+        rows: one row per image of the record (its first dimension).
+    """
+    ndim: int
+    kind: str = "any"
+    rows: bool = True
+
+
+#: Kinds of :class:`Field` and what a value of each must be.
+_INTEGER_KINDS = {"classes": -1, "count": 0, "step": -1}
+
+
+def content_digest(arrays: Dict) -> str:
+    """Digest of a record's arrays (every key but the fingerprint and the digest itself, in
+    sorted order, with their dtypes and shapes): what the record proves its content by."""
+    h = hashlib.sha1()
+    for key in sorted(k for k in arrays if k not in ("fingerprint", "content")):
+        a = np.ascontiguousarray(np.asarray(arrays[key]))
+        h.update(key.encode())
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
-             expect: Optional[Dict[str, int]] = None, n: Optional[int] = None
+             expect: Optional[Dict] = None, n: Optional[int] = None,
+             classes: Optional[int] = None, image_shape: Optional[tuple] = None
              ) -> Optional[Dict]:
     """The arrays of a saved record when its fingerprint matches ``fp``, else None.
 
-    A damaged record -- unreadable, without a fingerprint, missing a key of ``expect``
-    (key -> number of dimensions) or with another rank, or whose arrays in ``expect`` do not
-    hold ``n`` rows -- is named in the log and treated as missing: the caller recomputes it
-    and writes it anew (it is a cache of a deterministic computation, so nothing is lost).
+    A record proves its content: its arrays must match the digest written beside them
+    (:func:`write_npz`), and what the evaluation relies on is checked
+    (:func:`record_problem`: ``expect`` maps a key to its number of dimensions or a
+    :class:`Field`; ``n`` rows per image; class indices below ``classes``; images of
+    ``image_shape`` in [0, 1]).  A damaged record -- unreadable, without a fingerprint or a
+    digest, its content changed, a key missing or out of range -- is named in the log and
+    treated as missing: the caller recomputes it and writes it anew (it is a cache of a
+    deterministic computation, so nothing is lost).
     """
     if not os.path.isfile(path):
         return None
@@ -115,7 +154,7 @@ def read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
             if json.loads(str(f["fingerprint"])) != json.loads(canonical(fp)):
                 return None
             rec = {k: f[k] for k in f.files}
-        problem = _record_problem(rec, expect or {}, n)
+        problem = record_problem(rec, expect or {}, n, classes, image_shape)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         problem = str(e).strip("'\"") or type(e).__name__
     if problem is None:
@@ -124,19 +163,73 @@ def read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
     return None
 
 
-def _record_problem(rec: Dict, expect: Dict[str, int], n: Optional[int]) -> Optional[str]:
-    for key, ndim in expect.items():
+def record_problem(rec: Dict, expect: Dict, n: Optional[int] = None,
+                   classes: Optional[int] = None, image_shape: Optional[tuple] = None
+                   ) -> Optional[str]:
+    """Why a record cannot be used (None when it can): its digest (when it holds a
+    ``fingerprint``, as every saved record does), then each expected array's rank, rows and
+    values."""
+    if "fingerprint" in rec:
+        if "content" not in rec:
+            return "no content digest (written before records proved their content)"
+        if str(rec["content"]) != content_digest(rec):
+            return "its content does not match its digest"
+    for key, want in expect.items():
+        field = want if isinstance(want, Field) else Field(int(want), rows=True)
         if key not in rec:
             return "no array %r" % key
-        if rec[key].ndim != ndim:
-            return "%r has %d dimensions, not %d" % (key, rec[key].ndim, ndim)
-        if n is not None and ndim > 0 and len(rec[key]) != n:
-            return "%r holds %d rows for %d images" % (key, len(rec[key]), n)
+        a = rec[key]
+        if a.ndim != field.ndim:
+            return "%r has %d dimensions, not %d" % (key, a.ndim, field.ndim)
+        if n is not None and field.ndim > 0 and field.rows and len(a) != n:
+            return "%r holds %d rows for %d images" % (key, len(a), n)
+        problem = _values_problem(key, a, field.kind, classes, image_shape)
+        if problem:
+            return problem
     return None
 
 
+def _values_problem(key: str, a: np.ndarray, kind: str, classes: Optional[int],
+                    image_shape: Optional[tuple]) -> Optional[str]:
+    if kind == "images":
+        if not np.issubdtype(a.dtype, np.floating):
+            return "%r holds %s, not float images" % (key, a.dtype)
+        if image_shape is not None and tuple(a.shape[1:]) != tuple(image_shape):
+            return "%r holds images of shape %s, not %s" % (key, a.shape[1:], image_shape)
+        if a.size and (not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1):
+            return "%r holds pixels outside [0, 1]" % key
+    elif kind == "bool":
+        if a.dtype != np.bool_:
+            return "%r holds %s, not booleans" % (key, a.dtype)
+    elif kind in _INTEGER_KINDS:
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            return "%r holds %s, not integers" % (key, a.dtype)
+        low = _INTEGER_KINDS[kind]
+        if a.size and a.min() < low:
+            return "%r holds %d, below %d" % (key, a.min(), low)
+        if kind == "classes" and classes is not None and a.size and a.max() >= classes:
+            return "%r holds class %d of a %d-class set" % (key, a.max(), classes)
+    elif kind == "loss":
+        if a.size and (not np.issubdtype(a.dtype, np.floating) or np.any(np.isnan(a))):
+            return "%r holds no loss values" % key
+    return None
+
+
+def check_record(arrays: Dict, expect: Dict, n: int, what: str, classes: Optional[int] = None,
+                 image_shape: Optional[tuple] = None) -> None:
+    """Refuse to write a record (a merged one) whose arrays :func:`record_problem` finds
+    wrong: ValueError naming it (a result that could be silently wrong is worse than a
+    crash)."""
+    problem = record_problem({k: np.asarray(v) for k, v in arrays.items()
+                              if k != "fingerprint"}, expect, n, classes, image_shape)
+    if problem:
+        raise ValueError("refusing to write %s: %s" % (what, problem))
+
+
 def write_npz(path: str, arrays: Dict) -> None:
-    """Write a record atomically (compressed)."""
+    """Write a record atomically (compressed), with the digest of its content."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    arrays["content"] = np.asarray(content_digest(arrays))
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+            np.savez_compressed(f, **arrays)

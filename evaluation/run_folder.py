@@ -31,7 +31,7 @@ from data.classset import load_split
 from data.fileio import file_digest
 from data.images import load_resized
 from data.knowledge import get_class_set
-from evaluation.records import safe_name
+from evaluation.records import Field, record_problem, safe_name
 from evaluation.schema import validate_metrics
 
 RUN_FILE = "run.json"
@@ -195,12 +195,19 @@ class RunFolder:
         n = self.n_test
         try:
             with np.load(rec.path, allow_pickle=False) as f:
-                x, pred = f["x_adv"], f["pred_adv"]
+                arrays = {k: f[k] for k in f.files}
+            x, pred = arrays["x_adv"], arrays["pred_adv"]
             if x.ndim != 4 or pred.ndim != 1 or len(x) != len(pred):
                 raise ValueError("x_adv %s and pred_adv %s do not fit together"
                                  % (x.shape, pred.shape))
             if n is not None and len(x) != n:
                 raise ValueError("%d images, the run has %d test images" % (len(x), n))
+            # the record proves its content, and holds the run's classes only
+            problem = record_problem(arrays, {"x_adv": Field(4, "images"),
+                                              "pred_adv": Field(1, "classes")},
+                                     classes=len(self.classes))
+            if problem:
+                raise ValueError(problem)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             self._problem(rec.path, str(e).strip("'\"") or type(e).__name__)
             return None

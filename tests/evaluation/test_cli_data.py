@@ -301,7 +301,8 @@ def test_default_job_trains_k_first_when_none_is_trained(tmp_path, monkeypatch, 
     monkeypatch.setattr(evaluation.model_k, "run_model_k",
                         lambda args, **kw: calls.append(("K", kw)) or 0)
     monkeypatch.setattr(commands, "run_model_m",
-                        lambda cfg, line_search=False: calls.append(("M", cfg.extractor)) or 0)
+                        lambda cfg, line_search=False, **kw: calls.append(("M", cfg.extractor))
+                        or 0)
     argv = ["--data-dir", str(tmp_path / "unmask"), "--k-log-dir", str(tmp_path / "no_k")]
     assert main.main(argv) == 0
     assert calls == [("K", {"weights": "none"}), ("M", "k")]

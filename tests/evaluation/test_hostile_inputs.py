@@ -428,8 +428,10 @@ def test_leftovers_of_a_killed_save_are_removed_not_trusted(trained_m):
 
 # ----------------------------------------------------------------------------- saved records
 
-@pytest.mark.parametrize("damage", ["garbage", "missing key", "wrong shape"])
-def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage):
+@pytest.mark.parametrize("damage,pattern", [
+    ("garbage", "rec.npz is damaged"), ("missing key", "no array 'pred_adv'"),
+    ("wrong shape", "'pred_adv' has 2 dimensions"), ("no digest", "no content digest")])
+def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage, pattern):
     from evaluation import records
 
     path = str(tmp_path / "rec.npz")
@@ -441,14 +443,124 @@ def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage):
                "fingerprint": records.canonical(fp)}
         if damage == "missing key":
             del rec["pred_adv"]
-        else:
+        elif damage == "wrong shape":
             rec["pred_adv"] = np.zeros((2, 3), np.int64)
-        with open(path, "wb") as f:
-            np.savez(f, **rec)
+        if damage == "no digest":       # a record of before records proved their content
+            with open(path, "wb") as f:
+                np.savez(f, **rec)
+        else:
+            records.write_npz(path, rec)
     logs = []
     assert records.read_npz(path, fp, log=logs.append,
-                        expect={"x_adv": 4, "pred_adv": 1}) is None
-    assert any("rec.npz" in m and "recomputed" in m for m in logs), logs
+                            expect={"x_adv": 4, "pred_adv": 1}) is None
+    assert any("rec.npz" in m and "recomputed" in m and re.search(pattern, m)
+               for m in logs), logs
+
+
+def _record(tmp_path, **arrays):
+    """A well-formed attack record of 3 images of a 3-class set, with ``arrays`` changed."""
+    from evaluation import records
+    rec = dict({"x_adv": np.full((3, 4, 4, 3), 0.5, np.float32),
+                "pred_adv": np.array([0, 2, -1]), "pred_clean": np.array([0, 1, 2]),
+                "fingerprint": records.canonical({"what": "test"})}, **arrays)
+    path = str(tmp_path / "rec.npz")
+    records.write_npz(path, rec)
+    return path
+
+
+@pytest.mark.parametrize("arrays,pattern", [
+    ({"pred_adv": np.array([0, 9, 1])}, "'pred_adv' holds class 9 of a 3-class set"),
+    ({"pred_adv": np.array([0, -2, 1])}, "'pred_adv' holds -2, below -1"),
+    ({"pred_adv": np.array([0.0, 1.0, 1.0])}, "'pred_adv' holds float64, not integers"),
+    ({"x_adv": np.full((3, 4, 4, 3), 1.5, np.float32)}, "pixels outside \\[0, 1\\]"),
+    ({"x_adv": np.zeros((3, 5, 5, 3), np.float32)}, "images of shape \\(5, 5, 3\\)"),
+    ({"x_adv": np.zeros((2, 4, 4, 3), np.float32)}, "'x_adv' holds 2 rows for 3 images"),
+])
+def test_a_record_is_used_only_for_what_the_evaluation_relies_on(tmp_path, arrays, pattern):
+    """A record with the right fingerprint and a matching digest is still checked: class
+    indices in [-1, C), one row per image, images of the run's shape in [0, 1]."""
+    from evaluation import records
+    from evaluation.attack_store import ATTACK_ARRAYS
+    path = _record(tmp_path, **arrays)
+    logs = []
+    got = records.read_npz(path, {"what": "test"}, logs.append, ATTACK_ARRAYS, 3, classes=3,
+                           image_shape=(4, 4, 3))
+    assert got is None and any(re.search(pattern, m) and "recomputed" in m for m in logs), logs
+    assert records.read_npz(_record(tmp_path), {"what": "test"}, logs.append, ATTACK_ARRAYS, 3,
+                            classes=3, image_shape=(4, 4, 3)) is not None
+
+
+def test_an_edited_record_fails_its_digest(tmp_path):
+    """Values changed after the record was written (its fingerprint unchanged) are damage:
+    the record is named and recomputed, never used."""
+    from evaluation import records
+    path = _record(tmp_path)
+    with np.load(path) as f:
+        rec = {k: f[k] for k in f.files}
+    rec["pred_adv"] = np.array([1, 1, 1])            # in range, and wrong
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **rec)
+    logs = []
+    assert records.read_npz(path, {"what": "test"}, logs.append, {"pred_adv": 1}, 3) is None
+    assert any("does not match its digest" in m for m in logs), logs
+
+
+def _adaptive_store(tmp_path, logs, n=10):
+    import types
+
+    from data.knowledge import get_class_set
+    from defense.base import ImageSet
+    from evaluation.adaptive_store import AdaptiveStore
+    images = ImageSet(name="benign-test", split="test", x=np.zeros((n, 4, 4, 3), np.float32),
+                      keys=["k%d" % i for i in range(n)], labels=np.zeros(n, np.int64))
+    cfg = types.SimpleNamespace(class_set=get_class_set("CS3a"), adaptive_batch=n)
+    return AdaptiveStore(cfg, None, {}, lambda split: images, str(tmp_path), logs.append)
+
+
+def _engine_record(n, **changes):
+    from evaluation import records
+    won = np.array([0, -1] * (n // 2))
+    return dict({"x_adv": np.zeros((n, 4, 4, 3), np.float32), "success": won >= 0,
+                 "first_step": np.zeros((n, 2), np.int64),
+                 "route_evaluations": np.ones((n, 1), np.int64), "won": won,
+                 "routes": '["default"]', "runs": "[]", "seconds": 1.0,
+                 "fingerprint": records.canonical({"batch": 0})}, **changes)
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    ({"success": np.ones(10, bool)}, "'success' disagrees with the winning entries"),
+    ({"success": np.ones(10, np.int64)}, "'success' holds int64, not booleans"),
+    ({"won": np.full(10, -3)}, "'won' holds -3, below -1"),
+])
+def test_an_adaptive_record_whose_arrays_disagree_is_recomputed(tmp_path, changes, pattern):
+    from evaluation import records
+    from evaluation.adaptive_store import _ENGINE_ARRAYS
+    logs = []
+    store = _adaptive_store(tmp_path, logs)
+    path = str(tmp_path / "test-pgd_linf_8.wrong.batch-0000.npz")
+    records.write_npz(path, _engine_record(10, **changes))
+    assert store._read(path, {"batch": 0}, _ENGINE_ARRAYS, 10) is None
+    assert any(re.search(pattern, m) for m in logs), logs
+    records.write_npz(path, _engine_record(10))
+    assert store._read(path, {"batch": 0}, _ENGINE_ARRAYS, 10) is not None
+
+
+def test_a_short_batch_state_is_recomputed_not_merged(tmp_path):
+    """A batch cut to 7 of its 10 rows (its arrays consistent with each other, its digest
+    rewritten) is named and recomputed; a merged record that does not hold one row per image
+    is refused before it is written."""
+    from evaluation import records
+    from evaluation.adaptive_store import _ENGINE_ARRAYS, _engine_arrays, _engine_result
+    logs = []
+    store = _adaptive_store(tmp_path, logs)
+    path = str(tmp_path / "test-pgd_linf_8.wrong.batch-0000.npz")
+    records.write_npz(path, _engine_record(8))
+    assert store._read(path, {"batch": 0}, _ENGINE_ARRAYS, 10) is None
+    assert any("'x_adv' holds 8 rows for 10 images" in m for m in logs), logs
+    short = _engine_result(_engine_record(8))
+    with pytest.raises(ValueError, match="refusing to write the merged.*8 rows for 10 images"):
+        records.check_record(_engine_arrays(short), _ENGINE_ARRAYS, 10,
+                             "the merged adaptive record x")
 
 
 def test_damaged_observation_cache_is_named_and_recomputed(tmp_path):
@@ -459,6 +571,44 @@ def test_damaged_observation_cache_is_named_and_recomputed(tmp_path):
     logs = []
     assert read_cached_json(str(path), log=logs.append) is None
     assert any("obs.json" in m and "recomputed" in m for m in logs), logs
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda rec: rec["observation"]["pred"].__setitem__(0, 2), "does not match its digest"),
+    (lambda rec: rec.pop("content"), "no content digest"),
+    (lambda rec: rec.update(observation={"pred": [0, 9]}, content=None), "pred\\[1\\] is 9"),
+])
+def test_an_edited_observation_is_recomputed(tmp_path, edit, pattern):
+    """An observation file proves its content (a digest of its observation) and holds class
+    indices of the run's set only; otherwise the defense observes the images anew."""
+    import json
+
+    from defense.base import ImageSet
+    from evaluation.observations import ObservationCache, _digest
+
+    class Counting:
+        label, calls = "toy", 0
+
+        def fingerprint(self):
+            return {"toy": 1}
+
+        def observe(self, images):
+            Counting.calls += 1
+            return {"pred": [0, 1]}
+
+    images = ImageSet(name="benign-test", split="test", x=np.zeros((2, 4, 4, 3), np.float32),
+                      keys=["a", "b"], labels=np.array([0, 1]))
+    logs = []
+    ObservationCache(str(tmp_path), logs.append, classes=3).observe(Counting(), images)
+    path = os.path.join(str(tmp_path), "defenses", "toy", "benign-test.json")
+    rec = json.load(open(path))
+    edit(rec)
+    if "content" in rec and rec["content"] is None:       # a consistent, out-of-range file
+        rec["content"] = _digest(rec["observation"])
+    json.dump(rec, open(path, "w"))
+    again = ObservationCache(str(tmp_path), logs.append, classes=3).observe(Counting(), images)
+    assert again == {"pred": [0, 1]} and Counting.calls == 2
+    assert any(re.search(pattern, m) and "recomputed" in m for m in logs), logs
 
 
 # ----------------------------------------------------------------------------- Python API
