@@ -184,6 +184,29 @@ def gradient_step(x_adv, grad, step_size, norm):
     return clip_pixels(x_adv + optimize_linear(grad, step_size, cleverhans_ord(norm)))
 
 
+_COMPILED = {}
+
+
+def compiled(fn):
+    """``fn`` (tensor arguments, plus Python ones it is specialised on) as one
+    ``tf.function`` per module: one dispatch instead of one per op when an attack runs
+    eagerly (the adaptive engine runs one attack per image in its own thread), inlined when
+    the caller is itself being traced (the same ops, so the same numbers)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = tf.function(fn, reduce_retracing=True)
+    return _COMPILED[fn]
+
+
+def _step_and_project(x_adv, grad, x, step_size, eps, norm):
+    return project(gradient_step(x_adv, grad, step_size, norm), x, norm, eps)
+
+
+def step_and_project(x_adv, grad, x, step_size, eps, norm):
+    """:func:`gradient_step` then :func:`project` (PGD's and BIM's update), compiled."""
+    return compiled(_step_and_project)(x_adv, grad, x, tf.cast(step_size, x.dtype),
+                                       tf.cast(eps, x.dtype), norm)
+
+
 def start_point(x, norm, eps, seed, rand_init, start):
     """An iterative attack's first iterate: ``start`` when given (the engine's restarts),
     else a random point of the ball (``rand_init``, :func:`random_start`) or ``x``."""

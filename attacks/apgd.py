@@ -93,48 +93,63 @@ def _direction(grad, norm):
     return grad / (_l2(grad) + 1e-12)
 
 
+def _propose(i, x_adv, x_prev, grad, step, x, eps, norm):
+    """The next iterate of APGD (momentum ``alpha`` after the first step)."""
+    a = tf.where(i > 0, MOMENTUM, 1.0)
+    z = _project(x_adv + step * _direction(grad, norm), x, norm, eps)
+    return _project(x_adv + (z - x_adv) * a + (x_adv - x_prev) * (1.0 - a), x, norm, eps)
+
+
+def _take(state, x_new, loss, grad, success, decrease, smallest):
+    """APGD's bookkeeping after the target's answer at ``x_new``: the best point, the point
+    reaching the goal, and at a checkpoint the halved step and the restart from the best
+    point (see the module docstring)."""
+    (i, x_adv, x_prev, _, step, x_best, grad_best, loss_best, x_found, found, loss_prev, n_up,
+     counter, k, best_at_check, reduced) = state
+    hit = tf.reshape(success, [-1, 1, 1, 1])
+    x_found = tf.where(hit, x_new, x_found)
+    found = tf.logical_or(found, success)
+    n_up += tf.cast(loss > loss_prev, tf.int32)
+    better = loss > loss_best
+    keep = tf.reshape(better, [-1, 1, 1, 1])
+    x_best = tf.where(keep, x_new, x_best)
+    grad_best = tf.where(keep, grad, grad_best)
+    loss_best = tf.where(better, loss, loss_best)
+    counter += 1
+    check = tf.equal(counter, k)
+    oscillating = tf.cast(n_up, tf.float32) <= tf.cast(k, tf.float32) * RHO
+    stalled = tf.logical_and(tf.logical_not(reduced), best_at_check >= loss_best)
+    halve = tf.logical_and(check, tf.logical_or(oscillating, stalled))
+    back = tf.reshape(halve, [-1, 1, 1, 1])
+    step = tf.where(back, step / 2.0, step)
+    next_x = tf.where(back, x_best, x_new)
+    next_grad = tf.where(back, grad_best, grad)
+    reduced = tf.where(check, halve, reduced)
+    best_at_check = tf.where(check, loss_best, best_at_check)
+    k = tf.where(check, tf.maximum(k - decrease, smallest), k)
+    n_up = tf.where(check, tf.zeros_like(n_up), n_up)
+    counter = tf.where(check, 0, counter)
+    return (i + 1, next_x, x_adv, next_grad, step, x_best, grad_best, loss_best, x_found,
+            found, loss, n_up, counter, k, best_at_check, reduced)
+
+
 def apgd_run(target, x, y, goal, x0, *, eps, steps, norm, loss_fn):
     """One APGD run from ``x0``; returns ``(x_best [B, ...], found [B] bool, x_found)``:
     the highest-loss point, whether the goal was reached, and the last iterate reaching it
-    (``x0`` where it never was)."""
+    (``x0`` where it never was).  Each iteration: :func:`_propose`, the target's answer,
+    :func:`_take` (both compiled: one dispatch each when run eagerly)."""
     first, decrease, smallest = checkpoint_schedule(steps)
     ev = target.evaluate(x0, y, goal, loss_fn)
     eps = tf.cast(eps, x.dtype)
     batch = tf.shape(x)[0]
     step0 = tf.fill([batch, 1, 1, 1], 2.0 * eps)
+    propose, take = _utils.compiled(_propose), _utils.compiled(_take)
 
-    def body(i, x_adv, x_prev, grad, step, x_best, grad_best, loss_best, x_found, found,
-             loss_prev, n_up, counter, k, best_at_check, reduced):
-        a = tf.where(i > 0, MOMENTUM, 1.0)
-        z = _project(x_adv + step * _direction(grad, norm), x, norm, eps)
-        x_new = _project(x_adv + (z - x_adv) * a + (x_adv - x_prev) * (1.0 - a), x, norm,
-                         eps)
+    def body(*state):
+        i, x_adv, x_prev, grad, step = state[:5]
+        x_new = propose(i, x_adv, x_prev, grad, step, x, eps, norm)
         out = target.evaluate(x_new, y, goal, loss_fn)
-        hit = tf.reshape(out.success, [-1, 1, 1, 1])
-        x_found = tf.where(hit, x_new, x_found)
-        found = tf.logical_or(found, out.success)
-        n_up += tf.cast(out.loss > loss_prev, tf.int32)
-        better = out.loss > loss_best
-        keep = tf.reshape(better, [-1, 1, 1, 1])
-        x_best = tf.where(keep, x_new, x_best)
-        grad_best = tf.where(keep, out.grad, grad_best)
-        loss_best = tf.where(better, out.loss, loss_best)
-        counter += 1
-        check = tf.equal(counter, k)
-        oscillating = tf.cast(n_up, tf.float32) <= tf.cast(k, tf.float32) * RHO
-        stalled = tf.logical_and(tf.logical_not(reduced), best_at_check >= loss_best)
-        halve = tf.logical_and(check, tf.logical_or(oscillating, stalled))
-        back = tf.reshape(halve, [-1, 1, 1, 1])
-        step = tf.where(back, step / 2.0, step)
-        next_x = tf.where(back, x_best, x_new)
-        next_grad = tf.where(back, grad_best, out.grad)
-        reduced = tf.where(check, halve, reduced)
-        best_at_check = tf.where(check, loss_best, best_at_check)
-        k = tf.where(check, tf.maximum(k - decrease, smallest), k)
-        n_up = tf.where(check, tf.zeros_like(n_up), n_up)
-        counter = tf.where(check, 0, counter)
-        return (i + 1, next_x, x_adv, next_grad, step, x_best, grad_best, loss_best, x_found,
-                found, out.loss, n_up, counter, k, best_at_check, reduced)
+        return take(state, x_new, out.loss, out.grad, out.success, decrease, smallest)
 
     state = (tf.constant(0), x0, x0, ev.grad, step0, x0, ev.grad, ev.loss, x0, ev.success,
              ev.loss, tf.zeros([batch], tf.int32), tf.constant(0), tf.constant(first),

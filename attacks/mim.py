@@ -38,6 +38,17 @@ def _normalise_l1(grad):
     return grad / tf.maximum(scale, tf.cast(1e-12, grad.dtype))
 
 
+def _mim_step(x_adv, momentum, grad, x, step_size, eps, decay, norm):
+    """One MI-FGSM update (the momentum, then the step and the projection)."""
+    momentum = decay * momentum + _normalise_l1(grad)
+    x_adv = x_adv + optimize_linear(momentum, step_size, _utils.cleverhans_ord(norm))
+    return _utils.project(x_adv, x, norm, eps), momentum
+
+
+def _mim_update(*args):
+    return _utils.compiled(_mim_step)(*args)
+
+
 def mim(target, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0, targeted=False,
         targets=None, start=None, loss="ce"):
     """MI-FGSM on a batch, untargeted (default) or toward target classes.
@@ -64,15 +75,13 @@ def mim(target, x, y, *, eps, step_size, steps, norm, seed=None, decay=1.0, targ
     """
     target = as_target(target)
     loss_fn = get_loss(loss)
-    order = _utils.cleverhans_ord(norm)
     goal = _utils.goal_targets(target, x, y, seed, targeted, targets)
 
     def step(state):
         x_adv, momentum = state
         grad = target.evaluate(x_adv, y, goal, loss_fn).grad
-        momentum = decay * momentum + _normalise_l1(grad)
-        x_adv = x_adv + optimize_linear(momentum, step_size, order)
-        return _utils.project(x_adv, x, norm, eps), momentum
+        return _mim_update(x_adv, momentum, grad, x, tf.cast(step_size, x.dtype),
+                           tf.cast(eps, x.dtype), tf.cast(decay, x.dtype), norm)
 
     first = _utils.start_point(x, norm, eps, seed, False, start)
     return _utils.iterate(steps, step, (first, tf.zeros_like(x)))[0]

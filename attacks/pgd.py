@@ -55,6 +55,6 @@ def pgd(target, x, y, *, eps, step_size, steps, norm, seed, rand_init=True, targ
 
     def step(x_adv):
         grad = target.evaluate(x_adv, y, goal, loss_fn).grad
-        return _utils.project(_utils.gradient_step(x_adv, grad, step_size, norm), x, norm, eps)
+        return _utils.step_and_project(x_adv, grad, x, step_size, eps, norm)
 
     return _utils.iterate(steps, step, _utils.start_point(x, norm, eps, seed, rand_init, start))

@@ -2,13 +2,16 @@
 engine of before the full-batch change against today's, in one run on the same machine.
 
 Both engines attack the same images (a fixed slice of the test set: the first ``--images`` of
-the run's class-balanced subset) of the hardened L-inf eps=8 command's ``unmask:k=robust:m=at``
-through the same adaptive target (the two-phase route: the work both engines can do), with the
-full recipe (100 steps, 2 restarts, every target class, 8-bit iterates, the goal "wrong").
-*Before* is ``attacks/engine.py`` at ``--before`` (git history; it attacks batches of
-``--adaptive-batch`` images and leaves each image's row out once it reaches the goal, so the
-tail of every run evaluates K on a few images); *after* is today's engine (``--slots``
-images evaluated together, a freed slot taking the next job).  The figure is target
+the run's class-balanced subset) through each UnMask row of the hardened L-inf eps=8 command
+(``unmask``, ``unmask:k=robust``, ``unmask:k=robust:m=at``) with the same adaptive target (the
+two-phase route: the work both engines can do) and the full recipe (100 steps, 2 restarts,
+every target class, 8-bit iterates, the goal "wrong").
+*Before* is ``attacks/engine.py`` and UnMask's target of ``defense/adaptive.py`` at
+``--before`` (git history; it attacks batches of ``--adaptive-batch`` images and leaves each
+image's row out once it reaches the goal, so the tail of every run evaluates K on a few
+images, and it runs K's backward pass for every image); *after* is today's engine
+(``--slots`` images evaluated together, a freed slot taking the next job) and target (K's
+backward pass only where the two-phase rule uses it).  The figure is target
 evaluations of an image (one pass of M and one session run of K) per second of wall time;
 ``ratio`` = after / before.  A profile of one engine's time per part of an evaluation (M's
 pass, K's session run, the verdict, the rest) is recorded for each.
@@ -41,14 +44,16 @@ RESULTS = os.path.join(ROOT, "bench", "results", "adaptive_throughput.json")
 BEFORE = "3574b3b"
 
 
-def old_engine(commit: str):
-    """``attacks/engine.py`` as it was at ``commit``, loaded as a module of its own."""
-    source = subprocess.run(["git", "show", "%s:attacks/engine.py" % commit], cwd=ROOT,
+def old_module(commit: str, path: str):
+    """The project's module ``path`` as it was at ``commit``, loaded as a module of its own
+    (its imports are today's modules)."""
+    source = subprocess.run(["git", "show", "%s:%s" % (commit, path)], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout
-    path = os.path.join(tempfile.mkdtemp(prefix="engine_before_"), "engine_before.py")
-    with open(path, "w", encoding="utf-8") as f:
+    name = "before_" + path.replace("/", "_")[:-len(".py")]
+    file = os.path.join(tempfile.mkdtemp(prefix="bench_before_"), name + ".py")
+    with open(file, "w", encoding="utf-8") as f:
         f.write(source)
-    spec = importlib.util.spec_from_file_location("engine_before", path)
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -72,69 +77,107 @@ class Profile:
         setattr(obj, name, timed)
         return inner
 
+    def wrap_factory(self, obj, name: str, part: str):
+        """Time the calls of the functions ``obj.name(...)`` returns (e.g. a compiled step)."""
+        make = getattr(obj, name)
+
+        def timed_make(*args, **kwargs):
+            fn = make(*args, **kwargs)
+
+            def timed(*a, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
+            return timed
+        setattr(obj, name, timed_make)
+
     def shares(self, total: float) -> dict:
         out = {part: round(s / total, 3) for part, s in self.seconds.items()}
         out["rest (engine, attack steps, threads)"] = round(1 - sum(out.values()), 3)
         return out
 
 
-def measure(args) -> dict:
+def _engine_run(which: str, defense, config, settings, x, y, args, seed: int) -> dict:
+    """One engine (``before`` or ``after``) on ``defense``'s two-phase target; its figures."""
     import numpy as np
 
-    from attacks import resolve_config
-    from attacks.engine import AdaptiveEngine, EngineSettings
-    from data.knowledge import get_class_set
+    from attacks.engine import AdaptiveEngine
     from defense.base import AdaptiveOptions
     from defense.threats import Goal, Threat
+
+    target = defense.attack_target(Threat.ADAPTIVE, Goal.WRONG,
+                                   AdaptiveOptions(routes=("two-phase",)))
+    profile = Profile()
+    if which == "before":         # the engine and the target of before, on the same K
+        old = old_module(args.before, "defense/adaptive.py")
+        target = old.UnMaskTarget(target.model, target.scorer,
+                                  [sorted(p) for p in target.class_parts], target.judge,
+                                  mode=target.mode)
+        profile.wrap_factory(target, "_m_step", "M's pass")
+    else:
+        profile.wrap(target, "_m_terms", "M's pass")
+    profile.wrap(target.scorer, "hinge_value_and_grad", "K's session run")
+    profile.wrap(target, "judge", "verdict (Algorithm 1)")
+    load = _machine.load_average()
+    t0 = time.perf_counter()
+    if which == "before":
+        module = old_module(args.before, "attacks/engine.py")
+        engine = module.AdaptiveEngine(config, target, module.EngineSettings(
+            steps=settings.steps, restarts=settings.restarts), seed=seed)
+        res = engine.run(x, y, batch_size=args.adaptive_batch)
+    else:
+        engine = AdaptiveEngine(config, target, settings, seed=seed)
+        res = engine.run(x, y, slots=args.slots)
+    seconds = time.perf_counter() - t0
+    evaluations = int(np.sum(res.evaluations))
+    return {"seconds": round(seconds, 1), "evaluations": evaluations,
+            "evaluations_per_image": round(evaluations / len(x), 1),
+            "image_evaluations_per_second": round(evaluations / seconds, 2),
+            "goal_reached": float(np.mean(res.success)), "profile": profile.shares(seconds),
+            "load_average_before": load, "load_average_after": _machine.load_average()}
+
+
+def measure(args) -> dict:
+    from attacks import resolve_config
+    from attacks.engine import EngineSettings
+    from data.knowledge import get_class_set
     from evaluation import run as ev
     from evaluation.config import EvalConfig
 
+    labels = [d.strip() for d in args.defenses.split(",") if d.strip()]
     cfg = EvalConfig(class_set=get_class_set(args.classset), extractor="k", adv_train=True,
-                     defenses=(args.defense,), n_test=args.images, progress=False,
+                     defenses=tuple(labels), n_test=args.images, progress=False,
                      results_dir=tempfile.mkdtemp(prefix="bench_throughput_"))
-    comparison, _, defenses, _ = ev.open_comparison(cfg, print, [args.defense])
-    defense = defenses[0]
+    comparison, _, defenses, _ = ev.open_comparison(cfg, print, labels)
     test = comparison.images("test")
     x, y = test.x[:args.images], test.labels[:args.images]
     settings = EngineSettings(steps=args.steps, restarts=args.restarts)
     name, _, eps = args.attack.partition(":")
     config = resolve_config(name, float(eps))
-    options = AdaptiveOptions(routes=("two-phase",))
-    out = {}
+    out = {"defenses": {}}
+    for defense in defenses:
+        rows = out["defenses"][defense.label] = {}
+        for which in ("before", "after"):
+            rows[which] = _engine_run(which, defense, config, settings, x, y, args, cfg.seed)
+            print(defense.label, which, json.dumps(rows[which]))
+        rows["ratio"] = round(rows["after"]["image_evaluations_per_second"]
+                              / rows["before"]["image_evaluations_per_second"], 2)
     for which in ("before", "after"):
-        target = defense.attack_target(Threat.ADAPTIVE, Goal.WRONG, options)
-        profile = Profile()
-        profile.wrap(target, "_m_terms", "M's pass")
-        profile.wrap(target.scorer, "hinge_value_and_grad", "K's session run")
-        profile.wrap(target, "judge", "verdict (Algorithm 1)")
-        load = _machine.load_average()
-        t0 = time.perf_counter()
-        if which == "before":
-            module = old_engine(args.before)
-            engine = module.AdaptiveEngine(config, target, module.EngineSettings(
-                steps=args.steps, restarts=args.restarts), seed=cfg.seed)
-            res = engine.run(x, y, batch_size=args.adaptive_batch)
-        else:
-            engine = AdaptiveEngine(config, target, settings, seed=cfg.seed)
-            res = engine.run(x, y, slots=args.slots)
-        seconds = time.perf_counter() - t0
-        evaluations = int(np.sum(res.evaluations))
-        out[which] = {"seconds": round(seconds, 1), "evaluations": evaluations,
-                      "evaluations_per_image": round(evaluations / len(x), 1),
-                      "image_evaluations_per_second": round(evaluations / seconds, 2),
-                      "goal_reached": float(np.mean(res.success)),
-                      "profile": profile.shares(seconds),
-                      "load_average_before": load, "load_average_after":
-                          _machine.load_average()}
-        print(which, json.dumps(out[which]))
+        evaluations = sum(r[which]["evaluations"] for r in out["defenses"].values())
+        seconds = sum(r[which]["seconds"] for r in out["defenses"].values())
+        out[which] = {"evaluations": evaluations, "seconds": round(seconds, 1),
+                      "image_evaluations_per_second": round(evaluations / seconds, 2)}
     out["ratio"] = round(out["after"]["image_evaluations_per_second"]
                          / out["before"]["image_evaluations_per_second"], 2)
     out.update(what="image-evaluations per second of UnMask's adaptive target (one pass of M "
-                    "and one session run of K per image), the engine at %s (batches of %d) "
-                    "against today's (%d slots), same images and target" % (
+                    "and one session run of K per image), the engine and target at %s "
+                    "(batches of %d) against today's (%d slots), same images, target and "
+                    "recipe; per defense and over all of them" % (
                         args.before, args.adaptive_batch, args.slots),
-               defense=args.defense, attack=args.attack, goal="wrong", route="two-phase",
-               images=len(x), settings={"steps": args.steps, "restarts": args.restarts},
+               attack=args.attack, goal="wrong", route="two-phase", images=len(x),
+               settings={"steps": args.steps, "restarts": args.restarts},
                command="python bench/bench_adaptive_throughput.py --images %d" % args.images)
     return out
 
@@ -142,7 +185,8 @@ def measure(args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classset", default="CS5b")
-    p.add_argument("--defense", default="unmask:k=robust:m=at")
+    p.add_argument("--defenses", default="unmask,unmask:k=robust,unmask:k=robust:m=at",
+                   help="the UnMask rows of the hardened command to measure")
     p.add_argument("--attack", default="pgd_linf:8")
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--steps", type=int, default=100)

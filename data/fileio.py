@@ -179,3 +179,40 @@ def read_cached_json(path: str, log=print) -> Any:
     except (ValueError, OSError) as e:
         log("cache file %s is damaged (%s): recomputed" % (path, e))
         return None
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str, what: str, log=print) -> Iterator[None]:
+    """Hold the exclusive lock ``lock_path`` (an ``fcntl`` lock on that file) while a folder
+    is written by one process only, e.g. a model trained into its checkpoint folder.
+
+    The holder writes its process id, host and start time into the file; a second process
+    that wants the same folder says whom it waits for (``what`` names the folder) and waits,
+    then goes on (typically finding the work done).  The lock is released when the holder
+    ends, however it ends (the kernel drops it with the process).
+    """
+    import fcntl
+    import socket
+    import time
+
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            log("%s is in use by %s: waiting for it to finish" % (what, holder))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write("process %d on %s since %s" % (os.getpid(), socket.gethostname(),
+                                                        time.strftime("%Y-%m-%d %H:%M:%S")))
+            handle.flush()
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)

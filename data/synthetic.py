@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import fcntl
 import io
 import multiprocessing
 import os
@@ -34,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from data import coco_io
-from data.fileio import atomic_path, read_json, write_json_atomic
+from data.fileio import atomic_path, exclusive, read_json, write_json_atomic
 from data.knowledge import CLASS_SETS, CLASSES, PART_IDS
 from data.synthetic_render import SceneParams, render_scene
 from data.synthetic_style import check_tables
@@ -264,24 +263,17 @@ def _generation_lock(data_dir: str, log: Callable[[str], None]):
     """Exclusive lock on ``<data_dir>.lock`` (beside the folder) while a data set is
     generated: a second process that wants the same folder waits, then reuses the result."""
     parent = os.path.dirname(os.path.abspath(data_dir))
+    lock = os.path.abspath(data_dir).rstrip(os.sep) + ".lock"
     try:
         os.makedirs(parent, exist_ok=True)
-        handle = open(os.path.abspath(data_dir).rstrip(os.sep) + ".lock", "a")
+        open(lock, "a").close()
     except OSError as e:
         raise DatasetExistsError("--data-dir %s cannot be generated: the data set is written "
                                  "beside it, in %s, which cannot be written (%s); choose a "
                                  "folder you can write to" % (data_dir, parent,
                                                               e.strerror or e)) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("another process is generating %s: waiting for it" % data_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(lock, "the data folder %s (being generated)" % data_dir, log):
+        yield
 
 
 def ensure_dataset(data_dir: str = DEFAULT_DATA_DIR, seed: int = 0,

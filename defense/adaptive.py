@@ -334,12 +334,14 @@ class UnMaskTarget(AttackTarget):
             loss[rows], grad[rows], logits[rows] = _numpy(l), _numpy(g), lg
         return loss, grad, logits
 
-    def _k_terms(self, images, k_target, pred, y):
-        """K's hinge ``[B]`` toward the parts of ``k_target``, its gradient, and the goal's
-        verdict on M's answer ``pred`` and K's part sets: one session run of K."""
+    def _k_terms(self, images, k_target, pred, y, need_grad):
+        """K's hinge ``[B]`` toward the parts of ``k_target``, its gradient (where
+        ``need_grad``; zero elsewhere, with no backward pass), and the goal's verdict on M's
+        answer ``pred`` and K's part sets."""
         present = self.masks[k_target]
         k_loss, k_grad, parts = self.scorer.hinge_value_and_grad(
-            images, present, 1.0 - present, return_parts=True, **self.hinge)
+            images, present, 1.0 - present, return_parts=True, need_grad=need_grad,
+            **self.hinge)
         return k_loss, k_grad, np.asarray(self.judge(pred, parts, y), bool)
 
     def evaluate_jobs(self, x, y, t, loss_fns, routes) -> Evaluation:
@@ -354,8 +356,10 @@ class UnMaskTarget(AttackTarget):
         pred = np.argmax(logits, axis=1)
         runner_up = np.asarray(rank_by_score(logits, y))[:, 0]
         k_target = np.where(routes == "follow-m", np.where(pred != y, pred, runner_up), t)
-        k_loss, k_grad, success = self._k_terms(x, k_target, pred, y)
         wants = np.where(t >= 0, pred == t, pred != y)
+        # the two-phase rule uses K's gradient only once M says y': before, K runs forward
+        k_grad_used = ~((routes == "two-phase") & (self.mode == "two-phase") & ~wants)
+        k_loss, k_grad, success = self._k_terms(x, k_target, pred, y, k_grad_used)
         grad = _route_directions(tf.constant(m_grad), -tf.constant(k_grad, tf.float32),
                                  wants, routes, self.mode)
         loss = np.where(routes == "k-only", 0.0, m_loss) - k_loss
@@ -437,14 +441,15 @@ class RandomizedUnMaskTarget(UnMaskTarget):
         self.transform, self.samples = transform, int(samples)
         self.seed = int(seed)
 
-    def _k_terms(self, images, k_target, pred, y):
+    def _k_terms(self, images, k_target, pred, y, need_grad):
         s, b = self.samples, images.shape[0]
         seeds = [iterate_seed(self.seed, images[i]) for i in range(b)]
         draws = [np.repeat(images[i:i + 1], s, axis=0) for i in range(b)]
         seen = np.concatenate([self.transform(d, seed=sd) for d, sd in zip(draws, seeds)])
         present = np.repeat(self.masks[k_target], s, axis=0)
         k_loss, k_grad, parts = self.scorer.hinge_value_and_grad(
-            seen, present, 1.0 - present, return_parts=True, **self.hinge)
+            seen, present, 1.0 - present, return_parts=True,
+            need_grad=np.repeat(np.asarray(need_grad, bool), s), **self.hinge)
         k_grad = np.asarray(k_grad, np.float32)
         k_grad = np.concatenate([self.transform.estimate_gradient(
             draws[i], k_grad[i * s:(i + 1) * s], seed=seeds[i]) for i in range(b)])

@@ -221,6 +221,12 @@ class Defense:
             return routes
         return tuple(r for r in routes if r in options.routes) or routes
 
+    def ignored_parameters(self, extractor: str) -> Optional[str]:
+        """Why this defense's parameters would change nothing with part extractor
+        ``extractor`` (``"k"`` or ``"oracle"``), so its row would repeat another's; None when
+        they all matter.  A run refuses such a defense before any work."""
+        return None
+
     def transfer_surrogate(self) -> Optional[str]:
         """Which surrogate part extractor a transfer attack on this defense goes through:
         ``"standard"`` (``--k-transfer``), ``"robust"`` (``--k-transfer-robust``: the

@@ -32,7 +32,7 @@ def run(options: Options) -> int:
         print(describe_class_sets())
         return 0
     if c.report is not None:
-        return rebuild_report(c.report)
+        return rebuild_report(c.report, c.report_out)
     model = c.model or (None if c.prepare_data else "M")  # the default job: --model M
     try:
         if model or c.config:
@@ -160,9 +160,12 @@ def run_k(k: Dict[str, Any]) -> int:
 
 # ----------------------------------------------------------------------------- pages
 
-def rebuild_report(path: str) -> int:
-    """``--report RUN_DIR``: the page of a finished evaluation, grid or K evaluation, from its
-    folder alone."""
+def rebuild_report(path: str, out: Optional[str] = None) -> int:
+    """``--report RUN_DIR [--report-out FILE]``: the page of a finished evaluation, grid or K
+    evaluation, from its folder alone, written beside it or to ``out``.  The place it goes is
+    probed before anything is read or written."""
+    from data.fileio import check_folder, write_problem
+
     tfcompat.import_tf()
     from evaluation import k_page, writer
 
@@ -175,7 +178,18 @@ def rebuild_report(path: str) -> int:
             raise FileNotFoundError("%s is not the folder of a finished run: it holds no "
                                     "metrics.json (an evaluation), grid.json (a grid) or "
                                     "eval_<split>.json (K's evaluation)" % path)
-        write(path)
+        if out is None:
+            problem = write_problem(path, "--report")
+            if problem is not None:
+                raise ValueError("%s cannot be written (%s): the page goes there as "
+                                 "report.html; give --report-out FILE to write it elsewhere"
+                                 % (path, problem))
+        else:
+            if os.path.isdir(out):
+                raise ValueError("--report-out %s is a folder; give the page's file name, e.g. "
+                                 "%s" % (out, os.path.join(out, "report.html")))
+            check_folder(os.path.dirname(os.path.abspath(out)), "--report-out")
+        write(path, out=out)
     except (ValueError, FileNotFoundError) as e:
         print("error: --report: %s" % e, file=sys.stderr)
         return 2
@@ -197,8 +211,15 @@ def rerun(options: Options) -> int:
     flat = options.flat()
     given = {n: flat[n] for n in options.given if n in CONFIG_OVERRIDES}
     if rec["command"] == "k":
+        unknown = sorted(set(rec["options"]) - set(k_defaults()))
+        if unknown:
+            raise ValueError("--config %s: unknown setting(s) %s" % (path, ", ".join(unknown)))
         k = dict(k_defaults(), **rec["options"])
         k.update({n: v for n, v in given.items() if n in k})
+        try:
+            model_k.validate_options(k)
+        except (ValueError, TypeError) as e:
+            raise ValueError("--config %s: %s" % (path, e)) from None
         check_folders(k["data_dir"], "K", k=k)
         ensure_dataset(k["data_dir"], seed=k["seed"])
         return run_k(k)
@@ -211,7 +232,7 @@ def rerun(options: Options) -> int:
                                                "k_log_dir")})
     if "no_progress" in given:
         cfg = dataclasses.replace(cfg, progress=not given["no_progress"])
-    _note_changed_checkpoints(rec, cfg)
+    cfg = check_recorded_models(rec, cfg, path, bool(given.get("allow_other_models")))
     grid = (rec["archs"], rec["class_sets"]) if rec["command"] == "grid" else None
     k = dict(k_defaults(), k_log_dir=cfg.k_log_dir, k_config=cfg.k_config)
     if check_folders(cfg.data_dir, "M", cfg, grid, k):
@@ -222,16 +243,53 @@ def rerun(options: Options) -> int:
     return run_model_m(cfg, workers=given.get("workers"), address=given.get("ray_address"))
 
 
-def _note_changed_checkpoints(rec: Dict[str, Any], cfg: EvalConfig) -> None:
-    """Say so when a checkpoint the run used is still there under its name with other
-    contents (the rerun then uses what is there, and its numbers may differ)."""
+def loaded_models(cfg: EvalConfig) -> Dict[str, str]:
+    """The checkpoint files a run of ``cfg`` loads, by the name its config.json records them
+    under (those it searches for -- a K of "last" -- are resolved when found)."""
+    from defense.adversarial_training import at_checkpoint_dir
+
+    out = {"m": os.path.join(cfg.m_dir, "best.h5")}
+    if cfg.adv_train:
+        out["at"] = os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
+    for name, path in (("k", cfg.k_weights), ("k_robust", cfg.k_robust),
+                       ("k_transfer", cfg.k_transfer),
+                       ("k_transfer_robust", cfg.k_transfer_robust)):
+        if path and path != "last":
+            out[name] = path
+    return out
+
+
+def check_recorded_models(rec: Dict[str, Any], cfg: EvalConfig, path: str,
+                          allow: bool = False) -> EvalConfig:
+    """A rerun loads the models its run recorded: compare the sha1 of every checkpoint it
+    will load -- wherever it loads it from (another --checkpoint-dir too) -- with the
+    recorded one.  A different model is refused (ValueError naming it, its file and both
+    sha1s) unless ``allow``, when the differences are kept in the run's configuration
+    (``other_models``: its config.json and its page say so).  A recorded model that is not
+    there is trained (or searched for) anew, with a note."""
     from evaluation.config import checkpoint
 
-    for name, was in rec.get("checkpoints", {}).items():
-        now = checkpoint(was.get("path"))
-        if now is not None and now["sha1"] != was.get("sha1"):
-            print("note: %s's checkpoint %s changed since the recorded run (sha1 %s, now %s)"
-                  % (name, was["path"], was.get("sha1"), now["sha1"]))
+    recorded = rec.get("checkpoints", {})
+    differ = []
+    for name, file in loaded_models(cfg).items():
+        was = recorded.get(name)
+        if was is None:
+            continue
+        now = checkpoint(file)
+        if now is None:
+            print("note: %s's recorded checkpoint (sha1 %s) is not at %s: the rerun makes it "
+                  "anew" % (name, was["sha1"], file))
+        elif now["sha1"] != was["sha1"]:
+            differ.append("%s: %s has sha1 %s, the run recorded %s (%s)"
+                          % (name, file, now["sha1"], was["sha1"], was.get("path")))
+    if differ and not allow:
+        raise ValueError("--config %s: the rerun would load other models than the run "
+                         "recorded -- %s; point the folders at the recorded models, or pass "
+                         "--allow-other-models to run with these (the report says so)"
+                         % (path, "; ".join(differ)))
+    for line in differ:
+        print("note: --allow-other-models: %s" % line)
+    return dataclasses.replace(cfg, other_models=tuple(differ)) if differ else cfg
 
 
 # ----------------------------------------------------------------------------- folders

@@ -16,9 +16,11 @@ replace "the default" and "the newest", so the record reruns what ran.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import os
+import typing
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from attacks import PAPER_ATTACK_VECTORS
@@ -29,7 +31,9 @@ from defense.adaptive import check_gradient_mode
 from defense.base import GRAY_BOX, AdaptiveOptions
 from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.threats import Threat
-from evaluation.options import ROBUST_K_DIRS, DataOptions, KOptions, MOptions, Options
+from evaluation.options import (MAX_INPUT_SIZE, ROBUST_K_DIRS, DataOptions, KOptions,
+                                MOptions, Options, check_l2_budgets, parse_routes,
+                                parse_vectors)
 from models.train_classifier import TrainConfig
 
 _DATA, _M, _K = DataOptions(), MOptions(), KOptions()
@@ -90,6 +94,8 @@ class EvalConfig:
     #                                      none, mirrored, multi-worker
     shards: int = 1                      # image shards per attack vector (grid work units);
     #                                      the merged records equal the unsharded ones
+    # a rerun's models that are not the recorded ones (--config --allow-other-models)
+    other_models: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.defenses is None:
@@ -103,8 +109,30 @@ class EvalConfig:
             raise ValueError("shards must be an integer >= 1, got %r" % (self.shards,))
         self.threats = tuple(Threat.parse(t) for t in self.threats)
         self.engine_settings()                   # validates the adaptive settings
+        self._refuse_what_does_nothing()
         if self.adaptive_gradient is not None:
             check_gradient_mode(self.adaptive_gradient)
+
+    def _refuse_what_does_nothing(self) -> None:
+        """A setting that would change nothing is refused with the reason, not reported as
+        a result: a defense parameter the extractor ignores (``unmask:input=random`` with the
+        oracle), a route no defense of the run has."""
+        defenses = [build_defense(label) for label in self.defenses]
+        if self.extractor is not None:
+            for d in defenses:
+                why = d.ignored_parameters(self.extractor)
+                if why:
+                    raise ValueError("--defenses %s: %s" % (d.label, why))
+        if self.adaptive_routes:
+            from defense.threats import GOALS, Goal
+            have = {r for d in defenses if Threat.ADAPTIVE in d.threats
+                    for g in GOALS for r in d.adaptive_routes(Goal(g))}
+            idle = [r for r in self.adaptive_routes if r not in have]
+            if idle:
+                raise ValueError("--adaptive-routes: %s is a route of none of the run's "
+                                 "defenses (%s), whose routes are %s" % (
+                                     ", ".join(idle), ", ".join(self.defenses),
+                                     ", ".join(sorted(have)) or "none"))
 
     @classmethod
     def from_options(cls, options: Options) -> "EvalConfig":
@@ -151,22 +179,121 @@ def to_dict(cfg: EvalConfig) -> Dict[str, Any]:
 
 
 def from_dict(values: Mapping[str, Any]) -> EvalConfig:
-    """The :class:`EvalConfig` of :func:`to_dict`'s output (ValueError naming what is
-    wrong)."""
+    """The :class:`EvalConfig` of :func:`to_dict`'s output, every setting checked as the
+    command line checks it (types, ranges, names; ValueError naming the setting)."""
+    if not isinstance(values, Mapping):
+        raise ValueError("the configuration must be an object of settings, got %s"
+                         % type(values).__name__)
     names = {f.name for f in dataclasses.fields(EvalConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError("unknown setting(s) %s" % ", ".join(unknown))
+    if "class_set" not in values:
+        raise ValueError("setting 'class_set' is missing (a class set such as cs5-2)")
+    hints = typing.get_type_hints(EvalConfig)
+    for name, value in values.items():
+        _check_setting(name, value, hints[name])
     kw = dict(values)
     try:
         kw["class_set"] = get_class_set(kw["class_set"])
-        kw["train"] = TrainConfig(**kw.get("train", {}))
-        kw["vectors"] = tuple((str(n), float(e)) for n, e in kw.get("vectors", ()))
+        kw["train"] = _train_config(kw.get("train", {}))
+        kw["vectors"] = tuple(_vector(v) for v in kw.get("vectors", ()))
         kw["defenses"] = tuple(kw.get("defenses", ())) or None
+        if kw["defenses"] is not None:
+            from defense.defenses import parse_defenses
+            kw["defenses"] = tuple(parse_defenses(",".join(kw["defenses"])))
         kw["threats"] = tuple(kw.get("threats", (GRAY_BOX,)))
-        return EvalConfig(**kw)
+        kw["other_models"] = tuple(kw.get("other_models", ()))
+        if kw.get("adaptive_routes") is not None:
+            kw["adaptive_routes"] = parse_routes(",".join(kw["adaptive_routes"]))
+        cfg = EvalConfig(**kw)
     except (KeyError, TypeError) as e:
         raise ValueError("not a run's configuration (%s: %s)" % (type(e).__name__, e)) from None
+    _check_like_the_command_line(cfg)
+    return cfg
+
+
+def _check_like_the_command_line(cfg: EvalConfig) -> None:
+    """The checks the command line makes on a run's settings taken together
+    (:meth:`~evaluation.options.MOptions.resolve`), for a configuration read from a file."""
+    from defense.thresholds import check_target_fpr
+    from models.classifier import get_architecture
+    check_target_fpr(cfg.target_fpr)
+    arch = get_architecture(cfg.arch)
+    if not arch.min_size <= cfg.input_size <= MAX_INPUT_SIZE:
+        raise ValueError("setting 'input_size' must be in [%d, %d] for arch %s, got %d"
+                         % (arch.min_size, MAX_INPUT_SIZE, arch.name, cfg.input_size))
+    check_l2_budgets(cfg.vectors, cfg.input_size)
+
+
+def _type_problem(value: Any, hint: Any) -> Optional[str]:
+    """Why ``value`` (read from JSON) is not of the type ``hint`` (None when it is)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(value, a) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return (None if isinstance(value, int) and not isinstance(value, bool)
+                else "must be an integer")
+    if hint is float:
+        return (None if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else "must be a number")
+    if hint is str:
+        return None if isinstance(value, str) else "must be a text"
+    if origin in (tuple, list, collections.abc.Sequence) or hint in (tuple, list):
+        return None if isinstance(value, list) else "must be a list"
+    if hint is ClassSet:
+        return None if isinstance(value, str) else "must be a class set name such as cs5-2"
+    if hint is TrainConfig:
+        return None if isinstance(value, Mapping) else "must be an object of training settings"
+    return None
+
+
+def _check_setting(name: str, value: Any, hint: Any) -> None:
+    """One setting of a recorded configuration checked as its command-line option is (type,
+    then the option's range check); ValueError naming the setting."""
+    problem = _type_problem(value, hint)
+    if problem:
+        raise ValueError("setting %r %s, got %r" % (name, problem, value))
+    for options in (MOptions, DataOptions, KOptions):
+        field = options.__dataclass_fields__.get(name)
+        check = field.metadata.get("check") if field is not None else None
+        if check is not None and value is not None and not isinstance(value, (list, dict)):
+            try:
+                check("setting %r" % name, value)
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+            return
+
+
+def _train_config(values: Mapping[str, Any]) -> TrainConfig:
+    """``train``'s settings checked (types, then :meth:`TrainConfig.validate`'s ranges)."""
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError("unknown setting(s) train.%s" % ", train.".join(unknown))
+    for name, value in values.items():
+        problem = _type_problem(value, hints[name])
+        if problem:
+            raise ValueError("setting 'train.%s' %s, got %r" % (name, problem, value))
+    train = TrainConfig(**values)
+    train.validate()
+    return train
+
+
+def _vector(value: Any) -> Tuple[str, float]:
+    """One attack vector ``[name, eps]`` of the setting ``vectors``, checked as ``--attacks``
+    checks it."""
+    if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)
+            or isinstance(value[1], bool) or not isinstance(value[1], (int, float))):
+        raise ValueError("setting 'vectors' must hold [attack name, eps] pairs, got %r"
+                         % (value,))
+    (vector,) = parse_vectors("%s:%r" % (value[0], float(value[1])))
+    return vector
 
 
 def defaults_used(cfg: EvalConfig) -> list:
@@ -219,4 +346,19 @@ def read_record(path: str) -> Dict[str, Any]:
             or rec.get("command") not in COMMANDS:
         raise ValueError("--config %s is not a run's config.json (version %d, command one of "
                          "%s)" % (path, CONFIG_VERSION, ", ".join(COMMANDS)))
+    needs = {"evaluate": {"config": dict}, "grid": {"config": dict, "archs": list,
+                                                   "class_sets": list},
+             "k": {"options": dict}}[rec["command"]]
+    for key, kind in needs.items():
+        if not isinstance(rec.get(key), kind):
+            raise ValueError("--config %s: a record of command %r needs %r (%s), %s; give the "
+                             "config.json the run wrote" % (path, rec["command"], key,
+                                                "an object" if kind is dict else "a list",
+                                                "it is missing" if key not in rec
+                                                else "got %r" % (rec[key],)))
+    checkpoints = rec.get("checkpoints", {})
+    if not isinstance(checkpoints, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("sha1"), str) for v in checkpoints.values()):
+        raise ValueError("--config %s: 'checkpoints' must map each model to its path and sha1"
+                         % path)
     return rec

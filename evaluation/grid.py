@@ -94,7 +94,7 @@ def config_fingerprint(base, unit: Unit) -> str:
     cfg = dataclasses.asdict(pair_config(base, unit.arch, unit.class_set))
     cfg.pop("progress", None)
     cfg.pop("shards", None)        # the shards' merged records are the unsharded ones
-    for name in ("adaptive_slots", "adaptive_save_seconds"):   # how, not what: same records
+    for name in ("adaptive_slots", "adaptive_save_seconds", "other_models"):   # not what
         cfg.pop(name, None)
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import contextlib
 import os
 import time
 from typing import Dict, Optional, Sequence, Union
 
 from data.coco_parts import load_parts_dataset
-from data.fileio import write_json_atomic
+from data.fileio import exclusive, write_json_atomic
 from evaluation.options import (KOptions, check_count, check_learning_rate, check_positive,
                                 k_defaults, parse_attack_eps, parse_stage_epochs)
 from models.progress import Eta
@@ -436,6 +437,23 @@ def _already_trained(opts: Dict, cfg: Config) -> bool:
     return _last_checkpoint(opts, cfg) is not None
 
 
+def _train_unless_trained(opts: Dict, cfg, adversarial) -> Dict:
+    """K's training (``{"train": ...}``), or nothing when K is trained already (then
+    ``opts["k_eval_only"]`` is set)."""
+    if _already_trained(opts, cfg):
+        print("K is already trained (%s): evaluating it. Pass --k-retrain to train again, or "
+              "--weights last to resume training." % _last_checkpoint(opts, cfg))
+        opts["k_eval_only"] = True
+        return {}
+    train = train_model_k(
+        opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["k_log_dir"],
+        opts["k_lr"], opts["k_steps"], _training_seed(opts), opts["k_max_minutes"],
+        progress=not opts["no_progress"], adversarial=adversarial)
+    print("K trained in %.1f min; last checkpoint %s" % (train["seconds"] / 60,
+                                                         train["checkpoint"]))
+    return {"train": train}
+
+
 def run_model_k_report(args=None, **kwargs) -> Dict:
     """``main.py --model K``: (generate data if needed,) train, evaluate on the test split.
 
@@ -453,17 +471,15 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
     adversarial = adversarial_settings(opts)
     cfg = _k_config(opts)
     out = {}
-    if _already_trained(opts, cfg):
-        print("K is already trained (%s): evaluating it. Pass --k-retrain to train again, or "
-              "--weights last to resume training." % _last_checkpoint(opts, cfg))
-        opts["k_eval_only"] = True
     if not opts["k_eval_only"]:
-        out["train"] = train_model_k(
-            opts["data_dir"], cfg, opts["weights"], opts["k_epochs"], opts["k_log_dir"],
-            opts["k_lr"], opts["k_steps"], _training_seed(opts), opts["k_max_minutes"],
-            progress=not opts["no_progress"], adversarial=adversarial)
-        print("K trained in %.1f min; last checkpoint %s"
-              % (out["train"]["seconds"] / 60, out["train"]["checkpoint"]))
+        # one writer per log folder: a second K trained there at the same time waits, then
+        # finds the first one's K trained
+        lock = (exclusive(opts["k_log_dir"].rstrip(os.sep) + ".lock",
+                          "K's log folder %s" % opts["k_log_dir"])
+                if log_dir_writes(opts) is not None else contextlib.nullcontext())
+        with lock:
+            out.update(_train_unless_trained(opts, cfg, adversarial))
+    checkpoint = "last"
     checkpoint = "last"
     if opts["k_eval_only"] and opts["weights"] not in ("none", "last", "coco", "imagenet"):
         checkpoint = opts["weights"]

@@ -201,6 +201,12 @@ class Commands:
               "evaluation, a grid or K); --data-dir, --results-dir, --checkpoint-dir, "
               "--k-log-dir, --k-results-dir, --no-progress, --workers and --ray-address may "
               "be given with it to run elsewhere", metavar="CONFIG_JSON")
+    report_out: Optional[str] = option(
+        None, "with --report: write the page to this file instead of RUN_DIR/report.html (a "
+              "shared or read-only run folder)", metavar="FILE")
+    allow_other_models: bool = option(
+        False, "with --config: rerun even where a model the rerun loads is not the one the run "
+               "recorded (its sha1 differs); the run's report and config.json say so")
 
     def validate(self) -> None:
         given = [self.prepare_data, self.describe_classsets, self.model is not None,
@@ -208,6 +214,12 @@ class Commands:
         if sum(bool(g) for g in given) > 1:
             raise ValueError("give one command at a time: --prepare-data, "
                              "--describe-classsets, --report, --config or --model")
+        if self.report_out is not None and self.report is None:
+            raise ValueError("--report-out FILE goes with --report RUN_DIR (where to write "
+                             "that run's page)")
+        if self.allow_other_models and self.config is None:
+            raise ValueError("--allow-other-models goes with --config (a rerun of a recorded "
+                             "run)")
 
 
 @dataclasses.dataclass
@@ -390,7 +402,7 @@ class MOptions:
             from models.distribute import check_tf_config
             check_tf_config(os.environ.get("TF_CONFIG"))
         vectors = parse_vectors(self.attacks)
-        _check_l2_budgets(vectors, self.input_size)
+        check_l2_budgets(vectors, self.input_size)
         defenses = None
         if self.defenses is not None:
             from defense.defenses import parse_defenses
@@ -674,7 +686,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 #: Options that may be given with --config (where the rerun reads and writes).
 CONFIG_OVERRIDES = ("data_dir", "results_dir", "checkpoint_dir", "k_log_dir", "k_results_dir",
-                    "no_progress", "workers", "ray_address")
+                    "no_progress", "workers", "ray_address", "allow_other_models")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
@@ -782,7 +794,7 @@ def parse_vectors(text: str):
     return vectors
 
 
-def _check_l2_budgets(vectors, input_size: int) -> None:
+def check_l2_budgets(vectors, input_size: int) -> None:
     """An L2 budget larger than the distance between an all-black and an all-white image of
     M's size means nothing."""
     from attacks import resolve_config

@@ -189,6 +189,9 @@ def config_html(folder: RunFolder) -> str:
                                                  params_text(b["params"])))
               for label, b in m.get("defenses", {}).items()]
     config = run.get("config", {})
+    if config.get("other_models"):
+        items.insert(0, ("NOT THE RECORDED MODELS (--allow-other-models)",
+                         "; ".join(config["other_models"])))
     body = key_value_table(items)
     if config:
         body += "<h3>Configuration</h3>" + key_value_table(

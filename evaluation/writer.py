@@ -143,11 +143,12 @@ def write_run_file(cfg, metrics: Dict[str, Any]) -> str:
 
 
 def write_page(run_dir: str, log: Callable[[str], None] = print,
-               start: Optional[float] = None) -> str:
-    """Build the page of the finished run in ``run_dir`` and write ``report.html`` there;
-    returns its path (the log line gives the seconds since ``start``, default now)."""
+               start: Optional[float] = None, out: Optional[str] = None) -> str:
+    """Build the page of the finished run in ``run_dir`` and write it to ``out`` (default
+    ``report.html`` there); returns its path (the log line gives the seconds since
+    ``start``, default now)."""
     start = time.time() if start is None else start
-    path = os.path.join(run_dir, page.PAGE)
+    path = out or os.path.join(run_dir, page.PAGE)
     write_text_atomic(path, page.build_page(run_dir))
     log("wrote %s (%.1f s)" % (path, time.time() - start))
     return path
@@ -186,9 +187,10 @@ def write_grid_reports(out_dir: str, merged: Mapping[str, Any]) -> Dict[str, str
     return paths
 
 
-def write_grid_page(grid_dir: str, log: Callable[[str], None] = print) -> str:
-    """A grid's ``report.html`` (:func:`evaluation.page.build_grid_page`)."""
-    path = os.path.join(grid_dir, page.PAGE)
+def write_grid_page(grid_dir: str, log: Callable[[str], None] = print,
+                    out: Optional[str] = None) -> str:
+    """A grid's ``report.html`` (:func:`evaluation.page.build_grid_page`), or ``out``."""
+    path = out or os.path.join(grid_dir, page.PAGE)
     write_text_atomic(path, page.build_grid_page(grid_dir))
     log("wrote %s" % path)
     return path
@@ -204,10 +206,10 @@ def write_k_eval(results_dir: str, split: str, metrics: Mapping[str, Any]) -> st
 
 
 def write_k_page(results_dir: str, split: Optional[str] = None,
-                 log: Callable[[str], None] = print) -> str:
+                 log: Callable[[str], None] = print, out: Optional[str] = None) -> str:
     """Write K's ``report.html`` (:func:`evaluation.k_page.build_k_page`) into
-    ``results_dir``; returns its path."""
-    path = os.path.join(results_dir, page.PAGE)
+    ``results_dir`` (or to ``out``); returns its path."""
+    path = out or os.path.join(results_dir, page.PAGE)
     write_text_atomic(path, k_page.build_k_page(results_dir, split))
     log("wrote %s" % path)
     return path

@@ -70,7 +70,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 import tfcompat
-from data.fileio import file_digest, atomic_path, write_json_atomic, write_problem
+from data.fileio import atomic_path, exclusive, file_digest, write_json_atomic, write_problem
 from models.inference import inference_fn
 from models.progress import Eta
 
@@ -437,6 +437,22 @@ def train_classifier(model, train_images: np.ndarray, train_labels: np.ndarray,
     """
     cfg = config or TrainConfig()
     cfg.validate()
+    from models.distribute import is_chief
+    if is_chief(strategy) and write_problem(checkpoint_dir) is None:
+        # one writer per checkpoint folder: a second run training the same model waits,
+        # then loads what the first trained
+        with exclusive(checkpoint_dir.rstrip(os.sep) + ".lock", "checkpoint folder %s"
+                       % checkpoint_dir, log):
+            return _train_or_load(model, train_images, train_labels, val_images, val_labels,
+                                  checkpoint_dir, cfg, perturb, log, progress, strategy)
+    return _train_or_load(model, train_images, train_labels, val_images, val_labels,
+                          checkpoint_dir, cfg, perturb, log, progress, strategy)
+
+
+def _train_or_load(model, train_images, train_labels, val_images, val_labels,
+                   checkpoint_dir: str, cfg: "TrainConfig", perturb, log, progress,
+                   strategy) -> dict:
+    """:func:`train_classifier`'s work (the caller holds the folder's lock)."""
     best_path = os.path.join(checkpoint_dir, "best.h5")
     last_path = os.path.join(checkpoint_dir, "last.h5")
     state_path = os.path.join(checkpoint_dir, STATE_FILE)

@@ -115,6 +115,20 @@ class UnMaskDefense(Defense):
         self._m = None
         self._chosen = {}
 
+    def ignored_parameters(self, extractor: str) -> Optional[str]:
+        """With the oracle there is no K: neither its robust version nor a randomized input
+        to it changes a thing (the oracle reads each image's annotated parts)."""
+        if extractor != "oracle":
+            return None
+        ignored = [text for text, used in (("k=robust", self.k == "robust"),
+                                           ("input=random", self.input == "random")) if used]
+        if not ignored:
+            return None
+        return ("%s does nothing with the oracle extractor, which reads each image's "
+                "annotated parts and runs no K: the row would repeat %s's; use --extractor k, "
+                "or leave %s out" % (" and ".join(ignored),
+                                     _label_without(self, ignored), " and ".join(ignored)))
+
     def transfer_surrogate(self) -> str:
         """The transfer attacker's surrogate mirrors the defense: a robust K of another seed
         for the variants holding the robust K."""
@@ -305,6 +319,12 @@ class UnMaskDefense(Defense):
     def decide(self, observation: Mapping[str, List]) -> Outcome:
         res = self.protect(observation)
         return Outcome(pred=self._answer(res), score=res.distances, flags=res.flags)
+
+
+def _label_without(defense: "UnMaskDefense", ignored) -> str:
+    """The label of ``defense`` without the parameters in ``ignored``."""
+    kept = [p for p in defense.label.split(":")[1:] if p not in ignored]
+    return ":".join(["unmask"] + kept)
 
 
 class _NotLoaded:

@@ -404,7 +404,8 @@ class PartScorer:
     def hinge_value_and_grad(self, images, present, absent, *, kappa: float = 0.0,
                              lam_present: float = 1.0, lam_absent: float = 1.0,
                              tau: float = 1.0, rois=None, quantize: Optional[bool] = None,
-                             return_margins: bool = False, return_parts: bool = False):
+                             return_margins: bool = False, return_parts: bool = False,
+                             need_grad=None):
         """SPEC §8's part-set loss (to minimise) and its input gradient.
 
         ``loss[b] = lam_present * sum_p present[b,p] * relu(kappa - tau * logsumexp_r(m[b,r,p] / tau))
@@ -419,6 +420,10 @@ class PartScorer:
                 same forward pass (:meth:`detected_parts` "detections"; K's own proposals
                 only, so ``rois`` must be None): an attack gets the gradient and the real
                 detector's answer for the same images from one session run.
+            need_grad: optional bool ``[B]``: the images whose gradient is wanted; the others
+                get a zero gradient from a forward-only session run (no backward pass through
+                K: an attack step that does not use K's gradient for an image pays only its
+                forward pass).
         Returns:
             ``(loss float32 [B], grad float32 [B, H, W, 3])`` (+ margins, rois) (+ a list of
             B frozensets of part names).
@@ -434,13 +439,37 @@ class PartScorer:
             raise ValueError("tau must be > 0, got %r" % (tau,))
         if return_parts and rois is not None:
             raise ValueError("return_parts needs K's own proposals; pass rois=None")
-        fetches = [self._hinge, self._hinge_grad] + (
-            [self._margins, self._rois] if return_margins else []) + (
+        extra = ([self._margins, self._rois] if return_margins else []) + (
             [self._detections] if return_parts else [])
-        outs = self._run("hinge%d%d" % (return_margins, return_parts), fetches, images, rois,
-                         quantize, batched=[(self._present, present), (self._absent, absent)],
-                         scalars=[(self._kappa, kappa), (self._lam_p, lam_present),
-                                  (self._lam_a, lam_absent), (self._tau, tau)])
+        scalars = [(self._kappa, kappa), (self._lam_p, lam_present), (self._lam_a, lam_absent),
+                   (self._tau, tau)]
+        need = (np.ones(n, bool) if need_grad is None
+                else np.asarray(need_grad, bool).reshape(n))
+        # the backward run fills its last chunk of the graph's static batch with images
+        # whose gradient is not wanted (they would be padding): fewer chunks in all
+        with_grad = np.flatnonzero(need)
+        if 0 < with_grad.size:
+            fill = -with_grad.size % self.batch_size
+            with_grad = np.sort(np.r_[with_grad, np.flatnonzero(~need)[:fill]]).astype(int)
+        forward = np.setdiff1d(np.arange(n), with_grad)
+        outs = None
+        for rows, grad in ((with_grad, True), (forward, False)):
+            if not rows.size:
+                continue
+            fetches = [self._hinge] + ([self._hinge_grad] if grad else []) + extra
+            part = self._run("hinge%d%d%d" % (grad, return_margins, return_parts), fetches,
+                             np.asarray(images)[rows], None if rois is None else
+                             np.asarray(rois)[rows], quantize,
+                             batched=[(self._present, present[rows]),
+                                      (self._absent, absent[rows])], scalars=scalars)
+            if not grad:     # the images whose gradient is not wanted: zero, not computed
+                part.insert(1, np.zeros((rows.size,) + tuple(np.shape(images)[1:]),
+                                        np.float32))
+            if outs is None:
+                outs = [np.zeros((n,) + np.shape(o)[1:], np.asarray(o).dtype) for o in part]
+            for o, v in zip(outs, part):
+                o[rows] = v
+        outs[1][~need] = 0.0              # only the gradients asked for
         if return_parts:
             return tuple(o.astype(np.float32) for o in outs[:-1]) + (
                 self._parts_from_detections(outs[-1]),)

@@ -34,7 +34,7 @@ class StripeK:
         return [frozenset(p for p, v in zip(PARTS, row) if v > 0) for row in self.margins(x)]
 
     def hinge_value_and_grad(self, images, present, absent, *, kappa=0.0, lam_present=1.0,
-                             lam_absent=1.0, tau=1.0, return_parts=False):
+                             lam_absent=1.0, tau=1.0, return_parts=False, need_grad=None):
         x = np.asarray(images, np.float32)
         m = self.margins(x)
         loss = (lam_present * present * np.maximum(kappa - m, 0)
@@ -44,6 +44,8 @@ class StripeK:
         per_pixel = 10.0 / (2 * x.shape[2] * x.shape[3])
         for j in range(self.num_parts):
             grad[:, 2 * j:2 * j + 2] = (d_m[:, j] * per_pixel)[:, None, None, None]
+        if need_grad is not None:
+            grad[~np.asarray(need_grad, bool)] = 0.0
         out = (loss.astype(np.float32), grad)
         return out + (self.sets(x),) if return_parts else out
 
@@ -151,7 +153,10 @@ def test_one_k_run_serves_a_batch_whatever_its_routes(toy):
     class Counting(StripeK):
         def hinge_value_and_grad(self, images, *a, **kw):
             runs.append(len(images))
+            wanted.append(kw.get("need_grad"))
             return super().hinge_value_and_grad(images, *a, **kw)
+
+    wanted = []
 
     _, wrong = _judges(um)
     target = UnMaskTarget(robust_m, Counting(), um.class_parts_list, wrong("rectify"),
@@ -159,6 +164,9 @@ def test_one_k_run_serves_a_batch_whatever_its_routes(toy):
     routes = list(UNMASK_ROUTES)
     out = target.evaluate_jobs(x, y, np.array([-1, 1, 2, 1]), [cross_entropy] * 4, routes)
     assert runs == [4]
+    # K's gradient is asked for where the route uses it: the two-phase rule only once M says
+    # y' (this M never does), every other route always
+    np.testing.assert_array_equal(wanted[0], [True, False, True, True])
     alone = [target.evaluate_jobs(x[i:i + 1], y[i:i + 1], np.array([t]), [cross_entropy],
                                   [r]) for i, (t, r) in enumerate(zip([-1, 1, 2, 1], routes))]
     for i, one in enumerate(alone):

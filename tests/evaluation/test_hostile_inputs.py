@@ -154,6 +154,16 @@ CLI_CASES = [
     (["--archs", "resnet50"], r"go with --grid"),
     # commands
     (["--prepare-data", "--model", "M"], r"give one command at a time"),
+    (["--report-out", "{root}/page.html"], r"--report-out FILE goes with --report"),
+    (["--allow-other-models"], r"--allow-other-models goes with --config"),
+    # settings that would change nothing are refused, not reported as results
+    (["--extractor", "oracle", "--defenses", "unmask,unmask:input=random"],
+     r"--defenses unmask:input=random: input=random does nothing with the oracle"),
+    (["--extractor", "oracle", "--defenses", "unmask:k=robust:m=at", "--adv-train"],
+     r"k=robust does nothing with the oracle.*repeat unmask:m=at's"),
+    (["--adaptive-routes", "sideways"], r"--adaptive-routes 'sideways': unknown route"),
+    (["--defenses", "none,pca", "--adaptive-routes", "k-only"],
+     r"k-only is a route of none of the run's defenses"),
     (["--model", "X"], r"--model: invalid choice"),
     # model K's numbers and folders
     (["--model", "K", "--k-steps", "0"], r"--k-steps"),
@@ -314,7 +324,7 @@ def test_a_second_generator_of_the_same_folder_waits_and_reuses(tmp_path):
             if any("waiting" in m for m in logs):
                 break
             threading.Event().wait(0.05)
-        assert any("another process is generating" in m for m in logs), logs
+        assert any("is in use by another process: waiting" in m for m in logs), logs
         generate_dataset(target, seed=0, config=TINY, workers=1, log=lambda s: None)
         fcntl.flock(held, fcntl.LOCK_UN)
     worker.join(120)
@@ -609,6 +619,155 @@ def test_an_edited_observation_is_recomputed(tmp_path, edit, pattern):
     again = ObservationCache(str(tmp_path), logs.append, classes=3).observe(Counting(), images)
     assert again == {"pred": [0, 1]} and Counting.calls == 2
     assert any(re.search(pattern, m) and "recomputed" in m for m in logs), logs
+
+
+# ----------------------------------------------------------------------------- --config
+
+def _config_file(tmp_path, mutate):
+    """A run's config.json (its recorded configuration) changed by ``mutate``."""
+    from data.knowledge import get_class_set
+    from evaluation.config import EvalConfig, record
+
+    cfg = EvalConfig(class_set=get_class_set("CS5b"), data_dir=str(tmp_path / "data"),
+                     results_dir=str(tmp_path / "results"),
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    rec = record("evaluate", cfg)
+    mutate(rec)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(rec))
+    return str(path)
+
+
+@pytest.mark.parametrize("mutate,pattern", [
+    (lambda r: r["config"].update(n_test="ten"), r"setting 'n_test' must be an integer"),
+    (lambda r: r["config"].update(n_test=0), r"setting 'n_test' must be >= 1"),
+    (lambda r: r["config"]["train"].update(epochs="two"),
+     r"setting 'train.epochs' must be an integer, got 'two'"),
+    (lambda r: r["config"]["train"].update(epochs=0), r"--epochs must be an integer >= 1"),
+    (lambda r: r["config"].update(target_fpr=2.0), r"target_fpr must be in \(0, 1\)"),
+    (lambda r: r["config"].update(defenses=["unmask:k=wobbly"]),
+     r"k must be one of standard, robust"),
+    (lambda r: r["config"].update(vectors=[["pgd_linf", "eight"]]),
+     r"setting 'vectors' must hold \[attack name, eps\] pairs"),
+    (lambda r: r["config"].pop("class_set"), r"setting 'class_set' is missing"),
+    (lambda r: r.pop("config"), r"a record of command 'evaluate' needs 'config' \(an "
+                                r"object\), it is missing"),
+    (lambda r: r.update(command="grid"), r"a record of command 'grid' needs 'archs'"),
+    (lambda r: r.update(checkpoints={"m": "abc"}), r"'checkpoints' must map each model"),
+])
+def test_config_goes_through_the_command_lines_checks(tmp_path, capsys, mutate, pattern):
+    """--config trusts neither the values nor the structure of the file: each is checked as
+    the command line checks it, and the error names the file and the setting (exit 2)."""
+    path = _config_file(tmp_path, mutate)
+    assert main.main(["--config", path]) == 2
+    err = capsys.readouterr().err
+    assert path in err and re.search(pattern, err), err
+    assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "results"), "nothing ran"
+
+
+def test_a_k_record_with_a_bad_setting_names_it(tmp_path, capsys):
+    from evaluation.config import record
+    from evaluation.options import k_defaults
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(record("k", options=dict(k_defaults(), k_steps="two"))))
+    assert main.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "--k-steps" in err and "Traceback" not in err
+
+
+def test_a_rerun_loading_another_model_than_recorded_is_refused_unless_allowed(tmp_path):
+    """The sha1 of every model a rerun loads is compared with the recorded one, wherever it
+    is loaded from: another --checkpoint-dir holding another M is refused (naming both), and
+    --allow-other-models runs it with the difference kept in the run's configuration."""
+    import dataclasses
+
+    from data.knowledge import get_class_set
+    from evaluation.commands import check_recorded_models
+    from evaluation.config import EvalConfig, checkpoint, record
+
+    def config(ckpt):
+        return EvalConfig(class_set=get_class_set("CS5b"), checkpoint_dir=str(tmp_path / ckpt))
+
+    recorded, other = config("a"), config("b")
+    for cfg, content in ((recorded, b"the recorded M"), (other, b"another M")):
+        os.makedirs(cfg.m_dir)
+        open(os.path.join(cfg.m_dir, "best.h5"), "wb").write(content)
+    rec = record("evaluate", recorded, checkpoints={"m": os.path.join(recorded.m_dir,
+                                                                       "best.h5")})
+    assert check_recorded_models(rec, recorded, "config.json") is recorded
+    with pytest.raises(ValueError, match="other models than the run recorded -- m: .*b/model_m"
+                                         ".* has sha1 .*, the run recorded .*allow-other"):
+        check_recorded_models(rec, other, "config.json")
+    allowed = check_recorded_models(rec, other, "config.json", allow=True)
+    assert len(allowed.other_models) == 1 and "sha1" in allowed.other_models[0]
+    assert dataclasses.replace(allowed, other_models=()) == other
+    assert checkpoint(os.path.join(other.m_dir, "best.h5"))["sha1"] in allowed.other_models[0]
+    # a recorded model that is not there is made anew, with a note: not refused
+    missing = config("c")
+    assert check_recorded_models(rec, missing, "config.json") is missing
+
+
+# ----------------------------------------------------------------------------- one writer
+
+_HOLD = """
+import sys, time
+sys.path.insert(0, %r)
+from data.fileio import exclusive
+with exclusive(sys.argv[1], "the folder under test", log=print):
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+print("released", flush=True)
+"""
+
+
+def test_one_writer_per_folder_a_second_process_waits_naming_the_first(tmp_path):
+    """Two processes that want to write one folder: the second says which process holds it,
+    waits, and goes on when the first is done -- never a half-written file between them."""
+    import subprocess
+    import sys
+    import time
+
+    lock = str(tmp_path / "ckpt.lock")
+    script = _HOLD % os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    first = subprocess.Popen([sys.executable, "-c", script, lock, "3"],
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "holding"
+    start = time.time()
+    second = subprocess.run([sys.executable, "-c", script, lock, "0"], capture_output=True,
+                            text=True, timeout=60)
+    first.wait(30)
+    waited = time.time() - start
+    out = second.stdout
+    assert "is in use by process %d on " % first.pid in out and "waiting" in out, out
+    assert out.index("waiting") < out.index("holding"), "it waited before holding"
+    assert waited >= 1.5
+
+
+def test_m_training_holds_its_checkpoint_folder(tmp_path, monkeypatch):
+    """train_classifier trains under the folder's lock: a second training into the same
+    folder waits for it (here: the lock is held by the test)."""
+    import models.train_classifier as tc
+
+    held = []
+
+    class Spy:
+        def __init__(self, path, what, log):
+            held.append((path, what))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tc, "exclusive", Spy)
+    monkeypatch.setattr(tc, "_train_or_load", lambda *a, **kw: {"done": True})
+    folder = str(tmp_path / "m")
+    assert tc.train_classifier(None, None, None, None, None, folder) == {"done": True}
+    assert held == [(folder + ".lock", "checkpoint folder %s" % folder)]
 
 
 # ----------------------------------------------------------------------------- Python API

@@ -66,6 +66,45 @@ def test_a_run_writes_its_page_and_report_rebuilds_it_from_the_folder(run, monke
     assert open(path, "rb").read() == before        # the same folder, the same page
 
 
+def test_report_of_a_folder_it_cannot_write_says_so_and_can_write_elsewhere(
+        run, tmp_path, monkeypatch, capsys):
+    """--report probes the run folder before it writes: a shared, read-only folder is a clear
+    error naming it and the way out, nothing is written there, and --report-out FILE writes
+    the page elsewhere."""
+    import errno
+
+    import data.fileio as fio
+    import main
+
+    folder = _copy(run, tmp_path)
+    before = sorted((os.path.relpath(os.path.join(d, f), folder),
+                     os.path.getmtime(os.path.join(d, f)))
+                    for d, _, fs in os.walk(folder) for f in fs)
+    real = fio._create_temporary
+
+    def create(where, prefix, suffix):
+        if os.path.abspath(where).startswith(os.path.abspath(folder)):
+            raise OSError(errno.EROFS, "Read-only file system", where)
+        return real(where, prefix, suffix)
+
+    monkeypatch.setattr(fio, "_create_temporary", create)
+    assert main.main(["--report", folder]) == 2
+    err = capsys.readouterr().err
+    assert folder in err and "cannot be written" in err and "--report-out" in err
+    assert "Traceback" not in err
+    out = tmp_path / "elsewhere" / "page.html"
+    out.parent.mkdir()
+    assert main.main(["--report", folder, "--report-out", str(out)]) == 0
+    html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Bench" in html
+    after = sorted((os.path.relpath(os.path.join(d, f), folder),
+                    os.path.getmtime(os.path.join(d, f)))
+                   for d, _, fs in os.walk(folder) for f in fs)
+    assert after == before, "nothing written in the read-only run folder"
+    assert main.main(["--report", folder, "--report-out", str(out.parent)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_report_of_a_folder_without_a_run_names_it(tmp_path, capsys):
     import main
 

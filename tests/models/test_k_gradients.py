@@ -245,6 +245,25 @@ def test_hinge_with_parts_is_one_pass_of_both(scorer):
         scorer.hinge_value_and_grad(x, present, 1 - present, rois=rois, return_parts=True)
 
 
+def test_images_whose_gradient_is_not_wanted_get_a_forward_pass_only(scorer):
+    """``need_grad``: the images it leaves out get a zero gradient, with the loss and the part
+    sets of the same forward pass; the others' gradient is the full run's."""
+    x = np.concatenate([_synthetic_images(3, seed=21), _random_images(2, seed=22)])
+    present = (np.random.default_rng(3).random((5, scorer.num_parts)) < 0.5).astype(np.float32)
+    kw = dict(kappa=1.0, tau=0.5, return_parts=True)
+    loss, grad, parts = scorer.hinge_value_and_grad(x, present, 1 - present, **kw)
+    need = np.array([True, False, True, False, False])
+    loss2, grad2, parts2 = scorer.hinge_value_and_grad(x, present, 1 - present,
+                                                       need_grad=need, **kw)
+    np.testing.assert_allclose(loss2, loss, rtol=1e-5, atol=1e-5)
+    assert parts2 == parts
+    assert not grad2[~need].any()
+    assert _rel_norm(grad2[need], grad[need]) < 0.3 and np.abs(grad2[need]).sum() > 0
+    none = scorer.hinge_value_and_grad(x, present, 1 - present, need_grad=np.zeros(5, bool),
+                                       **kw)
+    assert not none[1].any() and none[2] == parts
+
+
 def test_interface_after_eager_m(k_model):
     """M (eager tf-keras) first, then K's graph is extended by a new scorer: both work."""
     from models.classifier import build_classifier
