@@ -109,7 +109,6 @@ class AdaptiveStore:
                     decision=defense.params(), threat=str(threat), goal=str(goal),
                     routes=list(defense.chosen_routes(goal, cfg.adaptive_options())),
                     engine=dataclasses.asdict(cfg.engine_settings()),
-                    adaptive_batch=cfg.adaptive_batch,
                     options=dataclasses.asdict(cfg.adaptive_options()),
                     surrogate=(short_digest(self._surrogate(defense)) if threat == TRANSFER
                                else None))
@@ -197,8 +196,8 @@ class AdaptiveStore:
         if not 0 <= begin < len(benign):
             raise ValueError("adaptive batch %d: the run has %d batches" % (batch,
                                                                            self.batches()))
-        rec = self._read(_batch_path(path, batch), dict(fp, batch=batch), _ENGINE_ARRAYS,
-                         end - begin)
+        rec = self._read(_batch_path(path, batch), _batch_fp(fp, batch, cfg.adaptive_batch),
+                         _ENGINE_ARRAYS, end - begin)
         if rec is not None:
             self.log("%s %s on %s, eps=%g [%s]: batch %d of %d reused from %s" % (
                 threat, name, defense.label, eps, goal, batch + 1, self.batches(),
@@ -208,11 +207,13 @@ class AdaptiveStore:
         target = defense.attack_target(threat, goal, cfg.adaptive_options())
         engine = AdaptiveEngine(resolve_config(name, eps), target, cfg.engine_settings(),
                                 seed=cfg.seed)
-        progress = self._batch_progress(path, fp, batch, end - begin, benign.x.shape[1:])
+        progress = self._batch_progress(path, _batch_fp(fp, batch, cfg.adaptive_batch), batch,
+                                        end - begin, benign.x.shape[1:])
 
         def save_progress(state: EngineProgress):
             write_npz(_progress_path(path, batch), dict(
-                _progress_arrays(state), fingerprint=canonical(_progress_fp(fp, batch))))
+                _progress_arrays(state), fingerprint=canonical(
+                    _progress_fp(_batch_fp(fp, batch, cfg.adaptive_batch)))))
             if cfg.progress:
                 self.log("%s: batch %d, goal reached on %d of %d images so far (state saved)"
                          % (label, batch + 1, int(np.sum(state.won >= 0)), end - begin))
@@ -222,7 +223,7 @@ class AdaptiveStore:
                           progress=progress, on_progress=save_progress,
                           progress_every=cfg.adaptive_save_seconds)
         write_npz(_batch_path(path, batch), dict(_engine_arrays(part), fingerprint=canonical(
-            dict(fp, batch=batch))))
+            _batch_fp(fp, batch, cfg.adaptive_batch))))
         if os.path.isfile(_progress_path(path, batch)):
             os.remove(_progress_path(path, batch))
         self.log("%s: batch %d of %d, goal reached on %d of %d (%.0f s)"
@@ -230,11 +231,11 @@ class AdaptiveStore:
                     len(part.success), part.seconds))
         return part
 
-    def _batch_progress(self, path: str, fp: Dict, batch: int, n: int,
+    def _batch_progress(self, path: str, batch_fp: Dict, batch: int, n: int,
                         image_shape: Optional[tuple] = None) -> Optional[EngineProgress]:
-        """The saved state of a batch interrupted part-way (same fingerprint); a damaged one
-        is named and not used."""
-        rec = read_npz(_progress_path(path, batch), _progress_fp(fp, batch), self.log,
+        """The saved state of a batch interrupted part-way (same batch fingerprint,
+        :func:`_batch_fp`); a damaged one is named and not used."""
+        rec = read_npz(_progress_path(path, batch), _progress_fp(batch_fp), self.log,
                        _PROGRESS_ARRAYS, n, image_shape=image_shape)
         if rec is None:
             return None
@@ -254,8 +255,15 @@ def _progress_path(path: str, batch: int) -> str:
     return path[:-len(".npz")] + ".batch-%04d.progress.npz" % batch
 
 
-def _progress_fp(fp: Dict, batch: int) -> Dict:
-    return dict(fp, batch=batch, progress="images part-way through their plans")
+def _batch_fp(fp: Dict, batch: int, size: int) -> Dict:
+    """What one image batch's files depend on: the record's fingerprint, the batch and the
+    batch size (the whole record does not depend on how its images were batched: every image
+    is seeded by its own index)."""
+    return dict(fp, batch=batch, batch_size=size)
+
+
+def _progress_fp(batch_fp: Dict) -> Dict:
+    return dict(batch_fp, progress="images part-way through their plans")
 
 
 def _progress_arrays(state: EngineProgress) -> Dict:

@@ -550,3 +550,22 @@ class _Counting(ModelTarget):
     def evaluate(self, x, y, t, loss_fn):
         self.rows += int(np.shape(x)[0])
         return super().evaluate(x, y, t, loss_fn)
+
+
+def test_an_error_in_the_target_ends_the_run_with_that_error_and_no_thread_left():
+    """A target that fails mid-run: the engine raises its error (not a hang, not a silent
+    partial result) and every job thread has ended."""
+    import threading
+
+    x, y = _grid_images(10)
+
+    def verdict(z, yy, t, images, route):
+        if target.calls == 4:
+            raise RuntimeError("K's session failed")
+        return np.zeros(len(z), bool)
+
+    target = _Scripted(x, verdict)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="K's session failed"):
+        _engine(target, x, y, "pgd_linf", 8, steps=5, slots=4, speculate=True)
+    assert threading.active_count() == before, "job threads left running"

@@ -111,7 +111,7 @@ def test_a_damaged_or_foreign_batch_progress_is_named_and_not_used(tmp_path):
     logs = []
     store = AdaptiveStore(None, None, {}, None, str(tmp_path), logs.append)
     path = str(tmp_path / "test-pgd_linf_8.wrong.npz")
-    fp = {"attack": "pgd_linf", "eps": 8.0}
+    fp = {"attack": "pgd_linf", "eps": 8.0, "batch": 0, "batch_size": 3}   # a batch's
     state = EngineProgress(done=np.array([2, 1, 0]), won=np.array([1, -1, -1]),
                            best=np.zeros((3, 4, 4, 3), np.float32),
                            best_loss=np.full(3, -np.inf),
@@ -120,7 +120,7 @@ def test_a_damaged_or_foreign_batch_progress_is_named_and_not_used(tmp_path):
 
     def save(arrays, key=fp):
         write_npz(_progress_path(path, 0), dict(arrays, fingerprint=canonical(
-            _progress_fp(key, 0))))
+            _progress_fp(key))))
 
     save(_progress_arrays(state))
     got = store._batch_progress(path, fp, 0, 3)
