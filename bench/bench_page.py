@@ -1,10 +1,10 @@
 """Seconds a run's report page adds: ``report.html`` rebuilt from a finished run's folder.
 
-Times :func:`evaluation.writer.write_page` (what ``--report`` runs and every run runs at its end,
-after writing ``run.json``) ``--repeats`` times on ``--run-dir`` and records the median, the
-part of it spent building K (the only model the page loads, for the few images shown), the
-page's size and its images.  ``--run-log`` adds the line the run itself printed (``wrote
-.../report.html (N s)``, run.json included).  Writes ``bench/results/page.json``.
+Times :func:`evaluation.report.writer.write_page` (what ``--report`` runs and every run runs at
+its end, after writing ``run.json``) ``--repeats`` times on ``--run-dir`` and records the
+median, the part of it spent building K (the only model the page loads, for the few images
+shown), the page's size and its images.  ``--run-log`` adds the line the run itself printed
+(``wrote .../report.html (N s)``, run.json included).  Writes ``bench/results/page.json``.
 
 Run from the repository root::
 
@@ -44,8 +44,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
-    from evaluation import gallery, writer
-    from evaluation.run_folder import RunFolder
+    from evaluation.report import gallery, writer
+    from evaluation.store.run_folder import RunFolder
 
     folder = RunFolder(args.run_dir)
     load_before = _machine.load_average()
@@ -62,9 +62,10 @@ def main(argv=None):
     with open(path, encoding="utf-8") as f:
         text = f.read()
     record = {
-        "what": "report.html of a finished run rebuilt from its folder (evaluation.writer.write_page: "
-                "what --report runs and every run runs at its end): median seconds, the part "
-                "spent building K for the gallery's images, the page's size",
+        "what": "report.html of a finished run rebuilt from its folder "
+                "(evaluation.report.writer.write_page: what --report runs and every run runs at "
+                "its end): median seconds, the part spent building K for the gallery's images, "
+                "the page's size",
         "command": _machine.record_command(sys.argv),
         "run": {"extractor": folder.metrics["extractor"], "test_images": folder.n_test,
                 "vectors": len(folder.metrics["attacks"]),

@@ -152,7 +152,7 @@ def train_k_first(k: Dict[str, Any], cfg: EvalConfig) -> EvalConfig:
 def run_k(k: Dict[str, Any]) -> int:
     """``--model K``: train and/or evaluate K, then write its page beside its evaluation."""
     code = model_k.run_model_k(k)
-    from evaluation import k_page, writer
+    from evaluation.report import k_page, writer
     if k_page.eval_file(k["k_results_dir"], k["k_eval_split"]) is not None:
         writer.write_k_page(k["k_results_dir"], k["k_eval_split"])
     return code
@@ -167,7 +167,7 @@ def rebuild_report(path: str, out: Optional[str] = None) -> int:
     from data.fileio import check_folder, write_problem
 
     tfcompat.import_tf()
-    from evaluation import k_page, writer
+    from evaluation.report import k_page, writer
 
     writers = (("metrics.json", writer.write_page), ("grid.json", writer.write_grid_page))
     write = next((w for name, w in writers if os.path.isfile(os.path.join(path, name))), None)

@@ -3,9 +3,9 @@ asked about the same images and the same attacked images.
 
 :class:`Comparison` holds the run's benign image sets (with M's and AT's predictions, computed
 once) and puts together its three stores -- the gray-box attack records
-(:class:`~evaluation.attack_store.AttackStore`), the adaptive attack records
-(:class:`~evaluation.adaptive_store.AdaptiveStore`) and the defenses' observations
-(:class:`~evaluation.observations.ObservationCache`) -- and the
+(:class:`~evaluation.store.attack_store.AttackStore`), the adaptive attack records
+(:class:`~evaluation.store.adaptive_store.AdaptiveStore`) and the defenses' observations
+(:class:`~evaluation.store.observations.ObservationCache`) -- and the
 :class:`~defense.base.FitContext` the defenses are fitted with.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from data.fileio import write_problem
 from defense.adversarial_training import at_checkpoint_dir
 from defense.base import ADAPTIVE, ATModel, Defense, FitContext, ImageSet, model_predictions
 from defense.threats import Goal, Threat
-from evaluation.adaptive_store import AdaptiveStore
-from evaluation.attack_store import AttackStore
-from evaluation.observations import ObservationCache
-from evaluation.records import array_digest, fingerprint, short_digest
+from evaluation.store.adaptive_store import AdaptiveStore
+from evaluation.store.attack_store import AttackStore
+from evaluation.store.observations import ObservationCache
+from evaluation.store.records import array_digest, fingerprint, short_digest
 from models.distribute import make_strategy
 from mrcnn_config import get_config
 

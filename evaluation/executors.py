@@ -38,7 +38,10 @@ class RayExecutor:
             if address:
                 ray.init(address=address, log_to_driver=True)
             else:
-                ray.init(num_cpus=int(workers), include_dashboard=False, log_to_driver=True)
+                # a cluster of its own ("local"), never one found on the machine: the
+                # workers asked for are the workers it gets
+                ray.init(address="local", num_cpus=int(workers), include_dashboard=False,
+                         log_to_driver=True)
         self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
         gpus = ray.cluster_resources().get("GPU", 0)
         self._remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0,

@@ -46,11 +46,11 @@ from data.fileio import file_digest, read_cached_json, write_json_atomic
 from data.knowledge import get_class_set
 from defense.adversarial_training import at_checkpoint_dir
 from evaluation import run as ev
-from evaluation import writer
 from evaluation.comparison import Comparison
 from evaluation.config import record
-from evaluation.units import Unit
+from evaluation.report import writer
 from evaluation.schema import validate_metrics
+from evaluation.units import Unit
 
 UNIT_VERSION = 2
 
@@ -222,7 +222,7 @@ def run_grid(base, archs: Sequence[str], class_sets: Sequence[str], executor=Non
 def merge(base, pairs: Sequence[Tuple[str, str]], log: Callable[[str], None] = print) -> Dict:
     """Read every pair's ``metrics.json`` (sorted by architecture, class set) and write the
     grid's ``grid.json``, Table IV, comparison table, Fig. 4 and page
-    (:func:`evaluation.writer.write_grid_reports`); returns ``grid.json``'s content."""
+    (:func:`evaluation.report.writer.write_grid_reports`); returns ``grid.json``'s content."""
     metrics = []
     for arch, cs in sorted(pairs):
         path = os.path.join(pair_config(base, arch, cs).out_dir, "metrics.json")

@@ -1,5 +1,5 @@
 """K end to end -- ``main.py --model K``: train the part extractor in stages, evaluate it on a
-split (COCO mAP, written with :mod:`evaluation.writer`), visualize its detections.
+split (COCO mAP, written with :mod:`evaluation.report.writer`), visualize its detections.
 
 ``run_model_k(args)`` takes an argparse namespace (or keyword arguments) with the options
 listed in :data:`CLI_DEFAULTS`; ``train_model_k`` and ``evaluate_model_k`` are the plain
@@ -371,7 +371,7 @@ def evaluate_model_k(data_dir: str = DEFAULT_DATA_DIR, config: Union[str, Config
                     "data_dir": data_dir, "k_config": _config_key(base),
                     # None: a standard K; else the attack a robust K was trained against
                     "adv_train": getattr(cfg, "ADV_TRAIN", None)})
-    from evaluation.writer import write_k_eval
+    from evaluation.report.writer import write_k_eval
     write_k_eval(results_dir, split, metrics)
     return metrics
 
@@ -492,7 +492,7 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
     print(format_metrics(out["eval"]))
     if "checkpoint" in out["eval"]:         # beside eval_<split>.json: what K ran with
         from evaluation.config import record
-        from evaluation.writer import write_config
+        from evaluation.report.writer import write_config
         write_config(opts["k_results_dir"], record("k", options=opts, defaults=sorted(
             k for k, v in opts.items() if CLI_DEFAULTS.get(k) == v),
             checkpoints={"k": out["eval"]["checkpoint"]}))

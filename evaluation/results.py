@@ -12,12 +12,12 @@ from attacks import get_attack
 from defense.base import ADAPTIVE, GRAY_BOX, REJECTED, Defense
 from defense.threats import DEFENSE_AWARE, Goal
 from evaluation.comparison import Comparison
-from evaluation.figures import roc_curve_for
 from evaluation.metrics import accuracy, detection_set, evaluate_detection, tpr_at_fpr
-from evaluation.records import eps_tag
+from evaluation.report.figures import roc_curve_for
+from evaluation.report.tables import attack_label
 from evaluation.schema import attack_entry, eps_value
 from evaluation.stats import detection_intervals, paired, rate_interval, worst_of
-from evaluation.tables import attack_label
+from evaluation.store.records import eps_tag
 from models.progress import Eta
 
 

@@ -5,16 +5,16 @@ Steps (each resumable): load the class set's images; train or load M (and the AT
 ``at`` is among the defenses); fit every defense (UnMask: extractor and threshold on validation
 images; PCA on training images; noise: its amplitude on validation images); run each attack
 vector once per attacked model on the test images; ask every defense about the benign and the
-attacked images; write ``results/<code>/<arch>/`` (:mod:`evaluation.writer`).
+attacked images; write ``results/<code>/<arch>/`` (:mod:`evaluation.report.writer`).
 
 Threat models: gray-box (the paper's: an attack sees the classifier -- M, or the AT model for
 AT -- never the defense around it) and the defense-aware ones (adaptive, transfer), run by the
 adaptive engine; every result row names its threat model.
 
-Caches in ``<out>/vectors/``: the attack records (:mod:`evaluation.attack_store`,
-:mod:`evaluation.adaptive_store`) and the defenses' observations
-(:mod:`evaluation.observations`), each with the fingerprint of what it depends on
-(:mod:`evaluation.records`).  Adding a defense to a finished run computes only its
+Caches in ``<out>/vectors/``: the attack records (:mod:`evaluation.store.attack_store`,
+:mod:`evaluation.store.adaptive_store`) and the defenses' observations
+(:mod:`evaluation.store.observations`), each with the fingerprint of what it depends on
+(:mod:`evaluation.store.records`).  Adding a defense to a finished run computes only its
 observations; no attack runs again.
 """
 from __future__ import annotations
@@ -32,14 +32,14 @@ from defense.defenses import build_defense
 from defense.extractors import OracleExtractor
 from defense.base import GRAY_BOX
 from defense.threats import DEFENSE_AWARE, Goal, Threat
-from evaluation import comparison_table, trajectory_table, writer
 from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig, record
 from evaluation.model_k import find_robust_k, robust_extractor
-from evaluation.records import short_digest
+from evaluation.report import comparison_table, trajectory_table, writer
 from evaluation.results import comparisons, defense_results, defense_runs, table_iv_fields
-from evaluation.units import Unit
 from evaluation.schema import make_metrics
+from evaluation.store.records import short_digest
+from evaluation.units import Unit
 from models.classifier import build_classifier
 from models.distribute import is_chief, make_strategy
 from models.progress import Eta

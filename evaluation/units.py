@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-from evaluation.records import eps_tag, safe_name
+from evaluation.store.records import eps_tag, safe_name
 
 
 @dataclasses.dataclass(frozen=True)

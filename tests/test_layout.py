@@ -1,8 +1,9 @@
 """The layout of the project, checked from the code (``ast``, nothing imported): the packages
 depend on each other in one direction only -- data and mrcnn_config on nothing else of the
 project, models on those two, attacks on nothing (but tfcompat), defense on all of those,
-evaluation on all of them, main.py only on evaluation -- and no modules import each other in a
-circle (function-level imports included)."""
+evaluation on all of them, main.py only on evaluation --, so do the rooms inside evaluation
+(its sub-packages options, store and report, and the modules at its top: EVALUATION_LAYERS),
+and no modules import each other in a circle (function-level imports included)."""
 import ast
 import os
 
@@ -18,6 +19,25 @@ ALLOWED = {
     "evaluation": {"attacks", "data", "defense", "models", "mrcnn_config"},
 }
 EVERYWHERE = {"tfcompat"}
+#: evaluation's rooms and their layers (0 the lowest): a module of evaluation imports only from
+#: its own room or from a room of a lower layer.  A room is a sub-package (options, store,
+#: report) or a module at evaluation's top; the modules that run a command -- the harness,
+#: :data:`HARNESS` -- are one room, whose modules import each other in one direction only
+#: (test_no_import_cycles).
+EVALUATION_LAYERS = {
+    # the command line's options; the metrics
+    "evaluation.options": 0, "evaluation.metrics": 0,
+    # what is built on the metrics: metrics.json's schema, the intervals and paired tests
+    "evaluation.schema": 1, "evaluation.stats": 1,
+    # the saved records and their stores; a run's configuration
+    "evaluation.store": 2, "evaluation.config": 2,
+    # the work units of the grid and of Ray; everything that renders (pages, tables, figures)
+    "evaluation.units": 3, "evaluation.report": 3,
+    # the harness
+    "harness": 4,
+}
+HARNESS = {"evaluation", "evaluation.commands", "evaluation.comparison", "evaluation.executors",
+           "evaluation.grid", "evaluation.model_k", "evaluation.results", "evaluation.run"}
 
 
 def _modules():
@@ -68,6 +88,63 @@ def test_packages_import_only_downwards():
     assert not wrong, wrong
 
 
+def _room(module):
+    """The room of a module of evaluation: its sub-package or its module at evaluation's top,
+    ``harness`` for the modules of :data:`HARNESS`."""
+    room = ".".join(module.split(".")[:2])
+    return "harness" if room in HARNESS else room
+
+
+def _wrong_way(graph, layers):
+    """The imports of ``graph`` between modules of evaluation that leave the importer's room for
+    a room that is not on a lower layer of ``layers`` (room -> layer), or whose rooms have no
+    layer."""
+    wrong = []
+    for name in sorted(graph):
+        if name.split(".")[0] != "evaluation":
+            continue
+        for dep in sorted(graph[name]):
+            here, there = _room(name), _room(dep)
+            if dep.split(".")[0] != "evaluation" or here == there:
+                continue
+            if here not in layers or there not in layers or layers[there] >= layers[here]:
+                wrong.append("%s imports %s (%s, layer %s -> %s, layer %s)" % (
+                    name, dep, here, layers.get(here), there, layers.get(there)))
+    return wrong
+
+
+def test_every_module_of_evaluation_has_a_room():
+    rooms = {_room(m) for m in _modules() if m.split(".")[0] == "evaluation"}
+    assert rooms == set(EVALUATION_LAYERS), sorted(rooms ^ set(EVALUATION_LAYERS))
+
+
+def test_evaluation_imports_within_a_room_or_downwards():
+    wrong = _wrong_way(_graph(), EVALUATION_LAYERS)
+    assert not wrong, wrong
+
+
+def test_the_room_check_sees_the_imports_it_forbids():
+    """Planted on a small graph: an import up and one sideways (another room of the same
+    layer) are found, as is a room without a layer; imports inside a room, downwards, between
+    the harness's modules or out of evaluation are not."""
+    graph = {
+        "evaluation.store.records": {"evaluation.report.page"},
+        "evaluation.config": {"evaluation.store.records", "evaluation.options.base"},
+        "evaluation.report.page": {"evaluation.report.tables", "evaluation.store.records",
+                                   "evaluation.schema"},
+        "evaluation.run": {"evaluation.grid", "evaluation.report.writer", "defense.base"},
+        "evaluation.schema": {"evaluation.metrics"},
+        "evaluation.units": {"evaluation.elsewhere"},
+    }
+    assert [w.split(" (")[0] for w in _wrong_way(graph, EVALUATION_LAYERS)] == [
+        "evaluation.config imports evaluation.store.records",
+        "evaluation.store.records imports evaluation.report.page",
+        "evaluation.units imports evaluation.elsewhere"]
+    real = _graph()        # and the real graph holds imports between rooms
+    assert "evaluation.store.records" in real["evaluation.report.gallery"]
+    assert "evaluation.options.base" in real["evaluation.options.m"]
+
+
 def test_no_module_is_imported_by_the_library():
     """main is the entry point: no package imports it (nor bench's scripts, nor the tests)."""
     for name, path in _modules().items():
@@ -116,5 +193,5 @@ def test_the_checks_see_the_imports_they_forbid(tmp_path):
                     "    from . import g\n")
     assert _imports(str(path)) == {"os", "a.b", "a.b.c", "d.e"}
     graph = _graph()
-    assert "evaluation.writer" in graph["evaluation.run"]
-    assert "evaluation.run" not in graph["evaluation.writer"]
+    assert "evaluation.report.writer" in graph["evaluation.run"]
+    assert "evaluation.run" not in graph["evaluation.report.writer"]

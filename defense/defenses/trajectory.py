@@ -169,7 +169,7 @@ class TrajectoryDefense(Defense):
     def labelled_trajectories(self, ctx, images: ImageSet):
         """``(x [N, L, K], y, groups)`` of ``images``' correctly classified natural images and
         their successful adversarials under every training attack (cached per split); used on
-        held-out test images by :mod:`evaluation.trajectory_table`."""
+        held-out test images by :mod:`evaluation.report.trajectory_table`."""
         return self._training_data(ctx, self._cache, images)
 
     def _training_data(self, ctx, cache: Sequence[str], images: ImageSet):

@@ -15,7 +15,8 @@ from defense.base import REJECTED, ATModel, FitContext, ImageSet  # noqa: E402
 from defense.threats import Goal, Threat  # noqa: E402
 from defense.defenses import (DEFENSES, build_defense, parse_defense,  # noqa: E402
                               parse_defenses)
-from evaluation import comparison_table, schema, writer  # noqa: E402
+from evaluation import schema  # noqa: E402
+from evaluation.report import comparison_table, writer  # noqa: E402
 from evaluation.results import robustness  # noqa: E402
 
 CS = get_class_set("CS3a")          # car, person, train
@@ -135,7 +136,7 @@ def test_a_random_transforms_attack_records_name_how_its_eot_draws_are_seeded(tm
     """Adaptive records of the old counter-seeded EOT draws are not reused (their fingerprint
     lacks the field); the defense's own observations and every other defense's records keep
     their fingerprints."""
-    from evaluation.adaptive_store import AdaptiveStore
+    from evaluation.store.adaptive_store import AdaptiveStore
     from evaluation.config import EvalConfig
     noise, jpeg = build_defense("noise:10"), build_defense("jpeg")
     assert noise.attacker_fingerprint() == {"eot_draws": "seeded per image by its iterate"}
@@ -349,7 +350,7 @@ def test_trajectory_options_and_held_out_family():
 
 def test_family_aucs_on_hand_made_scores():
     from defense.defenses.trajectory import TRAIN_ATTACKS
-    from evaluation.trajectory_table import family_aucs
+    from evaluation.report.trajectory_table import family_aucs
 
     gid = {a[0]: g for g, a in enumerate(TRAIN_ATTACKS, start=1)}
     groups = np.array([0, 0, 0, 0, gid["bim_linf-u"], gid["bim_l2-u"], gid["cw_l2-u"],
@@ -366,7 +367,7 @@ def test_family_aucs_on_hand_made_scores():
 
 @pytest.mark.slow
 def test_seed_table_has_the_four_configurations(context):
-    from evaluation import trajectory_table
+    from evaluation.report import trajectory_table
 
     make, sets, _, _ = context
     table = trajectory_table.seed_table(make(), sets["test"], log=lambda s: None)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from data.knowledge import get_class_set
-from evaluation import attack_store, executors, grid, records
+from evaluation import executors, grid
+from evaluation.store import attack_store, records
 from evaluation import run as ev
 from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig
@@ -88,7 +89,7 @@ def test_grid_in_process_writes_one_report_and_resumes_unit_by_unit(single):
     for name in ("grid.json", "table_iv.md", "bench.csv", "bench.md", "fig4.png", "fig4.pdf"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     table = open(os.path.join(out, "table_iv.md")).read()
-    from evaluation.tables import arch_label
+    from evaluation.report.tables import arch_label
     for arch in ARCHS:
         assert arch_label(arch) in table
     assert [(m["arch"], m["class_set"]) for m in merged["metrics"]] == [

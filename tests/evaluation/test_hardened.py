@@ -75,7 +75,7 @@ def test_a_transfer_record_is_keyed_by_the_surrogate_its_defense_is_attacked_thr
     UnMask's on --k-transfer only: changing one surrogate recomputes only its rows."""
     from defense.defenses import build_defense
     from defense.threats import Goal, Threat
-    from evaluation.adaptive_store import AdaptiveStore
+    from evaluation.store.adaptive_store import AdaptiveStore
     paths = {}
     for name in ("a", "b"):
         paths[name] = str(tmp_path / ("%s.h5" % name))
@@ -104,9 +104,9 @@ def test_a_damaged_or_foreign_batch_progress_is_named_and_not_used(tmp_path):
     import numpy as np
 
     from attacks.engine import EngineProgress
-    from evaluation.adaptive_store import (AdaptiveStore, _progress_arrays, _progress_fp,
-                                           _progress_path)
-    from evaluation.records import canonical, write_npz
+    from evaluation.store.adaptive_store import (AdaptiveStore, _progress_arrays, _progress_fp,
+                                                 _progress_path)
+    from evaluation.store.records import canonical, write_npz
 
     logs = []
     store = AdaptiveStore(None, None, {}, None, str(tmp_path), logs.append)

@@ -442,7 +442,7 @@ def test_leftovers_of_a_killed_save_are_removed_not_trusted(trained_m):
     ("garbage", "rec.npz is damaged"), ("missing key", "no array 'pred_adv'"),
     ("wrong shape", "'pred_adv' has 2 dimensions"), ("no digest", "no content digest")])
 def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage, pattern):
-    from evaluation import records
+    from evaluation.store import records
 
     path = str(tmp_path / "rec.npz")
     fp = {"what": "test"}
@@ -469,7 +469,7 @@ def test_damaged_saved_attack_record_is_named_and_recomputed(tmp_path, damage, p
 
 def _record(tmp_path, **arrays):
     """A well-formed attack record of 3 images of a 3-class set, with ``arrays`` changed."""
-    from evaluation import records
+    from evaluation.store import records
     rec = dict({"x_adv": np.full((3, 4, 4, 3), 0.5, np.float32),
                 "pred_adv": np.array([0, 2, -1]), "pred_clean": np.array([0, 1, 2]),
                 "fingerprint": records.canonical({"what": "test"})}, **arrays)
@@ -489,8 +489,8 @@ def _record(tmp_path, **arrays):
 def test_a_record_is_used_only_for_what_the_evaluation_relies_on(tmp_path, arrays, pattern):
     """A record with the right fingerprint and a matching digest is still checked: class
     indices in [-1, C), one row per image, images of the run's shape in [0, 1]."""
-    from evaluation import records
-    from evaluation.attack_store import ATTACK_ARRAYS
+    from evaluation.store import records
+    from evaluation.store.attack_store import ATTACK_ARRAYS
     path = _record(tmp_path, **arrays)
     logs = []
     got = records.read_npz(path, {"what": "test"}, logs.append, ATTACK_ARRAYS, 3, classes=3,
@@ -503,7 +503,7 @@ def test_a_record_is_used_only_for_what_the_evaluation_relies_on(tmp_path, array
 def test_an_edited_record_fails_its_digest(tmp_path):
     """Values changed after the record was written (its fingerprint unchanged) are damage:
     the record is named and recomputed, never used."""
-    from evaluation import records
+    from evaluation.store import records
     path = _record(tmp_path)
     with np.load(path) as f:
         rec = {k: f[k] for k in f.files}
@@ -520,7 +520,7 @@ def _adaptive_store(tmp_path, logs, n=10):
 
     from data.knowledge import get_class_set
     from defense.base import ImageSet
-    from evaluation.adaptive_store import AdaptiveStore
+    from evaluation.store.adaptive_store import AdaptiveStore
     images = ImageSet(name="benign-test", split="test", x=np.zeros((n, 4, 4, 3), np.float32),
                       keys=["k%d" % i for i in range(n)], labels=np.zeros(n, np.int64))
     cfg = types.SimpleNamespace(class_set=get_class_set("CS3a"), adaptive_batch=n)
@@ -528,7 +528,7 @@ def _adaptive_store(tmp_path, logs, n=10):
 
 
 def _engine_record(n, **changes):
-    from evaluation import records
+    from evaluation.store import records
     won = np.array([0, -1] * (n // 2))
     return dict({"x_adv": np.zeros((n, 4, 4, 3), np.float32), "success": won >= 0,
                  "first_step": np.zeros((n, 2), np.int64),
@@ -543,8 +543,8 @@ def _engine_record(n, **changes):
     ({"won": np.full(10, -3)}, "'won' holds -3, below -1"),
 ])
 def test_an_adaptive_record_whose_arrays_disagree_is_recomputed(tmp_path, changes, pattern):
-    from evaluation import records
-    from evaluation.adaptive_store import _ENGINE_ARRAYS
+    from evaluation.store import records
+    from evaluation.store.adaptive_store import _ENGINE_ARRAYS
     logs = []
     store = _adaptive_store(tmp_path, logs)
     path = str(tmp_path / "test-pgd_linf_8.wrong.batch-0000.npz")
@@ -559,8 +559,8 @@ def test_a_short_batch_state_is_recomputed_not_merged(tmp_path):
     """A batch cut to 7 of its 10 rows (its arrays consistent with each other, its digest
     rewritten) is named and recomputed; a merged record that does not hold one row per image
     is refused before it is written."""
-    from evaluation import records
-    from evaluation.adaptive_store import _ENGINE_ARRAYS, _engine_arrays, _engine_result
+    from evaluation.store import records
+    from evaluation.store.adaptive_store import _ENGINE_ARRAYS, _engine_arrays, _engine_result
     logs = []
     store = _adaptive_store(tmp_path, logs)
     path = str(tmp_path / "test-pgd_linf_8.wrong.batch-0000.npz")
@@ -594,7 +594,7 @@ def test_an_edited_observation_is_recomputed(tmp_path, edit, pattern):
     import json
 
     from defense.base import ImageSet
-    from evaluation.observations import ObservationCache, _digest
+    from evaluation.store.observations import ObservationCache, _digest
 
     class Counting:
         label, calls = "toy", 0
@@ -865,7 +865,7 @@ def test_oracle_parts_file_with_unknown_parts_or_bad_geometry_is_refused(tmp_pat
 
 
 def test_saved_observation_with_unknown_parts_or_wrong_length_is_not_used():
-    from evaluation.observations import observation_problem as _observation_problem
+    from evaluation.store.observations import observation_problem as _observation_problem
 
     good = {"pred": [0, 1], "parts": [["wheel"], []]}
     assert _observation_problem(good, 2) is None

@@ -13,10 +13,11 @@ tf, keras = tfcompat.import_tf()
 
 from browser import Browser, find_chromium  # noqa: E402
 from data.knowledge import get_class_set  # noqa: E402
-from evaluation import attack_store, gallery, page, tables  # noqa: E402
+from evaluation.report import gallery, page, tables  # noqa: E402
+from evaluation.store import attack_store  # noqa: E402
 from evaluation import run as ev  # noqa: E402
 from evaluation.config import EvalConfig  # noqa: E402
-from evaluation.run_folder import RunFolder  # noqa: E402
+from evaluation.store.run_folder import RunFolder  # noqa: E402
 from models.train_classifier import TrainConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

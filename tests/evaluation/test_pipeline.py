@@ -11,7 +11,7 @@ import tfcompat
 tf, keras = tfcompat.import_tf()
 
 from data.knowledge import get_class_set  # noqa: E402
-from evaluation import attack_store, records  # noqa: E402
+from evaluation.store import attack_store, records  # noqa: E402
 from evaluation import run as ev  # noqa: E402
 from evaluation.comparison import Comparison  # noqa: E402
 from evaluation.config import EvalConfig  # noqa: E402

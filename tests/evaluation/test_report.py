@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from evaluation import figures, schema, tables, writer
+from evaluation import schema
+from evaluation.report import figures, tables, writer
 from evaluation import metrics as dm
 
 

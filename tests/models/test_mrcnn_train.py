@@ -131,7 +131,7 @@ def test_coco_evaluation_on_tiny_split(overfit, tmp_path):
 
 def test_k_page_shows_per_part_ap_and_ks_parts_beside_the_annotated_ones(overfit, tmp_path,
                                                                          monkeypatch):
-    from evaluation import k_page
+    from evaluation.report import k_page
 
     ds = overfit["ds"]
     cli.evaluate_model_k(config=get_config("tiny"), checkpoint="last",
@@ -319,7 +319,7 @@ def test_k_evaluated_under_pgd_on_its_own_losses(overfit, tmp_path, monkeypatch)
     assert again["16"]["segm"] == strong["segm"] and again["4"]["part_sets"] == \
         metrics["under_attack"]["4"]["part_sets"]
     assert "under PGD eps 16/255" in cli.format_metrics(metrics)
-    from evaluation import k_page                 # K's page shows them too
+    from evaluation.report import k_page          # K's page shows them too
     import data.coco_parts
     monkeypatch.setattr(data.coco_parts, "load_parts_dataset", lambda data_dir, split: ds)
     html = k_page.build_k_page(str(tmp_path))

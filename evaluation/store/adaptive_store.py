@@ -20,9 +20,9 @@ from attacks import resolve_config
 from attacks.engine import AdaptiveEngine, EngineProgress, EngineResult, convergence
 from defense.base import ADAPTIVE, TRANSFER, Defense, ImageSet, model_predictions
 from defense.threats import Goal, Threat
-from evaluation.records import (ADAPTIVE_VERSION, Field, canonical, check_record, eps_tag,
-                                read_npz, safe_name, short_digest, vector_fingerprint,
-                                write_npz)
+from evaluation.store.records import (ADAPTIVE_VERSION, Field, canonical, check_record, eps_tag,
+                                      read_npz, safe_name, short_digest, vector_fingerprint,
+                                      write_npz)
 
 
 #: The arrays of an engine result's record and what they must hold.
@@ -52,7 +52,7 @@ class AdaptiveStore:
     Args:
         cfg: the run's :class:`~evaluation.config.EvalConfig`.
         m: M (its predictions on the attacked images are recorded).
-        fp: the run's fingerprint (:func:`evaluation.records.fingerprint`).
+        fp: the run's fingerprint (:func:`evaluation.store.records.fingerprint`).
         images: split -> the benign :class:`ImageSet` of that split.
         folder: the run's ``vectors/`` folder.
     """
@@ -158,7 +158,7 @@ class AdaptiveStore:
 
     def _read(self, path: str, fp: Dict, expect: Dict, n: int,
               extra=_engine_problem) -> Optional[Dict]:
-        """A saved record (:func:`~evaluation.records.read_npz`) checked for this run's class
+        """A saved record (:func:`~evaluation.store.records.read_npz`) checked for this run's class
         count and image shape, and its arrays against each other (``extra``); a damaged one is
         named and left for recomputing."""
         rec = read_npz(path, fp, self.log, expect, n, classes=len(self.cfg.class_set.classes),

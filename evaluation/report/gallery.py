@@ -2,7 +2,7 @@
 attacked and the perturbation -- with the parts UnMask's extractor found drawn on them, and
 every defense's answer under each.
 
-Everything comes from a finished run's folder (:class:`evaluation.run_folder.RunFolder`): the
+Everything comes from a finished run's folder (:class:`evaluation.store.run_folder.RunFolder`): the
 attacked images from the attack records, M's labels and K's part sets from the defenses'
 observations, each defense's answer re-decided from its observation and its recorded
 parameters (:meth:`defense.base.Defense.restore`).  Only the parts' *places* are computed
@@ -27,10 +27,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data.knowledge import PART_IDS
 from defense.base import GRAY_BOX, REJECTED, ImageSet, Outcome
-from evaluation.records import safe_name
-from evaluation.run_folder import Record, RunFolder
+from evaluation.report.tables import MISSING, attack_label
 from evaluation.schema import eps_value
-from evaluation.tables import MISSING, attack_label
+from evaluation.store.records import safe_name
+from evaluation.store.run_folder import Record, RunFolder
 
 GALLERY_IMAGES = 4
 #: Drawn images are enlarged (nearest neighbour, so perturbations stay visible) to at least

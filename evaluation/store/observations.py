@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from data.fileio import read_cached_json, write_json_atomic
 from data.knowledge import PART_IDS
 from defense.base import Defense, ImageSet
-from evaluation.records import canonical, safe_name
+from evaluation.store.records import canonical, safe_name
 
 
 class ObservationCache:

@@ -1,8 +1,8 @@
 """The figures of the reports, as matplotlib ``Figure`` objects (Agg canvas, no pyplot, no
-global state; :mod:`evaluation.writer` saves them as PNG and PDF): Fig. 4 (accuracy of None /
-AT / UnMask), Fig. 5 (ROC curves), the comparison of every defense per attack vector and the
-adaptive attacks' convergence.  Results made with the oracle extractor are labelled "oracle"
-in titles.
+global state; :mod:`evaluation.report.writer` saves them as PNG and PDF): Fig. 4 (accuracy of
+None / AT / UnMask), Fig. 5 (ROC curves), the comparison of every defense per attack vector
+and the adaptive attacks' convergence.  Results made with the oracle extractor are labelled
+"oracle" in titles.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from data.knowledge import get_class_set
-from evaluation.comparison_table import comparison_frame, convergence_rows
 from evaluation.metrics import auc, roc_curve
+from evaluation.report.comparison_table import comparison_frame, convergence_rows
+from evaluation.report.tables import attack_label, figure_title, row_order
 from evaluation.schema import validate_metrics
-from evaluation.tables import attack_label, figure_title, row_order
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -24,9 +24,9 @@ from typing import Any, Dict, Mapping
 import numpy as np
 import pandas as pd
 
+from evaluation.report.tables import (MISSING, arch_label, attack_label, detection_set_caption,
+                                      figure_title, fmt2)
 from evaluation.schema import validate_metrics
-from evaluation.tables import (MISSING, arch_label, attack_label, detection_set_caption,
-                               figure_title, fmt2)
 
 
 CSV_COLUMNS = ("defense", "kind", "threat_model", "goal", "attack", "eps", "clean_acc", "acc",

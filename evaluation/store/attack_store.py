@@ -19,8 +19,8 @@ import numpy as np
 
 from attacks import compile_attack, get_attack, run_attack
 from defense.base import ImageSet
-from evaluation.records import (Field, canonical, check_record, eps_tag, read_npz,
-                                shard_bounds, vector_fingerprint, write_npz)
+from evaluation.store.records import (Field, canonical, check_record, eps_tag, read_npz,
+                                      shard_bounds, vector_fingerprint, write_npz)
 
 #: The arrays of an attack record (and of its shards) and what they must hold.
 ATTACK_ARRAYS = {"x_adv": Field(4, "images"), "pred_adv": Field(1, "classes"),
@@ -33,7 +33,7 @@ class AttackStore:
     Args:
         cfg: the run's :class:`~evaluation.config.EvalConfig`.
         models: model key (``"m"``, ``"at"``) -> the model attacked.
-        fp: the run's fingerprint (:func:`evaluation.records.fingerprint`).
+        fp: the run's fingerprint (:func:`evaluation.store.records.fingerprint`).
         digests: model key -> digest of its weights.
         images: split -> the benign :class:`ImageSet` of that split.
         folder: the run's ``vectors/`` folder.
@@ -95,7 +95,7 @@ class AttackStore:
         """Attack shard ``shard`` of ``shards`` of ``split``'s images (cached npz); returns
         its file.
 
-        The images are split at attack-batch boundaries (:func:`~evaluation.records.
+        The images are split at attack-batch boundaries (:func:`~evaluation.store.records.
         shard_bounds`) and every batch keeps the seed it has in the whole run, so the shards,
         merged by :meth:`attacked`, equal the unsharded record bit for bit.  Universal attacks
         are not sharded (their perturbation is fitted once on the training images).

@@ -18,8 +18,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from evaluation import page
-from evaluation.gallery import Part, draw_parts
+from evaluation.report import page
+from evaluation.report.gallery import Part, draw_parts
 
 K_GALLERY_IMAGES = 6
 #: Predicted parts drawn on the gallery's images (UnMask itself keeps every detection).

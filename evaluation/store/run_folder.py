@@ -1,11 +1,12 @@
 """A finished run's folder read back, for its page: ``metrics.json``, ``run.json`` and the
 records under ``vectors/`` -- found by the fingerprints they hold, not by their file names.
 
-``run.json`` (written at the end of every run, :func:`evaluation.writer.write_run_file`) holds
-what the page needs beyond the metrics: the run's configuration, the data folder, M's input
-size, the test images (keys relative to the class set's test folder, labels, and the SHA-1 of
-each image as M saw it: uint8 [S, S, 3] after resizing, so a regenerated data folder is
-noticed) and, for runs with K, the checkpoint K was loaded from::
+``run.json`` (written at the end of every run,
+:func:`evaluation.report.writer.write_run_file`) holds what the page needs beyond the metrics:
+the run's configuration, the data folder, M's input size, the test images (keys relative to
+the class set's test folder, labels, and the SHA-1 of each image as M saw it: uint8 [S, S, 3]
+after resizing, so a regenerated data folder is noticed) and, for runs with K, the checkpoint
+K was loaded from::
 
     {"version": 1, "config": {...EvalConfig...}, "data_dir": "data/unmask", "input_size": 96,
      "test": {"keys": ["car/car_00001.jpg", ...], "labels": [1, ...], "sha1": ["9f2a...", ...]},
@@ -31,8 +32,8 @@ from data.classset import load_split
 from data.fileio import file_digest
 from data.images import load_resized
 from data.knowledge import get_class_set
-from evaluation.records import Field, record_problem, safe_name
 from evaluation.schema import validate_metrics
+from evaluation.store.records import Field, record_problem, safe_name
 
 RUN_FILE = "run.json"
 RUN_VERSION = 1

@@ -16,13 +16,14 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from data.fileio import atomic_path, write_json_atomic, write_text_atomic
-from evaluation import figures, k_page, page, run_folder, trajectory_table
 from evaluation.config import CONFIG_FILE
-from evaluation.comparison_table import (comparison_frame, comparison_markdown,
-                                         convergence_rows, grid_frame, grid_markdown,
-                                         summary_text)
+from evaluation.report import figures, k_page, page, trajectory_table
+from evaluation.report.comparison_table import (comparison_frame, comparison_markdown,
+                                                convergence_rows, grid_frame, grid_markdown,
+                                                summary_text)
+from evaluation.report.tables import figure_title, table_iii_markdown, table_iv_markdown
 from evaluation.schema import validate_metrics
-from evaluation.tables import figure_title, table_iii_markdown, table_iv_markdown
+from evaluation.store import run_folder
 
 #: Every report file a run may write into its output folder (caches in vectors/ excluded).
 REPORT_FILES = ("metrics.json", "config.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
@@ -50,7 +51,7 @@ def write_metrics(path: str, obj: Mapping[str, Any]) -> str:
 
 
 def write_table_iv(path: str, metrics_list: Sequence[Mapping[str, Any]]) -> str:
-    """Write :func:`~evaluation.tables.table_iv_markdown` to ``path``; returns ``path``."""
+    """Write :func:`~evaluation.report.tables.table_iv_markdown` to ``path``; returns ``path``."""
     write_text_atomic(path, table_iv_markdown(metrics_list))
     return path
 
@@ -79,7 +80,7 @@ def write_run_reports(out_dir: str, metrics: Mapping[str, Any],
     Files: ``metrics.json``, ``table_iv.md`` (one row), ``table_iii.md`` (detection counts),
     ``fig4.png/.pdf``, ``summary.txt``; with a ``defenses`` block, the comparison's
     ``bench.md``/``bench.csv`` and figure ``bench.png/.pdf``; when ``roc_curves`` (attack
-    label -> a :class:`~evaluation.figures.RocCurve` or a list of them, one per detector) is
+    label -> a :class:`~evaluation.report.figures.RocCurve` or a list of them, one per detector) is
     given, ``roc.png/.pdf``.
     """
     m = validate_metrics(metrics)
@@ -112,7 +113,7 @@ def write_config(folder: str, record: Mapping[str, Any]) -> str:
 
 
 def write_trajectory_table(out_dir: str, table: Dict[str, Dict]) -> Dict[str, str]:
-    """The seed-003 table (:mod:`evaluation.trajectory_table`) as Markdown and JSON."""
+    """The seed-003 table (:mod:`evaluation.report.trajectory_table`) as Markdown and JSON."""
     paths = {"trajectory_table_md": os.path.join(out_dir, "trajectory_table.md"),
              "trajectory_table_json": os.path.join(out_dir, "trajectory_table.json")}
     write_text_atomic(paths["trajectory_table_md"], trajectory_table.table_markdown(table))
@@ -135,7 +136,7 @@ def remove_stale_reports(out_dir: str, written: Iterable[str]) -> List[str]:
 
 
 def write_run_file(cfg, metrics: Dict[str, Any]) -> str:
-    """Write ``run.json`` (:func:`evaluation.run_folder.describe_run`) into ``cfg.out_dir``
+    """Write ``run.json`` (:func:`evaluation.store.run_folder.describe_run`) into ``cfg.out_dir``
     atomically; returns its path."""
     path = os.path.join(cfg.out_dir, run_folder.RUN_FILE)
     write_json_atomic(path, run_folder.describe_run(cfg, metrics), indent=1)
@@ -189,7 +190,7 @@ def write_grid_reports(out_dir: str, merged: Mapping[str, Any]) -> Dict[str, str
 
 def write_grid_page(grid_dir: str, log: Callable[[str], None] = print,
                     out: Optional[str] = None) -> str:
-    """A grid's ``report.html`` (:func:`evaluation.page.build_grid_page`), or ``out``."""
+    """A grid's ``report.html`` (:func:`evaluation.report.page.build_grid_page`), or ``out``."""
     path = out or os.path.join(grid_dir, page.PAGE)
     write_text_atomic(path, page.build_grid_page(grid_dir))
     log("wrote %s" % path)
@@ -207,7 +208,7 @@ def write_k_eval(results_dir: str, split: str, metrics: Mapping[str, Any]) -> st
 
 def write_k_page(results_dir: str, split: Optional[str] = None,
                  log: Callable[[str], None] = print, out: Optional[str] = None) -> str:
-    """Write K's ``report.html`` (:func:`evaluation.k_page.build_k_page`) into
+    """Write K's ``report.html`` (:func:`evaluation.report.k_page.build_k_page`) into
     ``results_dir`` (or to ``out``); returns its path."""
     path = out or os.path.join(results_dir, page.PAGE)
     write_text_atomic(path, k_page.build_k_page(results_dir, split))

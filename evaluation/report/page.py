@@ -4,14 +4,15 @@ saw and every defense's verdict -- and one across the pairs of a grid.
 
 The page is a pure function of a finished run's folder (:func:`build_page`): it reads
 ``metrics.json``, ``run.json``, the figures and the saved records and observations, and
-recomputes nothing but the parts' places on the few images shown (:mod:`evaluation.gallery`).
-Images are embedded as base64 data URIs; the page needs no network, and its one small script
-(sorting a table by a click on its header) is not needed to read it.  The same folder gives
-the same bytes.  A damaged record is named on the page, never a reason to fail.
+recomputes nothing but the parts' places on the few images shown
+(:mod:`evaluation.report.gallery`).  Images are embedded as base64 data URIs; the page needs
+no network, and its one small script (sorting a table by a click on its header) is not needed
+to read it.  The same folder gives the same bytes.  A damaged record is named on the page,
+never a reason to fail.
 
 ``python main.py --report results/<code>/<arch>`` rebuilds it (also for ``results/grid`` and
-K's results folder, :mod:`evaluation.k_page`); every run writes it at its end
-(:func:`evaluation.writer.write_run_page`).
+K's results folder, :mod:`evaluation.report.k_page`); every run writes it at its end
+(:func:`evaluation.report.writer.write_run_page`).
 """
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ from typing import Any, Dict, Iterable, List, Sequence
 import pandas as pd
 
 from data.knowledge import get_class_set
-from evaluation import tables
-from evaluation.comparison_table import (comparison_frame, comparison_markdown, params_text,
-                                         sanity_text)
-from evaluation.gallery import Section, build_gallery
-from evaluation.run_folder import RunFolder
+from evaluation.report import tables
+from evaluation.report.comparison_table import (comparison_frame, comparison_markdown, params_text,
+                                                sanity_text)
+from evaluation.report.gallery import Section, build_gallery
 from evaluation.schema import validate_metrics
+from evaluation.store.run_folder import RunFolder
 
 PAGE = "report.html"
 FIGURES = (("roc.png", "ROC curves per attack vector (Fig. 5 style)"),
