@@ -189,9 +189,12 @@ _COMPILED = {}
 
 def compiled(fn):
     """``fn`` (tensor arguments, plus Python ones it is specialised on) as one
-    ``tf.function`` per module: one dispatch instead of one per op when an attack runs
-    eagerly (the adaptive engine runs one attack per image in its own thread), inlined when
-    the caller is itself being traced (the same ops, so the same numbers)."""
+    ``tf.function`` when an attack runs eagerly -- one dispatch instead of one per op (the
+    adaptive engine runs one attack per image in its own thread) -- and ``fn`` itself when the
+    caller is being traced (a compiled attack's graph holds exactly the ops it always held,
+    so its numbers do not move)."""
+    if tf.inside_function():
+        return fn
     if fn not in _COMPILED:
         _COMPILED[fn] = tf.function(fn, reduce_retracing=True)
     return _COMPILED[fn]

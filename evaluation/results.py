@@ -154,11 +154,23 @@ def defense_results(comparison: Comparison, defense: Defense, vectors) -> Dict:
         worst = worst_of(defended)
         block["worst_case"] = {"defended": float(np.mean(worst)), "attacks": len(defended),
                                "threat_models": sorted({r["threat_model"] for r in rows}),
-                               "interval": rate_interval(worst)}
+                               "interval": rate_interval(worst),
+                               "by_threat": _worst_by_threat(keys, defended)}
     if notes:
         block["adaptive"] = notes
     return {"block": block, "curves": curves, "benign_pred": b_out.pred,
             "defended": dict(zip(keys, defended))}
+
+
+def _worst_by_threat(keys, defended) -> Dict[str, Dict]:
+    """Per threat model, the images defended under every attack of it (with its interval)."""
+    out = {}
+    for threat in dict.fromkeys(str(k[0]) for k in keys):
+        rows = [d for k, d in zip(keys, defended) if str(k[0]) == threat]
+        worst = worst_of(rows)
+        out[threat] = {"defended": float(np.mean(worst)), "attacks": len(rows),
+                       "interval": rate_interval(worst)}
+    return out
 
 
 def _benign_fields(pred: np.ndarray, y: np.ndarray, detector: bool) -> Dict:

@@ -35,7 +35,8 @@ from defense.threats import DEFENSE_AWARE, Goal, Threat
 from evaluation.comparison import Comparison
 from evaluation.config import EvalConfig, record
 from evaluation.model_k import find_robust_k, robust_extractor
-from evaluation.report import comparison_table, trajectory_table, writer
+from evaluation.report import trajectory_table, writer
+from evaluation.report.answer import answer_text
 from evaluation.results import comparisons, defense_results, defense_runs, table_iv_fields
 from evaluation.schema import make_metrics
 from evaluation.store.records import short_digest
@@ -277,8 +278,9 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,
     for path in writer.remove_stale_reports(cfg.out_dir, paths.values()):
         log("removed %s: an earlier run's report that this run does not write" % path)
     paths["page"] = writer.write_run_page(cfg, log)     # last: it reads what the run wrote
-    log(comparison_table.summary_text(metrics))
-    log("wrote %s (%.0f s)" % (", ".join(sorted(paths.values())), time.time() - start))
+    log("wrote %d files in %s (%.0f s; every table in summary.txt and bench.md)"
+        % (len(paths), cfg.out_dir, time.time() - start))
+    log(answer_text(metrics, page=paths["page"]))       # the run's last lines: the answer
     return metrics
 
 

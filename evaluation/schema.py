@@ -223,6 +223,11 @@ def _check_defenses(blocks: Any, vectors: set) -> None:
         if isinstance(worst, dict) and "interval" in worst:
             _check_interval(worst["interval"], worst.get("defended"),
                             where + ".worst_case.interval")
+        for threat, w in (worst or {}).get("by_threat", {}).items():
+            _check_str(threat, where + ".worst_case.by_threat", THREAT_MODELS)
+            _check_fraction(w["defended"], where + ".worst_case.by_threat.%s" % threat)
+            _check_interval(w["interval"], w["defended"],
+                            where + ".worst_case.by_threat.%s.interval" % threat)
         if not isinstance(block["attacks"], list):
             _fail(where + ".attacks", "must be a list")
         rows = set()

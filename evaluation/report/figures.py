@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from data.knowledge import get_class_set
 from evaluation.metrics import auc, roc_curve
 from evaluation.report.comparison_table import comparison_frame, convergence_rows
-from evaluation.report.tables import attack_label, figure_title, row_order
+from evaluation.report.tables import ATTACK_LABELS, attack_label, figure_title, row_order
 from evaluation.schema import validate_metrics
 
 
@@ -149,6 +149,34 @@ def comparison_figure(metrics: Mapping[str, Any]):
     ax.set_ylim(0, 110)
     ax.legend(fontsize=7, ncol=min(4, len(pivot.columns)), loc="upper right")
     ax.set_title("Defense bench (gray-box), " + figure_title(metrics), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def answer_figure(metrics: Mapping[str, Any]):
+    """Defended rate (right, or rejected) against ε, one panel per attack and one line per
+    defense and threat model (the clean rate at ε = 0): how each defense holds as the budget
+    grows and as the attacker learns more about it."""
+    df = comparison_frame(metrics)
+    attacks = list(dict.fromkeys(a for a in df["attack"] if a != "none"))
+    fig = new_figure(max(5.0, 3.6 * len(attacks)), 3.6)
+    for k, attack in enumerate(attacks):
+        ax = fig.add_subplot(1, len(attacks), k + 1)
+        rows = df[df["attack"] == attack]
+        for (label, threat), group in rows.groupby(["defense", "threat_model"], sort=False):
+            worst = group.groupby("eps")["defended"].min().sort_index()
+            clean = float(df[(df["defense"] == label) & (df["attack"] == "none")]["acc"].iloc[0])
+            xs, ys = [0.0] + list(worst.index), [clean] + list(worst.to_numpy())
+            ax.plot(xs, [100.0 * v for v in ys], "-" if threat == "gray-box" else "--",
+                    marker="o", label="%s [%s]" % (label, threat))
+        ax.set_title(ATTACK_LABELS.get(attack, attack), fontsize=9)
+        ax.set_xlabel("ε (0-255 scale)")
+        ax.set_ylabel("defended (% of test images)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    fig.axes[-1].legend(fontsize=6, loc="best")
+    fig.suptitle("Defended rate against ε (solid: gray-box, dashed: defense-aware), "
+                 + figure_title(metrics), fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -51,7 +51,7 @@ class Part:
 @dataclasses.dataclass
 class Answer:
     """One defense's answer on a row's clean and attacked image (text, and whether it held);
-    ``transformed``: PNG of the attacked image after an input transform."""
+    ``transformed``: WebP of the attacked image after an input transform."""
     label: str
     clean: str
     attacked: str
@@ -71,7 +71,7 @@ class Row:
     answers: List[Answer]
     captions: Dict[str, List[str]]        # "clean" / "attacked" -> lines under the image
     parts: Dict[str, List[str]]           # "clean" / "attacked" -> part names K found
-    images: Dict[str, bytes] = dataclasses.field(default_factory=dict)   # PNGs
+    images: Dict[str, bytes] = dataclasses.field(default_factory=dict)   # WebP images
 
 
 @dataclasses.dataclass
@@ -300,10 +300,17 @@ def part_colour(name: str) -> Tuple[int, int, int]:
     return tuple(int(255 * v) for v in cmap(i % 20)[:3])
 
 
-def png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 [H, W, 3] image (deterministic)."""
+#: WebP quality of the gallery's images (shown at their natural size; keeps a run's page,
+#: with its ~100 gallery images, near 1 MB).
+WEBP_QUALITY = 70
+
+
+def webp(pixels: np.ndarray) -> bytes:
+    """WebP bytes of a uint8 [H, W, 3] image at the size it is shown (deterministic: the same
+    pixels give the same bytes)."""
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(
+        buf, format="WEBP", quality=WEBP_QUALITY, method=6)
     return buf.getvalue()
 
 
@@ -331,7 +338,7 @@ def enlarged(pixels: np.ndarray) -> np.ndarray:
 
 
 def draw_parts(pixels: np.ndarray, parts: Sequence[Part]) -> bytes:
-    """PNG of ``pixels`` (uint8 [S, S, 3]) enlarged, with each part's mask tinted, its box
+    """WebP of ``pixels`` (uint8 [S, S, 3]) enlarged, with each part's mask tinted, its box
     outlined and its name written in its colour; one label per part name."""
     f = _factor(pixels.shape[0])
     big = enlarged(pixels).astype(np.float32)
@@ -354,22 +361,22 @@ def draw_parts(pixels: np.ndarray, parts: Sequence[Part]) -> bytes:
         ty = min(max(0, y1), image.height - (bottom - top) - 2)
         draw.rectangle([tx, ty, tx + right - left + 2, ty + bottom - top + 2], fill=colour)
         draw.text((tx + 1 - left, ty + 1 - top), text, fill=(255, 255, 255), font=font)
-    return png(np.asarray(image))
+    return webp(np.asarray(image))
 
 
 def perturbation_image(clean: np.ndarray, x_adv: np.ndarray) -> Tuple[bytes, str]:
-    """PNG of the perturbation amplified to fill [0, 1] around grey, and its caption
+    """WebP of the perturbation amplified to fill [0, 1] around grey, and its caption
     (amplification, L∞ and L2 norms on the 0-255 scale)."""
     delta = np.asarray(x_adv, np.float64) - clean.astype(np.float64) / 255.0
     peak = float(np.max(np.abs(delta)))
     gain = 0.5 / peak if peak > 0 else 1.0
     shown = to_pixels(np.clip(0.5 + gain * delta, 0.0, 1.0))
-    return png(enlarged(shown)), "perturbation ×%.0f: L∞ %.1f/255, L2 %.0f/255" % (
+    return webp(enlarged(shown)), "perturbation ×%.0f: L∞ %.1f/255, L2 %.0f/255" % (
         gain, 255 * peak, 255 * float(np.sqrt(np.sum(delta ** 2))))
 
 
 def _enlarged(pixels: np.ndarray) -> bytes:
-    return png(enlarged(pixels))
+    return webp(enlarged(pixels))
 
 
 # ----------------------------------------------------------------------------- parts
@@ -470,7 +477,7 @@ def parts_source(folder: RunFolder):
 # ----------------------------------------------------------------------------- assembly
 
 def draw_sections(folder: RunFolder, sections: Sequence[Section], source) -> None:
-    """Fill every row's PNGs: clean and attacked images with their parts (one pass of K over
+    """Fill every row's images: clean and attacked images with their parts (one pass of K over
     all of them), the amplified perturbation and the transforms' outputs."""
     rows = [r for s in sections for r in s.rows]
     clean = folder.clean_images(sorted({r.index for r in rows}))

@@ -26,6 +26,7 @@ import pandas as pd
 
 from data.knowledge import get_class_set
 from evaluation.report import tables
+from evaluation.report.answer import answer_html
 from evaluation.report.comparison_table import (comparison_frame, comparison_markdown, params_text,
                                                 sanity_text)
 from evaluation.report.gallery import Section, build_gallery
@@ -39,7 +40,7 @@ FIGURES = (("roc.png", "ROC curves per attack vector (Fig. 5 style)"),
            ("convergence.png", "Convergence of the adaptive attacks"))
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}
 h1{font-size:1.5em;margin-bottom:.2em} h2{border-bottom:1px solid #ccc;margin-top:1.6em}
 .sub{color:#555;margin-top:0} nav a{margin-right:1em}
 table{border-collapse:collapse;margin:.5em 0;font-size:.85em}
@@ -52,6 +53,9 @@ table.sortable th{cursor:pointer}
 .imgs{display:flex;gap:1em;flex-wrap:wrap} figure{margin:0}
 figcaption{font-size:.8em;max-width:260px} .parts{color:#666}
 .ok{color:#1a7f37} .bad{color:#c62828} img.thumb{width:64px;vertical-align:middle}
+table.answer td:first-child{font-weight:bold} table.answer td:last-child{text-align:left}
+.nottried{background:#fff8e0;padding:.4em .8em}
+details{margin:.5em 0} summary{cursor:pointer;color:#245}
 """
 
 SORT_SCRIPT = """
@@ -78,8 +82,11 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(image: bytes) -> str:
+    """A data URI of PNG, JPEG or WebP bytes (told apart by their first bytes)."""
+    kind = ("jpeg" if image[:3] == b"\xff\xd8\xff" else
+            "webp" if image[:4] == b"RIFF" and image[8:12] == b"WEBP" else "png")
+    return "data:image/%s;base64,%s" % (kind, base64.b64encode(image).decode("ascii"))
 
 
 def img(png: bytes, alt: str, cls: str = "") -> str:
@@ -160,6 +167,12 @@ def figure_html(path: str, caption: str) -> str:
             img(f.read(), caption), esc(caption))
 
 
+def details(summary: str, body: str, open_: bool = False) -> str:
+    """``body`` collapsed under ``summary`` (a click opens it; no script needed)."""
+    return "<details%s><summary>%s</summary>%s</details>" % (" open" if open_ else "",
+                                                             esc(summary), body)
+
+
 def key_value_table(items: Iterable[tuple]) -> str:
     return '<table class="kv">%s</table>' % "".join(
         "<tr><th>%s</th><td>%s</td></tr>" % (esc(k), esc(v)) for k, v in items)
@@ -195,14 +208,19 @@ def config_html(folder: RunFolder) -> str:
                          "; ".join(config["other_models"])))
     body = key_value_table(items)
     if config:
-        body += "<h3>Configuration</h3>" + key_value_table(
-            (k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items())
-    return body + "<h3>Versions</h3>" + key_value_table(m["versions"].items())
+        body += details("The whole configuration (%d settings)" % len(config), key_value_table(
+            (k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.items()))
+    return body + details("Versions", key_value_table(m["versions"].items()))
+
+
+#: The bench's columns shown at once (the rest are a click away): it fits a 1,280-px window.
+BENCH_COLUMNS = ("defense", "threat_model", "vector", "goal", "acc", "defended", "evasion", "auc",
+                 "converged")
 
 
 def bench_html(metrics: Dict) -> str:
-    """The bench as one sortable row per (defense, threat model, vector), its caption and
-    Tramer et al.'s sanity checks."""
+    """The bench as one sortable row per (defense, threat model, vector): the main columns,
+    then every column on demand; its caption and Tramer et al.'s sanity checks."""
     df = comparison_frame(metrics)
     df.insert(3, "vector", [("no attack" if a == "none" else tables.attack_label(a, e))
                             for a, e in zip(df["attack"], df["eps"])])
@@ -214,10 +232,15 @@ def bench_html(metrics: Dict) -> str:
     df["auc"] = ["%.3f" % v if pd.notna(v) else None for v in df["auc"]]
     for col in ("n_attacked", "n_successful"):
         df[col] = [str(int(v)) if pd.notna(v) else None for v in df[col]]
+    df["converged"] = [None if pd.isna(c) else ("yes" if c else "NO") + (
+        "" if pd.isna(rc) or rc else ", routes missing")
+        for c, rc in zip(df["converged"], df["routes_complete"])]
     caption = comparison_markdown(metrics).split("\n\n")[0]
     sanity = sanity_text(metrics)
-    return ('<p class="caption">%s</p>%s%s' % (esc(caption), frame_html(df),
-                                                "<pre>%s</pre>" % esc(sanity) if sanity else ""))
+    return ('<p class="caption">%s</p>%s%s%s' % (
+        esc(caption), frame_html(df[list(BENCH_COLUMNS)]),
+        details("Every column (TPRs, FPR, robustness ratio, counts)", frame_html(df)),
+        "<pre>%s</pre>" % esc(sanity) if sanity else ""))
 
 
 def convergence_html(folder: RunFolder) -> str:
@@ -305,7 +328,8 @@ def _answers(r) -> str:
 
 
 def build_page(run_dir: str) -> str:
-    """The page of the finished run in ``run_dir`` (HTML text).
+    """The page of the finished run in ``run_dir`` (HTML text): the answer first, then its
+    figure, the gallery, the full tables and figures, and what was run last, collapsed.
 
     Raises:
         FileNotFoundError / ValueError: ``run_dir`` has no valid ``metrics.json``.
@@ -313,48 +337,28 @@ def build_page(run_dir: str) -> str:
     folder = RunFolder(run_dir)
     m = folder.metrics
     sections = build_gallery(folder)
-    parts = [("config", "Run", config_html(folder))]
+    parts = []
+    if "defenses" in m:
+        answer = answer_html(m)
+        path = os.path.join(folder.path, "answer.png")
+        if os.path.isfile(path):
+            answer += figure_html(path, "Defended rate against ε per defense and threat model")
+        parts.append(("answer", "The answer", answer))
+    parts.append(("gallery", "Gallery", gallery_html(sections)))
     if "defenses" in m:
         parts.append(("bench", "Defense bench", bench_html(m)))
+    tables_iv = ""
     if m["benign"]["acc_um"] is not None:
-        parts.append(("table-iv", "Table IV", markdown_to_html(tables.table_iv_markdown([m]))))
-    parts.append(("table-iii", "Table III", markdown_to_html(tables.table_iii_markdown([m]))))
+        tables_iv = markdown_to_html(tables.table_iv_markdown([m]))
+    parts.append(("tables", "The paper's tables", details(
+        "Table IV (accuracy of None / AT / UnMask per attack)", tables_iv, open_=True)
+        + details("Table III (detection counts)",
+                  markdown_to_html(tables.table_iii_markdown([m])))))
     parts.append(("figures", "Figures", figures_html(folder)))
     converge = convergence_html(folder)
     if converge:
         parts.append(("convergence", "Adaptive attacks: convergence", converge))
-    parts.append(("gallery", "Gallery", gallery_html(sections)))
+    parts.append(("config", "What was run", config_html(folder)))
     title = "UnMask run: %s, %s" % (tables.arch_label(m["arch"]),
                                     get_class_set(m["class_set"]).paper_name)
     return document(title, tables.figure_title(m), folder.problems, parts)
-
-
-# ----------------------------------------------------------------------------- grid page
-
-def build_grid_page(grid_dir: str) -> str:
-    """The grid's page: every pair's Table IV row, the bench across pairs, Fig. 4 across them
-    and a link to each pair's own page."""
-    with open(os.path.join(grid_dir, "grid.json"), encoding="utf-8") as f:
-        grid = json.load(f)
-    metrics = [validate_metrics(m) for m in grid["metrics"]]
-    links = []
-    for arch, code in grid["pairs"]:
-        href = "../%s/%s/%s" % (code, arch, PAGE)
-        there = os.path.isfile(os.path.join(grid_dir, os.pardir, code, arch, PAGE))
-        links.append("<li>%s %s</li>" % (
-            ('<a href="%s">%s, %s</a>' % (esc(href), esc(tables.arch_label(arch)), esc(code)))
-            if there else esc("%s, %s" % (tables.arch_label(arch), code)),
-            "" if there else "(no page)"))
-    parts = [("pairs", "Pairs", "<ul>%s</ul>" % "".join(links))]
-    if all(m["benign"]["acc_um"] is not None for m in metrics):
-        parts.append(("table-iv", "Table IV",
-                      markdown_to_html(tables.table_iv_markdown(metrics))))
-    bench_csv = os.path.join(grid_dir, "bench.csv")
-    if os.path.isfile(bench_csv):
-        parts.append(("bench", "Defense bench across pairs",
-                      frame_html(pd.read_csv(bench_csv).round(3))))
-    fig4 = os.path.join(grid_dir, "fig4.png")
-    if os.path.isfile(fig4):
-        parts.append(("figures", "Fig. 4", figure_html(fig4, "UnMask across the grid")))
-    return document("UnMask grid: %d pairs" % len(metrics),
-                    "architectures × class sets; each pair's page has its gallery", [], parts)

@@ -28,6 +28,7 @@ from evaluation.store import run_folder
 #: Every report file a run may write into its output folder (caches in vectors/ excluded).
 REPORT_FILES = ("metrics.json", "config.json", "table_iv.md", "table_iii.md", "fig4.png", "fig4.pdf",
                 "roc.png", "roc.pdf", "bench.md", "bench.csv", "bench.png", "bench.pdf",
+                "answer.png", "answer.pdf",
                 "convergence.png", "convergence.pdf", "summary.txt", "trajectory_table.md",
                 "trajectory_table.json", "run.json", "report.html")
 
@@ -65,6 +66,8 @@ def write_comparison(out_dir: str, metrics: Mapping[str, Any]) -> Dict[str, str]
     write_text_atomic(paths["bench_md"], comparison_markdown(metrics))
     paths["bench_png"], paths["bench_pdf"] = save_figure(
         figures.comparison_figure(metrics), os.path.join(out_dir, "bench"))
+    paths["answer_png"], paths["answer_pdf"] = save_figure(
+        figures.answer_figure(metrics), os.path.join(out_dir, "answer"))
     if convergence_rows(metrics):
         paths["convergence_png"], paths["convergence_pdf"] = save_figure(
             figures.convergence_figure(metrics), os.path.join(out_dir, "convergence"))

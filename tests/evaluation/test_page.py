@@ -225,15 +225,14 @@ def test_the_grid_page_holds_the_grids_tables_and_links_each_pairs_page(run):
 
 
 def _bench_rows(metrics):
-    """The bench rows a reader must find in the page: defense, kind, threat model, vector and
-    the first four numbers, as the table's text shows them."""
+    """The bench rows a reader must find in the page's main bench table: defense, threat
+    model, vector, goal and the three rates, as the table's text shows them."""
     rows = []
     for label, block in metrics["defenses"].items():
         for r in block["attacks"]:
-            rows.append("\t".join([label, block["kind"], r["threat_model"],
+            rows.append("\t".join([label, r["threat_model"],
                                    tables.attack_label(r["attack"], r["eps"]),
-                                   r.get("goal") or tables.MISSING,
-                                   tables.fmt2(block["benign"]["acc"]), tables.fmt2(r["acc"]),
+                                   r.get("goal") or tables.MISSING, tables.fmt2(r["acc"]),
                                    tables.fmt2(r["defended"]), tables.fmt2(r["evasion"])]))
     return rows
 
@@ -242,12 +241,20 @@ CHECK = """(async () => {
   const imgs = Array.from(document.images);
   await Promise.all(imgs.map(i => i.complete ? null :
       new Promise(r => { i.onload = r; i.onerror = r; })));
+  const sections = Array.from(document.querySelectorAll('section')).map(s => s.id);
+  const top = document.querySelector('section').getBoundingClientRect().top;
+  // what overflows a 1,280-px window as the page opens (details closed)
+  const wide = Array.from(document.querySelectorAll('table'))
+      .filter(t => t.getBoundingClientRect().right > window.innerWidth)
+      .map(t => [t.closest('section').id, Math.round(t.getBoundingClientRect().right)]);
+  document.querySelectorAll('details').forEach(d => d.open = true);
   const tables = {};
   document.querySelectorAll('section').forEach(s =>
       tables[s.id] = Array.from(s.querySelectorAll('table')).map(t => t.innerText));
   return {images: imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight,
                                  i.getBoundingClientRect().width]),
-          tables: tables};
+          tables: tables, sections: sections, wide: wide, width: window.innerWidth,
+          answer_top: top, answer_text: document.querySelector('#answer').innerText};
 })()"""
 
 SORT = """(() => {
@@ -255,14 +262,20 @@ SORT = """(() => {
       .find(h => h.textContent === 'acc');
   th.click();
   const col = Array.from(th.parentNode.children).indexOf(th);
-  return Array.from(document.querySelectorAll('#bench tbody tr'))
+  return Array.from(th.closest('table').querySelectorAll('tbody tr'))
       .map(r => r.cells[col].textContent);
 })()"""
 
+#: The default job's page must stay at most this big (its images at the size shown).
+PAGE_BUDGET = 1.5e6
+
 
 def test_the_page_in_a_real_browser(run, tmp_path):
-    """Headless Chromium opens the page from the file system: every image loads with a size,
-    the tables hold the run's numbers, a click sorts the bench, no console error."""
+    """Headless Chromium opens the page from the file system in a 1,280-px window: it opens
+    on the answer, which holds the run's numbers; no table is wider than the window; every
+    image loads with a size; the tables hold the run's numbers; a click sorts the bench; no
+    console error; and the page is small."""
+    from evaluation.report.answer import answer, rate_text
     binary = find_chromium()
     if binary is None:
         pytest.skip("no Chromium on this machine (install Debian's chromium package; .ci/run "
@@ -276,6 +289,16 @@ def test_the_page_in_a_real_browser(run, tmp_path):
         sorted_acc = browser.evaluate(SORT)
         errors = browser.errors()
     assert errors == []
+    assert seen["width"] == 1280
+    assert seen["sections"][0] == "answer", seen["sections"]
+    assert seen["answer_top"] < 400, "the answer is on the first screen"
+    for r in answer(run["metrics"]):
+        worst = r["worst"]
+        assert r["label"] in seen["answer_text"]
+        assert rate_text(worst["rate"], worst["interval"], worst["upper"]) in seen["answer_text"]
+    # gray-box and adaptive tried; with the oracle there is no K to transfer through
+    assert "Every threat model of the bench was tried" in seen["answer_text"]
+    assert seen["wide"] == [], "tables wider than a 1,280-px window: %s" % seen["wide"]
     images = seen["images"]
     assert len(images) >= 6 * 4 * 3 + 2             # six sections of 4 rows, figures
     bad = [i for i in images if not (i[1] > 0 and i[2] > 0 and i[3] > 0)]
@@ -284,9 +307,10 @@ def test_the_page_in_a_real_browser(run, tmp_path):
     missing = [row for row in _bench_rows(run["metrics"]) if row not in bench]
     assert missing == []
     m = run["metrics"]
-    assert tables.fmt2(m["benign"]["acc_um"]) in seen["tables"]["table-iv"][0]
-    assert "%d" % (2 * m["attacks"][0]["n_successful"]) in seen["tables"]["table-iii"][0]
+    assert tables.fmt2(m["benign"]["acc_um"]) in seen["tables"]["tables"][0]
+    assert "%d" % (2 * m["attacks"][0]["n_successful"]) in seen["tables"]["tables"][1]
     assert len(seen["tables"]["gallery"]) == 6 * 4     # each row's answers
     values = [float(v) if v != tables.MISSING else np.inf for v in sorted_acc]
     assert values == sorted(values)
     assert os.path.getsize(os.path.join(ARTIFACTS, "report_page.png")) > 10000
+    assert os.path.getsize(path) <= PAGE_BUDGET / 2, "a 9-image run's page"

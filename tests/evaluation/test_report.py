@@ -215,3 +215,36 @@ def test_table_iii_counts_twice_the_successful_attacks():
     assert row[:2] == ["ResNet50", "CS3a"]
     assert row[2:9] == ["{:,}".format(2 * a["n_successful"]) for a in m["attacks"]]
     assert row[9] == "–"
+
+
+def _sample_with_defenses():
+    """A gray-box run of M alone and UnMask with K (the fields the answer reads)."""
+    def row(acc, defended):
+        return {"attack": "pgd_linf", "eps": 8, "threat_model": "gray-box", "goal": None,
+                "acc": acc, "defended": defended, "evasion": 1 - defended, "n_attacked": 100}
+    worst = lambda d: {"defended": d, "interval": [d - .05, d + .05], "attacks": 1,  # noqa
+                       "by_threat": {"gray-box": {"defended": d,
+                                                  "interval": [d - .05, d + .05]}}}
+    return {"extractor": "k", "defenses": {
+        "none": {"benign": {"acc": .96, "acc_interval": [.9, .98]}, "params": {},
+                 "attacks": [row(.0, .0)], "worst_case": worst(0.0)},
+        "unmask:k=robust:m=at": {"benign": {"acc": .99, "acc_interval": [.95, 1.0]},
+                                 "params": {"extractor": "k"}, "attacks": [row(.8, .8)],
+                                 "worst_case": worst(0.8)}}}
+
+
+def test_the_answer_names_what_the_run_did_not_try_and_fits_a_terminal():
+    """The run's last lines: one row per defense of at most 100 columns, the page, and the
+    threat models not tried with the option that adds them (transfer only where a K runs)."""
+    from evaluation.report.answer import answer, answer_text, not_tried
+    m = _sample_with_defenses()
+    rows = answer(m)
+    assert [r["label"] for r in rows] == list(m["defenses"])
+    text = answer_text(m, page="results/x/report.html")
+    assert all(len(line) <= 100 for line in text.splitlines()), text
+    assert "results/x/report.html" in text
+    missing = not_tried(m)
+    assert any(s.startswith("adaptive: add --threat gray-box,adaptive") for s in missing)
+    assert any(s.startswith("transfer") for s in missing) == (
+        m["extractor"] == "k"), missing
+    assert "Not tried by this run" in text

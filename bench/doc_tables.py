@@ -1,0 +1,166 @@
+"""The result tables of README.md and docs/*.md, written from the JSON files they cite, so
+no figure in them can go stale.
+
+A table sits between two markers in a Markdown file::
+
+    <!-- table: NAME -->
+    | ... generated ... |
+    <!-- /table -->
+
+and ``NAME`` names its source, a JSON file under ``bench/results/``:
+
+* ``answer`` -- ``bench/results/answer.json`` (written by ``bench/bench_answer.py`` from the
+  runs' ``metrics.json``): the README's results at a glance, one row per defense with 95%
+  intervals;
+* any other ``NAME`` -- ``bench/results/tables/NAME.json``: ``{"source": ..., "columns": [...],
+  "rows": [[...], ...], "caption": ...}``, a table recorded by the run or benchmark its
+  ``source`` names (``--record`` writes one from a table already in a file, for results whose
+  run folder is not kept: its ``source`` then says where the figures came from).
+
+    .venv/bin/python bench/doc_tables.py --write     # rewrite every marked table
+    .venv/bin/python bench/doc_tables.py --check     # exit 1 naming each stale table
+
+``tests/test_docs.py`` runs the check.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLES = os.path.join(ROOT, "bench", "results", "tables")
+ANSWER = os.path.join(ROOT, "bench", "results", "answer.json")
+MARKER = re.compile(r"<!-- table: ([a-z0-9_]+) -->\n(.*?)<!-- /table -->", re.S)
+
+
+def documents(root: str = ROOT):
+    """The Markdown files whose tables are generated: README.md and docs/*.md."""
+    return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs",
+                                                                             "*.md")))
+
+
+def _cell(value) -> str:
+    return "–" if value is None else str(value)
+
+
+def markdown(columns, rows) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _rate(entry) -> str:
+    """``.47 [.37, .57]`` of a rate with its interval (``*`` when it is an upper bound)."""
+    if not entry:
+        return "–"
+    text = ("%.2f" % entry["rate"]).lstrip("0") if entry["rate"] < 1 else "1.00"
+    if entry.get("interval"):
+        lo, hi = entry["interval"]
+        text += " [%s, %s]" % (("%.2f" % lo).lstrip("0") if lo < 1 else "1.00",
+                               ("%.2f" % hi).lstrip("0") if hi < 1 else "1.00")
+    if entry.get("upper_bound"):
+        text += "*"
+    if entry.get("by"):
+        text += " (%s)" % entry["by"]
+    return text
+
+
+def render_answer(answer: dict) -> str:
+    """The README's table: one row per defense -- clean accuracy, the worst case gray-box,
+    under the adaptive attacker and through a surrogate -- each with its 95% interval and
+    where it comes from."""
+    rows = []
+    for r in answer["rows"]:
+        rows.append(["`%s`" % r["defense"], r["what"], _rate(r.get("clean")),
+                     _rate(r.get("gray_box")), _rate(r.get("adaptive")),
+                     _rate(r.get("transfer")), "[%s](%s)" % (r["source"]["label"],
+                                                             r["source"]["json"])])
+    return markdown(["defense", "what it is", "clean", "gray-box worst case",
+                     "adaptive worst case", "transfer", "from"], rows)
+
+
+def render(name: str, root: str = ROOT) -> str:
+    """The Markdown of table ``name`` from its JSON (ValueError when it has none)."""
+    if name == "answer":
+        path = os.path.join(root, os.path.relpath(ANSWER, ROOT))
+        with open(path, encoding="utf-8") as f:
+            return render_answer(json.load(f))
+    path = os.path.join(root, os.path.relpath(TABLES, ROOT), name + ".json")
+    if not os.path.isfile(path):
+        raise ValueError("table %r has no JSON: %s" % (name, os.path.relpath(path, root)))
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f)
+    return markdown(table["columns"], table["rows"])
+
+
+def rewrite(text: str, root: str = ROOT) -> str:
+    """``text`` with every marked table generated anew."""
+    return MARKER.sub(lambda m: "<!-- table: %s -->\n%s<!-- /table -->"
+                      % (m.group(1), render(m.group(1), root)), text)
+
+
+def stale(root: str = ROOT):
+    """``(file, table)`` of every marked table that differs from what its JSON gives."""
+    out = []
+    for path in documents(root):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for m in MARKER.finditer(text):
+            if m.group(2) != render(m.group(1), root):
+                out.append((os.path.relpath(path, root), m.group(1)))
+    return out
+
+
+def record(path: str, name: str, source: str) -> str:
+    """Write ``bench/results/tables/NAME.json`` from the table marked ``NAME`` in ``path`` (a
+    result whose run folder is not kept; ``source`` says where its figures came from)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    found = [m for m in MARKER.finditer(text) if m.group(1) == name]
+    if not found:
+        raise ValueError("%s has no table marked %r" % (path, name))
+    lines = [ln.strip() for ln in found[0].group(2).strip().splitlines()]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    columns, rows = cells[0], [r for r in cells[2:]]
+    out = os.path.join(TABLES, name + ".json")
+    os.makedirs(TABLES, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"source": source, "columns": columns, "rows": rows}, f, indent=1,
+                  ensure_ascii=False)
+        f.write("\n")
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--write", action="store_true", help="rewrite every marked table")
+    g.add_argument("--check", action="store_true", help="exit 1 naming each stale table")
+    g.add_argument("--record", nargs=3, metavar=("FILE", "NAME", "SOURCE"),
+                   help="record the table NAME of FILE as its JSON, citing SOURCE")
+    args = p.parse_args(argv)
+    if args.record:
+        print("wrote %s" % os.path.relpath(record(*args.record), ROOT))
+        return 0
+    if args.check:
+        bad = stale()
+        for path, name in bad:
+            print("stale: table %r of %s differs from its JSON (python bench/doc_tables.py "
+                  "--write)" % (name, path))
+        return 1 if bad else 0
+    for path in documents():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new = rewrite(text)
+        if new != text:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(new)
+            print("rewrote %s" % os.path.relpath(path, ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

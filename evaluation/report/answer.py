@@ -1,0 +1,172 @@
+"""The answer a run gives, first: per defense, the share of test images it still defends under
+every attack and threat model the run tried (the per-image worst case, with its 95% interval),
+the attack or route that hurt it most, and the threat models the run did *not* try -- on the
+page (:func:`answer_html`, its first section) and as the last lines of the run on the terminal
+(:func:`answer_text`, at most 100 columns).
+
+A number whose attack was not converged or left out routes of the defense's decision rule is
+an upper bound: it is marked ``*``.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Dict, List, Mapping, Optional
+
+from defense.threats import NAMES as THREATS
+from evaluation.report.tables import attack_label
+
+#: How a run adds a threat model it did not try.
+ADD_THREAT = {"gray-box": "--threat gray-box (the paper's attacker, who sees M only)",
+              "adaptive": "--threat gray-box,adaptive (an attacker who knows the defense)",
+              "transfer": "--threat gray-box,adaptive,transfer --k-transfer PATH (the "
+                          "adaptive attack through a K of another seed)"}
+
+
+def _short(rate: Optional[float]) -> str:
+    if rate is None:
+        return "–"
+    return "1.00" if rate >= 1 else ("%.2f" % rate).lstrip("0") or ".00"
+
+
+def rate_text(rate: Optional[float], interval=None, upper: bool = False) -> str:
+    """``.47 [.37, .57]`` (``*``: an upper bound)."""
+    text = _short(rate)
+    if interval:
+        text += " [%s, %s]" % (_short(interval[0]), _short(interval[1]))
+    return text + ("*" if upper else "")
+
+
+def _upper(rows) -> bool:
+    return any((r.get("convergence") or {}).get("converged") is False
+               or (r.get("routes") or {}).get("complete") is False for r in rows)
+
+
+def _row_name(r: Mapping[str, Any]) -> str:
+    name = attack_label(r["attack"], r["eps"])
+    if r["threat_model"] != "gray-box":
+        name += " [%s%s]" % (r["threat_model"], ", " + r["goal"] if r.get("goal") else "")
+    won = (r.get("routes") or {}).get("won") or {}
+    if won and max(won.values()) > 0:
+        name += ", route %s" % max(won, key=lambda k: won[k])
+    return name
+
+
+def answer(metrics: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """Per defense: ``label``, ``clean`` (rate, interval), ``rejected`` (a rejecting
+    detector's clean rejections, or None), ``worst`` (rate, interval, upper bound) over every
+    attack tried, ``by_threat`` (threat -> the same), and ``weakest`` (the row that defended
+    the fewest images)."""
+    out = []
+    for label, block in metrics.get("defenses", {}).items():
+        rows = block["attacks"]
+        worst = block.get("worst_case") or {}
+        by = {t: {"rate": w["defended"], "interval": w.get("interval"),
+                  "upper": _upper([r for r in rows if r["threat_model"] == t])}
+              for t, w in worst.get("by_threat", {}).items()}
+        benign = block["benign"]
+        out.append({
+            "label": label, "clean": {"rate": benign["acc"],
+                                      "interval": benign.get("acc_interval")},
+            "rejected": ({"rate": benign["rejected"],
+                          "interval": benign.get("rejected_interval")}
+                         if "rejected" in benign else None),
+            "worst": ({"rate": worst["defended"], "interval": worst.get("interval"),
+                       "upper": _upper(rows)} if worst else None),
+            "by_threat": by,
+            "weakest": _row_name(min(rows, key=lambda r: r["defended"])) if rows else None})
+    return out
+
+
+def not_tried(metrics: Mapping[str, Any]) -> List[str]:
+    """The threat models no defense of the run was evaluated under, each with the option
+    that adds it (a threat model only some defense can have is left out when no defense of
+    the run has it: ``transfer`` needs UnMask with K)."""
+    tried = {r["threat_model"] for b in metrics.get("defenses", {}).values()
+             for r in b["attacks"]}
+    kinds = {b.get("params", {}).get("extractor") for b in metrics.get("defenses", {}).values()}
+    out = []
+    for threat in THREATS:
+        if threat in tried:
+            continue
+        if threat == "transfer" and "k" not in kinds:
+            continue
+        out.append("%s: add %s" % (threat, ADD_THREAT[threat]))
+    return out
+
+
+def answer_text(metrics: Mapping[str, Any], page: Optional[str] = None) -> str:
+    """The terminal's last lines: one row per defense (at most 100 columns), the page's path
+    and the threat models the run did not try."""
+    rows = answer(metrics)
+    head = "%-26s %-16s %-20s %s" % ("defense", "clean", "worst case [95%]", "hurt most by")
+    lines = ["The answer: images still defended under every attack this run tried", head,
+             "-" * len(head)]
+    for r in rows:
+        worst = r["worst"] or {}
+        weakest = r["weakest"] or "–"
+        line = "%-26s %-16s %-20s %s" % (
+            r["label"][:26], rate_text(r["clean"]["rate"], r["clean"]["interval"]),
+            rate_text(worst.get("rate"), worst.get("interval"), worst.get("upper", False)),
+            weakest)
+        lines.append(line[:100])
+    if any((r["worst"] or {}).get("upper") for r in rows):
+        lines.append("* an upper bound: an attack behind it was not converged or left out "
+                     "routes")
+    missing = not_tried(metrics)
+    if missing:
+        lines.append("Not tried by this run -- " + "; ".join(missing))
+    if page:
+        lines.append("The page: %s" % page)
+    return "\n".join(_wrap(line) for line in lines) + "\n"
+
+
+def _wrap(line: str, width: int = 100) -> str:
+    """A line cut at spaces into pieces of at most ``width`` characters."""
+    out, current = [], ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = "  " + word
+        else:
+            current = word if not current else current + " " + word
+    out.append(current)
+    return "\n".join(out)
+
+
+def answer_html(metrics: Mapping[str, Any]) -> str:
+    """The page's first section: the answer table, the not-tried line and how to read it."""
+    esc = lambda t: html.escape(str(t), quote=True)  # noqa: E731
+    threats = [t for t in THREATS if any(t in r["by_threat"] for r in answer(metrics))]
+    head = ("<tr><th>defense</th><th>clean</th><th>worst case, every attack</th>%s"
+            "<th>hurt most by</th></tr>" % "".join("<th>%s</th>" % esc(t) for t in threats))
+    body = []
+    for r in answer(metrics):
+        worst = r["worst"] or {}
+        clean = rate_text(r["clean"]["rate"], r["clean"]["interval"])
+        if r["rejected"]:
+            clean += " (rejects %s)" % rate_text(r["rejected"]["rate"])
+        cells = [esc(r["label"]), esc(clean),
+                 "<b>%s</b>" % esc(rate_text(worst.get("rate"), worst.get("interval"),
+                                             worst.get("upper", False)))]
+        cells += [esc(rate_text(r["by_threat"][t]["rate"], r["by_threat"][t]["interval"],
+                                r["by_threat"][t]["upper"])) if t in r["by_threat"] else "–"
+                  for t in threats]
+        cells.append(esc(r["weakest"] or "–"))
+        body.append("<tr>%s</tr>" % "".join("<td>%s</td>" % c for c in cells))
+    missing = not_tried(metrics)
+    note = ('<p class="nottried"><b>Not tried by this run:</b> %s.</p>'
+            % esc("; ".join(missing)) if missing else
+            '<p class="caption">Every threat model of the bench was tried.</p>')
+    caption = ("<p class=\"caption\">Share of the %s test images each defense still gets right "
+               "(or rejects) under every attack the run tried, per image, with 95%% Wilson "
+               "intervals; the columns per threat model are the same worst case within it. * "
+               "= an upper bound (an attack behind it was not converged or left out routes of "
+               "the defense's decision rule).</p>" % _n_test(metrics))
+    return "<table class=\"answer\">%s%s</table>%s%s" % (head, "".join(body), caption, note)
+
+
+def _n_test(metrics: Mapping[str, Any]) -> str:
+    for block in metrics.get("defenses", {}).values():
+        for r in block["attacks"]:
+            return str(r["n_attacked"])
+    return "?"

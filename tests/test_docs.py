@@ -1,0 +1,61 @@
+"""No stale numbers: every result table of README.md and docs/*.md is what its JSON under
+bench/results/ gives (bench/doc_tables.py writes them), and a changed JSON value makes the
+check fail; the README stays short and its links lead somewhere."""
+import importlib.util
+import json
+import os
+import re
+import shutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _doc_tables():
+    spec = importlib.util.spec_from_file_location(
+        "doc_tables", os.path.join(ROOT, "bench", "doc_tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_result_table_is_what_its_json_gives():
+    tables = _doc_tables()
+    assert tables.stale() == []
+    marked = [m.group(1) for path in tables.documents()
+              for m in tables.MARKER.finditer(open(path, encoding="utf-8").read())]
+    assert "answer" in marked and len(marked) >= 10
+
+
+def test_a_planted_change_of_a_json_value_is_caught(tmp_path):
+    tables = _doc_tables()
+    root = tmp_path / "repo"
+    shutil.copytree(os.path.join(ROOT, "docs"), root / "docs",
+                    ignore=shutil.ignore_patterns("*.png"))
+    shutil.copytree(os.path.join(ROOT, "bench", "results"), root / "bench" / "results")
+    shutil.copy(os.path.join(ROOT, "README.md"), root / "README.md")
+    assert tables.stale(str(root)) == []
+    path = root / "bench" / "results" / "tables" / "hardened_linf8.json"
+    table = json.loads(path.read_text())
+    table["rows"][0][1] = ".93"                        # a planted edit of one figure
+    path.write_text(json.dumps(table))
+    assert tables.stale(str(root)) == [(os.path.join("docs", "hardening.md"),
+                                        "hardened_linf8")]
+    answer = root / "bench" / "results" / "answer.json"
+    data = json.loads(answer.read_text())
+    data["rows"][0]["clean"]["rate"] = 0.123
+    answer.write_text(json.dumps(data))
+    assert ("README.md", "answer") in tables.stale(str(root))
+
+
+def test_the_readme_is_short_and_its_links_lead_somewhere():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert len(text.splitlines()) <= 250
+    links = re.findall(r"\]\(([^)#]+)\)", text)
+    assert links
+    missing = [link for link in links if not link.startswith("http")
+               and not os.path.exists(os.path.join(ROOT, link))]
+    assert missing == []
+    for page in os.listdir(os.path.join(ROOT, "docs")):
+        if page.endswith(".md"):
+            first = open(os.path.join(ROOT, "docs", page), encoding="utf-8").read()
+            assert "What you learn here" in first.split("\n\n")[1], page
