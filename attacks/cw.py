@@ -79,8 +79,6 @@ def _search_round(target, x, y, goal, const, best, steps, learning_rate, confide
         return -(const * tf.maximum(_margin(logits, y_ if t_ is None else t_, confidence,
                                             targeted), 0.0))
 
-    hinge.per_image = True      # holds the batch's constants: evaluated on every row
-
     def body(i, delta, m, v, best_l2, best_adv, found):
         tanh_w = tf.tanh(w0 + delta)
         x_new = (tanh_w + 1.0) / 2.0

@@ -5,7 +5,8 @@ restart x stage x target rank) -- and each job is a pure function of its image a
 (its seed and random start are its own).  :class:`SlotScheduler` runs up to ``slots`` jobs at
 once, each in its own thread calling an ordinary registry attack on a one-image batch; their
 target evaluations are gathered and made as **one batched evaluation** per round (for UnMask:
-one pass of M and one session run of K over every job's image).  A job ends when its image
+one pass of M and one session run of K over every job's image -- two when only some of the
+jobs' routes use K's gradient at that step).  A job ends when its image
 reaches the goal (the attack is stopped there) or its steps are done; its slot then takes the
 next job, so the batch stays full until the queue runs dry.  At the tail, when no new image is
 waiting, free slots take *speculative* jobs: the next plan entries of images whose current
@@ -94,6 +95,8 @@ class SlotScheduler:
         resolve: ``(image, entry, result) -> bool``: consume an entry's result in plan
             order; True when the image is resolved (won) at this entry.
         start: per image, the first entry still to run (a resumed run), default all 0.
+        resolved: per image, nothing left to run (a resumed run's images that reached the
+            goal or ran every entry), default: those whose ``start`` is past the last entry.
         speculate: let idle slots run later entries of images still being attacked.
         on_round: called after each round (e.g. to save progress).
     """
@@ -240,8 +243,12 @@ class SlotScheduler:
                     self._reply(job, STOP)
                 if ended or stopped:
                     continue            # refill the freed slots before the round
-                replies = self.evaluate(self.running)
-                for job, reply in zip(list(self.running), replies):
+                asking = list(self.running)
+                replies = self.evaluate(asking)
+                if len(replies) != len(asking):
+                    raise RuntimeError("the evaluation answered %d of the round's %d jobs"
+                                       % (len(replies), len(asking)))
+                for job, reply in zip(asking, replies):
                     self._reply(job, reply)
                 self.rounds += 1
                 if self.on_round is not None:

@@ -11,7 +11,8 @@ and ``NAME`` names its source, a JSON file under ``bench/results/``:
 
 * ``answer`` -- ``bench/results/answer.json`` (written by ``bench/bench_answer.py`` from the
   runs' ``metrics.json``): the README's results at a glance, one row per defense with 95%
-  intervals;
+  intervals; ``throughput`` and ``cost_model`` -- the JSON their benchmark wrote
+  (:data:`SPECIAL`);
 * any other ``NAME`` -- ``bench/results/tables/NAME.json``: ``{"source": ..., "columns": [...],
   "rows": [[...], ...], "caption": ...}``, a table recorded by the run or benchmark its
   ``source`` names (``--record`` writes one from a table already in a file, for results whose
@@ -31,7 +32,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = os.path.join(ROOT, "bench", "results", "tables")
-ANSWER = os.path.join(ROOT, "bench", "results", "answer.json")
 MARKER = re.compile(r"<!-- table: ([a-z0-9_]+) -->\n(.*?)<!-- /table -->", re.S)
 
 
@@ -82,12 +82,39 @@ def render_answer(answer: dict) -> str:
                      "adaptive worst case", "transfer", "from"], rows)
 
 
+def render_throughput(bench: dict) -> str:
+    """Image-evaluations per second of UnMask's adaptive target, the engine of before against
+    today's, per defense and over all of them (``bench_adaptive_throughput.py``)."""
+    rows = [["`%s`" % label, r["before"]["image_evaluations_per_second"],
+             r["after"]["image_evaluations_per_second"], "%.2f×" % r["ratio"],
+             r["after"]["evaluations_per_image"]]
+            for label, r in bench["defenses"].items()]
+    rows.append(["all three", bench["before"]["image_evaluations_per_second"],
+                 bench["after"]["image_evaluations_per_second"], "**%.2f×**" % bench["ratio"],
+                 "–"])
+    return markdown(["UnMask row", "before (evaluations/s)", "after (evaluations/s)", "ratio",
+                     "evaluations per image"], rows)
+
+
+def render_cost_model(cost: dict) -> str:
+    """The cost model's prediction for a finished run against its measured time."""
+    return markdown(["run", "images", "workers", "predicted (s)", "measured (s)", "error"],
+                    [[cost["run"], cost["images"], cost["workers"], cost["predicted_seconds"],
+                      cost["measured_seconds"], "%+.0f%%" % (100 * cost["error"])]])
+
+
+#: Tables written from a benchmark's own JSON by a renderer of their own.
+SPECIAL = {"answer": ("answer.json", render_answer),
+           "throughput": ("adaptive_throughput.json", render_throughput),
+           "cost_model": ("cost_model.json", render_cost_model)}
+
+
 def render(name: str, root: str = ROOT) -> str:
     """The Markdown of table ``name`` from its JSON (ValueError when it has none)."""
-    if name == "answer":
-        path = os.path.join(root, os.path.relpath(ANSWER, ROOT))
-        with open(path, encoding="utf-8") as f:
-            return render_answer(json.load(f))
+    if name in SPECIAL:
+        file, renderer = SPECIAL[name]
+        with open(os.path.join(root, "bench", "results", file), encoding="utf-8") as f:
+            return renderer(json.load(f))
     path = os.path.join(root, os.path.relpath(TABLES, ROOT), name + ".json")
     if not os.path.isfile(path):
         raise ValueError("table %r has no JSON: %s" % (name, os.path.relpath(path, root)))

@@ -36,6 +36,7 @@ attack already sees everything there is.
 """
 from __future__ import annotations
 
+import collections
 import zlib
 from typing import Callable
 
@@ -146,12 +147,13 @@ class TransformTarget(AttackTarget):
         self.seed = int(seed)
         self.routes = ("eot",) if transform.randomized else ("bpda",)
 
-    def _seen(self, x):
-        """What M sees of ``x`` (inside the caller's tape): each image's EOT draws, image i's
-        at rows ``i*s .. i*s+s-1``, or the transform of the batch."""
+    def _seen(self, x, samples=None):
+        """What M sees of ``x`` (inside the caller's tape): each image's ``samples`` EOT draws
+        (default: the target's), image i's at rows ``i*s .. i*s+s-1``, each image's seeded by
+        its own iterate; or the transform of the batch."""
         if not self.transform.randomized:
             return self.transform.bpda(x, seed=0)
-        images, s = _numpy(x), self.samples
+        images, s = _numpy(x), self.samples if samples is None else samples
         return tf.concat([self.transform.bpda(tf.repeat(x[i:i + 1], s, axis=0),
                                               seed=iterate_seed(self.seed, images[i]))
                           for i in range(images.shape[0])], axis=0)
@@ -180,8 +182,10 @@ class TransformTarget(AttackTarget):
         return Evaluation(loss, grad, logits, success)
 
     def ranked_targets(self, x, y):
-        return rank_by_score(self.model(self.transform.bpda(x, seed=self.seed),
-                                        training=False), y)
+        """Classes by M's logits on one draw of each image (seeded by the image: the same
+        targets whatever images are ranked beside it)."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        return rank_by_score(self.model(self._seen(x, samples=1), training=False), y)
 
     def num_classes(self, x):
         return tf.shape(self.model(x[:1], training=False))[1]
@@ -257,8 +261,9 @@ class UnMaskTarget(AttackTarget):
     K's ROI logits, every other part disappears), with ``k = y'`` -- or M's current answer on
     ``follow-m``.  The direction combines the two gradients by the route
     (:mod:`defense.routes`, :func:`combine`).  One evaluation of a batch -- whatever its rows' routes, losses and
-    targets -- costs one forward and backward pass of M per loss and one session run of K,
-    which also gives K's part sets: ``judge(pred [B], parts, y [B]) -> bool [B]`` turns them
+    targets -- costs one forward and backward pass of M per loss and a session run of K (two:
+    one with its backward pass for the rows whose route uses K's gradient at this step, one
+    forward only for the others), which also gives K's part sets: ``judge(pred [B], parts, y [B]) -> bool [B]`` turns them
     and M's answer into the verdict of the attack's goal (the defense's Algorithm 1, at its
     threshold).
 
@@ -297,14 +302,21 @@ class UnMaskTarget(AttackTarget):
                     raise ValueError("part %r of class %d is not one of K's classes" % (p, c))
                 self.masks[c, index[p]] = 1.0
         self.hinge = dict(kappa=kappa, lam_present=lam_present, lam_absent=lam_absent, tau=tau)
-        self._steps = {}
+        self._steps = collections.OrderedDict()
 
     def route_needs_targets(self, route: str) -> bool:
         return route != "follow-m"
 
     def _m_step(self, loss_fn, targeted: bool = True):
+        """M's loss, its gradient and logits for ``loss_fn``, compiled once per loss (the
+        last few kept: an attack that makes a loss per call, as CW's per-image constants do,
+        does not grow the cache without bound)."""
         key = (loss_fn, targeted)
-        if key not in self._steps:
+        if key in self._steps:
+            self._steps.move_to_end(key)
+        else:
+            while len(self._steps) >= 8:
+                self._steps.popitem(last=False)
             def step(x, y, t):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
@@ -460,4 +472,10 @@ class RandomizedUnMaskTarget(UnMaskTarget):
         return k_loss, k_grad, votes.mean(axis=1) >= 0.5
 
     def ranked_targets(self, x, y):
-        return super().ranked_targets(self.transform(_numpy(x), seed=self.seed), y)
+        """:meth:`UnMaskTarget.ranked_targets` on one draw of each image, seeded by the image
+        (the same targets whatever images are ranked beside it)."""
+        images = _numpy(x)
+        seen = np.concatenate([self.transform(images[i:i + 1], seed=iterate_seed(self.seed,
+                                                                                   images[i]))
+                               for i in range(images.shape[0])])
+        return super().ranked_targets(seen, y)

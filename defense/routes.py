@@ -11,7 +11,8 @@ parts agree with it, else the class whose expected parts best match K's.  Its ro
 first:
 
 * ``follow-m`` -- M attacked untargeted while K's target follows M's current answer (its best
-  class other than ``y`` while M still says ``y``): one run per restart, no target classes;
+  class other than ``y`` while M still says ``y``): one run per restart of an untargeted
+  stage (an APGD-T stage still steps M toward its own ranked classes, with K following M);
 * ``two-phase`` -- M toward ``y'`` until it says ``y'``, then K toward ``V[y']`` (Tramer et
   al. 2020's template; ``--adaptive-gradient orthogonal`` projects the two instead);
 * ``k-only`` -- K alone toward the parts of another class ``z``, M untouched: M's right answer

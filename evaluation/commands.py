@@ -232,8 +232,8 @@ def rerun(options: Options) -> int:
                                                "k_log_dir")})
     if "no_progress" in given:
         cfg = dataclasses.replace(cfg, progress=not given["no_progress"])
-    cfg = check_recorded_models(rec, cfg, path, bool(given.get("allow_other_models")))
     grid = (rec["archs"], rec["class_sets"]) if rec["command"] == "grid" else None
+    cfg = check_recorded_models(rec, cfg, path, bool(given.get("allow_other_models")), grid)
     k = dict(k_defaults(), k_log_dir=cfg.k_log_dir, k_config=cfg.k_config)
     if check_folders(cfg.data_dir, "M", cfg, grid, k):
         cfg = train_k_first(k, cfg)
@@ -243,11 +243,18 @@ def rerun(options: Options) -> int:
     return run_model_m(cfg, workers=given.get("workers"), address=given.get("ray_address"))
 
 
-def loaded_models(cfg: EvalConfig) -> Dict[str, str]:
-    """The checkpoint files a run of ``cfg`` loads, by the name its config.json records them
-    under (those it searches for -- a K of "last" -- are resolved when found)."""
+def loaded_models(cfg: EvalConfig, grid: Optional[Tuple[List[str], List[str]]] = None
+                  ) -> Dict[str, str]:
+    """The checkpoint files a run of ``cfg`` (a grid of ``grid``'s pairs) loads, by the name
+    its config.json records them under; a K given as "last" is searched for when the run
+    starts and is not listed."""
     from defense.adversarial_training import at_checkpoint_dir
 
+    if grid is not None:
+        from evaluation.grid import model_files, pair_config
+        return {"%s %s/%s" % (model, code, arch): path
+                for arch in grid[0] for code in grid[1]
+                for model, path in zip(("m", "at"), model_files(pair_config(cfg, arch, code)))}
     out = {"m": os.path.join(cfg.m_dir, "best.h5")}
     if cfg.adv_train:
         out["at"] = os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
@@ -260,7 +267,8 @@ def loaded_models(cfg: EvalConfig) -> Dict[str, str]:
 
 
 def check_recorded_models(rec: Dict[str, Any], cfg: EvalConfig, path: str,
-                          allow: bool = False) -> EvalConfig:
+                          allow: bool = False,
+                          grid: Optional[Tuple[List[str], List[str]]] = None) -> EvalConfig:
     """A rerun loads the models its run recorded: compare the sha1 of every checkpoint it
     will load -- wherever it loads it from (another --checkpoint-dir too) -- with the
     recorded one.  A different model is refused (ValueError naming it, its file and both
@@ -271,7 +279,7 @@ def check_recorded_models(rec: Dict[str, Any], cfg: EvalConfig, path: str,
 
     recorded = rec.get("checkpoints", {})
     differ = []
-    for name, file in loaded_models(cfg).items():
+    for name, file in loaded_models(cfg, grid).items():
         was = recorded.get(name)
         if was is None:
             continue

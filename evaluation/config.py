@@ -30,7 +30,7 @@ from data.knowledge import ClassSet, get_class_set
 from defense.adaptive import check_gradient_mode
 from defense.base import GRAY_BOX, AdaptiveOptions
 from defense.defenses import DEFAULT_DEFENSES, build_defense
-from defense.threats import Threat
+from defense.threats import DEFENSE_AWARE, Threat
 from evaluation.options import (MAX_INPUT_SIZE, ROBUST_K_DIRS, DataOptions, KOptions,
                                 MOptions, Options, check_l2_budgets, parse_routes,
                                 parse_vectors)
@@ -109,20 +109,24 @@ class EvalConfig:
             raise ValueError("shards must be an integer >= 1, got %r" % (self.shards,))
         self.threats = tuple(Threat.parse(t) for t in self.threats)
         self.engine_settings()                   # validates the adaptive settings
-        self._refuse_what_does_nothing()
         if self.adaptive_gradient is not None:
             check_gradient_mode(self.adaptive_gradient)
 
-    def _refuse_what_does_nothing(self) -> None:
+    def refuse_what_does_nothing(self) -> None:
         """A setting that would change nothing is refused with the reason, not reported as
         a result: a defense parameter the extractor ignores (``unmask:input=random`` with the
-        oracle), a route no defense of the run has."""
+        oracle; checked here when the extractor is given, and by the defense's fit when the
+        run chooses it), a route no defense of the run has, routes without a defense-aware
+        threat model.  Run before any work by the command line and ``--config``."""
         defenses = [build_defense(label) for label in self.defenses]
         if self.extractor is not None:
             for d in defenses:
                 why = d.ignored_parameters(self.extractor)
                 if why:
                     raise ValueError("--defenses %s: %s" % (d.label, why))
+        if self.adaptive_routes and not any(t in self.threats for t in DEFENSE_AWARE):
+            raise ValueError("--adaptive-routes narrows the defense-aware attacks, and the run "
+                             "has none: add --threat gray-box,adaptive")
         if self.adaptive_routes:
             from defense.threats import GOALS, Goal
             have = {r for d in defenses if Threat.ADAPTIVE in d.threats
@@ -138,8 +142,10 @@ class EvalConfig:
     def from_options(cls, options: Options) -> "EvalConfig":
         """The run of a command line's options, every value checked first (ValueError
         naming the option)."""
-        return cls(**options.m.resolve(options.data, options.k),
-                   shards=options.grid.shards or 1)
+        cfg = cls(**options.m.resolve(options.data, options.k),
+                  shards=options.grid.shards or 1)
+        cfg.refuse_what_does_nothing()
+        return cfg
 
     def engine_settings(self) -> EngineSettings:
         """How the adaptive engine runs the defense-aware attacks."""
@@ -210,6 +216,7 @@ def from_dict(values: Mapping[str, Any]) -> EvalConfig:
     except (KeyError, TypeError) as e:
         raise ValueError("not a run's configuration (%s: %s)" % (type(e).__name__, e)) from None
     _check_like_the_command_line(cfg)
+    cfg.refuse_what_does_nothing()
     return cfg
 
 

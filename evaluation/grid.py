@@ -52,7 +52,7 @@ from evaluation.report import writer
 from evaluation.schema import validate_metrics
 from evaluation.units import Unit
 
-UNIT_VERSION = 2
+UNIT_VERSION = 3
 
 
 def pair_config(base, arch: str, class_set: str):
@@ -94,7 +94,8 @@ def config_fingerprint(base, unit: Unit) -> str:
     cfg = dataclasses.asdict(pair_config(base, unit.arch, unit.class_set))
     cfg.pop("progress", None)
     cfg.pop("shards", None)        # the shards' merged records are the unsharded ones
-    for name in ("adaptive_slots", "adaptive_save_seconds", "other_models"):   # not what
+    # how, not what: the records of the other settings are the same
+    for name in ("adaptive_slots", "adaptive_save_seconds", "adaptive_batch", "other_models"):
         cfg.pop(name, None)
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)
@@ -117,7 +118,7 @@ def data_stamp(cfg) -> str:
     return h.hexdigest()
 
 
-def _model_files(cfg) -> List[str]:
+def model_files(cfg) -> List[str]:
     """The pair's trained models: M's best weights (and AT's with adversarial training)."""
     files = [os.path.join(cfg.m_dir, "best.h5")]
     if cfg.adv_train:
@@ -131,7 +132,7 @@ def unit_inputs(base, unit: Unit) -> Dict[str, str]:
     cfg = pair_config(base, unit.arch, unit.class_set)
     inputs = {"data": data_stamp(cfg)}
     if unit.kind != "train":
-        for path in _model_files(cfg):
+        for path in model_files(cfg):
             inputs[path] = file_digest(path) if os.path.isfile(path) else None
     return inputs
 
@@ -165,7 +166,7 @@ def _unit_outputs(cfg, unit: Unit, log: Callable[[str], None]) -> List[str]:
     data = ev.load_data(cfg, log)
     m, at = ev.get_models(cfg, data, log)
     if unit.kind == "train":
-        return _model_files(cfg)
+        return model_files(cfg)
     if unit.kind != "attack":
         raise ValueError("unknown work unit kind %r" % unit.kind)
     models = {"m": m, **({"at": at} if at is not None else {})}
@@ -215,7 +216,7 @@ def run_grid(base, archs: Sequence[str], class_sets: Sequence[str], executor=Non
     writer.write_config(os.path.join(base.results_dir, "grid"), record(
         "grid", base, archs=list(archs), class_sets=list(class_sets),
         checkpoints={"%s %s/%s" % (model, cfg.class_set.code_name, cfg.arch): path
-                     for cfg in pairs for model, path in zip(("m", "at"), _model_files(cfg))}))
+                     for cfg in pairs for model, path in zip(("m", "at"), model_files(cfg))}))
     return merged
 
 

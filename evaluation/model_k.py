@@ -480,7 +480,6 @@ def run_model_k_report(args=None, **kwargs) -> Dict:
         with lock:
             out.update(_train_unless_trained(opts, cfg, adversarial))
     checkpoint = "last"
-    checkpoint = "last"
     if opts["k_eval_only"] and opts["weights"] not in ("none", "last", "coco", "imagenet"):
         checkpoint = opts["weights"]
     out["eval"] = evaluate_model_k(opts["data_dir"], cfg, checkpoint, opts["k_eval_split"],

@@ -318,9 +318,19 @@ def _check_comparisons(items: Any) -> None:
         where = "comparisons[%d]" % i
         _check_exact_keys(c, COMPARISON_KEYS, where)
         _check_str(c["claim"], where + ".claim", CLAIMS)
-        lo, hi = c["interval"]
-        if (c["claim"] == "a > b") != (lo > 0) or (c["claim"] == "a < b") != (hi < 0):
-            _fail(where + ".claim", "must follow its interval %r" % (c["interval"],))
+        if not _is_number(c["p_mcnemar"]) or not 0.0 <= c["p_mcnemar"] <= 1.0:
+            _fail(where + ".p_mcnemar", "must be a p-value in [0, 1]")
+        interval = c["interval"]
+        if interval is None:
+            if c["claim"] != "not distinguishable":
+                _fail(where + ".claim", "needs an interval")
+            continue
+        if (not isinstance(interval, list) or len(interval) != 2
+                or not all(_is_number(v) for v in interval) or interval[0] > interval[1]):
+            _fail(where + ".interval", "must be null or [low, high], got %r" % (interval,))
+        lo, hi = interval
+        if (c["claim"] == "a > b" and lo <= 0) or (c["claim"] == "a < b" and hi >= 0):
+            _fail(where + ".claim", "must follow its interval %r" % (interval,))
 
 
 def _num(x: Any) -> Any:

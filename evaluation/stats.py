@@ -10,8 +10,9 @@
   (:func:`paired`): McNemar's exact test on the images where exactly one of them holds (a
   two-sided binomial test of the discordant pairs, scipy's ``binomtest``) and a paired
   bootstrap interval of the difference of the two rates (scipy's ``bootstrap`` with
-  ``paired=True``).  A margin is claimed only when that interval excludes zero
-  (``"claim"``); otherwise the two are "not distinguishable on n images".
+  ``paired=True``).  A margin is claimed only when that interval excludes zero *and* the
+  exact test rejects "no difference" at the same level (``"claim"``); otherwise the two are
+  "not distinguishable on n images".
 
 Every resampling is seeded, so a rerun gives the same intervals.
 """
@@ -108,23 +109,28 @@ def paired(a, b, seed: int = 0, level: float = LEVEL) -> Dict:
     p = 1.0 if discordant == 0 else float(stats.binomtest(a_only, discordant, 0.5).pvalue)
     diff = float(np.mean(a) - np.mean(b)) if n else None
     interval = None
-    if discordant and n > 1:
+    if discordant == 0 and n:
+        interval = [0.0, 0.0]        # the two agree on every image: no difference to claim
+    elif n > 1:
         res = stats.bootstrap((a.astype(float), b.astype(float)),
                               lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
                               paired=True, vectorized=True, n_resamples=RESAMPLES,
                               confidence_level=level, method="percentile",
                               rng=np.random.default_rng(seed))
         interval = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-    elif n:
-        interval = [0.0, 0.0]        # the two agree on every image: no difference to claim
+    # a margin needs both: the interval of the difference excludes zero and the exact test
+    # rejects "no difference" (with few discordant images the percentile bootstrap alone
+    # covers less than its level)
     claim = "not distinguishable"
-    if interval is not None and interval[0] > 0:
-        claim = "a > b"
-    elif interval is not None and interval[1] < 0:
-        claim = "a < b"
+    if interval is not None and p < 1.0 - level:
+        if interval[0] > 0:
+            claim = "a > b"
+        elif interval[1] < 0:
+            claim = "a < b"
     return {"n": n, "a_rate": float(np.mean(a)) if n else None,
-            "b_rate": float(np.mean(b)) if n else None, "difference": diff, "interval": interval, "a_only": a_only, "b_only": b_only,
-            "p_mcnemar": p, "claim": claim}
+            "b_rate": float(np.mean(b)) if n else None, "difference": diff,
+            "interval": interval, "a_only": a_only, "b_only": b_only, "p_mcnemar": p,
+            "claim": claim}
 
 
 def claim_text(comparison: Dict, a: str, b: str) -> str:

@@ -116,18 +116,15 @@ class UnMaskDefense(Defense):
         self._chosen = {}
 
     def ignored_parameters(self, extractor: str) -> Optional[str]:
-        """With the oracle there is no K: neither its robust version nor a randomized input
-        to it changes a thing (the oracle reads each image's annotated parts)."""
-        if extractor != "oracle":
+        """With the oracle as its extractor (a standard K's place: ``k=robust`` always runs
+        the robust K) a randomized input changes nothing: the oracle reads each image's
+        annotated parts, never K's input."""
+        if extractor != "oracle" or self.k != "standard" or self.input != "random":
             return None
-        ignored = [text for text, used in (("k=robust", self.k == "robust"),
-                                           ("input=random", self.input == "random")) if used]
-        if not ignored:
-            return None
-        return ("%s does nothing with the oracle extractor, which reads each image's "
-                "annotated parts and runs no K: the row would repeat %s's; use --extractor k, "
-                "or leave %s out" % (" and ".join(ignored),
-                                     _label_without(self, ignored), " and ".join(ignored)))
+        return ("input=random does nothing with the oracle extractor, which reads each "
+                "image's annotated parts and runs no K: the row would repeat %s's; use "
+                "--extractor k, or leave input=random out" % _label_without(self,
+                                                                            ["input=random"]))
 
     def transfer_surrogate(self) -> str:
         """The transfer attacker's surrogate mirrors the defense: a robust K of another seed
@@ -147,6 +144,9 @@ class UnMaskDefense(Defense):
                             else ctx.transfer_k)
         made = ctx.extractors(self.k)
         self.kind, ex_val, ex_test, self._k_digest = made
+        ignored = self.ignored_parameters(self.kind)
+        if ignored:          # the run chose the oracle: refuse before any attack runs
+            raise ValueError("defense %s: %s" % (self.label, ignored))
         self._extractor = {"val": ex_val, "test": ex_test}
         m = self._m = ctx.models[self.m_key]
         if self.m_key == "at":

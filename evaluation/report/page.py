@@ -362,3 +362,32 @@ def build_page(run_dir: str) -> str:
     title = "UnMask run: %s, %s" % (tables.arch_label(m["arch"]),
                                     get_class_set(m["class_set"]).paper_name)
     return document(title, tables.figure_title(m), folder.problems, parts)
+
+
+def build_grid_page(grid_dir: str) -> str:
+    """The grid's page: every pair's Table IV row, the bench across pairs, Fig. 4 across them
+    and a link to each pair's own page."""
+    with open(os.path.join(grid_dir, "grid.json"), encoding="utf-8") as f:
+        grid = json.load(f)
+    metrics = [validate_metrics(m) for m in grid["metrics"]]
+    links = []
+    for arch, code in grid["pairs"]:
+        href = "../%s/%s/%s" % (code, arch, PAGE)
+        there = os.path.isfile(os.path.join(grid_dir, os.pardir, code, arch, PAGE))
+        links.append("<li>%s %s</li>" % (
+            ('<a href="%s">%s, %s</a>' % (esc(href), esc(tables.arch_label(arch)), esc(code)))
+            if there else esc("%s, %s" % (tables.arch_label(arch), code)),
+            "" if there else "(no page)"))
+    parts = [("pairs", "Pairs", "<ul>%s</ul>" % "".join(links))]
+    if all(m["benign"]["acc_um"] is not None for m in metrics):
+        parts.append(("table-iv", "Table IV",
+                      markdown_to_html(tables.table_iv_markdown(metrics))))
+    bench_csv = os.path.join(grid_dir, "bench.csv")
+    if os.path.isfile(bench_csv):
+        parts.append(("bench", "Defense bench across pairs",
+                      frame_html(pd.read_csv(bench_csv).round(3))))
+    fig4 = os.path.join(grid_dir, "fig4.png")
+    if os.path.isfile(fig4):
+        parts.append(("figures", "Fig. 4", figure_html(fig4, "UnMask across the grid")))
+    return document("UnMask grid: %d pairs" % len(metrics),
+                    "architectures × class sets; each pair's page has its gallery", [], parts)

@@ -109,7 +109,8 @@ class AdaptiveStore:
                     decision=defense.params(), threat=str(threat), goal=str(goal),
                     routes=list(defense.chosen_routes(goal, cfg.adaptive_options())),
                     engine=dataclasses.asdict(cfg.engine_settings()),
-                    options=dataclasses.asdict(cfg.adaptive_options()),
+                    options={k: v for k, v in dataclasses.asdict(
+                        cfg.adaptive_options()).items() if k != "routes"},
                     surrogate=(short_digest(self._surrogate(defense)) if threat == TRANSFER
                                else None))
 

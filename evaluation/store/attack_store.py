@@ -107,7 +107,7 @@ class AttackStore:
         first, begin, end = shard_bounds(len(benign), self.cfg.attack_batch, shard, shards)
         vfp = self._vector_fp(model, name, eps, split)
         path = self.shard_path(model, name, eps, shard, shards, split)
-        if self._read_shard(path, vfp, shard, shards, end - begin) is not None:
+        if self._read_shard(path, vfp, shard, shards, end - begin, split) is not None:
             return path
         start = time.time()
         whole = self._read(self.record_path(model, name, eps, split), vfp, ATTACK_ARRAYS,
@@ -138,8 +138,9 @@ class AttackStore:
                                   name, eps)
 
     def _read_shard(self, path: str, vfp: Dict, shard: int, shards: int,
-                    n: int) -> Optional[Dict]:
-        """Shard ``shard`` of ``shards`` of the vector ``vfp`` when saved whole, else None."""
+                    n: int, split: str) -> Optional[Dict]:
+        """Shard ``shard`` of ``shards`` of the vector ``vfp`` of ``split``'s images when saved
+        whole, else None."""
         return self._read(path, dict(vfp, shard=[shard, shards]),
                           dict(ATTACK_ARRAYS, keys=Field(1)), n, self.images(split))
 
@@ -157,7 +158,7 @@ class AttackStore:
         for shard in range(shards):
             _, begin, end = shard_bounds(len(benign), self.cfg.attack_batch, shard, shards)
             part = self._read_shard(self.shard_path(model, name, eps, shard, shards, split),
-                                    vfp, shard, shards, end - begin)
+                                    vfp, shard, shards, end - begin, split)
             if part is None:
                 self.log("%s on %s, eps=%g (%s): shard %d of %d is missing, so this process "
                          "attacks every image itself (the grid's attack units make the shards)"

@@ -164,15 +164,16 @@ def read_npz(path: str, fp: Dict, log: Optional[Callable[[str], None]] = None,
 
 
 def record_problem(rec: Dict, expect: Dict, n: Optional[int] = None,
-                   classes: Optional[int] = None, image_shape: Optional[tuple] = None
-                   ) -> Optional[str]:
+                   classes: Optional[int] = None, image_shape: Optional[tuple] = None,
+                   digest_required: bool = True) -> Optional[str]:
     """Why a record cannot be used (None when it can): its digest (when it holds a
-    ``fingerprint``, as every saved record does), then each expected array's rank, rows and
-    values."""
+    ``fingerprint``, as every saved record does; a record of before digests is accepted
+    without one when not ``digest_required``, e.g. to show an older run's page), then each
+    expected array's rank, rows and values."""
     if "fingerprint" in rec:
-        if "content" not in rec:
+        if "content" not in rec and digest_required:
             return "no content digest (written before records proved their content)"
-        if str(rec["content"]) != content_digest(rec):
+        if "content" in rec and str(rec["content"]) != content_digest(rec):
             return "its content does not match its digest"
     for key, want in expect.items():
         field = want if isinstance(want, Field) else Field(int(want), rows=True)

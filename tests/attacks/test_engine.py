@@ -485,6 +485,22 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_numbers(pattern, name, 
         _same(resumed, whole, "after state %d" % j)
 
 
+def test_a_run_with_speculation_resumes_to_the_same_numbers(pattern):
+    """Idle slots running later entries ahead (the default) do not enter the saved state: a
+    run resumed from any of its states gives the uninterrupted numbers."""
+    model, x, y = pattern
+    x, y = x[:12], y[:12]
+    engine = AdaptiveEngine(resolve_config("pgd_linf", 16), ModelTarget(model),
+                            EngineSettings(steps=4, restarts=3), seed=7)
+    states = []
+    whole = engine.run(x, y, slots=8, speculate=True, on_progress=states.append,
+                       progress_every=0.0)
+    assert len(states) >= 3 and 0 < whole.success.sum() < len(x)
+    for j in sorted({0, len(states) // 2, len(states) - 1}):
+        _same(engine.run(x, y, slots=8, speculate=True, progress=states[j]), whole,
+              "after state %d" % j)
+
+
 def test_progress_of_other_images_or_a_broken_state_is_refused(pattern):
     model, x, y = pattern
     engine = AdaptiveEngine(resolve_config("pgd_linf", 1), ModelTarget(model),

@@ -453,6 +453,23 @@ def test_eot_averages_over_the_given_number_of_samples(tiny_m):
         adaptive.TransformTarget(tiny_m, Counting(), None, samples=0)
 
 
+def test_a_random_transforms_targets_do_not_depend_on_the_images_beside_it(tiny_m):
+    """The adaptive engine ranks target classes once per batch of images: through a random
+    transform each image's draw is its own (seeded by the image), so its targets are the same
+    in any batch."""
+    from defense import adaptive
+    from defense.transforms import get_transform
+
+    x, y = _images(6, 4)
+    target = adaptive.TransformTarget(tiny_m, get_transform("noise", amplitude=30),
+                                      lambda z, yy: np.zeros(len(z), bool), seed=3)
+    together = np.asarray(target.ranked_targets(tf.constant(x), tf.constant(y)))
+    for i in range(len(x)):
+        alone = np.asarray(target.ranked_targets(tf.constant(x[i:i + 1]),
+                                                 tf.constant(y[i:i + 1])))
+        np.testing.assert_array_equal(alone[0], together[i])
+
+
 def _smooth_vs_checkerboard_task(seed=0, n=200):
     """Images 0.5 + a*p1 + b*p2 (smooth patterns) + tiny noise; the class is sign(a).  M is
     linear: z1 = u.(x - 0.5) with u = p1 + 40 c, c a unit checkerboard.  M is right on clean

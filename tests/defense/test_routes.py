@@ -151,12 +151,13 @@ def test_one_k_run_serves_a_batch_whatever_its_routes(toy):
     runs = []
 
     class Counting(StripeK):
-        def hinge_value_and_grad(self, images, *a, **kw):
+        def hinge_value_and_grad(self, images, present, absent, **kw):
             runs.append(len(images))
             wanted.append(kw.get("need_grad"))
-            return super().hinge_value_and_grad(images, *a, **kw)
+            forged.append(present.copy())
+            return super().hinge_value_and_grad(images, present, absent, **kw)
 
-    wanted = []
+    wanted, forged = [], []
 
     _, wrong = _judges(um)
     target = UnMaskTarget(robust_m, Counting(), um.class_parts_list, wrong("rectify"),
@@ -167,6 +168,9 @@ def test_one_k_run_serves_a_batch_whatever_its_routes(toy):
     # K's gradient is asked for where the route uses it: the two-phase rule only once M says
     # y' (this M never does), every other route always
     np.testing.assert_array_equal(wanted[0], [True, False, True, True])
+    # K's target class: y' for the targeted routes; on follow-m, M's answer -- or, while M
+    # still says y (this M always does), its best other class (a tie: the lower index, 1)
+    np.testing.assert_array_equal(forged[0], target.masks[[1, 1, 2, 1]])
     alone = [target.evaluate_jobs(x[i:i + 1], y[i:i + 1], np.array([t]), [cross_entropy],
                                   [r]) for i, (t, r) in enumerate(zip([-1, 1, 2, 1], routes))]
     for i, one in enumerate(alone):

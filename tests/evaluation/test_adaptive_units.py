@@ -1,6 +1,8 @@
 """A run's defense-aware attacks as work units (one per image batch of each defense, threat,
 goal and vector): two Ray workers give the in-process numbers byte for byte, and a worker
-killed in the middle of a unit is retried and resumes from the unit's saved progress."""
+killed in the middle of a unit, after its unit saved progress, is retried to the same numbers
+(that a batch resumes from its saved progress to the uninterrupted numbers is tested in
+process, tests/evaluation/test_adaptive_comparison.py)."""
 import dataclasses
 import os
 import threading

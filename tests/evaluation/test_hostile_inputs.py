@@ -159,10 +159,12 @@ CLI_CASES = [
     # settings that would change nothing are refused, not reported as results
     (["--extractor", "oracle", "--defenses", "unmask,unmask:input=random"],
      r"--defenses unmask:input=random: input=random does nothing with the oracle"),
-    (["--extractor", "oracle", "--defenses", "unmask:k=robust:m=at", "--adv-train"],
-     r"k=robust does nothing with the oracle.*repeat unmask:m=at's"),
+    (["--extractor", "oracle", "--defenses", "unmask:m=at:input=random", "--adv-train"],
+     r"input=random does nothing with the oracle.*repeat unmask:m=at's"),
+    (["--adaptive-routes", "k-only"], r"--adaptive-routes narrows the defense-aware attacks, "
+                                      r"and the run has none"),
     (["--adaptive-routes", "sideways"], r"--adaptive-routes 'sideways': unknown route"),
-    (["--defenses", "none,pca", "--adaptive-routes", "k-only"],
+    (["--defenses", "none,pca", "--threat", "gray-box,adaptive", "--adaptive-routes", "k-only"],
      r"k-only is a route of none of the run's defenses"),
     (["--model", "X"], r"--model: invalid choice"),
     # model K's numbers and folders
@@ -747,8 +749,8 @@ def test_one_writer_per_folder_a_second_process_waits_naming_the_first(tmp_path)
 
 
 def test_m_training_holds_its_checkpoint_folder(tmp_path, monkeypatch):
-    """train_classifier trains under the folder's lock: a second training into the same
-    folder waits for it (here: the lock is held by the test)."""
+    """train_classifier trains under the lock of its checkpoint folder (the lock itself --
+    a second process waits, naming the first -- is the two-process test above)."""
     import models.train_classifier as tc
 
     held = []

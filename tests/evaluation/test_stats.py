@@ -38,6 +38,10 @@ def test_mcnemar_exact_gives_the_textbook_answer():
     even = stats.paired(np.array([True, False] * 20), np.array([False, True] * 20))
     assert even["p_mcnemar"] == 1.0 and even["claim"] == "not distinguishable"
     assert "not distinguishable on 40 images" in stats.claim_text(even, "A", "B")
+    # few discordant images: the bootstrap interval alone would exclude zero, the exact test
+    # does not reject -- no margin is claimed
+    few = stats.paired(np.r_[np.ones(4, bool), np.zeros(996, bool)], np.zeros(1000, bool))
+    assert few["p_mcnemar"] == pytest.approx(0.125) and few["claim"] == "not distinguishable"
     # identical answers: no discordant pair, nothing to claim
     same = stats.paired(a, a)
     assert same["interval"] == [0.0, 0.0] and same["claim"] == "not distinguishable"

@@ -1,0 +1,104 @@
+"""The route-complete adaptive attack of a finished run, as two tables under
+``bench/results/tables/`` (written into the docs by ``bench/doc_tables.py``):
+
+* ``NAME.json`` -- per defense and attack: clean accuracy, the gray-box row, the adaptive
+  wrong-goal row (defended accuracy) and undetected-goal row (evasion), each with its 95%
+  interval, ``*`` where not converged, and the images each route won;
+* ``NAME_paired.json`` -- each defense against ``at`` on the same images (the run's
+  ``comparisons``: the difference of the two defended rates with its paired bootstrap
+  interval, McNemar's exact p, and the claim the interval allows).
+
+    .venv/bin/python bench/bench_routes.py --run results/cs5-2/mobilenetv2_050 \\
+        --name routes_linf8 --command "python main.py ..."
+"""
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _machine  # noqa: E402
+
+TABLES = os.path.join(ROOT, "bench", "results", "tables")
+
+
+def _rate(value, interval, converged=True) -> str:
+    def short(v):
+        return "1.00" if v >= 1 else ("%.2f" % v).lstrip("0")
+    text = short(value)
+    if interval:
+        text += " [%s, %s]" % (short(interval[0]), short(interval[1]))
+    return text + ("" if converged else "*")
+
+
+def _row(rows, threat, goal, key):
+    for r in rows:
+        if r["threat_model"] == threat and r.get("goal") == goal:
+            conv = (r.get("convergence") or {}).get("converged", True)
+            return r, _rate(r[key], r["intervals"][key], conv)
+    return None, "–"
+
+
+def _routes(r) -> str:
+    if not r or not r.get("routes"):
+        return "–"
+    won = r["routes"]["won"]
+    return ", ".join("%s %d" % (k, v) for k, v in won.items())
+
+
+def tables_of(metrics: dict):
+    """(the per-defense table, the paired table) of a run's metrics."""
+    attacks = sorted({(r["attack"], r["eps"]) for b in metrics["defenses"].values()
+                      for r in b["attacks"]})
+    rows = []
+    for attack, eps in attacks:
+        for label, block in metrics["defenses"].items():
+            mine = [r for r in block["attacks"] if (r["attack"], r["eps"]) == (attack, eps)]
+            gray = _row(mine, "gray-box", None, "defended")[1]
+            wrong_row, wrong = _row(mine, "adaptive", "wrong", "acc")
+            hidden_row, hidden = _row(mine, "adaptive", "undetected", "evasion")
+            b = block["benign"]
+            clean = _rate(b["acc"], b.get("acc_interval"))
+            if "rejected" in b and b["rejected"]:
+                clean += " (rejects %s)" % _rate(b["rejected"], None)
+            evals = "–" if not wrong_row else "%.0f" % wrong_row["cost"]["evaluations_per_image"]
+            rows.append(["%s %g" % (attack, eps), "`%s`" % label, clean, gray, wrong,
+                         _routes(wrong_row), hidden, _routes(hidden_row), evals])
+    paired = [["%s" % c["over"], "`%s` − `%s`" % (c["a"], c["b"]),
+               "%.2f − %.2f = %+.2f" % (c["a_rate"], c["b_rate"], c["difference"]),
+               "[%+.2f, %+.2f]" % tuple(c["interval"]), "%d / %d" % (c["a_only"], c["b_only"]),
+               "%.3g" % c["p_mcnemar"], c["claim"] if c["claim"] != "not distinguishable"
+               else "not distinguishable on %d images" % c["n"]]
+              for c in metrics.get("comparisons", [])]
+    main = {"columns": ["attack", "defense", "clean", "gray-box", "adaptive: defended accuracy "
+                        "(wrong goal)", "won by route", "adaptive: evasion (undetected goal)",
+                        "won by route", "evaluations per image (wrong)"], "rows": rows}
+    pairs = {"columns": ["over", "difference", "defended", "95% interval",
+                         "images only A / only B", "McNemar p", "claim"], "rows": paired}
+    return main, pairs
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--command", required=True)
+    args = p.parse_args(argv)
+    with open(os.path.join(args.run, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    main_table, pairs = tables_of(metrics)
+    source = "%s (run %s; its metrics.json: %s)" % (
+        args.command, _machine.repo_relative(args.run), "metrics.json")
+    from data.fileio import write_json_atomic
+    for name, table in ((args.name, main_table), (args.name + "_paired", pairs)):
+        path = os.path.join(TABLES, name + ".json")
+        write_json_atomic(path, dict(table, source=source), indent=1)
+        print("wrote %s" % os.path.relpath(path, ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
