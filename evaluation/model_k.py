@@ -8,8 +8,8 @@ functions behind it.  M's counterpart is :mod:`evaluation.run`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Dict, Optional, Sequence, Union
