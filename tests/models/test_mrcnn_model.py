@@ -425,3 +425,10 @@ def test_weights_of_another_name_start_a_new_run_not_resume_the_old_one(tmp_path
     stub.config = get_config("tiny")
     MaskRCNN.set_log_dir(stub, str(robust_run / "mask_rcnn_tiny_robust_0005.h5"))
     assert stub.epoch == 0 and os.path.basename(stub.log_dir).startswith("tiny2")
+
+
+def test_k_session_takes_gpu_memory_as_it_needs_it(tiny_k):
+    """K's session beside M on one GPU (a Ray worker's): memory growth on, soft placement
+    (the same session on a CPU-only machine)."""
+    config = tiny_k.session._config
+    assert config.gpu_options.allow_growth and config.allow_soft_placement
