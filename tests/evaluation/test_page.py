@@ -56,7 +56,9 @@ def test_a_run_writes_its_page_and_report_rebuilds_it_from_the_folder(run, monke
     path = os.path.join(run["dir"], page.PAGE)
     assert any(m.startswith("wrote %s (" % path) for m in run["logs"])
     before = open(path, "rb").read()
-    assert b"<img src=\"data:image/png;base64," in before and b"http" not in before.lower()
+    # self-contained: images inline (figures as lossless WebP), no URL (base64 has no ':',
+    # so "://" is a link)
+    assert b"<img src=\"data:image/webp;base64," in before and b"://" not in before
 
     def no_models(*args, **kwargs):
         raise AssertionError("--report must not run M or an attack")
@@ -97,7 +99,7 @@ def test_report_of_a_folder_it_cannot_write_says_so_and_can_write_elsewhere(
     out.parent.mkdir()
     assert main.main(["--report", folder, "--report-out", str(out)]) == 0
     html = out.read_text()
-    assert html.startswith("<!DOCTYPE html>") and "Bench" in html
+    assert html.startswith("<!DOCTYPE html>") and "<h2>Defense bench</h2>" in html
     after = sorted((os.path.relpath(os.path.join(d, f), folder),
                     os.path.getmtime(os.path.join(d, f)))
                    for d, _, fs in os.walk(folder) for f in fs)
@@ -197,8 +199,7 @@ def test_the_adaptive_attacks_convergence_plot_is_shown_when_the_run_has_one(run
     folder = _copy(run, tmp_path)
     plot_path = os.path.join(folder, "convergence.png")
     html = page.build_page(folder)
-    plot = open(plot_path, "rb").read()
-    assert 'id="convergence"' in html and page.data_uri(plot) in html
+    assert 'id="convergence"' in html and page.data_uri(page.lossless_webp(plot_path)) in html
     assert "2 steps" in html and "restart 1" in html        # the trace, per row
     # a run without defense-aware attacks has no such section
     os.remove(plot_path)
@@ -245,6 +246,7 @@ CHECK = """(async () => {
   const top = document.querySelector('section').getBoundingClientRect().top;
   // what overflows a 1,280-px window as the page opens (details closed)
   const wide = Array.from(document.querySelectorAll('table'))
+      .filter(t => !t.closest('details:not([open])'))   // closed: laid out, not shown
       .filter(t => t.getBoundingClientRect().right > window.innerWidth)
       .map(t => [t.closest('section').id, Math.round(t.getBoundingClientRect().right)]);
   document.querySelectorAll('details').forEach(d => d.open = true);
@@ -308,7 +310,8 @@ def test_the_page_in_a_real_browser(run, tmp_path):
     assert missing == []
     m = run["metrics"]
     assert tables.fmt2(m["benign"]["acc_um"]) in seen["tables"]["tables"][0]
-    assert "%d" % (2 * m["attacks"][0]["n_successful"]) in seen["tables"]["tables"][1]
+    # Table IV is two tables (PGD, then MIA), Table III the last
+    assert "%d" % (2 * m["attacks"][0]["n_successful"]) in seen["tables"]["tables"][-1]
     assert len(seen["tables"]["gallery"]) == 6 * 4     # each row's answers
     values = [float(v) if v != tables.MISSING else np.inf for v in sorted_acc]
     assert values == sorted(values)

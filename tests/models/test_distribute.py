@@ -162,7 +162,9 @@ def test_main_multi_worker_end_to_end(tmp_path):
         metrics = json.load(f)
     assert metrics["extractor"] == "oracle" and metrics["attacks"][0]["attack"] == "fgsm"
     assert not os.path.exists(tmp_path / "results1")          # the other worker: nothing
-    m_dirs = os.listdir(tmp_path / "ckpt" / "model_m" / "cs3-1")
-    assert len(m_dirs) == 1
+    # the model's folder, and beside it the lock its one writer held (models/train_classifier.py)
+    listed = sorted(os.listdir(tmp_path / "ckpt" / "model_m" / "cs3-1"))
+    m_dirs = [d for d in listed if not d.endswith(".lock")]
+    assert len(m_dirs) == 1 and listed == sorted(m_dirs + [m_dirs[0] + ".lock"]), listed
     assert sorted(os.listdir(tmp_path / "ckpt" / "model_m" / "cs3-1" / m_dirs[0])) == [
         "best.h5", "last.h5", "resume.npz", "state.json", "tensorboard"]
