@@ -32,6 +32,7 @@ WHAT = {"none": "M alone", "at": "adversarial training of M (PGD-L∞ ε=4)",
         "unmask:k=robust": "UnMask, a robust K",
         "unmask:k=robust:m=at": "UnMask hardened: robust K, AT model",
         "unmask:k=robust:m=at:reject": "the same, flagged images rejected",
+        "unmask:reject:k=robust:m=at": "hardened, flagged images rejected",
         "unmask:reject": "UnMask's detector, flagged images rejected",
         "trajectory": "seed-003 detector (M's layers, LSTM)", "pca": "input transform (PCA)",
         "noise": "input transform (noise, EOT)"}

@@ -248,3 +248,26 @@ def test_the_answer_names_what_the_run_did_not_try_and_fits_a_terminal():
     assert any(s.startswith("transfer") for s in missing) == (
         m["extractor"] == "k"), missing
     assert "Not tried by this run" in text
+
+
+def test_the_page_embeds_a_figure_as_lossless_webp_of_the_same_pixels(tmp_path):
+    """report.html carries each PNG figure as lossless WebP: the same RGBA pixels in fewer
+    bytes (the PNG stays beside the page)."""
+    import io
+
+    from PIL import Image
+
+    from evaluation.report import page
+    rng = np.random.default_rng(0)
+    pixels = np.zeros((60, 90, 4), np.uint8)
+    pixels[..., 3] = 255
+    pixels[10:50, 20:70, :3] = rng.integers(0, 255, 3, dtype=np.uint8)   # a flat bar
+    pixels[::7, :, :3] = 40                                                 # grid lines
+    path = str(tmp_path / "figure.png")
+    Image.fromarray(pixels, "RGBA").save(path)
+    data = page.lossless_webp(path)
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")),
+                                  pixels)
+    html = page.figure_html(path, "a caption")
+    assert page.data_uri(data) in html and html.count("a caption") == 2    # alt and caption
