@@ -33,7 +33,7 @@ def _in_run_seconds(log_path):
     with open(log_path, encoding="utf-8") as f:
         text = f.read()
     page = re.search(r"wrote \S*report\.html \(([\d.]+) s\)", text)
-    total = re.findall(r"\.md \((\d+) s\)\s*$", text, re.M)
+    total = re.findall(r"^wrote \d+ files in \S+ \((\d+) s[;)]", text, re.M)
     return (float(page.group(1)) if page else None, float(total[-1]) if total else None)
 
 

@@ -76,8 +76,9 @@ def tables_of(metrics: dict):
     main = {"columns": ["attack", "defense", "clean", "gray-box", "adaptive: defended accuracy "
                         "(wrong goal)", "won by route", "adaptive: evasion (undetected goal)",
                         "won by route", "evaluations per image (wrong)"], "rows": rows}
-    pairs = {"columns": ["over", "difference", "defended", "95% interval",
-                         "images only A / only B", "McNemar p", "claim"], "rows": paired}
+    pairs = {"columns": ["over", "A − B", "defended: A − B", "95% interval (paired bootstrap)",
+                         "images only A / only B defends", "McNemar p", "claim"],
+             "rows": paired}
     return main, pairs
 
 
