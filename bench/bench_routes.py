@@ -58,7 +58,11 @@ def tables_of(metrics: dict):
         for label, block in metrics["defenses"].items():
             mine = [r for r in block["attacks"] if (r["attack"], r["eps"]) == (attack, eps)]
             gray = _row(mine, "gray-box", None, "defended")[1]
-            wrong_row, wrong = _row(mine, "adaptive", "wrong", "acc")
+            wrong_row, wrong = _row(mine, "adaptive", "wrong", "defended")
+            if wrong_row and wrong_row["acc"] != wrong_row["defended"]:     # rejections
+                wrong += " (right %s, rejected %s)" % (
+                    _rate(wrong_row["acc"], None),
+                    _rate(wrong_row["defended"] - wrong_row["acc"], None))
             hidden_row, hidden = _row(mine, "adaptive", "undetected", "evasion")
             b = block["benign"]
             clean = _rate(b["acc"], b.get("acc_interval"))
@@ -67,14 +71,27 @@ def tables_of(metrics: dict):
             evals = "–" if not wrong_row else "%.0f" % wrong_row["cost"]["evaluations_per_image"]
             rows.append(["%s %g" % (attack, eps), "`%s`" % label, clean, gray, wrong,
                          _routes(wrong_row), hidden, _routes(hidden_row), evals])
+    bounds = {label for label, block in metrics["defenses"].items() for r in block["attacks"]
+              if (r.get("convergence") or {}).get("converged") is False
+              or (r.get("routes") or {}).get("complete") is False}
+
+    def claim(c):
+        text = (c["claim"] if c["claim"] != "not distinguishable"
+                else "not distinguishable on %d images" % c["n"])
+        # an upper bound matters where a stronger attack could overturn the claim: on the
+        # side said to be higher, or on either when they are not told apart
+        at_risk = {"a > b": (c["a"],), "a < b": (c["b"],)}.get(c["claim"], (c["a"], c["b"]))
+        upper = [x for x in at_risk if x in bounds]
+        return text + ("" if not upper else " (an upper bound on %s: an attack behind it "
+                       "not converged)" % " and ".join("`%s`" % x for x in upper))
+
     paired = [["%s" % c["over"], "`%s` − `%s`" % (c["a"], c["b"]),
                "%.2f − %.2f = %+.2f" % (c["a_rate"], c["b_rate"], c["difference"]),
                "[%+.2f, %+.2f]" % tuple(c["interval"]), "%d / %d" % (c["a_only"], c["b_only"]),
-               "%.3g" % c["p_mcnemar"], c["claim"] if c["claim"] != "not distinguishable"
-               else "not distinguishable on %d images" % c["n"]]
+               "%.3g" % c["p_mcnemar"], claim(c)]
               for c in metrics.get("comparisons", [])]
-    main = {"columns": ["attack", "defense", "clean", "gray-box", "adaptive: defended accuracy "
-                        "(wrong goal)", "won by route", "adaptive: evasion (undetected goal)",
+    main = {"columns": ["attack", "defense", "clean", "gray-box", "adaptive: defended, right or "
+                        "rejected (wrong goal)", "won by route", "adaptive: evasion (undetected goal)",
                         "won by route", "evaluations per image (wrong)"], "rows": rows}
     pairs = {"columns": ["over", "A − B", "defended: A − B", "95% interval (paired bootstrap)",
                          "images only A / only B defends", "McNemar p", "claim"],

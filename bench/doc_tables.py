@@ -74,7 +74,10 @@ def render_answer(answer: dict) -> str:
     where it comes from."""
     rows = []
     for r in answer["rows"]:
-        rows.append(["`%s`" % r["defense"], r["what"], _rate(r.get("clean")),
+        clean = _rate(r.get("clean"))
+        if r.get("clean_rejected") and r["clean_rejected"]["rate"]:
+            clean += " (rejects %s)" % _rate(dict(r["clean_rejected"], interval=None))
+        rows.append(["`%s`" % r["defense"], r["what"], clean,
                      _rate(r.get("gray_box")), _rate(r.get("adaptive")),
                      _rate(r.get("transfer")), "[%s](%s)" % (r["source"]["label"],
                                                              r["source"]["json"])])

@@ -98,17 +98,21 @@ def answer_text(metrics: Mapping[str, Any], page: Optional[str] = None) -> str:
     """The terminal's last lines: one row per defense (at most 100 columns), the page's path
     and the threat models the run did not try."""
     rows = answer(metrics)
-    head = "%-26s %-16s %-20s %s" % ("defense", "clean", "worst case [95%]", "hurt most by")
+    width = min(34, max([len("defense")] + [len(r["label"]) for r in rows]))
+    cells = "%%-%ds %%-16s %%-20s " % width
+    head = cells % ("defense", "clean", "worst case [95%]") + "hurt most by"
     lines = ["The answer: images still defended under every attack this run tried", head,
-             "-" * len(head)]
+             "-" * min(100, len(head) + 20)]
     for r in rows:
         worst = r["worst"] or {}
-        weakest = r["weakest"] or "–"
-        line = "%-26s %-16s %-20s %s" % (
-            r["label"][:26], rate_text(r["clean"]["rate"], r["clean"]["interval"]),
-            rate_text(worst.get("rate"), worst.get("interval"), worst.get("upper", False)),
-            weakest)
-        lines.append(line[:100])
+        start = cells % (
+            r["label"][:width], rate_text(r["clean"]["rate"], r["clean"]["interval"]),
+            rate_text(worst.get("rate"), worst.get("interval"), worst.get("upper", False)))
+        # what hurt it most, in its column, continued on the next lines where it is long
+        room = max(20, 100 - len(start))
+        pieces = _wrap(r["weakest"] or "–", room).split("\n")
+        lines.append((start + pieces[0].strip())[:100])
+        lines += [(" " * (100 - room) + piece.strip())[:100] for piece in pieces[1:]]
     if any((r["worst"] or {}).get("upper") for r in rows):
         lines.append("* an upper bound: an attack behind it was not converged or left out "
                      "routes")
@@ -117,7 +121,7 @@ def answer_text(metrics: Mapping[str, Any], page: Optional[str] = None) -> str:
         lines.append("Not tried by this run -- " + "; ".join(missing))
     if page:
         lines.append("The page: %s" % page)
-    return "\n".join(_wrap(line) for line in lines) + "\n"
+    return "\n".join(line if len(line) <= 100 else _wrap(line) for line in lines) + "\n"
 
 
 def _wrap(line: str, width: int = 100) -> str:

@@ -250,6 +250,31 @@ def test_the_answer_names_what_the_run_did_not_try_and_fits_a_terminal():
     assert "Not tried by this run" in text
 
 
+def test_the_answer_keeps_a_long_label_whole_and_wraps_what_hurt_it(monkeypatch):
+    """A defense label of 27 characters is printed whole (the column widens to it); a long
+    'hurt most by' goes on in its own column on the next line, every word kept."""
+    from evaluation.report import answer as answer_module
+    m = _sample_with_defenses()
+    rows = answer_module.answer(m)
+    long_label = "unmask:reject:k=robust:m=at"
+    weakest = "PGD-L∞ ε=8 [adaptive, wrong], route follow-m, and more words to wrap"
+    for r in rows:
+        r["weakest"] = weakest
+    rows[0]["label"] = long_label
+    monkeypatch.setattr(answer_module, "answer", lambda metrics: rows)
+    lines = answer_module.answer_text(m).splitlines()
+    assert all(len(line) <= 100 for line in lines), lines
+    first = next(i for i, line in enumerate(lines) if line.startswith(long_label + " "))
+    column = lines[first].index("PGD-L∞")
+    pieces = [lines[first][column:]]
+    for line in lines[first + 1:]:
+        if line[:column].strip():                     # the next defense's row
+            break
+        pieces.append(line[column:])
+    assert len(pieces) > 1 and all(p.strip() for p in pieces)
+    assert " ".join(" ".join(pieces).split()) == weakest
+
+
 def test_the_page_embeds_a_figure_as_lossless_webp_of_the_same_pixels(tmp_path):
     """report.html carries each PNG figure as lossless WebP: the same RGBA pixels in fewer
     bytes (the PNG stays beside the page)."""
