@@ -65,33 +65,25 @@ class Profile:
     def __init__(self):
         self.seconds = {}
 
-    def wrap(self, obj, name: str, part: str):
-        inner = getattr(obj, name)
-
+    def timed(self, fn, part: str):
+        """``fn``, its seconds added to ``part``."""
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return inner(*args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
                 self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
-        setattr(obj, name, timed)
+        return timed
+
+    def wrap(self, obj, name: str, part: str):
+        inner = getattr(obj, name)
+        setattr(obj, name, self.timed(inner, part))
         return inner
 
     def wrap_factory(self, obj, name: str, part: str):
         """Time the calls of the functions ``obj.name(...)`` returns (e.g. a compiled step)."""
         make = getattr(obj, name)
-
-        def timed_make(*args, **kwargs):
-            fn = make(*args, **kwargs)
-
-            def timed(*a, **kw):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*a, **kw)
-                finally:
-                    self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
-            return timed
-        setattr(obj, name, timed_make)
+        setattr(obj, name, lambda *args, **kwargs: self.timed(make(*args, **kwargs), part))
 
     def shares(self, total: float) -> dict:
         out = {part: round(s / total, 3) for part, s in self.seconds.items()}

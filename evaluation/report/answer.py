@@ -10,6 +10,7 @@ an upper bound: it is marked ``*``.
 from __future__ import annotations
 
 import html
+import textwrap
 from typing import Any, Dict, List, Mapping, Optional
 
 from defense.threats import NAMES as THREATS
@@ -110,9 +111,10 @@ def answer_text(metrics: Mapping[str, Any], page: Optional[str] = None) -> str:
             rate_text(worst.get("rate"), worst.get("interval"), worst.get("upper", False)))
         # what hurt it most, in its column, continued on the next lines where it is long
         room = max(20, 100 - len(start))
-        pieces = _wrap(r["weakest"] or "–", room).split("\n")
-        lines.append((start + pieces[0].strip())[:100])
-        lines += [(" " * (100 - room) + piece.strip())[:100] for piece in pieces[1:]]
+        pieces = textwrap.wrap(r["weakest"] or "–", room, break_long_words=False,
+                               break_on_hyphens=False)
+        lines.append((start + pieces[0])[:100])
+        lines += [(" " * (100 - room) + piece)[:100] for piece in pieces[1:]]
     if any((r["worst"] or {}).get("upper") for r in rows):
         lines.append("* an upper bound: an attack behind it was not converged or left out "
                      "routes")
@@ -125,16 +127,9 @@ def answer_text(metrics: Mapping[str, Any], page: Optional[str] = None) -> str:
 
 
 def _wrap(line: str, width: int = 100) -> str:
-    """A line cut at spaces into pieces of at most ``width`` characters."""
-    out, current = [], ""
-    for word in line.split(" "):
-        if current and len(current) + 1 + len(word) > width:
-            out.append(current)
-            current = "  " + word
-        else:
-            current = word if not current else current + " " + word
-    out.append(current)
-    return "\n".join(out)
+    """A line cut at spaces into pieces of at most ``width`` characters, continued indented."""
+    return textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def answer_html(metrics: Mapping[str, Any]) -> str:
