@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
+from evaluation.report.answer import upper_bound  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "answer.json")
 #: What each defense is, in a few words (the README's second column).
@@ -61,8 +62,7 @@ def _threat(block, threat):
     rows = [r for r in block["attacks"] if r["threat_model"] == threat]
     if not worst or not rows:
         return None
-    upper = any((r.get("convergence") or {}).get("converged") is False
-                or (r.get("routes") or {}).get("complete") is False for r in rows)
+    upper = upper_bound(rows)
     return _entry(worst["defended"], worst["interval"], upper, _weakest(rows))
 
 

@@ -21,17 +21,13 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
+from evaluation.report.answer import rate_text, upper_bound  # noqa: E402
 
 TABLES = os.path.join(ROOT, "bench", "results", "tables")
 
 
 def _rate(value, interval, converged=True) -> str:
-    def short(v):
-        return "1.00" if v >= 1 else ("%.2f" % v).lstrip("0")
-    text = short(value)
-    if interval:
-        text += " [%s, %s]" % (short(interval[0]), short(interval[1]))
-    return text + ("" if converged else "*")
+    return rate_text(value, interval, upper=not converged)
 
 
 def _row(rows, threat, goal, key):
@@ -71,9 +67,8 @@ def tables_of(metrics: dict):
             evals = "–" if not wrong_row else "%.0f" % wrong_row["cost"]["evaluations_per_image"]
             rows.append(["%s %g" % (attack, eps), "`%s`" % label, clean, gray, wrong,
                          _routes(wrong_row), hidden, _routes(hidden_row), evals])
-    bounds = {label for label, block in metrics["defenses"].items() for r in block["attacks"]
-              if (r.get("convergence") or {}).get("converged") is False
-              or (r.get("routes") or {}).get("complete") is False}
+    bounds = {label for label, block in metrics["defenses"].items()
+              if upper_bound(block["attacks"])}
 
     def claim(c):
         text = (c["claim"] if c["claim"] != "not distinguishable"

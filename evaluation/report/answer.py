@@ -26,7 +26,7 @@ ADD_THREAT = {"gray-box": "--threat gray-box (the paper's attacker, who sees M o
 def _short(rate: Optional[float]) -> str:
     if rate is None:
         return "–"
-    return "1.00" if rate >= 1 else ("%.2f" % rate).lstrip("0") or ".00"
+    return "1.00" if rate >= 1 else ("%.2f" % rate).lstrip("0")
 
 
 def rate_text(rate: Optional[float], interval=None, upper: bool = False) -> str:
@@ -37,7 +37,9 @@ def rate_text(rate: Optional[float], interval=None, upper: bool = False) -> str:
     return text + ("*" if upper else "")
 
 
-def _upper(rows) -> bool:
+def upper_bound(rows) -> bool:
+    """Whether any of the bench ``rows`` is an upper bound: an attack not converged or
+    without all of its defense's routes."""
     return any((r.get("convergence") or {}).get("converged") is False
                or (r.get("routes") or {}).get("complete") is False for r in rows)
 
@@ -62,7 +64,7 @@ def answer(metrics: Mapping[str, Any]) -> List[Dict[str, Any]]:
         rows = block["attacks"]
         worst = block.get("worst_case") or {}
         by = {t: {"rate": w["defended"], "interval": w.get("interval"),
-                  "upper": _upper([r for r in rows if r["threat_model"] == t])}
+                  "upper": upper_bound([r for r in rows if r["threat_model"] == t])}
               for t, w in worst.get("by_threat", {}).items()}
         benign = block["benign"]
         out.append({
@@ -72,7 +74,7 @@ def answer(metrics: Mapping[str, Any]) -> List[Dict[str, Any]]:
                           "interval": benign.get("rejected_interval")}
                          if "rejected" in benign else None),
             "worst": ({"rate": worst["defended"], "interval": worst.get("interval"),
-                       "upper": _upper(rows)} if worst else None),
+                       "upper": upper_bound(rows)} if worst else None),
             "by_threat": by,
             "weakest": _row_name(min(rows, key=lambda r: r["defended"])) if rows else None})
     return out
@@ -135,11 +137,12 @@ def _wrap(line: str, width: int = 100) -> str:
 def answer_html(metrics: Mapping[str, Any]) -> str:
     """The page's first section: the answer table, the not-tried line and how to read it."""
     esc = lambda t: html.escape(str(t), quote=True)  # noqa: E731
-    threats = [t for t in THREATS if any(t in r["by_threat"] for r in answer(metrics))]
+    rows = answer(metrics)
+    threats = [t for t in THREATS if any(t in r["by_threat"] for r in rows)]
     head = ("<tr><th>defense</th><th>clean</th><th>worst case, every attack</th>%s"
             "<th>hurt most by</th></tr>" % "".join("<th>%s</th>" % esc(t) for t in threats))
     body = []
-    for r in answer(metrics):
+    for r in rows:
         worst = r["worst"] or {}
         clean = rate_text(r["clean"]["rate"], r["clean"]["interval"])
         if r["rejected"]:

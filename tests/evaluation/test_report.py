@@ -248,6 +248,12 @@ def test_the_answer_names_what_the_run_did_not_try_and_fits_a_terminal():
     assert any(s.startswith("transfer") for s in missing) == (
         m["extractor"] == "k"), missing
     assert "Not tried by this run" in text
+    # a run whose defenses read no K (the oracle): no transfer attacker to offer
+    for block in m["defenses"].values():
+        block.setdefault("params", {})["extractor"] = "oracle"
+    oracle = not_tried(m)
+    assert any(s.startswith("adaptive") for s in oracle)
+    assert not any(s.startswith("transfer") for s in oracle), oracle
 
 
 def test_the_answer_keeps_a_long_label_whole_and_wraps_what_hurt_it(monkeypatch):
