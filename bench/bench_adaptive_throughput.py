@@ -16,6 +16,13 @@ evaluations of an image (one pass of M and one session run of K) per second of w
 ``ratio`` = after / before.  A profile of one engine's time per part of an evaluation (M's
 pass, K's session run, the verdict, the rest) is recorded for each.
 
+``ceiling``: what no engine can beat on this machine -- the seconds of one image's evaluation
+at full batch (``--slots`` images: K's session run forward only and with its backward pass,
+M's forward and backward pass), measured in the same run, mixed as today's engine needed them
+(the share of evaluations whose K ran its backward pass): ``ratio`` of an engine that spent
+nothing but those passes.  A ``ratio`` goal above the ceiling's cannot be met by scheduling;
+only cheaper passes of M or K could.
+
 Needs the trained K, robust K, M and AT of the default run (``python main.py --model K``,
 ``python main.py --model K --adv-train``, ``python main.py --adv-train``).  Run from the
 repository root::
@@ -91,6 +98,58 @@ class Profile:
         return out
 
 
+def _counting_backward(scorer) -> dict:
+    """Count the images whose K ran its backward pass (``need_grad``) in ``scorer``'s calls."""
+    counts = {"images": 0, "backward": 0}
+    inner = scorer.hinge_value_and_grad
+
+    def counted(images, *args, **kwargs):
+        need = kwargs.get("need_grad")
+        n = len(images)
+        counts["images"] += n
+        counts["backward"] += n if need is None else int(sum(bool(v) for v in need))
+        return inner(images, *args, **kwargs)
+    scorer.hinge_value_and_grad = counted
+    return counts
+
+
+def _seconds(fn, repeats: int = 3) -> float:
+    fn()                                    # warm: graphs built, caches filled
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def pass_costs(target, x, y, slots: int) -> dict:
+    """Seconds per image of each pass at full batch (``slots`` images, the first of ``x``
+    repeated as needed): K forward only, K with its backward pass, M with its backward."""
+    import numpy as np
+    from attacks.losses import cross_entropy
+    idx = np.arange(slots) % len(x)
+    xb, yb = np.asarray(x)[idx], np.asarray(y)[idx]
+    present = target.masks[(yb + 1) % len(target.masks)]
+
+    def k(need):
+        return lambda: target.scorer.hinge_value_and_grad(
+            xb, present, 1.0 - present, return_parts=True, need_grad=np.full(slots, need),
+            **target.hinge)
+    t = (yb + 1) % len(target.masks)
+    m = lambda: target._m_terms(xb, yb, t, [cross_entropy] * slots)  # noqa: E731
+    return {"k_forward": _seconds(k(False)) / slots, "k_backward": _seconds(k(True)) / slots,
+            "m_forward_backward": _seconds(m) / slots}
+
+
+def ceiling(costs: dict, backward_share: float, before_rate: float) -> dict:
+    """The ratio of an engine that spent only the passes of ``costs`` (seconds per image),
+    K's backward pass on ``backward_share`` of its evaluations."""
+    per_eval = (costs["k_forward"] + backward_share * (costs["k_backward"] - costs["k_forward"])
+                + costs["m_forward_backward"])
+    return {"seconds_per_evaluation": round(per_eval, 5),
+            "image_evaluations_per_second": round(1.0 / per_eval, 2),
+            "ratio": round(1.0 / per_eval / before_rate, 2)}
+
+
 def _engine_run(which: str, defense, config, settings, x, y, args, seed: int) -> dict:
     """One engine (``before`` or ``after``) on ``defense``'s two-phase target; its figures."""
     import numpy as np
@@ -110,6 +169,7 @@ def _engine_run(which: str, defense, config, settings, x, y, args, seed: int) ->
         profile.wrap_factory(target, "_m_step", "M's pass")
     else:
         profile.wrap(target, "_m_terms", "M's pass")
+    counts = _counting_backward(target.scorer)
     profile.wrap(target.scorer, "hinge_value_and_grad", "K's session run")
     profile.wrap(target, "judge", "verdict (Algorithm 1)")
     load = _machine.load_average()
@@ -128,7 +188,9 @@ def _engine_run(which: str, defense, config, settings, x, y, args, seed: int) ->
             "evaluations_per_image": round(evaluations / len(x), 1),
             "image_evaluations_per_second": round(evaluations / seconds, 2),
             "goal_reached": float(np.mean(res.success)), "profile": profile.shares(seconds),
-            "load_average_before": load, "load_average_after": _machine.load_average()}
+            "k_backward_share": round(counts["backward"] / max(counts["images"], 1), 3),
+            "load_average_before": load, "load_average_after": _machine.load_average(),
+            "_target": target}
 
 
 def measure(args) -> dict:
@@ -153,9 +215,14 @@ def measure(args) -> dict:
         rows = out["defenses"][defense.label] = {}
         for which in ("before", "after"):
             rows[which] = _engine_run(which, defense, config, settings, x, y, args, cfg.seed)
+            target = rows[which].pop("_target")
             print(defense.label, which, json.dumps(rows[which]))
         rows["ratio"] = round(rows["after"]["image_evaluations_per_second"]
                               / rows["before"]["image_evaluations_per_second"], 2)
+        costs = pass_costs(target, x, y, args.slots)
+        rows["pass_seconds_per_image"] = {k: round(v, 5) for k, v in costs.items()}
+        rows["ceiling"] = ceiling(costs, rows["after"]["k_backward_share"],
+                                  rows["before"]["image_evaluations_per_second"])
     for which in ("before", "after"):
         evaluations = sum(r[which]["evaluations"] for r in out["defenses"].values())
         seconds = sum(r[which]["seconds"] for r in out["defenses"].values())
@@ -163,6 +230,13 @@ def measure(args) -> dict:
                       "image_evaluations_per_second": round(evaluations / seconds, 2)}
     out["ratio"] = round(out["after"]["image_evaluations_per_second"]
                          / out["before"]["image_evaluations_per_second"], 2)
+    # the ceiling over every defense: each one's ideal seconds for its own evaluations
+    ideal = sum(r["after"]["evaluations"] * r["ceiling"]["seconds_per_evaluation"]
+                for r in out["defenses"].values())
+    out["ceiling"] = {"image_evaluations_per_second": round(out["after"]["evaluations"] / ideal,
+                                                            2),
+                      "ratio": round(out["after"]["evaluations"] / ideal
+                                     / out["before"]["image_evaluations_per_second"], 2)}
     out.update(what="image-evaluations per second of UnMask's adaptive target (one pass of M "
                     "and one session run of K per image), the engine and target at %s "
                     "(batches of %d) against today's (%d slots), same images, target and "

@@ -35,6 +35,8 @@ WHAT = {"none": "M alone", "at": "adversarial training of M (PGD-L∞ ε=4)",
         "unmask:k=robust:m=at:reject": "the same, flagged images rejected",
         "unmask:reject:k=robust:m=at": "hardened, flagged images rejected",
         "unmask:reject": "UnMask's detector, flagged images rejected",
+        "unmask:k=robust:m=at:confident": "hardened, rectified only where K's parts vouch",
+        "unmask:confident:k=robust:m=at": "hardened, rectified only where K's parts vouch",
         "trajectory": "seed-003 detector (M's layers, LSTM)", "pca": "input transform (PCA)",
         "noise": "input transform (noise, EOT)"}
 

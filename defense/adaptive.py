@@ -303,6 +303,7 @@ class UnMaskTarget(AttackTarget):
                 self.masks[c, index[p]] = 1.0
         self.hinge = dict(kappa=kappa, lam_present=lam_present, lam_absent=lam_absent, tau=tau)
         self._steps = collections.OrderedDict()
+        self._forward = None
 
     def route_needs_targets(self, route: str) -> bool:
         return route != "follow-m"
@@ -326,24 +327,40 @@ class UnMaskTarget(AttackTarget):
             self._steps[key] = tf.function(step, reduce_retracing=True)
         return self._steps[key]
 
-    def _m_terms(self, x, y, t, loss_fns):
+    def _m_logits(self):
+        """M's logits alone (a forward pass, compiled once): for the rows whose route never
+        uses M's loss or gradient (``k-only``), whose M answer still makes the verdict."""
+        if self._forward is None:
+            self._forward = tf.function(lambda x: self.model(x, training=False),
+                                        reduce_retracing=True)
+        return self._forward
+
+    def _m_terms(self, x, y, t, loss_fns, need_grad=None):
         """M's loss ``[B]``, its gradient and logits, one pass per (loss, targeted) group of
-        rows (``t[i] < 0``: untargeted)."""
+        rows (``t[i] < 0``: untargeted); the rows where ``need_grad`` (bool ``[B]``, default
+        all) is False get M's forward pass only (their loss and gradient are zero)."""
         n = len(x)
+        need = np.ones(n, bool) if need_grad is None else np.asarray(need_grad, bool)
         loss, grad = np.zeros(n, np.float32), np.zeros_like(x)
         logits = None
         groups = {}
         for i, (fn, ti) in enumerate(zip(loss_fns, t)):
-            groups.setdefault((fn, bool(ti >= 0)), []).append(i)
-        for (fn, targeted), rows in groups.items():
+            key = (fn, bool(ti >= 0)) if need[i] else None
+            groups.setdefault(key, []).append(i)
+        for key, rows in groups.items():
             rows = np.asarray(rows)
-            tt = t[rows] if targeted else np.zeros(len(rows), np.int64)
-            l, g, lg = self._m_step(fn, targeted)(tf.constant(x[rows]), tf.constant(y[rows]),
-                                                  tf.constant(tt))
-            lg = _numpy(lg)
+            if key is None:
+                lg = _numpy(self._m_logits()(tf.constant(x[rows])))
+            else:
+                fn, targeted = key
+                tt = t[rows] if targeted else np.zeros(len(rows), np.int64)
+                l, g, lg = self._m_step(fn, targeted)(
+                    tf.constant(x[rows]), tf.constant(y[rows]), tf.constant(tt))
+                lg = _numpy(lg)
+                loss[rows], grad[rows] = _numpy(l), _numpy(g)
             if logits is None:
                 logits = np.zeros((n, lg.shape[1]), np.float32)
-            loss[rows], grad[rows], logits[rows] = _numpy(l), _numpy(g), lg
+            logits[rows] = lg
         return loss, grad, logits
 
     def _k_terms(self, images, k_target, pred, y, need_grad):
@@ -364,7 +381,8 @@ class UnMaskTarget(AttackTarget):
             raise ValueError("UnMask's routes other than follow-m need a target class y' per "
                              "image (the class whose parts K is made to see); the engine "
                              "gives them")
-        m_loss, m_grad, logits = self._m_terms(x, y, t, loss_fns)
+        # the k-only route never uses M's loss or gradient: M runs forward for its answer
+        m_loss, m_grad, logits = self._m_terms(x, y, t, loss_fns, routes != "k-only")
         pred = np.argmax(logits, axis=1)
         runner_up = np.asarray(rank_by_score(logits, y))[:, 0]
         k_target = np.where(routes == "follow-m", np.where(pred != y, pred, runner_up), t)

@@ -22,6 +22,9 @@ first:
 
 With response ``reject`` a flag is a rejection, so ``k-only`` cannot reach the wrong goal
 (wrong = undetected); the undetected goal (M fooled, not flagged) never comes from it either.
+With response ``confident`` a flagged image is rectified only to a class whose parts agree with
+K's set (its distance below ``t``): ``k-only`` still reaches the wrong goal when it forges such
+a set, so every route stays.
 """
 from defense.threats import Goal
 
@@ -31,8 +34,8 @@ UNMASK_ROUTES = ("follow-m", "two-phase", "k-only", "joint")
 
 def unmask_routes(goal: Goal, response: str) -> tuple:
     """The routes by which UnMask's final answer reaches ``goal`` under ``response``
-    (``rectify`` or ``reject``): every route for a wrong rectified answer; without ``k-only``
-    where M must be fooled."""
-    if goal == Goal.WRONG and response == "rectify":
+    (``rectify``, ``reject`` or ``confident``): every route for a wrong rectified answer;
+    without ``k-only`` where M must be fooled."""
+    if goal == Goal.WRONG and response in ("rectify", "confident"):
         return UNMASK_ROUTES
     return tuple(r for r in UNMASK_ROUTES if r != "k-only")

@@ -9,6 +9,11 @@ target false-positive rate unless the user gives it.
 ``unmask:reject`` is the detector alone: a flagged image is rejected (-1) instead of
 rectified -- the same rule as the other detectors of the bench (e.g. ``trajectory``), so the two
 can be compared on equal terms (the bench's ``defended`` column counts a rejection as stopped).
+``unmask:confident`` rectifies only where K's parts vouch for the rectified class -- its own
+distance ``1 - Jaccard(K(x), V[z])`` is below ``t``, the test M's answer had to pass -- and
+rejects the other flagged images: the rectification an attacker forges with K alone (the
+``k-only`` route, :mod:`defense.routes`) must then make a class's parts *agree* with K's set,
+not merely beat the others.
 
 Hardened variants (SPEC section 12) take their models as ``key=value`` parameters, joined by
 ``:`` with each other and with ``reject``: ``unmask:k=robust`` (the adversarially trained K of
@@ -34,7 +39,7 @@ from defense.base import Defense, ImageSet, Outcome
 from defense.routes import UNMASK_ROUTES, unmask_routes
 from defense.threats import Goal, Threat
 from defense.thresholds import choose_threshold
-from defense.unmask import UnMask
+from defense.unmask import UnMask, distances
 
 #: Bumped when the content or meaning of a cached observation changes.
 OBSERVATION_VERSION = 3
@@ -43,7 +48,9 @@ OBSERVATION_VERSION = 3
 #: The parameters of ``unmask:...``: name -> (choices, default); the first choice is the
 #: default.  ``response`` may also be given bare (``unmask:reject``).
 PARAMETERS = {
-    "response": ("rectify", "reject"),     # what a flagged image gets
+    # what a flagged image gets: re-classified, rejected, or re-classified where K's parts
+    # vouch for the new class (else rejected)
+    "response": ("rectify", "reject", "confident"),
     "k": ("standard", "robust"),           # the part extractor: the standard or the robust K
     "m": ("m", "at"),                      # the classifier: M or the adversarially trained one
     "input": ("fixed", "random"),          # K's input: the image, or a random resize and pad
@@ -86,7 +93,8 @@ def parse_value(value) -> Dict[str, str]:
 class UnMaskDefense(Defense):
     name = "unmask"
     detector = True
-    PARAM = "response, models and K input: reject, k=robust, m=at, input=random (joined by ':')"
+    PARAM = ("response, models and K input: reject or confident, k=robust, m=at, input=random "
+             "(joined by ':')")
     RESPONSES = PARAMETERS["response"]
 
     def __init__(self, value=None):
@@ -205,7 +213,7 @@ class UnMaskDefense(Defense):
         if self._randomizer is not None:
             variant["input_transform"] = self._randomizer.params()
         return dict({"extractor": self.kind, "response": self.response,
-                     "mode": self.mode if self.response == "rectify" else None,
+                     "mode": self.mode if self.response != "reject" else None,
                      "threshold": self.threshold}, **variant, **self._chosen)
 
     def fingerprint(self) -> Dict:
@@ -245,10 +253,11 @@ class UnMaskDefense(Defense):
         return unmask_routes(goal, self.response)
 
     def adaptive_goals(self):
-        """Rectifying UnMask: "wrong answer" (the rectified answer wrong, not "no class") and
-        "undetected" (M fooled, not flagged) are different events, each with its own run.
-        Rejecting UnMask: the same event (a flagged image is rejected), one run."""
-        return (Goal.WRONG, Goal.UNDETECTED) if self.response == "rectify" else (Goal.WRONG,)
+        """Rectifying UnMask (also ``confident``): "wrong answer" (the rectified answer wrong,
+        not "no class") and "undetected" (M fooled, not flagged) are different events, each
+        with its own run.  Rejecting UnMask: the same event (a flagged image is rejected), one
+        run."""
+        return (Goal.WRONG,) if self.response == "reject" else (Goal.WRONG, Goal.UNDETECTED)
 
     def no_adaptive_reason(self, threat):
         if self.kind == "oracle":
@@ -309,9 +318,16 @@ class UnMaskDefense(Defense):
         return self._um.decide(observation["pred"], observation["parts"])
 
     def _answer(self, res) -> np.ndarray:
-        """The defended answer of a ProtectResult: rectified class, or -1 when rejecting."""
-        pred = res.final if self.response == "rectify" else np.where(res.flags, -1, res.preds)
-        return np.asarray(pred, np.int64)
+        """The defended answer of a ProtectResult: the rectified class (``rectify``); -1 for
+        a flagged image (``reject``); the rectified class where its own distance is below
+        ``t``, else -1 (``confident``)."""
+        if self.response == "reject":
+            return np.asarray(np.where(res.flags, -1, res.preds), np.int64)
+        final = np.asarray(res.final, np.int64)
+        if self.response == "rectify":
+            return final
+        return np.where(vouched(res.parts, final, self._um.class_parts_list, res.threshold),
+                        final, -1).astype(np.int64)
 
     def _final(self, preds, part_sets) -> np.ndarray:
         return self._answer(self._um.decide(preds, part_sets))
@@ -319,6 +335,19 @@ class UnMaskDefense(Defense):
     def decide(self, observation: Mapping[str, List]) -> Outcome:
         res = self.protect(observation)
         return Outcome(pred=self._answer(res), score=res.distances, flags=res.flags)
+
+
+def vouched(part_sets, answers, class_parts_list, threshold: float) -> np.ndarray:
+    """bool ``[N]``: K's part set vouches for each answer (a class >= 0 whose distance
+    ``1 - Jaccard(parts, V[answer])`` is below ``threshold``; -1, no class, never)."""
+    answers = np.asarray(answers, np.int64)
+    ok = answers >= 0
+    out = np.zeros(len(answers), bool)
+    if ok.any():
+        rows = np.flatnonzero(ok)
+        d = distances([part_sets[i] for i in rows], answers[rows], class_parts_list)
+        out[rows] = d < threshold
+    return out
 
 
 def _label_without(defense: "UnMaskDefense", ignored) -> str:

@@ -197,6 +197,36 @@ def test_unmask_defense_is_algorithm_1(context):
     assert np.array_equal(r.pred[~r.flags], out.pred[~out.flags])
 
 
+def test_unmask_confident_rectifies_only_to_a_class_the_parts_vouch_for(context):
+    """``unmask:confident``: M's unflagged answer stands; a flagged image is rectified where
+    the best class's own distance is below t, and rejected where it is not (a hand-made
+    case, Algorithm 1 at t = 0.5 computed by hand)."""
+    from defense.routes import UNMASK_ROUTES
+    make, _, _, _ = context
+    assert tuple(CS.classes) == ("car", "person", "train")
+    plain, confident = build_defense("unmask"), build_defense("unmask:confident")
+    for d in (plain, confident):
+        d.fit(make(threshold=0.5))
+    train = ["coach_back", "coach_front", "coach_left", "coach_right"]
+    obs = {"pred": [0, 0, 0, 1, 0],
+           "parts": [sorted(CLASS_PARTS["car"]),          # d(car) = 0: kept
+                     sorted(CLASS_PARTS["train"]),        # flagged; train, d = 0: vouched
+                     # flagged; best person J = 3/14 (train 1/10): d = 11/14 >= t
+                     ["arm", "coach_top", "ear", "eye"],
+                     # person: J(person) = 2/17, flagged; train J = 5/8, d = 3/8 < t
+                     train + ["arm", "head"],
+                     # flagged; train J = 4/8: d = 1/2, not below t
+                     train + ["mirror"]]}
+    a, b = plain.decide(obs), confident.decide(obs)
+    np.testing.assert_array_equal(a.flags, [False, True, True, True, True])
+    np.testing.assert_array_equal(b.flags, a.flags)
+    np.testing.assert_array_equal(a.pred, [0, 2, 1, 2, 2])
+    np.testing.assert_array_equal(b.pred, [0, 2, REJECTED, 2, REJECTED])
+    assert confident.label == "unmask:confident"
+    assert confident.adaptive_routes(Goal.WRONG) == UNMASK_ROUTES
+    assert confident.adaptive_goals() == (Goal.WRONG, Goal.UNDETECTED)
+
+
 def test_unmask_threshold_is_chosen_on_validation_for_the_target_fpr(context):
     make, sets, _, _ = context
     um = build_defense("unmask")
@@ -229,7 +259,7 @@ def test_defense_names_are_validated_before_any_work():
         parse_defenses("none,unmask,none")
     with pytest.raises(ValueError, match="takes no parameter"):
         parse_defense("none:3")
-    with pytest.raises(ValueError, match="rectify, reject"):
+    with pytest.raises(ValueError, match="rectify, reject, confident"):
         build_defense("unmask:3")
     with pytest.raises(ValueError, match="scale"):
         build_defense("downsample:abc")

@@ -176,3 +176,35 @@ def test_one_k_run_serves_a_batch_whatever_its_routes(toy):
     for i, one in enumerate(alone):
         np.testing.assert_allclose(np.asarray(out.grad)[i], np.asarray(one.grad)[0], atol=1e-6)
         np.testing.assert_allclose(np.asarray(out.loss)[i], np.asarray(one.loss)[0], atol=1e-6)
+
+
+def test_m_runs_backward_only_for_the_rows_whose_route_uses_its_gradient(toy):
+    """The k-only route never uses M's loss or gradient: its rows get M's forward pass only
+    (M's answer still makes the verdict), the other routes' rows M's forward and backward."""
+    from attacks.losses import cross_entropy
+    x, y, um = toy
+    _, wrong = _judges(um)
+    target = UnMaskTarget(robust_m, StripeK(), um.class_parts_list, wrong("rectify"),
+                          routes=UNMASK_ROUTES)
+    backward, forward = [], []
+    step, logits_fn = target._m_step, target._m_logits
+
+    def counted_step(fn, targeted=True):
+        inner = step(fn, targeted)
+        return lambda xb, yb, tb: (backward.append(int(xb.shape[0])), inner(xb, yb, tb))[1]
+
+    def counted_logits():
+        inner = logits_fn()
+        return lambda xb: (forward.append(int(xb.shape[0])), inner(xb))[1]
+
+    target._m_step, target._m_logits = counted_step, counted_logits
+    routes = ["k-only", "two-phase", "k-only", "joint"]
+    out = target.evaluate_jobs(x, y, np.array([1, 1, 2, 2]), [cross_entropy] * 4, routes)
+    assert sum(backward) == 2 and forward == [2]
+    # every row has M's logits; the k-only rows' loss is K's term alone
+    np.testing.assert_allclose(out.logits, np.asarray(robust_m(x)), atol=1e-6)
+    k_loss = StripeK().hinge_value_and_grad(x, target.masks[[1, 1, 2, 2]],
+                                            1 - target.masks[[1, 1, 2, 2]], kappa=1.0,
+                                            tau=0.5)[0]
+    np.testing.assert_allclose(np.asarray(out.loss)[[0, 2]], -k_loss[[0, 2]], atol=1e-5)
+    assert np.all(np.isfinite(out.grad)) and np.abs(out.grad[[0, 2]]).sum() > 0

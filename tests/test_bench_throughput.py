@@ -1,0 +1,45 @@
+"""The throughput bench's ceiling: the arithmetic of an engine that spends only its passes,
+and the count of images whose K ran its backward pass."""
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_adaptive_throughput", os.path.join(ROOT, "bench", "bench_adaptive_throughput.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ceiling_mixes_k_passes_by_the_share_that_ran_backward(bench):
+    costs = {"k_forward": 0.004, "k_backward": 0.010, "m_forward_backward": 0.003}
+    # 0.004 + 0.25 x (0.010 - 0.004) + 0.003 = 0.0085 s per evaluation
+    out = bench.ceiling(costs, 0.25, before_rate=50.0)
+    assert out["seconds_per_evaluation"] == pytest.approx(0.0085)
+    assert out["image_evaluations_per_second"] == pytest.approx(117.65, abs=0.01)
+    assert out["ratio"] == pytest.approx(2.35, abs=0.01)
+    # every evaluation backward: K's full pass; none: its forward alone
+    assert bench.ceiling(costs, 1.0, 50.0)["seconds_per_evaluation"] == pytest.approx(0.013)
+    assert bench.ceiling(costs, 0.0, 50.0)["seconds_per_evaluation"] == pytest.approx(0.007)
+
+
+def test_backward_count_follows_need_grad(bench):
+    class Scorer:
+        def hinge_value_and_grad(self, images, present, absent, **kwargs):
+            return len(images)
+
+    scorer = Scorer()
+    counts = bench._counting_backward(scorer)
+    assert scorer.hinge_value_and_grad(np.zeros((4, 2)), None, None,
+                                       need_grad=[True, False, True, False]) == 4
+    scorer.hinge_value_and_grad(np.zeros((3, 2)), None, None)          # all: backward
+    assert counts == {"images": 7, "backward": 5}
