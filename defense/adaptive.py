@@ -329,7 +329,9 @@ class UnMaskTarget(AttackTarget):
 
     def _m_logits(self):
         """M's logits alone (a forward pass, compiled once): for the rows whose route never
-        uses M's loss or gradient (``k-only``), whose M answer still makes the verdict."""
+        uses M's loss or gradient (``k-only``), whose M answer still makes the verdict.  The
+        logits equal those of the pass with the gradient up to float rounding (~1e-6 here:
+        the two graphs fuse differently), as they do across batch sizes."""
         if self._forward is None:
             self._forward = tf.function(lambda x: self.model(x, training=False),
                                         reduce_retracing=True)

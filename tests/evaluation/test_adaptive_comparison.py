@@ -38,7 +38,7 @@ def _config(setup, out, **kw):
                 adaptive_batch=4,
                 results_dir=str(out / "results"), checkpoint_dir=str(root / "ckpt"),
                 progress=False, extractor="k", k_weights=k, k_log_dir=str(root / "klogs"),
-                defenses=("none", "bitdepth:3", "unmask", "unmask:reject"),
+                defenses=("none", "bitdepth:3", "unmask", "unmask:reject", "unmask:confident"),
                 threats=("gray-box", "adaptive"), adaptive_steps=4, adaptive_restarts=2,
                 target_fpr=0.3)
     base.update(kw)
@@ -123,6 +123,22 @@ def test_adaptive_rows_goals_and_convergence(whole):
     worst = metrics["defenses"]["unmask"]["worst_case"]
     assert worst["attacks"] == 4 and worst["defended"] <= min(
         r["defended"] for r in um.values()) + 1e-12
+
+
+def test_confident_unmask_keeps_every_route_and_loses_only_unvouched_rectifications(whole):
+    """``unmask:confident`` flags as ``unmask`` does (same threshold) and is attacked along
+    every route of a rectifying UnMask; on clean images each answer it gets right ``unmask``
+    gets right too, and what it loses it rejects."""
+    cfg, metrics = whole
+    plain, conf = metrics["defenses"]["unmask"], metrics["defenses"]["unmask:confident"]
+    assert conf["params"]["threshold"] == plain["params"]["threshold"]
+    rows = _rows(metrics, "unmask:confident")
+    assert rows[("pgd_linf", "adaptive", "wrong")]["routes"]["ran"] == [
+        "follow-m", "two-phase", "k-only", "joint"]
+    assert ("pgd_linf", "adaptive", "undetected") in rows
+    b_plain, b_conf = plain["benign"], conf["benign"]
+    assert b_conf["acc"] <= b_plain["acc"] + 1e-12
+    assert b_conf["acc"] + b_conf["rejected"] >= b_plain["acc"] - 1e-12
 
 
 def test_a_row_attacked_along_some_of_its_routes_is_marked(setup, tmp_path):
