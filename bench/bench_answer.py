@@ -7,7 +7,8 @@ Each run folder's ``metrics.json`` gives, per defense, the images defended under
 of each threat model (``worst_case.by_threat``, with its Wilson interval) and which attack or
 route was the strongest; a number is marked an upper bound when an attack behind it was not
 converged or left out routes of the defense's decision rule.  Where several runs hold a
-defense, the first given wins.  ``--legacy FILE`` adds rows recorded from earlier runs whose
+defense, the first given wins (give the run with the most attacks first); the rows come in one
+order whatever the runs' (M alone, AT, UnMask and its variants, the rivals).  ``--legacy FILE`` adds rows recorded from earlier runs whose
 folders were not kept (their intervals are Wilson intervals of the recorded rate over the
 recorded number of images).
 
@@ -117,6 +118,9 @@ def main(argv=None):
                 if row["defense"] not in seen:
                     rows.append(row)
                     seen.add(row["defense"])
+    # one order whatever the runs' order: M alone, AT, UnMask and its variants, the rivals
+    order = {label: i for i, label in enumerate(WHAT)}
+    rows.sort(key=lambda r: order.get(r["defense"], len(order)))
     from data.fileio import write_json_atomic
     write_json_atomic(args.out, {"what": __doc__.splitlines()[0], "rows": rows}, indent=1)
     print("written to %s (%d defenses)" % (os.path.relpath(args.out, ROOT), len(rows)))

@@ -41,12 +41,25 @@ def _read(path: str) -> dict:
         return json.load(f)
 
 
-def seconds_per_evaluation(throughput: dict, defense: str) -> float:
-    """Seconds of one target evaluation of one image at full batch: the defense's own
-    measurement, else the overall one (today's engine, ``after``)."""
+#: UnMask's routes whose every step uses K's gradient (``defense/adaptive.py``,
+#: ``UnMaskTarget.evaluate_jobs``): only ``two-phase`` runs K forward alone until M says y'.
+K_BACKWARD_EVERY_STEP = ("follow-m", "k-only", "joint")
+
+
+def seconds_per_evaluation(throughput: dict, defense: str, route: str = "two-phase") -> float:
+    """Seconds of one target evaluation of one image at full batch along ``route``: the
+    defense's own measurement, else the overall one (today's engine, ``after``, measured on
+    the two-phase route).  A route whose every step runs K's backward pass costs the
+    measured evaluation plus K's backward pass on the share of evaluations the two-phase
+    measurement ran without it (both passes measured by the throughput bench)."""
     own = throughput.get("defenses", {}).get(defense)
     rate = (own or throughput)["after"]["image_evaluations_per_second"]
-    return 1.0 / float(rate)
+    seconds = 1.0 / float(rate)
+    passes = (own or {}).get("pass_seconds_per_image")
+    share = (own or {}).get("after", {}).get("k_backward_share")
+    if route in K_BACKWARD_EVERY_STEP and passes and share is not None:
+        seconds += (1.0 - share) * (passes["k_backward"] - passes["k_forward"])
+    return seconds
 
 
 def rows_of(metrics: dict):
@@ -63,9 +76,14 @@ def predict(metrics: dict, throughput: dict, images: int, workers: int, batch: i
     rows, total, units = [], 0.0, 0
     for label, row in rows_of(metrics):
         per_image = float(row["cost"]["evaluations_per_image"])
-        seconds = per_image * images * seconds_per_evaluation(throughput, label)
-        routes = {r: round(v["evaluations_per_image"], 1)
-                  for r, v in row["cost"].get("routes", {}).items()}
+        by_route = {r: float(v["evaluations_per_image"])
+                    for r, v in row["cost"].get("routes", {}).items()}
+        if by_route:
+            seconds = images * sum(n * seconds_per_evaluation(throughput, label, r)
+                                   for r, n in by_route.items())
+        else:
+            seconds = per_image * images * seconds_per_evaluation(throughput, label)
+        routes = {r: round(v, 1) for r, v in by_route.items()}
         rows.append({"defense": label, "attack": row["attack"], "eps": row["eps"],
                      "threat_model": row["threat_model"], "goal": row["goal"],
                      "evaluations_per_image": round(per_image, 1),

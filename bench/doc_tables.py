@@ -87,16 +87,26 @@ def render_answer(answer: dict) -> str:
 
 def render_throughput(bench: dict) -> str:
     """Image-evaluations per second of UnMask's adaptive target, the engine of before against
-    today's, per defense and over all of them (``bench_adaptive_throughput.py``)."""
+    today's, per defense and over all of them, with the ceiling of an engine that spends
+    nothing but M's and K's passes (``bench_adaptive_throughput.py``)."""
+    def ceiling(r):
+        c = r.get("ceiling")
+        return "%.2f×" % c["ratio"] if c else "–"
+
+    def share(r):
+        v = r["after"].get("k_backward_share")
+        return "%.2f" % v if v is not None else "–"
+
     rows = [["`%s`" % label, r["before"]["image_evaluations_per_second"],
-             r["after"]["image_evaluations_per_second"], "%.2f×" % r["ratio"],
-             r["after"]["evaluations_per_image"]]
+             r["after"]["image_evaluations_per_second"], "%.2f×" % r["ratio"], ceiling(r),
+             share(r), r["after"]["evaluations_per_image"]]
             for label, r in bench["defenses"].items()]
     rows.append(["all three", bench["before"]["image_evaluations_per_second"],
                  bench["after"]["image_evaluations_per_second"], "**%.2f×**" % bench["ratio"],
-                 "–"])
+                 ceiling(bench), "–", "–"])
     return markdown(["UnMask row", "before (evaluations/s)", "after (evaluations/s)", "ratio",
-                     "evaluations per image"], rows)
+                     "ceiling (passes only)", "share with K's backward", "evaluations per image"],
+                    rows)
 
 
 def render_cost_model(cost: dict) -> str:

@@ -43,3 +43,28 @@ def test_backward_count_follows_need_grad(bench):
                                        need_grad=[True, False, True, False]) == 4
     scorer.hinge_value_and_grad(np.zeros((3, 2)), None, None)          # all: backward
     assert counts == {"images": 7, "backward": 5}
+
+
+def test_cost_model_charges_k_backward_to_the_routes_that_run_it_every_step():
+    spec = importlib.util.spec_from_file_location(
+        "bench_cost_model", os.path.join(ROOT, "bench", "bench_cost_model.py"))
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    throughput = {"after": {"image_evaluations_per_second": 50.0},
+                  "defenses": {"unmask": {
+                      "after": {"image_evaluations_per_second": 100.0, "k_backward_share": 0.2},
+                      "pass_seconds_per_image": {"k_forward": 0.004, "k_backward": 0.009,
+                                                 "m_forward_backward": 0.003}}}}
+    # two-phase: as measured; every-step routes: + (1 - 0.2) x (0.009 - 0.004) = + 0.004
+    assert cost.seconds_per_evaluation(throughput, "unmask") == pytest.approx(0.01)
+    for route in ("follow-m", "k-only", "joint"):
+        assert cost.seconds_per_evaluation(throughput, "unmask", route) == pytest.approx(0.014)
+    # a defense the bench did not measure: the overall rate, whatever the route
+    assert cost.seconds_per_evaluation(throughput, "bitdepth", "bpda") == pytest.approx(0.02)
+    metrics = {"defenses": {"unmask": {"attacks": [{
+        "attack": "pgd_linf", "eps": 8.0, "threat_model": "adaptive", "goal": "wrong",
+        "cost": {"evaluations_per_image": 30.0, "seconds": 1.0,
+                 "routes": {"two-phase": {"evaluations_per_image": 10.0},
+                            "joint": {"evaluations_per_image": 20.0}}}}]}}}
+    out = cost.predict(metrics, throughput, images=10, workers=1, batch=100)
+    assert out["predicted_seconds_one_worker"] == pytest.approx(10 * (10 * 0.01 + 20 * 0.014))
