@@ -7,10 +7,10 @@ Each run folder's ``metrics.json`` gives, per defense, the images defended under
 of each threat model (``worst_case.by_threat``, with its Wilson interval) and which attack or
 route was the strongest; a number is marked an upper bound when an attack behind it was not
 converged or left out routes of the defense's decision rule.  Where several runs hold a
-defense, the first given wins (give the run with the most attacks first); the rows come in one
-order whatever the runs' (M alone, AT, UnMask and its variants, the rivals).  ``--legacy FILE`` adds rows recorded from earlier runs whose
-folders were not kept (their intervals are Wilson intervals of the recorded rate over the
-recorded number of images).
+defense, the first given wins (give the run with the most attacks first); the rows come in
+one order whatever the runs' (M alone, AT, UnMask and its variants, the rivals).
+``--legacy FILE`` adds rows recorded from earlier runs whose folders were not kept (their
+intervals are Wilson intervals of the recorded rate over the recorded number of images).
 
     .venv/bin/python bench/bench_answer.py --run results_routes/cs5-2/mobilenetv2_050 \\
         --command "python main.py ..." [--run ...] [--legacy bench/results/tables/legacy_answer.json]
@@ -36,6 +36,7 @@ WHAT = {"none": "M alone", "at": "adversarial training of M (PGD-L∞ ε=4)",
         "unmask:k=robust:m=at:reject": "the same, flagged images rejected",
         "unmask:reject:k=robust:m=at": "hardened, flagged images rejected",
         "unmask:reject": "UnMask's detector, flagged images rejected",
+        "unmask:confident": "UnMask, rectified only where K's parts vouch",
         "unmask:k=robust:m=at:confident": "hardened, rectified only where K's parts vouch",
         "unmask:confident:k=robust:m=at": "hardened, rectified only where K's parts vouch",
         "trajectory": "seed-003 detector (M's layers, LSTM)", "pca": "input transform (PCA)",

@@ -49,16 +49,22 @@ K_BACKWARD_EVERY_STEP = ("follow-m", "k-only", "joint")
 def seconds_per_evaluation(throughput: dict, defense: str, route: str = "two-phase") -> float:
     """Seconds of one target evaluation of one image at full batch along ``route``: the
     defense's own measurement, else the overall one (today's engine, ``after``, measured on
-    the two-phase route).  A route whose every step runs K's backward pass costs the
-    measured evaluation plus K's backward pass on the share of evaluations the two-phase
-    measurement ran without it (both passes measured by the throughput bench)."""
+    the two-phase route).  UnMask's routes differ from two-phase by their passes (measured by
+    the throughput bench, the defense's own or, for an UnMask row it did not measure, the
+    average): a route whose every step runs K's backward pass costs K's backward on the share
+    of evaluations the two-phase measurement ran without it; ``k-only`` runs M forward only."""
     own = throughput.get("defenses", {}).get(defense)
     rate = (own or throughput)["after"]["image_evaluations_per_second"]
     seconds = 1.0 / float(rate)
-    passes = (own or {}).get("pass_seconds_per_image")
-    share = (own or {}).get("after", {}).get("k_backward_share")
+    if not defense.startswith("unmask"):
+        return seconds
+    source = own if own and own.get("pass_seconds_per_image") else throughput
+    passes = source.get("pass_seconds_per_image")
+    share = source.get("after", {}).get("k_backward_share")
     if route in K_BACKWARD_EVERY_STEP and passes and share is not None:
         seconds += (1.0 - share) * (passes["k_backward"] - passes["k_forward"])
+    if route == "k-only" and passes and "m_forward" in passes:
+        seconds -= passes["m_forward_backward"] - passes["m_forward"]
     return seconds
 
 

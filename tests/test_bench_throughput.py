@@ -54,13 +54,22 @@ def test_cost_model_charges_k_backward_to_the_routes_that_run_it_every_step():
                   "defenses": {"unmask": {
                       "after": {"image_evaluations_per_second": 100.0, "k_backward_share": 0.2},
                       "pass_seconds_per_image": {"k_forward": 0.004, "k_backward": 0.009,
-                                                 "m_forward_backward": 0.003}}}}
-    # two-phase: as measured; every-step routes: + (1 - 0.2) x (0.009 - 0.004) = + 0.004
+                                                 "m_forward_backward": 0.003,
+                                                 "m_forward": 0.001}}}}
+    # two-phase: as measured; every-step routes: + (1 - 0.2) x (0.009 - 0.004) = + 0.004;
+    # k-only also runs M forward only: - (0.003 - 0.001)
     assert cost.seconds_per_evaluation(throughput, "unmask") == pytest.approx(0.01)
-    for route in ("follow-m", "k-only", "joint"):
+    for route in ("follow-m", "joint"):
         assert cost.seconds_per_evaluation(throughput, "unmask", route) == pytest.approx(0.014)
+    assert cost.seconds_per_evaluation(throughput, "unmask", "k-only") == pytest.approx(0.012)
     # a defense the bench did not measure: the overall rate, whatever the route
     assert cost.seconds_per_evaluation(throughput, "bitdepth", "bpda") == pytest.approx(0.02)
+    # an UnMask row it did not measure: the overall rate and the average passes
+    throughput.update(pass_seconds_per_image={"k_forward": 0.005, "k_backward": 0.010,
+                                              "m_forward_backward": 0.003},
+                      after={"image_evaluations_per_second": 50.0, "k_backward_share": 0.5})
+    assert cost.seconds_per_evaluation(throughput, "unmask:m=at", "joint") == pytest.approx(
+        0.02 + 0.5 * 0.005)
     metrics = {"defenses": {"unmask": {"attacks": [{
         "attack": "pgd_linf", "eps": 8.0, "threat_model": "adaptive", "goal": "wrong",
         "cost": {"evaluations_per_image": 30.0, "seconds": 1.0,

@@ -16,11 +16,12 @@ rejects the other flagged images: the rectification an attacker forges with K al
 not merely beat the others.
 
 Hardened variants (SPEC section 12) take their models as ``key=value`` parameters, joined by
-``:`` with each other and with ``reject``: ``unmask:k=robust`` (the adversarially trained K of
-``main.py --model K --adv-train``), ``unmask:m=at`` (the adversarially trained classifier of
-``--adv-train`` in M's place), ``unmask:k=robust:m=at`` (both).  Each variant is its own bench
-row with its own threshold chosen on validation at the run's FPR; its gray-box attacker attacks
-the classifier it holds (the AT model for ``m=at``).  ``input=random`` puts a random resize and
+``:`` with each other and with ``reject`` or ``confident``: ``unmask:k=robust`` (the
+adversarially trained K of ``main.py --model K --adv-train``), ``unmask:m=at`` (the
+adversarially trained classifier of ``--adv-train`` in M's place), ``unmask:k=robust:m=at``
+(both).  Each variant is its own bench row with its own threshold chosen on validation at
+the run's FPR; its gray-box attacker attacks the classifier it holds (the AT model for
+``m=at``).  ``input=random`` puts a random resize and
 pad (:class:`~defense.transforms.ResizePadTransform`) in front of K -- M sees the image as it
 is -- with one draw per image set (seeded by its name); its adaptive attack is EOT over
 the run's EOT draws, 20 per step (:class:`~defense.adaptive.RandomizedUnMaskTarget`).
@@ -326,8 +327,13 @@ class UnMaskDefense(Defense):
         final = np.asarray(res.final, np.int64)
         if self.response == "rectify":
             return final
-        return np.where(vouched(res.parts, final, self._um.class_parts_list, res.threshold),
-                        final, -1).astype(np.int64)
+        # an unflagged answer passed the test already (in mode "all" the best class's
+        # distance is at most M's): only the flagged ones are checked
+        flagged = np.asarray(res.flags, bool)
+        kept = ~flagged
+        kept[flagged] = vouched([res.parts[i] for i in np.flatnonzero(flagged)],
+                                final[flagged], self._um.class_parts_list, res.threshold)
+        return np.where(kept, final, -1).astype(np.int64)
 
     def _final(self, preds, part_sets) -> np.ndarray:
         return self._answer(self._um.decide(preds, part_sets))

@@ -75,7 +75,7 @@ def test_adaptive_rows_goals_and_convergence(whole):
     notes = metrics["defenses"]["unmask"]["adaptive"]
     assert "ga_3" in notes["skipped"] and "random target" in notes["skipped"]["ga_3"]
     assert "none needed" in metrics["defenses"]["none"]["adaptive"]["adaptive"]
-    for label in ("unmask", "unmask:reject", "bitdepth:3"):
+    for label in ("unmask", "unmask:reject", "unmask:confident", "bitdepth:3"):
         for (attack, threat, goal), r in _rows(metrics, label).items():
             if threat == "gray-box":
                 assert "convergence" not in r
@@ -135,7 +135,8 @@ def test_confident_unmask_keeps_every_route_and_loses_only_unvouched_rectificati
     rows = _rows(metrics, "unmask:confident")
     assert rows[("pgd_linf", "adaptive", "wrong")]["routes"]["ran"] == [
         "follow-m", "two-phase", "k-only", "joint"]
-    assert ("pgd_linf", "adaptive", "undetected") in rows
+    assert rows[("pgd_linf", "adaptive", "undetected")]["routes"]["ran"] == [
+        "follow-m", "two-phase", "joint"]
     b_plain, b_conf = plain["benign"], conf["benign"]
     assert b_conf["acc"] <= b_plain["acc"] + 1e-12
     assert b_conf["acc"] + b_conf["rejected"] >= b_plain["acc"] - 1e-12
