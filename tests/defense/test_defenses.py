@@ -108,13 +108,13 @@ def context(tiny_m, tmp_path_factory):
                         x=x.astype(np.float32), keys=base.keys, labels=base.labels,
                         fingerprint={"attack": attack})
 
-    def make(threshold=None):
+    def make(threshold=None, mode="flagged"):
         return FitContext(
             models={"m": tiny_m, "at": _other_model}, class_set=CS, seed=0,
             target_fpr=0.25, threshold=threshold, log=lambda s: None,
             images=lambda split: sets[split], attacked=attacked,
             observe=lambda d, images: d.observe(images),
-            mode="flagged", arch="tiny_cnn", m_dir=cache, m_digest="tiny",
+            mode=mode, arch="tiny_cnn", m_dir=cache, m_digest="tiny",
             extractors=lambda k="standard": ("oracle", extractor, extractor, None),
             at=ATModel(eps=4, checkpoint_digest="x"))
     return make, sets, attacked, tiny_m
@@ -222,6 +222,12 @@ def test_unmask_confident_rectifies_only_to_a_class_the_parts_vouch_for(context)
     np.testing.assert_array_equal(b.flags, a.flags)
     np.testing.assert_array_equal(a.pred, [0, 2, 1, 2, 2])
     np.testing.assert_array_equal(b.pred, [0, 2, REJECTED, 2, REJECTED])
+    # mode "all" re-classifies every image; an unflagged one's best class is at most as far
+    # as M's, so only the flagged answers can be rejected -- the same answers here
+    every = build_defense("unmask:confident")
+    every.fit(make(threshold=0.5, mode="all"))
+    assert every.params()["mode"] == "all"
+    np.testing.assert_array_equal(every.decide(obs).pred, b.pred)
     assert confident.label == "unmask:confident"
     assert confident.adaptive_routes(Goal.WRONG) == UNMASK_ROUTES
     assert confident.adaptive_goals() == (Goal.WRONG, Goal.UNDETECTED)
