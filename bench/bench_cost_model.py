@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
+from defense.routes import K_GRADIENT_EVERY_STEP, M_FORWARD_ONLY  # noqa: E402
 
 THROUGHPUT = os.path.join(ROOT, "bench", "results", "adaptive_throughput.json")
 RESULTS = os.path.join(ROOT, "bench", "results", "cost_model.json")
@@ -39,11 +40,6 @@ RESULTS = os.path.join(ROOT, "bench", "results", "cost_model.json")
 def _read(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-#: UnMask's routes whose every step uses K's gradient (``defense/adaptive.py``,
-#: ``UnMaskTarget.evaluate_jobs``): only ``two-phase`` runs K forward alone until M says y'.
-K_BACKWARD_EVERY_STEP = ("follow-m", "k-only", "joint")
 
 
 def seconds_per_evaluation(throughput: dict, defense: str, route: str = "two-phase") -> float:
@@ -61,9 +57,9 @@ def seconds_per_evaluation(throughput: dict, defense: str, route: str = "two-pha
     source = own if own and own.get("pass_seconds_per_image") else throughput
     passes = source.get("pass_seconds_per_image")
     share = source.get("after", {}).get("k_backward_share")
-    if route in K_BACKWARD_EVERY_STEP and passes and share is not None:
+    if route in K_GRADIENT_EVERY_STEP and passes and share is not None:
         seconds += (1.0 - share) * (passes["k_backward"] - passes["k_forward"])
-    if route == "k-only" and passes and "m_forward" in passes:
+    if route in M_FORWARD_ONLY and passes and "m_forward" in passes:
         seconds -= passes["m_forward_backward"] - passes["m_forward"]
     return seconds
 

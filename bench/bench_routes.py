@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
-from evaluation.report.answer import rate_text, upper_bound  # noqa: E402
+from evaluation.report.answer import clean_text, rate_text, upper_bound  # noqa: E402
 
 TABLES = os.path.join(ROOT, "bench", "results", "tables")
 
@@ -61,9 +61,7 @@ def tables_of(metrics: dict):
                     _rate(wrong_row["defended"] - wrong_row["acc"], None))
             hidden_row, hidden = _row(mine, "adaptive", "undetected", "evasion")
             b = block["benign"]
-            clean = _rate(b["acc"], b.get("acc_interval"))
-            if "rejected" in b and b["rejected"]:
-                clean += " (rejects %s)" % _rate(b["rejected"], None)
+            clean = clean_text(b["acc"], b.get("acc_interval"), b.get("rejected") or None)
             evals = "–" if not wrong_row else "%.0f" % wrong_row["cost"]["evaluations_per_image"]
             rows.append(["%s %g" % (attack, eps), "`%s`" % label, clean, gray, wrong,
                          _routes(wrong_row), hidden, _routes(hidden_row), evals])

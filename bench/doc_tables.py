@@ -31,6 +31,10 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from evaluation.report.answer import clean_text, rate_text  # noqa: E402
+
 TABLES = os.path.join(ROOT, "bench", "results", "tables")
 MARKER = re.compile(r"<!-- table: ([a-z0-9_]+) -->\n(.*?)<!-- /table -->", re.S)
 
@@ -53,19 +57,12 @@ def markdown(columns, rows) -> str:
 
 
 def _rate(entry) -> str:
-    """``.47 [.37, .57]`` of a rate with its interval (``*`` when it is an upper bound)."""
+    """``.47 [.37, .57]`` of a rate with its interval (``*`` when it is an upper bound), then
+    what it was measured under."""
     if not entry:
         return "–"
-    text = ("%.2f" % entry["rate"]).lstrip("0") if entry["rate"] < 1 else "1.00"
-    if entry.get("interval"):
-        lo, hi = entry["interval"]
-        text += " [%s, %s]" % (("%.2f" % lo).lstrip("0") if lo < 1 else "1.00",
-                               ("%.2f" % hi).lstrip("0") if hi < 1 else "1.00")
-    if entry.get("upper_bound"):
-        text += "*"
-    if entry.get("by"):
-        text += " (%s)" % entry["by"]
-    return text
+    text = rate_text(entry["rate"], entry.get("interval"), entry.get("upper_bound", False))
+    return text + (" (%s)" % entry["by"] if entry.get("by") else "")
 
 
 def render_answer(answer: dict) -> str:
@@ -74,9 +71,9 @@ def render_answer(answer: dict) -> str:
     where it comes from."""
     rows = []
     for r in answer["rows"]:
-        clean = _rate(r.get("clean"))
-        if r.get("clean_rejected") and r["clean_rejected"]["rate"]:
-            clean += " (rejects %s)" % _rate(dict(r["clean_rejected"], interval=None))
+        rejected = (r.get("clean_rejected") or {}).get("rate") or None
+        clean = (clean_text(r["clean"]["rate"], r["clean"].get("interval"), rejected)
+                 if r.get("clean") else "–")
         rows.append(["`%s`" % r["defense"], r["what"], clean,
                      _rate(r.get("gray_box")), _rate(r.get("adaptive")),
                      _rate(r.get("transfer")), "[%s](%s)" % (r["source"]["label"],

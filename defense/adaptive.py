@@ -44,7 +44,7 @@ import numpy as np
 
 import tfcompat
 from attacks.target import AttackTarget, Evaluation, rank_by_score
-from defense.routes import UNMASK_ROUTES
+from defense.routes import K_GRADIENT_EVERY_STEP, M_FORWARD_ONLY, UNMASK_ROUTES
 
 tf, keras = tfcompat.import_tf()
 
@@ -383,14 +383,16 @@ class UnMaskTarget(AttackTarget):
             raise ValueError("UnMask's routes other than follow-m need a target class y' per "
                              "image (the class whose parts K is made to see); the engine "
                              "gives them")
-        # the k-only route never uses M's loss or gradient: M runs forward for its answer
-        m_loss, m_grad, logits = self._m_terms(x, y, t, loss_fns, routes != "k-only")
+        # a route that never uses M's loss or gradient: M runs forward for its answer
+        m_loss, m_grad, logits = self._m_terms(x, y, t, loss_fns,
+                                               ~np.isin(routes, M_FORWARD_ONLY))
         pred = np.argmax(logits, axis=1)
         runner_up = np.asarray(rank_by_score(logits, y))[:, 0]
         k_target = np.where(routes == "follow-m", np.where(pred != y, pred, runner_up), t)
         wants = np.where(t >= 0, pred == t, pred != y)
         # the two-phase rule uses K's gradient only once M says y': before, K runs forward
-        k_grad_used = ~((routes == "two-phase") & (self.mode == "two-phase") & ~wants)
+        k_grad_used = np.isin(routes, K_GRADIENT_EVERY_STEP) | (
+            (routes == "two-phase") & ((self.mode != "two-phase") | wants))
         k_loss, k_grad, success = self._k_terms(x, k_target, pred, y, k_grad_used)
         grad = _route_directions(tf.constant(m_grad), -tf.constant(k_grad, tf.float32),
                                  wants, routes, self.mode)

@@ -30,6 +30,10 @@ from defense.threats import Goal
 
 #: UnMask's routes, cheapest first (see the module docstring).
 UNMASK_ROUTES = ("follow-m", "two-phase", "k-only", "joint")
+#: The routes whose every step uses K's gradient (two-phase uses it only once M says y').
+K_GRADIENT_EVERY_STEP = ("follow-m", "k-only", "joint")
+#: The routes that never use M's loss or gradient (M's answer still makes the verdict).
+M_FORWARD_ONLY = ("k-only",)
 
 
 def unmask_routes(goal: Goal, response: str) -> tuple:

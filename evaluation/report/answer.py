@@ -37,6 +37,13 @@ def rate_text(rate: Optional[float], interval=None, upper: bool = False) -> str:
     return text + ("*" if upper else "")
 
 
+def clean_text(rate: Optional[float], interval=None, rejected: Optional[float] = None) -> str:
+    """Clean accuracy with its interval, and ``(rejects r)`` where ``rejected`` (a
+    detector's clean rejection rate) is given."""
+    text = rate_text(rate, interval)
+    return text if rejected is None else text + " (rejects %s)" % rate_text(rejected)
+
+
 def upper_bound(rows) -> bool:
     """Whether any of the bench ``rows`` is an upper bound: an attack not converged or
     without all of its defense's routes."""
@@ -144,9 +151,8 @@ def answer_html(metrics: Mapping[str, Any]) -> str:
     body = []
     for r in rows:
         worst = r["worst"] or {}
-        clean = rate_text(r["clean"]["rate"], r["clean"]["interval"])
-        if r["rejected"]:
-            clean += " (rejects %s)" % rate_text(r["rejected"]["rate"])
+        clean = clean_text(r["clean"]["rate"], r["clean"]["interval"],
+                           r["rejected"]["rate"] if r["rejected"] else None)
         cells = [esc(r["label"]), esc(clean),
                  "<b>%s</b>" % esc(rate_text(worst.get("rate"), worst.get("interval"),
                                              worst.get("upper", False)))]
