@@ -32,8 +32,8 @@ from defense.base import GRAY_BOX, AdaptiveOptions
 from defense.defenses import DEFAULT_DEFENSES, build_defense
 from defense.threats import DEFENSE_AWARE, Threat
 from evaluation.options import (MAX_INPUT_SIZE, ROBUST_K_DIRS, DataOptions, KOptions,
-                                MOptions, Options, check_l2_budgets, parse_routes,
-                                parse_vectors)
+                                MOptions, Options, check_l2_budgets, parse_goals,
+                                parse_routes, parse_vectors)
 from models.train_classifier import TrainConfig
 
 _DATA, _M, _K = DataOptions(), MOptions(), KOptions()
@@ -79,6 +79,7 @@ class EvalConfig:
     adaptive_slots: int = _M.adaptive_slots   # images evaluated together (not in any record)
     adaptive_save_seconds: float = 60.0       # an adaptive batch's progress is saved this often
     adaptive_routes: Optional[Tuple[str, ...]] = None   # None: every route of each defense
+    adaptive_goals: Optional[Tuple[str, ...]] = None    # None: every goal of each defense
     k_transfer: Optional[str] = _M.k_transfer   # surrogate K checkpoint for threat "transfer"
     # the robust K of unmask:k=robust: "last" (newest robust K in k_robust_log_dir) or a path
     k_robust: str = "last"
@@ -127,6 +128,17 @@ class EvalConfig:
         if self.adaptive_routes and not any(t in self.threats for t in DEFENSE_AWARE):
             raise ValueError("--adaptive-routes narrows the defense-aware attacks, and the run "
                              "has none: add --threat gray-box,adaptive")
+        if self.adaptive_goals and not any(t in self.threats for t in DEFENSE_AWARE):
+            raise ValueError("--adaptive-goals narrows the defense-aware attacks, and the run "
+                             "has none: add --threat gray-box,adaptive")
+        if self.adaptive_goals:
+            have = {str(g) for d in defenses for g in d.adaptive_goals()}
+            idle = [g for g in self.adaptive_goals if g not in have]
+            if idle:
+                raise ValueError("--adaptive-goals: %s is a goal of none of the run's defenses "
+                                 "(%s), whose goals are %s" % (
+                                     ", ".join(idle), ", ".join(self.defenses),
+                                     ", ".join(sorted(have))))
         if self.adaptive_routes:
             from defense.threats import GOALS, Goal
             have = {r for d in defenses if Threat.ADAPTIVE in d.threats
@@ -212,6 +224,8 @@ def from_dict(values: Mapping[str, Any]) -> EvalConfig:
         kw["other_models"] = tuple(kw.get("other_models", ()))
         if kw.get("adaptive_routes") is not None:
             kw["adaptive_routes"] = parse_routes(",".join(kw["adaptive_routes"]))
+        if kw.get("adaptive_goals") is not None:
+            kw["adaptive_goals"] = parse_goals(",".join(kw["adaptive_goals"]))
         cfg = EvalConfig(**kw)
     except (KeyError, TypeError) as e:
         raise ValueError("not a run's configuration (%s: %s)" % (type(e).__name__, e)) from None

@@ -70,8 +70,13 @@ def _runs_of(comparison: Comparison, defense: Defense, vectors) -> Tuple[List[Tu
             continue
         if skipped:
             notes["skipped"] = skipped
-        runs += [(threat, goal, name, eps) for name, eps in adaptive
-                 for goal in defense.adaptive_goals()]
+        chosen = comparison.cfg.adaptive_goals
+        goals = [g for g in defense.adaptive_goals() if chosen is None or str(g) in chosen]
+        left_out = [str(g) for g in defense.adaptive_goals() if g not in goals]
+        if left_out:
+            notes["goals"] = "goal %s not attacked (--adaptive-goals %s)" % (
+                ", ".join(left_out), ",".join(chosen))
+        runs += [(threat, goal, name, eps) for name, eps in adaptive for goal in goals]
     return runs, notes
 
 

@@ -18,14 +18,15 @@ from evaluation.options.k import EVAL_SPLITS, K_CONFIGS, ROBUST_K_DIRS, KOptions
 from evaluation.options.m import MAX_INPUT_SIZE, RECIPE, MOptions
 from evaluation.options.parser import (CONFIG_OVERRIDES, GROUPS, Options, build_parser,
                                        k_defaults, parse_args)
-from evaluation.options.values import (check_l2_budgets, parse_attack_eps, parse_routes,
-                                       parse_stage_epochs, parse_threats, parse_vectors)
+from evaluation.options.values import (check_l2_budgets, parse_attack_eps, parse_goals,
+                                       parse_routes, parse_stage_epochs, parse_threats,
+                                       parse_vectors)
 
 __all__ = [
     "CONFIG_OVERRIDES", "Commands", "DEFAULT_CLASS_SET", "DataOptions", "EVAL_SPLITS", "GROUPS",
     "GridOptions", "KOptions", "K_CONFIGS", "MAX_INPUT_SIZE", "MAX_LEARNING_RATE", "MOptions",
     "Options", "RECIPE", "ROBUST_K_DIRS", "build_parser", "check_count", "check_l2_budgets",
     "check_learning_rate", "check_positive", "flag_of", "k_defaults", "option",
-    "parse_args", "parse_attack_eps", "parse_routes", "parse_stage_epochs", "parse_threats",
-    "parse_vectors",
+    "parse_args", "parse_attack_eps", "parse_goals", "parse_routes", "parse_stage_epochs",
+    "parse_threats", "parse_vectors",
 ]

@@ -13,8 +13,8 @@ from evaluation.options.base import (_at_budget, _at_least, _check_field, _defen
                                      _in_unit_interval, _option, _route_names, _threat_names,
                                      option)
 from evaluation.options.data import DataOptions
-from evaluation.options.values import (check_l2_budgets, parse_routes, parse_threats,
-                                       parse_vectors)
+from evaluation.options.values import (check_l2_budgets, parse_goals, parse_routes,
+                                       parse_threats, parse_vectors)
 from models import DEFAULT_ARCH
 from models.train_classifier import TrainConfig
 
@@ -116,6 +116,10 @@ class MOptions:
                       "final answer reaches the attacker's goal; default: every route), comma "
                       "list of %s; a row computed without all of its defense's routes is "
                       "marked as an upper bound" % ", ".join(_route_names()))
+    adaptive_goals: Optional[str] = option(
+        None, "narrow the defense-aware attacks to some goals, comma list of wrong (a wrong "
+              "final answer) and undetected (M fooled, not flagged); default: every goal a "
+              "defense has. The worst case is then over the goals run", type=str)
     adaptive_gradient: Optional[str] = option(
         None, "how a detector's adaptive attack combines M's and the detector's gradients: "
               "two-phase (M's until M says the target, then the detector's; UnMask's default), "
@@ -186,6 +190,7 @@ class MOptions:
                      "adaptive_batch", "adaptive_slots"):
             _check_field(self, name)
         routes = parse_routes(self.adaptive_routes)
+        goals = parse_goals(self.adaptive_goals)
         if self.distribute == "multi-worker":
             from models.distribute import check_tf_config
             check_tf_config(os.environ.get("TF_CONFIG"))
@@ -209,6 +214,7 @@ class MOptions:
             adaptive_restarts=self.adaptive_restarts, adaptive_targets=self.adaptive_targets,
             adaptive_gradient=self.adaptive_gradient, adaptive_batch=self.adaptive_batch,
             adaptive_slots=self.adaptive_slots, adaptive_routes=routes,
+            adaptive_goals=goals,
             k_transfer=self.k_transfer, n_test=self.n_test, seed=data.seed,
             k_robust=self.k_robust or "last", k_transfer_robust=self.k_transfer_robust,
             results_dir=self.results_dir, checkpoint_dir=self.checkpoint_dir,

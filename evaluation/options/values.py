@@ -1,6 +1,6 @@
 """The parsers of option values that are lists or budgets given as text (``--attacks``,
-``--threat``, ``--adaptive-routes``, ``--k-epochs``, ``--k-attack-eps``): text in, checked
-values out, ValueError naming the option."""
+``--threat``, ``--adaptive-routes``, ``--adaptive-goals``, ``--k-epochs``,
+``--k-attack-eps``): text in, checked values out, ValueError naming the option."""
 from __future__ import annotations
 
 import math
@@ -130,3 +130,18 @@ def check_l2_budgets(vectors, input_size: int) -> None:
                              "two %dx%d images (%.0f on the 0-255 scale); give eps on that "
                              "scale, e.g. %s:300" % (name, eps, input_size, input_size, limit,
                                                      name))
+
+
+def parse_goals(text: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """``--adaptive-goals`` text -> goal names (None: every goal); ValueError naming the
+    option and the goals there are."""
+    from defense.threats import GOALS
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
+    unknown = [n for n in names if n not in GOALS]
+    if unknown or not names:
+        raise ValueError("--adaptive-goals %r: %s; the goals are %s"
+                         % (text, "unknown goal %s" % ", ".join(unknown) if unknown
+                            else "give at least one goal", ", ".join(GOALS)))
+    return names

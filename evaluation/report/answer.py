@@ -90,7 +90,8 @@ def answer(metrics: Mapping[str, Any]) -> List[Dict[str, Any]]:
 def not_tried(metrics: Mapping[str, Any]) -> List[str]:
     """The threat models no defense of the run was evaluated under, each with the option
     that adds it (a threat model only some defense can have is left out when no defense of
-    the run has it: ``transfer`` needs UnMask with K)."""
+    the run has it: ``transfer`` needs UnMask with K), then the defenses whose goals
+    ``--adaptive-goals`` left out."""
     tried = {r["threat_model"] for b in metrics.get("defenses", {}).values()
              for r in b["attacks"]}
     kinds = {b.get("params", {}).get("extractor") for b in metrics.get("defenses", {}).values()}
@@ -101,6 +102,11 @@ def not_tried(metrics: Mapping[str, Any]) -> List[str]:
         if threat == "transfer" and "k" not in kinds:
             continue
         out.append("%s: add %s" % (threat, ADD_THREAT[threat]))
+    for label, block in metrics.get("defenses", {}).items():
+        notes = block.get("adaptive")
+        goals = notes.get("goals") if isinstance(notes, Mapping) else None
+        if goals:
+            out.append("%s: %s" % (label, goals))
     return out
 
 

@@ -226,13 +226,15 @@ def params_text(params: Mapping[str, Any]) -> str:
 
 
 def _adaptive_note(note: Any) -> str:
-    """Text of a defense's ``adaptive`` note (a string in older files; a dict of threat or
-    ``skipped`` -> reason)."""
+    """Text of a defense's ``adaptive`` note (a string in older files; a dict of threat,
+    ``skipped`` or ``goals`` -> reason)."""
     if isinstance(note, str):
         return "adaptive attack " + note
     parts = []
     for key, why in note.items():
-        if key == "skipped":
+        if key == "goals":
+            parts.append(why)
+        elif key == "skipped":
             parts.append("not run adaptively: " + "; ".join(
                 "%s (%s)" % (vector, reason) for vector, reason in why.items()))
         else:

@@ -158,6 +158,30 @@ def test_a_row_attacked_along_some_of_its_routes_is_marked(setup, tmp_path):
     assert "routes_complete" in csv.splitlines()[0]
 
 
+def test_a_run_narrowed_to_the_wrong_goal_gives_the_whole_runs_wrong_rows(setup, whole,
+                                                                          tmp_path):
+    """--adaptive-goals wrong: UnMask's undetected-goal attack is not run, the defense's note
+    and the answer's "not tried" say so, and the wrong-goal row is the whole run's (same
+    images, same seeds: the goals are separate runs)."""
+    from evaluation.report.answer import not_tried
+    _, full = whole
+    cfg = _config(setup, tmp_path / "goals", defenses=("unmask",),
+                  vectors=(("pgd_linf", 16),), adaptive_goals=("wrong",))
+    metrics = ev.run_evaluation(cfg, log=lambda s: None)
+    validate_metrics(metrics)
+    rows = _rows(metrics, "unmask")
+    assert ("pgd_linf", "adaptive", "undetected") not in rows
+    assert ("pgd_linf", "adaptive", "undetected") in _rows(full, "unmask")
+    mine, theirs = rows[("pgd_linf", "adaptive", "wrong")], _rows(full, "unmask")[
+        ("pgd_linf", "adaptive", "wrong")]
+    for key in ("acc", "defended", "evasion"):
+        assert mine.get(key) == theirs.get(key), key
+    note = metrics["defenses"]["unmask"]["adaptive"]["goals"]
+    assert "undetected" in note and "--adaptive-goals wrong" in note
+    assert any(s.startswith("unmask: goal undetected not attacked") for s in not_tried(metrics))
+    assert "goals" not in full["defenses"]["unmask"].get("adaptive", {})
+
+
 def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole, tmp_path,
                                                                      monkeypatch):
     """Interrupted inside an image batch, after a few saved states: the finished batch and

@@ -166,6 +166,11 @@ CLI_CASES = [
     (["--adaptive-routes", "sideways"], r"--adaptive-routes 'sideways': unknown route"),
     (["--defenses", "none,pca", "--threat", "gray-box,adaptive", "--adaptive-routes", "k-only"],
      r"k-only is a route of none of the run's defenses"),
+    (["--adaptive-goals", "wrong"], r"--adaptive-goals narrows the defense-aware attacks, "
+                                    r"and the run has none"),
+    (["--adaptive-goals", "sideways"], r"--adaptive-goals 'sideways': unknown goal"),
+    (["--defenses", "none,pca", "--threat", "gray-box,adaptive", "--adaptive-goals",
+      "undetected"], r"undetected is a goal of none of the run's defenses"),
     (["--model", "X"], r"--model: invalid choice"),
     # model K's numbers and folders
     (["--model", "K", "--k-steps", "0"], r"--k-steps"),
