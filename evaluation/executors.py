@@ -13,6 +13,7 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 from evaluation.grid import InProcess, Unit, unit_done, run_unit, unit_record_path
+from models.progress import Eta
 
 
 def _ray_unit(base, unit: Unit) -> str:
@@ -54,9 +55,15 @@ class RayExecutor:
         pending = [u for u in units if not unit_done(base, u)]
         log("grid: %d of %d units to run on %d Ray workers"
             % (len(pending), len(units), self.workers))
-        refs = {u: self._remote.remote(base, u) for u in pending}
-        for u, path in zip(refs, self.ray.get(list(refs.values()))):
-            log("grid: %s done (%s)" % (u.name, path))
+        units_of = {self._remote.remote(base, u): u for u in pending}
+        eta, waiting = Eta(len(pending)), list(units_of)
+        while waiting:              # each unit logged when it finishes: a run can take hours
+            ready, waiting = self.ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                path = self.ray.get(ref)          # a unit that failed every retry raises here
+                timing = eta.step()
+                log("grid: %s done, %d of %d (%s; %s)" % (units_of[ref].name, eta.done,
+                                                          eta.total, timing, path))
         return [unit_record_path(base, u) for u in units]
 
     def shutdown(self) -> None:

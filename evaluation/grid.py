@@ -97,6 +97,8 @@ def config_fingerprint(base, unit: Unit) -> str:
     # how, not what: the records of the other settings are the same
     for name in ("adaptive_slots", "adaptive_save_seconds", "adaptive_batch", "other_models"):
         cfg.pop(name, None)
+    if cfg.get("adaptive_goals") is None:   # every goal: the records made before the setting
+        cfg.pop("adaptive_goals", None)
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()

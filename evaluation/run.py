@@ -310,7 +310,8 @@ def _adaptive_settings(cfg: EvalConfig) -> Optional[Dict]:
     if not any(t in cfg.threats for t in DEFENSE_AWARE):
         return None
     return dict(dataclasses.asdict(cfg.engine_settings()),
-                **dataclasses.asdict(cfg.adaptive_options()), batch=cfg.adaptive_batch)
+                **dataclasses.asdict(cfg.adaptive_options()), batch=cfg.adaptive_batch,
+                goals=None if cfg.adaptive_goals is None else list(cfg.adaptive_goals))
 
 
 def _short_params(params: Dict) -> str:

@@ -277,7 +277,7 @@ def _row(folder: RunFolder, i: int, reason: str, x_adv: np.ndarray, pred_adv: np
 
 def _m_clean(folder: RunFolder, i: int) -> Optional[int]:
     """M's label of clean test image ``i``, as a defense that runs M unchanged observed it."""
-    for label in ("none", "unmask", "unmask:reject"):
+    for label in ("none", "unmask", "unmask:reject", "unmask:confident"):
         found = folder.observation(label) if label in folder.metrics.get("defenses", {}) \
             else None
         if found is not None and "pred" in found[1]:

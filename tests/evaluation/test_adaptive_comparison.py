@@ -176,6 +176,8 @@ def test_a_run_narrowed_to_the_wrong_goal_gives_the_whole_runs_wrong_rows(setup,
         ("pgd_linf", "adaptive", "wrong")]
     for key in ("acc", "defended", "evasion"):
         assert mine.get(key) == theirs.get(key), key
+    assert metrics["adaptive_settings"]["goals"] == ["wrong"]
+    assert full["adaptive_settings"]["goals"] is None
     note = metrics["defenses"]["unmask"]["adaptive"]["goals"]
     assert "undetected" in note and "--adaptive-goals wrong" in note
     assert any(s.startswith("unmask: goal undetected not attacked") for s in not_tried(metrics))

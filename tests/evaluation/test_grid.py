@@ -66,6 +66,23 @@ def test_shards_split_the_per_image_vectors_at_batch_boundaries():
     unit = grid.Unit("evaluate", "mobilenetv2_050", "cs5-2")
     assert grid.config_fingerprint(base, unit) == grid.config_fingerprint(
         dataclasses.replace(base, shards=1), unit)
+    # --adaptive-goals narrows what an evaluation unit computes: another configuration; left
+    # at "every goal", the fingerprint is the one computed before the setting existed
+    narrowed = dataclasses.replace(base, threats=("gray-box", "adaptive"),
+                                   adaptive_goals=("wrong",))
+    assert grid.config_fingerprint(narrowed, unit) != grid.config_fingerprint(
+        dataclasses.replace(narrowed, adaptive_goals=None), unit)
+
+
+
+def test_a_default_configuration_keeps_the_fingerprint_its_units_were_recorded_with():
+    """A setting added later, left at its default, must not make every recorded unit stale:
+    this digest was computed by the code before --adaptive-goals existed (commit dedbfdd).
+    A deliberate change of what a unit computes changes it; say so in the commit."""
+    base = EvalConfig(class_set=get_class_set("CS5b"), vectors=(("pgd_linf", 8),))
+    unit = grid.Unit("evaluate", "mobilenetv2_050", "cs5-2")
+    assert grid.config_fingerprint(base, unit) == (
+        "a5121010a15840daf42a606d04a98591033bd22a1e358b560500f0cfe97770e9")
 
 
 def _grid_json(base):

@@ -1,0 +1,71 @@
+"""The Ray executor's bookkeeping, without a Ray cluster: units that are done are not sent
+again, each unit is logged when it finishes (a run of many hour-long units says where it is),
+and a unit that failed every retry stops the run."""
+from __future__ import annotations
+
+import pytest
+
+from evaluation import executors
+from evaluation.units import Unit
+
+
+class _FakeRay:
+    """Ray's wait/get over refs that finish in a chosen order (``order``: indices)."""
+
+    def __init__(self, order, fail=None):
+        self.order, self.fail, self.sent = list(order), fail, []
+
+    def remote(self, base, unit):
+        self.sent.append(unit)
+        return len(self.sent) - 1
+
+    def wait(self, refs, num_returns=1):
+        first = next(i for i in self.order if i in refs)
+        self.order.remove(first)
+        return [first], [r for r in refs if r != first]
+
+    def get(self, ref):
+        if ref == self.fail:
+            raise RuntimeError("unit %d failed on every retry" % ref)
+        return "/records/%d.npz" % ref
+
+
+def _executor(fake, monkeypatch, done=()):
+    ex = executors.RayExecutor.__new__(executors.RayExecutor)
+    ex.ray, ex.workers = fake, 2
+    ex._remote = type("R", (), {"remote": staticmethod(fake.remote)})()
+    monkeypatch.setattr(executors, "absolute_paths", lambda base: base)
+    monkeypatch.setattr(executors, "unit_done", lambda base, u: u.batch in done)
+    monkeypatch.setattr(executors, "unit_record_path",
+                        lambda base, u: "/units/%s.json" % u.name)
+    return ex
+
+
+def _units(n):
+    return [Unit("adaptive", "a", "cs", ("pgd_linf", 8.0), defense="unmask",
+                 threat="adaptive", goal="wrong", batch=i) for i in range(n)]
+
+
+def test_each_unit_is_logged_when_it_finishes_and_done_units_are_not_sent(monkeypatch):
+    units, lines = _units(4), []
+    fake = _FakeRay(order=[2, 0, 1])
+    ex = _executor(fake, monkeypatch, done={1})
+    paths = ex.map(object(), units, lines.append)
+    assert [u.batch for u in fake.sent] == [0, 2, 3]          # batch 1 was done already
+    assert lines[0].startswith("grid: 3 of 4 units to run")
+    finished = lines[1:]
+    assert len(finished) == 3
+    # in the order they finished (refs 2, 0, 1 = batches 3, 0, 2), counted 1..3 of 3
+    assert [units[b].name in line for b, line in zip((3, 0, 2), finished)] == [True] * 3
+    assert ["%d of 3" % k in line for k, line in zip((1, 2, 3), finished)] == [True] * 3
+    assert "left" in finished[0] and "/records/2.npz" in finished[0]
+    assert paths == ["/units/%s.json" % u.name for u in units]  # every unit, in order
+
+
+def test_a_unit_that_failed_every_retry_stops_the_run(monkeypatch):
+    fake = _FakeRay(order=[0, 1], fail=1)
+    ex = _executor(fake, monkeypatch)
+    lines = []
+    with pytest.raises(RuntimeError, match="failed on every retry"):
+        ex.map(object(), _units(2), lines.append)
+    assert sum("done" in line for line in lines) == 1
