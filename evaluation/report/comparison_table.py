@@ -162,11 +162,16 @@ def sanity_checks(metrics: Mapping[str, Any], tolerance: float = 0.02):
     * an attack's evasion rate does not fall when its ε grows (same defense, attack and
       threat model; ``tolerance`` allows for the noise of a few images);
     * the defense-aware attack is at least as strong as the gray-box one on the same vector
-      (else its gradients are broken), and a transfer attack never beats the white-box one.
+      (else its gradients are broken), and a transfer attack never beats the white-box one;
+    * at a large L∞ budget (ε >= :data:`LARGE_LINF_EPS`) an attack that knows the defense
+      reaches its goal on nearly every image (SPEC §8: success approaches 100%): the
+      defense-aware rows, and a classifier's white-box (gray-box) rows.  Below
+      :data:`LARGE_EPS_SUCCESS` it is the attack, not the defense, that may be holding.
     """
     out = []
     for label, block in metrics["defenses"].items():
         rows = block["attacks"]
+        out += _large_eps_checks(label, block, tolerance)
         by_family: Dict[tuple, list] = {}
         for r in rows:
             by_family.setdefault((r["attack"], r["threat_model"], r.get("goal")),
@@ -197,6 +202,37 @@ def sanity_checks(metrics: Mapping[str, Any], tolerance: float = 0.02):
                 ok = transfer["evasion"] <= white["evasion"] + tolerance
                 out.append((ok, "%s, %s eps %g: transfer evasion %.2f vs white-box %.2f"
                             % (label, attack, eps, transfer["evasion"], white["evasion"])))
+    return out
+
+
+#: An L∞ budget (0-255 scale) at which an attack that knows the defense must nearly always
+#: reach its goal, and how nearly (SPEC §8's sanity check).
+LARGE_LINF_EPS = 64.0
+LARGE_EPS_SUCCESS = 0.9
+
+
+def _large_eps_checks(label: str, block: Mapping[str, Any], tolerance: float):
+    """``(ok, message)`` per row of ``block`` at a large L∞ budget whose attacker knows the
+    defense: its success (the goal reached: a wrong final answer, or M fooled and not
+    flagged) must approach 100%."""
+    from attacks.registry import get_attack
+    out = []
+    for r in block["attacks"]:
+        knows = (r["threat_model"] == "adaptive"
+                 or (r["threat_model"] == "gray-box" and block.get("kind") == "classifier"))
+        try:
+            norm = get_attack(r["attack"]).norm
+        except ValueError:
+            continue                                   # an attack of another version's file
+        if not knows or norm != "linf" or float(r["eps"]) < LARGE_LINF_EPS:
+            continue
+        success = r["evasion"] if r.get("goal") == "undetected" else 1.0 - r["defended"]
+        ok = success + tolerance >= LARGE_EPS_SUCCESS
+        out.append((ok, "%s, %s eps %g [%s%s]: success %.2f at a large budget (should "
+                        "approach 1; below %.2f the attack may be what holds)" % (
+                            label, r["attack"], float(r["eps"]), r["threat_model"],
+                            ", " + r["goal"] if r.get("goal") else "", success,
+                            LARGE_EPS_SUCCESS)))
     return out
 
 

@@ -630,6 +630,35 @@ def test_sanity_checks_flag_broken_attacks():
     assert len(bad) == 1 and "at eps 8 ->" in bad[0]
 
 
+def test_sanity_checks_ask_an_attack_that_knows_the_defense_to_win_at_a_large_budget():
+    """SPEC §8: success approaches 100% at a large eps -- checked on the defense-aware rows
+    and a classifier's white-box rows at L∞ eps >= 64; not on a detector's gray-box row (that
+    attacker does not know the detector), nor on an L2 attack or a smaller budget."""
+    m = _bench_metrics()
+    um, clf = m["defenses"]["unmask"]["attacks"], m["defenses"]["none"]["attacks"]
+    base = dict(um[0])
+    um.append(dict(base, eps=64, evasion=.95, defended=.6))      # gray-box on a detector
+    um.append(dict(base, eps=64, threat_model="adaptive", goal="wrong", defended=.04,
+                   evasion=.5))
+    um.append(dict(base, eps=64, threat_model="adaptive", goal="undetected", defended=.5,
+                   evasion=.97))
+    clf.append(dict(clf[0], eps=64, defended=.02, evasion=.98))
+    large = [(ok, msg) for ok, msg in comparison_table.sanity_checks(m)
+             if "large budget" in msg]
+    assert [ok for ok, _ in large] == [True, True, True], large
+    assert any("[adaptive, wrong]: success 0.96" in msg for _, msg in large)
+    assert any("[adaptive, undetected]: success 0.97" in msg for _, msg in large)
+    # an attack that fails at eps 64 fails the check, with the numbers in the message
+    um[-2]["defended"] = .45
+    bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
+    assert len(bad) == 1 and "unmask, pgd_linf eps 64 [adaptive, wrong]: success 0.55" in bad[0]
+    assert "FAILED" in comparison_table.sanity_text(m)
+    # an L2 attack or a smaller budget is not asked
+    um[-2].update(attack="pgd_l2")
+    um.append(dict(base, eps=32, threat_model="adaptive", goal="wrong", defended=.9))
+    assert all(ok for ok, msg in comparison_table.sanity_checks(m) if "large budget" in msg)
+
+
 # ----------------------------------------------------------------------------- hardened UnMask
 def test_unmask_parameters_parse_to_one_canonical_label_and_name_bad_values():
     assert parse_defenses("unmask:m=at:k=robust,unmask:k=robust,unmask:reject:m=at,"
