@@ -12,7 +12,7 @@ divide the time by at most the number of units; each worker is assumed to have t
 resources of the machine the seconds were measured on (one GPU, or the CPU cores, per worker).
 
     .venv/bin/python bench/bench_cost_model.py --from-run results/cs5-2/mobilenetv2_050 \\
-        --images 300 --workers 4
+        --images 300 --workers 4 [--goals wrong] [--steps 200]
     .venv/bin/python bench/bench_cost_model.py --from-run RUN --check RUN [--check-log LOG]
 
 ``--check RUN``: predict the defense-aware attacks of a finished run from its own counts (the
@@ -72,13 +72,23 @@ def rows_of(metrics: dict):
                 yield label, row
 
 
-def predict(metrics: dict, throughput: dict, images: int, workers: int, batch: int) -> dict:
+def predict(metrics: dict, throughput: dict, images: int, workers: int, batch: int,
+            goals=None, steps=None) -> dict:
     """Predicted seconds of the defense-aware attacks of ``metrics``'s run on ``images``
-    images and ``workers`` workers (work units: ``ceil(images / batch)`` per goal run)."""
+    images and ``workers`` workers (work units: ``ceil(images / batch)`` per goal run);
+    ``goals``: only the rows of these goals (``--adaptive-goals``); ``steps``: each run
+    of ``steps`` steps instead of the run's, its evaluations scaled by the ratio (an upper
+    bound: an image that reaches the goal early stops early at any step count)."""
     rows, total, units = [], 0.0, 0
+    run_steps = (metrics.get("adaptive_settings") or {}).get("steps")
+    if steps is not None and not run_steps:
+        raise ValueError("--steps: the run records no adaptive steps to scale from")
+    scale = 1.0 if steps is None else float(steps) / float(run_steps)
     for label, row in rows_of(metrics):
-        per_image = float(row["cost"]["evaluations_per_image"])
-        by_route = {r: float(v["evaluations_per_image"])
+        if goals is not None and row.get("goal") not in goals:
+            continue
+        per_image = scale * float(row["cost"]["evaluations_per_image"])
+        by_route = {r: scale * float(v["evaluations_per_image"])
                     for r, v in row["cost"].get("routes", {}).items()}
         if by_route:
             seconds = images * sum(n * seconds_per_evaluation(throughput, label, r)
@@ -125,6 +135,11 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--batch", type=int, default=100, help="images per work unit")
+    p.add_argument("--goals", default=None,
+                   help="comma list: price only the rows of these goals (--adaptive-goals)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="price runs of this many steps (evaluations scaled from the run's; "
+                        "an upper bound)")
     p.add_argument("--check", action="store_true",
                    help="compare the prediction with the run's own recorded seconds")
     p.add_argument("--measured-seconds", type=float, default=None,
@@ -137,7 +152,11 @@ def main(argv=None):
     if args.check:
         record = check(metrics, throughput, args.workers, args.measured_seconds)
     else:
-        record = predict(metrics, throughput, args.images, args.workers, args.batch)
+        goals = None if args.goals is None else tuple(
+            g.strip() for g in args.goals.split(",") if g.strip())
+        record = predict(metrics, throughput, args.images, args.workers, args.batch,
+                         goals=goals, steps=args.steps)
+        record.update(goals=goals and list(goals), steps=args.steps)
     record.update(run=_machine.repo_relative(args.from_run),
                   throughput=_machine.repo_relative(args.throughput),
                   machine=_machine.machine_info())

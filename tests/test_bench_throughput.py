@@ -77,3 +77,31 @@ def test_cost_model_charges_k_backward_to_the_routes_that_run_it_every_step():
                             "joint": {"evaluations_per_image": 20.0}}}}]}}}
     out = cost.predict(metrics, throughput, images=10, workers=1, batch=100)
     assert out["predicted_seconds_one_worker"] == pytest.approx(10 * (10 * 0.01 + 20 * 0.014))
+
+
+def test_cost_model_prices_only_the_goals_asked_for_and_scales_to_other_steps():
+    spec = importlib.util.spec_from_file_location(
+        "bench_cost_model", os.path.join(ROOT, "bench", "bench_cost_model.py"))
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    throughput = {"after": {"image_evaluations_per_second": 10.0}}
+
+    def row(goal, evaluations):
+        return {"attack": "pgd_linf", "eps": 8.0, "threat_model": "adaptive", "goal": goal,
+                "cost": {"evaluations_per_image": evaluations, "seconds": 1.0}}
+
+    metrics = {"adaptive_settings": {"steps": 100},
+               "defenses": {"trajectory": {"attacks": [row("wrong", 30.0),
+                                                       row("undetected", 50.0)]}}}
+    both = cost.predict(metrics, throughput, images=4, workers=1, batch=4)
+    assert both["predicted_seconds_one_worker"] == pytest.approx(4 * 80 * 0.1)
+    wrong = cost.predict(metrics, throughput, images=4, workers=1, batch=4, goals=("wrong",))
+    assert wrong["predicted_seconds_one_worker"] == pytest.approx(4 * 30 * 0.1)
+    assert [r["goal"] for r in wrong["rows"]] == ["wrong"] and wrong["work_units"] == 1
+    doubled = cost.predict(metrics, throughput, images=4, workers=1, batch=4,
+                           goals=("wrong",), steps=200)
+    assert doubled["predicted_seconds_one_worker"] == pytest.approx(2 * 4 * 30 * 0.1)
+    assert doubled["rows"][0]["evaluations_per_image"] == pytest.approx(60.0)
+    del metrics["adaptive_settings"]
+    with pytest.raises(ValueError, match="--steps: the run records no adaptive steps"):
+        cost.predict(metrics, throughput, images=4, workers=1, batch=4, steps=200)
