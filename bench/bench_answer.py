@@ -66,7 +66,7 @@ def _threat(block, threat):
     rows = [r for r in block["attacks"] if r["threat_model"] == threat]
     if not worst or not rows:
         return None
-    upper = upper_bound(rows)
+    upper = upper_bound(rows, block)
     return _entry(worst["defended"], worst["interval"], upper, _weakest(rows))
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
 from defense.routes import K_GRADIENT_EVERY_STEP, M_FORWARD_ONLY  # noqa: E402
+from evaluation.options import parse_goals  # noqa: E402
 
 THROUGHPUT = os.path.join(ROOT, "bench", "results", "adaptive_throughput.json")
 RESULTS = os.path.join(ROOT, "bench", "results", "cost_model.json")
@@ -78,11 +79,16 @@ def predict(metrics: dict, throughput: dict, images: int, workers: int, batch: i
     images and ``workers`` workers (work units: ``ceil(images / batch)`` per goal run);
     ``goals``: only the rows of these goals (``--adaptive-goals``); ``steps``: each run
     of ``steps`` steps instead of the run's, its evaluations scaled by the ratio (an upper
-    bound: an image that reaches the goal early stops early at any step count)."""
+    bound, hence at least the run's steps: an image that reaches the goal early stops early
+    at any step count)."""
     rows, total, units = [], 0.0, 0
     run_steps = (metrics.get("adaptive_settings") or {}).get("steps")
     if steps is not None and not run_steps:
         raise ValueError("--steps: the run records no adaptive steps to scale from")
+    if steps is not None and steps < run_steps:
+        raise ValueError("--steps %d: below the run's %d steps the scaled count is no bound "
+                         "(images stop early); price from a run of at most %d steps"
+                         % (steps, run_steps, steps))
     scale = 1.0 if steps is None else float(steps) / float(run_steps)
     for label, row in rows_of(metrics):
         if goals is not None and row.get("goal") not in goals:
@@ -103,6 +109,9 @@ def predict(metrics: dict, throughput: dict, images: int, workers: int, batch: i
                      "predicted_seconds_one_worker": round(seconds, 1)})
         total += seconds
         units += math.ceil(images / batch)
+    if not rows:
+        raise ValueError("no defense-aware row of the run%s has a recorded cost" % (
+            "" if goals is None else " of goal %s" % ", ".join(goals)))
     parallel = max(1, min(workers, units))
     return {"images": images, "workers": workers, "work_units": units,
             "predicted_seconds": round(total / parallel, 1),
@@ -149,14 +158,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     metrics = _read(os.path.join(args.from_run, "metrics.json"))
     throughput = _read(args.throughput)
-    if args.check:
-        record = check(metrics, throughput, args.workers, args.measured_seconds)
-    else:
-        goals = None if args.goals is None else tuple(
-            g.strip() for g in args.goals.split(",") if g.strip())
-        record = predict(metrics, throughput, args.images, args.workers, args.batch,
-                         goals=goals, steps=args.steps)
-        record.update(goals=goals and list(goals), steps=args.steps)
+    if args.check and (args.goals or args.steps):
+        p.error("--check compares a run with its own rows and steps: drop --goals / --steps")
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be >= 1, got %d" % args.steps)
+    try:
+        goals = parse_goals(args.goals)
+        if args.check:
+            record = check(metrics, throughput, args.workers, args.measured_seconds)
+        else:
+            record = predict(metrics, throughput, args.images, args.workers, args.batch,
+                             goals=goals, steps=args.steps)
+            record.update(goals=goals and list(goals), steps=args.steps)
+    except ValueError as e:
+        p.error(str(e).replace("--adaptive-goals", "--goals"))
     record.update(run=_machine.repo_relative(args.from_run),
                   throughput=_machine.repo_relative(args.throughput),
                   machine=_machine.machine_info())

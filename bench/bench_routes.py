@@ -66,7 +66,7 @@ def tables_of(metrics: dict):
             rows.append(["%s %g" % (attack, eps), "`%s`" % label, clean, gray, wrong,
                          _routes(wrong_row), hidden, _routes(hidden_row), evals])
     bounds = {label for label, block in metrics["defenses"].items()
-              if upper_bound(block["attacks"])}
+              if upper_bound(block["attacks"], block)}
 
     def claim(c):
         text = (c["claim"] if c["claim"] != "not distinguishable"

@@ -125,24 +125,20 @@ class EvalConfig:
                 why = d.ignored_parameters(self.extractor)
                 if why:
                     raise ValueError("--defenses %s: %s" % (d.label, why))
-        if self.adaptive_routes and not any(t in self.threats for t in DEFENSE_AWARE):
-            raise ValueError("--adaptive-routes narrows the defense-aware attacks, and the run "
-                             "has none: add --threat gray-box,adaptive")
-        if self.adaptive_goals and not any(t in self.threats for t in DEFENSE_AWARE):
-            raise ValueError("--adaptive-goals narrows the defense-aware attacks, and the run "
-                             "has none: add --threat gray-box,adaptive")
-        if self.adaptive_goals:
-            have = {str(g) for d in defenses for g in d.adaptive_goals()}
-            idle = [g for g in self.adaptive_goals if g not in have]
-            if idle:
-                raise ValueError("--adaptive-goals: %s is a goal of none of the run's defenses "
-                                 "(%s), whose goals are %s" % (
-                                     ", ".join(idle), ", ".join(self.defenses),
-                                     ", ".join(sorted(have))))
+        for flag, value in (("--adaptive-goals", self.adaptive_goals),
+                            ("--adaptive-routes", self.adaptive_routes)):
+            if value and not any(t in self.threats for t in DEFENSE_AWARE):
+                raise ValueError("%s narrows the defense-aware attacks, and the run has none: "
+                                 "add --threat gray-box,adaptive" % flag)
+        aware = [d for d in defenses if Threat.ADAPTIVE in d.threats]
+        if self.adaptive_goals and not any(len(d.adaptive_goals()) > 1 for d in aware):
+            raise ValueError("--adaptive-goals changes nothing here: each of the run's defenses "
+                             "(%s) has one defense-aware run that serves both goals (a "
+                             "classifier, a rejecting detector); it narrows a rectifying "
+                             "UnMask's two runs -- drop it" % ", ".join(self.defenses))
         if self.adaptive_routes:
             from defense.threats import GOALS, Goal
-            have = {r for d in defenses if Threat.ADAPTIVE in d.threats
-                    for g in GOALS for r in d.adaptive_routes(Goal(g))}
+            have = {r for d in aware for g in GOALS for r in d.adaptive_routes(Goal(g))}
             idle = [r for r in self.adaptive_routes if r not in have]
             if idle:
                 raise ValueError("--adaptive-routes: %s is a route of none of the run's "

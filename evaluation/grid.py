@@ -97,7 +97,9 @@ def config_fingerprint(base, unit: Unit) -> str:
     # how, not what: the records of the other settings are the same
     for name in ("adaptive_slots", "adaptive_save_seconds", "adaptive_batch", "other_models"):
         cfg.pop(name, None)
-    if cfg.get("adaptive_goals") is None:   # every goal: the records made before the setting
+    # an adaptive unit is one goal's batch whatever the others are; every goal (None): the
+    # fingerprint of the records made before the setting existed
+    if unit.kind == "adaptive" or cfg.get("adaptive_goals") is None:
         cfg.pop("adaptive_goals", None)
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)

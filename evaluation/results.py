@@ -50,6 +50,17 @@ def adaptive_vectors(vectors) -> Tuple[List[Tuple[str, float]], Dict[str, str]]:
     return run, skipped
 
 
+def chosen_goals(defense: Defense, chosen) -> Tuple[Tuple, List[str]]:
+    """The goals ``defense``'s defense-aware attacks run under ``--adaptive-goals``
+    ``chosen`` (None: all), and the names of those left out.  A defense whose one run serves
+    both goals (a classifier, a rejecting detector) keeps it whatever is chosen."""
+    goals = tuple(defense.adaptive_goals())
+    if chosen is None or len(goals) == 1:
+        return goals, []
+    return (tuple(g for g in goals if str(g) in chosen),
+            [str(g) for g in goals if str(g) not in chosen])
+
+
 def defense_runs(comparison: Comparison, defense: Defense, vectors) -> List[Tuple]:
     """(threat, goal, attack, eps) of every row of ``defense`` (goal None for gray-box)."""
     return _runs_of(comparison, defense, vectors)[0]
@@ -70,12 +81,10 @@ def _runs_of(comparison: Comparison, defense: Defense, vectors) -> Tuple[List[Tu
             continue
         if skipped:
             notes["skipped"] = skipped
-        chosen = comparison.cfg.adaptive_goals
-        goals = [g for g in defense.adaptive_goals() if chosen is None or str(g) in chosen]
-        left_out = [str(g) for g in defense.adaptive_goals() if g not in goals]
+        goals, left_out = chosen_goals(defense, comparison.cfg.adaptive_goals)
         if left_out:
             notes["goals"] = "goal %s not attacked (--adaptive-goals %s)" % (
-                ", ".join(left_out), ",".join(chosen))
+                ", ".join(left_out), ",".join(comparison.cfg.adaptive_goals))
         runs += [(threat, goal, name, eps) for name, eps in adaptive for goal in goals]
     return runs, notes
 

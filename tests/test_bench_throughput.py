@@ -105,3 +105,10 @@ def test_cost_model_prices_only_the_goals_asked_for_and_scales_to_other_steps():
     del metrics["adaptive_settings"]
     with pytest.raises(ValueError, match="--steps: the run records no adaptive steps"):
         cost.predict(metrics, throughput, images=4, workers=1, batch=4, steps=200)
+    # below the run's steps the scaled count is no bound; a goal without rows prices nothing
+    metrics["adaptive_settings"] = {"steps": 100}
+    with pytest.raises(ValueError, match="--steps 50: below the run's 100 steps"):
+        cost.predict(metrics, throughput, images=4, workers=1, batch=4, steps=50)
+    metrics["defenses"]["trajectory"]["attacks"].pop()           # the undetected row
+    with pytest.raises(ValueError, match="no defense-aware row of the run of goal undetected"):
+        cost.predict(metrics, throughput, images=4, workers=1, batch=4, goals=("undetected",))

@@ -151,6 +151,11 @@ def _threat_names() -> Sequence[str]:
     return NAMES
 
 
+def _goal_names() -> Sequence[str]:
+    from defense.threats import GOALS
+    return GOALS
+
+
 def _defense_names() -> List[str]:
     from defense.defenses import list_defenses
     return list_defenses()

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 from data.knowledge import get_class_set
 from defense.adversarial_training import AT_EPS
 from evaluation.options.base import (_at_budget, _at_least, _check_field, _defense_names,
-                                     _in_unit_interval, _option, _route_names, _threat_names,
-                                     option)
+                                     _goal_names, _in_unit_interval, _option, _route_names,
+                                     _threat_names, option)
 from evaluation.options.data import DataOptions
 from evaluation.options.values import (check_l2_budgets, parse_goals, parse_routes,
                                        parse_threats, parse_vectors)
@@ -117,9 +117,10 @@ class MOptions:
                       "list of %s; a row computed without all of its defense's routes is "
                       "marked as an upper bound" % ", ".join(_route_names()))
     adaptive_goals: Optional[str] = option(
-        None, "narrow the defense-aware attacks to some goals, comma list of wrong (a wrong "
-              "final answer) and undetected (M fooled, not flagged); default: every goal a "
-              "defense has. The worst case is then over the goals run", type=str)
+        None, lambda: "narrow a rectifying UnMask's defense-aware attacks to some of its goals, "
+                      "comma list of %s (wrong: a wrong final answer; undetected: M fooled, "
+                      "not flagged); default: every goal. A worst case without one of them is "
+                      "an upper bound" % ", ".join(_goal_names()), type=str)
     adaptive_gradient: Optional[str] = option(
         None, "how a detector's adaptive attack combines M's and the detector's gradients: "
               "two-phase (M's until M says the target, then the detector's; UnMask's default), "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
-from evaluation.options.base import _option, _route_names, _threat_names
+from evaluation.options.base import _goal_names, _option, _route_names, _threat_names
 
 
 def parse_stage_epochs(epochs) -> tuple:
@@ -135,13 +135,13 @@ def check_l2_budgets(vectors, input_size: int) -> None:
 def parse_goals(text: Optional[str]) -> Optional[Tuple[str, ...]]:
     """``--adaptive-goals`` text -> goal names (None: every goal); ValueError naming the
     option and the goals there are."""
-    from defense.threats import GOALS
     if text is None:
         return None
     names = tuple(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
-    unknown = [n for n in names if n not in GOALS]
+    known = _goal_names()
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ValueError("--adaptive-goals %r: %s; the goals are %s"
                          % (text, "unknown goal %s" % ", ".join(unknown) if unknown
-                            else "give at least one goal", ", ".join(GOALS)))
+                            else "give at least one goal", ", ".join(known)))
     return names

@@ -4,8 +4,8 @@ the attack or route that hurt it most, and the threat models the run did *not* t
 page (:func:`answer_html`, its first section) and as the last lines of the run on the terminal
 (:func:`answer_text`, at most 100 columns).
 
-A number whose attack was not converged or left out routes of the defense's decision rule is
-an upper bound: it is marked ``*``.
+A number whose attack was not converged or left out routes of the defense's decision rule (or,
+for a worst case, a goal the defense has) is an upper bound: it is marked ``*``.
 """
 from __future__ import annotations
 
@@ -44,11 +44,22 @@ def clean_text(rate: Optional[float], interval=None, rejected: Optional[float] =
     return text if rejected is None else text + " (rejects %s)" % rate_text(rejected)
 
 
-def upper_bound(rows) -> bool:
-    """Whether any of the bench ``rows`` is an upper bound: an attack not converged or
-    without all of its defense's routes."""
-    return any((r.get("convergence") or {}).get("converged") is False
-               or (r.get("routes") or {}).get("complete") is False for r in rows)
+def goals_left_out(block: Mapping[str, Any]) -> Optional[str]:
+    """The note of a defense block whose goals ``--adaptive-goals`` left out, else None."""
+    notes = block.get("adaptive")
+    return notes.get("goals") if isinstance(notes, Mapping) else None
+
+
+def upper_bound(rows, block: Optional[Mapping[str, Any]] = None) -> bool:
+    """Whether a worst case over the bench ``rows`` (of defense ``block``) is an upper
+    bound: an attack not converged or without all of its defense's routes, or -- for the
+    defense-aware rows -- a goal of the defense left out by ``--adaptive-goals`` (that run's
+    images could have been worse still)."""
+    if any((r.get("convergence") or {}).get("converged") is False
+           or (r.get("routes") or {}).get("complete") is False for r in rows):
+        return True
+    return bool(block is not None and goals_left_out(block)
+                and any(r["threat_model"] != "gray-box" for r in rows))
 
 
 def _row_name(r: Mapping[str, Any]) -> str:
@@ -71,7 +82,7 @@ def answer(metrics: Mapping[str, Any]) -> List[Dict[str, Any]]:
         rows = block["attacks"]
         worst = block.get("worst_case") or {}
         by = {t: {"rate": w["defended"], "interval": w.get("interval"),
-                  "upper": upper_bound([r for r in rows if r["threat_model"] == t])}
+                  "upper": upper_bound([r for r in rows if r["threat_model"] == t], block)}
               for t, w in worst.get("by_threat", {}).items()}
         benign = block["benign"]
         out.append({
@@ -81,7 +92,7 @@ def answer(metrics: Mapping[str, Any]) -> List[Dict[str, Any]]:
                           "interval": benign.get("rejected_interval")}
                          if "rejected" in benign else None),
             "worst": ({"rate": worst["defended"], "interval": worst.get("interval"),
-                       "upper": upper_bound(rows)} if worst else None),
+                       "upper": upper_bound(rows, block)} if worst else None),
             "by_threat": by,
             "weakest": _row_name(min(rows, key=lambda r: r["defended"])) if rows else None})
     return out
@@ -103,8 +114,7 @@ def not_tried(metrics: Mapping[str, Any]) -> List[str]:
             continue
         out.append("%s: add %s" % (threat, ADD_THREAT[threat]))
     for label, block in metrics.get("defenses", {}).items():
-        notes = block.get("adaptive")
-        goals = notes.get("goals") if isinstance(notes, Mapping) else None
+        goals = goals_left_out(block)
         if goals:
             out.append("%s: %s" % (label, goals))
     return out
@@ -132,7 +142,7 @@ def answer_text(metrics: Mapping[str, Any], page: Optional[str] = None) -> str:
         lines += [(" " * (100 - room) + piece)[:100] for piece in pieces[1:]]
     if any((r["worst"] or {}).get("upper") for r in rows):
         lines.append("* an upper bound: an attack behind it was not converged or left out "
-                     "routes")
+                     "routes or a goal")
     missing = not_tried(metrics)
     if missing:
         lines.append("Not tried by this run -- " + "; ".join(missing))
@@ -175,7 +185,7 @@ def answer_html(metrics: Mapping[str, Any]) -> str:
                "(or rejects) under every attack the run tried, per image, with 95%% Wilson "
                "intervals; the columns per threat model are the same worst case within it. * "
                "= an upper bound (an attack behind it was not converged or left out routes of "
-               "the defense's decision rule).</p>" % _n_test(metrics))
+               "the defense's decision rule, or one of its goals).</p>" % _n_test(metrics))
     return "<table class=\"answer\">%s%s</table>%s%s" % (head, "".join(body), caption, note)
 
 

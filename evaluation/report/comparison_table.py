@@ -19,7 +19,7 @@ both accuracies beside it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -156,52 +156,87 @@ def comparison_markdown(metrics: Mapping[str, Any]) -> str:
     return text + ("\n" + sanity if sanity else "")
 
 
+def goal_success(row: Mapping[str, Any], detector: bool) -> Optional[float]:
+    """The share of images on which the attacker behind ``row`` reached its own goal: a
+    wrong final answer (goal ``wrong``, or any attack on a classifier), M fooled and not
+    flagged (``undetected``), or -- a gray-box attack on a detector, which sees M only --
+    M fooled (None where the row does not say)."""
+    goal = row.get("goal")
+    if goal == "undetected":
+        return row["evasion"]
+    if goal == "wrong" or not detector:
+        return 1.0 - row["defended"]
+    n = row.get("n_attacked")
+    return float(row["n_successful"]) / n if n and "n_successful" in row else None
+
+
 def sanity_checks(metrics: Mapping[str, Any], tolerance: float = 0.02):
     """Tramer et al.'s sanity checks on the results, as ``(ok, message)`` pairs:
 
-    * an attack's evasion rate does not fall when its ε grows (same defense, attack and
-      threat model; ``tolerance`` allows for the noise of a few images);
+    * an attack's success at its own goal (:func:`goal_success`) does not fall when its ε
+      grows (same defense, attack, threat model and goal; ``tolerance`` allows for the noise
+      of a few images) -- a gray-box attack on a detector aims at M, so its *evasion* may
+      fall at a large ε (the image is changed enough for the detector to see it) and that
+      is not checked;
     * the defense-aware attack is at least as strong as the gray-box one on the same vector
-      (else its gradients are broken), and a transfer attack never beats the white-box one;
-    * at a large L∞ budget (ε >= :data:`LARGE_LINF_EPS`) an attack that knows the defense
-      reaches its goal on nearly every image (SPEC §8: success approaches 100%): the
-      defense-aware rows, and a classifier's white-box (gray-box) rows.  Below
+      (else its gradients are broken): evasion against evasion where the run has the
+      undetected goal, else wrong answers against wrong answers; and a transfer attack never
+      beats the white-box one;
+    * at a large L∞ budget (ε >= :data:`LARGE_LINF_EPS`) an iterative per-image attack that
+      knows the defense reaches its goal on nearly every image (SPEC §8: success approaches
+      100%): the defense-aware rows, and a classifier's white-box (gray-box) rows.  Below
       :data:`LARGE_EPS_SUCCESS` it is the attack, not the defense, that may be holding.
     """
     out = []
     for label, block in metrics["defenses"].items():
         rows = block["attacks"]
-        out += _large_eps_checks(label, block, tolerance)
+        detector = block.get("kind") == "detector"
+        out += _large_eps_checks(label, block)
         by_family: Dict[tuple, list] = {}
         for r in rows:
             by_family.setdefault((r["attack"], r["threat_model"], r.get("goal")),
                                  []).append(r)
-        for (attack, threat, _goal), group in by_family.items():
+        for (attack, threat, goal), group in by_family.items():
             group = sorted(group, key=lambda r: float(r["eps"]))
             for lo, hi in zip(group, group[1:]):
-                ok = hi["evasion"] + tolerance >= lo["evasion"]
-                out.append((ok, "%s, %s [%s]: evasion %.2f at eps %g -> %.2f at eps %g" % (
-                    label, attack, threat, lo["evasion"], lo["eps"], hi["evasion"], hi["eps"])))
-        index = {(r["attack"], float(r["eps"]), r["threat_model"], r.get("goal")): r
-                 for r in rows}
+                a, b = goal_success(lo, detector), goal_success(hi, detector)
+                if a is None or b is None:
+                    continue
+                ok = b + tolerance >= a
+                out.append((ok, "%s, %s [%s%s]: success %.2f at eps %g -> %.2f at eps %g" % (
+                    label, attack, threat, ", " + goal if goal else "", a, lo["eps"], b,
+                    hi["eps"])))
+        out += _adaptive_against_gray_box(label, rows, tolerance)
+    return out
 
-        def evading(attack, eps, threat):
-            """The row whose evasion is the attack's number: the run for "undetected" where
-            there is one, else the only run."""
-            return (index.get((attack, eps, threat, "undetected"))
-                    or index.get((attack, eps, threat, "wrong")))
 
-        for attack, eps in sorted({k[:2] for k in index if k[2] == "gray-box"}):
-            gray = index[(attack, eps, "gray-box", None)]
-            white, transfer = evading(attack, eps, "adaptive"), evading(attack, eps, "transfer")
-            if white is not None:
-                ok = white["evasion"] + tolerance >= gray["evasion"]
-                out.append((ok, "%s, %s eps %g: adaptive evasion %.2f vs gray-box %.2f" % (
-                    label, attack, eps, white["evasion"], gray["evasion"])))
-            if white is not None and transfer is not None:
-                ok = transfer["evasion"] <= white["evasion"] + tolerance
-                out.append((ok, "%s, %s eps %g: transfer evasion %.2f vs white-box %.2f"
-                            % (label, attack, eps, transfer["evasion"], white["evasion"])))
+def _adaptive_against_gray_box(label: str, rows, tolerance: float):
+    """Per vector with a gray-box row: the adaptive attack at least as strong, the transfer
+    attack no stronger than the adaptive one -- compared on evasion where the run has the
+    undetected goal, else on wrong final answers (1 - defended)."""
+    index = {(r["attack"], float(r["eps"]), r["threat_model"], r.get("goal")): r
+             for r in rows}
+    out = []
+    for attack, eps in sorted({k[:2] for k in index if k[2] == "gray-box"}):
+        gray = index[(attack, eps, "gray-box", None)]
+        undetected = index.get((attack, eps, "adaptive", "undetected"))
+        key, what = (("evasion", "evasion") if undetected is not None
+                     else ("wrong", "wrong answers"))
+
+        def number(row):
+            return row["evasion"] if key == "evasion" else 1.0 - row["defended"]
+
+        white = undetected or index.get((attack, eps, "adaptive", "wrong"))
+        transfer = (index.get((attack, eps, "transfer", "undetected")) if key == "evasion"
+                    else index.get((attack, eps, "transfer", "wrong")))
+        if white is not None:
+            ok = number(white) + tolerance >= number(gray)
+            out.append((ok, "%s, %s eps %g: adaptive %s %.2f vs gray-box %.2f" % (
+                label, attack, eps, what, number(white), number(gray))))
+        if white is not None and transfer is not None:
+            ok = number(transfer) <= number(white) + tolerance
+            out.append((ok, "%s, %s eps %g: transfer %s %.2f vs white-box %.2f" % (
+                label, attack, eps, what, number(transfer), number(white))))
     return out
 
 
@@ -211,23 +246,26 @@ LARGE_LINF_EPS = 64.0
 LARGE_EPS_SUCCESS = 0.9
 
 
-def _large_eps_checks(label: str, block: Mapping[str, Any], tolerance: float):
+def _large_eps_checks(label: str, block: Mapping[str, Any]):
     """``(ok, message)`` per row of ``block`` at a large L∞ budget whose attacker knows the
-    defense: its success (the goal reached: a wrong final answer, or M fooled and not
-    flagged) must approach 100%."""
+    defense and iterates per image: its success (the goal reached: a wrong final answer, or
+    M fooled and not flagged) must approach 100% (at least :data:`LARGE_EPS_SUCCESS`)."""
     from attacks.registry import get_attack
     out = []
     for r in block["attacks"]:
         knows = (r["threat_model"] == "adaptive"
                  or (r["threat_model"] == "gray-box" and block.get("kind") == "classifier"))
         try:
-            norm = get_attack(r["attack"]).norm
+            spec = get_attack(r["attack"])
         except ValueError:
             continue                                   # an attack of another version's file
-        if not knows or norm != "linf" or float(r["eps"]) < LARGE_LINF_EPS:
+        # one step, one universal perturbation or random targets: not asked to approach 1
+        iterative = not (spec.fixed_steps or spec.universal or spec.targeting == "always")
+        if (not knows or not iterative or spec.norm != "linf"
+                or float(r["eps"]) < LARGE_LINF_EPS):
             continue
         success = r["evasion"] if r.get("goal") == "undetected" else 1.0 - r["defended"]
-        ok = success + tolerance >= LARGE_EPS_SUCCESS
+        ok = success >= LARGE_EPS_SUCCESS
         out.append((ok, "%s, %s eps %g [%s%s]: success %.2f at a large budget (should "
                         "approach 1; below %.2f the attack may be what holds)" % (
                             label, r["attack"], float(r["eps"]), r["threat_model"],

@@ -615,19 +615,34 @@ def test_joint_attack_on_the_trajectory_detector_evades_more_than_gray_box(conte
 def test_sanity_checks_flag_broken_attacks():
     m = _bench_metrics()
     rows = m["defenses"]["unmask"]["attacks"]
-    base = dict(rows[0])
-    rows.append(dict(base, threat_model="adaptive", goal="wrong",
-                     evasion=base["evasion"] + 0.3))
+    base = dict(rows[0])                       # gray-box: defended .8, evasion .2, 9 of 10 fooled
+    rows.append(dict(base, threat_model="adaptive", goal="wrong", defended=.5, evasion=.05))
     checks = comparison_table.sanity_checks(m)
-    assert checks and all(ok for ok, _ in checks)
-    rows[-1]["evasion"] = base["evasion"] - 0.3          # adaptive weaker than gray-box
+    # without the undetected goal the adaptive run is compared on wrong answers (.5 vs .2),
+    # whatever its evasion (a rectifying detector's wrong answers need not evade)
+    assert checks and all(ok for ok, _ in checks), checks
+    assert any("adaptive wrong answers 0.50 vs gray-box 0.20" in msg for _, msg in checks)
+    rows[-1]["defended"] = .9                  # adaptive weaker than gray-box
     bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
-    assert len(bad) == 1 and "adaptive evasion" in bad[0]
+    assert len(bad) == 1 and "adaptive wrong answers 0.10" in bad[0]
     assert "FAILED" in comparison_table.sanity_text(m)
-    rows[-1]["evasion"] = base["evasion"] + 0.3
-    rows.append(dict(base, eps=16, evasion=base["evasion"] - 0.5))   # stronger eps, less
+    rows[-1]["defended"] = .5
+    # with the undetected goal: evasion against evasion
+    rows.append(dict(base, threat_model="adaptive", goal="undetected", evasion=.1))
     bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
-    assert len(bad) == 1 and "at eps 8 ->" in bad[0]
+    assert len(bad) == 1 and "adaptive evasion 0.10 vs gray-box 0.20" in bad[0]
+    rows[-1]["evasion"] = .6
+    # success at the attacker's own goal falls with a larger eps: flagged; a gray-box attack
+    # on a detector aims at M, so its evasion falling is not (M fooled is what counts)
+    rows.append(dict(base, eps=16, evasion=base["evasion"] - 0.15))
+    assert all(ok for ok, _ in comparison_table.sanity_checks(m))
+    rows[-1]["n_successful"] = 5
+    bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
+    assert len(bad) == 1 and "[gray-box]: success 0.90 at eps 8 -> 0.50 at eps 16" in bad[0]
+    rows.append(dict(rows[-3], eps=16, defended=.8))       # adaptive wrong: .5 -> .2
+    bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
+    assert any("[adaptive, wrong]: success 0.50 at eps 8 -> 0.20 at eps 16" in msg
+               for msg in bad), bad
 
 
 def test_sanity_checks_ask_an_attack_that_knows_the_defense_to_win_at_a_large_budget():
@@ -653,10 +668,27 @@ def test_sanity_checks_ask_an_attack_that_knows_the_defense_to_win_at_a_large_bu
     bad = [msg for ok, msg in comparison_table.sanity_checks(m) if not ok]
     assert len(bad) == 1 and "unmask, pgd_linf eps 64 [adaptive, wrong]: success 0.55" in bad[0]
     assert "FAILED" in comparison_table.sanity_text(m)
-    # an L2 attack or a smaller budget is not asked
+    # an L2 attack, a one-step or universal attack, or a smaller budget is not asked
     um[-2].update(attack="pgd_l2")
     um.append(dict(base, eps=32, threat_model="adaptive", goal="wrong", defended=.9))
+    clf += [dict(clf[0], attack=name, eps=64, defended=.7) for name in ("fgsm", "uap")]
+    large = [msg for _, msg in comparison_table.sanity_checks(m) if "large budget" in msg]
+    assert len(large) == 2 and not any("pgd_l2" in msg or "eps 32" in msg or "fgsm" in msg
+                                       or "uap" in msg for msg in large), large
     assert all(ok for ok, msg in comparison_table.sanity_checks(m) if "large budget" in msg)
+
+
+def test_a_defense_whose_one_run_serves_both_goals_keeps_it_whatever_goal_is_chosen():
+    """--adaptive-goals narrows a rectifying UnMask's two runs; a classifier's or a rejecting
+    detector's one run serves both goals and is kept (it is never left without its attack)."""
+    from evaluation.results import chosen_goals
+    unmask = build_defense("unmask")
+    assert chosen_goals(unmask, None) == ((Goal.WRONG, Goal.UNDETECTED), [])
+    assert chosen_goals(unmask, ("wrong",)) == ((Goal.WRONG,), ["undetected"])
+    assert chosen_goals(unmask, ("undetected",)) == ((Goal.UNDETECTED,), ["wrong"])
+    for label in ("none", "at", "unmask:reject", "pca"):
+        d = build_defense(label)
+        assert chosen_goals(d, ("undetected",)) == ((Goal.WRONG,), []), label
 
 
 # ----------------------------------------------------------------------------- hardened UnMask

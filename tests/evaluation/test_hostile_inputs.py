@@ -169,8 +169,9 @@ CLI_CASES = [
     (["--adaptive-goals", "wrong"], r"--adaptive-goals narrows the defense-aware attacks, "
                                     r"and the run has none"),
     (["--adaptive-goals", "sideways"], r"--adaptive-goals 'sideways': unknown goal"),
-    (["--defenses", "none,pca", "--threat", "gray-box,adaptive", "--adaptive-goals",
-      "undetected"], r"undetected is a goal of none of the run's defenses"),
+    (["--defenses", "none,pca,unmask:reject", "--threat", "gray-box,adaptive",
+      "--adaptive-goals", "undetected"], r"--adaptive-goals changes nothing here: each of the "
+                                         r"run's defenses \(none, pca, unmask:reject\) has one"),
     (["--model", "X"], r"--model: invalid choice"),
     # model K's numbers and folders
     (["--model", "K", "--k-steps", "0"], r"--k-steps"),
@@ -656,6 +657,12 @@ def _config_file(tmp_path, mutate):
      r"k must be one of standard, robust"),
     (lambda r: r["config"].update(vectors=[["pgd_linf", "eight"]]),
      r"setting 'vectors' must hold \[attack name, eps\] pairs"),
+    (lambda r: r["config"].update(adaptive_goals=["sideways"]),
+     r"--adaptive-goals 'sideways': unknown goal sideways"),
+    (lambda r: r["config"].update(adaptive_goals="wrong"),
+     r"setting 'adaptive_goals' must be"),
+    (lambda r: r["config"].update(adaptive_goals=["wrong"]),
+     r"--adaptive-goals narrows the defense-aware attacks, and the run has none"),
     (lambda r: r["config"].pop("class_set"), r"setting 'class_set' is missing"),
     (lambda r: r.pop("config"), r"a record of command 'evaluate' needs 'config' \(an "
                                 r"object\), it is missing"),
@@ -671,6 +678,16 @@ def test_config_goes_through_the_command_lines_checks(tmp_path, capsys, mutate, 
     assert path in err and re.search(pattern, err), err
     assert "Traceback" not in err
     assert not os.path.exists(tmp_path / "results"), "nothing ran"
+
+
+def test_a_run_narrowed_to_some_goals_reads_back_from_its_config_file():
+    from data.knowledge import get_class_set
+    from evaluation.config import EvalConfig, from_dict, to_dict
+
+    cfg = EvalConfig(class_set=get_class_set("CS5b"), defenses=("unmask",),
+                     threats=("gray-box", "adaptive"), adaptive_goals=("wrong",))
+    back = from_dict(json.loads(json.dumps(to_dict(cfg))))
+    assert back.adaptive_goals == ("wrong",) and back == cfg
 
 
 def test_a_k_record_with_a_bad_setting_names_it(tmp_path, capsys):

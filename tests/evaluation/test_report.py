@@ -256,6 +256,28 @@ def test_the_answer_names_what_the_run_did_not_try_and_fits_a_terminal():
     assert not any(s.startswith("transfer") for s in oracle), oracle
 
 
+def test_a_worst_case_without_one_of_the_defenses_goals_is_an_upper_bound():
+    """--adaptive-goals left a goal of the defense out: its worst case over the defense-aware
+    rows is marked * (that run could have found worse images), the gray-box one is not, and
+    the defense is named under "not tried"."""
+    from evaluation.report.answer import answer, answer_text, not_tried
+    m = _sample_with_defenses()
+    block = m["defenses"]["unmask:k=robust:m=at"]
+    adaptive = dict(block["attacks"][0], threat_model="adaptive", goal="wrong", defended=.5,
+                    acc=.5, convergence={"converged": True},
+                    routes={"complete": True, "won": {"follow-m": 3}})
+    block["attacks"].append(adaptive)
+    block["worst_case"]["by_threat"]["adaptive"] = {"defended": .5, "interval": [.4, .6]}
+    row = answer(m)[1]
+    assert not row["worst"]["upper"] and not row["by_threat"]["adaptive"]["upper"]
+    block["adaptive"] = {"goals": "goal undetected not attacked (--adaptive-goals wrong)"}
+    row = answer(m)[1]
+    assert row["worst"]["upper"] and row["by_threat"]["adaptive"]["upper"]
+    assert not row["by_threat"]["gray-box"]["upper"]
+    assert "unmask:k=robust:m=at: goal undetected not attacked" in "; ".join(not_tried(m))
+    assert "left out routes or a goal" in answer_text(m)
+
+
 def test_the_answer_keeps_a_long_label_whole_and_wraps_what_hurt_it(monkeypatch):
     """A defense label of 27 characters is printed whole (the column widens to it); a long
     'hurt most by' goes on in its own column on the next line, every word kept."""
