@@ -21,7 +21,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
-from evaluation.report.answer import clean_text, rate_text, upper_bound  # noqa: E402
+from evaluation.report.answer import (clean_text, goals_left_out, rate_text,  # noqa: E402
+                                      upper_bound)
+from evaluation.store.records import eps_tag  # noqa: E402
 
 TABLES = os.path.join(ROOT, "bench", "results", "tables")
 
@@ -65,8 +67,19 @@ def tables_of(metrics: dict):
             evals = "–" if not wrong_row else "%.0f" % wrong_row["cost"]["evaluations_per_image"]
             rows.append(["%s %g" % (attack, eps), "`%s`" % label, clean, gray, wrong,
                          _routes(wrong_row), hidden, _routes(hidden_row), evals])
-    bounds = {label for label, block in metrics["defenses"].items()
-              if upper_bound(block["attacks"], block)}
+    def why_upper(label, over):
+        """Why ``label``'s side of a comparison over ``over`` (a vector, or "worst case")
+        is an upper bound, or None."""
+        block = metrics["defenses"][label]
+        mine = [r for r in block["attacks"]
+                if over == "worst case" or "%s_%s" % (r["attack"], eps_tag(r["eps"])) == over]
+        if not upper_bound(mine, block):
+            return None
+        if any((r.get("convergence") or {}).get("converged") is False for r in mine):
+            return "an attack behind it not converged"
+        if any((r.get("routes") or {}).get("complete") is False for r in mine):
+            return "an attack behind it left out routes"
+        return goals_left_out(block)
 
     def claim(c):
         text = (c["claim"] if c["claim"] != "not distinguishable"
@@ -74,9 +87,11 @@ def tables_of(metrics: dict):
         # an upper bound matters where a stronger attack could overturn the claim: on the
         # side said to be higher, or on either when they are not told apart
         at_risk = {"a > b": (c["a"],), "a < b": (c["b"],)}.get(c["claim"], (c["a"], c["b"]))
-        upper = [x for x in at_risk if x in bounds]
-        return text + ("" if not upper else " (an upper bound on %s: an attack behind it "
-                       "not converged)" % " and ".join("`%s`" % x for x in upper))
+        rate = {c["a"]: c["a_rate"], c["b"]: c["b_rate"]}
+        # a side that defends nothing cannot be over-stated
+        upper = [(x, why_upper(x, c["over"])) for x in at_risk if rate[x] > 0]
+        return text + "".join(" (an upper bound on `%s`: %s)" % (x, why)
+                              for x, why in upper if why)
 
     paired = [["%s" % c["over"], "`%s` − `%s`" % (c["a"], c["b"]),
                "%.2f − %.2f = %+.2f" % (c["a_rate"], c["b_rate"], c["difference"]),
