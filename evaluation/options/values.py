@@ -43,19 +43,23 @@ def parse_attack_eps(text, flag: str = "--k-attack-eps") -> Tuple[float, ...]:
     return tuple(values)
 
 
-def parse_routes(text: Optional[str]) -> Optional[Tuple[str, ...]]:
-    """``--adaptive-routes`` text -> route names (None: every route); ValueError naming the
-    option and the routes there are."""
+def _parse_names(text: Optional[str], flag: str, kind: str, known) -> Optional[Tuple[str, ...]]:
+    """A comma list of ``kind`` names (case-insensitive, each once) for ``flag``; None for
+    None; ValueError naming the option and the ``known`` names."""
     if text is None:
         return None
     names = tuple(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
-    known = _route_names()
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError("--adaptive-routes %r: %s; the routes are %s"
-                         % (text, "unknown route %s" % ", ".join(unknown) if unknown
-                            else "give at least one route", ", ".join(known)))
+        raise ValueError("%s %r: %s; the %ss are %s"
+                         % (flag, text, "unknown %s %s" % (kind, ", ".join(unknown)) if unknown
+                            else "give at least one %s" % kind, kind, ", ".join(known)))
     return names
+
+
+def parse_routes(text: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """``--adaptive-routes`` text -> route names (None: every route)."""
+    return _parse_names(text, "--adaptive-routes", "route", _route_names())
 
 
 def parse_threats(text: str) -> List:
@@ -133,15 +137,5 @@ def check_l2_budgets(vectors, input_size: int) -> None:
 
 
 def parse_goals(text: Optional[str]) -> Optional[Tuple[str, ...]]:
-    """``--adaptive-goals`` text -> goal names (None: every goal); ValueError naming the
-    option and the goals there are."""
-    if text is None:
-        return None
-    names = tuple(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
-    known = _goal_names()
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        raise ValueError("--adaptive-goals %r: %s; the goals are %s"
-                         % (text, "unknown goal %s" % ", ".join(unknown) if unknown
-                            else "give at least one goal", ", ".join(known)))
-    return names
+    """``--adaptive-goals`` text -> goal names (None: every goal)."""
+    return _parse_names(text, "--adaptive-goals", "goal", _goal_names())
