@@ -163,7 +163,7 @@ def main(argv=None):
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be >= 1, got %d" % args.steps)
     try:
-        goals = parse_goals(args.goals)
+        goals = parse_goals(args.goals, flag="--goals")
         if args.check:
             record = check(metrics, throughput, args.workers, args.measured_seconds)
         else:
@@ -171,7 +171,7 @@ def main(argv=None):
                              goals=goals, steps=args.steps)
             record.update(goals=goals and list(goals), steps=args.steps)
     except ValueError as e:
-        p.error(str(e).replace("--adaptive-goals", "--goals"))
+        p.error(str(e))
     record.update(run=_machine.repo_relative(args.from_run),
                   throughput=_machine.repo_relative(args.throughput),
                   machine=_machine.machine_info())

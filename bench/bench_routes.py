@@ -21,8 +21,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
-from evaluation.report.answer import (clean_text, goals_left_out, rate_text,  # noqa: E402
-                                      upper_bound)
+from evaluation.report.answer import (clean_text, rate_text,  # noqa: E402
+                                      upper_bound_reason)
 from evaluation.store.records import eps_tag  # noqa: E402
 
 TABLES = os.path.join(ROOT, "bench", "results", "tables")
@@ -73,13 +73,7 @@ def tables_of(metrics: dict):
         block = metrics["defenses"][label]
         mine = [r for r in block["attacks"]
                 if over == "worst case" or "%s_%s" % (r["attack"], eps_tag(r["eps"])) == over]
-        if not upper_bound(mine, block):
-            return None
-        if any((r.get("convergence") or {}).get("converged") is False for r in mine):
-            return "an attack behind it not converged"
-        if any((r.get("routes") or {}).get("complete") is False for r in mine):
-            return "an attack behind it left out routes"
-        return goals_left_out(block)
+        return upper_bound_reason(mine, block)
 
     def claim(c):
         text = (c["claim"] if c["claim"] != "not distinguishable"

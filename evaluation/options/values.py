@@ -136,6 +136,7 @@ def check_l2_budgets(vectors, input_size: int) -> None:
                                                      name))
 
 
-def parse_goals(text: Optional[str]) -> Optional[Tuple[str, ...]]:
-    """``--adaptive-goals`` text -> goal names (None: every goal)."""
-    return _parse_names(text, "--adaptive-goals", "goal", _goal_names())
+def parse_goals(text: Optional[str], flag: str = "--adaptive-goals") -> Optional[Tuple[str, ...]]:
+    """``--adaptive-goals`` text (or another option's, ``flag``) -> goal names (None: every
+    goal)."""
+    return _parse_names(text, flag, "goal", _goal_names())

@@ -50,16 +50,23 @@ def goals_left_out(block: Mapping[str, Any]) -> Optional[str]:
     return notes.get("goals") if isinstance(notes, Mapping) else None
 
 
-def upper_bound(rows, block: Optional[Mapping[str, Any]] = None) -> bool:
-    """Whether a worst case over the bench ``rows`` (of defense ``block``) is an upper
-    bound: an attack not converged or without all of its defense's routes, or -- for the
+def upper_bound_reason(rows, block: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """Why a worst case over the bench ``rows`` (of defense ``block``) is an upper bound, or
+    None: an attack not converged, one without all of its defense's routes, or -- for the
     defense-aware rows -- a goal of the defense left out by ``--adaptive-goals`` (that run's
-    images could have been worse still)."""
-    if any((r.get("convergence") or {}).get("converged") is False
-           or (r.get("routes") or {}).get("complete") is False for r in rows):
-        return True
-    return bool(block is not None and goals_left_out(block)
-                and any(r["threat_model"] != "gray-box" for r in rows))
+    images could have been worse still; the reason is the defense's note)."""
+    if any((r.get("convergence") or {}).get("converged") is False for r in rows):
+        return "an attack behind it not converged"
+    if any((r.get("routes") or {}).get("complete") is False for r in rows):
+        return "an attack behind it left out routes"
+    if block is not None and any(r["threat_model"] != "gray-box" for r in rows):
+        return goals_left_out(block)
+    return None
+
+
+def upper_bound(rows, block: Optional[Mapping[str, Any]] = None) -> bool:
+    """Whether a worst case over ``rows`` is an upper bound (:func:`upper_bound_reason`)."""
+    return upper_bound_reason(rows, block) is not None
 
 
 def _row_name(r: Mapping[str, Any]) -> str:

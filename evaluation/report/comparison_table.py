@@ -219,16 +219,15 @@ def _adaptive_against_gray_box(label: str, rows, tolerance: float):
     out = []
     for attack, eps in sorted({k[:2] for k in index if k[2] == "gray-box"}):
         gray = index[(attack, eps, "gray-box", None)]
-        undetected = index.get((attack, eps, "adaptive", "undetected"))
-        key, what = (("evasion", "evasion") if undetected is not None
-                     else ("wrong", "wrong answers"))
+        goal = ("undetected" if (attack, eps, "adaptive", "undetected") in index
+                else "wrong")
+        what = "evasion" if goal == "undetected" else "wrong answers"
 
         def number(row):
-            return row["evasion"] if key == "evasion" else 1.0 - row["defended"]
+            return row["evasion"] if goal == "undetected" else 1.0 - row["defended"]
 
-        white = undetected or index.get((attack, eps, "adaptive", "wrong"))
-        transfer = (index.get((attack, eps, "transfer", "undetected")) if key == "evasion"
-                    else index.get((attack, eps, "transfer", "wrong")))
+        white = index.get((attack, eps, "adaptive", goal))
+        transfer = index.get((attack, eps, "transfer", goal))
         if white is not None:
             ok = number(white) + tolerance >= number(gray)
             out.append((ok, "%s, %s eps %g: adaptive %s %.2f vs gray-box %.2f" % (
@@ -264,7 +263,7 @@ def _large_eps_checks(label: str, block: Mapping[str, Any]):
         if (not knows or not iterative or spec.norm != "linf"
                 or float(r["eps"]) < LARGE_LINF_EPS):
             continue
-        success = r["evasion"] if r.get("goal") == "undetected" else 1.0 - r["defended"]
+        success = goal_success(r, block.get("kind") == "detector")
         ok = success >= LARGE_EPS_SUCCESS
         out.append((ok, "%s, %s eps %g [%s%s]: success %.2f at a large budget (should "
                         "approach 1; below %.2f the attack may be what holds)" % (

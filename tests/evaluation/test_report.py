@@ -278,6 +278,24 @@ def test_a_worst_case_without_one_of_the_defenses_goals_is_an_upper_bound():
     assert "left out routes or a goal" in answer_text(m)
 
 
+def test_an_upper_bound_says_why():
+    """The reason the route tables print beside a claim: not converged first, then routes
+    left out, then a goal left out (defense-aware rows only); none for a complete attack."""
+    from evaluation.report.answer import upper_bound, upper_bound_reason
+    gray = {"threat_model": "gray-box"}
+    done = {"threat_model": "adaptive", "convergence": {"converged": True},
+            "routes": {"complete": True}}
+    block = {"adaptive": {"goals": "goal undetected not attacked (--adaptive-goals wrong)"}}
+    assert upper_bound_reason([gray, done]) is None and not upper_bound([gray, done])
+    assert upper_bound_reason([gray], block) is None
+    assert upper_bound_reason([done], block).startswith("goal undetected not attacked")
+    partial = dict(done, routes={"complete": False})
+    assert upper_bound_reason([partial], block) == "an attack behind it left out routes"
+    stuck = dict(partial, convergence={"converged": False})
+    assert upper_bound_reason([stuck], block) == "an attack behind it not converged"
+    assert upper_bound([stuck])
+
+
 def test_the_answer_keeps_a_long_label_whole_and_wraps_what_hurt_it(monkeypatch):
     """A defense label of 27 characters is printed whole (the column widens to it); a long
     'hurt most by' goes on in its own column on the next line, every word kept."""
