@@ -138,8 +138,10 @@ def _extractor_tag(m: Mapping[str, Any]) -> str:
 
 
 def figure_title(m: Mapping[str, Any]) -> str:
-    """``ResNet50, CS5b, K extractor, t=0.5, mode flagged``."""
-    t = MISSING if m["threshold"] is None else "%g" % m["threshold"]
+    """``ResNet50, CS5b, K extractor, t=0.5, mode flagged``. A run without the plain
+    ``unmask`` row has no run-wide threshold (each variant chose its own): the title says so
+    instead of printing an empty ``t``."""
+    t = "per defense" if m["threshold"] is None else "%g" % m["threshold"]
     return "%s, %s, %s, t=%s, mode %s, detection set %s" % (
         arch_label(m["arch"]), get_class_set(m["class_set"]).paper_name, _extractor_tag(m), t,
         m.get("mode", MODE_UNSTATED), detection_set_of(m))

@@ -76,6 +76,14 @@ def test_a_file_in_the_issues_exact_shape_is_valid_and_renders():
     assert tables.MODE_UNSTATED in tables.table_iv_markdown([m])
 
 
+def test_a_title_without_a_run_wide_threshold_says_each_defense_chose_its_own():
+    m = copy.deepcopy(_metrics())
+    assert "t=%g" % m["threshold"] in tables.figure_title(m)
+    m["threshold"] = None
+    title = tables.figure_title(m)
+    assert "t=per defense" in title and tables.MISSING not in title
+
+
 def test_rates_null_iff_no_successful_attack():
     m = _metrics()
     m["attacks"][0].update(n_successful=0, auc=None, tpr=None, fpr=None)
