@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -58,21 +59,17 @@ class RunImages:
     def __init__(self, run: str, defense: str, attack: str, eps: float, threat: str,
                  goal: str):
         self.run = run
-        cfg = from_dict(read_record(os.path.join(run, "config.json"))["config"])
         path = os.path.join(run, "vectors", threat, safe_name(defense),
                             "test-%s_%s.%s.npz" % (attack, eps_tag(eps), goal))
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or not os.path.isfile(os.path.join(run, "config.json")):
             raise FileNotFoundError(
-                "--run %s has no finished %s record of %s %s eps=%g [%s] (%s): finish the run "
-                "(rerun its command; it resumes) or give the run that made it"
+                "--run %s has no finished %s record of %s %s eps=%g [%s] (%s, and the "
+                "config.json a run writes when it ends): finish the run (rerun its command; it "
+                "resumes) or give the run that made it"
                 % (run, threat, defense, attack, eps, goal, path))
-        with np.load(path, allow_pickle=False) as f:
-            self.fp = json.loads(str(f["fingerprint"]))
-        rec = read_npz(path, self.fp, expect={"success": Field(1, "bool")})
-        if rec is None:
-            raise ValueError("--run %s: the record %s is damaged (its content does not match "
-                             "its digest); rerun the run's command to recompute it"
-                             % (run, path))
+        cfg = from_dict(read_record(os.path.join(run, "config.json"))["config"])
+        self.fp, rec = _record(run, path)
+        self.convergence = json.loads(str(rec["convergence"])) if "convergence" in rec else {}
         split = load_split(cfg.data_dir, cfg.class_set, "test").subset(cfg.n_test, seed=cfg.seed)
         self.keys = list(split.keys)
         digest = hashlib.sha1("\n".join(self.keys).encode()).hexdigest()[:16]
@@ -88,9 +85,36 @@ class RunImages:
         self.steps = int(self.fp["engine"]["steps"])
         self.restarts = int(self.fp["engine"]["restarts"])
 
+    @property
+    def upper_bound(self) -> bool:
+        """The run's own trace says its attack had not settled (its rate is an upper bound)."""
+        return self.convergence.get("converged") is False
+
+
+def _record(run: str, path: str) -> Tuple[Dict, Dict]:
+    """(fingerprint, arrays) of an adaptive record, checked against its digest (ValueError
+    naming the problem)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            fp = json.loads(str(f["fingerprint"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError("--run %s: %s cannot be read (%s); rerun the run's command to "
+                         "recompute it" % (run, path, e)) from None
+    missing = [k for k in ("engine", "test_keys", "test_images") if k not in fp]
+    if missing or "steps" not in fp.get("engine", {}):
+        raise ValueError("--run %s: %s is not an adaptive engine's record (its fingerprint "
+                         "lacks %s)" % (run, path, ", ".join(missing) or "engine.steps"))
+    problems = []
+    rec = read_npz(path, fp, log=problems.append, expect={"success": Field(1, "bool")})
+    if rec is None:
+        raise ValueError("--run %s: the record %s is damaged: %s; rerun the run's command to "
+                         "recompute it" % (run, path, "; ".join(problems) or "unreadable"))
+    return fp, rec
+
 
 def check_comparable(a: RunImages, b: RunImages) -> List[str]:
-    """The fingerprint keys the two records differ in (ValueError when one of them may not)."""
+    """What the two records differ in (``engine.steps``, ``test_keys``, ...): ValueError when
+    it is more than the engine's settings, the routes and the images."""
     keys = set(a.fp) | set(b.fp)
     differ = sorted(k for k in keys if a.fp.get(k) != b.fp.get(k))
     bad = [k for k in differ if k not in MAY_DIFFER]
@@ -98,7 +122,15 @@ def check_comparable(a: RunImages, b: RunImages) -> List[str]:
         raise ValueError("--run %s and --run %s attacked different things (their records "
                          "differ in %s): compare runs of the same defense, models, attack, "
                          "budget and goal" % (a.run, b.run, ", ".join(bad)))
-    return differ
+    out = []
+    for k in differ:
+        if isinstance(a.fp.get(k), dict) and isinstance(b.fp.get(k), dict):
+            inner = set(a.fp[k]) | set(b.fp[k])
+            out += ["%s.%s %s → %s" % (k, i, a.fp[k].get(i), b.fp[k].get(i))
+                    for i in sorted(inner) if a.fp[k].get(i) != b.fp[k].get(i)]
+        else:
+            out.append(k)
+    return out
 
 
 def shared(a: RunImages, b: RunImages) -> Tuple[np.ndarray, np.ndarray]:
@@ -109,31 +141,35 @@ def shared(a: RunImages, b: RunImages) -> Tuple[np.ndarray, np.ndarray]:
     return ia, ib
 
 
-def _rate(flags: np.ndarray) -> str:
+def _rate(flags: np.ndarray, upper: bool = False) -> str:
     n, k = int(flags.size), int(flags.sum())
-    return rate_text(k / n, wilson(k, n)) if n else "–"
+    return rate_text(k / n, wilson(k, n), upper=upper) if n else "–"
 
 
 def table_of(a: RunImages, b: RunImages, commands: List[str]) -> Dict:
-    """The comparison table (``doc_tables`` format) of two runs."""
+    """The comparison table (``doc_tables`` format, its caption the paired comparison) of two
+    runs; ``*`` marks a rate whose run's own trace says it had not settled."""
     differ = check_comparable(a, b)
     ia, ib = shared(a, b)
-    if ia.size == 0:
-        raise ValueError("--run %s and --run %s share no test image" % (a.run, b.run))
+    if ia.size < 2:
+        raise ValueError("--run %s and --run %s share %d test image(s): a comparison needs at "
+                         "least 2" % (a.run, b.run, ia.size))
     da, db = a.defended[ia], b.defended[ib]
     c = paired(da, db)
     rows = []
     for run, mine, other in ((a, da, db), (b, db, da)):
-        rows.append([_machine.repo_relative(run.run), "%d × %d"
-                     % (run.steps, run.restarts), "%s on %d" % (_rate(run.defended),
-                                                              run.defended.size),
-                     _rate(mine), str(int(np.sum(mine & ~other)))])
-    verdict = (c["claim"] if c["claim"] != "not distinguishable"
-               else "not distinguishable on %d images" % c["n"])
-    caption = ("On the %d shared images: %.2f − %.2f = %+.2f [%+.2f, %+.2f] (paired bootstrap), "
-               "McNemar p = %.3g: %s. The records differ in: %s."
-               % (c["n"], c["a_rate"], c["b_rate"], c["difference"], c["interval"][0],
-                  c["interval"][1], c["p_mcnemar"], verdict, ", ".join(differ) or "nothing"))
+        rows.append([_machine.repo_relative(run.run), "%d × %d" % (run.steps, run.restarts),
+                     "%s on %d" % (_rate(run.defended, run.upper_bound), run.defended.size),
+                     _rate(mine, run.upper_bound), str(int(np.sum(mine & ~other)))])
+    first, second = (_machine.repo_relative(r.run) for r in (a, b))
+    verdict = {"a > b": "the second run's attack took more images",
+               "a < b": "the first run's attack took more images"}.get(
+        c["claim"], "not distinguishable on %d images" % c["n"])
+    caption = ("On the %d shared images, %s − %s: %.2f − %.2f = %+.2f [%+.2f, %+.2f] (paired "
+               "bootstrap), McNemar p = %.3g: %s. The records differ in: %s."
+               % (c["n"], first, second, c["a_rate"], c["b_rate"], c["difference"],
+                  c["interval"][0], c["interval"][1], c["p_mcnemar"], verdict,
+                  "; ".join(differ) or "nothing"))
     source = "; ".join("%s (run %s)" % (cmd, _machine.repo_relative(r.run))
                        for cmd, r in zip(commands, (a, b)))
     return {"columns": ["run", "steps × restart rounds", "defended on its own images",

@@ -130,7 +130,10 @@ def render(name: str, root: str = ROOT) -> str:
         raise ValueError("table %r has no JSON: %s" % (name, os.path.relpath(path, root)))
     with open(path, encoding="utf-8") as f:
         table = json.load(f)
-    return markdown(table["columns"], table["rows"])
+    text = markdown(table["columns"], table["rows"])
+    # a caption carries what the rows cannot (a paired interval, a p-value): it is part of the
+    # table, so the stale-table check covers it too
+    return text + ("\n" + table["caption"].strip() + "\n" if table.get("caption") else "")
 
 
 def rewrite(text: str, root: str = ROOT) -> str:

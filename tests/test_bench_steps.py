@@ -24,7 +24,7 @@ def bench():
     return module
 
 
-def _run(tmp_path, name, data_dir, n_test, steps, success_of, fp_extra=None):
+def _run(tmp_path, name, data_dir, n_test, steps, success_of, fp_extra=None, converged=True):
     """A run folder with a config.json for ``n_test`` images and an adaptive record whose
     ``success`` is ``success_of(key)`` per image (fingerprinted with those images)."""
     from data.classset import load_split
@@ -46,7 +46,8 @@ def _run(tmp_path, name, data_dir, n_test, steps, success_of, fp_extra=None):
     fp.update(fp_extra or {})
     success = np.array([success_of(k) for k in split.keys], bool)
     write_npz(str(folder / "test-autoattack_8.wrong.npz"),
-              {"success": success, "fingerprint": json.dumps(fp, sort_keys=True)})
+              {"success": success, "fingerprint": json.dumps(fp, sort_keys=True),
+               "convergence": json.dumps({"converged": converged})})
     return str(run), list(split.keys)
 
 
@@ -101,17 +102,56 @@ def test_an_unfinished_run_is_named(bench, tiny_data, tmp_path):
     run, _ = _run(tmp_path, "a", tiny_data, 6, 100, lambda k: False)
     with pytest.raises(FileNotFoundError, match="no finished adaptive record.*resumes"):
         bench.RunImages(run, "unmask:k=robust:m=at", "autoattack", 12.0, "adaptive", "wrong")
+    os.remove(os.path.join(run, "config.json"))      # a run writes it when it ends
+    with pytest.raises(FileNotFoundError, match="config.json a run writes when it ends"):
+        _images(bench, run)
 
 
-def test_the_command_line_writes_the_table(bench, tiny_data, tmp_path, monkeypatch):
-    a, _ = _run(tmp_path, "a", tiny_data, 6, 100, lambda k: False)
-    b, _ = _run(tmp_path, "b", tiny_data, 10, 200, lambda k: False)
+def test_a_damaged_or_foreign_record_is_named(bench, tiny_data, tmp_path):
+    run, _ = _run(tmp_path, "a", tiny_data, 6, 100, lambda k: False)
+    path = os.path.join(run, "vectors", "adaptive", "unmask-k-robust-m-at",
+                        "test-autoattack_8.wrong.npz")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot be read.*recompute"):
+        _images(bench, run)
+    other, _ = _run(tmp_path, "b", tiny_data, 6, 100, lambda k: False)
+    path = os.path.join(other, "vectors", "adaptive", "unmask-k-robust-m-at",
+                        "test-autoattack_8.wrong.npz")
+    from evaluation.store.records import write_npz
+    write_npz(path, {"success": np.zeros(6, bool), "fingerprint": json.dumps({"m": "x"})})
+    with pytest.raises(ValueError, match="not an adaptive engine's record.*engine"):
+        _images(bench, other)
+
+
+def test_runs_sharing_fewer_than_two_images_are_refused(bench, tiny_data, tmp_path):
+    a, _ = _run(tmp_path, "a", tiny_data, 1, 100, lambda k: False)
+    b, _ = _run(tmp_path, "b", tiny_data, 10, 200, lambda k: True)
+    with pytest.raises(ValueError, match="share 1 test image"):
+        bench.table_of(_images(bench, a), _images(bench, b), ["x", "y"])
+
+
+def test_the_command_line_writes_the_table_with_its_verdict(bench, tiny_data, tmp_path,
+                                                          monkeypatch):
+    """The longer run takes every image the shorter left: the caption says so with its paired
+    interval, and the shorter run's rate is starred where its own trace had not settled."""
+    a, _ = _run(tmp_path, "a", tiny_data, 20, 100, lambda k: False, converged=False)
+    b, _ = _run(tmp_path, "b", tiny_data, 20, 200, lambda k: True)
     monkeypatch.setattr(bench, "TABLES", str(tmp_path / "tables"))
     assert bench.main(["--run", a, "--run", b, "--command", "x", "--command", "y",
                        "--defense", "unmask:k=robust:m=at", "--attack", "autoattack:8",
                        "--name", "steps"]) == 0
     table = json.loads((tmp_path / "tables" / "steps.json").read_text())
-    assert table["comparison"]["claim"] == "not distinguishable"
+    c = table["comparison"]
+    assert (c["claim"], c["a_only"], c["b_only"], c["interval"]) == ("a > b", 20, 0, [1.0, 1.0])
+    assert c["p_mcnemar"] < 1e-5
+    assert "the second run's attack took more images" in table["caption"]
+    assert "+1.00 [+1.00, +1.00]" in table["caption"]
+    assert "engine.steps 100 → 200" in table["caption"]
+    assert table["rows"][0][3].endswith("*") and not table["rows"][1][3].endswith("*")
+    assert table["rows"][1][3].startswith(".00")
     with pytest.raises(SystemExit, match="exactly two --run"):
         bench.main(["--run", a, "--command", "x", "--defense", "d", "--attack", "a:8",
                     "--name", "n"])

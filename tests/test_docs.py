@@ -47,6 +47,25 @@ def test_a_planted_change_of_a_json_value_is_caught(tmp_path):
     assert ("README.md", "answer") in tables.stale(str(root))
 
 
+def test_a_tables_caption_is_written_under_it_and_checked(tmp_path):
+    tables = _doc_tables()
+    root = tmp_path / "repo"
+    (root / "bench" / "results" / "tables").mkdir(parents=True)
+    (root / "docs").mkdir()
+    (root / "README.md").write_text("# a page without tables\n")
+    src = root / "bench" / "results" / "tables" / "pair.json"
+    src.write_text(json.dumps({"columns": ["a"], "rows": [["1"]],
+                               "caption": "On 6 images: +0.33 [+0.00, +0.67], p = 0.5."}))
+    doc = root / "docs" / "page.md"
+    doc.write_text("<!-- table: pair -->\nold\n<!-- /table -->\n")
+    doc.write_text(tables.rewrite(doc.read_text(), str(root)))
+    assert "| 1 |\n\nOn 6 images: +0.33 [+0.00, +0.67], p = 0.5.\n<!-- /table -->" \
+        in doc.read_text()
+    assert tables.stale(str(root)) == []
+    src.write_text(json.dumps({"columns": ["a"], "rows": [["1"]], "caption": "p = 0.6."}))
+    assert tables.stale(str(root)) == [(os.path.join("docs", "page.md"), "pair")]
+
+
 def test_the_readme_is_short_and_its_links_lead_somewhere():
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert len(text.splitlines()) <= 250
