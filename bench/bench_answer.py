@@ -48,10 +48,19 @@ def _entry(rate, interval, upper=False, by=None):
             **({"by": by} if by else {})}
 
 
-def _weakest(rows):
-    """The row with the lowest defended rate, named ``attack eps`` (and goal)."""
+def _attack_name(r) -> str:
+    return "%s %g" % (r["attack"].replace("_linf", "-L∞").replace("_l2", "-L2"), r["eps"])
+
+
+def _weakest(rows, worst=None):
+    """What the worst case ``worst`` (a defended rate) came from: the row with the lowest
+    defended rate, named ``attack eps`` (and route) -- or, when the per-image worst case is
+    below every single row, every attack it was taken over."""
     r = min(rows, key=lambda r: r["defended"])
-    name = "%s %g" % (r["attack"].replace("_linf", "-L∞").replace("_l2", "-L2"), r["eps"])
+    if worst is not None and worst < r["defended"] - 1e-9:
+        names = sorted({_attack_name(x) for x in rows})
+        return "per image, worst of " + " and ".join(names)
+    name = _attack_name(r)
     if r.get("routes"):
         won = r["routes"]["won"]
         best = max(won, key=lambda k: won[k]) if won and max(won.values()) else None
@@ -67,7 +76,8 @@ def _threat(block, threat):
     if not worst or not rows:
         return None
     upper = upper_bound(rows, block)
-    return _entry(worst["defended"], worst["interval"], upper, _weakest(rows))
+    return _entry(worst["defended"], worst["interval"], upper,
+                  _weakest(rows, worst["defended"]))
 
 
 def rows_of_run(folder: str, command: str):
