@@ -1,19 +1,10 @@
 """bench/bench_answer.py: what each README answer cell says it came from -- the single attack
 that hurt most, or every attack when the per-image worst case is below each of them."""
-import importlib.util
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmods import load
 
 
 def _bench():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location(
-        "bench_answer", os.path.join(ROOT, "bench", "bench_answer.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_answer")
 
 
 def _block(worst):

@@ -2,26 +2,20 @@
 (a smaller --n-test is a subset of a larger one), refusing records of different attacks or of
 other images."""
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmods import load
+
 TINY_DATA = {"per_class": (2, 1, 4)}          # 20 test images of CS5b
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location(
-        "bench_steps", os.path.join(ROOT, "bench", "bench_steps.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_steps")
 
 
 def _run(tmp_path, name, data_dir, n_test, steps, success_of, fp_extra=None, converged=True):

@@ -1,23 +1,14 @@
 """The throughput bench's ceiling: the arithmetic of an engine that spends only its passes,
 and the count of images whose K ran its backward pass."""
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmods import load
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location(
-        "bench_adaptive_throughput", os.path.join(ROOT, "bench", "bench_adaptive_throughput.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_adaptive_throughput")
 
 
 def test_ceiling_mixes_k_passes_by_the_share_that_ran_backward(bench):
@@ -46,10 +37,7 @@ def test_backward_count_follows_need_grad(bench):
 
 
 def test_cost_model_charges_k_backward_to_the_routes_that_run_it_every_step():
-    spec = importlib.util.spec_from_file_location(
-        "bench_cost_model", os.path.join(ROOT, "bench", "bench_cost_model.py"))
-    cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cost)
+    cost = load("bench_cost_model")
     throughput = {"after": {"image_evaluations_per_second": 50.0},
                   "defenses": {"unmask": {
                       "after": {"image_evaluations_per_second": 100.0, "k_backward_share": 0.2},
@@ -80,10 +68,7 @@ def test_cost_model_charges_k_backward_to_the_routes_that_run_it_every_step():
 
 
 def test_cost_model_prices_only_the_goals_asked_for_and_scales_to_other_steps():
-    spec = importlib.util.spec_from_file_location(
-        "bench_cost_model", os.path.join(ROOT, "bench", "bench_cost_model.py"))
-    cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cost)
+    cost = load("bench_cost_model")
     throughput = {"after": {"image_evaluations_per_second": 10.0}}
 
     def row(goal, evaluations):

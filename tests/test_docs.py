@@ -1,21 +1,18 @@
 """No stale numbers: every result table of README.md and docs/*.md is what its JSON under
 bench/results/ gives (bench/doc_tables.py writes them), and a changed JSON value makes the
 check fail; the README stays short and its links lead somewhere."""
-import importlib.util
 import json
 import os
 import re
 import shutil
 
+from benchmods import load
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _doc_tables():
-    spec = importlib.util.spec_from_file_location(
-        "doc_tables", os.path.join(ROOT, "bench", "doc_tables.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("doc_tables")
 
 
 def test_every_result_table_is_what_its_json_gives():
