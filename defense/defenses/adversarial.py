@@ -1,21 +1,22 @@
 """``at``: adversarial training (Madry et al.; the paper's AT baseline).
 
 The AT model replaces M, so the paper's gray-box attacker -- who sees the classifier -- attacks
-the AT model itself: its numbers are white-box on its own model (stated in every report).
+the AT model itself: its numbers are white-box on its own model (stated in every report); its
+defense-aware attack is the same white-box attack run by the adaptive engine
+(:mod:`defense.defenses.classifier`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Mapping
+from typing import Dict
 
-import numpy as np
-
-from defense.base import Defense, ImageSet, Outcome, model_predictions
+from defense.defenses.classifier import ClassifierDefense
 
 
-class AdversarialTraining(Defense):
+class AdversarialTraining(ClassifierDefense):
     name = "at"
     PARAM = None
+    PREDICT_BATCH = 128
 
     def __init__(self, value=None):
         self._model = None
@@ -36,12 +37,3 @@ class AdversarialTraining(Defense):
 
     def fingerprint(self) -> Dict:
         return dict(super().fingerprint(), model=self._params.get("checkpoint_digest"))
-
-    def observe(self, images: ImageSet) -> Dict[str, List]:
-        pred = images.preds.get("at")
-        if pred is None:
-            pred = model_predictions(self._model, images.x, batch_size=128)
-        return {"pred": np.asarray(pred, np.int64).tolist()}
-
-    def decide(self, observation: Mapping[str, List]) -> Outcome:
-        return Outcome(pred=np.asarray(observation["pred"], np.int64))

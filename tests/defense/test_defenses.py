@@ -539,6 +539,35 @@ def _adaptive_target(d):
     return d.attack_target(Threat.ADAPTIVE, Goal.WRONG, AdaptiveOptions())
 
 
+@pytest.mark.parametrize("name,model", [("none", "m"), ("at", "at")])
+def test_a_classifiers_adaptive_attack_is_the_white_box_attack_run_by_the_engine(context, name,
+                                                                                  model):
+    """``none`` and ``at`` are one classifier's answer: their defense-aware attacker runs the
+    same white-box attack through the engine (so they face the compared rows' attack
+    strength), on the classifier the gray-box attacker sees; its verdict is the defense's."""
+    from defense.base import AdaptiveOptions
+
+    make, sets, _, _ = context
+    ctx = make()
+    # the AT stand-in, differentiable (the context's numpy one serves observations only)
+    ctx.models["at"] = lambda x: 10.0 * tf.reduce_mean(x, axis=(1, 2)) + tf.constant(
+        [0.1, 0.0, 0.0])
+    d = build_defense(name)
+    d.fit(ctx)
+    assert Threat.ADAPTIVE in d.threats and d.no_adaptive_reason(Threat.ADAPTIVE) is None
+    assert d.adaptive_routes(Goal.WRONG) == ("white-box",)
+    assert d.attack_target(Threat.GRAY_BOX, Goal.WRONG, AdaptiveOptions()) is None
+    target = _adaptive_target(d)
+    test = sets["test"]
+    x = (np.round(test.x * 255) / 255).astype(np.float32)
+    res = _engine(target, x, test.labels, "pgd_linf", 64, 10, step_size=16)
+    np.testing.assert_array_equal(res.success, d.wrong_answers(res.x_adv, test.labels))
+    logits = np.asarray(ctx.models[model](tf.constant(res.x_adv)))
+    np.testing.assert_array_equal(res.success, logits.argmax(axis=1) != test.labels)
+    assert np.abs(res.x_adv - x).max() <= 64 / 255 + 1e-6
+    assert res.success.mean() > 0.5, "a white-box attack at this budget fools the classifier"
+
+
 @pytest.mark.parametrize("name", ["downsample:0.5", "pca"])
 def test_bpda_through_a_linear_transform_beats_the_gray_box_attack(context, name):
     from attacks import run_attack

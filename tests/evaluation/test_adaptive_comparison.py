@@ -74,8 +74,13 @@ def test_adaptive_rows_goals_and_convergence(whole):
     # ga has no per-image adaptive form: refused with the reason, never replaced
     notes = metrics["defenses"]["unmask"]["adaptive"]
     assert "ga_3" in notes["skipped"] and "random target" in notes["skipped"]["ga_3"]
-    assert "none needed" in metrics["defenses"]["none"]["adaptive"]["adaptive"]
-    for label in ("unmask", "unmask:reject", "unmask:confident", "bitdepth:3"):
+    # M alone: its white-box attack run by the engine too, so every row of the run faces the
+    # same attack strength (steps, restarts, 8-bit iterates)
+    none = _rows(metrics, "none")
+    assert set(none) == {("pgd_linf", "gray-box", None), ("ga", "gray-box", None),
+                         ("pgd_linf", "adaptive", "wrong")}
+    assert none[("pgd_linf", "adaptive", "wrong")]["routes"]["ran"] == ["white-box"]
+    for label in ("none", "unmask", "unmask:reject", "unmask:confident", "bitdepth:3"):
         for (attack, threat, goal), r in _rows(metrics, label).items():
             if threat == "gray-box":
                 assert "convergence" not in r

@@ -1,0 +1,50 @@
+"""A defense that is one classifier's own answer (``none``: M; ``at``: the AT model).
+
+The gray-box attacker already sees all of it, so its gray-box attack is white-box.  Its
+defense-aware attack is the same white-box attack run by the adaptive engine, with the run's
+steps, restart rounds, target classes and 8-bit iterates: the defenses it is compared with on
+the same images then face one attack strength (a 200-step engine run on UnMask against the
+100-step gray-box AutoAttack on the AT model would not be a fair pair; SPEC §11, §13).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping
+
+import numpy as np
+
+from attacks.target import ModelTarget
+from defense.base import Defense, ImageSet, Outcome, model_predictions
+from defense.threats import Threat
+
+
+class WhiteBoxTarget(ModelTarget):
+    """The classifier seen whole (:class:`~attacks.target.ModelTarget`), its one route named
+    as the defense names it."""
+    routes = ("white-box",)
+
+
+class ClassifierDefense(Defense):
+    """The answer of ``self._model`` (set by the subclass's ``fit``), keyed ``attacked_model()``
+    in an image set's cached predictions."""
+
+    #: Images per forward pass when the image set carries no predictions of the model.
+    PREDICT_BATCH = 32
+    threats = (Threat.GRAY_BOX, Threat.ADAPTIVE)
+    ROUTES = WhiteBoxTarget.routes
+    _model = None
+
+    def attack_target(self, threat, goal, options):
+        """The classifier itself (one forward and one backward pass per evaluation; the goal
+        reached when its answer is not the label): the same event for both goals."""
+        if threat != Threat.ADAPTIVE:
+            return None
+        return WhiteBoxTarget(self._model)
+
+    def observe(self, images: ImageSet) -> Dict[str, List]:
+        pred = images.preds.get(self.attacked_model())
+        if pred is None:
+            pred = model_predictions(self._model, images.x, batch_size=self.PREDICT_BATCH)
+        return {"pred": np.asarray(pred, np.int64).tolist()}
+
+    def decide(self, observation: Mapping[str, List]) -> Outcome:
+        return Outcome(pred=np.asarray(observation["pred"], np.int64))
