@@ -58,7 +58,8 @@ def _weakest(rows, worst=None):
     below every single row, every attack it was taken over."""
     r = min(rows, key=lambda r: r["defended"])
     if worst is not None and worst < r["defended"] - 1e-9:
-        names = sorted({_attack_name(x) for x in rows})
+        names = sorted({_attack_name(x) + ("" if x["threat_model"] == "gray-box"
+                                           else " [%s]" % x["threat_model"]) for x in rows})
         return "per image, worst of " + " and ".join(names)
     name = _attack_name(r)
     if r.get("routes"):
@@ -80,6 +81,13 @@ def _threat(block, threat):
                   _weakest(rows, worst["defended"]))
 
 
+def _worst_of_everything(block):
+    """A defense's worst case per image over every attack and threat model it faced."""
+    worst, rows = block["worst_case"], block["attacks"]
+    return _entry(worst["defended"], worst["interval"], upper_bound(rows, block),
+                  _weakest(rows, worst["defended"]))
+
+
 def rows_of_run(folder: str, command: str):
     with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
@@ -93,9 +101,14 @@ def rows_of_run(folder: str, command: str):
         adaptive = _threat(block, "adaptive")
         note = (block.get("adaptive") or {}).get("adaptive", "")
         if adaptive is None and str(note).startswith("none needed"):
-            # M alone, the AT model: the gray-box attack is already white-box on what decides
+            # M alone, the AT model in a run before they had an adaptive row: the gray-box
+            # attack is already white-box on what decides
             gray = _threat(block, "gray-box")
             adaptive = gray and dict(gray, by="= gray-box: white-box on the model itself")
+        elif adaptive is not None and block.get("kind") == "classifier":
+            # a classifier's gray-box attack is white-box too: what the attacker who knows it
+            # reaches is the worst of both, per image
+            adaptive = _worst_of_everything(block)
         out.append({"defense": label, "what": WHAT.get(label, label),
                     "clean": _entry(b["acc"], b.get("acc_interval")),
                     "clean_rejected": (_entry(b["rejected"], b.get("rejected_interval"))

@@ -1,5 +1,7 @@
 """bench/bench_answer.py: what each README answer cell says it came from -- the single attack
 that hurt most, or every attack when the per-image worst case is below each of them."""
+import json
+
 from benchmods import load
 
 
@@ -24,3 +26,28 @@ def test_a_worst_case_one_attack_reached_names_that_attack():
     cell = _bench()._threat(_block(0.72), "gray-box")
     assert cell["by"] == "autoattack 8"
     assert _bench()._threat(_block(0.72), "adaptive") is None
+
+
+def test_a_classifiers_adaptive_cell_is_its_worst_case_over_both_white_box_attacks(tmp_path):
+    """``at``'s gray-box attack is white-box too: its adaptive cell is the per-image worst of
+    that and the engine's run, named by both."""
+    block = _block(0.70)
+    block.update(kind="classifier", benign={"acc": 0.9})
+    block["attacks"].append({"attack": "autoattack", "eps": 8.0, "threat_model": "adaptive",
+                             "goal": "wrong", "defended": 0.71, "routes": {
+                                 "ran": ["white-box"], "all": ["white-box"],
+                                 "complete": True, "won": {"white-box": 5}},
+                             "convergence": {"converged": True}})
+    for r in block["attacks"]:
+        r["n_attacked"] = 40
+    block["worst_case"].update(defended=0.65, interval=[0.55, 0.75])
+    block["worst_case"]["by_threat"]["adaptive"] = {"defended": 0.71, "interval": [0.6, 0.8]}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"defenses": {"at": block}}))
+    row, = _bench().rows_of_run(str(run), "python main.py ...")
+    cell = row["adaptive"]
+    assert (cell["rate"], cell["interval"], cell["upper_bound"]) == (0.65, [0.55, 0.75], False)
+    assert cell["by"] == ("per image, worst of autoattack 8 and autoattack 8 [adaptive] and "
+                          "pgd-L∞ 8")
+    assert row["gray_box"]["rate"] == 0.70

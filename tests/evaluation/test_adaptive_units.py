@@ -88,8 +88,9 @@ def test_two_ray_workers_give_the_in_process_numbers_even_when_one_is_killed(tin
     finally:
         stop.set()
         executor.shutdown()
-    # pca and bitdepth: 1 goal each; 9 images in batches of 4: 3 units per record
-    assert sorted(u.defense for u in units) == ["bitdepth:3"] * 3 + ["pca"] * 3
+    # pca, bitdepth and M alone (its white-box attack by the engine): 1 goal each; 9 images
+    # in batches of 4: 3 units per record
+    assert sorted(u.defense for u in units) == ["bitdepth:3"] * 3 + ["none"] * 3 + ["pca"] * 3
     assert {u.batch for u in units} == {0, 1, 2}
     assert killed, "no worker was killed: the test did not test the retry"
     assert _without_time(ray_metrics) == _without_time(whole)
