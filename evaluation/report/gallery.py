@@ -182,10 +182,14 @@ def section_specs(metrics: Dict) -> List[Tuple[str, float, str, Optional[str],
                                                Optional[str]]]:
     """``(attack, eps, threat model, attacked defense or None, goal or None)`` of every
     gallery section: the gray-box vectors in the run's order, then each defense-aware attack
-    per defense and goal."""
+    per defense and goal -- but a classifier's (``none``, ``at``): its defense-aware attack is
+    the gray-box one's white-box attack on the same model, run longer, whose images the
+    gray-box sections already show."""
     specs = [(a["attack"], a["eps"], GRAY_BOX, None, None) for a in metrics["attacks"]]
     for label, block in metrics.get("defenses", {}).items():
         for r in block["attacks"]:
+            if (r.get("routes") or {}).get("all") == ["white-box"]:
+                continue
             if r["threat_model"] != GRAY_BOX:
                 specs.append((r["attack"], r["eps"], r["threat_model"], label, r.get("goal")))
     return specs

@@ -145,7 +145,7 @@ def test_an_oracle_run_shows_the_annotated_parts_and_the_runs_decisions(run):
     assert [s.title for s in sections] == [
         "PGD-L∞ ε=8" + gray, "fgsm ε=8" + gray] + [
         "%s — adaptive attack on %s, run for goal 'wrong'" % (v, d)
-        for d in ("none", "jpeg", "noise:10") for v in ("PGD-L∞ ε=8", "fgsm ε=8")]
+        for d in ("jpeg", "noise:10") for v in ("PGD-L∞ ε=8", "fgsm ε=8")]
     source = gallery.parts_source(folder)
     for s in sections:
         target = (s.title.split(" attack on ")[-1].split(",")[0] if "adaptive" in s.title
