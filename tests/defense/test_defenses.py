@@ -539,6 +539,26 @@ def _adaptive_target(d):
     return d.attack_target(Threat.ADAPTIVE, Goal.WRONG, AdaptiveOptions())
 
 
+def test_the_white_box_target_compiles_its_pass_and_gives_the_models_answer(tiny_m):
+    """The engine calls the target eagerly: WhiteBoxTarget compiles the model's pass once per
+    loss (targeted or not) and gives ModelTarget's loss, direction and verdict."""
+    from attacks.losses import cross_entropy
+    from attacks.target import ModelTarget
+    from defense.defenses.classifier import WhiteBoxTarget
+
+    x, y = _images(6, 3)
+    x, y = tf.constant(x), tf.constant(y)
+    t = tf.constant((y.numpy() + 1) % 3)
+    white = WhiteBoxTarget(tiny_m)
+    for target in (None, t, None, t):
+        want = ModelTarget(tiny_m).evaluate(x, y, target, cross_entropy)
+        got = white.evaluate(x, y, target, cross_entropy)
+        np.testing.assert_allclose(got.loss, want.loss, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got.grad, want.grad, rtol=1e-3, atol=1e-6)
+        np.testing.assert_array_equal(got.success, want.success)
+    assert len(white._steps) == 2, "one compiled pass per loss and targeting"
+
+
 @pytest.mark.parametrize("name,model", [("none", "m"), ("at", "at")])
 def test_a_classifiers_adaptive_attack_is_the_white_box_attack_run_by_the_engine(context, name,
                                                                                   model):
