@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _machine  # noqa: E402
-from evaluation.report.answer import upper_bound  # noqa: E402
+from evaluation.report.answer import is_white_box, upper_bound  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "answer.json")
 #: What each defense is, in a few words (the README's second column).
@@ -76,14 +76,11 @@ def _threat(block, threat):
     rows = [r for r in block["attacks"] if r["threat_model"] == threat]
     if not worst or not rows:
         return None
-    upper = upper_bound(rows, block)
-    return _entry(worst["defended"], worst["interval"], upper,
-                  _weakest(rows, worst["defended"]))
+    return _worst_entry(worst, rows, block)
 
 
-def _worst_of_everything(block):
-    """A defense's worst case per image over every attack and threat model it faced."""
-    worst, rows = block["worst_case"], block["attacks"]
+def _worst_entry(worst, rows, block):
+    """The cell of a worst case ``worst`` (``defended``, ``interval``) over ``rows``."""
     return _entry(worst["defended"], worst["interval"], upper_bound(rows, block),
                   _weakest(rows, worst["defended"]))
 
@@ -105,10 +102,10 @@ def rows_of_run(folder: str, command: str):
             # attack is already white-box on what decides
             gray = _threat(block, "gray-box")
             adaptive = gray and dict(gray, by="= gray-box: white-box on the model itself")
-        elif adaptive is not None and block.get("kind") == "classifier":
+        elif any(is_white_box(r) for r in block["attacks"]):
             # a classifier's gray-box attack is white-box too: what the attacker who knows it
             # reaches is the worst of both, per image
-            adaptive = _worst_of_everything(block)
+            adaptive = _worst_entry(block["worst_case"], block["attacks"], block)
         out.append({"defense": label, "what": WHAT.get(label, label),
                     "clean": _entry(b["acc"], b.get("acc_interval")),
                     "clean_rejected": (_entry(b["rejected"], b.get("rejected_interval"))

@@ -34,6 +34,9 @@ UNMASK_ROUTES = ("follow-m", "two-phase", "k-only", "joint")
 K_GRADIENT_EVERY_STEP = ("follow-m", "k-only", "joint")
 #: The routes that never use M's loss or gradient (M's answer still makes the verdict).
 M_FORWARD_ONLY = ("k-only",)
+#: The one route of a defense that is a classifier's own answer (``none``, ``at``): its
+#: white-box attack, run by the adaptive engine.
+WHITE_BOX = "white-box"
 
 
 def unmask_routes(goal: Goal, response: str) -> tuple:

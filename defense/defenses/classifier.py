@@ -16,6 +16,7 @@ import numpy as np
 import tfcompat
 from attacks.target import Evaluation, ModelTarget
 from defense.base import Defense, ImageSet, Outcome, model_predictions
+from defense.routes import WHITE_BOX
 from defense.threats import Threat
 
 tf, keras = tfcompat.import_tf()
@@ -26,7 +27,7 @@ class WhiteBoxTarget(ModelTarget):
     as the defense names it.  The adaptive engine calls it eagerly, one batch of jobs at a
     time, so its forward and backward pass is compiled once per loss (run eagerly, layer
     by layer, the AT model took 3.2x longer per evaluation here)."""
-    routes = ("white-box",)
+    routes = (WHITE_BOX,)
 
     def __init__(self, model_fn):
         super().__init__(model_fn)

@@ -13,6 +13,7 @@ import html
 import textwrap
 from typing import Any, Dict, List, Mapping, Optional
 
+from defense.routes import WHITE_BOX
 from defense.threats import NAMES as THREATS
 from evaluation.report.tables import attack_label
 
@@ -62,6 +63,12 @@ def upper_bound_reason(rows, block: Optional[Mapping[str, Any]] = None) -> Optio
     if block is not None and any(r["threat_model"] != "gray-box" for r in rows):
         return goals_left_out(block)
     return None
+
+
+def is_white_box(row: Mapping[str, Any]) -> bool:
+    """Whether a result row is a classifier's white-box attack run by the adaptive engine (the
+    only route of ``none`` and ``at``): the gray-box attack on the same model, run longer."""
+    return (row.get("routes") or {}).get("all") == [WHITE_BOX]
 
 
 def upper_bound(rows, block: Optional[Mapping[str, Any]] = None) -> bool:

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data.knowledge import PART_IDS
 from defense.base import GRAY_BOX, REJECTED, ImageSet, Outcome
+from evaluation.report.answer import is_white_box
 from evaluation.report.tables import MISSING, attack_label
 from evaluation.schema import eps_value
 from evaluation.store.records import safe_name
@@ -188,7 +189,7 @@ def section_specs(metrics: Dict) -> List[Tuple[str, float, str, Optional[str],
     specs = [(a["attack"], a["eps"], GRAY_BOX, None, None) for a in metrics["attacks"]]
     for label, block in metrics.get("defenses", {}).items():
         for r in block["attacks"]:
-            if (r.get("routes") or {}).get("all") == ["white-box"]:
+            if is_white_box(r):
                 continue
             if r["threat_model"] != GRAY_BOX:
                 specs.append((r["attack"], r["eps"], r["threat_model"], label, r.get("goal")))
