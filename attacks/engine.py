@@ -181,6 +181,8 @@ class EngineProgress:
         route_evaluations: int64 ``[N, routes]``, target evaluations spent so far per route.
         first_step: int64 ``[N, restarts]``, as in :class:`EngineResult` so far.
         seconds: wall time spent so far.
+        plan_length: the entries of every image's plan (set on the states handed to
+            ``on_progress``, for a run's status: it does not enter a resumed run).
     """
     done: np.ndarray
     won: np.ndarray
@@ -189,6 +191,7 @@ class EngineProgress:
     route_evaluations: np.ndarray
     first_step: np.ndarray
     seconds: float = 0.0
+    plan_length: Optional[int] = None
 
     @classmethod
     def start(cls, x: np.ndarray, restarts: int, routes: int) -> "EngineProgress":
@@ -400,7 +403,7 @@ class AdaptiveEngine:
             if on_progress is None or time.perf_counter() - last_save[0] < progress_every:
                 return
             last_save[0] = time.perf_counter()
-            on_progress(dataclasses.replace(state.copy(),
+            on_progress(dataclasses.replace(state.copy(), plan_length=len(plan),
                                             seconds=spent + time.perf_counter() - start))
 
         jobs = _Jobs(self, x, y, ids, ranked, plan, eps)

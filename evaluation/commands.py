@@ -33,6 +33,8 @@ def run(options: Options) -> int:
         return 0
     if c.report is not None:
         return rebuild_report(c.report, c.report_out)
+    if c.status is not None:
+        return print_status(c.status)
     model = c.model or (None if c.prepare_data else "M")  # the default job: --model M
     try:
         if model or c.config:
@@ -159,6 +161,19 @@ def run_k(k: Dict[str, Any]) -> int:
 
 
 # ----------------------------------------------------------------------------- pages
+
+def print_status(path: str) -> int:
+    """``--status RUN_DIR``: where the adaptive attacks of a run (finished, running or
+    stopped) stand, read from its folder (:mod:`evaluation.store.adaptive_plan`)."""
+    from evaluation.store.adaptive_plan import status_text
+
+    try:
+        print(status_text(path))
+    except ValueError as e:
+        print("error: --status: %s" % e, file=sys.stderr)
+        return 2
+    return 0
+
 
 def rebuild_report(path: str, out: Optional[str] = None) -> int:
     """``--report RUN_DIR [--report-out FILE]``: the page of a finished evaluation, grid or K

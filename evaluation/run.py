@@ -39,6 +39,7 @@ from evaluation.report import trajectory_table, writer
 from evaluation.report.answer import answer_text
 from evaluation.results import comparisons, defense_results, defense_runs, table_iv_fields
 from evaluation.schema import make_metrics
+from evaluation.store import adaptive_plan
 from evaluation.store.records import short_digest
 from evaluation.units import Unit
 from models.classifier import build_classifier
@@ -233,6 +234,17 @@ def adaptive_units(comparison: Comparison, defenses, vectors) -> List[Unit]:
     return units
 
 
+def write_adaptive_plan(comparison: Comparison, defenses, vectors, executor=None) -> None:
+    """``adaptive_plan.json`` in the run's folder, before any adaptive attack runs: what
+    ``main.py --status RUN_DIR`` reads (:mod:`evaluation.store.adaptive_plan`)."""
+    rows = [(d, threat, goal, name, eps) for d in defenses
+            for threat, goal, name, eps in defense_runs(comparison, d, vectors)
+            if threat != GRAY_BOX]
+    if rows:
+        adaptive_plan.write_plan(comparison.cfg.out_dir, comparison.adaptive_records, rows,
+                                 getattr(executor, "workers", 1))
+
+
 def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,
                    executor=None) -> Dict:
     """Run the whole comparison; returns the metrics (also written to ``cfg.out_dir``).
@@ -249,6 +261,7 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,
             timing = eta.step()
             if cfg.progress:
                 log("attacks: %d of %d done (%s)" % (eta.done, eta.total, timing))
+    write_adaptive_plan(comparison, defenses, vectors, executor)
     if executor is not None:
         units = adaptive_units(comparison, defenses, vectors)
         if units:

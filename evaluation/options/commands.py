@@ -18,6 +18,10 @@ class Commands:
         None, "rebuild report.html of a finished run from what it saved, recomputing nothing: "
               "an evaluation's folder (results/<code>/<arch>), the grid's (results/grid) or "
               "K's (--k-results-dir)", metavar="RUN_DIR")
+    status: Optional[str] = option(
+        None, "where the adaptive attacks of a run stand, from its folder alone (it may be "
+              "running): batches and images done, goal reached, worker time so far and a bound "
+              "on the time left", metavar="RUN_DIR")
     model: Optional[str] = option(
         None, "K: train/evaluate the Mask R-CNN part extractor; M: train/load the classifier "
               "for --classset, attack it and evaluate UnMask", type=str.upper,
@@ -36,10 +40,10 @@ class Commands:
 
     def validate(self) -> None:
         given = [self.prepare_data, self.describe_classsets, self.model is not None,
-                 self.report is not None, self.config is not None]
+                 self.report is not None, self.config is not None, self.status is not None]
         if sum(bool(g) for g in given) > 1:
             raise ValueError("give one command at a time: --prepare-data, "
-                             "--describe-classsets, --report, --config or --model")
+                             "--describe-classsets, --report, --status, --config or --model")
         if self.report_out is not None and self.report is None:
             raise ValueError("--report-out FILE goes with --report RUN_DIR (where to write "
                              "that run's page)")

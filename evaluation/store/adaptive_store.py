@@ -20,6 +20,10 @@ from attacks import resolve_config
 from attacks.engine import AdaptiveEngine, EngineProgress, EngineResult, convergence
 from defense.base import ADAPTIVE, TRANSFER, Defense, ImageSet, model_predictions
 from defense.threats import Goal, Threat
+from evaluation.store.layout import batch_fp as _batch_fp
+from evaluation.store.layout import batch_path as _batch_path
+from evaluation.store.layout import progress_fp as _progress_fp
+from evaluation.store.layout import progress_path as _progress_path
 from evaluation.store.records import (ADAPTIVE_VERSION, Field, canonical, check_record, eps_tag,
                                       read_npz, safe_name, short_digest, vector_fingerprint,
                                       write_npz)
@@ -98,6 +102,12 @@ class AdaptiveStore:
         self.info[key]["success"] = rec["success"]
         self.info[key]["routes"] = json.loads(str(rec["routes"]))
         return self._sets[key]
+
+    def record_fingerprint(self, defense: Defense, name: str, eps: float, threat: Threat,
+                           goal: Goal) -> Dict:
+        """What the record of (``defense``, ``threat``, ``goal``, vector) depends on; each of
+        its batch files holds it with the batch and the batch size (:func:`batch_fingerprint`)."""
+        return self._adaptive_fp(defense, name, eps, threat, goal)
 
     def _adaptive_fp(self, defense: Defense, name: str, eps: float, threat: Threat,
                      goal: Goal) -> Dict:
@@ -249,33 +259,13 @@ class AdaptiveStore:
         return state
 
 
-
-
-def _progress_path(path: str, batch: int) -> str:
-    """File of the state of the image batch being attacked (rewritten every minute or so)."""
-    return path[:-len(".npz")] + ".batch-%04d.progress.npz" % batch
-
-
-def _batch_fp(fp: Dict, batch: int, size: int) -> Dict:
-    """What one image batch's files depend on: the record's fingerprint, the batch and the
-    batch size (the whole record does not depend on how its images were batched: every image
-    is seeded by its own index)."""
-    return dict(fp, batch=batch, batch_size=size)
-
-
-def _progress_fp(batch_fp: Dict) -> Dict:
-    return dict(batch_fp, progress="images part-way through their plans")
-
-
 def _progress_arrays(state: EngineProgress) -> Dict:
-    return {"done": state.done, "won": state.won, "best": state.best,
-            "best_loss": state.best_loss, "route_evaluations": state.route_evaluations,
-            "first_step": state.first_step, "seconds": state.seconds}
-
-
-def _batch_path(path: str, batch: int) -> str:
-    """File of one image batch of an adaptive record while it is being computed."""
-    return path[:-len(".npz")] + ".batch-%04d.npz" % batch
+    arrays = {"done": state.done, "won": state.won, "best": state.best,
+              "best_loss": state.best_loss, "route_evaluations": state.route_evaluations,
+              "first_step": state.first_step, "seconds": state.seconds}
+    if state.plan_length is not None:      # for the run's status (not read back on resuming)
+        arrays["plan_length"] = np.int64(state.plan_length)
+    return arrays
 
 
 def _engine_arrays(res: EngineResult) -> Dict:

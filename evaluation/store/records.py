@@ -20,6 +20,7 @@ import numpy as np
 
 from attacks import get_attack, resolve_config
 from data.fileio import atomic_path, file_digest
+from evaluation.store.layout import canonical  # noqa: F401  (the store's one rule)
 
 #: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed;
 #: 3: the adaptive engine -- every registry attack, restarts, target classes, two goals;
@@ -51,11 +52,6 @@ def safe_name(text: str) -> str:
     """A file-name-safe version of a label (``downsample:0.75`` -> ``downsample-0.75``): the
     folder a defense's records are kept in."""
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
-
-
-def canonical(obj) -> str:
-    """The text a fingerprint is compared by (JSON, keys sorted)."""
-    return json.dumps(obj, sort_keys=True)
 
 
 def fingerprint(cfg, data: Dict) -> Dict:

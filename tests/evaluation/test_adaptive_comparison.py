@@ -17,6 +17,7 @@ from data.knowledge import get_class_set  # noqa: E402
 from evaluation import run as ev  # noqa: E402
 from evaluation.config import EvalConfig  # noqa: E402
 from evaluation.schema import validate_metrics  # noqa: E402
+from evaluation.store import adaptive_plan  # noqa: E402
 from models.train_classifier import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -218,6 +219,12 @@ def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole
     saved = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
     assert any(f.endswith(".batch-0000.npz") for f in saved), saved
     assert any(f.endswith(".batch-0001.progress.npz") for f in saved), saved
+    # --status reads the stopped run: one record part-way, with its plan's length saved
+    _, states = adaptive_plan.run_status(cfg.out_dir)
+    cut = [s for s in states if s.partway]
+    assert len(cut) == 1 and cut[0].finished == 1, states
+    assert cut[0].runs_left and cut[0].seconds_left > 0
+    assert cut[0].images_done < cut[0].images
     started = []
 
     def watched(self, x, y, **kw):
@@ -242,6 +249,11 @@ def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole
         assert strip(a["attacks"]) == strip(b["attacks"]), label
     left = [f for d, _, fs in os.walk(cfg.out_dir) for f in fs if ".batch-" in f]
     assert not left, "batch and progress files are removed once the record is whole"
+    _, states = adaptive_plan.run_status(cfg.out_dir)
+    assert states and all(s.images_done == s.images and s.seconds_left == 0 for s in states)
+    assert {s.defense for s in states} == {
+        label for label, block in whole[1]["defenses"].items()
+        if any(r["threat_model"] != "gray-box" for r in block["attacks"])}
 
 
 def test_hardened_unmask_holding_the_at_model_is_attacked_and_judged_on_it(setup, tmp_path):
