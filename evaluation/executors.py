@@ -43,8 +43,10 @@ class RayExecutor:
                 # workers asked for are the workers it gets
                 ray.init(address="local", num_cpus=int(workers), include_dashboard=False,
                          log_to_driver=True)
-        self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
         gpus = ray.cluster_resources().get("GPU", 0)
+        cpus = int(ray.cluster_resources().get("CPU", workers or 1))
+        # the units that run at once: a unit takes a CPU, and a GPU where there are any
+        self.workers = max(1, min(cpus, int(gpus))) if gpus else cpus
         self._remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0,
                                   max_retries=max_retries)(_ray_unit)
 

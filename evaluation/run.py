@@ -240,9 +240,8 @@ def write_adaptive_plan(comparison: Comparison, defenses, vectors, executor=None
     rows = [(d, threat, goal, name, eps) for d in defenses
             for threat, goal, name, eps in defense_runs(comparison, d, vectors)
             if threat != GRAY_BOX]
-    if rows:
-        adaptive_plan.write_plan(comparison.cfg.out_dir, comparison.adaptive_records, rows,
-                                 getattr(executor, "workers", 1))
+    adaptive_plan.write_plan(comparison.cfg.out_dir, comparison.adaptive_records, rows,
+                             getattr(executor, "workers", 1))
 
 
 def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,

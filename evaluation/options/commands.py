@@ -20,8 +20,8 @@ class Commands:
               "K's (--k-results-dir)", metavar="RUN_DIR")
     status: Optional[str] = option(
         None, "where the adaptive attacks of a run stand, from its folder alone (it may be "
-              "running): batches and images done, goal reached, worker time so far and a bound "
-              "on the time left", metavar="RUN_DIR")
+              "running): batches and images done, goal reached, worker time so far and the time "
+              "left if every image still standing holds", metavar="RUN_DIR")
     model: Optional[str] = option(
         None, "K: train/evaluate the Mask R-CNN part extractor; M: train/load the classifier "
               "for --classset, attack it and evaluate UnMask", type=str.upper,

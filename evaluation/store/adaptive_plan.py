@@ -2,17 +2,23 @@
 RUN_DIR``): an adaptive evaluation can run for many hours, on Ray workers or in this process,
 and a user wants to know what is done and what is left without stopping it.
 
-A run writes ``adaptive_plan.json`` into its folder before it attacks anything: per adaptive
-record (defense, threat, goal, vector) its file, its image batches and its fingerprint.  The
+A run writes ``adaptive_plan.json`` into its folder before its adaptive attacks: per adaptive
+record (defense, threat, goal, vector) its file, its image batches and its fingerprint.  (A
+grid's pair writes it only in its evaluation stage, after the grid's defense units made its
+adaptive records.)  The
 status reads, per record, the whole record, or per batch its finished file or the state the
 engine saves about every minute while it attacks the batch (:mod:`.adaptive_store`); a file
-whose fingerprint is not the plan's (another configuration's) counts as not started.
+whose fingerprint is not the plan's (another configuration's) or that is damaged counts as
+not started.
 
-What is left is bounded, not guessed: an image still standing may hold to the end of its plan
-(every remaining run to its last step), so the plan entries left times the most evaluations a
-run has cost so far bound the evaluations left, and the evaluations per worker-second measured
-so far turn them into worker time.  Wall time is at most that over the workers plus the
-longest unit (a unit runs on one worker).
+What is left is projected for the worst case, not guessed: every image still standing may
+hold to the end of its plan, and an entry that does not reach its goal runs every step of its
+attack, so the plan entries left, times the evaluations an entry that ran to its end has cost
+so far, at the evaluations per worker second measured so far, give the worker time left if
+every image holds (a projection: later routes may cost more per evaluation than the mean so
+far).  The wall time adds the largest batch left to the rest shared over the workers (a batch
+runs on one worker).  A record with nothing measured yet has no projection until its first
+batch saves its state.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import dataclasses
 import json
 import os
 import time
+import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,8 +39,9 @@ PLAN_FILE = "adaptive_plan.json"
 PLAN_VERSION = 1
 
 
-def write_plan(out_dir: str, store, rows: Sequence[Tuple], workers: int) -> str:
-    """Write ``adaptive_plan.json`` into ``out_dir`` (atomically); returns its path.
+def write_plan(out_dir: str, store, rows: Sequence[Tuple], workers: int) -> Optional[str]:
+    """Write ``adaptive_plan.json`` into ``out_dir`` (atomically); returns its path.  With no
+    rows, an earlier run's plan there is removed (None).
 
     Args:
         store: the run's :class:`~evaluation.store.adaptive_store.AdaptiveStore`.
@@ -41,16 +49,20 @@ def write_plan(out_dir: str, store, rows: Sequence[Tuple], workers: int) -> str:
             makes (those already whole too).
         workers: the processes the records' batches run on (1: this process).
     """
+    path = os.path.join(out_dir, PLAN_FILE)
+    if not rows:
+        if os.path.isfile(path):
+            os.remove(path)
+        return None
     records = []
     for defense, threat, goal, name, eps in rows:
-        path = store.record_path(defense, name, eps, threat, goal)
+        record = store.record_path(defense, name, eps, threat, goal)
         records.append({
             "defense": defense.label, "threat": str(threat), "goal": str(goal),
-            "attack": name, "eps": float(eps), "record": os.path.relpath(path, out_dir),
+            "attack": name, "eps": float(eps), "record": os.path.relpath(record, out_dir),
             "batches": store.batches(), "batch_size": store.cfg.adaptive_batch,
             "images": len(store.images("test")),
             "fingerprint": store.record_fingerprint(defense, name, eps, threat, goal)})
-    path = os.path.join(out_dir, PLAN_FILE)
     write_json_atomic(path, {
         "version": PLAN_VERSION, "workers": int(workers),
         "written": time.strftime("%Y-%m-%d %H:%M:%S"), "records": records}, indent=1)
@@ -70,8 +82,9 @@ class RecordStatus:
         runs_left: plan entries left on the images not finished (None: the plan's length is
             not known yet: no saved state says it and no finished batch holds an image that
             ran all of it).
-        run_cost: the most evaluations one plan entry of an image has cost so far (None:
-            no image has finished an entry without reaching the goal).
+        run_cost: the evaluations of a plan entry that ran to its end: per image that held
+            so far, its evaluations over its entries done, the largest (None: no image has
+            finished an entry without reaching the goal).
         unit_runs_left: the most plan entries left in one image batch (a work unit: it
             runs on one worker).
     """
@@ -100,15 +113,16 @@ class RecordStatus:
 
     @property
     def seconds_left(self) -> Optional[float]:
-        """At most this many worker seconds are left (None: not known yet)."""
-        return self._bound(self.runs_left)
+        """Worker seconds left if every image still standing holds (None: nothing measured
+        yet to project from)."""
+        return self._worst(self.runs_left)
 
     @property
     def unit_seconds_left(self) -> Optional[float]:
-        """At most this many worker seconds are left in any one of its image batches."""
-        return self._bound(self.unit_runs_left)
+        """The same for the image batch with the most left (a batch runs on one worker)."""
+        return self._worst(self.unit_runs_left)
 
-    def _bound(self, runs: Optional[int]) -> Optional[float]:
+    def _worst(self, runs: Optional[int]) -> Optional[float]:
         if self.images_done == self.images:
             return 0.0
         if runs is None or self.run_cost is None or not self.rate:
@@ -134,7 +148,12 @@ def read_plan(run_dir: str) -> Dict:
     except (OSError, ValueError) as e:
         raise ValueError("%s is not readable JSON (%s): start the run again to rewrite it"
                          % (path, e))
-    if not isinstance(plan, dict) or plan.get("version") != PLAN_VERSION:
+    keys = ("defense", "threat", "goal", "attack", "eps", "record", "batches", "batch_size",
+            "images", "fingerprint")
+    if (not isinstance(plan, dict) or plan.get("version") != PLAN_VERSION
+            or not isinstance(plan.get("records"), list)
+            or not all(isinstance(r, dict) and all(k in r for k in keys)
+                       for r in plan["records"])):
         raise ValueError("%s is not a plan of this version (%s): start the run again to "
                          "rewrite it" % (path, PLAN_VERSION))
     return plan
@@ -142,15 +161,16 @@ def read_plan(run_dir: str) -> Dict:
 
 def _load(path: str, fingerprint: str) -> Optional[Dict]:
     """The arrays of an npz file whose fingerprint is ``fingerprint``; None when there is
-    no such file; ``{}`` when it belongs to another configuration or cannot be read."""
-    if not os.path.isfile(path):
-        return None
+    no such file (or it went while being read: a batch finishing, the record merged); ``{}``
+    when it belongs to another configuration or is damaged (the run makes it again)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if json.loads(str(z["fingerprint"])) != json.loads(fingerprint):
                 return {}
             return {k: z[k] for k in z.files if k not in ("best", "x_adv")}
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return {}
 
 
@@ -233,7 +253,8 @@ def _hours(seconds: Optional[float]) -> str:
 
 
 def status_text(run_dir: str) -> str:
-    """``--status RUN_DIR``: a table of the records (pandas) and the bound on what is left."""
+    """``--status RUN_DIR``: a table of the records (pandas) and the worst case of what is
+    left."""
     import pandas as pd
 
     plan, states = run_status(run_dir)
@@ -245,27 +266,32 @@ def status_text(run_dir: str) -> str:
         "goal reached": s.reached,
         "worker h": _hours(s.seconds),
         "evaluations / worker s": "-" if s.rate is None else "%.1f" % s.rate,
-        "worker h left (at most)": _hours(s.seconds_left)} for s in states])
+        "worker h left if all hold": _hours(s.seconds_left)} for s in states])
     workers = max(int(plan.get("workers", 1)), 1)
     lines = ["Adaptive attacks of %s (planned %s, %d worker%s):"
              % (run_dir, plan.get("written", "?"), workers, "" if workers == 1 else "s"),
              table.to_string(index=False) if len(table) else "(no adaptive records)"]
-    left = [s.seconds_left for s in states]
     stale = sum(s.stale for s in states)
     if stale:
-        lines.append("%d batch file(s) belong to another configuration: they are made again."
-                     % stale)
-    if any(x is None for x in left):
-        lines.append("What is left is not bounded yet: a record has no finished plan entry "
-                     "of an image that held, or no saved state giving its plan's length.")
-    elif sum(left) == 0:
+        lines.append("%d batch file(s) belong to another configuration or are damaged: they "
+                     "are made again." % stale)
+    known = [s for s in states if s.seconds_left is not None]
+    unknown = len(states) - len(known)
+    left = sum(s.seconds_left for s in known)
+    if not unknown and left == 0:
         lines.append("Every adaptive record is done.")
-    else:
-        # a batch runs on one worker: the last one can start when the others' work is done
-        unit = max(s.unit_seconds_left for s in states)
+        return "\n".join(lines)
+    if known and left > 0:
+        # a batch runs on one worker: the last one starts once the rest is shared out
+        unit = max(s.unit_seconds_left for s in known)
         lines.append(
-            "At most %s worker h left, at most %s h of wall time on %d worker%s (if every image "
-            "still standing holds to the end of its plan, at the rates measured so far)."
-            % (_hours(sum(left)), _hours(sum(left) / workers + unit), workers,
-               "" if workers == 1 else "s"))
+            "If every image still standing holds to the end of its plan: %s worker h left, "
+            "%s h of wall time on %d worker%s, at the rates measured so far%s."
+            % (_hours(left), _hours((left - unit) / workers + unit), workers,
+               "" if workers == 1 else "s",
+               " -- for the records measured so far" if unknown else ""))
+    if unknown:
+        lines.append("%d record(s) have nothing measured to project from yet (not started, "
+                     "or no image has run an entry to its end): their time comes on top."
+                     % unknown)
     return "\n".join(lines)

@@ -20,7 +20,7 @@ import numpy as np
 
 from attacks import get_attack, resolve_config
 from data.fileio import atomic_path, file_digest
-from evaluation.store.layout import canonical  # noqa: F401  (the store's one rule)
+from evaluation.store.layout import canonical
 
 #: Bumped when the adaptive attacks' algorithm changes (their saved records are recomputed;
 #: 3: the adaptive engine -- every registry attack, restarts, target classes, two goals;

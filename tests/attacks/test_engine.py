@@ -481,6 +481,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_numbers(pattern, name, 
     total = target.rows
     assert 0 < whole.success.sum() < len(x), "a case where the later runs still matter"
     assert len(states) >= 3
+    # each saved state says how long every image's plan is (for a run's --status)
+    assert {s.plan_length for s in states} == {len(engine.plan(int(target.num_classes(x))))}
     for j in sorted({1, len(states) // 2, len(states) - 1}):
         target.rows = 0
         resumed = engine.run(x, y, slots=6, speculate=False, progress=states[j])

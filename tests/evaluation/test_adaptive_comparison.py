@@ -225,6 +225,10 @@ def test_an_interrupted_adaptive_attack_resumes_to_the_same_numbers(setup, whole
     assert len(cut) == 1 and cut[0].finished == 1, states
     assert cut[0].runs_left and cut[0].seconds_left > 0
     assert cut[0].images_done < cut[0].images
+    state = next(os.path.join(d, f) for d, _, fs in os.walk(cfg.out_dir) for f in fs
+                 if f.endswith(".batch-0001.progress.npz"))
+    with np.load(state) as z:
+        assert int(z["plan_length"]) > int(np.max(z["done"])) >= 0
     started = []
 
     def watched(self, x, y, **kw):

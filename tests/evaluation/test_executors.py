@@ -69,3 +69,20 @@ def test_a_unit_that_failed_every_retry_stops_the_run(monkeypatch):
     with pytest.raises(RuntimeError, match="failed on every retry"):
         ex.map(object(), _units(2), lines.append)
     assert sum("done" in line for line in lines) == 1
+
+
+@pytest.mark.parametrize("resources,workers", [({"CPU": 8.0}, 8), ({"CPU": 8.0, "GPU": 2.0}, 2),
+                                               ({"CPU": 2.0, "GPU": 4.0}, 2)])
+def test_the_workers_are_the_units_that_run_at_once(monkeypatch, resources, workers):
+    """A unit takes a CPU, and a GPU where the cluster has any: a cluster of 8 CPUs and 2
+    GPUs runs 2 units at once (what the run's plan records for --status)."""
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True, cluster_resources=lambda: dict(resources),
+        remote=lambda **kw: (lambda fn: types.SimpleNamespace(remote=fn, options=kw)))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    ex = executors.RayExecutor(address="auto")
+    assert ex.workers == workers
+    assert ex._remote.options["num_gpus"] == (1 if "GPU" in resources else 0)

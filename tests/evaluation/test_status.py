@@ -59,7 +59,8 @@ def _finished(root, batch, won, evals, seconds, runs=PLAN_LENGTH, fp=FP, size=4)
 
 
 def _partway(root, batch, done, won, evals, seconds, plan_length=PLAN_LENGTH, size=4):
-    """A batch's saved state as the store writes it (the engine hands it the plan length)."""
+    """A batch's saved state as the store writes it (the engine hands it the plan length;
+    None: a state of before)."""
     n = len(done)
     state = EngineProgress(done=np.asarray(done), won=np.asarray(won),
                            best=np.zeros((n, 2, 2, 3), np.float32), best_loss=np.zeros(n),
@@ -73,27 +74,30 @@ def _partway(root, batch, done, won, evals, seconds, plan_length=PLAN_LENGTH, si
 def test_a_running_record_counts_batches_images_and_bounds_what_is_left(tmp_path):
     _plan(tmp_path)
     # batch 0 finished: two images held (every entry run, 20 evaluations each), two won
-    _finished(tmp_path, 0, won=[-1, 2, -1, 0], evals=[60, 45, 60, 4], seconds=10.0)
+    _finished(tmp_path, 0, won=[-1, 2, -1, 0], evals=[60, 45, 60, 4], seconds=10000.0)
     # batch 1 part-way: image 1 won at entry 2, the others 1, 0 and 2 entries in
     _partway(tmp_path, 1, done=[1, 3, 0, 2], won=[-1, 2, -1, -1], evals=[20, 50, 0, 40],
-             seconds=5.5)
+             seconds=5500.0)
     # batch 2 (2 images) not started
     plan, (st,) = adaptive_plan.run_status(str(tmp_path))
     assert plan["workers"] == 2
     assert (st.batches, st.finished, st.partway, st.stale) == (3, 1, 1, 0)
     assert (st.images, st.images_done, st.reached) == (10, 5, 3)
     assert st.evaluations == 60 + 45 + 60 + 4 + 20 + 50 + 0 + 40
-    assert st.seconds == pytest.approx(15.5)
+    assert st.seconds == pytest.approx(15500.0)
     assert st.run_cost == 20                    # the most one entry of a held image cost
     # entries left: batch 1 (3-1) + (3-0) + (3-2) = 6, batch 2: 2 images x 3 = 6
     assert (st.runs_left, st.unit_runs_left) == (12, 6)
-    rate = st.evaluations / 15.5
+    rate = st.evaluations / 15500.0                 # 279 evaluations in 15,500 s
     assert st.seconds_left == pytest.approx(12 * 20 / rate)
     assert st.unit_seconds_left == pytest.approx(6 * 20 / rate)
     text = adaptive_plan.status_text(str(tmp_path))
     assert "1 / 1 / 3" in text and "5 / 10" in text
-    bound = (12 * 20 / rate) / 2 + 6 * 20 / rate      # over 2 workers + the longest unit
-    assert "at most %.1f h of wall time on 2 workers" % (bound / 3600) in text
+    # the largest batch left on one worker, the rest shared over the 2 workers
+    wall = (12 * 20 - 6 * 20) / rate / 2 + 6 * 20 / rate
+    assert "%.1f worker h left, %.1f h of wall time on 2 workers" % (
+        12 * 20 / rate / 3600, wall / 3600) in text
+    assert "%.1f h" % (wall / 3600) != "%.1f h" % (12 * 20 / rate / 2 / 3600)
 
 
 def test_the_plan_length_of_a_finished_batch_comes_from_an_image_that_held(tmp_path):
@@ -108,17 +112,70 @@ def test_the_plan_length_of_a_finished_batch_comes_from_an_image_that_held(tmp_p
     _finished(str(other), 0, won=[0, 0, 0, 1], evals=[5, 5, 5, 9], seconds=2.0, runs=2)
     st = adaptive_plan.run_status(str(other))[1][0]
     assert st.runs_left is None and st.seconds_left is None
-    assert "not bounded yet" in adaptive_plan.status_text(str(other))
+    assert "1 record(s) have nothing measured" in adaptive_plan.status_text(str(other))
 
 
-def test_a_file_of_another_configuration_is_counted_stale_not_done(tmp_path):
+def test_a_file_of_another_configuration_or_damaged_is_counted_stale_not_done(tmp_path):
     _plan(tmp_path, images=8)
     _finished(tmp_path, 0, won=[-1, -1, 0, 0], evals=[9] * 4, seconds=1.0,
               fp=dict(FP, steps=50))
+    with open(batch_files(os.path.join(tmp_path, RECORD), 1)[1], "wb") as f:
+        f.write(b"PK\x03\x04 cut short")              # a damaged saved state
     st = adaptive_plan.run_status(str(tmp_path))[1][0]
-    assert (st.finished, st.stale, st.images_done, st.evaluations) == (0, 1, 0, 0)
-    assert "1 batch file(s) belong to another configuration" in adaptive_plan.status_text(
-        str(tmp_path))
+    assert (st.finished, st.partway, st.stale, st.images_done, st.evaluations) == (
+        0, 0, 2, 0, 0)
+    text = adaptive_plan.status_text(str(tmp_path))
+    assert "2 batch file(s) belong to another configuration or are damaged" in text
+    assert "1 record(s) have nothing measured" in text
+
+
+def test_a_state_saved_before_plans_had_a_length_is_counted_without_a_projection(tmp_path):
+    """A saved state of an earlier version (no plan length): counts, but no projection;
+    the run saves the length with its next state."""
+    _plan(tmp_path, images=4)
+    _partway(tmp_path, 0, done=[1, 2, 0, 2], won=[-1, 1, -1, -1], evals=[20, 30, 0, 40],
+             seconds=60.0, plan_length=None)
+    st = adaptive_plan.run_status(str(tmp_path))[1][0]
+    assert (st.partway, st.reached, st.images_done, st.evaluations) == (1, 1, 1, 90)
+    assert st.runs_left is None and st.seconds_left is None
+
+
+def test_several_records_sum_and_one_not_started_is_named(tmp_path):
+    store = _Store(str(tmp_path), images=4)
+    second = os.path.join("vectors", "adaptive", "unmask", "test-pgd_linf_8.undetected.npz")
+    paths = {"wrong": RECORD, "undetected": second}
+    store.record_path = lambda d, n, e, t, goal: os.path.join(str(tmp_path), paths[goal])
+    store.record_fingerprint = lambda d, n, e, t, goal: dict(FP, goal=goal)
+    defense = types.SimpleNamespace(label="unmask")
+    adaptive_plan.write_plan(str(tmp_path), store, [
+        (defense, "adaptive", g, "pgd_linf", 8) for g in ("wrong", "undetected")], workers=1)
+    _finished(tmp_path, 0, won=[-1, -1, 0, 1], evals=[3000, 3000, 10, 1200], seconds=3600.0,
+              fp=dict(FP, goal="wrong"))
+    wrong, undetected = adaptive_plan.run_status(str(tmp_path))[1]
+    assert (wrong.images_done, wrong.seconds_left) == (4, 0.0)
+    assert undetected.seconds_left is None and undetected.images_done == 0
+    text = adaptive_plan.status_text(str(tmp_path))
+    assert "1 record(s) have nothing measured" in text
+    assert "Every adaptive record is done." not in text
+
+
+def test_a_whole_record_wins_over_batch_files_left_beside_it(tmp_path):
+    _plan(tmp_path, images=4)
+    won = np.array([-1, 1, 0, 0])
+    write_npz(os.path.join(tmp_path, RECORD), dict(
+        success=won >= 0, won=won, route_evaluations=np.array([[30], [12], [4], [4]]),
+        seconds=7.0, fingerprint=canonical(FP)))
+    _partway(tmp_path, 0, done=[1, 0, 0, 0], won=[-1, -1, -1, -1], evals=[10, 0, 0, 0],
+             seconds=1.0)
+    st = adaptive_plan.run_status(str(tmp_path))[1][0]
+    assert (st.finished, st.partway, st.images_done, st.evaluations) == (1, 0, 4, 50)
+
+
+def test_a_run_without_adaptive_records_removes_an_earlier_plan(tmp_path):
+    _plan(tmp_path)
+    assert (tmp_path / adaptive_plan.PLAN_FILE).is_file()
+    assert adaptive_plan.write_plan(str(tmp_path), _Store(str(tmp_path)), [], 1) is None
+    assert not (tmp_path / adaptive_plan.PLAN_FILE).exists()
 
 
 def test_a_whole_record_is_done(tmp_path):
@@ -155,6 +212,9 @@ def test_status_refuses_a_folder_without_a_plan_and_a_bad_plan(tmp_path, capsys)
     (tmp_path / adaptive_plan.PLAN_FILE).write_text("{not json")
     assert main.main(["--status", str(tmp_path)]) == 2
     assert "not readable JSON" in capsys.readouterr().err
+    (tmp_path / adaptive_plan.PLAN_FILE).write_text('{"version": 1, "records": [{}]}')
+    assert main.main(["--status", str(tmp_path)]) == 2
+    assert "not a plan of this version" in capsys.readouterr().err
     assert main.main(["--status", str(tmp_path), "--report", str(tmp_path)]) == 2
     assert "one command at a time" in capsys.readouterr().err
 
