@@ -50,7 +50,10 @@ class RayExecutor:
         self._remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0,
                                   max_retries=max_retries)(_ray_unit)
 
-    def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
+    def map(self, base, units: Sequence[Unit], log: Callable[[str], None],
+            note: Optional[Callable[[], Optional[str]]] = None) -> List[str]:
+        """Run ``units`` (those not done yet) on the workers; each is logged as it finishes,
+        with ``note()`` (e.g. the worst case of what is left) when given."""
         # the workers may run elsewhere (--ray-address): send absolute paths, which must name
         # a file system every node shares
         base = absolute_paths(base)
@@ -64,8 +67,10 @@ class RayExecutor:
             for ref in ready:
                 path = self.ray.get(ref)          # a unit that failed every retry raises here
                 timing = eta.step()
-                log("grid: %s done, %d of %d (%s; %s)" % (units_of[ref].name, eta.done,
-                                                          eta.total, timing, path))
+                extra = note() if note is not None else None
+                log("grid: %s done, %d of %d (%s; %s)%s" % (
+                    units_of[ref].name, eta.done, eta.total, timing, path,
+                    "" if not extra else " -- " + extra))
         return [unit_record_path(base, u) for u in units]
 
     def shutdown(self) -> None:

@@ -205,7 +205,9 @@ class InProcess:
     cluster: :class:`evaluation.executors.RayExecutor`)."""
     workers = 1
 
-    def map(self, base, units: Sequence[Unit], log: Callable[[str], None]) -> List[str]:
+    def map(self, base, units: Sequence[Unit], log: Callable[[str], None],
+            note=None) -> List[str]:
+        del note          # each unit logs its own progress here
         return [run_unit(base, u, log) for u in units]
 
 

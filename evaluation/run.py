@@ -265,7 +265,8 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,
         units = adaptive_units(comparison, defenses, vectors)
         if units:
             log("adaptive attacks: %d image batches as work units" % len(units))
-            executor.map(cfg, units, log)
+            executor.map(cfg, units, log,
+                         note=lambda: adaptive_plan.worst_case_note(cfg.out_dir))
     results = {d.label: defense_results(comparison, d, vectors) for d in defenses}
     paired = comparisons(results, vectors)
     benign, entries = table_iv_fields(comparison, results, vectors)

@@ -275,12 +275,42 @@ def status_text(run_dir: str) -> str:
     if stale:
         lines.append("%d batch file(s) belong to another configuration or are damaged: they "
                      "are made again." % stale)
+    return "\n".join(lines + worst_case_lines(states, workers))
+
+
+def worst_case_lines(states: Sequence[RecordStatus], workers: int) -> List[str]:
+    """What is left of the records ``states`` on ``workers``, if every image still standing
+    holds (the last lines of the status)."""
     known = [s for s in states if s.seconds_left is not None]
     unknown = len(states) - len(known)
     left = sum(s.seconds_left for s in known)
     if not unknown and left == 0:
-        lines.append("Every adaptive record is done.")
-        return "\n".join(lines)
+        return ["Every adaptive record is done."]
+    lines = []
+    if known and left > 0:
+        # a batch runs on one worker: the last one starts once the rest is shared out
+        unit = max(s.unit_seconds_left for s in known)
+        lines.append(
+            "If every image still standing holds to the end of its plan: %s worker h left, "
+            "%s h of wall time on %d worker%s, at the rates measured so far%s."
+            % (_hours(left), _hours((left - unit) / workers + unit), workers,
+               "" if workers == 1 else "s",
+               " -- for the records measured so far" if unknown else ""))
+    if unknown:
+        lines.append("%d record(s) have nothing measured to project from yet (not started, "
+                     "or no image has run an entry to its end): their time comes on top."
+                     % unknown)
+    return lines
+
+
+def worst_case_note(run_dir: str) -> Optional[str]:
+    """:func:`worst_case_lines` of the run in ``run_dir`` on one line (None without a plan):
+    the driver adds it to its log line of each adaptive unit that finishes."""
+    try:
+        plan, states = run_status(run_dir)
+    except ValueError:
+        return None
+    return " ".join(worst_case_lines(states, max(int(plan.get("workers", 1)), 1)))
     if known and left > 0:
         # a batch runs on one worker: the last one starts once the rest is shared out
         unit = max(s.unit_seconds_left for s in known)

@@ -74,9 +74,9 @@ def test_two_ray_workers_give_the_in_process_numbers_even_when_one_is_killed(tin
     executor = executors.RayExecutor(workers=2)
     real_map = executor.map
 
-    def watched(base, todo, log):
+    def watched(base, todo, log, **kw):
         units.extend(todo)
-        return real_map(base, todo, log)
+        return real_map(base, todo, log, **kw)
 
     executor.map = watched
     stop, killed = threading.Event(), []

@@ -86,3 +86,14 @@ def test_the_workers_are_the_units_that_run_at_once(monkeypatch, resources, work
     ex = executors.RayExecutor(address="auto")
     assert ex.workers == workers
     assert ex._remote.options["num_gpus"] == (1 if "GPU" in resources else 0)
+
+
+def test_each_finished_unit_carries_the_note_of_what_is_left(monkeypatch):
+    """The driver's line of each finished unit ends with ``note()`` (the run's worst case
+    of what is left, read anew each time); without a note the line is unchanged."""
+    notes = iter(["2.0 worker h left", None])
+    lines = []
+    ex = _executor(_FakeRay(order=[0, 1]), monkeypatch)
+    ex.map(object(), _units(2), lines.append, note=lambda: next(notes))
+    assert lines[1].endswith(" -- 2.0 worker h left")
+    assert lines[2].endswith(".npz)")

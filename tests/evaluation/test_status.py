@@ -98,6 +98,10 @@ def test_a_running_record_counts_batches_images_and_bounds_what_is_left(tmp_path
     assert "%.1f worker h left, %.1f h of wall time on 2 workers" % (
         12 * 20 / rate / 3600, wall / 3600) in text
     assert "%.1f h" % (wall / 3600) != "%.1f h" % (12 * 20 / rate / 2 / 3600)
+    # the driver's one-line note of the same
+    note = adaptive_plan.worst_case_note(str(tmp_path))
+    assert note == text.splitlines()[-1]
+    assert adaptive_plan.worst_case_note(str(tmp_path / "no run")) is None
 
 
 def test_the_plan_length_of_a_finished_batch_comes_from_an_image_that_held(tmp_path):
