@@ -311,17 +311,3 @@ def worst_case_note(run_dir: str) -> Optional[str]:
     except ValueError:
         return None
     return " ".join(worst_case_lines(states, max(int(plan.get("workers", 1)), 1)))
-    if known and left > 0:
-        # a batch runs on one worker: the last one starts once the rest is shared out
-        unit = max(s.unit_seconds_left for s in known)
-        lines.append(
-            "If every image still standing holds to the end of its plan: %s worker h left, "
-            "%s h of wall time on %d worker%s, at the rates measured so far%s."
-            % (_hours(left), _hours((left - unit) / workers + unit), workers,
-               "" if workers == 1 else "s",
-               " -- for the records measured so far" if unknown else ""))
-    if unknown:
-        lines.append("%d record(s) have nothing measured to project from yet (not started, "
-                     "or no image has run an entry to its end): their time comes on top."
-                     % unknown)
-    return "\n".join(lines)
