@@ -97,3 +97,37 @@ def test_each_finished_unit_carries_the_note_of_what_is_left(monkeypatch):
     ex.map(object(), _units(2), lines.append, note=lambda: next(notes))
     assert lines[1].endswith(" -- 2.0 worker h left")
     assert lines[2].endswith(".npz)")
+
+
+def test_workers_sharing_a_machine_share_its_cores_unless_the_user_said(monkeypatch):
+    for name in executors.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert executors.worker_thread_env(2, cores=2) == {
+        "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}
+    assert executors.worker_thread_env(3, cores=16)["TF_NUM_INTRAOP_THREADS"] == "5"
+    assert executors.worker_thread_env(8, cores=4)["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert executors.worker_thread_env(1, cores=8) == {}          # one process: TF's default
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert executors.worker_thread_env(2, cores=2) == {}          # the user's setting is kept
+
+
+def test_a_local_cluster_hands_its_workers_the_thread_pools(monkeypatch):
+    """``--workers N`` starts a local cluster whose worker processes get the environment of
+    :func:`executors.worker_thread_env` (a cluster joined by address is left as it is)."""
+    import sys
+    import types
+
+    for name in executors.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: False, init=lambda **kw: calls.append(kw),
+        cluster_resources=lambda: {"CPU": 2.0},
+        remote=lambda **kw: (lambda fn: types.SimpleNamespace(remote=fn)))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(executors.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    executors.RayExecutor(workers=2)
+    assert calls[-1]["runtime_env"] == {"env_vars": {"TF_NUM_INTRAOP_THREADS": "1",
+                                                     "TF_NUM_INTEROP_THREADS": "2"}}
+    executors.RayExecutor(address="auto")
+    assert "runtime_env" not in calls[-1]
