@@ -30,19 +30,28 @@ def _ray_unit(base, unit: Unit) -> str:
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
+def machine_cores() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one; a container's CPU
+    quota is not seen, as TensorFlow does not see it either)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def worker_thread_env(workers: int, cores: Optional[int] = None) -> Dict[str, str]:
     """The thread pools of ``workers`` TensorFlow processes sharing this machine: each its
-    share of the cores for an op (at least one) and two ops at a time, instead of every
-    process sizing its pools to the whole machine.  On 2 cores, 2 workers ran K's and M's
-    passes ~17% faster so, to the same numbers (``bench/bench_worker_threads.py``).  Empty
-    when the user set either variable (theirs is kept) or with one worker."""
-    if workers <= 1 or any(v in os.environ for v in THREAD_VARIABLES):
+    share of the ``cores`` (default :func:`machine_cores`) for an op, at least one, and two
+    ops at a time, instead of every process sizing its pools to the whole machine.  On 2
+    cores, 2 workers ran an adaptive unit's passes 1.14x faster so, to the same numbers
+    (``bench/bench_worker_threads.py``).  A variable the user set is kept (only the unset
+    ones are given); one worker keeps TensorFlow's defaults.  (With GPUs the cores are
+    still split by ``workers``, though only as many units as GPUs run at once.)"""
+    if workers <= 1:
         return {}
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 1)
-    return {"TF_NUM_INTRAOP_THREADS": str(max(1, cores // workers)),
-            "TF_NUM_INTEROP_THREADS": "2"}
+    cores = machine_cores() if cores is None else int(cores)
+    wanted = {"TF_NUM_INTRAOP_THREADS": str(max(1, cores // workers)),
+              "TF_NUM_INTEROP_THREADS": "2"}
+    return {k: v for k, v in wanted.items() if not os.environ.get(k)}
 
 
 class RayExecutor:

@@ -107,8 +107,14 @@ def test_workers_sharing_a_machine_share_its_cores_unless_the_user_said(monkeypa
     assert executors.worker_thread_env(3, cores=16)["TF_NUM_INTRAOP_THREADS"] == "5"
     assert executors.worker_thread_env(8, cores=4)["TF_NUM_INTRAOP_THREADS"] == "1"
     assert executors.worker_thread_env(1, cores=8) == {}          # one process: TF's default
-    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
-    assert executors.worker_thread_env(2, cores=2) == {}          # the user's setting is kept
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")             # the user's setting is kept
+    assert executors.worker_thread_env(2, cores=2) == {"TF_NUM_INTEROP_THREADS": "2"}
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "4")
+    assert executors.worker_thread_env(2, cores=2) == {}
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "")             # empty: not set
+    assert executors.worker_thread_env(2, cores=2) == {
+        "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}
 
 
 def test_a_local_cluster_hands_its_workers_the_thread_pools(monkeypatch):
@@ -125,9 +131,12 @@ def test_a_local_cluster_hands_its_workers_the_thread_pools(monkeypatch):
         cluster_resources=lambda: {"CPU": 2.0},
         remote=lambda **kw: (lambda fn: types.SimpleNamespace(remote=fn)))
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(executors.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    # the CPUs this process may run on, not the machine's count
+    monkeypatch.setattr(executors.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3},
+                        raising=False)
+    monkeypatch.setattr(executors.os, "cpu_count", lambda: 16)
     executors.RayExecutor(workers=2)
-    assert calls[-1]["runtime_env"] == {"env_vars": {"TF_NUM_INTRAOP_THREADS": "1",
+    assert calls[-1]["runtime_env"] == {"env_vars": {"TF_NUM_INTRAOP_THREADS": "2",
                                                      "TF_NUM_INTEROP_THREADS": "2"}}
     executors.RayExecutor(address="auto")
     assert "runtime_env" not in calls[-1]
