@@ -248,6 +248,11 @@ def run_status(run_dir: str) -> Tuple[Dict, List[RecordStatus]]:
     return plan, [record_status(run_dir, rec) for rec in plan["records"]]
 
 
+def _workers(plan: Dict) -> int:
+    """The processes the plan's batches run on (at least one)."""
+    return max(int(plan.get("workers", 1)), 1)
+
+
 def _hours(seconds: Optional[float]) -> str:
     return "?" if seconds is None else "%.1f" % (seconds / 3600.0)
 
@@ -267,7 +272,7 @@ def status_text(run_dir: str) -> str:
         "worker h": _hours(s.seconds),
         "evaluations / worker s": "-" if s.rate is None else "%.1f" % s.rate,
         "worker h left if all hold": _hours(s.seconds_left)} for s in states])
-    workers = max(int(plan.get("workers", 1)), 1)
+    workers = _workers(plan)
     lines = ["Adaptive attacks of %s (planned %s, %d worker%s):"
              % (run_dir, plan.get("written", "?"), workers, "" if workers == 1 else "s"),
              table.to_string(index=False) if len(table) else "(no adaptive records)"]
@@ -310,4 +315,4 @@ def worst_case_note(run_dir: str) -> Optional[str]:
         plan, states = run_status(run_dir)
     except ValueError:
         return None
-    return " ".join(worst_case_lines(states, max(int(plan.get("workers", 1)), 1)))
+    return " ".join(worst_case_lines(states, _workers(plan)))
