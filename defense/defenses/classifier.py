@@ -8,13 +8,12 @@ the same images then face one attack strength (a 200-step engine run on UnMask a
 """
 from __future__ import annotations
 
-import collections
 from typing import Dict, List, Mapping
 
 import numpy as np
 
 import tfcompat
-from attacks.target import Evaluation, ModelTarget
+from attacks.target import CompiledModelTarget
 from defense.base import Defense, ImageSet, Outcome, model_predictions
 from defense.routes import WHITE_BOX
 from defense.threats import Threat
@@ -22,35 +21,11 @@ from defense.threats import Threat
 tf, keras = tfcompat.import_tf()
 
 
-class WhiteBoxTarget(ModelTarget):
-    """The classifier seen whole (:class:`~attacks.target.ModelTarget`), its one route named
-    as the defense names it.  The adaptive engine calls it eagerly, one batch of jobs at a
-    time, so its forward and backward pass is compiled once per loss (run eagerly, layer
-    by layer, the AT model took 3.2x longer per evaluation here)."""
+class WhiteBoxTarget(CompiledModelTarget):
+    """The classifier seen whole, its forward and backward pass compiled once per loss
+    (:class:`~attacks.target.CompiledModelTarget`: the adaptive engine calls it eagerly, one
+    batch of jobs at a time), its one route named as the defense names it."""
     routes = (WHITE_BOX,)
-
-    def __init__(self, model_fn):
-        super().__init__(model_fn)
-        self._steps: "collections.OrderedDict" = collections.OrderedDict()
-
-    def evaluate(self, x, y, t, loss_fn) -> Evaluation:
-        targeted = t is not None
-        key = (loss_fn, targeted)
-        if key in self._steps:
-            self._steps.move_to_end(key)
-        else:
-            while len(self._steps) >= 8:          # an attack that makes a loss per call
-                self._steps.popitem(last=False)
-            if targeted:
-                self._steps[key] = tf.function(
-                    lambda x, y, t: ModelTarget.evaluate(self, x, y, t, loss_fn),
-                    reduce_retracing=True)
-            else:
-                self._steps[key] = tf.function(
-                    lambda x, y: ModelTarget.evaluate(self, x, y, None, loss_fn),
-                    reduce_retracing=True)
-        step = self._steps[key]
-        return step(x, y, t) if targeted else step(x, y)
 
 
 class ClassifierDefense(Defense):

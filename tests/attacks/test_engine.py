@@ -15,7 +15,8 @@ from attacks.apgd import checkpoints  # noqa: E402
 from attacks.engine import (AdaptiveEngine, EngineSettings, convergence,  # noqa: E402
                             quantize)
 from attacks.losses import cross_entropy, dlr, margin  # noqa: E402
-from attacks.target import AttackTarget, Evaluation, ModelTarget  # noqa: E402
+from attacks.target import (AttackTarget, CompiledModelTarget, Evaluation,  # noqa: E402
+                            ModelTarget)
 
 
 PATTERN_TEST_IMAGES = 48
@@ -236,6 +237,31 @@ def test_autoattack_runs_apgd_ce_then_apgd_t_on_what_is_left(pattern):
     assert res.success.sum() == sum(s["fooled"] for s in stages)
 
 
+def test_the_compiled_model_target_gives_the_eager_targets_answer(pattern):
+    """CompiledModelTarget (what the engine's white-box attack runs on) is ModelTarget's pass
+    compiled once per (loss, targeted or not): the same loss, direction, logits and verdict;
+    another batch size reuses the compiled pass; at most KEEP_COMPILED losses are kept."""
+    model, x, y = pattern
+    eager, compiled = ModelTarget(model), CompiledModelTarget(model)
+    t = tf.constant((y[:10] + 1) % 10)
+    for n, targets in ((10, None), (10, t), (7, None), (7, t[:7])):
+        want = eager.evaluate(tf.constant(x[:n]), tf.constant(y[:n]), targets, dlr)
+        got = compiled.evaluate(tf.constant(x[:n]), tf.constant(y[:n]), targets, dlr)
+        for field in ("loss", "grad", "logits"):
+            np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=1e-4,
+                                       atol=1e-5, err_msg=field)
+        np.testing.assert_array_equal(got.success, want.success)
+    assert len(compiled._steps) == 2, "one compiled pass per loss and targeting"
+    traces = {k: step.experimental_get_tracing_count() for k, step in compiled._steps.items()}
+    assert all(n <= 2 for n in traces.values()), traces     # 10 then 7 images: one relaxed
+    losses = [lambda z, yy, tt, k=k: k * cross_entropy(z, yy, tt)
+              for k in range(CompiledModelTarget.KEEP_COMPILED + 2)]
+    for fn in losses:
+        compiled.evaluate(tf.constant(x[:2]), tf.constant(y[:2]), None, fn)
+    assert len(compiled._steps) == CompiledModelTarget.KEEP_COMPILED
+    assert (losses[-1], False) in compiled._steps and (dlr, False) not in compiled._steps
+
+
 # ----------------------------------------------------------------------------- the engine
 
 class _Scripted(AttackTarget):
@@ -433,7 +459,7 @@ def test_records_do_not_depend_on_the_batch_size_the_order_or_speculation(patter
     model, x, y = pattern
     if name == "autoattack":      # APGD-CE, then APGD-T on 3 targets (not 9), 12 images
         x, y = x[:12], y[:12]
-    engine = AdaptiveEngine(resolve_config(name, eps), ModelTarget(model),
+    engine = AdaptiveEngine(resolve_config(name, eps), CompiledModelTarget(model),
                             EngineSettings(steps=6, restarts=2, max_targets=3), seed=5)
     base = engine.run(x, y, slots=7, speculate=False)
     ranks = {(e.stage, e.rank) for e in engine.plan(10)}
@@ -496,7 +522,7 @@ def test_a_run_with_speculation_resumes_to_the_same_numbers(pattern):
     run resumed from any of its states gives the uninterrupted numbers."""
     model, x, y = pattern
     x, y = x[:12], y[:12]
-    engine = AdaptiveEngine(resolve_config("pgd_linf", 16), ModelTarget(model),
+    engine = AdaptiveEngine(resolve_config("pgd_linf", 16), CompiledModelTarget(model),
                             EngineSettings(steps=4, restarts=3), seed=7)
     states = []
     whole = engine.run(x, y, slots=8, speculate=True, on_progress=states.append,
@@ -509,7 +535,7 @@ def test_a_run_with_speculation_resumes_to_the_same_numbers(pattern):
 
 def test_progress_of_other_images_or_a_broken_state_is_refused(pattern):
     model, x, y = pattern
-    engine = AdaptiveEngine(resolve_config("pgd_linf", 1), ModelTarget(model),
+    engine = AdaptiveEngine(resolve_config("pgd_linf", 1), CompiledModelTarget(model),
                             EngineSettings(steps=3, restarts=3), seed=0)
     states = []
     engine.run(x[:16], y[:16], slots=4, on_progress=states.append, progress_every=0.0)
@@ -562,8 +588,9 @@ def test_quantize_stays_on_the_segment_toward_x():
     assert np.all(np.abs(q - x) <= 3.7 / 255 + 1e-6) and q.min() >= 0 and q.max() <= 1
 
 
-class _Counting(ModelTarget):
-    """A classifier target counting the images it evaluates."""
+class _Counting(CompiledModelTarget):
+    """A classifier target (compiled, as the engine's white-box target is) counting the
+    images it evaluates."""
 
     def __init__(self, model):
         super().__init__(model)
