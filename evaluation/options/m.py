@@ -177,8 +177,9 @@ class MOptions:
         if "transfer" in threats:
             if not self.k_transfer:
                 raise ValueError("--threat transfer needs --k-transfer PATH: a K checkpoint "
-                                 "trained with another seed (`python main.py --model K --seed 1 "
-                                 "--k-log-dir logs/model_k_seed1`)")
+                                 "trained with another seed on the same data (`python main.py "
+                                 "--model K --k-seed 1 --k-log-dir logs/model_k_seed1`; "
+                                 "--seed would also change the synthetic data set)")
             if not os.path.isfile(self.k_transfer):
                 raise ValueError("--k-transfer %s: no such checkpoint file" % self.k_transfer)
         if self.k_transfer_robust and not os.path.isfile(self.k_transfer_robust):

@@ -123,7 +123,7 @@ CLI_CASES = [
     (["--defenses", "pca:abc"], r"pca"),
     (["--threat", "white"], r"--threat: unknown threat model 'white'"),
     (["--threat", ","], r"--threat: give one or several of gray-box, adaptive, transfer"),
-    (["--threat", "transfer"], r"--threat transfer needs --k-transfer PATH"),
+    (["--threat", "transfer"], r"--threat transfer needs --k-transfer PATH.*--model K --k-seed 1 "),
     (["--threat", "transfer", "--k-transfer", "{root}/missing.h5"], r"no such checkpoint file"),
     (["--threat", "transfer", "--k-transfer", "{root}/klogs"], r"no such checkpoint file"),
     (["--adaptive-steps", "0"], r"--adaptive-steps must be an integer >= 1"),
