@@ -221,7 +221,8 @@ def run_adaptive_unit(cfg: EvalConfig, label: str, vector, threat: str, goal: st
 
 def adaptive_units(comparison: Comparison, defenses, vectors) -> List[Unit]:
     """The work units of a run's defense-aware attacks not yet recorded whole: one per image
-    batch of each (defense, threat, goal, vector)."""
+    batch of each (defense, threat, goal, vector), the classes taking turns
+    (:meth:`~evaluation.store.adaptive_store.AdaptiveStore.batch_order`)."""
     cfg, store = comparison.cfg, comparison.adaptive_records
     units = []
     for d in defenses:
@@ -230,7 +231,7 @@ def adaptive_units(comparison: Comparison, defenses, vectors) -> List[Unit]:
                 continue
             units += [Unit("adaptive", cfg.arch, cfg.class_set.code_name, (name, float(eps)),
                            defense=d.label, threat=str(threat), goal=str(goal), batch=i)
-                      for i in range(store.batches())]
+                      for i in store.batch_order()]
     return units
 
 

@@ -21,6 +21,7 @@ from attacks.engine import AdaptiveEngine, EngineProgress, EngineResult, converg
 from defense.base import ADAPTIVE, TRANSFER, Defense, ImageSet, model_predictions
 from defense.threats import Goal, Threat
 from evaluation.store.layout import batch_fp as _batch_fp
+from evaluation.store.layout import batch_order
 from evaluation.store.layout import batch_path as _batch_path
 from evaluation.store.layout import progress_fp as _progress_fp
 from evaluation.store.layout import progress_path as _progress_path
@@ -133,9 +134,9 @@ class AdaptiveStore:
     def _run_adaptive(self, defense, name, eps, threat, goal, benign, fp, path) -> Dict:
         cfg = self.cfg
         start = time.time()
-        parts = [self.adaptive_batch(defense, name, eps, threat, goal, i, fp=fp)
-                 for i in range(self.batches())]
-        res = merge(parts)
+        parts = {i: self.adaptive_batch(defense, name, eps, threat, goal, i, fp=fp)
+                 for i in self.batch_order()}
+        res = merge([parts[i] for i in range(self.batches())])
         check_record(_engine_arrays(res), _ENGINE_ARRAYS, len(benign),
                      "the merged adaptive record %s" % path, image_shape=benign.x.shape[1:])
         settings = cfg.engine_settings()
@@ -188,6 +189,11 @@ class AdaptiveStore:
     def batches(self) -> int:
         """Image batches of an adaptive record (``--adaptive-batch`` images each)."""
         return -(-len(self.images("test")) // self.cfg.adaptive_batch)
+
+    def batch_order(self) -> List[int]:
+        """Every image batch, in the order they are attacked (the classes taking turns:
+        :func:`~evaluation.store.layout.batch_order`)."""
+        return batch_order(self.images("test").labels, self.cfg.adaptive_batch)
 
     def record_path(self, defense: Defense, name: str, eps: float, threat: Threat,
                     goal: Goal) -> str:

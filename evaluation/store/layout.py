@@ -4,7 +4,9 @@ them."""
 from __future__ import annotations
 
 import json
-from typing import Dict, Tuple
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 
 def canonical(obj) -> str:
@@ -45,3 +47,25 @@ def batch_fingerprint(fp: Dict, batch: int, size: int, progress: bool = False) -
     file, or (``progress``) of its saved state."""
     out = batch_fp(fp, batch, size)
     return canonical(progress_fp(out) if progress else out)
+
+
+def batch_order(labels: Sequence[int], size: int) -> List[int]:
+    """The image batches (``size`` consecutive test images each) in the order they are
+    attacked: the classes take turns -- the first batch of each class (by the class most of
+    its images have, ties to the lower class), then the second of each, ... .
+
+    Test sets are stored class by class, so in index order a long run attacks one class at a
+    time and the batches it has finished -- what ``--status`` counts while it runs -- are a
+    few classes' (on the synthetic CS5b one class held ~95% under the hardened row's attack
+    and the next fell ~95%).  The order changes no number: every image is seeded by its own
+    index and the record is put together in index order."""
+    labels = np.asarray(labels)
+    if size < 1:
+        raise ValueError("batch size must be >= 1, got %d" % size)
+    majority = [int(np.argmax(np.bincount(labels[b:b + size])))
+                for b in range(0, len(labels), size)]
+    turn, seen = [], {}
+    for c in majority:
+        turn.append(seen.get(c, 0))
+        seen[c] = turn[-1] + 1
+    return sorted(range(len(majority)), key=lambda b: (turn[b], majority[b], b))
