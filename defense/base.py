@@ -100,6 +100,18 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @classmethod
+    def of(cls, x: Any, labels: Any, split: str = "test", name: Optional[str] = None
+           ) -> "ImageSet":
+        """Images of your own (float32 ``[N, H, W, 3]`` in [0, 1], int labels ``[N]``) as a
+        set a defense can be asked about: keys ``"<name>-<i>"`` (a part extractor caches by
+        key *and* pixels, so an attacked copy under the same key is looked at anew); ``name``
+        defaults to ``"<split>"`` and seeds a randomised defense's draws."""
+        name = name or split
+        return cls(name=name, split=split, x=x, labels=labels,
+                   keys=["%s-%d" % (name, i) for i in range(len(np.asarray(labels)))],
+                   fingerprint={"name": name})
+
     @property
     def seed(self) -> int:
         """A 31-bit seed derived from ``name`` (stable across processes, unlike ``hash``)."""
@@ -408,6 +420,60 @@ class FitContext:
         self.transfer_k = transfer_k
         self.transfer_k_robust = transfer_k_robust
         self.strategy = strategy
+
+    @classmethod
+    def for_classifier(cls, model: Callable, class_set, val_images: Any, val_labels: Any,
+                       extractor: Any, *, target_fpr: float = 0.10,
+                       threshold: Optional[float] = None, mode: str = "flagged",
+                       robust_extractor: Any = None, at_model: Optional[Callable] = None,
+                       seed: int = 0, log: Callable[[str], None] = print) -> "FitContext":
+        """What a defense of the bench needs to protect *your* classifier, outside a run.
+
+        Args:
+            model: your classifier, float32 ``[B, H, W, 3]`` in [0, 1] -> logits ``[B, C]``,
+                its outputs in the order of ``class_set.classes``.
+            class_set: a :class:`~data.knowledge.ClassSet` (e.g. ``get_class_set("CS5b")``):
+                the classes whose expected parts UnMask checks.
+            val_images, val_labels: clean validation images ``[N, H, W, 3]`` and labels
+                ``[N]``: a detector's threshold is chosen on them for ``target_fpr`` (unless
+                ``threshold`` is given).
+            extractor: the part extractor (K: ``models.mrcnn.PartExtractor.from_checkpoint``;
+                or anything with ``extract(images, keys) -> list of frozensets``).
+            robust_extractor: the adversarially trained K (for ``unmask:k=robust``).
+            at_model: an adversarially trained classifier (for ``at`` and ``unmask:m=at``).
+
+        Defenses that train on attacked training images (the trajectory detector) or need
+        the run's attack vectors ask for what this context does not hold, and are refused
+        with the way to run them (``main.py``).
+        """
+        val = ImageSet.of(val_images, val_labels, split="val")
+        if len(val) == 0:
+            raise ValueError("FitContext.for_classifier: val_images is empty; give the clean "
+                             "validation images the threshold is chosen on")
+
+        def images(split):
+            if split != "val":
+                raise ValueError("this defense needs the %r images of a run (FitContext."
+                                 "for_classifier holds validation images only): run it with "
+                                 "main.py --defenses" % split)
+            return val
+
+        def attacked(model_key, attack, eps, split="val"):
+            raise ValueError("this defense trains on attacked %s images (%s, eps %g): run it "
+                             "with main.py --defenses" % (split, attack, eps))
+
+        def extractors(k="standard"):
+            ex = extractor if k == "standard" else robust_extractor
+            if ex is None:
+                raise ValueError("this defense holds a robust K: give "
+                                 "FitContext.for_classifier(robust_extractor=...)")
+            return getattr(ex, "kind", "k"), ex, ex, getattr(ex, "checkpoint", None)
+
+        models = {"m": model} if at_model is None else {"m": model, "at": at_model}
+        return cls(models=models, class_set=class_set, seed=seed, target_fpr=target_fpr,
+                   threshold=threshold, log=log, images=images, attacked=attacked,
+                   observe=lambda defense, image_set: defense.observe(image_set), mode=mode,
+                   extractors=extractors)
 
     def images(self, split: str) -> ImageSet:
         """The benign images of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""

@@ -118,12 +118,12 @@ class TrajectoryDefense(Defense):
 
     # ---------------------------------------------------------------- fit
     def fit(self, ctx) -> None:
-        self._m, self._arch = ctx.models["m"], ctx.arch
+        train, val = ctx.images("train"), ctx.images("val")     # first: a context without
+        self._m, self._arch = ctx.models["m"], ctx.arch          # them refuses at once
         self._digest = ctx.m_digest
         self._taps = tap_model(self._m, self._arch)
         cache = self._cache = (ctx.trajectory_cache
                                or (ctx.m_dir.rstrip(os.sep) + "_trajectory",))
-        train, val = ctx.images("train"), ctx.images("val")
         self._reps = self._representatives(ctx, cache, train)
         data = {split: self._training_data(ctx, cache, images)
                 for split, images in (("train", train), ("val", val))}
