@@ -108,7 +108,7 @@ class ImageSet:
         key *and* pixels, so an attacked copy under the same key is looked at anew); ``name``
         defaults to ``"<split>"`` and seeds a randomised defense's draws."""
         name = name or split
-        return cls(name=name, split=split, x=x, labels=labels,
+        return cls(name=name, split=split, x=np.asarray(x, np.float32), labels=labels,
                    keys=["%s-%d" % (name, i) for i in range(len(np.asarray(labels)))],
                    fingerprint={"name": name})
 
@@ -423,51 +423,72 @@ class FitContext:
 
     @classmethod
     def for_classifier(cls, model: Callable, class_set, val_images: Any, val_labels: Any,
-                       extractor: Any, *, target_fpr: float = 0.10,
-                       threshold: Optional[float] = None, mode: str = "flagged",
-                       robust_extractor: Any = None, at_model: Optional[Callable] = None,
-                       seed: int = 0, log: Callable[[str], None] = print) -> "FitContext":
+                       extractor: Any = None, *, train: Optional[Tuple[Any, Any]] = None,
+                       target_fpr: float = 0.10, threshold: Optional[float] = None,
+                       mode: str = "flagged", robust_extractor: Any = None,
+                       at_model: Optional[Callable] = None, seed: int = 0,
+                       log: Callable[[str], None] = print) -> "FitContext":
         """What a defense of the bench needs to protect *your* classifier, outside a run.
 
         Args:
             model: your classifier, float32 ``[B, H, W, 3]`` in [0, 1] -> logits ``[B, C]``,
-                its outputs in the order of ``class_set.classes``.
+                its outputs in the order of ``class_set.classes`` (a Keras model for
+                UnMask's defense-aware target, which reads its input size).
             class_set: a :class:`~data.knowledge.ClassSet` (e.g. ``get_class_set("CS5b")``):
                 the classes whose expected parts UnMask checks.
             val_images, val_labels: clean validation images ``[N, H, W, 3]`` and labels
                 ``[N]``: a detector's threshold is chosen on them for ``target_fpr`` (unless
                 ``threshold`` is given).
-            extractor: the part extractor (K: ``models.mrcnn.PartExtractor.from_checkpoint``;
-                or anything with ``extract(images, keys) -> list of frozensets``).
+            extractor: UnMask's part extractor -- K
+                (``models.mrcnn.PartExtractor.from_checkpoint``; the defense-aware attack
+                needs it: it differentiates through K), or for predicting only anything with
+                ``extract(images, keys) -> list of frozensets``.
+            train: ``(images, labels)`` of clean training images, for the defenses fitted on
+                them (``pca``).
             robust_extractor: the adversarially trained K (for ``unmask:k=robust``).
             at_model: an adversarially trained classifier (for ``at`` and ``unmask:m=at``).
 
-        Defenses that train on attacked training images (the trajectory detector) or need
-        the run's attack vectors ask for what this context does not hold, and are refused
-        with the way to run them (``main.py``).
+        What this context does not make -- attacked images, which the trajectory detector
+        trains on and ``noise`` without an amplitude chooses one on -- is refused when the
+        defense asks for it, saying what to give instead.
         """
         val = ImageSet.of(val_images, val_labels, split="val")
         if len(val) == 0:
             raise ValueError("FitContext.for_classifier: val_images is empty; give the clean "
                              "validation images the threshold is chosen on")
+        sets = {"val": val}
+        if train is not None:
+            sets["train"] = ImageSet.of(*train, split="train")
+        logits = np.asarray(inference_fn(model)(val.x[:1]))
+        if logits.shape != (1, len(class_set.classes)):
+            raise ValueError("FitContext.for_classifier: the model gives logits of shape %s "
+                             "for one image; %s has %d classes (%s), in that order"
+                             % (logits.shape[1:], class_set.paper_name,
+                                len(class_set.classes), ", ".join(class_set.classes)))
 
         def images(split):
-            if split != "val":
-                raise ValueError("this defense needs the %r images of a run (FitContext."
-                                 "for_classifier holds validation images only): run it with "
-                                 "main.py --defenses" % split)
-            return val
+            if split not in sets:
+                raise ValueError("this defense is fitted on %s images: give them as "
+                                 "FitContext.for_classifier(train=(images, labels))" % split
+                                 if split == "train" else
+                                 "FitContext.for_classifier holds no %s images" % split)
+            return sets[split]
 
         def attacked(model_key, attack, eps, split="val"):
-            raise ValueError("this defense trains on attacked %s images (%s, eps %g): run it "
-                             "with main.py --defenses" % (split, attack, eps))
+            raise ValueError("this defense is fitted on %s images attacked with %s at eps %g, "
+                             "which FitContext.for_classifier does not make: give its "
+                             "parameter where it has one (e.g. noise:10), or evaluate it with "
+                             "main.py --defenses" % (split, attack, eps))
 
         def extractors(k="standard"):
+            if k not in ("standard", "robust"):
+                raise ValueError("unknown K %r: 'standard' or 'robust'" % (k,))
             ex = extractor if k == "standard" else robust_extractor
             if ex is None:
-                raise ValueError("this defense holds a robust K: give "
-                                 "FitContext.for_classifier(robust_extractor=...)")
-            return getattr(ex, "kind", "k"), ex, ex, getattr(ex, "checkpoint", None)
+                raise ValueError("this defense holds %s: give FitContext.for_classifier(%s=...)"
+                                 % (("K", "extractor") if k == "standard" else
+                                    ("a robust K", "robust_extractor")))
+            return getattr(ex, "kind", "k"), ex, ex, None
 
         models = {"m": model} if at_model is None else {"m": model, "at": at_model}
         return cls(models=models, class_set=class_set, seed=seed, target_fpr=target_fpr,

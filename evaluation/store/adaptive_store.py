@@ -290,8 +290,8 @@ def _engine_result(rec: Mapping) -> EngineResult:
 
 
 def merge(parts: Sequence[EngineResult]) -> EngineResult:
-    """The image batches of one goal run, concatenated in order (what ran: summed per plan
-    entry)."""
+    """The image batches of one goal run, concatenated in the order given (image order:
+    what ran is summed per plan entry, in the order entries first appear there)."""
     routes = parts[0].routes
     if any(p.routes != routes for p in parts):
         raise ValueError("the batches of one adaptive record ran different routes: %s"

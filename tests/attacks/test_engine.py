@@ -244,7 +244,7 @@ def test_the_compiled_model_target_gives_the_eager_targets_answer(pattern):
     model, x, y = pattern
     eager, compiled = ModelTarget(model), CompiledModelTarget(model)
     t = tf.constant((y[:10] + 1) % 10)
-    for n, targets in ((10, None), (10, t), (7, None), (7, t[:7])):
+    for n, targets in ((10, None), (10, t), (7, None), (7, t[:7]), (5, None), (5, t[:5])):
         want = eager.evaluate(tf.constant(x[:n]), tf.constant(y[:n]), targets, dlr)
         got = compiled.evaluate(tf.constant(x[:n]), tf.constant(y[:n]), targets, dlr)
         for field in ("loss", "grad", "logits"):
@@ -253,13 +253,17 @@ def test_the_compiled_model_target_gives_the_eager_targets_answer(pattern):
         np.testing.assert_array_equal(got.success, want.success)
     assert len(compiled._steps) == 2, "one compiled pass per loss and targeting"
     traces = {k: step.experimental_get_tracing_count() for k, step in compiled._steps.items()}
-    assert all(n <= 2 for n in traces.values()), traces     # 10 then 7 images: one relaxed
+    # 10, 7, then 5 images: the second size relaxes the shape, the third reuses it
+    assert all(n == 2 for n in traces.values()), traces
     losses = [lambda z, yy, tt, k=k: k * cross_entropy(z, yy, tt)
               for k in range(CompiledModelTarget.KEEP_COMPILED + 2)]
-    for fn in losses:
+    for i, fn in enumerate(losses):
         compiled.evaluate(tf.constant(x[:2]), tf.constant(y[:2]), None, fn)
+        if i == 4:       # used again: kept while losses used longer ago are dropped
+            compiled.evaluate(tf.constant(x[:2]), tf.constant(y[:2]), None, dlr)
     assert len(compiled._steps) == CompiledModelTarget.KEEP_COMPILED
-    assert (losses[-1], False) in compiled._steps and (dlr, False) not in compiled._steps
+    assert (losses[-1], False) in compiled._steps and (dlr, False) in compiled._steps
+    assert (dlr, True) not in compiled._steps and (losses[0], False) not in compiled._steps
 
 
 # ----------------------------------------------------------------------------- the engine

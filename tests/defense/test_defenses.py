@@ -168,9 +168,10 @@ def test_every_defense_fits_and_predicts_labels_in_range(context, name):
                 defense.score(images)
     if name != "trajectory":
         # trajectory: its second fit reads the attacked training sets from the first fit's
-        # cache and retrains the detector (~half this test's time): a fit repeated whole is
+        # cache and retrains the detector (~half this test's time); partly covered instead:
+        # a repeated fit of the mlp variant (scores) by
         # test_trajectory_never_trains_on_test_images_and_follows_m (slow), the detector's
-        # training test_trajectory's test_detector_is_deterministic_self_contained...
+        # training by test_trajectory's test_detector_is_deterministic_self_contained...
         again = build_defense(name)
         again.fit(make())
         assert np.array_equal(again.predict(sets["test"]), defense.predict(sets["test"]))

@@ -106,8 +106,20 @@ def test_what_such_a_context_cannot_give_is_refused_with_the_way_to_run_it(class
         build_defense("unmask:m=at").fit(ctx)
     with pytest.raises(ValueError, match="robust_extractor="):
         build_defense("unmask:k=robust").fit(ctx)
-    with pytest.raises(ValueError, match="run it with main.py --defenses"):
+    with pytest.raises(ValueError, match=r"attacked with .* give its parameter where it "
+                                         r"has one \(e.g. noise:10\)"):
+        build_defense("noise").fit(ctx)
+    with pytest.raises(ValueError, match=r"fitted on train images: give them as "
+                                         r"FitContext.for_classifier\(train="):
         build_defense("trajectory").fit(ctx)
+    with pytest.raises(ValueError, match=r"fitted on train images"):
+        build_defense("pca").fit(ctx)
+    no_k = FitContext.for_classifier(classifier, CS, val_x, val_y)
+    with pytest.raises(ValueError, match=r"holds K: give FitContext.for_classifier\(extractor="):
+        build_defense("unmask").fit(no_k)
+    with pytest.raises(ValueError, match=r"logits of shape \(3,\) for one image; .* has 5 "
+                                         r"classes"):
+        FitContext.for_classifier(classifier, get_class_set("CS5b"), val_x, val_y)
     with pytest.raises(ValueError, match="val_images is empty"):
         FitContext.for_classifier(classifier, CS, val_x[:0], val_y[:0], _ChannelParts())
     with pytest.raises(ValueError, match="target_fpr"):
@@ -134,3 +146,17 @@ def test_your_adversarially_trained_classifier_is_attacked_white_box_by_the_engi
     final = at.predict(ImageSet.of(res.x_adv, y, name="attacked"))
     np.testing.assert_array_equal(final != y, res.success)
     assert np.abs(res.x_adv - x).max() <= 64 / 255 + 1e-6
+
+
+def test_defenses_needing_training_images_or_a_parameter_fit_on_what_you_give(classifier):
+    """``pca`` fits on the training images you give; ``noise:10`` needs nothing attacked."""
+    val_x, val_y = _images(12, 1)
+    train_x, train_y = _images(60, 4)
+    ctx = FitContext.for_classifier(classifier, CS, val_x, val_y, train=(train_x, train_y))
+    x, y = _images(10, 5)
+    for name in ("pca", "noise:10"):
+        d = build_defense(name)
+        d.fit(ctx)
+        pred = d.predict(ImageSet.of(x, y))
+        assert pred.shape == (10,) and np.all((pred >= 0) & (pred < 3)), name
+        assert np.mean(pred == y) > 0.5, name

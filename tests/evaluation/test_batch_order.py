@@ -65,7 +65,7 @@ def test_the_record_is_merged_in_image_order_whatever_order_its_batches_ran(tmp_
                             route_evaluations=(rows + 1)[:, None].astype(np.int64),
                             won=np.where(rows % 3 == 0, 0, -1), routes=("default",),
                             runs=[{"route": "default", "restart": 0, "stage": 0,
-                                   "attack": "pgd_linf", "target_rank": None,
+                                   "attack": "pgd_linf", "target_rank": batch,
                                    "images": len(rows), "reached": int(np.sum(rows % 3 == 0))}],
                             seconds=1.0)
 
@@ -80,3 +80,7 @@ def test_the_record_is_merged_in_image_order_whatever_order_its_batches_ran(tmp_
     np.testing.assert_array_equal(rec["pred_adv"], np.arange(n))
     np.testing.assert_array_equal(rec["route_evaluations"][:, 0], np.arange(1, n + 1))
     np.testing.assert_array_equal(rec["success"], np.arange(n) % 3 == 0)
+    # what ran, summed per plan entry, in the order of the images (not of the batches' runs)
+    import json
+    runs = json.loads(str(rec["cost"]))["runs"]
+    assert [r["target_rank"] for r in runs] == list(range(n // size))
