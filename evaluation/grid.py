@@ -43,23 +43,17 @@ import os
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from data.fileio import file_digest, read_cached_json, write_json_atomic
-from data.knowledge import get_class_set
 from defense.adversarial_training import at_checkpoint_dir
 from evaluation import run as ev
 from evaluation.comparison import Comparison
 from evaluation.config import record
 from evaluation.report import writer
 from evaluation.schema import validate_metrics
-from evaluation.units import Unit
+from evaluation.units import Unit, pair_config, unit_record_path  # noqa: F401 (re-exported)
 
 #: 4: ``none`` and ``at`` have adaptive rows (their white-box attack run by the engine): a
 #: pair finished before is assembled again from its records.
 UNIT_VERSION = 4
-
-
-def pair_config(base, arch: str, class_set: str):
-    """``base`` with the pair's architecture and class set (everything else unchanged)."""
-    return dataclasses.replace(base, arch=arch, class_set=get_class_set(class_set))
 
 
 def plan(base, archs: Sequence[str], class_sets: Sequence[str]) -> List[List[Unit]]:
@@ -79,15 +73,6 @@ def plan(base, archs: Sequence[str], class_sets: Sequence[str]) -> List[List[Uni
     return [[Unit("train", a, c) for a, c in pairs], attacks,
             [Unit("defense", a, c, defense=d) for a, c in pairs for d in base.defenses],
             [Unit("evaluate", a, c) for a, c in pairs]]
-
-
-def unit_record_path(base, unit: Unit) -> str:
-    """Where a unit records that it is done: the grid's folder, or an adaptive unit's run
-    folder (a single run's adaptive attacks are units too)."""
-    if unit.kind == "adaptive":
-        return os.path.join(pair_config(base, unit.arch, unit.class_set).out_dir, "units",
-                            unit.name + ".json")
-    return os.path.join(base.results_dir, "grid", "units", unit.name + ".json")
 
 
 def config_fingerprint(base, unit: Unit) -> str:

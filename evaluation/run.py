@@ -41,7 +41,7 @@ from evaluation.results import comparisons, defense_results, defense_runs, table
 from evaluation.schema import make_metrics
 from evaluation.store import adaptive_plan
 from evaluation.store.records import short_digest
-from evaluation.units import Unit
+from evaluation.units import Unit, forget_unit
 from models.classifier import build_classifier
 from models.distribute import is_chief, make_strategy
 from models.progress import Eta
@@ -219,19 +219,29 @@ def run_adaptive_unit(cfg: EvalConfig, label: str, vector, threat: str, goal: st
     return store.batch_path(defenses[0], name, eps, threat, goal, int(batch))
 
 
-def adaptive_units(comparison: Comparison, defenses, vectors) -> List[Unit]:
+def adaptive_units(comparison: Comparison, defenses, vectors,
+                   log: Callable[[str], None] = print) -> List[Unit]:
     """The work units of a run's defense-aware attacks not yet recorded whole: one per image
     batch of each (defense, threat, goal, vector), the classes taking turns
-    (:meth:`~evaluation.store.adaptive_store.AdaptiveStore.batch_order`)."""
+    (:meth:`~evaluation.store.adaptive_store.AdaptiveStore.batch_order`).  A unit recorded
+    done whose batch was made under another fingerprint (a changed recipe or code version)
+    loses that record, so the workers make the batch again rather than this process at
+    assembly."""
     cfg, store = comparison.cfg, comparison.adaptive_records
-    units = []
+    units, stale = [], 0
     for d in defenses:
         for threat, goal, name, eps in defense_runs(comparison, d, vectors):
             if threat == GRAY_BOX or store.has_record(d, name, eps, threat, goal):
                 continue
-            units += [Unit("adaptive", cfg.arch, cfg.class_set.code_name, (name, float(eps)),
-                           defense=d.label, threat=str(threat), goal=str(goal), batch=i)
-                      for i in store.batch_order()]
+            for i in store.batch_order():
+                unit = Unit("adaptive", cfg.arch, cfg.class_set.code_name, (name, float(eps)),
+                            defense=d.label, threat=str(threat), goal=str(goal), batch=i)
+                if not store.batch_done(d, name, eps, threat, goal, i):
+                    stale += forget_unit(cfg, unit)
+                units.append(unit)
+    if stale:
+        log("adaptive attacks: %d unit(s) recorded done hold batches of another configuration "
+            "or code version: they run again" % stale)
     return units
 
 
@@ -263,7 +273,7 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,
                 log("attacks: %d of %d done (%s)" % (eta.done, eta.total, timing))
     write_adaptive_plan(comparison, defenses, vectors, executor)
     if executor is not None:
-        units = adaptive_units(comparison, defenses, vectors)
+        units = adaptive_units(comparison, defenses, vectors, log)
         if units:
             log("adaptive attacks: %d image batches as work units" % len(units))
             executor.map(cfg, units, log,

@@ -190,6 +190,17 @@ class AdaptiveStore:
         """Image batches of an adaptive record (``--adaptive-batch`` images each)."""
         return -(-len(self.images("test")) // self.cfg.adaptive_batch)
 
+    def batch_done(self, defense: Defense, name: str, eps: float, threat: Threat, goal: Goal,
+                   batch: int) -> bool:
+        """Image batch ``batch`` of the record is saved, made under the record's current
+        fingerprint (not another configuration's or code version's) and undamaged."""
+        n = len(self.images("test"))
+        begin = batch * self.cfg.adaptive_batch
+        fp = self._adaptive_fp(defense, name, eps, threat, goal)
+        return self._read(_batch_path(self.record_path(defense, name, eps, threat, goal), batch),
+                          _batch_fp(fp, batch, self.cfg.adaptive_batch), _ENGINE_ARRAYS,
+                          min(self.cfg.adaptive_batch, n - begin)) is not None
+
     def batch_order(self) -> List[int]:
         """Every image batch, in the order they are attacked (the classes taking turns:
         :func:`~evaluation.store.layout.batch_order`)."""

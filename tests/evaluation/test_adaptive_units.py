@@ -11,6 +11,7 @@ import time
 import pytest
 
 from data.knowledge import get_class_set
+from defense.threats import Goal, Threat
 from evaluation import executors
 from evaluation import run as ev
 from evaluation.config import EvalConfig
@@ -111,3 +112,39 @@ def test_two_ray_workers_give_the_in_process_numbers_even_when_one_is_killed(tin
 def _opened(cfg):
     comparison, _, defenses, _ = ev.open_comparison(cfg, lambda s: None)
     return comparison, defenses, list(cfg.vectors)
+
+
+def test_a_unit_recorded_done_whose_batch_another_code_version_made_runs_again(tiny_data,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    """A recipe or code change alters an adaptive record's fingerprint while the units'
+    records still say done: adaptive_units drops the records of exactly those units (so the
+    workers make their batches again, not the driver one by one at assembly) and names how
+    many; a second look finds nothing to drop.  In process: no Ray here."""
+    from evaluation.grid import InProcess, unit_done
+
+    cfg = _config(tiny_data, tmp_path, defenses=("none", "pca"))
+    comparison, _, defenses, _ = ev.open_comparison(cfg, lambda s: None)
+    vectors = list(cfg.vectors)
+    units = ev.adaptive_units(comparison, defenses, vectors, log=lambda s: None)
+    assert len(units) == 6
+    InProcess().map(cfg, units, lambda s: None)
+    assert all(unit_done(cfg, u) for u in units)
+    logs = []
+    assert ev.adaptive_units(comparison, defenses, vectors, logs.append) == units
+    assert not logs and all(unit_done(cfg, u) for u in units), "nothing stale: nothing dropped"
+    # the next code version attacks pca otherwise: its records' fingerprint changes
+    pca = next(d for d in defenses if d.label == "pca")
+    monkeypatch.setattr(type(pca), "attacker_fingerprint",
+                        lambda self: {"recipe": "of the next version"})
+    assert ev.adaptive_units(comparison, defenses, vectors, logs.append) == units
+    assert logs == ["adaptive attacks: 3 unit(s) recorded done hold batches of another "
+                    "configuration or code version: they run again"]
+    assert [unit_done(cfg, u) for u in units] == [u.defense == "none" for u in units]
+    InProcess().map(cfg, units, lambda s: None)       # pca's batches made again
+    store = comparison.adaptive_records
+    assert all(store.batch_done(pca, "pgd_linf", 8.0, Threat.ADAPTIVE, Goal.WRONG, b)
+               for b in range(3))
+    logs.clear()
+    ev.adaptive_units(comparison, defenses, vectors, logs.append)
+    assert not logs and all(unit_done(cfg, u) for u in units)
