@@ -128,6 +128,8 @@ def test_a_unit_recorded_done_whose_batch_another_code_version_made_runs_again(t
     vectors = list(cfg.vectors)
     units = ev.adaptive_units(comparison, defenses, vectors, log=lambda s: None)
     assert len(units) == 6
+    order = comparison.adaptive_records.batch_order()
+    assert [u.batch for u in units if u.defense == "pca"] == order and sorted(order) == [0, 1, 2]
     InProcess().map(cfg, units, lambda s: None)
     assert all(unit_done(cfg, u) for u in units)
     logs = []
