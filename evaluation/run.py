@@ -233,10 +233,11 @@ def adaptive_units(comparison: Comparison, defenses, vectors,
         for threat, goal, name, eps in defense_runs(comparison, d, vectors):
             if threat == GRAY_BOX or store.has_record(d, name, eps, threat, goal):
                 continue
+            fp = store.record_fingerprint(d, name, eps, threat, goal)
             for i in store.batch_order():
                 unit = Unit("adaptive", cfg.arch, cfg.class_set.code_name, (name, float(eps)),
                             defense=d.label, threat=str(threat), goal=str(goal), batch=i)
-                if not store.batch_done(d, name, eps, threat, goal, i):
+                if not store.batch_done(d, name, eps, threat, goal, i, fp=fp):
                     stale += forget_unit(cfg, unit)
                 units.append(unit)
     if stale:

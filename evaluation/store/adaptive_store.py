@@ -191,12 +191,14 @@ class AdaptiveStore:
         return -(-len(self.images("test")) // self.cfg.adaptive_batch)
 
     def batch_done(self, defense: Defense, name: str, eps: float, threat: Threat, goal: Goal,
-                   batch: int) -> bool:
+                   batch: int, fp: Optional[Dict] = None) -> bool:
         """Image batch ``batch`` of the record is saved, made under the record's current
-        fingerprint (not another configuration's or code version's) and undamaged."""
+        fingerprint (not another configuration's or code version's) and undamaged.  ``fp``:
+        the record's fingerprint when the caller has it (:meth:`record_fingerprint` digests a
+        transfer attack's surrogate K)."""
         n = len(self.images("test"))
         begin = batch * self.cfg.adaptive_batch
-        fp = self._adaptive_fp(defense, name, eps, threat, goal)
+        fp = fp or self._adaptive_fp(defense, name, eps, threat, goal)
         return self._read(_batch_path(self.record_path(defense, name, eps, threat, goal), batch),
                           _batch_fp(fp, batch, self.cfg.adaptive_batch), _ENGINE_ARRAYS,
                           min(self.cfg.adaptive_batch, n - begin)) is not None
