@@ -14,18 +14,15 @@ from defense import UnMask  # noqa: E402
 from defense.base import AdaptiveOptions, FitContext, ImageSet  # noqa: E402
 from defense.defenses import build_defense  # noqa: E402
 from defense.threats import Goal, Threat  # noqa: E402
+from toys import CHANNEL_SIZE, channel_images  # noqa: E402
 
 CS = get_class_set("CS3a")          # car, person, train
-SIZE = 12
+SIZE = CHANNEL_SIZE
 
 
 def _images(n, seed):
-    """Images whose brightest channel is the class."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.uniform(0.2, 0.5, (n, SIZE, SIZE, 3))
-    x[np.arange(n), :, :, y] += 0.3
-    return x.astype(np.float32), y.astype(np.int64)
+    """Images whose brightest channel is the class (tests/toys.py)."""
+    return channel_images(np.random.default_rng(seed), n)
 
 
 class _ChannelParts:
