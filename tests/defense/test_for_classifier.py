@@ -45,17 +45,10 @@ class _ChannelParts:
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    """Your classifier: [0, 1] images -> logits over CS3a, trained on the channel task."""
-    tf.keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
-                          keras.layers.Dense(3)])
-    x, y = _images(300, 9)
-    m.compile(keras.optimizers.Adam(learning_rate=0.05),
-              keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    m.fit(x, y, epochs=30, batch_size=32, verbose=0)
-    assert np.mean(m.predict(x, verbose=0).argmax(1) == y) > 0.9
-    return m
+def classifier(toy):
+    """Your classifier: [0, 1] images -> logits over CS3a's three classes (the colour toy's
+    conv net, tests/toys.py)."""
+    return toy[0]
 
 
 def test_image_set_of_your_arrays_names_each_image():
