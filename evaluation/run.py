@@ -231,18 +231,21 @@ def adaptive_units(comparison: Comparison, defenses, vectors,
     units, stale = [], 0
     for d in defenses:
         for threat, goal, name, eps in defense_runs(comparison, d, vectors):
-            if threat == GRAY_BOX or store.has_record(d, name, eps, threat, goal):
+            if threat == GRAY_BOX:
                 continue
             fp = store.record_fingerprint(d, name, eps, threat, goal)
+            if store.has_record(d, name, eps, threat, goal, fp=fp):
+                continue
             for i in store.batch_order():
                 unit = Unit("adaptive", cfg.arch, cfg.class_set.code_name, (name, float(eps)),
                             defense=d.label, threat=str(threat), goal=str(goal), batch=i)
-                if not store.batch_done(d, name, eps, threat, goal, i, fp=fp):
+                if (os.path.isfile(store.batch_path(d, name, eps, threat, goal, i))
+                        and not store.batch_current(d, name, eps, threat, goal, i, fp=fp)):
                     stale += forget_unit(cfg, unit)
                 units.append(unit)
     if stale:
-        log("adaptive attacks: %d unit(s) recorded done hold batches of another configuration "
-            "or code version: they run again" % stale)
+        log("adaptive attacks: %d unit(s) recorded done hold batches made under another "
+            "fingerprint (configuration, batch size or code version): they run again" % stale)
     return units
 
 

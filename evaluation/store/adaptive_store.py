@@ -25,6 +25,7 @@ from evaluation.store.layout import batch_order
 from evaluation.store.layout import batch_path as _batch_path
 from evaluation.store.layout import progress_fp as _progress_fp
 from evaluation.store.layout import progress_path as _progress_path
+from evaluation.store.layout import same_fingerprint
 from evaluation.store.records import (ADAPTIVE_VERSION, Field, canonical, check_record, eps_tag,
                                       read_npz, safe_name, short_digest, vector_fingerprint,
                                       write_npz)
@@ -162,10 +163,11 @@ class AdaptiveStore:
         return rec
 
     def has_record(self, defense: Defense, name: str, eps: float, threat: Threat,
-                   goal: Goal) -> bool:
-        """The whole adaptive record is saved (same fingerprint, undamaged)."""
+                   goal: Goal, fp: Optional[Dict] = None) -> bool:
+        """The whole adaptive record is saved (same fingerprint, undamaged); ``fp`` as in
+        :meth:`batch_current`."""
         path = self.record_path(defense, name, eps, threat, goal)
-        return self._read(path, self._adaptive_fp(defense, name, eps, threat, goal),
+        return self._read(path, fp or self._adaptive_fp(defense, name, eps, threat, goal),
                           _RECORD_ARRAYS, len(self.images("test"))) is not None
 
     def _read(self, path: str, fp: Dict, expect: Dict, n: int,
@@ -190,18 +192,17 @@ class AdaptiveStore:
         """Image batches of an adaptive record (``--adaptive-batch`` images each)."""
         return -(-len(self.images("test")) // self.cfg.adaptive_batch)
 
-    def batch_done(self, defense: Defense, name: str, eps: float, threat: Threat, goal: Goal,
-                   batch: int, fp: Optional[Dict] = None) -> bool:
-        """Image batch ``batch`` of the record is saved, made under the record's current
-        fingerprint (not another configuration's or code version's) and undamaged.  ``fp``:
-        the record's fingerprint when the caller has it (:meth:`record_fingerprint` digests a
+    def batch_current(self, defense: Defense, name: str, eps: float, threat: Threat,
+                      goal: Goal, batch: int, fp: Optional[Dict] = None) -> bool:
+        """Image batch ``batch`` of the record is saved under the record's current
+        fingerprint (not another configuration's, batch size's or code version's).  Only the
+        fingerprint is read: the content is checked where the batch is read.  ``fp``: the
+        record's fingerprint when the caller has it (:meth:`record_fingerprint` digests a
         transfer attack's surrogate K)."""
-        n = len(self.images("test"))
-        begin = batch * self.cfg.adaptive_batch
         fp = fp or self._adaptive_fp(defense, name, eps, threat, goal)
-        return self._read(_batch_path(self.record_path(defense, name, eps, threat, goal), batch),
-                          _batch_fp(fp, batch, self.cfg.adaptive_batch), _ENGINE_ARRAYS,
-                          min(self.cfg.adaptive_batch, n - begin)) is not None
+        return same_fingerprint(
+            _batch_path(self.record_path(defense, name, eps, threat, goal), batch),
+            canonical(_batch_fp(fp, batch, self.cfg.adaptive_batch)))
 
     def batch_order(self) -> List[int]:
         """Every image batch, in the order they are attacked (the classes taking turns:

@@ -4,6 +4,7 @@ them."""
 from __future__ import annotations
 
 import json
+import zipfile
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -69,3 +70,14 @@ def batch_order(labels: Sequence[int], size: int) -> List[int]:
         turn.append(seen.get(c, 0))
         seen[c] = turn[-1] + 1
     return sorted(range(len(majority)), key=lambda b: (turn[b], majority[b], b))
+
+
+def same_fingerprint(path: str, fingerprint_text: str) -> bool:
+    """Whether the npz file at ``path`` holds ``fingerprint_text`` (a :func:`canonical`
+    text) as its fingerprint -- read alone, without the arrays (False when the file is
+    missing, unreadable or holds another)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["fingerprint"])) == json.loads(fingerprint_text)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False

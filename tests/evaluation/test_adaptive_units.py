@@ -140,13 +140,18 @@ def test_a_unit_recorded_done_whose_batch_another_code_version_made_runs_again(t
     monkeypatch.setattr(type(pca), "attacker_fingerprint",
                         lambda self: {"recipe": "of the next version"})
     assert ev.adaptive_units(comparison, defenses, vectors, logs.append) == units
-    assert logs == ["adaptive attacks: 3 unit(s) recorded done hold batches of another "
-                    "configuration or code version: they run again"]
+    assert logs == ["adaptive attacks: 3 unit(s) recorded done hold batches made under another "
+                    "fingerprint (configuration, batch size or code version): they run again"]
     assert [unit_done(cfg, u) for u in units] == [u.defense == "none" for u in units]
     InProcess().map(cfg, units, lambda s: None)       # pca's batches made again
     store = comparison.adaptive_records
-    assert all(store.batch_done(pca, "pgd_linf", 8.0, Threat.ADAPTIVE, Goal.WRONG, b)
+    assert all(store.batch_current(pca, "pgd_linf", 8.0, Threat.ADAPTIVE, Goal.WRONG, b)
                for b in range(3))
     logs.clear()
     ev.adaptive_units(comparison, defenses, vectors, logs.append)
     assert not logs and all(unit_done(cfg, u) for u in units)
+    # the record is put together from the workers' batches: none is attacked again
+    store.log = logs.append
+    store.adaptive(pca, "pgd_linf", 8.0, Threat.ADAPTIVE, Goal.WRONG)
+    assert sum("reused from" in m for m in logs) == 3, logs
+    assert not any(": batch %d of 3, goal reached" % b in m for m in logs for b in (1, 2, 3))
