@@ -118,8 +118,9 @@ class TrajectoryDefense(Defense):
 
     # ---------------------------------------------------------------- fit
     def fit(self, ctx) -> None:
-        train, val = ctx.images("train"), ctx.images("val")     # first: a context without
-        self._m, self._arch = ctx.models["m"], ctx.arch          # them refuses at once
+        # the images first: a context without them refuses before anything is built
+        train, val = ctx.images("train"), ctx.images("val")
+        self._m, self._arch = ctx.models["m"], ctx.arch
         self._digest = ctx.m_digest
         self._taps = tap_model(self._m, self._arch)
         cache = self._cache = (ctx.trajectory_cache

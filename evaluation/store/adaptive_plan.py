@@ -26,13 +26,12 @@ import dataclasses
 import json
 import os
 import time
-import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from data.fileio import write_json_atomic
-from evaluation.store.layout import batch_files, batch_fingerprint, canonical
+from evaluation.store.layout import batch_files, batch_fingerprint, canonical, read_matching
 
 #: The plan's file in a run's folder.
 PLAN_FILE = "adaptive_plan.json"
@@ -160,18 +159,10 @@ def read_plan(run_dir: str) -> Dict:
 
 
 def _load(path: str, fingerprint: str) -> Optional[Dict]:
-    """The arrays of an npz file whose fingerprint is ``fingerprint``; None when there is
-    no such file (or it went while being read: a batch finishing, the record merged); ``{}``
-    when it belongs to another configuration or is damaged (the run makes it again)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if json.loads(str(z["fingerprint"])) != json.loads(fingerprint):
-                return {}
-            return {k: z[k] for k in z.files if k not in ("best", "x_adv")}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return {}
+    """The arrays of an npz file whose fingerprint is ``fingerprint``, without its images;
+    None when there is no such file, ``{}`` when it belongs to another configuration or is
+    damaged (the run makes it again): :func:`~.layout.read_matching`."""
+    return read_matching(path, fingerprint, skip=("best", "x_adv"))
 
 
 def _batch_state(path: str, fp: Dict, b: int, size: int) -> Tuple[str, Optional[Dict]]:

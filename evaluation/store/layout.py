@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -72,12 +72,26 @@ def batch_order(labels: Sequence[int], size: int) -> List[int]:
     return sorted(range(len(majority)), key=lambda b: (turn[b], majority[b], b))
 
 
-def same_fingerprint(path: str, fingerprint_text: str) -> bool:
-    """Whether the npz file at ``path`` holds ``fingerprint_text`` (a :func:`canonical`
-    text) as its fingerprint -- read alone, without the arrays (False when the file is
-    missing, unreadable or holds another)."""
+def read_matching(path: str, fingerprint_text: str, keys: Optional[Sequence[str]] = None,
+                  skip: Sequence[str] = ()) -> Optional[Dict]:
+    """The arrays of the npz file at ``path`` when it holds ``fingerprint_text`` (a
+    :func:`canonical` text) as its fingerprint: ``keys`` (default: all but ``skip``), read
+    only then.  None when there is no such file (or it went while being read: a batch
+    merged); ``{}`` when it holds another fingerprint or is damaged."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return json.loads(str(z["fingerprint"])) == json.loads(fingerprint_text)
+            if json.loads(str(z["fingerprint"])) != json.loads(fingerprint_text):
+                return {}
+            names = z.files if keys is None else keys
+            return {k: z[k] for k in names if k not in skip}
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return False
+        return {}
+
+
+def same_fingerprint(path: str, fingerprint_text: str) -> bool:
+    """Whether the npz file at ``path`` holds ``fingerprint_text`` as its fingerprint -- read
+    alone, without the arrays (False when the file is missing, unreadable or holds
+    another)."""
+    return bool(read_matching(path, fingerprint_text, keys=("fingerprint",)))
