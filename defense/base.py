@@ -156,9 +156,13 @@ class Defense:
         detector: True when the defense scores images and flags (rejects or rectifies) them;
             the bench then reports its AUC and TPR at the chosen FPR.
         threshold: a detector's operating threshold (set by :meth:`fit`).
+        reads_m_layers: True when the defense reads the inner layers of one of the project's
+            architectures (the trajectory detector's taps), so it cannot wrap a classifier
+            of your own (``main.py --m-model``).
     """
     name: str = "?"
     detector: bool = False
+    reads_m_layers: bool = False
     threshold: Optional[float] = None
     _fitted: bool = False
 

@@ -270,7 +270,7 @@ def loaded_models(cfg: EvalConfig, grid: Optional[Tuple[List[str], List[str]]] =
         return {"%s %s/%s" % (model, code, arch): path
                 for arch in grid[0] for code in grid[1]
                 for model, path in zip(("m", "at"), model_files(pair_config(cfg, arch, code)))}
-    out = {"m": os.path.join(cfg.m_dir, "best.h5")}
+    out = {"m": cfg.m_checkpoint}
     if cfg.adv_train:
         out["at"] = os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
     for name, path in (("k", cfg.k_weights), ("k_robust", cfg.k_robust),
@@ -334,6 +334,12 @@ def check_folders(data_dir: str, model: Optional[str], cfg: Optional[EvalConfig]
         check_folder(cfg.checkpoint_dir, "--checkpoint-dir", write=False)
         check_folder(cfg.k_log_dir, "--k-log-dir", write=False)
         _check_checkpoint_dir(cfg.checkpoint_dir, _checkpoint_writes(cfg, grid, line_search))
+        if cfg.m_model is not None:
+            from models.classifier import load_classifier_file
+            try:
+                load_classifier_file(cfg.m_model, len(cfg.class_set.classes), cfg.input_size)
+            except ValueError as e:
+                raise ValueError("--m-model %s" % e) from None
         k_first = not line_search and k_missing(cfg)
         if k_first:
             check_folder(cfg.k_log_dir, "--k-log-dir", why="no K is trained there for "
@@ -389,7 +395,7 @@ def _checkpoint_writes(cfg: EvalConfig, grid, line_search: bool = False) -> list
     cfgs = [cfg] if grid is None else [pair_config(cfg, a, c) for a in grid[0] for c in grid[1]]
     out = []
     for one in cfgs:
-        folders = [("M", one.m_dir)]
+        folders = [] if one.m_model is not None else [("M", one.m_dir)]
         if one.adv_train:
             folders.append(("AT", at_checkpoint_dir(one.m_dir, one.at_eps)))
         for model, folder in folders:

@@ -20,6 +20,7 @@ import collections.abc
 import dataclasses
 import json
 import os
+import re
 import typing
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -50,6 +51,7 @@ class EvalConfig:
     class_set: ClassSet
     data_dir: str = _DATA.data_dir
     arch: str = _M.arch
+    m_model: Optional[str] = None        # your own classifier file in M's place (--m-model)
     input_size: int = _M.input_size
     weights: Optional[str] = None        # None or "imagenet" (--weights none / imagenet)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -109,9 +111,21 @@ class EvalConfig:
         if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
             raise ValueError("shards must be an integer >= 1, got %r" % (self.shards,))
         self.threats = tuple(Threat.parse(t) for t in self.threats)
+        if self.m_model is not None:
+            self._check_own_model()
         self.engine_settings()                   # validates the adaptive settings
         if self.adaptive_gradient is not None:
             check_gradient_mode(self.adaptive_gradient)
+
+    def _check_own_model(self) -> None:
+        """What cannot run on your own classifier (--m-model), refused up front: the
+        trajectory detector taps the blocks of a known backbone (``models.taps``)."""
+        with_taps = [d for d in self.defenses if build_defense(d).reads_m_layers]
+        if with_taps or self.trajectory_table:
+            raise ValueError("--m-model: the trajectory detector reads the blocks of one of "
+                             "the project's architectures (--arch), not of your own "
+                             "classifier; drop %s" % (", ".join(with_taps) or
+                                                      "--trajectory-table"))
 
     def refuse_what_does_nothing(self) -> None:
         """A setting that would change nothing is refused with the reason, not reported as
@@ -166,8 +180,23 @@ class EvalConfig:
                                        else tuple(self.adaptive_routes)))
 
     @property
+    def m_name(self) -> str:
+        """M's name in the results' folders: the architecture, or ``own-NAME`` for your own
+        classifier file ``NAME.h5`` (--m-model)."""
+        if self.m_model is None:
+            return self.arch
+        stem = os.path.splitext(os.path.basename(self.m_model.rstrip(os.sep)))[0]
+        return "own-" + (re.sub(r"[^A-Za-z0-9_.+-]", "-", stem) or "m")
+
+    @property
+    def m_checkpoint(self) -> str:
+        """The file M is loaded from: your own classifier (--m-model), or the best epoch of
+        the M the run trains."""
+        return self.m_model or os.path.join(self.m_dir, "best.h5")
+
+    @property
     def out_dir(self) -> str:
-        return os.path.join(self.results_dir, self.class_set.code_name, self.arch)
+        return os.path.join(self.results_dir, self.class_set.code_name, self.m_name)
 
     @property
     def m_dir(self) -> str:

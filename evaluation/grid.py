@@ -88,6 +88,8 @@ def config_fingerprint(base, unit: Unit) -> str:
     # fingerprint of the records made before the setting existed
     if unit.kind == "adaptive" or cfg.get("adaptive_goals") is None:
         cfg.pop("adaptive_goals", None)
+    if cfg.get("m_model") is None:      # M trained by the run: as before --m-model existed
+        cfg.pop("m_model", None)
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -111,7 +113,7 @@ def data_stamp(cfg) -> str:
 
 def model_files(cfg) -> List[str]:
     """The pair's trained models: M's best weights (and AT's with adversarial training)."""
-    files = [os.path.join(cfg.m_dir, "best.h5")]
+    files = [cfg.m_checkpoint]
     if cfg.adv_train:
         files.append(os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5"))
     return files

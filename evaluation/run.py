@@ -42,10 +42,10 @@ from evaluation.schema import make_metrics
 from evaluation.store import adaptive_plan
 from evaluation.store.records import short_digest
 from evaluation.units import Unit, forget_unit
-from models.classifier import build_classifier
+from models.classifier import build_classifier, load_classifier_file
 from models.distribute import is_chief, make_strategy
 from models.progress import Eta
-from models.train_classifier import train_classifier
+from models.train_classifier import accuracy, train_classifier
 from mrcnn_config import get_config
 
 tf, keras = tfcompat.import_tf()
@@ -73,13 +73,18 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
     """M (trained or loaded) and the AT model (or None)."""
     n = len(cfg.class_set.classes)
     strategy = make_strategy(cfg.distribute)
-    with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
-        m = build_classifier(cfg.arch, n, cfg.input_size, weights=cfg.weights, seed=cfg.seed)
-    log("model M: %s -> %s%s" % (cfg.arch, cfg.m_dir, "" if strategy is None else
-                                 " (%s, %d replicas)" % (cfg.distribute,
-                                                         strategy.num_replicas_in_sync)))
-    train_classifier(m, data["x_train"], data["y_train"], data["x_val"], data["y_val"],
-                     cfg.m_dir, cfg.train, log=log, progress=cfg.progress, strategy=strategy)
+    if cfg.m_model is not None:
+        m = _own_classifier(cfg, data, log)
+    else:
+        with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+            m = build_classifier(cfg.arch, n, cfg.input_size, weights=cfg.weights,
+                                 seed=cfg.seed)
+        log("model M: %s -> %s%s" % (cfg.arch, cfg.m_dir, "" if strategy is None else
+                                     " (%s, %d replicas)" % (cfg.distribute,
+                                                             strategy.num_replicas_in_sync)))
+        train_classifier(m, data["x_train"], data["y_train"], data["x_val"], data["y_val"],
+                         cfg.m_dir, cfg.train, log=log, progress=cfg.progress,
+                         strategy=strategy)
     at = None
     if cfg.adv_train:
         at = train_adversarial(cfg.arch, n, cfg.input_size, data,
@@ -90,12 +95,25 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
         # the evaluation runs in this process alone (under multi-worker the other workers stop
         # below): plain copies, whose predictions wait on no other replica or worker.
         # Reading the mirrored weights is a collective, so every worker makes its copies.
-        m = _single_device_copy(cfg, m, n)
+        m = m if cfg.m_model is not None else _single_device_copy(cfg, m, n)
         at = None if at is None else _single_device_copy(cfg, at, n)
     if not is_chief(strategy):
         raise WorkerDone("this worker's share of the training is done; the chief (worker 0) "
                          "evaluates and writes the results")
     return m, at
+
+
+def _own_classifier(cfg: EvalConfig, data: Dict, log: Callable):
+    """Your classifier file (--m-model) as M, checked (:func:`load_classifier_file`); its
+    validation accuracy is logged, so a model of another class order shows at once."""
+    m = load_classifier_file(cfg.m_model, len(cfg.class_set.classes), cfg.input_size)
+    val = accuracy(m, data["x_val"], data["y_val"])
+    log("model M: your classifier %s (sha1 %s), validation accuracy %.3f%s"
+        % (cfg.m_model, short_digest(cfg.m_model), val,
+           "" if val > 1.5 / len(cfg.class_set.classes) else
+           " -- near chance: are its outputs in the class set's order (%s)?"
+           % ", ".join(cfg.class_set.classes)))
+    return m
 
 
 def _single_device_copy(cfg: EvalConfig, model, n: int):
@@ -288,7 +306,7 @@ def run_evaluation(cfg: EvalConfig, log: Callable[[str], None] = print,
     um = results.get("unmask", {}).get("block", {}).get("params", {})
     kind = extractor_kind.get("kind") or ("k" if "robust" in extractor_kind else None)
     metrics = make_metrics(
-        cfg.class_set.code_name, cfg.arch, kind, um.get("threshold"),
+        cfg.class_set.code_name, cfg.m_name, kind, um.get("threshold"),
         um.get("mode", cfg.mode), cfg.seed, benign, entries,
         defenses={label: r["block"] for label, r in results.items()},
         attack_info=comparison.attacks.info or None, detection_set=cfg.detection_set,
@@ -325,7 +343,7 @@ def run_record(cfg: EvalConfig, extractor_kind: Dict) -> Dict:
         cfg = dataclasses.replace(cfg, extractor=kind, **({"k_weights": k_ckpt}
                                                           if k_ckpt else {}))
     return record("evaluate", cfg, checkpoints={
-        "m": os.path.join(cfg.m_dir, "best.h5"),
+        "m": cfg.m_checkpoint,
         "at": (os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
                if cfg.adv_train else None),
         "k": k_ckpt, "k_transfer": cfg.k_transfer,

@@ -13,7 +13,10 @@ the default (nothing is downloaded); ``weights="imagenet"`` is for users with ne
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Dict, Optional
+
+import numpy as np
 
 import tfcompat
 from models import DEFAULT_ARCH  # noqa: F401  (re-exported)
@@ -137,3 +140,58 @@ def build_classifier(arch: str, num_classes: int, input_size: int = 128,
     x = keras.layers.Dropout(dropout, seed=seed, force_generator=True, name="head_dropout")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, logits, name="M_%s" % spec.name)
+
+
+def load_classifier_file(path: str, num_classes: int, input_size: int) -> "keras.Model":
+    """Your own trained classifier in M's place: a tf-keras model saved whole in one file
+    (``model.save("m.h5")`` or ``"m.keras"``) that maps float32 ``[B, S, S, 3]`` pixels in
+    [0, 1] (S = ``input_size``, or a free size) to **logits** ``[B, num_classes]`` whose
+    columns are the class set's classes in their order.
+
+    Everything the run relies on is checked here, before any work, and refused with a
+    ValueError naming ``path`` and the fix: a missing file or a folder, a file tf-keras cannot
+    read, another input shape or output width, outputs that are not finite, and outputs that
+    are probabilities (every row in [0, 1] summing to 1 on random images: the attacks' losses
+    and the detectors' margins need logits).  The model's own scaling of [0, 1] pixels must be
+    inside it, as in :func:`build_classifier`.
+    """
+    if os.path.isdir(path):
+        raise ValueError("%s is a folder (a SavedModel?): save your classifier whole in one "
+                         "file, model.save('m.h5') or model.save('m.keras'), and pass that"
+                         % path)
+    if not os.path.isfile(path):
+        raise ValueError("%s: no such file (a tf-keras model saved whole: model.save('m.h5'))"
+                         % path)
+    try:
+        model = keras.models.load_model(path, compile=False,
+                                        custom_objects={"UnitToBackbone": UnitToBackbone})
+    except (OSError, ValueError, TypeError, KeyError, ImportError) as e:
+        raise ValueError("%s cannot be read as a tf-keras model (%s: %s); save it with tf-keras "
+                         "(TF_USE_LEGACY_KERAS=1) as one file, with any custom layer registered"
+                         % (path, type(e).__name__, e)) from None
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("%s: M must be a keras.Model with one input and one output (images "
+                         "-> logits)" % path)
+    want = (input_size, input_size, 3)
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or any(s is not None and s != w for s, w in zip(shape, want)):
+        raise ValueError("%s takes inputs [B, %s], the run's images are [B, %d, %d, 3]: give "
+                         "--input-size to match your model (images are resized to it), or a "
+                         "model of RGB images" % (path, ", ".join(map(str, shape)), input_size,
+                                                 input_size))
+    width = model.outputs[0].shape[-1]
+    if len(model.outputs[0].shape) != 2 or width != num_classes:
+        raise ValueError("%s gives outputs %s, the class set has %d classes: M must give one "
+                         "logit per class, in the class set's order (python main.py "
+                         "--describe-classsets lists them)"
+                         % (path, list(model.outputs[0].shape), num_classes))
+    probe = np.random.default_rng(0).random((4,) + want).astype(np.float32)
+    out = np.asarray(model(probe, training=False), dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("%s gives non-finite outputs on images in [0, 1]: is its input "
+                         "scaling inside the model?" % path)
+    if np.all((out >= 0) & (out <= 1)) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("%s gives probabilities (each row sums to 1); the attacks' losses and "
+                         "the detectors' margins need logits: save the model without its final "
+                         "softmax (activation=None on the last layer)" % path)
+    return model

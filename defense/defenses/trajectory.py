@@ -103,6 +103,7 @@ class TrajectoryOptions:
 class TrajectoryDefense(Defense):
     name = "trajectory"
     detector = True
+    reads_m_layers = True
     PARAM = "configuration"
 
     def __init__(self, value: Optional[str] = None):

@@ -55,6 +55,9 @@ class GridOptions:
             return None
         if model == "K":
             raise ValueError("--grid evaluates M's pairs; train K with `--model K` first")
+        if m.m_model is not None:
+            raise ValueError("--grid trains M for each (architecture, class set) pair, "
+                             "--m-model evaluates your one classifier: give one of them")
         archs = []
         for name in filter(None, (a.strip() for a in (self.archs or m.arch).split(","))):
             try:

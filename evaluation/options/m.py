@@ -34,6 +34,12 @@ class MOptions:
     arch: str = option(DEFAULT_ARCH, "architecture of M: resnet50, densenet121 (the paper's), "
                                      "vgg16, mobilenetv2, mobilenetv2_050 (fast on a CPU; "
                                      "synthetic default)")
+    m_model: Optional[str] = option(
+        None, "your own trained classifier in M's place, not trained by the run: a tf-keras "
+              "model saved whole in one file (model.save('m.h5')) mapping float [B, S, S, 3] "
+              "pixels in [0, 1] (S = --input-size) to logits over the class set's classes in "
+              "their order; results go to RESULTS_DIR/CLASSSET/own-NAME. --arch and the "
+              "training options then shape only the AT baseline (--adv-train, m=at)")
     input_size: int = option(96, "M's input size in pixels (images are resized and "
                                  "center-cropped)", type=int)
     weights: str = option("none", "initial weights. --model M: none (random init) or imagenet "
@@ -170,6 +176,9 @@ class MOptions:
                              "150, the synthetic default 96), got %d"
                              % (arch.min_size, MAX_INPUT_SIZE, arch.name, self.input_size))
         _check_field(self, "at_eps")
+        if self.m_model is not None and not os.path.isfile(self.m_model):
+            raise ValueError("--m-model %s: no such file (your classifier saved whole with "
+                             "tf-keras: model.save('m.h5'))" % self.m_model)
         train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
                             learning_rate=self.lr, seed=data.seed)
         train.validate()
@@ -207,7 +216,7 @@ class MOptions:
                 defenses.append("at")       # --adv-train: the AT row, whatever else holds it
         return dict(
             class_set=get_class_set(data.classset), data_dir=data.data_dir,
-            arch=arch.name, input_size=self.input_size, weights=weights,
+            arch=arch.name, m_model=self.m_model, input_size=self.input_size, weights=weights,
             train=train, adv_train=self.adv_train, at_eps=self.at_eps,
             extractor=self.extractor, threshold=self.threshold, target_fpr=self.target_fpr,
             mode=self.mode, vectors=vectors, defenses=defenses,

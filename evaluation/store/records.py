@@ -61,7 +61,7 @@ def fingerprint(cfg, data: Dict) -> Dict:
             "size": cfg.input_size, "seed": cfg.seed, "test_keys": hashlib.sha1(
                 "\n".join(data["splits"]["test"].keys).encode()).hexdigest()[:16],
             "test_images": array_digest(data["x_test"], data["y_test"]),
-            "m": short_digest(os.path.join(cfg.m_dir, "best.h5"))}
+            "m": short_digest(cfg.m_checkpoint)}
 
 
 def vector_fingerprint(cfg, fp: Dict, name: str, eps: float) -> Dict:

@@ -1,0 +1,161 @@
+"""Your own classifier in M's place (``main.py --m-model FILE``): what is refused before any
+work, and a run on a tiny synthetic data set that evaluates exactly that file's model, trains
+no M, and keys every record and folder to it."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tfcompat
+
+tf, keras = tfcompat.import_tf()
+
+from data.knowledge import get_class_set  # noqa: E402
+from evaluation import run as ev  # noqa: E402
+from evaluation.config import EvalConfig, from_dict  # noqa: E402
+from evaluation.store.records import fingerprint, short_digest  # noqa: E402
+from models.classifier import UnitToBackbone, load_classifier_file  # noqa: E402
+from models.train_classifier import TrainConfig  # noqa: E402
+
+SIZE = 32
+TINY_DATA = dict(seed=5, per_class=(16, 6, 6))
+
+
+def _net(n_classes=3, size=SIZE, softmax=False, seed=0, scaling=False):
+    """A small conv net ``[B, size, size, 3] -> [B, n_classes]`` (logits unless ``softmax``),
+    optionally with the project's own input-scaling layer."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = UnitToBackbone("tf")(inputs) if scaling else inputs
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(n_classes, activation="softmax" if softmax else None)(x)
+    return keras.Model(inputs, out)
+
+
+def _saved(model, path):
+    model.save(str(path))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- the loader
+
+def test_a_saved_model_loads_with_the_same_logits_custom_scaling_included(tmp_path):
+    net = _net(scaling=True)
+    loaded = load_classifier_file(_saved(net, tmp_path / "mine.h5"), 3, SIZE)
+    x = np.random.default_rng(1).random((5, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("folder", "is a folder"),
+    ("missing", "no such file"),
+    ("garbage", "cannot be read as a tf-keras model"),
+    ("input size", "--input-size"),
+    ("classes", "the class set has 3 classes"),
+    ("softmax", "gives probabilities"),
+])
+def test_what_cannot_serve_as_m_is_refused_naming_the_file_and_the_fix(tmp_path, case,
+                                                                      message):
+    path = str(tmp_path / "m.h5")
+    if case == "folder":
+        os.mkdir(path)
+    elif case == "garbage":
+        with open(path, "wb") as f:
+            f.write(b"not a model" * 100)
+    elif case == "input size":
+        _saved(_net(size=40), path)
+    elif case == "classes":
+        _saved(_net(n_classes=4), path)
+    elif case == "softmax":
+        _saved(_net(softmax=True), path)
+    with pytest.raises(ValueError, match=message) as err:
+        load_classifier_file(path, 3, SIZE)
+    assert path in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def _main(args, capsys):
+    import main
+    try:
+        code = main.main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--grid",), "give one of them"),
+    (("--defenses", "none,trajectory"), "drop trajectory"),
+    (("--trajectory-table",), "drop --trajectory-table"),
+])
+def test_cli_refuses_what_cannot_run_on_your_classifier(tmp_path, capsys, extra, message):
+    model = _saved(_net(), tmp_path / "mine.h5")
+    code, err = _main(["--model", "M", "--classset", "CS3a", "--input-size", SIZE,
+                       "--m-model", model, "--data-dir", tmp_path / "data",
+                       "--results-dir", tmp_path / "results"] + list(extra), capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "data"), "refused before the data set is generated"
+
+
+@pytest.mark.parametrize("case", ["missing", "softmax"])
+def test_cli_checks_the_file_before_any_work(tmp_path, capsys, case):
+    model = str(tmp_path / "mine.h5")
+    if case == "softmax":
+        _saved(_net(softmax=True), model)
+    code, err = _main(["--model", "M", "--classset", "CS3a", "--input-size", SIZE,
+                       "--m-model", model, "--data-dir", tmp_path / "data",
+                       "--results-dir", tmp_path / "results"], capsys)
+    assert code == 2 and "--m-model" in err and model in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "data") and not os.path.exists(tmp_path / "results")
+
+
+# ----------------------------------------------------------------------------- a run
+
+def _trained(tiny_data, path, seed):
+    """A small net trained a few epochs on the tiny set's training images, saved whole."""
+    cfg = EvalConfig(class_set=get_class_set("CS3a"), data_dir=tiny_data, input_size=SIZE)
+    data = ev.load_data(cfg, log=lambda s: None)
+    net = _net(seed=seed)
+    net.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(data["x_train"], data["y_train"], epochs=8, batch_size=16, verbose=0)
+    return _saved(net, path)
+
+
+def test_a_run_evaluates_your_file_trains_no_m_and_keys_its_records_to_it(tiny_data,
+                                                                          tmp_path):
+    model_file = _trained(tiny_data, tmp_path / "my net.h5", seed=0)
+    cfg = EvalConfig(class_set=get_class_set("CS3a"), data_dir=tiny_data, input_size=SIZE,
+                     m_model=model_file, train=TrainConfig(epochs=1, batch_size=16),
+                     vectors=(("fgsm", 8),), n_test=9, attack_batch=8,
+                     defenses=("none", "unmask"), extractor="oracle", progress=False,
+                     results_dir=str(tmp_path / "results"),
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    assert cfg.out_dir == os.path.join(str(tmp_path / "results"), "cs3-1", "own-my-net")
+    lines = []
+    metrics = ev.run_evaluation(cfg, log=lines.append)
+
+    data = ev.load_data(cfg, log=lambda s: None)
+    mine = keras.models.load_model(model_file, compile=False)
+    own_acc = float(np.mean(np.argmax(mine.predict(data["x_test"], verbose=0), axis=1)
+                            == data["y_test"]))
+    assert metrics["benign"]["acc_none"] == pytest.approx(own_acc)
+    assert metrics["arch"] == "own-my-net"
+    assert not os.path.exists(tmp_path / "ckpt" / "model_m"), "no M was trained"
+    assert any("your classifier %s" % model_file in line for line in lines)
+
+    with open(os.path.join(cfg.out_dir, "config.json")) as f:
+        recorded = json.load(f)
+    assert recorded["checkpoints"]["m"]["path"] == model_file
+    assert recorded["checkpoints"]["m"]["sha1"].startswith(short_digest(model_file))
+    assert from_dict(recorded["config"]).m_model == model_file     # --config reruns it
+    fp = fingerprint(cfg, data)
+    assert fp["m"] == short_digest(model_file)
+
+    other = _trained(tiny_data, tmp_path / "other.h5", seed=1)
+    with open(other, "rb") as src, open(model_file, "wb") as dst:
+        dst.write(src.read())                                   # the file retrained in place
+    assert fingerprint(cfg, data)["m"] != fp["m"], "a changed file must not reuse records"
