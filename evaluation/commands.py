@@ -46,6 +46,7 @@ def run(options: Options) -> int:
         grid = options.grid.pairs(options.data, options.m, model)
         k = options.k_options()
         if model == "K":
+            options.refuse_m_options_for_k()
             model_k.validate_options(k)
         k_first = check_folders(options.data.data_dir, model, eval_cfg, grid, k,
                                 options.m.at_line_search)
@@ -299,6 +300,10 @@ def check_recorded_models(rec: Dict[str, Any], cfg: EvalConfig, path: str,
         if was is None:
             continue
         now = checkpoint(file)
+        if now is None and name == "m" and cfg.m_model is not None:
+            raise ValueError("--config %s: the run's classifier %s (sha1 %s) is not there: "
+                             "restore that file (its records and folder are keyed to it)"
+                             % (path, file, was["sha1"]))
         if now is None:
             print("note: %s's recorded checkpoint (sha1 %s) is not at %s: the rerun makes it "
                   "anew" % (name, was["sha1"], file))

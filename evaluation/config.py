@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -121,11 +122,11 @@ class EvalConfig:
         """What cannot run on your own classifier (--m-model), refused up front: the
         trajectory detector taps the blocks of a known backbone (``models.taps``)."""
         with_taps = [d for d in self.defenses if build_defense(d).reads_m_layers]
-        if with_taps or self.trajectory_table:
+        with_taps += ["--trajectory-table"] if self.trajectory_table else []
+        if with_taps:
             raise ValueError("--m-model: the trajectory detector reads the blocks of one of "
                              "the project's architectures (--arch), not of your own "
-                             "classifier; drop %s" % (", ".join(with_taps) or
-                                                      "--trajectory-table"))
+                             "classifier; drop %s" % ", ".join(with_taps))
 
     def refuse_what_does_nothing(self) -> None:
         """A setting that would change nothing is refused with the reason, not reported as
@@ -181,12 +182,14 @@ class EvalConfig:
 
     @property
     def m_name(self) -> str:
-        """M's name in the results' folders: the architecture, or ``own-NAME`` for your own
-        classifier file ``NAME.h5`` (--m-model)."""
+        """M's name in the results' folders: the architecture, or ``own-NAME-SHA1`` for your
+        own classifier file ``NAME.h5`` (--m-model; the first 8 hex digits of its sha1, so
+        two files of one name, or a file retrained in place, never share a folder)."""
         if self.m_model is None:
             return self.arch
         stem = os.path.splitext(os.path.basename(self.m_model.rstrip(os.sep)))[0]
-        return "own-" + (re.sub(r"[^A-Za-z0-9_.+-]", "-", stem) or "m")
+        return "own-%s-%s" % (re.sub(r"[^A-Za-z0-9_.+-]", "-", stem) or "m",
+                              _digest_of(self.m_model)[:8])
 
     @property
     def m_checkpoint(self) -> str:
@@ -207,6 +210,21 @@ class EvalConfig:
                             "%s_%d%s%s" % (self.arch, self.input_size,
                                            self.train.folder_suffix(),
                                            "_imagenet" if self.weights else ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _sha1_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(path, "sha1")
+
+
+def _digest_of(path: str) -> str:
+    """sha1 of the file at ``path``, read once while it is unchanged ("missing" when there is
+    no file: the run refuses it before any work)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return _sha1_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
 # ----------------------------------------------------------------------------- config.json

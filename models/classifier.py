@@ -179,6 +179,9 @@ def load_classifier_file(path: str, num_classes: int, input_size: int) -> "keras
                          "--input-size to match your model (images are resized to it), or a "
                          "model of RGB images" % (path, ", ".join(map(str, shape)), input_size,
                                                  input_size))
+    if shape != want:       # a free size: fixed to the run's, which UnMask's attack reads
+        inputs = keras.Input(want, name="image")
+        model = keras.Model(inputs, model(inputs), name=model.name)
     width = model.outputs[0].shape[-1]
     if len(model.outputs[0].shape) != 2 or width != num_classes:
         raise ValueError("%s gives outputs %s, the class set has %d classes: M must give one "

@@ -176,9 +176,9 @@ class MOptions:
                              "150, the synthetic default 96), got %d"
                              % (arch.min_size, MAX_INPUT_SIZE, arch.name, self.input_size))
         _check_field(self, "at_eps")
-        if self.m_model is not None and not os.path.isfile(self.m_model):
-            raise ValueError("--m-model %s: no such file (your classifier saved whole with "
-                             "tf-keras: model.save('m.h5'))" % self.m_model)
+        if self.m_model is not None and self.at_line_search:
+            raise ValueError("--at-line-search trains AT models only, which --m-model does not "
+                             "change: drop --m-model")
         train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
                             learning_rate=self.lr, seed=data.seed)
         train.validate()

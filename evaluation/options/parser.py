@@ -48,6 +48,19 @@ class Options:
                   for g, c in GROUPS}
         return cls(given=tuple(given), **groups)
 
+    def refuse_m_options_for_k(self) -> None:
+        """``--model K`` reads three options of M's group (``--weights``, ``--adv-train``,
+        ``--no-progress``); any other of them that says what to evaluate (``--m-model``,
+        ``--arch``, ``--attacks``, ...) would be silently ignored, so it is refused
+        (ValueError naming them).  M's folders (``--results-dir``, ``--checkpoint-dir``) may
+        be given to both commands alike: K writes to its own (``--k-*-dir``)."""
+        unused = [n for n in self.given if n in _M_FIELDS
+                  and n not in K_READS_FROM_M + M_FOLDERS]
+        if unused:
+            raise ValueError("%s: option(s) of --model M, which --model K does not read; drop "
+                             "them (K's own options start with --k-)"
+                             % ", ".join(flag_of(n) for n in unused))
+
     def k_options(self) -> Dict[str, Any]:
         """What K's runner takes (:func:`evaluation.model_k.run_model_k`): K's options with
         the data folder, the seeds, the initial weights and the progress display."""
@@ -61,6 +74,13 @@ class Options:
                 if name not in self.given:
                     out[name] = robust
         return out
+
+
+#: The options of M's group that K's runner reads (:meth:`Options.k_options`).
+K_READS_FROM_M = ("weights", "adv_train", "no_progress")
+#: M's folders, which a script may pass to both commands (K has its own).
+M_FOLDERS = ("results_dir", "checkpoint_dir")
+_M_FIELDS = frozenset(f.name for f in dataclasses.fields(MOptions))
 
 
 def k_defaults() -> Dict[str, Any]:

@@ -23,8 +23,8 @@ TINY_DATA = dict(seed=5, per_class=(16, 6, 6))
 
 
 def _net(n_classes=3, size=SIZE, softmax=False, seed=0, scaling=False):
-    """A small conv net ``[B, size, size, 3] -> [B, n_classes]`` (logits unless ``softmax``),
-    optionally with the project's own input-scaling layer."""
+    """A small conv net ``[B, size, size, 3] -> [B, n_classes]`` (logits unless ``softmax``;
+    ``size`` None: any image size), optionally with the project's own input-scaling layer."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((size, size, 3))
     x = UnitToBackbone("tf")(inputs) if scaling else inputs
@@ -45,6 +45,15 @@ def test_a_saved_model_loads_with_the_same_logits_custom_scaling_included(tmp_pa
     net = _net(scaling=True)
     loaded = load_classifier_file(_saved(net, tmp_path / "mine.h5"), 3, SIZE)
     x = np.random.default_rng(1).random((5, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_of_any_image_size_is_fixed_to_the_runs(tmp_path):
+    """UnMask's attack reads M's input size: a free size is fixed to --input-size."""
+    net = _net(size=None)
+    loaded = load_classifier_file(_saved(net, tmp_path / "free.h5"), 3, SIZE)
+    assert tuple(loaded.input_shape) == (None, SIZE, SIZE, 3)
+    x = np.random.default_rng(2).random((3, SIZE, SIZE, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -90,6 +99,8 @@ def _main(args, capsys):
     (("--grid",), "give one of them"),
     (("--defenses", "none,trajectory"), "drop trajectory"),
     (("--trajectory-table",), "drop --trajectory-table"),
+    (("--defenses", "trajectory", "--trajectory-table"), "drop trajectory, --trajectory-table"),
+    (("--at-line-search",), "drop --m-model"),
 ])
 def test_cli_refuses_what_cannot_run_on_your_classifier(tmp_path, capsys, extra, message):
     model = _saved(_net(), tmp_path / "mine.h5")
@@ -100,51 +111,77 @@ def test_cli_refuses_what_cannot_run_on_your_classifier(tmp_path, capsys, extra,
     assert not os.path.exists(tmp_path / "data"), "refused before the data set is generated"
 
 
-@pytest.mark.parametrize("case", ["missing", "softmax"])
-def test_cli_checks_the_file_before_any_work(tmp_path, capsys, case):
+@pytest.mark.parametrize("case, message", [("missing", "no such file"),
+                                           ("folder", "is a folder"),
+                                           ("softmax", "gives probabilities")])
+def test_cli_checks_the_file_before_any_work(tmp_path, capsys, case, message):
     model = str(tmp_path / "mine.h5")
     if case == "softmax":
         _saved(_net(softmax=True), model)
+    elif case == "folder":
+        os.mkdir(model)
     code, err = _main(["--model", "M", "--classset", "CS3a", "--input-size", SIZE,
                        "--m-model", model, "--data-dir", tmp_path / "data",
                        "--results-dir", tmp_path / "results"], capsys)
-    assert code == 2 and "--m-model" in err and model in err and "Traceback" not in err
+    assert code == 2 and "--m-model %s" % model in err and message in err
+    assert "Traceback" not in err
     assert not os.path.exists(tmp_path / "data") and not os.path.exists(tmp_path / "results")
 
 
 # ----------------------------------------------------------------------------- a run
 
-def _trained(tiny_data, path, seed):
-    """A small net trained a few epochs on the tiny set's training images, saved whole."""
+def _knowing(tiny_data, tmp_path):
+    """A small net trained on every image of the tiny set (so it knows the test images:
+    accuracy well above chance) and its opposite (the same net with its logits negated: it
+    picks its least likely class), both saved whole."""
     cfg = EvalConfig(class_set=get_class_set("CS3a"), data_dir=tiny_data, input_size=SIZE)
     data = ev.load_data(cfg, log=lambda s: None)
-    net = _net(seed=seed)
+    x = np.concatenate([data["x_" + s] for s in ("train", "val", "test")]) / 255.0
+    y = np.concatenate([data["y_" + s] for s in ("train", "val", "test")])
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(32, 3, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    net = keras.Model(inputs, keras.layers.Dense(3)(h))
     net.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    net.fit(data["x_train"], data["y_train"], epochs=8, batch_size=16, verbose=0)
-    return _saved(net, path)
+    net.fit(x, y, epochs=60, batch_size=16, verbose=0)
+    opposite = keras.models.clone_model(net)
+    weights = net.get_weights()
+    opposite.set_weights(weights[:-2] + [-weights[-2], -weights[-1]])
+    return (_saved(net, tmp_path / "my net.h5"), _saved(opposite, tmp_path / "opposite.h5"),
+            data)
+
+
+def _own_accuracy(path, data):
+    model = keras.models.load_model(path, compile=False)
+    pred = np.argmax(model.predict(data["x_test"] / 255.0, verbose=0), axis=1)
+    return float(np.mean(pred == data["y_test"]))
 
 
 def test_a_run_evaluates_your_file_trains_no_m_and_keys_its_records_to_it(tiny_data,
                                                                           tmp_path):
-    model_file = _trained(tiny_data, tmp_path / "my net.h5", seed=0)
+    model_file, opposite, data = _knowing(tiny_data, tmp_path)
     cfg = EvalConfig(class_set=get_class_set("CS3a"), data_dir=tiny_data, input_size=SIZE,
                      m_model=model_file, train=TrainConfig(epochs=1, batch_size=16),
                      vectors=(("fgsm", 8),), n_test=9, attack_batch=8,
                      defenses=("none", "unmask"), extractor="oracle", progress=False,
                      results_dir=str(tmp_path / "results"),
                      checkpoint_dir=str(tmp_path / "ckpt"))
-    assert cfg.out_dir == os.path.join(str(tmp_path / "results"), "cs3-1", "own-my-net")
+    name = "own-my-net-" + short_digest(model_file)[:8]
+    assert cfg.out_dir == os.path.join(str(tmp_path / "results"), "cs3-1", name)
+    data = ev.load_data(cfg, log=lambda s: None)       # the run's 9 test images
     lines = []
     metrics = ev.run_evaluation(cfg, log=lines.append)
-
-    data = ev.load_data(cfg, log=lambda s: None)
-    mine = keras.models.load_model(model_file, compile=False)
-    own_acc = float(np.mean(np.argmax(mine.predict(data["x_test"], verbose=0), axis=1)
-                            == data["y_test"]))
+    own_acc = _own_accuracy(model_file, data)
+    assert own_acc >= 0.8, "the check needs a model far from chance (1/3) to mean anything"
     assert metrics["benign"]["acc_none"] == pytest.approx(own_acc)
-    assert metrics["arch"] == "own-my-net"
-    assert not os.path.exists(tmp_path / "ckpt" / "model_m"), "no M was trained"
+    assert metrics["arch"] == name
+    project_m = EvalConfig(class_set=get_class_set("CS3a"), input_size=SIZE)
+    assert not os.path.exists(os.path.join(str(tmp_path / "ckpt"), os.path.relpath(
+        project_m.m_dir, project_m.checkpoint_dir))), "no M of --arch was trained"
     assert any("your classifier %s" % model_file in line for line in lines)
 
     with open(os.path.join(cfg.out_dir, "config.json")) as f:
@@ -155,7 +192,19 @@ def test_a_run_evaluates_your_file_trains_no_m_and_keys_its_records_to_it(tiny_d
     fp = fingerprint(cfg, data)
     assert fp["m"] == short_digest(model_file)
 
-    other = _trained(tiny_data, tmp_path / "other.h5", seed=1)
-    with open(other, "rb") as src, open(model_file, "wb") as dst:
-        dst.write(src.read())                                   # the file retrained in place
-    assert fingerprint(cfg, data)["m"] != fp["m"], "a changed file must not reuse records"
+    # the file retrained in place (here: replaced by the net's opposite): new records, a new
+    # folder, and the run's answer is the new file's
+    with open(opposite, "rb") as src, open(model_file, "wb") as dst:
+        dst.write(src.read())
+    assert fingerprint(cfg, data)["m"] != fp["m"]
+    assert cfg.out_dir != os.path.join(str(tmp_path / "results"), "cs3-1", name)
+    opposite_acc = _own_accuracy(model_file, data)
+    assert opposite_acc <= 0.2
+    again = ev.run_evaluation(cfg, log=lambda s: None)
+    assert again["benign"]["acc_none"] == pytest.approx(opposite_acc)
+    assert os.path.isfile(os.path.join(str(tmp_path / "results"), "cs3-1", name,
+                                       "metrics.json")), "the first file's results are kept"
+    os.remove(model_file)              # a rerun of the first run (--config) without its file
+    from evaluation.commands import check_recorded_models
+    with pytest.raises(ValueError, match="restore that file"):
+        check_recorded_models(recorded, from_dict(recorded["config"]), "config.json")
