@@ -348,8 +348,8 @@ def _checked_fit(fit: Callable) -> Callable:
 @dataclasses.dataclass(frozen=True)
 class ATModel:
     """The adversarially trained model a run fitted: its PGD-Linf budget (0-255 scale) and
-    the digest of its weights."""
-    eps: float
+    the digest of its weights (``eps`` None: a model given to the run, not trained by it)."""
+    eps: Optional[float]
     checkpoint_digest: Optional[str] = None
 
 

@@ -264,8 +264,6 @@ def loaded_models(cfg: EvalConfig, grid: Optional[Tuple[List[str], List[str]]] =
     """The checkpoint files a run of ``cfg`` (a grid of ``grid``'s pairs) loads, by the name
     its config.json records them under; a K given as "last" is searched for when the run
     starts and is not listed."""
-    from defense.adversarial_training import at_checkpoint_dir
-
     if grid is not None:
         from evaluation.grid import model_files, pair_config
         return {"%s %s/%s" % (model, code, arch): path
@@ -273,7 +271,7 @@ def loaded_models(cfg: EvalConfig, grid: Optional[Tuple[List[str], List[str]]] =
                 for model, path in zip(("m", "at"), model_files(pair_config(cfg, arch, code)))}
     out = {"m": cfg.m_checkpoint}
     if cfg.adv_train:
-        out["at"] = os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
+        out["at"] = cfg.at_checkpoint
     for name, path in (("k", cfg.k_weights), ("k_robust", cfg.k_robust),
                        ("k_transfer", cfg.k_transfer),
                        ("k_transfer_robust", cfg.k_transfer_robust)):
@@ -300,10 +298,10 @@ def check_recorded_models(rec: Dict[str, Any], cfg: EvalConfig, path: str,
         if was is None:
             continue
         now = checkpoint(file)
-        if now is None and name == "m" and cfg.m_model is not None:
-            raise ValueError("--config %s: the run's classifier %s (sha1 %s) is not there: "
-                             "restore that file (its records and folder are keyed to it)"
-                             % (path, file, was["sha1"]))
+        if now is None and name in cfg.own_models():
+            raise ValueError("--config %s: the run's classifier %s (sha1 %s, --%s-model) is "
+                             "not there: restore that file (the run's records are keyed to it)"
+                             % (path, file, was["sha1"], name))
         if now is None:
             print("note: %s's recorded checkpoint (sha1 %s) is not at %s: the rerun makes it "
                   "anew" % (name, was["sha1"], file))
@@ -339,12 +337,12 @@ def check_folders(data_dir: str, model: Optional[str], cfg: Optional[EvalConfig]
         check_folder(cfg.checkpoint_dir, "--checkpoint-dir", write=False)
         check_folder(cfg.k_log_dir, "--k-log-dir", write=False)
         _check_checkpoint_dir(cfg.checkpoint_dir, _checkpoint_writes(cfg, grid, line_search))
-        if cfg.m_model is not None:
-            from models.classifier import load_classifier_file
+        from models.classifier import load_classifier_file
+        for name, path in cfg.own_models().items():
             try:
-                load_classifier_file(cfg.m_model, len(cfg.class_set.classes), cfg.input_size)
+                load_classifier_file(path, len(cfg.class_set.classes), cfg.input_size)
             except ValueError as e:
-                raise ValueError("--m-model %s" % e) from None
+                raise ValueError("--%s-model %s" % (name, e)) from None
         k_first = not line_search and k_missing(cfg)
         if k_first:
             check_folder(cfg.k_log_dir, "--k-log-dir", why="no K is trained there for "
@@ -401,7 +399,7 @@ def _checkpoint_writes(cfg: EvalConfig, grid, line_search: bool = False) -> list
     out = []
     for one in cfgs:
         folders = [] if one.m_model is not None else [("M", one.m_dir)]
-        if one.adv_train:
+        if one.adv_train and one.at_model is None:
             folders.append(("AT", at_checkpoint_dir(one.m_dir, one.at_eps)))
         for model, folder in folders:
             why = training_writes(folder, one.train)

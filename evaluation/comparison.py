@@ -16,7 +16,6 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 from data.fileio import write_problem
-from defense.adversarial_training import at_checkpoint_dir
 from defense.base import ADAPTIVE, ATModel, Defense, FitContext, ImageSet, model_predictions
 from defense.threats import Goal, Threat
 from evaluation.store.adaptive_store import AdaptiveStore
@@ -39,8 +38,7 @@ class Comparison:
         self.fp = fingerprint(cfg, data)
         self.digests = {"m": self.fp["m"]}
         if "at" in models:
-            self.digests["at"] = short_digest(
-                os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5"))
+            self.digests["at"] = short_digest(cfg.at_checkpoint)
         self.vectors_dir = os.path.join(cfg.out_dir, "vectors")
         self._sets: Dict[Tuple, ImageSet] = {}
         self.attacks = AttackStore(cfg, models, self.fp, self.digests, self.images,
@@ -102,7 +100,8 @@ class Comparison:
             images=self.images, attacked=self.attacked, observe=self.observe,
             mode=cfg.mode, extractors=make_extractors_fn, arch=cfg.arch, m_dir=cfg.m_dir,
             m_digest=self.fp["m"], trajectory_cache=trajectory_cache(cfg),
-            at=(ATModel(eps=cfg.at_eps, checkpoint_digest=self.digests.get("at"))
+            at=(ATModel(eps=None if cfg.at_model else cfg.at_eps,
+                        checkpoint_digest=self.digests.get("at"))
                 if "at" in self.models else None),
             transfer_k=self._transfer_k if cfg.k_transfer else None,
             transfer_k_robust=self._transfer_k_robust if cfg.k_transfer_robust else None,

@@ -53,6 +53,7 @@ class EvalConfig:
     data_dir: str = _DATA.data_dir
     arch: str = _M.arch
     m_model: Optional[str] = None        # your own classifier file in M's place (--m-model)
+    at_model: Optional[str] = None       # your own AT model file (--at-model)
     input_size: int = _M.input_size
     weights: Optional[str] = None        # None or "imagenet" (--weights none / imagenet)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -112,6 +113,10 @@ class EvalConfig:
         if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
             raise ValueError("shards must be an integer >= 1, got %r" % (self.shards,))
         self.threats = tuple(Threat.parse(t) for t in self.threats)
+        if self.at_model is not None:
+            self.adv_train = True
+            if "at" not in self.defenses:
+                self.defenses = self.defenses + ("at",)
         if self.m_model is not None:
             self._check_own_model()
         self.engine_settings()                   # validates the adaptive settings
@@ -196,6 +201,18 @@ class EvalConfig:
         """The file M is loaded from: your own classifier (--m-model), or the best epoch of
         the M the run trains."""
         return self.m_model or os.path.join(self.m_dir, "best.h5")
+
+    @property
+    def at_checkpoint(self) -> str:
+        """The file the AT model is loaded from: yours (--at-model), or the best epoch of the
+        AT model the run trains beside M's folder."""
+        from defense.adversarial_training import at_checkpoint_dir
+        return self.at_model or os.path.join(at_checkpoint_dir(self.m_dir, self.at_eps),
+                                             "best.h5")
+
+    def own_models(self) -> Dict[str, str]:
+        """The model files you gave (``"m"``: --m-model, ``"at"``: --at-model)."""
+        return {k: v for k, v in (("m", self.m_model), ("at", self.at_model)) if v}
 
     @property
     def out_dir(self) -> str:

@@ -116,6 +116,7 @@ def absolute_paths(base):
         k_log_dir=os.path.abspath(base.k_log_dir),
         k_transfer=os.path.abspath(base.k_transfer) if base.k_transfer else None,
         m_model=os.path.abspath(base.m_model) if base.m_model else None,
+        at_model=os.path.abspath(base.at_model) if base.at_model else None,
         k_robust_log_dir=os.path.abspath(base.k_robust_log_dir),
         k_robust=(base.k_robust if base.k_robust == "last"
                   else os.path.abspath(base.k_robust)),

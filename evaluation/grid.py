@@ -43,7 +43,6 @@ import os
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from data.fileio import file_digest, read_cached_json, write_json_atomic
-from defense.adversarial_training import at_checkpoint_dir
 from evaluation import run as ev
 from evaluation.comparison import Comparison
 from evaluation.config import record
@@ -88,8 +87,9 @@ def config_fingerprint(base, unit: Unit) -> str:
     # fingerprint of the records made before the setting existed
     if unit.kind == "adaptive" or cfg.get("adaptive_goals") is None:
         cfg.pop("adaptive_goals", None)
-    if cfg.get("m_model") is None:      # M trained by the run: as before --m-model existed
-        cfg.pop("m_model", None)
+    for name in ("m_model", "at_model"):   # trained by the run: as before the options existed
+        if cfg.get(name) is None:
+            cfg.pop(name, None)
     text = json.dumps({"config": cfg, "unit": dataclasses.asdict(unit)}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -115,7 +115,7 @@ def model_files(cfg) -> List[str]:
     """The pair's trained models: M's best weights (and AT's with adversarial training)."""
     files = [cfg.m_checkpoint]
     if cfg.adv_train:
-        files.append(os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5"))
+        files.append(cfg.at_checkpoint)
     return files
 
 

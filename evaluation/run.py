@@ -74,7 +74,7 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
     n = len(cfg.class_set.classes)
     strategy = make_strategy(cfg.distribute)
     if cfg.m_model is not None:
-        m = _own_classifier(cfg, data, log)
+        m = _own_classifier(cfg, cfg.m_model, "M", data, log)
     else:
         with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
             m = build_classifier(cfg.arch, n, cfg.input_size, weights=cfg.weights,
@@ -86,7 +86,9 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
                          cfg.m_dir, cfg.train, log=log, progress=cfg.progress,
                          strategy=strategy)
     at = None
-    if cfg.adv_train:
+    if cfg.at_model is not None:
+        at = _own_classifier(cfg, cfg.at_model, "AT model", data, log)
+    elif cfg.adv_train:
         at = train_adversarial(cfg.arch, n, cfg.input_size, data,
                                at_checkpoint_dir(cfg.m_dir, cfg.at_eps), cfg.train,
                                eps=cfg.at_eps, log=log, progress=cfg.progress,
@@ -96,20 +98,21 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
         # below): plain copies, whose predictions wait on no other replica or worker.
         # Reading the mirrored weights is a collective, so every worker makes its copies.
         m = m if cfg.m_model is not None else _single_device_copy(cfg, m, n)
-        at = None if at is None else _single_device_copy(cfg, at, n)
+        at = at if at is None or cfg.at_model is not None else _single_device_copy(cfg, at, n)
     if not is_chief(strategy):
         raise WorkerDone("this worker's share of the training is done; the chief (worker 0) "
                          "evaluates and writes the results")
     return m, at
 
 
-def _own_classifier(cfg: EvalConfig, data: Dict, log: Callable):
-    """Your classifier file (--m-model) as M, checked (:func:`load_classifier_file`); its
-    validation accuracy is logged, so a model of another class order shows at once."""
-    m = load_classifier_file(cfg.m_model, len(cfg.class_set.classes), cfg.input_size)
+def _own_classifier(cfg: EvalConfig, path: str, role: str, data: Dict, log: Callable):
+    """Your classifier file (--m-model, --at-model) as M or the AT model, checked
+    (:func:`load_classifier_file`); its validation accuracy is logged, so a model of another
+    class order shows at once."""
+    m = load_classifier_file(path, len(cfg.class_set.classes), cfg.input_size)
     val = accuracy(m, data["x_val"], data["y_val"])
-    log("model M: your classifier %s (sha1 %s), validation accuracy %.3f%s"
-        % (cfg.m_model, short_digest(cfg.m_model), val,
+    log("model %s: your classifier %s (sha1 %s), validation accuracy %.3f%s"
+        % (role, path, short_digest(path), val,
            "" if val > 1.5 / len(cfg.class_set.classes) else
            " -- near chance: are its outputs in the class set's order (%s)?"
            % ", ".join(cfg.class_set.classes)))
@@ -344,8 +347,7 @@ def run_record(cfg: EvalConfig, extractor_kind: Dict) -> Dict:
                                                           if k_ckpt else {}))
     return record("evaluate", cfg, checkpoints={
         "m": cfg.m_checkpoint,
-        "at": (os.path.join(at_checkpoint_dir(cfg.m_dir, cfg.at_eps), "best.h5")
-               if cfg.adv_train else None),
+        "at": cfg.at_checkpoint if cfg.adv_train else None,
         "k": k_ckpt, "k_transfer": cfg.k_transfer,
         "k_robust": (extractor_kind["robust"][2].checkpoint if "robust" in extractor_kind
                      else None), "k_transfer_robust": cfg.k_transfer_robust})

@@ -30,7 +30,8 @@ class AdversarialTraining(ClassifierDefense):
             raise ValueError("defense 'at' needs the adversarially trained model; the "
                              "evaluation trains it when 'at' is among --defenses")
         self._model = ctx.models["at"]
-        self._params = dataclasses.asdict(ctx.at) if ctx.at is not None else {}
+        self._params = ({k: v for k, v in dataclasses.asdict(ctx.at).items() if v is not None}
+                        if ctx.at is not None else {})
 
     def params(self) -> Dict:
         return dict(self._params, attack_seen="white-box on the AT model itself")

@@ -53,6 +53,10 @@ class MOptions:
     adv_train: bool = option(False, "also train and evaluate the adversarial-training baseline "
                                     "(AT); with --model K: train a robust K (adversarial "
                                     "training on K's own losses, --k-adv-*)")
+    at_model: Optional[str] = option(
+        None, "your own adversarially trained classifier as the AT baseline (the at row, "
+              "unmask:m=at), not trained by the run: a file as --m-model's; implies "
+              "--adv-train")
     at_eps: float = option(AT_EPS, "AT's PGD-Linf eps on the 0-255 scale (7 steps, step 2)",
                            type=float, check=_at_budget)
     at_line_search: bool = option(False, "train AT for eps in {1,2,4,6,8,16}, print validation "
@@ -176,9 +180,10 @@ class MOptions:
                              "150, the synthetic default 96), got %d"
                              % (arch.min_size, MAX_INPUT_SIZE, arch.name, self.input_size))
         _check_field(self, "at_eps")
-        if self.m_model is not None and self.at_line_search:
-            raise ValueError("--at-line-search trains AT models only, which --m-model does not "
-                             "change: drop --m-model")
+        for flag, value in (("--m-model", self.m_model), ("--at-model", self.at_model)):
+            if value is not None and self.at_line_search:
+                raise ValueError("--at-line-search trains AT models of --arch, which %s does "
+                                 "not change: drop %s" % (flag, flag))
         train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
                             learning_rate=self.lr, seed=data.seed)
         train.validate()
@@ -217,7 +222,8 @@ class MOptions:
         return dict(
             class_set=get_class_set(data.classset), data_dir=data.data_dir,
             arch=arch.name, m_model=self.m_model, input_size=self.input_size, weights=weights,
-            train=train, adv_train=self.adv_train, at_eps=self.at_eps,
+            train=train, adv_train=self.adv_train or self.at_model is not None,
+            at_model=self.at_model, at_eps=self.at_eps,
             extractor=self.extractor, threshold=self.threshold, target_fpr=self.target_fpr,
             mode=self.mode, vectors=vectors, defenses=defenses,
             trajectory_table=self.trajectory_table, detection_set=self.detection_set,

@@ -130,6 +130,18 @@ def test_cli_checks_the_file_before_any_work(tmp_path, capsys, case, message):
 
 # ----------------------------------------------------------------------------- a run
 
+@pytest.fixture(scope="module")
+def nets(tiny_data, tmp_path_factory):
+    """(the knowing net's file, its opposite's file, the run's data): see :func:`_knowing`."""
+    return _knowing(tiny_data, tmp_path_factory.mktemp("nets"))
+
+
+def _copy(src, dst):
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        g.write(f.read())
+    return str(dst)
+
+
 def _knowing(tiny_data, tmp_path):
     """A small net trained on every image of the tiny set (so it knows the test images:
     accuracy well above chance) and its opposite (the same net with its logits negated: it
@@ -161,9 +173,10 @@ def _own_accuracy(path, data):
     return float(np.mean(pred == data["y_test"]))
 
 
-def test_a_run_evaluates_your_file_trains_no_m_and_keys_its_records_to_it(tiny_data,
+def test_a_run_evaluates_your_file_trains_no_m_and_keys_its_records_to_it(tiny_data, nets,
                                                                           tmp_path):
-    model_file, opposite, data = _knowing(tiny_data, tmp_path)
+    model_file = _copy(nets[0], tmp_path / "my net.h5")
+    opposite = nets[1]
     cfg = EvalConfig(class_set=get_class_set("CS3a"), data_dir=tiny_data, input_size=SIZE,
                      m_model=model_file, train=TrainConfig(epochs=1, batch_size=16),
                      vectors=(("fgsm", 8),), n_test=9, attack_batch=8,
@@ -194,8 +207,7 @@ def test_a_run_evaluates_your_file_trains_no_m_and_keys_its_records_to_it(tiny_d
 
     # the file retrained in place (here: replaced by the net's opposite): new records, a new
     # folder, and the run's answer is the new file's
-    with open(opposite, "rb") as src, open(model_file, "wb") as dst:
-        dst.write(src.read())
+    _copy(opposite, model_file)
     assert fingerprint(cfg, data)["m"] != fp["m"]
     assert cfg.out_dir != os.path.join(str(tmp_path / "results"), "cs3-1", name)
     opposite_acc = _own_accuracy(model_file, data)
@@ -208,3 +220,41 @@ def test_a_run_evaluates_your_file_trains_no_m_and_keys_its_records_to_it(tiny_d
     from evaluation.commands import check_recorded_models
     with pytest.raises(ValueError, match="restore that file"):
         check_recorded_models(recorded, from_dict(recorded["config"]), "config.json")
+
+
+def test_your_at_model_is_the_at_baseline_and_no_at_is_trained(tiny_data, nets, tmp_path):
+    """--at-model: the AT row (added, as --adv-train would) answers with your file's model;
+    the AT defense's parameters name no training budget, and nothing is trained."""
+    mine, at_file = _copy(nets[0], tmp_path / "m.h5"), _copy(nets[1], tmp_path / "at.h5")
+    cfg = EvalConfig(class_set=get_class_set("CS3a"), data_dir=tiny_data, input_size=SIZE,
+                     m_model=mine, at_model=at_file, vectors=(("fgsm", 8),), n_test=9,
+                     attack_batch=8, defenses=("none",), extractor="oracle", progress=False,
+                     results_dir=str(tmp_path / "results"),
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    assert cfg.adv_train and cfg.defenses == ("none", "at")
+    lines = []
+    metrics = ev.run_evaluation(cfg, log=lines.append)
+    data = ev.load_data(cfg, log=lambda s: None)
+    at_acc = _own_accuracy(at_file, data)
+    assert at_acc != pytest.approx(_own_accuracy(mine, data)), "the two files must differ"
+    assert metrics["benign"]["acc_at"] == pytest.approx(at_acc)
+    assert metrics["benign"]["acc_none"] == pytest.approx(_own_accuracy(mine, data))
+    params = metrics["defenses"]["at"]["params"]
+    assert "eps" not in params and params["checkpoint_digest"] == short_digest(at_file)
+    assert not os.path.exists(tmp_path / "ckpt" / "model_m"), "neither M nor AT was trained"
+    assert any("model AT model: your classifier %s" % at_file in line for line in lines)
+    with open(os.path.join(cfg.out_dir, "config.json")) as f:
+        assert json.load(f)["checkpoints"]["at"]["path"] == at_file
+
+
+def test_at_model_file_is_checked_before_any_work(tmp_path, capsys):
+    mine = _saved(_net(), tmp_path / "mine.h5")
+    bad = _saved(_net(n_classes=4), tmp_path / "at.h5")
+    code, err = _main(["--model", "M", "--classset", "CS3a", "--input-size", SIZE,
+                       "--m-model", mine, "--at-model", bad, "--data-dir", tmp_path / "data",
+                       "--results-dir", tmp_path / "results"], capsys)
+    assert code == 2 and "--at-model %s" % bad in err and "3 classes" in err
+    assert not os.path.exists(tmp_path / "data")
+    code, err = _main(["--model", "M", "--at-model", bad, "--at-line-search",
+                       "--data-dir", tmp_path / "data"], capsys)
+    assert code == 2 and "drop --at-model" in err
