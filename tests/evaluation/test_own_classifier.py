@@ -258,3 +258,6 @@ def test_at_model_file_is_checked_before_any_work(tmp_path, capsys):
     code, err = _main(["--model", "M", "--at-model", bad, "--at-line-search",
                        "--data-dir", tmp_path / "data"], capsys)
     assert code == 2 and "drop --at-model" in err
+    code, err = _main(["--model", "M", "--at-model", bad, "--at-eps", "8",
+                       "--data-dir", tmp_path / "data"], capsys)
+    assert code == 2 and "drop --at-eps" in err
