@@ -1,6 +1,7 @@
 """The answer a user came for, per defense, from finished runs: clean accuracy, the worst
-case over the gray-box attacks, over the adaptive (defense-aware) attacks and through a
-surrogate, each with its 95% interval -> ``bench/results/answer.json`` (the README's "results at
+case over the gray-box attacks, the worst case of the attacker who knows the defense (per
+image, over every attack the run tried: the defense-aware ones and the others, which that
+attacker may run too) and through a surrogate, each with its 95% interval -> ``bench/results/answer.json`` (the README's "results at
 a glance", written by ``bench/doc_tables.py``).
 
 Each run folder's ``metrics.json`` gives, per defense, the images defended under every attack
@@ -102,9 +103,10 @@ def rows_of_run(folder: str, command: str):
             # attack is already white-box on what decides
             gray = _threat(block, "gray-box")
             adaptive = gray and dict(gray, by="= gray-box: white-box on the model itself")
-        elif any(is_white_box(r) for r in block["attacks"]):
-            # a classifier's gray-box attack is white-box too: what the attacker who knows it
-            # reaches is the worst of both, per image
+        elif adaptive is not None or any(is_white_box(r) for r in block["attacks"]):
+            # the attacker who knows the defense may also run every other attack of the run
+            # (a classifier's gray-box attack is white-box already): per image, the worst of
+            # them all -- one definition for every row, the one the paired comparisons use
             adaptive = _worst_entry(block["worst_case"], block["attacks"], block)
         out.append({"defense": label, "what": WHAT.get(label, label),
                     "clean": _entry(b["acc"], b.get("acc_interval")),

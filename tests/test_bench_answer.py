@@ -51,3 +51,28 @@ def test_a_classifiers_adaptive_cell_is_its_worst_case_over_both_white_box_attac
     assert cell["by"] == ("per image, worst of autoattack 8 and autoattack 8 [adaptive] and "
                           "pgd-L∞ 8")
     assert row["gray_box"]["rate"] == 0.70
+
+
+def test_a_detectors_adaptive_cell_is_its_worst_case_over_every_attack_too(tmp_path):
+    """The attacker who knows UnMask may also run the gray-box attack: its adaptive cell is the
+    per-image worst over both (the paired comparisons' worst case), not the adaptive rows'
+    own -- one definition for every row of the answer table."""
+    block = _block(0.70)
+    block.update(kind="detector", benign={"acc": 0.97})
+    block["attacks"].append({"attack": "autoattack", "eps": 8.0, "threat_model": "adaptive",
+                             "goal": "wrong", "defended": 0.44, "routes": {
+                                 "ran": ["follow-m", "k-only"], "all": ["follow-m", "k-only"],
+                                 "complete": True, "won": {"follow-m": 9, "k-only": 1}},
+                             "convergence": {"converged": False}})
+    for r in block["attacks"]:
+        r["n_attacked"] = 300
+    block["worst_case"].update(defended=0.43, interval=[0.37, 0.48])
+    block["worst_case"]["by_threat"]["adaptive"] = {"defended": 0.44, "interval": [0.38, 0.49]}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"defenses": {"unmask": block}}))
+    row, = _bench().rows_of_run(str(run), "python main.py ...")
+    cell = row["adaptive"]
+    assert (cell["rate"], cell["interval"], cell["upper_bound"]) == (0.43, [0.37, 0.48], True)
+    assert cell["by"].startswith("per image, worst of autoattack 8 and autoattack 8 [adaptive]")
+    assert row["gray_box"]["rate"] == 0.70
