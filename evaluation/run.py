@@ -74,7 +74,7 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
     n = len(cfg.class_set.classes)
     strategy = make_strategy(cfg.distribute)
     if cfg.m_model is not None:
-        m = _own_classifier(cfg, cfg.m_model, "M", data, log)
+        m = _own_classifier(cfg, cfg.m_model, "model M", data, log)
     else:
         with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
             m = build_classifier(cfg.arch, n, cfg.input_size, weights=cfg.weights,
@@ -87,7 +87,7 @@ def get_models(cfg: EvalConfig, data: Dict, log: Callable):
                          strategy=strategy)
     at = None
     if cfg.at_model is not None:
-        at = _own_classifier(cfg, cfg.at_model, "AT model", data, log)
+        at = _own_classifier(cfg, cfg.at_model, "the AT model", data, log)
     elif cfg.adv_train:
         at = train_adversarial(cfg.arch, n, cfg.input_size, data,
                                at_checkpoint_dir(cfg.m_dir, cfg.at_eps), cfg.train,
@@ -111,7 +111,7 @@ def _own_classifier(cfg: EvalConfig, path: str, role: str, data: Dict, log: Call
     class order shows at once."""
     m = load_classifier_file(path, len(cfg.class_set.classes), cfg.input_size)
     val = accuracy(m, data["x_val"], data["y_val"])
-    log("model %s: your classifier %s (sha1 %s), validation accuracy %.3f%s"
+    log("%s: your classifier %s (sha1 %s), validation accuracy %.3f%s"
         % (role, path, short_digest(path), val,
            "" if val > 1.5 / len(cfg.class_set.classes) else
            " -- near chance: are its outputs in the class set's order (%s)?"

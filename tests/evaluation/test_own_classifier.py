@@ -242,7 +242,7 @@ def test_your_at_model_is_the_at_baseline_and_no_at_is_trained(tiny_data, nets, 
     params = metrics["defenses"]["at"]["params"]
     assert "eps" not in params and params["checkpoint_digest"] == short_digest(at_file)
     assert not os.path.exists(tmp_path / "ckpt" / "model_m"), "neither M nor AT was trained"
-    assert any("model AT model: your classifier %s" % at_file in line for line in lines)
+    assert any("the AT model: your classifier %s" % at_file in line for line in lines)
     with open(os.path.join(cfg.out_dir, "config.json")) as f:
         assert json.load(f)["checkpoints"]["at"]["path"] == at_file
 
