@@ -38,7 +38,7 @@ class MOptions:
         None, "your own trained classifier in M's place, not trained by the run: a tf-keras "
               "model saved whole in one file (model.save('m.h5')) mapping float [B, S, S, 3] "
               "pixels in [0, 1] (S = --input-size) to logits over the class set's classes in "
-              "their order; results go to RESULTS_DIR/CLASSSET/own-NAME. --arch and the "
+              "their order; results go to RESULTS_DIR/CLASSSET/own-NAME-SHA1. --arch and the "
               "training options then shape only the AT baseline (--adv-train, m=at)")
     input_size: int = option(96, "M's input size in pixels (images are resized and "
                                  "center-cropped)", type=int)

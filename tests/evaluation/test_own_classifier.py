@@ -96,7 +96,7 @@ def _main(args, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--grid",), "give one of them"),
+    (("--grid",), "--m-model gives your one classifier: give one of them"),
     (("--defenses", "none,trajectory"), "drop trajectory"),
     (("--trajectory-table",), "drop --trajectory-table"),
     (("--defenses", "trajectory", "--trajectory-table"), "drop trajectory, --trajectory-table"),
@@ -261,3 +261,7 @@ def test_at_model_file_is_checked_before_any_work(tmp_path, capsys):
     code, err = _main(["--model", "M", "--at-model", bad, "--at-eps", "8",
                        "--data-dir", tmp_path / "data"], capsys)
     assert code == 2 and "drop --at-eps" in err
+    code, err = _main(["--model", "M", "--at-model", bad, "--grid",
+                       "--data-dir", tmp_path / "data"], capsys)
+    assert code == 2 and "--at-model gives your one classifier" in err
+    assert not os.path.exists(tmp_path / "data")
