@@ -6,7 +6,10 @@
   interval, ``*`` where not converged, and the images each route won;
 * ``NAME_paired.json`` -- each defense against ``at`` on the same images (the run's
   ``comparisons``: the difference of the two defended rates with its paired bootstrap
-  interval, McNemar's exact p, and the claim the interval allows).
+  interval, McNemar's exact p, and the claim the interval allows);
+* ``NAME_cost.json`` -- what each defense-aware attack cost: per goal, the target
+  evaluations per image of each route (its share of the row's count over all the row's
+  images, with the images it ran on and won), the row's total and its worker time.
 
     .venv/bin/python bench/bench_routes.py --run results/cs5-2/mobilenetv2_050 \\
         --name routes_linf8 --command "python main.py ..."
@@ -45,6 +48,29 @@ def _routes(r) -> str:
         return "–"
     won = r["routes"]["won"]
     return ", ".join("%s %d" % (k, v) for k, v in won.items())
+
+
+def cost_table(metrics: dict) -> dict:
+    """The cost of every defense-aware row of a run's metrics (``cost``: ``routes`` with
+    ``images``, ``won`` and ``evaluations_per_image``; ``seconds``), one line per attack,
+    defense and goal."""
+    rows = []
+    for label, block in metrics["defenses"].items():
+        for r in block["attacks"]:
+            cost = r.get("cost") or {}
+            if r["threat_model"] == "gray-box" or not cost:
+                continue
+            routes = " · ".join("%s %s (%d images, won %d)" % (
+                name, "{:,.0f}".format(c["evaluations_per_image"]), c["images"], c["won"])
+                for name, c in (cost.get("routes") or {}).items()) or "–"
+            rows.append(["%s %g" % (r["attack"], r["eps"]), "`%s`" % label,
+                         "%s, %s" % (r["threat_model"], r.get("goal") or "–"), routes,
+                         "{:,.0f}".format(cost["evaluations_per_image"]),
+                         "%.2f" % (cost.get("seconds", 0.0) / 3600.0)])
+    rows.sort(key=lambda row: (row[0], row[1], row[2]))
+    return {"columns": ["attack", "defense", "threat, goal",
+                        "target evaluations per image, by route (images it ran on, images it "
+                        "won)", "evaluations per image", "worker hours"], "rows": rows}
 
 
 def tables_of(metrics: dict):
@@ -113,7 +139,8 @@ def main(argv=None):
     source = "%s (run %s; its metrics.json: %s)" % (
         args.command, _machine.repo_relative(args.run), "metrics.json")
     from data.fileio import write_json_atomic
-    for name, table in ((args.name, main_table), (args.name + "_paired", pairs)):
+    for name, table in ((args.name, main_table), (args.name + "_paired", pairs),
+                        (args.name + "_cost", cost_table(metrics))):
         path = os.path.join(TABLES, name + ".json")
         write_json_atomic(path, dict(table, source=source), indent=1)
         print("wrote %s" % os.path.relpath(path, ROOT))
