@@ -1,4 +1,4 @@
-"""The route-complete adaptive attack of a finished run, as two tables under
+"""The route-complete adaptive attack of a finished run, as three tables under
 ``bench/results/tables/`` (written into the docs by ``bench/doc_tables.py``):
 
 * ``NAME.json`` -- per defense and attack: clean accuracy, the gray-box row, the adaptive

@@ -170,6 +170,9 @@ class EvalConfig:
     def from_options(cls, options: Options) -> "EvalConfig":
         """The run of a command line's options, every value checked first (ValueError
         naming the option)."""
+        if options.m.at_model is not None and "at_eps" in options.given:
+            raise ValueError("--at-eps sets the budget of the AT model the run trains; "
+                             "--at-model gives one already trained: drop --at-eps")
         cfg = cls(**options.m.resolve(options.data, options.k),
                   shards=options.grid.shards or 1)
         cfg.refuse_what_does_nothing()
@@ -187,14 +190,13 @@ class EvalConfig:
 
     @property
     def m_name(self) -> str:
-        """M's name in the results' folders: the architecture, or ``own-NAME-SHA1`` for your
-        own classifier file ``NAME.h5`` (--m-model; the first 8 hex digits of its sha1, so
-        two files of one name, or a file retrained in place, never share a folder)."""
-        if self.m_model is None:
-            return self.arch
-        stem = os.path.splitext(os.path.basename(self.m_model.rstrip(os.sep)))[0]
-        return "own-%s-%s" % (re.sub(r"[^A-Za-z0-9_.+-]", "-", stem) or "m",
-                              _digest_of(self.m_model)[:8])
+        """The models' name in the results' folders: the architecture, or ``own-NAME-SHA1``
+        for your own classifier file ``NAME.h5`` (--m-model; the first 8 hex digits of its
+        sha1, so two files of one name, or a file retrained in place, never share a folder),
+        followed by ``+at-own-NAME-SHA1`` for your own AT model (--at-model): a run's saved
+        records are found by their path, so runs of other models never share a folder."""
+        name = self.arch if self.m_model is None else _own_name(self.m_model)
+        return name if self.at_model is None else name + "+at-" + _own_name(self.at_model)
 
     @property
     def m_checkpoint(self) -> str:
@@ -232,6 +234,13 @@ class EvalConfig:
 @functools.lru_cache(maxsize=16)
 def _sha1_of(path: str, size: int, mtime_ns: int) -> str:
     return file_digest(path, "sha1")
+
+
+def _own_name(path: str) -> str:
+    """``own-NAME-SHA1`` of your model file ``.../NAME.h5``."""
+    stem = os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
+    return "own-%s-%s" % (re.sub(r"[^A-Za-z0-9_.+-]", "-", stem) or "m",
+                          _digest_of(path)[:8])
 
 
 def _digest_of(path: str) -> str:

@@ -180,9 +180,6 @@ class MOptions:
                              "150, the synthetic default 96), got %d"
                              % (arch.min_size, MAX_INPUT_SIZE, arch.name, self.input_size))
         _check_field(self, "at_eps")
-        if self.at_model is not None and self.at_eps != AT_EPS:
-            raise ValueError("--at-eps sets the budget of the AT model the run trains; "
-                             "--at-model gives one already trained: drop --at-eps")
         for flag, value in (("--m-model", self.m_model), ("--at-model", self.at_model)):
             if value is not None and self.at_line_search:
                 raise ValueError("--at-line-search trains AT models of --arch, which %s does "

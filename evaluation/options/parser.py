@@ -51,14 +51,14 @@ class Options:
     def refuse_m_options_for_k(self) -> None:
         """``--model K`` reads three options of M's group (``--weights``, ``--adv-train``,
         ``--no-progress``); any other of them that says what to evaluate (``--m-model``,
-        ``--arch``, ``--attacks``, ...) would be silently ignored, so it is refused
+        ``--arch``, ``--attacks``, ``--classset``, ...) would be silently ignored, so it is refused
         (ValueError naming them).  M's folders (``--results-dir``, ``--checkpoint-dir``) may
         be given to both commands alike: K writes to its own (``--k-*-dir``)."""
-        unused = [n for n in self.given if n in _M_FIELDS
+        unused = [n for n in self.given if (n in _M_FIELDS or n == "classset")
                   and n not in K_READS_FROM_M + M_FOLDERS]
         if unused:
-            raise ValueError("%s: option(s) of --model M, which --model K does not read; drop "
-                             "them (K's own options start with --k-)"
+            raise ValueError("%s: option(s) of --model M, which --model K does not read "
+                             "(K learns the parts of every class); drop them"
                              % ", ".join(flag_of(n) for n in unused))
 
     def k_options(self) -> Dict[str, Any]:

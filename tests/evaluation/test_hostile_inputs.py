@@ -148,6 +148,7 @@ CLI_CASES = [
     (["--grid", "--workers", "0"], r"--workers must be >= 1"),
     (["--grid", "--workers", "2", "--ray-address", "h:1"], r"not both"),
     (["--model", "K", "--workers", "2"], r"K trains in one process"),
+    (["--model", "K", "--classset", "CS3a"], r"--classset: option\(s\) of --model M"),
     (["--model", "K", "--m-model", "{root}/mine.h5", "--arch", "vgg16"],
      r"--arch, --m-model: option\(s\) of --model M, which --model K does not read"),
     (["--workers", "0"], r"--workers must be >= 1"),

@@ -232,6 +232,8 @@ def test_your_at_model_is_the_at_baseline_and_no_at_is_trained(tiny_data, nets, 
                      results_dir=str(tmp_path / "results"),
                      checkpoint_dir=str(tmp_path / "ckpt"))
     assert cfg.adv_train and cfg.defenses == ("none", "at")
+    assert os.path.basename(cfg.out_dir) == "own-m-%s+at-own-at-%s" % (
+        short_digest(mine)[:8], short_digest(at_file)[:8])
     lines = []
     metrics = ev.run_evaluation(cfg, log=lines.append)
     data = ev.load_data(cfg, log=lambda s: None)
@@ -258,10 +260,21 @@ def test_at_model_file_is_checked_before_any_work(tmp_path, capsys):
     code, err = _main(["--model", "M", "--at-model", bad, "--at-line-search",
                        "--data-dir", tmp_path / "data"], capsys)
     assert code == 2 and "drop --at-model" in err
-    code, err = _main(["--model", "M", "--at-model", bad, "--at-eps", "8",
+    code, err = _main(["--model", "M", "--at-model", bad, "--at-eps", "4",   # the default
                        "--data-dir", tmp_path / "data"], capsys)
     assert code == 2 and "drop --at-eps" in err
     code, err = _main(["--model", "M", "--at-model", bad, "--grid",
                        "--data-dir", tmp_path / "data"], capsys)
     assert code == 2 and "--at-model gives your one classifier" in err
     assert not os.path.exists(tmp_path / "data")
+
+
+def test_your_at_model_alone_gets_a_folder_apart_from_the_trained_models(tmp_path):
+    """Saved records are found by their path: a run with your AT model and the project's M
+    must not write into the folder of the run that trains both."""
+    at_file = _saved(_net(), tmp_path / "robust.h5")
+    trained = EvalConfig(class_set=get_class_set("CS3a"), input_size=SIZE, adv_train=True)
+    yours = EvalConfig(class_set=get_class_set("CS3a"), input_size=SIZE, at_model=at_file)
+    assert yours.out_dir == trained.out_dir + "+at-own-robust-" + short_digest(at_file)[:8]
+    assert yours.m_checkpoint == trained.m_checkpoint       # the same M is evaluated
+    assert yours.at_checkpoint == at_file != trained.at_checkpoint
