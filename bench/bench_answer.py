@@ -1,8 +1,9 @@
 """The answer a user came for, per defense, from finished runs: clean accuracy, the worst
 case over the gray-box attacks, the worst case of the attacker who knows the defense (per
 image, over every attack the run tried: the defense-aware ones and the others, which that
-attacker may run too) and through a surrogate, each with its 95% interval -> ``bench/results/answer.json`` (the README's "results at
-a glance", written by ``bench/doc_tables.py``).
+attacker may run too) and through a surrogate, each with its 95% interval ->
+``bench/results/answer.json`` (the README's "results at a glance", written by
+``bench/doc_tables.py``).
 
 Each run folder's ``metrics.json`` gives, per defense, the images defended under every attack
 of each threat model (``worst_case.by_threat``, with its Wilson interval) and which attack or

@@ -66,7 +66,7 @@ def cost_table(metrics: dict) -> dict:
             rows.append(["%s %g" % (r["attack"], r["eps"]), "`%s`" % label,
                          "%s, %s" % (r["threat_model"], r.get("goal") or "–"), routes,
                          "{:,.0f}".format(cost["evaluations_per_image"]),
-                         "%.2f" % (cost.get("seconds", 0.0) / 3600.0)])
+                         "%.2f" % (cost["seconds"] / 3600.0) if "seconds" in cost else "–"])
     rows.sort(key=lambda row: (row[0], row[1], row[2]))
     return {"columns": ["attack", "defense", "threat, goal",
                         "target evaluations per image, by route (images it ran on, images it "

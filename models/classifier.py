@@ -13,6 +13,7 @@ the default (nothing is downloaded); ``weights="imagenet"`` is for users with ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable, Dict, Optional
 
@@ -145,8 +146,8 @@ def build_classifier(arch: str, num_classes: int, input_size: int = 128,
 def load_classifier_file(path: str, num_classes: int, input_size: int) -> "keras.Model":
     """Your own trained classifier in M's place: a tf-keras model saved whole in one file
     (``model.save("m.h5")`` or ``"m.keras"``) that maps float32 ``[B, S, S, 3]`` pixels in
-    [0, 1] (S = ``input_size``, or a free size) to **logits** ``[B, num_classes]`` whose
-    columns are the class set's classes in their order.
+    [0, 1] (S = ``input_size``; a free size is fixed to it) to **logits** ``[B, num_classes]``
+    whose columns are the class set's classes in their order.
 
     Everything the run relies on is checked here, before any work, and refused with a
     ValueError naming ``path`` and the fix: a missing file or a folder, a file tf-keras cannot
@@ -154,6 +155,10 @@ def load_classifier_file(path: str, num_classes: int, input_size: int) -> "keras
     are probabilities (every row in [0, 1] summing to 1 on random images: the attacks' losses
     and the detectors' margins need logits).  The model's own scaling of [0, 1] pixels must be
     inside it, as in :func:`build_classifier`.
+
+    The checked model is kept while the file is unchanged (its size and modification time):
+    the run's check before any work and its loading of M, and every work unit of a Ray
+    worker, load it once.
     """
     if os.path.isdir(path):
         raise ValueError("%s is a folder (a SavedModel?): save your classifier whole in one "
@@ -162,6 +167,16 @@ def load_classifier_file(path: str, num_classes: int, input_size: int) -> "keras
     if not os.path.isfile(path):
         raise ValueError("%s: no such file (a tf-keras model saved whole: model.save('m.h5'))"
                          % path)
+    st = os.stat(path)
+    return _checked_classifier(path, os.path.abspath(path), st.st_size, st.st_mtime_ns,
+                               int(num_classes), int(input_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_classifier(path: str, _abspath: str, _size: int, _mtime_ns: int,
+                        num_classes: int, input_size: int) -> "keras.Model":
+    """:func:`load_classifier_file`'s loading and checks, once per file version (the key's
+    underscored arguments; a refusal is raised, never kept)."""
     try:
         model = keras.models.load_model(path, compile=False,
                                         custom_objects={"UnitToBackbone": UnitToBackbone})

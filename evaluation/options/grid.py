@@ -55,10 +55,10 @@ class GridOptions:
             return None
         if model == "K":
             raise ValueError("--grid evaluates M's pairs; train K with `--model K` first")
-        for flag, value in (("--m-model", m.m_model), ("--at-model", m.at_model)):
-            if value is not None:
-                raise ValueError("--grid trains M and AT for each (architecture, class set) "
-                                 "pair, %s gives your one classifier: give one of them" % flag)
+        own = m.own_model_flags()
+        if own:
+            raise ValueError("--grid trains M and AT for each (architecture, class set) "
+                             "pair, %s gives your one classifier: give one of them" % own[0])
         archs = []
         for name in filter(None, (a.strip() for a in (self.archs or m.arch).split(","))):
             try:

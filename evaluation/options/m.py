@@ -158,6 +158,11 @@ class MOptions:
                 "command on each (worker 0 evaluates); K is not distributed (one process per "
                 "GPU)", choices=("none", "mirrored", "multi-worker"))
 
+    def own_model_flags(self) -> list:
+        """The options of the model files you gave (``--m-model``, ``--at-model``)."""
+        return [flag for flag, value in (("--m-model", self.m_model),
+                                         ("--at-model", self.at_model)) if value is not None]
+
     def resolve(self, data: DataOptions, k: "KOptions") -> Dict[str, Any]:
         """Every value checked (ValueError naming the option) and converted: the keyword
         arguments of the run's :class:`~evaluation.config.EvalConfig`
@@ -180,10 +185,10 @@ class MOptions:
                              "150, the synthetic default 96), got %d"
                              % (arch.min_size, MAX_INPUT_SIZE, arch.name, self.input_size))
         _check_field(self, "at_eps")
-        for flag, value in (("--m-model", self.m_model), ("--at-model", self.at_model)):
-            if value is not None and self.at_line_search:
-                raise ValueError("--at-line-search trains AT models of --arch, which %s does "
-                                 "not change: drop %s" % (flag, flag))
+        own = self.own_model_flags()
+        if own and self.at_line_search:
+            raise ValueError("--at-line-search trains AT models of --arch, which %s does not "
+                             "change: drop %s" % (own[0], own[0]))
         train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
                             learning_rate=self.lr, seed=data.seed)
         train.validate()

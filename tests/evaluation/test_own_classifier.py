@@ -48,6 +48,21 @@ def test_a_saved_model_loads_with_the_same_logits_custom_scaling_included(tmp_pa
     np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_file_is_loaded_once_while_it_is_unchanged(tmp_path):
+    """The run's check before any work and its loading of M (and each work unit of a Ray
+    worker) share one load of the file; a file written anew is loaded anew."""
+    path = _saved(_net(seed=0), tmp_path / "m.h5")
+    first = load_classifier_file(path, 3, SIZE)
+    assert load_classifier_file(path, 3, SIZE) is first
+    os.remove(path)
+    _saved(_net(seed=1), path)
+    os.utime(path, ns=(1, 1))            # surely another modification time than the first
+    second = load_classifier_file(path, 3, SIZE)
+    assert second is not first
+    x = np.random.default_rng(3).random((2, SIZE, SIZE, 3)).astype(np.float32)
+    assert not np.allclose(second(x).numpy(), first(x).numpy())
+
+
 def test_a_model_of_any_image_size_is_fixed_to_the_runs(tmp_path):
     """UnMask's attack reads M's input size: a free size is fixed to --input-size."""
     net = _net(size=None)
